@@ -1,0 +1,369 @@
+//! The CPU backend: the reference every other backend is tested against, and the fallback when
+//! there is no GPU. Plain loops for everything but the matrix products, which go to
+//! `matrixmultiply`'s sgemm; rayon splits the work over the cores. Every split is by a fixed
+//! rule and every sum runs in a fixed order, so a seeded run repeats bit for bit.
+
+use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape, METRIC_COUNT, METRIC_CORRECT, METRIC_LOSS_SUM};
+use anyhow::Result;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Sums over the batch (filter gradients) are split into this many partial sums, added in order.
+/// A constant, not the core count, so results do not depend on the machine.
+const REDUCTION_SPLITS: usize = 4;
+
+pub struct CpuBackend {
+    /// im2col scratch, reused across calls so a training step allocates nothing.
+    scratch: RefCell<Vec<f32>>,
+    partials: RefCell<Vec<f32>>,
+}
+
+pub struct CpuImages {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub image_len: usize,
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend { scratch: RefCell::new(Vec::new()), partials: RefCell::new(Vec::new()) }
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// c (m, n) = a (m, k) * b (k, n) + beta * c, with explicit row/column strides (a transpose is a
+/// swap of strides). Splits the rows of c over the cores; each element is computed by the same
+/// kernel in the same order whatever the split, so the result does not depend on it.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: &[f32], rsb: usize, csb: usize, c: &mut [f32], beta: f32) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() > (m - 1) * rsa + k.saturating_sub(1) * csa || k == 0, "gemm: a too short");
+    assert!(b.len() > k.saturating_sub(1) * rsb + (n - 1) * csb || k == 0, "gemm: b too short");
+    assert!(c.len() >= m * n, "gemm: c too short");
+    let threads = rayon::current_num_threads();
+    let rows_per = if m * k * n < 1 << 16 { m } else { m.div_ceil(threads).max(1) };
+    c[..m * n].par_chunks_mut(rows_per * n).enumerate().for_each(|(i, c_rows)| {
+        let r0 = i * rows_per;
+        let rows = c_rows.len() / n;
+        // SAFETY: the asserts above bound every index sgemm reads in a and b; c_rows holds
+        // exactly `rows` rows of n.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows, k, n, 1.0,
+                a.as_ptr().add(r0 * rsa), rsa as isize, csa as isize,
+                b.as_ptr(), rsb as isize, csb as isize,
+                beta, c_rows.as_mut_ptr(), n as isize, 1,
+            );
+        }
+    });
+}
+
+/// Splits 0..total into REDUCTION_SPLITS ranges (some may be empty).
+fn split_ranges(total: usize) -> Vec<(usize, usize)> {
+    let per = total.div_ceil(REDUCTION_SPLITS).max(1);
+    (0..REDUCTION_SPLITS).map(|i| ((i * per).min(total), ((i + 1) * per).min(total))).collect()
+}
+
+/// One image's im2col: col (out_h*out_w, k_h*k_w*in_c), zeros where the window hangs off the edge.
+fn im2col(x: &[f32], col: &mut [f32], s: &ConvShape) {
+    let patch = s.patch_len();
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let row = &mut col[(oy * s.out_w + ox) * patch..][..patch];
+            for ky in 0..s.k_h {
+                let iy = (oy * s.stride_h + ky) as isize - s.pad_top as isize;
+                for kx in 0..s.k_w {
+                    let ix = (ox * s.stride_w + kx) as isize - s.pad_left as isize;
+                    let dst = &mut row[(ky * s.k_w + kx) * s.in_c..][..s.in_c];
+                    if iy < 0 || ix < 0 || iy >= s.in_h as isize || ix >= s.in_w as isize {
+                        dst.fill(0.0);
+                    } else {
+                        let src = (iy as usize * s.in_w + ix as usize) * s.in_c;
+                        dst.copy_from_slice(&x[src..src + s.in_c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of im2col for one image: dx += each column row scattered back to its window.
+fn col2im(col: &[f32], dx: &mut [f32], s: &ConvShape) {
+    dx.fill(0.0);
+    let patch = s.patch_len();
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let row = &col[(oy * s.out_w + ox) * patch..][..patch];
+            for ky in 0..s.k_h {
+                let iy = (oy * s.stride_h + ky) as isize - s.pad_top as isize;
+                if iy < 0 || iy >= s.in_h as isize {
+                    continue;
+                }
+                for kx in 0..s.k_w {
+                    let ix = (ox * s.stride_w + kx) as isize - s.pad_left as isize;
+                    if ix < 0 || ix >= s.in_w as isize {
+                        continue;
+                    }
+                    let dst = (iy as usize * s.in_w + ix as usize) * s.in_c;
+                    let src = &row[(ky * s.k_w + kx) * s.in_c..][..s.in_c];
+                    for (d, v) in dx[dst..dst + s.in_c].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y[row] += bias, then ReLU, for every row of `width`.
+fn add_bias_activate(y: &mut [f32], b: &[f32], width: usize, relu: bool) {
+    y.par_chunks_mut(width * 64).for_each(|rows| {
+        for row in rows.chunks_mut(width) {
+            for (v, bias) in row.iter_mut().zip(b) {
+                *v += bias;
+                if relu && *v < 0.0 {
+                    *v = 0.0;
+                }
+            }
+        }
+    });
+}
+
+/// dw (rows_k, cols) = a^T * dy summed over `m` rows in fixed partial sums; a is (m, rows_k),
+/// dy is (m, cols). db = column sums of dy.
+fn sum_outer_products(a: &[f32], dy: &[f32], m: usize, rows_k: usize, cols: usize, dw: &mut [f32], db: &mut [f32], partials: &mut Vec<f32>) {
+    let len = rows_k * cols;
+    partials.resize(REDUCTION_SPLITS * (len + cols), 0.0);
+    let ranges = split_ranges(m);
+    partials.par_chunks_mut(len + cols).zip(ranges.par_iter()).for_each(|(part, &(r0, r1))| {
+        let (pw, pb) = part.split_at_mut(len);
+        pw.fill(0.0);
+        pb.fill(0.0);
+        if r1 > r0 {
+            let rows = r1 - r0;
+            // pw (rows_k, cols) = a[r0..r1]^T (rows_k, rows) * dy[r0..r1] (rows, cols)
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows_k, rows, cols, 1.0,
+                    a.as_ptr().add(r0 * rows_k), 1, rows_k as isize,
+                    dy.as_ptr().add(r0 * cols), cols as isize, 1,
+                    0.0, pw.as_mut_ptr(), cols as isize, 1,
+                );
+            }
+            for row in dy[r0 * cols..r1 * cols].chunks(cols) {
+                for (s, v) in pb.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+        }
+    });
+    dw[..len].fill(0.0);
+    db[..cols].fill(0.0);
+    for part in partials.chunks(len + cols) {
+        for (d, p) in dw[..len].iter_mut().zip(&part[..len]) {
+            *d += p;
+        }
+        for (d, p) in db[..cols].iter_mut().zip(&part[len..]) {
+            *d += p;
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = Vec<f32>;
+    type Indices = Vec<u32>;
+    type Images = CpuImages;
+
+    fn describe(&self) -> String {
+        format!("CPU backend, {} threads", rayon::current_num_threads())
+    }
+
+    fn tensor(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+    fn upload(&self, t: &mut Vec<f32>, data: &[f32]) {
+        t[..data.len()].copy_from_slice(data);
+    }
+    fn download(&self, t: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(t.clone())
+    }
+    fn indices(&self, len: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+    fn upload_indices(&self, t: &mut Vec<u32>, data: &[u32]) {
+        t[..data.len()].copy_from_slice(data);
+    }
+    fn download_indices(&self, t: &Vec<u32>) -> Result<Vec<u32>> {
+        Ok(t.clone())
+    }
+    fn upload_images(&self, images: &[u8], labels: &[u8], image_len: usize) -> Result<CpuImages> {
+        anyhow::ensure!(images.len() == labels.len() * image_len, "image bytes do not match the label count");
+        Ok(CpuImages { images: images.to_vec(), labels: labels.to_vec(), image_len })
+    }
+
+    fn gather_batch(&self, data: &CpuImages, idx: &Vec<u32>, n: usize, x: &mut Vec<f32>, labels: &mut Vec<u32>) {
+        let len = data.image_len;
+        x[..n * len].par_chunks_mut(len).zip(&idx[..n]).for_each(|(dst, &i)| {
+            let src = &data.images[i as usize * len..][..len];
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s as f32 / 255.0;
+            }
+        });
+        for (l, &i) in labels[..n].iter_mut().zip(&idx[..n]) {
+            *l = data.labels[i as usize] as u32;
+        }
+    }
+
+    // x (n, in_h, in_w, in_c) -> y (n, out_h, out_w, out_c): im2col, one GEMM, bias + ReLU.
+    fn conv2d_forward(&self, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>, s: &ConvShape, n: usize, relu: bool) {
+        let (patch, pixels) = (s.patch_len(), s.out_h * s.out_w);
+        let mut col = self.scratch.borrow_mut();
+        col.resize(n * pixels * patch, 0.0);
+        col.par_chunks_mut(pixels * patch).zip(x.par_chunks(s.in_len())).for_each(|(c, xi)| im2col(xi, c, s));
+        let y = &mut y[..n * pixels * s.out_c];
+        gemm(n * pixels, patch, s.out_c, &col, patch, 1, w, s.out_c, 1, y, 0.0);
+        add_bias_activate(y, b, s.out_c, relu);
+    }
+
+    // dy (n, out_h, out_w, out_c) -> dx (n, in_h, in_w, in_c): dcol = dy * w^T, then col2im.
+    fn conv2d_backward_input(&self, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>, s: &ConvShape, n: usize) {
+        let (patch, pixels) = (s.patch_len(), s.out_h * s.out_w);
+        let mut col = self.scratch.borrow_mut();
+        col.resize(n * pixels * patch, 0.0);
+        gemm(n * pixels, s.out_c, patch, dy, s.out_c, 1, w, 1, s.out_c, &mut col, 0.0);
+        dx[..n * s.in_len()].par_chunks_mut(s.in_len()).zip(col.par_chunks(pixels * patch)).for_each(|(d, c)| col2im(c, d, s));
+    }
+
+    // x, dy -> dw (k_h, k_w, in_c, out_c) = im2col(x)^T * dy, db = sum of dy.
+    fn conv2d_backward_filter(&self, x: &Vec<f32>, dy: &Vec<f32>, dw: &mut Vec<f32>, db: &mut Vec<f32>, s: &ConvShape, n: usize) {
+        let (patch, pixels) = (s.patch_len(), s.out_h * s.out_w);
+        let mut col = self.scratch.borrow_mut();
+        col.resize(n * pixels * patch, 0.0);
+        col.par_chunks_mut(pixels * patch).zip(x.par_chunks(s.in_len())).for_each(|(c, xi)| im2col(xi, c, s));
+        sum_outer_products(&col, dy, n * pixels, patch, s.out_c, dw, db, &mut self.partials.borrow_mut());
+    }
+
+    fn relu_backward(&self, y: &Vec<f32>, dy: &mut Vec<f32>, len: usize) {
+        dy[..len].par_chunks_mut(4096).zip(y[..len].par_chunks(4096)).for_each(|(d, y)| {
+            for (d, &y) in d.iter_mut().zip(y) {
+                if y <= 0.0 {
+                    *d = 0.0;
+                }
+            }
+        });
+    }
+
+    // x (n, in_h, in_w, c) -> y (n, out_h, out_w, c), argmax = flat index into x of each max.
+    fn maxpool_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>, argmax: &mut Vec<u32>, s: &PoolShape, n: usize) {
+        let (in_len, out_len) = (s.in_len(), s.out_len());
+        y[..n * out_len].par_chunks_mut(out_len).zip(argmax[..n * out_len].par_chunks_mut(out_len)).enumerate().for_each(|(img, (y, am))| {
+            let base = img * in_len;
+            for oy in 0..s.out_h {
+                for ox in 0..s.out_w {
+                    for c in 0..s.c {
+                        let mut best = f32::NEG_INFINITY;
+                        let mut best_at = 0;
+                        for ky in 0..s.size_h {
+                            for kx in 0..s.size_w {
+                                let at = ((oy * s.stride_h + ky) * s.in_w + ox * s.stride_w + kx) * s.c + c;
+                                if x[base + at] > best || (ky == 0 && kx == 0) {
+                                    best = x[base + at];
+                                    best_at = base + at;
+                                }
+                            }
+                        }
+                        let o = (oy * s.out_w + ox) * s.c + c;
+                        y[o] = best;
+                        am[o] = best_at as u32;
+                    }
+                }
+            }
+        });
+    }
+
+    fn maxpool_backward(&self, dy: &Vec<f32>, argmax: &Vec<u32>, dx: &mut Vec<f32>, s: &PoolShape, n: usize) {
+        let (in_len, out_len) = (s.in_len(), s.out_len());
+        dx[..n * in_len].par_chunks_mut(in_len).enumerate().for_each(|(img, dx)| {
+            dx.fill(0.0);
+            let base = img * in_len;
+            for o in img * out_len..(img + 1) * out_len {
+                dx[argmax[o] as usize - base] += dy[o];
+            }
+        });
+    }
+
+    fn dense_forward(&self, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>, s: &DenseShape, n: usize, relu: bool) {
+        let y = &mut y[..n * s.units];
+        gemm(n, s.inputs, s.units, x, s.inputs, 1, w, s.units, 1, y, 0.0);
+        add_bias_activate(y, b, s.units, relu);
+    }
+
+    fn dense_backward_input(&self, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>, s: &DenseShape, n: usize) {
+        gemm(n, s.units, s.inputs, dy, s.units, 1, w, 1, s.units, &mut dx[..n * s.inputs], 0.0);
+    }
+
+    fn dense_backward_filter(&self, x: &Vec<f32>, dy: &Vec<f32>, dw: &mut Vec<f32>, db: &mut Vec<f32>, s: &DenseShape, n: usize) {
+        sum_outer_products(x, dy, n, s.inputs, s.units, dw, db, &mut self.partials.borrow_mut());
+    }
+
+    fn softmax_xent(&self, logits: &Vec<f32>, labels: &Vec<u32>, dlogits: &mut Vec<f32>, metrics: &mut Vec<f32>, n: usize, classes: usize) {
+        let mut loss_sum = 0.0f32;
+        let mut correct = 0.0f32;
+        for i in 0..n {
+            let z = &logits[i * classes..][..classes];
+            let g = &mut dlogits[i * classes..][..classes];
+            let label = labels[i] as usize;
+            let (mut max, mut argmax) = (z[0], 0);
+            for (c, &v) in z.iter().enumerate() {
+                if v > max {
+                    max = v;
+                    argmax = c;
+                }
+            }
+            let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+            let log_sum = sum.ln();
+            loss_sum += log_sum - (z[label] - max);
+            if argmax == label {
+                correct += 1.0;
+            }
+            for c in 0..classes {
+                let p = (z[c] - max).exp() / sum;
+                g[c] = (p - if c == label { 1.0 } else { 0.0 }) / n as f32;
+            }
+        }
+        metrics[METRIC_LOSS_SUM] += loss_sum;
+        metrics[METRIC_CORRECT] += correct;
+        metrics[METRIC_COUNT] += n as f32;
+    }
+
+    fn softmax(&self, logits: &Vec<f32>, probs: &mut Vec<f32>, n: usize, classes: usize) {
+        for (z, p) in logits[..n * classes].chunks(classes).zip(probs.chunks_mut(classes)) {
+            let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+            for (p, &v) in p.iter_mut().zip(z) {
+                *p = (v - max).exp() / sum;
+            }
+        }
+    }
+
+    fn adam_update(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, len: usize, h: &AdamStep) {
+        let alpha = h.alpha();
+        let (b1, b2, eps) = (h.beta1, h.beta2, h.epsilon);
+        param[..len].par_chunks_mut(4096).zip(grad[..len].par_chunks(4096)).zip(m[..len].par_chunks_mut(4096)).zip(v[..len].par_chunks_mut(4096)).for_each(
+            |(((p, g), m), v)| {
+                for i in 0..p.len() {
+                    m[i] += (g[i] - m[i]) * (1.0 - b1);
+                    v[i] += (g[i] * g[i] - v[i]) * (1.0 - b2);
+                    p[i] -= alpha * m[i] / (v[i].sqrt() + eps);
+                }
+            },
+        );
+    }
+}

@@ -1,0 +1,232 @@
+//! The Backend trait: where tensors live and how each op runs on them.
+//!
+//! The network (src/network.rs) owns buffers of the backend's types and calls one method per op.
+//! The CPU backend (cpu.rs) runs each op at once; the GPU backend records it into the current
+//! step's command encoder and submits on `flush` (or on any read-back). Every op takes the
+//! batch size `n` of this call: buffers are allocated for the largest batch and a final partial
+//! batch uses a prefix of them.
+//!
+//! Layouts follow Keras: activations NHWC, conv kernels HWIO (kh, kw, in, out), dense kernels
+//! (in, out), all f32.
+
+pub mod cpu;
+
+use anyhow::Result;
+
+/// A 2-D convolution's geometry. Padding is given as the top/left pad; the bottom/right pad is
+/// whatever the output size implies (Keras "same" puts the odd pixel at the bottom/right).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvShape {
+    pub in_h: usize,
+    pub in_w: usize,
+    pub in_c: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub out_c: usize,
+    pub k_h: usize,
+    pub k_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+}
+
+impl ConvShape {
+    pub fn in_len(&self) -> usize {
+        self.in_h * self.in_w * self.in_c
+    }
+    pub fn out_len(&self) -> usize {
+        self.out_h * self.out_w * self.out_c
+    }
+    /// Rows of the im2col matrix for one image, and its width.
+    pub fn patch_len(&self) -> usize {
+        self.k_h * self.k_w * self.in_c
+    }
+    pub fn kernel_len(&self) -> usize {
+        self.patch_len() * self.out_c
+    }
+}
+
+/// A max-pool's geometry ("valid": windows that do not fit are dropped, as in Keras).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolShape {
+    pub in_h: usize,
+    pub in_w: usize,
+    pub c: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub size_h: usize,
+    pub size_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+}
+
+impl PoolShape {
+    pub fn in_len(&self) -> usize {
+        self.in_h * self.in_w * self.c
+    }
+    pub fn out_len(&self) -> usize {
+        self.out_h * self.out_w * self.c
+    }
+}
+
+/// A dense layer's geometry: x (n, inputs) * kernel (inputs, units) + bias (units).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DenseShape {
+    pub inputs: usize,
+    pub units: usize,
+}
+
+/// One Adam step's scalars, Keras's formulation:
+/// `alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t)`,
+/// `m += (g - m)(1 - beta1)`, `v += (g^2 - v)(1 - beta2)`, `p -= alpha * m / (sqrt(v) + epsilon)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub learning_rate: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub epsilon: f32,
+    /// 1-based step count t.
+    pub step: u64,
+}
+
+impl AdamStep {
+    /// The bias-corrected step size alpha, computed in f64 so every backend gets the same f32.
+    pub fn alpha(&self) -> f32 {
+        let t = self.step as i32;
+        let b1 = 1.0 - (self.beta1 as f64).powi(t);
+        let b2 = 1.0 - (self.beta2 as f64).powi(t);
+        (self.learning_rate as f64 * b2.sqrt() / b1) as f32
+    }
+}
+
+/// Layout of the metrics accumulator every backend keeps on its device: `softmax_xent` adds to
+/// it; the host reads it a few times a second and resets it each epoch.
+pub const METRIC_LOSS_SUM: usize = 0; // sum over samples of the cross-entropy
+pub const METRIC_CORRECT: usize = 1; // count of samples whose argmax equals the label
+pub const METRIC_COUNT: usize = 2; // count of samples seen
+pub const METRICS_LEN: usize = 3;
+
+pub trait Backend {
+    /// An f32 array on the device.
+    type Tensor;
+    /// A u32 array on the device (batch indices, labels, max-pool argmax).
+    type Indices;
+    /// A u8 image set (N, H, W, C) with its u8 labels, on the device.
+    type Images;
+
+    /// One line naming the device (adapter name, backend, driver; or "CPU, N threads").
+    fn describe(&self) -> String;
+
+    /// A zero-filled tensor.
+    fn tensor(&self, len: usize) -> Result<Self::Tensor>;
+    fn upload(&self, t: &mut Self::Tensor, data: &[f32]);
+    /// Reads the whole tensor back (waits for queued work).
+    fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    fn indices(&self, len: usize) -> Result<Self::Indices>;
+    fn upload_indices(&self, t: &mut Self::Indices, data: &[u32]);
+    fn download_indices(&self, t: &Self::Indices) -> Result<Vec<u32>>;
+    /// Puts a data set on the device. `images.len() == labels.len() * image_len`.
+    fn upload_images(&self, images: &[u8], labels: &[u8], image_len: usize) -> Result<Self::Images>;
+
+    /// x[i] = images[idx[i]] / 255 as f32, labels_out[i] = labels[idx[i]], for i < n.
+    fn gather_batch(
+        &self,
+        data: &Self::Images,
+        idx: &Self::Indices,
+        n: usize,
+        x: &mut Self::Tensor,
+        labels: &mut Self::Indices,
+    );
+
+    /// y (n, out_h, out_w, out_c) = conv(x (n, in_h, in_w, in_c), w HWIO) + b, then ReLU if `relu`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_forward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        y: &mut Self::Tensor,
+        s: &ConvShape,
+        n: usize,
+        relu: bool,
+    );
+    /// dx (n, in_h, in_w, in_c) = gradient of the conv's input given dy (n, out_h, out_w, out_c).
+    fn conv2d_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor, dx: &mut Self::Tensor, s: &ConvShape, n: usize);
+    /// dw (HWIO) and db (out_c) = gradients summed over the batch (overwritten, not accumulated).
+    fn conv2d_backward_filter(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        dw: &mut Self::Tensor,
+        db: &mut Self::Tensor,
+        s: &ConvShape,
+        n: usize,
+    );
+    /// dy[i] = 0 where y[i] <= 0 (y is the ReLU's output), for i < len.
+    fn relu_backward(&self, y: &Self::Tensor, dy: &mut Self::Tensor, len: usize);
+
+    /// y = max over each window; argmax[i] = index into x (within the whole batch) of the max,
+    /// the first one on ties.
+    fn maxpool_forward(&self, x: &Self::Tensor, y: &mut Self::Tensor, argmax: &mut Self::Indices, s: &PoolShape, n: usize);
+    /// dx = 0, then dx[argmax[i]] += dy[i].
+    fn maxpool_backward(&self, dy: &Self::Tensor, argmax: &Self::Indices, dx: &mut Self::Tensor, s: &PoolShape, n: usize);
+
+    /// y (n, units) = x (n, inputs) * w (inputs, units) + b, then ReLU if `relu`.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_forward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        y: &mut Self::Tensor,
+        s: &DenseShape,
+        n: usize,
+        relu: bool,
+    );
+    /// dx (n, inputs) = dy (n, units) * w^T.
+    fn dense_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor, dx: &mut Self::Tensor, s: &DenseShape, n: usize);
+    /// dw = x^T * dy, db = column sums of dy (overwritten).
+    #[allow(clippy::too_many_arguments)]
+    fn dense_backward_filter(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        dw: &mut Self::Tensor,
+        db: &mut Self::Tensor,
+        s: &DenseShape,
+        n: usize,
+    );
+
+    /// Fused softmax + sparse categorical cross-entropy over n rows of `classes` logits:
+    /// dlogits = (softmax - onehot) / n (the gradient of the batch-mean loss), and
+    /// metrics[LOSS_SUM] += sum of -log softmax[label], metrics[CORRECT] += argmax hits,
+    /// metrics[COUNT] += n. Stable: log-softmax via the row max.
+    fn softmax_xent(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Indices,
+        dlogits: &mut Self::Tensor,
+        metrics: &mut Self::Tensor,
+        n: usize,
+        classes: usize,
+    );
+    /// probs = softmax(logits) row by row (for predict).
+    fn softmax(&self, logits: &Self::Tensor, probs: &mut Self::Tensor, n: usize, classes: usize);
+
+    /// One Adam update of `len` parameters in place.
+    fn adam_update(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        len: usize,
+        h: &AdamStep,
+    );
+
+    /// Ends a step: the GPU submits what it recorded. The CPU has nothing to do.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}

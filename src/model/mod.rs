@@ -1,0 +1,204 @@
+//! Model descriptions: the layer list, its text format, shape inference and the summary table.
+
+mod arch_text;
+mod summary;
+
+pub use arch_text::{format_arch, parse_arch};
+pub use summary::summary_table;
+
+use crate::backend::{ConvShape, DenseShape, PoolShape};
+use anyhow::{bail, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    Relu,
+    Softmax,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    Valid,
+    Same,
+}
+
+/// One layer as the user wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayerSpec {
+    Conv2D { filters: usize, kernel: (usize, usize), stride: (usize, usize), padding: Padding, activation: Activation },
+    MaxPool2D { size: (usize, usize), stride: (usize, usize) },
+    Flatten,
+    Dense { units: usize, activation: Activation },
+}
+
+/// A layer with its shapes resolved for a given input.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LayerOp {
+    Conv { shape: ConvShape, relu: bool },
+    Pool { shape: PoolShape },
+    Flatten,
+    Dense { shape: DenseShape, activation: Activation },
+}
+
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// Keras's automatic name: conv2d, conv2d_1, max_pooling2d, flatten, dense, dense_1, ...
+    pub name: String,
+    pub spec: LayerSpec,
+    pub op: LayerOp,
+    /// Output shape without the batch dimension: (h, w, c), or (units) after Flatten/Dense.
+    pub output: Vec<usize>,
+}
+
+impl Layer {
+    pub fn output_len(&self) -> usize {
+        self.output.iter().product()
+    }
+    /// (kernel length, bias length) of a layer with weights.
+    pub fn param_lens(&self) -> Option<(usize, usize)> {
+        match &self.op {
+            LayerOp::Conv { shape, .. } => Some((shape.kernel_len(), shape.out_c)),
+            LayerOp::Dense { shape, .. } => Some((shape.inputs * shape.units, shape.units)),
+            _ => None,
+        }
+    }
+    /// Kernel shape in Keras layout: HWIO for conv, (in, out) for dense.
+    pub fn kernel_dims(&self) -> Option<Vec<usize>> {
+        match &self.op {
+            LayerOp::Conv { shape: s, .. } => Some(vec![s.k_h, s.k_w, s.in_c, s.out_c]),
+            LayerOp::Dense { shape: s, .. } => Some(vec![s.inputs, s.units]),
+            _ => None,
+        }
+    }
+    pub fn param_count(&self) -> usize {
+        self.param_lens().map_or(0, |(k, b)| k + b)
+    }
+}
+
+/// A whole model: the layers resolved for one input shape (h, w, c).
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub input: (usize, usize, usize),
+    pub layers: Vec<Layer>,
+}
+
+/// The seed model: Keras's CIFAR-10 tutorial CNN.
+pub const SEED_ARCH: &str = "\
+# The seed model (Keras's CIFAR-10 CNN tutorial)
+conv2d 32 3 relu
+maxpool 2
+conv2d 64 3 relu
+maxpool 2
+conv2d 64 3 relu
+flatten
+dense 64 relu
+dense 10 softmax
+";
+
+pub fn seed_layers() -> Vec<LayerSpec> {
+    parse_arch(SEED_ARCH).expect("the seed architecture parses")
+}
+
+fn conv_out(input: usize, k: usize, stride: usize, padding: Padding) -> Option<(usize, usize)> {
+    match padding {
+        Padding::Valid => (input >= k).then(|| ((input - k) / stride + 1, 0)),
+        Padding::Same => {
+            let out = input.div_ceil(stride);
+            let total = ((out - 1) * stride + k).saturating_sub(input);
+            Some((out, total / 2))
+        }
+    }
+}
+
+impl Model {
+    /// Resolves every layer's shapes for an input of (h, w, c); a clear error when the
+    /// architecture does not fit it.
+    pub fn new(specs: &[LayerSpec], input: (usize, usize, usize)) -> Result<Model> {
+        if input.0 == 0 || input.1 == 0 || input.2 == 0 {
+            bail!("input shape {}x{}x{} has a zero dimension", input.0, input.1, input.2);
+        }
+        if specs.is_empty() {
+            bail!("the architecture has no layers");
+        }
+        let mut counts = std::collections::HashMap::new();
+        let mut shape = vec![input.0, input.1, input.2];
+        let mut layers = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let base = match spec {
+                LayerSpec::Conv2D { .. } => "conv2d",
+                LayerSpec::MaxPool2D { .. } => "max_pooling2d",
+                LayerSpec::Flatten => "flatten",
+                LayerSpec::Dense { .. } => "dense",
+            };
+            let count = counts.entry(base).or_insert(0usize);
+            let name = if *count == 0 { base.to_string() } else { format!("{base}_{count}") };
+            *count += 1;
+            let at = format!("layer {} ({name})", i + 1);
+            let (op, output) = match *spec {
+                LayerSpec::Conv2D { filters, kernel, stride, padding, activation } => {
+                    let [h, w, c] = shape[..] else { bail!("{at}: Conv2D needs an (h, w, c) input, got {shape:?}; put it before Flatten") };
+                    if filters == 0 || kernel.0 == 0 || kernel.1 == 0 || stride.0 == 0 || stride.1 == 0 {
+                        bail!("{at}: filters, kernel size and stride must be at least 1");
+                    }
+                    if activation == Activation::Softmax {
+                        bail!("{at}: Conv2D takes activation relu or none, not softmax");
+                    }
+                    let (Some((oh, pt)), Some((ow, pl))) = (conv_out(h, kernel.0, stride.0, padding), conv_out(w, kernel.1, stride.1, padding)) else {
+                        bail!("{at}: a {}x{} kernel does not fit its {h}x{w} input (use padding=same or a smaller kernel)", kernel.0, kernel.1)
+                    };
+                    let s = ConvShape { in_h: h, in_w: w, in_c: c, out_h: oh, out_w: ow, out_c: filters, k_h: kernel.0, k_w: kernel.1, stride_h: stride.0, stride_w: stride.1, pad_top: pt, pad_left: pl };
+                    (LayerOp::Conv { shape: s, relu: activation == Activation::Relu }, vec![oh, ow, filters])
+                }
+                LayerSpec::MaxPool2D { size, stride } => {
+                    let [h, w, c] = shape[..] else { bail!("{at}: MaxPool2D needs an (h, w, c) input, got {shape:?}; put it before Flatten") };
+                    if size.0 == 0 || size.1 == 0 || stride.0 == 0 || stride.1 == 0 {
+                        bail!("{at}: pool size and stride must be at least 1");
+                    }
+                    if h < size.0 || w < size.1 {
+                        bail!("{at}: a {}x{} pool does not fit its {h}x{w} input: the output would have a dimension of 0", size.0, size.1);
+                    }
+                    let (oh, ow) = ((h - size.0) / stride.0 + 1, (w - size.1) / stride.1 + 1);
+                    let s = PoolShape { in_h: h, in_w: w, c, out_h: oh, out_w: ow, size_h: size.0, size_w: size.1, stride_h: stride.0, stride_w: stride.1 };
+                    (LayerOp::Pool { shape: s }, vec![oh, ow, c])
+                }
+                LayerSpec::Flatten => (LayerOp::Flatten, vec![shape.iter().product()]),
+                LayerSpec::Dense { units, activation } => {
+                    let [inputs] = shape[..] else { bail!("{at}: Dense needs a flat input, got {shape:?}; put a Flatten before it") };
+                    if units == 0 {
+                        bail!("{at}: Dense needs at least 1 unit");
+                    }
+                    if activation == Activation::Softmax && i + 1 != specs.len() {
+                        bail!("{at}: softmax is only supported on the last layer (it is fused into the loss)");
+                    }
+                    (LayerOp::Dense { shape: DenseShape { inputs, units }, activation }, vec![units])
+                }
+            };
+            shape = output.clone();
+            layers.push(Layer { name, spec: spec.clone(), op, output });
+        }
+        match layers.last().map(|l| &l.op) {
+            Some(LayerOp::Dense { activation: Activation::Softmax | Activation::None, .. }) => {}
+            _ => bail!("the last layer must be Dense with activation softmax (or none): its units are the class scores"),
+        }
+        Ok(Model { input, layers })
+    }
+
+    pub fn classes(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.output_len())
+    }
+    pub fn input_len(&self) -> usize {
+        self.input.0 * self.input.1 * self.input.2
+    }
+    pub fn param_count(&self) -> usize {
+        self.layers.iter().map(|l| l.param_count()).sum()
+    }
+}
+
+/// Parses "32x32x3" (h x w x c).
+pub fn parse_input_shape(text: &str) -> Result<(usize, usize, usize)> {
+    let parts: Vec<_> = text.split(['x', 'X', ',']).map(|p| p.trim().parse::<usize>()).collect();
+    match parts[..] {
+        [Ok(h), Ok(w), Ok(c)] if h > 0 && w > 0 && c > 0 => Ok((h, w, c)),
+        _ => bail!("input shape '{text}' is not HxWxC with positive numbers, e.g. 32x32x3"),
+    }
+}
