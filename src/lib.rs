@@ -1,4 +1,10 @@
 //! gpu-cnn: train small convolutional image classifiers on any GPU (through wgpu) or the CPU.
 
 pub mod backend;
+pub mod checkpoint;
+pub mod commands;
+pub mod data;
 pub mod model;
+pub mod network;
+pub mod rng;
+pub mod train;

@@ -1,1 +1,131 @@
-fn main() {}
+//! The `gpu-cnn` command line: parses flags with clap and calls into the library.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, TrainArgs};
+use gpu_cnn::data::DatasetKind;
+use gpu_cnn::model::parse_input_shape;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "gpu-cnn", version, about = "Train convolutional image classifiers on any GPU (wgpu) or the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the model's layers, output shapes and parameter counts, like Keras's model.summary().
+    Summary {
+        /// Architecture file (one layer a line, see README); default: the seed model.
+        #[arg(long)]
+        arch: Option<PathBuf>,
+        /// Input shape as HxWxC.
+        #[arg(long, default_value = "32x32x3")]
+        input: String,
+    },
+    /// Train a model; writes history.json, last.safetensors and best.safetensors to the run directory.
+    Train(TrainCli),
+    /// Test loss and accuracy of a checkpoint.
+    Evaluate(EvaluateCli),
+}
+
+#[derive(Args)]
+struct DataCli {
+    /// The data set.
+    #[arg(long, value_enum, default_value = "cifar10")]
+    dataset: DatasetKind,
+    /// Folder with the data set's files (cifar10: the folder holding cifar-10-batches-bin/;
+    /// fashion-mnist: defaults to /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Use only the first N training images (quick runs).
+    #[arg(long, value_name = "N")]
+    limit_train: Option<usize>,
+    /// Use only the first N test images (quick runs).
+    #[arg(long, value_name = "N")]
+    limit_test: Option<usize>,
+}
+
+#[derive(Args)]
+struct TrainCli {
+    #[command(flatten)]
+    data: DataCli,
+    /// Architecture file (one layer a line, see README); default: the seed model.
+    #[arg(long)]
+    arch: Option<PathBuf>,
+    /// Total number of epochs (a resumed run continues until this many are done).
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Images per training step [default: 32, or the checkpoint's when resuming].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Adam's learning rate [default: 0.001, or the checkpoint's when resuming].
+    #[arg(long)]
+    learning_rate: Option<f32>,
+    /// Seed for the initial weights and the shuffles [default: 0, or the checkpoint's].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where to compute: auto or cpu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Run directory [default: runs/<dataset>, or runs/<dataset>-N if that exists; when
+    /// resuming, the checkpoint's folder].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from a checkpoint (weights, Adam state, step, history) until --epochs are done.
+    #[arg(long, value_name = "CHECKPOINT")]
+    resume: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvaluateCli {
+    /// The checkpoint (.safetensors) to evaluate.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The data set [default: the one the checkpoint was trained on].
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetKind>,
+    /// Folder with the data set's files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Use only the first N test images.
+    #[arg(long, value_name = "N")]
+    limit_test: Option<usize>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Where to compute: auto or cpu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print JSON instead of a line of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Summary { arch, input } => print!("{}", commands::summary(arch.as_deref(), parse_input_shape(&input)?)?),
+        Command::Train(t) => {
+            let args = TrainArgs {
+                data: DataOptions { dataset: t.data.dataset, data_dir: t.data.data_dir, limit_train: t.data.limit_train, limit_test: t.data.limit_test },
+                arch: t.arch,
+                epochs: t.epochs,
+                batch_size: t.batch_size,
+                learning_rate: t.learning_rate,
+                seed: t.seed,
+                out: t.out,
+                resume: t.resume,
+                progress: std::io::stderr().is_terminal(),
+            };
+            commands::train(&args, &t.device)?;
+        }
+        Command::Evaluate(e) => {
+            let args = EvaluateArgs { checkpoint: e.checkpoint, dataset: e.dataset, data_dir: e.data_dir, limit_test: e.limit_test, batch_size: e.batch_size, json: e.json };
+            println!("{}", commands::evaluate(&args, &e.device)?);
+        }
+    }
+    Ok(())
+}

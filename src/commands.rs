@@ -1,0 +1,214 @@
+//! What each CLI subcommand does, given its already-parsed options. main.rs only parses.
+
+use crate::backend::Backend;
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::{self, Dataset, DatasetKind};
+use crate::model::{format_arch, parse_arch, summary_table, Model, SEED_ARCH};
+use crate::network::Network;
+use crate::train::{self, TrainOptions};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Reads an architecture file, or the seed model when none is given.
+pub fn read_arch(path: Option<&Path>) -> Result<String> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("{}: cannot read the architecture file", p.display()))?,
+        None => SEED_ARCH.to_string(),
+    };
+    let layers = parse_arch(&text).with_context(|| format!("{}: invalid architecture", path.map_or("seed model".into(), |p| p.display().to_string())))?;
+    Ok(format_arch(&layers))
+}
+
+pub fn summary(arch: Option<&Path>, input: (usize, usize, usize)) -> Result<String> {
+    let text = read_arch(arch)?;
+    let model = Model::new(&parse_arch(&text)?, input)?;
+    Ok(summary_table(&model))
+}
+
+/// Where the data comes from and how much of it to use.
+#[derive(Clone, Debug)]
+pub struct DataOptions {
+    pub dataset: DatasetKind,
+    pub data_dir: Option<PathBuf>,
+    /// Use only the first N training / test images (quick runs, smoke tests).
+    pub limit_train: Option<usize>,
+    pub limit_test: Option<usize>,
+}
+
+pub fn load_data(opts: &DataOptions, seed: u64) -> Result<Dataset> {
+    let mut ds = data::load(opts.dataset, opts.data_dir.as_deref(), seed)?;
+    if let Some(n) = opts.limit_train {
+        ds.train.truncate(n);
+    }
+    if let Some(n) = opts.limit_test {
+        ds.test.truncate(n);
+    }
+    if ds.train.is_empty() || ds.test.is_empty() {
+        bail!("{}: the training or test split is empty", ds.name);
+    }
+    Ok(ds)
+}
+
+pub fn dataset_kind_by_name(name: &str) -> Option<DatasetKind> {
+    use clap::ValueEnum;
+    DatasetKind::from_str(name, true).ok()
+}
+
+/// Checks the model's input and class count against the data set's.
+fn check_model_fits_data(model: &Model, ds: &Dataset, what: &str) -> Result<()> {
+    if model.input != ds.input_shape() {
+        let (a, b) = (model.input, ds.input_shape());
+        bail!("{what} takes {}x{}x{} images but {} has {}x{}x{}", a.0, a.1, a.2, ds.name, b.0, b.1, b.2);
+    }
+    if model.classes() != ds.class_names.len() {
+        bail!("{what} ends in {} class scores but {} has {} classes", model.classes(), ds.name, ds.class_names.len());
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainArgs {
+    pub data: DataOptions,
+    pub arch: Option<PathBuf>,
+    pub epochs: usize,
+    pub batch_size: Option<usize>,
+    pub learning_rate: Option<f32>,
+    pub seed: Option<u64>,
+    pub out: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// A fresh run directory: runs/<dataset>, then runs/<dataset>-2, -3, ... so nothing saved
+/// by an earlier run is overwritten.
+fn fresh_run_dir(dataset: &str) -> PathBuf {
+    let base = PathBuf::from("runs");
+    (1..).map(|i| if i == 1 { base.join(dataset) } else { base.join(format!("{dataset}-{i}")) }).find(|p| !p.exists()).unwrap()
+}
+
+/// Opens the backend `--device` names and runs `$body` with it bound to `$b`.
+#[macro_export]
+macro_rules! with_backend {
+    ($device:expr, $b:ident => $body:expr) => {{
+        match $device {
+            "auto" | "cpu" => {
+                let $b = $crate::backend::cpu::CpuBackend::new();
+                $body
+            }
+            other => anyhow::bail!("device '{other}': the GPU backend is not available in this build (use --device cpu)"),
+        }
+    }};
+}
+
+pub fn train(args: &TrainArgs, device: &str) -> Result<()> {
+    with_backend!(device, backend => train_on(backend, args))
+}
+
+pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
+    let resume: Option<Checkpoint> = args.resume.as_deref().map(checkpoint::load).transpose()?;
+    let arch_text = match (&resume, &args.arch) {
+        (Some(ck), Some(path)) => {
+            let given = read_arch(Some(path))?;
+            if given != ck.meta.arch {
+                bail!("{} was trained with a different architecture than {}:\n{}", args.resume.as_ref().unwrap().display(), path.display(), ck.meta.arch);
+            }
+            given
+        }
+        (Some(ck), None) => ck.meta.arch.clone(),
+        (None, arch) => read_arch(arch.as_deref())?,
+    };
+    let seed = args.seed.or(resume.as_ref().map(|c| c.meta.seed)).unwrap_or(0);
+    let batch_size = args.batch_size.or(resume.as_ref().map(|c| c.meta.batch_size)).unwrap_or(32);
+    let learning_rate = args.learning_rate.or(resume.as_ref().map(|c| c.meta.learning_rate)).unwrap_or(1e-3);
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if !(learning_rate > 0.0 && learning_rate.is_finite()) {
+        bail!("--learning-rate must be a positive number");
+    }
+    let ds = load_data(&args.data, seed)?;
+    let model = Model::new(&parse_arch(&arch_text)?, ds.input_shape()).context("the architecture does not fit the data")?;
+    check_model_fits_data(&model, &ds, "the model")?;
+    eprintln!("Device: {}", backend.describe());
+    eprintln!("Data: {} ({} training, {} test images of {}x{}x{}, {} classes)", ds.name, ds.train.len(), ds.test.len(), model.input.0, model.input.1, model.input.2, ds.class_names.len());
+    let mut net = Network::new(backend, model, batch_size, seed)?;
+    net.adam.learning_rate = learning_rate;
+    let mut history = Vec::new();
+    if let Some(ck) = &resume {
+        let path = args.resume.as_ref().unwrap();
+        if ck.meta.input != ds.input_shape() || ck.meta.class_names.len() != ds.class_names.len() {
+            bail!("{}: trained on {} ({} classes), which does not match {}", path.display(), ck.meta.dataset, ck.meta.class_names.len(), ds.name);
+        }
+        net.load_state(&ck.tensors, true).with_context(|| format!("{}: does not match the model", path.display()))?;
+        net.step = ck.meta.step;
+        history = ck.meta.history.clone();
+        if history.len() >= args.epochs {
+            bail!("{} has already done {} epochs; ask for more with --epochs (the total)", path.display(), history.len());
+        }
+        eprintln!("Resuming from {} after epoch {} (step {})", path.display(), ck.meta.epoch, ck.meta.step);
+    }
+    let out = match (&args.out, &args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => r.parent().map(Path::to_path_buf).unwrap_or_default(),
+        (None, None) => fresh_run_dir(&ds.name),
+    };
+    eprintln!("Run directory: {}", out.display());
+    let opts = TrainOptions { epochs: args.epochs, batch_size, seed, out_dir: Some(out.clone()), arch_text, progress: args.progress };
+    let history = train::fit(&mut net, &ds, &opts, history)?;
+    if let Some(last) = history.last() {
+        eprintln!(
+            "Done: {} epochs, test accuracy {:.4}, test loss {:.4}; peak memory {:.0} MB; checkpoints in {}",
+            history.len(),
+            last.val_accuracy,
+            last.val_loss,
+            train::peak_rss_bytes() as f64 / 1e6,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct EvaluateArgs {
+    pub checkpoint: PathBuf,
+    /// None: the data set the checkpoint was trained on.
+    pub dataset: Option<DatasetKind>,
+    pub data_dir: Option<PathBuf>,
+    pub limit_test: Option<usize>,
+    pub batch_size: usize,
+    pub json: bool,
+}
+
+pub fn evaluate(args: &EvaluateArgs, device: &str) -> Result<String> {
+    with_backend!(device, backend => evaluate_on(backend, args))
+}
+
+pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String> {
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let kind = match args.dataset {
+        Some(k) => k,
+        None => dataset_kind_by_name(&ck.meta.dataset)
+            .with_context(|| format!("{}: trained on '{}'; say which data set to evaluate on with --dataset", args.checkpoint.display(), ck.meta.dataset))?,
+    };
+    let data = DataOptions { dataset: kind, data_dir: args.data_dir.clone(), limit_train: Some(1), limit_test: args.limit_test };
+    let ds = load_data(&data, ck.meta.seed)?;
+    let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
+    check_model_fits_data(&model, &ds, &format!("{}", args.checkpoint.display()))?;
+    let device = backend.describe();
+    let mut net = Network::new(backend, model, args.batch_size.max(1), 0)?;
+    net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
+    let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len())?;
+    let m = net.evaluate(&test, ds.test.len())?;
+    Ok(if args.json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "checkpoint": args.checkpoint.display().to_string(),
+            "dataset": ds.name,
+            "images": m.count,
+            "loss": m.loss,
+            "accuracy": m.accuracy,
+            "device": device,
+        }))?
+    } else {
+        format!("{} test images of {}: loss: {:.4} - accuracy: {:.4}", m.count, ds.name, m.loss, m.accuracy)
+    })
+}

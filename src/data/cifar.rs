@@ -1,0 +1,71 @@
+//! CIFAR-10's binary format (cifar-10-batches-bin/): data_batch_1..5.bin and test_batch.bin,
+//! 10,000 records each of 1 label byte + 3,072 pixel bytes (1,024 red, then green, then blue,
+//! row-major 32x32), and batches.meta.txt with one class name a line.
+
+use super::{Dataset, ImageSet};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+pub const SIDE: usize = 32;
+const PLANE: usize = SIDE * SIDE;
+pub const RECORD: usize = 1 + 3 * PLANE;
+
+/// Reads one batch file, converting planar CHW to NHWC and checking labels < classes.
+pub fn read_batch(path: &Path, classes: usize, into: &mut ImageSet) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+        bail!("{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)", path.display(), bytes.len());
+    }
+    for (i, rec) in bytes.chunks(RECORD).enumerate() {
+        let label = rec[0];
+        if label as usize >= classes {
+            bail!("{}: record {i} has label {label}, not below the number of classes ({classes})", path.display());
+        }
+        into.labels.push(label);
+        let planes = &rec[1..];
+        for p in 0..PLANE {
+            into.images.extend_from_slice(&[planes[p], planes[PLANE + p], planes[2 * PLANE + p]]);
+        }
+    }
+    Ok(())
+}
+
+/// Reads batches.meta.txt: one class name a line (blank lines dropped).
+pub fn read_class_names(dir: &Path) -> Result<Vec<String>> {
+    let path = dir.join("batches.meta.txt");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the class names", path.display()))?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if names.is_empty() || names.len() > 256 {
+        bail!("{}: expected one class name a line, found {}", path.display(), names.len());
+    }
+    Ok(names)
+}
+
+pub fn load(dir: &Path) -> Result<Dataset> {
+    let class_names = read_class_names(dir)?;
+    let empty = || ImageSet { height: SIDE, width: SIDE, channels: 3, ..Default::default() };
+    let mut train = empty();
+    for i in 1..=5 {
+        let path = dir.join(format!("data_batch_{i}.bin"));
+        if !path.exists() {
+            bail!("{}: missing (CIFAR-10 has data_batch_1.bin .. data_batch_5.bin and test_batch.bin)", path.display());
+        }
+        read_batch(&path, class_names.len(), &mut train)?;
+    }
+    let mut test = empty();
+    read_batch(&dir.join("test_batch.bin"), class_names.len(), &mut test)?;
+    Ok(Dataset { name: "cifar10".into(), class_names, train, test })
+}
+
+/// Writes one batch file in the real format (for tests): NHWC images in, planar records out.
+pub fn write_batch(path: &Path, images: &[u8], labels: &[u8]) -> Result<()> {
+    let mut out = Vec::with_capacity(labels.len() * RECORD);
+    for (i, &label) in labels.iter().enumerate() {
+        out.push(label);
+        let img = &images[i * 3 * PLANE..][..3 * PLANE];
+        for c in 0..3 {
+            out.extend((0..PLANE).map(|p| img[p * 3 + c]));
+        }
+    }
+    std::fs::write(path, out).with_context(|| format!("{}: cannot write", path.display()))
+}

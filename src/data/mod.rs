@@ -1,0 +1,107 @@
+//! Data sets: images stay u8 (N, H, W, C) in memory; backends scale them by 1/255 per batch.
+
+pub mod cifar;
+pub mod idx;
+pub mod synthetic;
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// Images (N, H, W, C) as u8 and one u8 label each.
+#[derive(Clone, Debug, Default)]
+pub struct ImageSet {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn image_len(&self) -> usize {
+        self.height * self.width * self.channels
+    }
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.images[i * self.image_len()..][..self.image_len()]
+    }
+    /// Keeps the first `n` images (for quick runs).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len() {
+            self.labels.truncate(n);
+            self.images.truncate(n * self.image_len());
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub name: String,
+    pub class_names: Vec<String>,
+    pub train: ImageSet,
+    pub test: ImageSet,
+}
+
+impl Dataset {
+    pub fn input_shape(&self) -> (usize, usize, usize) {
+        (self.train.height, self.train.width, self.train.channels)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatasetKind {
+    Cifar10,
+    FashionMnist,
+    Mnist,
+    Synthetic,
+}
+
+pub const FASHION_MNIST_SYSTEM_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+pub const FASHION_MNIST_CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+
+/// Loads a data set. `data_dir` is where its files are; without it, the usual places are tried.
+pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Dataset> {
+    match kind {
+        DatasetKind::Synthetic => Ok(synthetic::generate(&synthetic::SyntheticSpec::default(), seed)),
+        DatasetKind::Cifar10 => {
+            let candidates = match data_dir {
+                Some(d) => vec![d.join("cifar-10-batches-bin"), d.to_path_buf()],
+                None => vec![PathBuf::from("data/cifar-10-batches-bin"), PathBuf::from("cifar-10-batches-bin")],
+            };
+            match candidates.iter().find(|d| d.join("data_batch_1.bin").exists()) {
+                Some(dir) => cifar::load(dir),
+                None => bail!(
+                    "CIFAR-10 not found: looked for data_batch_1.bin in {}.\n\
+                     Get the binary version (cifar-10-binary.tar.gz, 162 MB) from https://www.cs.toronto.edu/~kriz/cifar.html, \
+                     unpack it (tar xzf cifar-10-binary.tar.gz) and pass --data-dir to the folder holding cifar-10-batches-bin/.",
+                    candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+        DatasetKind::FashionMnist | DatasetKind::Mnist => {
+            let (name, default_dir, classes): (&str, Option<&str>, Vec<String>) = if kind == DatasetKind::FashionMnist {
+                ("fashion-mnist", Some(FASHION_MNIST_SYSTEM_DIR), FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect())
+            } else {
+                ("mnist", None, (0..10).map(|d| d.to_string()).collect())
+            };
+            let dir = match (data_dir, default_dir) {
+                (Some(d), _) => d.to_path_buf(),
+                (None, Some(d)) if Path::new(d).exists() => PathBuf::from(d),
+                _ => bail!(
+                    "{name}: no --data-dir given{}. Pass --data-dir to a folder with train-images-idx3-ubyte(.gz), \
+                     train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz){}",
+                    default_dir.map(|d| format!(" and {d} does not exist")).unwrap_or_default(),
+                    if kind == DatasetKind::FashionMnist { " (on Debian: apt-get install dataset-fashion-mnist)" } else { "" }
+                ),
+            };
+            idx::load_dir(&dir, name, classes)
+        }
+    }
+}

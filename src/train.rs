@@ -1,0 +1,162 @@
+//! The training loop: shuffle each epoch, step through the batches (keeping the last partial
+//! one), validate on the test split, print Keras-like progress, save history and checkpoints.
+
+use crate::backend::Backend;
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::data::Dataset;
+use crate::network::{Metrics, Network};
+use crate::rng::Rng;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// One epoch's results, as Keras's History records them (plus the time it took).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Total epochs: a resumed run continues until this many are done (Keras's `epochs` with
+    /// `initial_epoch`).
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Run directory for history.json and checkpoints; None writes nothing.
+    pub out_dir: Option<PathBuf>,
+    /// The architecture text stored in checkpoints.
+    pub arch_text: String,
+    /// Show the live progress bar (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// What salts the shuffle generator, so each epoch's order depends only on (seed, epoch).
+const SHUFFLE_PURPOSE: u64 = 2;
+
+/// The training order of one epoch.
+pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..len as u32).collect();
+    Rng::derive(seed, SHUFFLE_PURPOSE, epoch as u64).shuffle(&mut order);
+    order
+}
+
+/// Peak resident memory of this process in bytes (Linux; 0 elsewhere).
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn format_metrics(m: &Metrics) -> String {
+    format!("accuracy: {:.4} - loss: {:.4}", m.accuracy, m.loss)
+}
+
+/// Trains `net` on `ds` until `opts.epochs` epochs are done; `history` holds the epochs
+/// already done (a resumed run). Returns the whole history.
+pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, mut history: Vec<EpochRecord>) -> Result<Vec<EpochRecord>> {
+    let image_len = ds.train.image_len();
+    let train = net.backend.upload_images(&ds.train.images, &ds.train.labels, image_len).context("putting the training set on the device")?;
+    let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len()).context("putting the test set on the device")?;
+    if let Some(dir) = &opts.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
+    }
+    let steps = ds.train.len().div_ceil(opts.batch_size);
+    let mut best = history.iter().map(|r| r.val_accuracy).fold(f64::NEG_INFINITY, f64::max);
+    for epoch in history.len()..opts.epochs {
+        eprintln!("Epoch {}/{}", epoch + 1, opts.epochs);
+        let started = Instant::now();
+        let order = epoch_order(ds.train.len(), opts.seed, epoch);
+        net.reset_metrics();
+        let bar = progress_bar(steps, opts.progress);
+        let mut last_update = Instant::now();
+        for (step, batch) in order.chunks(opts.batch_size).enumerate() {
+            net.train_step(&train, batch).with_context(|| format!("epoch {} step {}", epoch + 1, step + 1))?;
+            if last_update.elapsed() > Duration::from_millis(250) || step + 1 == steps {
+                last_update = Instant::now();
+                if !bar.is_hidden() {
+                    let m = net.read_metrics()?;
+                    let ms = started.elapsed().as_secs_f64() * 1000.0 / (step + 1) as f64;
+                    bar.set_position(step as u64 + 1);
+                    bar.set_message(format!("{ms:.0}ms/step - {}", format_metrics(&m)));
+                }
+            }
+        }
+        let train_metrics = net.read_metrics()?;
+        let train_seconds = started.elapsed().as_secs_f64();
+        let val = net.evaluate(&test, ds.test.len())?;
+        let seconds = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        eprintln!(
+            "{steps}/{steps} - {:.0}s {:.0}ms/step - {} - val_accuracy: {:.4} - val_loss: {:.4} ({:.0} images/s)",
+            seconds,
+            train_seconds * 1000.0 / steps as f64,
+            format_metrics(&train_metrics),
+            val.accuracy,
+            val.loss,
+            ds.train.len() as f64 / train_seconds
+        );
+        history.push(EpochRecord { epoch: epoch + 1, loss: train_metrics.loss, accuracy: train_metrics.accuracy, val_loss: val.loss, val_accuracy: val.accuracy, seconds });
+        if let Some(dir) = &opts.out_dir {
+            let meta = CheckpointMeta {
+                arch: opts.arch_text.clone(),
+                input: net.model.input,
+                class_names: ds.class_names.clone(),
+                dataset: ds.name.clone(),
+                epoch: epoch + 1,
+                step: net.step,
+                seed: opts.seed,
+                batch_size: opts.batch_size,
+                learning_rate: net.adam.learning_rate,
+                history: history.clone(),
+            };
+            let mut tensors = net.weights()?;
+            tensors.extend(net.optimizer_state()?);
+            checkpoint::save(&dir.join("last.safetensors"), &meta, &tensors)?;
+            if val.accuracy > best {
+                best = val.accuracy;
+                checkpoint::save(&dir.join("best.safetensors"), &meta, &tensors)?;
+            }
+            write_history(dir, &history, &net.backend.describe(), &ds.name)?;
+        }
+    }
+    Ok(history)
+}
+
+/// history.json: Keras's `History.history` (a list per metric) plus the epoch numbers,
+/// seconds per epoch, the device and the peak memory so far.
+pub fn write_history(dir: &std::path::Path, history: &[EpochRecord], device: &str, dataset: &str) -> Result<()> {
+    let list = |f: fn(&EpochRecord) -> f64| history.iter().map(f).collect::<Vec<f64>>();
+    let json = serde_json::json!({
+        "epoch": history.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+        "loss": list(|r| r.loss),
+        "accuracy": list(|r| r.accuracy),
+        "val_loss": list(|r| r.val_loss),
+        "val_accuracy": list(|r| r.val_accuracy),
+        "seconds": list(|r| r.seconds),
+        "device": device,
+        "dataset": dataset,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    checkpoint::write_atomically(&dir.join("history.json"), serde_json::to_string_pretty(&json)?.as_bytes())
+}
+
+fn progress_bar(steps: usize, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{pos:>5}/{len} {bar:20.green/dim} {elapsed} {msg}")
+            .expect("valid template")
+            .progress_chars("━━━"),
+    );
+    bar
+}
