@@ -1,0 +1,24 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// A fresh empty folder under the system temp dir, unique to this test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gpu-cnn-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Uniform values in [-1, 1), seeded.
+pub fn random_vec(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = gpu_cnn::rng::Rng::new(seed);
+    (0..len).map(|_| rng.unit_f32() * 2.0 - 1.0).collect()
+}
+
+/// Runs the gpu-cnn binary; returns (exit success, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn")).args(args).output().expect("run gpu-cnn");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

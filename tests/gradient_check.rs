@@ -1,0 +1,193 @@
+//! Every CPU backward against finite differences of its forward.
+//!
+//! Linear ops (conv, dense without activation) are checked with L = sum(y * r) for a random r:
+//! the central difference is then exact but for f32 rounding, so the tolerance only has to
+//! cover rounding of sums of O(100) terms of size O(1): 2e-3 absolute. Non-linear ops use small
+//! steps on inputs built so that no max-pool window has a near tie and no ReLU input is near 0.
+
+mod common;
+use common::random_vec;
+use gpu_cnn::backend::cpu::CpuBackend;
+use gpu_cnn::backend::{Backend, ConvShape, DenseShape, PoolShape};
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// Central differences of `loss` with respect to every element of `x`.
+fn numeric_grad(x: &[f32], h: f32, mut loss: impl FnMut(&[f32]) -> f64) -> Vec<f64> {
+    let mut x = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let keep = x[i];
+            x[i] = keep + h;
+            let up = loss(&x);
+            x[i] = keep - h;
+            let down = loss(&x);
+            x[i] = keep;
+            (up - down) / (2.0 * h as f64)
+        })
+        .collect()
+}
+
+fn assert_close(what: &str, analytic: &[f32], numeric: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(analytic.len(), numeric.len(), "{what}: lengths");
+    for (i, (&a, &n)) in analytic.iter().zip(numeric).enumerate() {
+        let tol = atol + rtol * n.abs();
+        assert!((a as f64 - n).abs() <= tol, "{what}[{i}]: analytic {a} vs numeric {n} (tolerance {tol})");
+    }
+}
+
+fn conv_shapes() -> Vec<ConvShape> {
+    vec![
+        // valid, stride 1
+        ConvShape { in_h: 5, in_w: 6, in_c: 2, out_h: 3, out_w: 4, out_c: 3, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 },
+        // same padding, stride (2, 1), a 3x2 kernel on 7x6: out 4x6, pads top 1, left 0
+        ConvShape { in_h: 7, in_w: 6, in_c: 3, out_h: 4, out_w: 6, out_c: 4, k_h: 3, k_w: 2, stride_h: 2, stride_w: 1, pad_top: 1, pad_left: 0 },
+    ]
+}
+
+#[test]
+fn conv2d_backward_matches_finite_differences() {
+    let cpu = CpuBackend::new();
+    let n = 2;
+    for (k, s) in conv_shapes().iter().enumerate() {
+        let x = random_vec(n * s.in_len(), 10 + k as u64);
+        let w = random_vec(s.kernel_len(), 20 + k as u64);
+        let b = random_vec(s.out_c, 30 + k as u64);
+        let r = random_vec(n * s.out_len(), 40 + k as u64);
+        let forward = |x: &[f32], w: &[f32], b: &[f32]| {
+            let mut y = vec![0.0; n * s.out_len()];
+            cpu.conv2d_forward(&x.to_vec(), &w.to_vec(), &b.to_vec(), &mut y, s, n, false);
+            dot(&y, &r)
+        };
+        let mut dx = vec![0.0; n * s.in_len()];
+        cpu.conv2d_backward_input(&r, &w, &mut dx, s, n);
+        let (mut dw, mut db) = (vec![0.0; s.kernel_len()], vec![0.0; s.out_c]);
+        cpu.conv2d_backward_filter(&x, &r, &mut dw, &mut db, s, n);
+        assert_close("conv dx", &dx, &numeric_grad(&x, 0.01, |x| forward(x, &w, &b)), 2e-3, 1e-3);
+        assert_close("conv dw", &dw, &numeric_grad(&w, 0.01, |w| forward(&x, w, &b)), 2e-3, 1e-3);
+        assert_close("conv db", &db, &numeric_grad(&b, 0.01, |b| forward(&x, &w, b)), 2e-3, 1e-3);
+    }
+}
+
+#[test]
+fn dense_backward_matches_finite_differences() {
+    let cpu = CpuBackend::new();
+    let (n, s) = (3, DenseShape { inputs: 7, units: 5 });
+    let x = random_vec(n * s.inputs, 1);
+    let w = random_vec(s.inputs * s.units, 2);
+    let b = random_vec(s.units, 3);
+    let r = random_vec(n * s.units, 4);
+    let forward = |x: &[f32], w: &[f32], b: &[f32]| {
+        let mut y = vec![0.0; n * s.units];
+        cpu.dense_forward(&x.to_vec(), &w.to_vec(), &b.to_vec(), &mut y, &s, n, false);
+        dot(&y, &r)
+    };
+    let mut dx = vec![0.0; n * s.inputs];
+    cpu.dense_backward_input(&r, &w, &mut dx, &s, n);
+    let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; s.units]);
+    cpu.dense_backward_filter(&x, &r, &mut dw, &mut db, &s, n);
+    assert_close("dense dx", &dx, &numeric_grad(&x, 0.01, |x| forward(x, &w, &b)), 2e-3, 1e-3);
+    assert_close("dense dw", &dw, &numeric_grad(&w, 0.01, |w| forward(&x, w, &b)), 2e-3, 1e-3);
+    assert_close("dense db", &db, &numeric_grad(&b, 0.01, |b| forward(&x, &w, b)), 2e-3, 1e-3);
+}
+
+#[test]
+fn relu_backward_matches_finite_differences() {
+    let cpu = CpuBackend::new();
+    // Inputs at least 0.05 away from 0 so a 0.01 step never crosses the kink.
+    let z: Vec<f32> = random_vec(40, 5).iter().map(|v| if *v >= 0.0 { v + 0.05 } else { v - 0.05 }).collect();
+    let r = random_vec(40, 6);
+    let relu = |z: &[f32]| z.iter().map(|v| v.max(0.0)).collect::<Vec<f32>>();
+    let y = relu(&z);
+    let mut dz = r.clone();
+    cpu.relu_backward(&y, &mut dz, 40);
+    assert_close("relu", &dz, &numeric_grad(&z, 0.01, |z| dot(&relu(z), &r)), 1e-4, 1e-3);
+}
+
+#[test]
+fn maxpool_backward_matches_finite_differences() {
+    let cpu = CpuBackend::new();
+    // Overlapping 3x3 windows with stride 2 on 7x5, and 2x2 windows that drop the last row.
+    let shapes = [
+        PoolShape { in_h: 7, in_w: 5, c: 2, out_h: 3, out_w: 2, size_h: 3, size_w: 3, stride_h: 2, stride_w: 2 },
+        PoolShape { in_h: 5, in_w: 4, c: 3, out_h: 2, out_w: 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2 },
+    ];
+    for s in shapes {
+        let n = 2;
+        // Distinct values 0.01 apart, shuffled: no near ties, so a 0.001 step keeps every argmax.
+        let mut x: Vec<f32> = (0..n * s.in_len()).map(|i| i as f32 * 0.01).collect();
+        gpu_cnn::rng::Rng::new(7).shuffle(&mut x);
+        let r = random_vec(n * s.out_len(), 8);
+        let forward = |x: &[f32]| {
+            let (mut y, mut am) = (vec![0.0; n * s.out_len()], vec![0u32; n * s.out_len()]);
+            cpu.maxpool_forward(&x.to_vec(), &mut y, &mut am, &s, n);
+            dot(&y, &r)
+        };
+        let (mut y, mut am) = (vec![0.0; n * s.out_len()], vec![0u32; n * s.out_len()]);
+        cpu.maxpool_forward(&x, &mut y, &mut am, &s, n);
+        let mut dx = vec![1.0; n * s.in_len()];
+        cpu.maxpool_backward(&r, &am, &mut dx, &s, n);
+        assert_close("maxpool dx", &dx, &numeric_grad(&x, 0.001, forward), 1e-3, 1e-3);
+    }
+}
+
+#[test]
+fn softmax_xent_gradient_matches_finite_differences() {
+    let cpu = CpuBackend::new();
+    let (n, classes) = (4, 10);
+    let logits: Vec<f32> = random_vec(n * classes, 9).iter().map(|v| v * 3.0).collect();
+    let labels: Vec<u32> = vec![0, 9, 3, 3];
+    let loss = |z: &[f32]| {
+        let (mut g, mut m) = (vec![0.0; n * classes], vec![0.0; 3]);
+        cpu.softmax_xent(&z.to_vec(), &labels, &mut g, &mut m, n, classes);
+        m[0] as f64 / n as f64 // mean loss, whose gradient softmax_xent returns
+    };
+    let (mut g, mut m) = (vec![0.0; n * classes], vec![0.0; 3]);
+    cpu.softmax_xent(&logits, &labels, &mut g, &mut m, n, classes);
+    assert_eq!(m[2], n as f32);
+    // Step 1e-2 on a smooth function: truncation error O(h^2) ~ 1e-4, f32 loss rounding
+    // ~1e-6 / 2e-2 = 5e-5; tolerance 5e-4.
+    assert_close("softmax_xent", &g, &numeric_grad(&logits, 0.01, loss), 5e-4, 1e-2);
+    // Huge logits must not overflow: log-softmax goes through the row max.
+    let big = vec![1000.0, 0.0, -1000.0];
+    let (mut g, mut m) = (vec![0.0; 3], vec![0.0; 3]);
+    cpu.softmax_xent(&big, &vec![0], &mut g, &mut m, 1, 3);
+    assert!(m[0].is_finite() && m[0].abs() < 1e-6 && m[1] == 1.0, "{m:?}");
+}
+
+#[test]
+fn whole_network_gradients_match_finite_differences() {
+    use gpu_cnn::model::{parse_arch, Model};
+    use gpu_cnn::network::Network;
+    let layers = parse_arch("conv2d 4 3 relu\nmaxpool 2\nconv2d 3 2 relu padding=same\nflatten\ndense 6 relu\ndense 3 softmax").unwrap();
+    let model = Model::new(&layers, (7, 7, 2)).unwrap();
+    let n = 5;
+    let mut rng = gpu_cnn::rng::Rng::new(99);
+    let images: Vec<u8> = (0..n * 98).map(|_| rng.below(256) as u8).collect();
+    let labels: Vec<u8> = vec![0, 1, 2, 1, 0];
+    let cpu = CpuBackend::new();
+    let data = cpu.upload_images(&images, &labels, 98).unwrap();
+    let mut net = Network::new(cpu, model, n, 3).unwrap();
+    let weights = net.weights().unwrap();
+    let idx: Vec<u32> = (0..n as u32).collect();
+    net.train_step(&data, &idx).unwrap();
+    let grads = net.gradients().unwrap();
+    // Check 6 coordinates of every parameter tensor: loss through the whole net in f32, step
+    // 1e-3; ReLU kinks and pool switches are possible but rare at this step size, and the
+    // f32 loss rounding (~3e-7 relative on a loss of ~1) over 2e-3 gives ~3e-4 error.
+    for (t, g) in grads.iter().enumerate() {
+        for j in (0..g.data.len()).step_by((g.data.len() / 6).max(1)).take(6) {
+            let mut loss_at = |delta: f32| {
+                let mut w = weights.clone();
+                w[t].data[j] += delta;
+                net.load_state(&w, false).unwrap();
+                net.evaluate(&data, n).unwrap().loss
+            };
+            let numeric = (loss_at(1e-3) - loss_at(-1e-3)) / 2e-3;
+            let a = g.data[j] as f64;
+            assert!((a - numeric).abs() <= 1e-3 + 2e-2 * numeric.abs(), "{}[{j}]: analytic {a} vs numeric {numeric}", g.name);
+        }
+    }
+}
