@@ -1,0 +1,98 @@
+//! The gpu-cnn binary end to end: summary, train, evaluate, resume, and clear errors on bad input.
+
+mod common;
+use common::{run_cli, temp_dir};
+
+#[test]
+fn help_explains_every_subcommand() {
+    let (ok, out, _) = run_cli(&["--help"]);
+    assert!(ok && out.contains("train") && out.contains("evaluate") && out.contains("summary"), "{out}");
+    let (ok, out, _) = run_cli(&["train", "--help"]);
+    for flag in ["--dataset", "--data-dir", "--arch", "--epochs", "--batch-size", "--learning-rate", "--seed", "--device", "--out", "--resume"] {
+        assert!(ok && out.contains(flag), "train --help lacks {flag}: {out}");
+    }
+}
+
+#[test]
+fn summary_prints_keras_totals() {
+    let (ok, out, err) = run_cli(&["summary"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Total params: 122,570"), "{out}");
+    let (ok, out, _) = run_cli(&["summary", "--input", "28x28x1"]);
+    assert!(ok && out.contains("Total params: 93,322"), "{out}");
+    let dir = temp_dir("cli-arch");
+    let arch = dir.join("small.arch");
+    std::fs::write(&arch, "conv2d 8 3 relu padding=same\nmaxpool 2\nflatten\ndense 5 softmax\n").unwrap();
+    let (ok, out, _) = run_cli(&["summary", "--arch", arch.to_str().unwrap(), "--input", "10x10x1"]);
+    // conv 3*3*1*8+8 = 80; dense 5*5*8*5+5 = 1005
+    assert!(ok && out.contains("Total params: 1,085"), "{out}");
+}
+
+#[test]
+fn train_evaluate_and_resume_on_synthetic_data() {
+    let dir = temp_dir("cli-train");
+    let run = dir.join("run");
+    let common = ["--dataset", "synthetic", "--limit-train", "400", "--limit-test", "200", "--device", "cpu", "--out", run.to_str().unwrap()];
+    let (ok, _, err) = run_cli(&[&["train", "--epochs", "1"], &common[..]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("Epoch 1/1") && err.contains("val_accuracy") && err.contains("ms/step"), "{err}");
+    for f in ["history.json", "last.safetensors", "best.safetensors"] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let last = run.join("last.safetensors");
+    let (ok, _, err) = run_cli(&[&["train", "--epochs", "2", "--resume", last.to_str().unwrap()], &common[..]].concat());
+    assert!(ok && err.contains("Resuming") && err.contains("Epoch 2/2") && !err.contains("Epoch 1/2"), "{err}");
+    let history: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("history.json")).unwrap()).unwrap();
+    assert_eq!(history["loss"].as_array().unwrap().len(), 2);
+    let (ok, out, err) = run_cli(&["evaluate", "--checkpoint", last.to_str().unwrap(), "--limit-test", "200", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["images"], 200);
+    // The evaluation of the same weights on the same 200 images equals the run's last val_accuracy.
+    assert_eq!(v["accuracy"].as_f64(), history["val_accuracy"][1].as_f64());
+}
+
+fn expect_failure(args: &[&str], needles: &[&str]) {
+    let (ok, _, err) = run_cli(args);
+    assert!(!ok, "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: error should mention '{n}': {err}");
+    }
+}
+
+#[test]
+fn bad_input_gets_clear_errors_not_panics() {
+    let dir = temp_dir("cli-bad");
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    expect_failure(&["train", "--data-dir", empty.to_str().unwrap()], &["CIFAR-10 not found", "cifar-10-batches-bin"]);
+    expect_failure(&["train", "--dataset", "mnist", "--data-dir", empty.to_str().unwrap()], &["train-images-idx3-ubyte", "missing"]);
+    let arch = dir.join("bad.arch");
+    std::fs::write(&arch, "conv2d 32 3 relu\nconv2d sixty-four 3\n").unwrap();
+    expect_failure(&["summary", "--arch", arch.to_str().unwrap()], &["bad.arch", "line 2"]);
+    std::fs::write(&arch, "maxpool 2\nmaxpool 2\nmaxpool 2\nmaxpool 2\nmaxpool 2\nmaxpool 2\nflatten\ndense 10 softmax\n").unwrap();
+    expect_failure(&["train", "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--out", dir.join("r").to_str().unwrap()], &["max_pooling2d_5", "dimension of 0"]);
+    std::fs::write(&arch, "flatten\ndense 3 softmax\n").unwrap();
+    expect_failure(&["train", "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--out", dir.join("r").to_str().unwrap()], &["3 class scores", "10 classes"]);
+    let junk = dir.join("junk.safetensors");
+    std::fs::write(&junk, b"this is not a checkpoint").unwrap();
+    expect_failure(&["evaluate", "--checkpoint", junk.to_str().unwrap()], &["junk.safetensors", "not a valid safetensors"]);
+    expect_failure(&["evaluate", "--checkpoint", dir.join("nope.safetensors").to_str().unwrap()], &["nope.safetensors", "cannot read"]);
+    expect_failure(&["train", "--dataset", "synthetic", "--batch-size", "0"], &["batch-size"]);
+    expect_failure(&["summary", "--input", "32x32"], &["HxWxC"]);
+}
+
+#[test]
+fn resuming_with_another_architecture_is_refused() {
+    let dir = temp_dir("cli-arch-mismatch");
+    let run = dir.join("run");
+    let (ok, _, err) = run_cli(&["train", "--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--epochs", "1", "--out", run.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let arch = dir.join("other.arch");
+    std::fs::write(&arch, "conv2d 4 3 relu\nflatten\ndense 10 softmax\n").unwrap();
+    let last = run.join("last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    expect_failure(&["train", "--dataset", "synthetic", "--epochs", "2", "--resume", last.to_str().unwrap(), "--arch", arch.to_str().unwrap()], &["different architecture"]);
+    assert_eq!(std::fs::read(&last).unwrap(), before, "the saved checkpoint must be untouched");
+}
