@@ -261,27 +261,36 @@ impl Backend for CpuBackend {
     }
 
     // x (n, in_h, in_w, c) -> y (n, out_h, out_w, c), argmax = flat index into x of each max.
+    // Channels are innermost (NHWC), so each window position is compared as a whole row of
+    // channels: a loop the compiler vectorises.
     fn maxpool_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>, argmax: &mut Vec<u32>, s: &PoolShape, n: usize) {
-        let (in_len, out_len) = (s.in_len(), s.out_len());
+        let (in_len, out_len, c) = (s.in_len(), s.out_len(), s.c);
         y[..n * out_len].par_chunks_mut(out_len).zip(argmax[..n * out_len].par_chunks_mut(out_len)).enumerate().for_each(|(img, (y, am))| {
             let base = img * in_len;
+            let x = &x[base..base + in_len];
             for oy in 0..s.out_h {
                 for ox in 0..s.out_w {
-                    for c in 0..s.c {
-                        let mut best = f32::NEG_INFINITY;
-                        let mut best_at = 0;
-                        for ky in 0..s.size_h {
-                            for kx in 0..s.size_w {
-                                let at = ((oy * s.stride_h + ky) * s.in_w + ox * s.stride_w + kx) * s.c + c;
-                                if x[base + at] > best || (ky == 0 && kx == 0) {
-                                    best = x[base + at];
-                                    best_at = base + at;
+                    let o = (oy * s.out_w + ox) * c;
+                    let (best, best_at) = (&mut y[o..o + c], &mut am[o..o + c]);
+                    for ky in 0..s.size_h {
+                        for kx in 0..s.size_w {
+                            let at = ((oy * s.stride_h + ky) * s.in_w + ox * s.stride_w + kx) * c;
+                            let row = &x[at..at + c];
+                            if ky == 0 && kx == 0 {
+                                best.copy_from_slice(row);
+                                for (i, a) in best_at.iter_mut().enumerate() {
+                                    *a = (base + at + i) as u32;
+                                }
+                            } else {
+                                // Strictly greater: the first max wins ties.
+                                for i in 0..c {
+                                    if row[i] > best[i] {
+                                        best[i] = row[i];
+                                        best_at[i] = (base + at + i) as u32;
+                                    }
                                 }
                             }
                         }
-                        let o = (oy * s.out_w + ox) * s.c + c;
-                        y[o] = best;
-                        am[o] = best_at as u32;
                     }
                 }
             }
