@@ -212,3 +212,52 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         format!("{} test images of {}: loss: {:.4} - accuracy: {:.4}", m.count, ds.name, m.loss, m.accuracy)
     })
 }
+
+#[derive(Clone, Debug)]
+pub struct BenchArgs {
+    /// Devices to measure; empty: every device there is.
+    pub devices: Vec<String>,
+    pub quick: bool,
+    /// Batch sizes for the kernel table (replaces the defaults).
+    pub batches: Vec<usize>,
+    pub json: Option<PathBuf>,
+}
+
+/// Every device `bench` measures when none is named.
+fn all_devices() -> Vec<String> {
+    vec!["cpu".to_string()]
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    use crate::bench::{bench_device, format_table, BenchOptions};
+    let devices = if args.devices.is_empty() { all_devices() } else { args.devices.clone() };
+    let mut reports = Vec::new();
+    for device in &devices {
+        let per_submit = if device == "cpu" { 1 } else { 10 };
+        let mut opts = if args.quick { BenchOptions::quick(per_submit) } else { BenchOptions::full(per_submit) };
+        if !args.batches.is_empty() {
+            opts.kernel_batches = args.batches.clone();
+        }
+        eprintln!("benchmarking {device} ...");
+        let report = match device.as_str() {
+            "cpu" => bench_device(&|| Ok(crate::backend::cpu::CpuBackend::new()), &opts)?,
+            other => bail!("device '{other}': the GPU backend is not available in this build (use --device cpu)"),
+        };
+        println!("{}", format_table(&report));
+        reports.push(report);
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({ "devices": reports, "machine": machine_name() });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The CPU model and core count, for naming the machine next to figures.
+pub fn machine_name() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!("{model}, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

@@ -1,6 +1,7 @@
 //! gpu-cnn: train small convolutional image classifiers on any GPU (through wgpu) or the CPU.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod commands;
 pub mod data;

@@ -30,6 +30,24 @@ enum Command {
     Train(TrainCli),
     /// Test loss and accuracy of a checkpoint.
     Evaluate(EvaluateCli),
+    /// Time every kernel and whole training steps of the seed model on each device.
+    Bench(BenchCli),
+}
+
+#[derive(Args)]
+struct BenchCli {
+    /// Device to measure (repeat for several); default: every device there is.
+    #[arg(long)]
+    device: Vec<String>,
+    /// A short run (fewer batch sizes and repeats; under a minute on a software GPU).
+    #[arg(long)]
+    quick: bool,
+    /// Batch size for the per-kernel table (repeat for several) [default: 32 and 128].
+    #[arg(long)]
+    batch: Vec<usize>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -126,6 +144,7 @@ fn main() -> Result<()> {
             let args = EvaluateArgs { checkpoint: e.checkpoint, dataset: e.dataset, data_dir: e.data_dir, limit_test: e.limit_test, batch_size: e.batch_size, json: e.json };
             println!("{}", commands::evaluate(&args, &e.device)?);
         }
+        Command::Bench(b) => commands::bench(&commands::BenchArgs { devices: b.device, quick: b.quick, batches: b.batch, json: b.json })?,
     }
     Ok(())
 }

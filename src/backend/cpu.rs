@@ -283,11 +283,11 @@ impl Backend for CpuBackend {
                                 }
                             } else {
                                 // Strictly greater: the first max wins ties.
-                                for i in 0..c {
-                                    if row[i] > best[i] {
-                                        best[i] = row[i];
-                                        best_at[i] = (base + at + i) as u32;
-                                    }
+                                let first = (base + at) as u32;
+                                for (i, ((b, a), &v)) in best.iter_mut().zip(best_at.iter_mut()).zip(row).enumerate() {
+                                    let take = v > *b;
+                                    *b = if take { v } else { *b };
+                                    *a = if take { first + i as u32 } else { *a };
                                 }
                             }
                         }

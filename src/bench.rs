@@ -1,0 +1,330 @@
+//! What `gpu-cnn bench` measures on one device: every kernel at the seed model's real shapes,
+//! whole training steps, inference, time to first step, memory, and throughput against batch
+//! size. Generic over the Backend, so the CPU and GPU figures come from the same code.
+
+use crate::backend::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
+use crate::data::synthetic::{generate, SyntheticSpec};
+use crate::model::{seed_layers, LayerOp, Model};
+use crate::network::Network;
+use crate::train::peak_rss_bytes;
+use anyhow::Result;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Batch sizes for the per-kernel table.
+    pub kernel_batches: Vec<usize>,
+    /// Batch sizes for whole training steps.
+    pub train_batches: Vec<usize>,
+    /// Batch sizes for the scaling table.
+    pub scaling_batches: Vec<usize>,
+    pub inference_batch: usize,
+    /// Timed repetitions per figure (the median is reported).
+    pub repeats: usize,
+    /// Ops recorded per submit when timing a kernel (1 on the CPU; more on a GPU, so the
+    /// submit-and-wait cost is spread over many dispatches).
+    pub per_submit: usize,
+}
+
+impl BenchOptions {
+    pub fn full(per_submit: usize) -> Self {
+        BenchOptions {
+            kernel_batches: vec![32, 128],
+            train_batches: vec![32, 128, 256],
+            scaling_batches: vec![32, 64, 128, 256, 512],
+            inference_batch: 256,
+            repeats: 7,
+            per_submit,
+        }
+    }
+    /// A short run (under a minute on lavapipe).
+    pub fn quick(per_submit: usize) -> Self {
+        BenchOptions { kernel_batches: vec![32], train_batches: vec![32], scaling_batches: vec![16, 32], inference_batch: 64, repeats: 3, per_submit }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelTiming {
+    pub kernel: String,
+    pub layer: String,
+    pub batch: usize,
+    pub median_ms: f64,
+    /// For compute-bound ops.
+    pub gflops: Option<f64>,
+    /// For memory-bound ops: bytes read and written per second.
+    pub gbytes_per_s: Option<f64>,
+    /// gflops over the device's 1024^3 matmul rate.
+    pub fraction_of_peak: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub batch: usize,
+    pub images_per_second: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceBench {
+    pub device: String,
+    /// GFLOP/s of a 1024x1024x1024 matmul on this backend (the dense kernel; on the CPU the
+    /// GEMM library).
+    pub matmul_1024_gflops: f64,
+    pub kernels: Vec<KernelTiming>,
+    pub training: Vec<Throughput>,
+    pub inference: Throughput,
+    pub time_to_first_step_ms: f64,
+    pub peak_rss_bytes: u64,
+    /// Training FLOP rate (25.7 MFLOP per image for the seed model) over the matmul rate.
+    pub training_fraction_of_matmul: f64,
+    pub scaling: Vec<Throughput>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median seconds of one `op`, run `per_submit` times per flush and wait.
+fn time_op<B: Backend>(b: &B, sync: &B::Tensor, o: &BenchOptions, mut op: impl FnMut()) -> Result<f64> {
+    op();
+    b.flush()?;
+    b.download(sync)?;
+    let mut times = Vec::new();
+    for _ in 0..o.repeats {
+        let t = Instant::now();
+        for _ in 0..o.per_submit {
+            op();
+        }
+        b.flush()?;
+        b.download(sync)?;
+        times.push(t.elapsed().as_secs_f64() / o.per_submit as f64);
+    }
+    Ok(median(times))
+}
+
+fn random_tensor<B: Backend>(b: &B, len: usize, seed: u64) -> Result<B::Tensor> {
+    let mut rng = crate::rng::Rng::new(seed);
+    let data: Vec<f32> = (0..len).map(|_| rng.unit_f32() - 0.5).collect();
+    let mut t = b.tensor(len)?;
+    b.upload(&mut t, &data);
+    Ok(t)
+}
+
+struct Recorder<'a> {
+    out: Vec<KernelTiming>,
+    peak: f64,
+    batch: usize,
+    layer: &'a str,
+}
+
+impl Recorder<'_> {
+    fn compute(&mut self, kernel: &str, seconds: f64, flops: f64) {
+        let gflops = flops / seconds / 1e9;
+        self.out.push(KernelTiming { kernel: kernel.into(), layer: self.layer.into(), batch: self.batch, median_ms: seconds * 1e3, gflops: Some(gflops), gbytes_per_s: None, fraction_of_peak: Some(gflops / self.peak) });
+    }
+    fn memory(&mut self, kernel: &str, seconds: f64, bytes: f64) {
+        self.out.push(KernelTiming { kernel: kernel.into(), layer: self.layer.into(), batch: self.batch, median_ms: seconds * 1e3, gflops: None, gbytes_per_s: Some(bytes / seconds / 1e9), fraction_of_peak: None });
+    }
+}
+
+/// GFLOP/s of (1024 x 1024) * (1024 x 1024) through the backend's dense kernel.
+pub fn matmul_gflops<B: Backend>(b: &B, o: &BenchOptions) -> Result<f64> {
+    let s = DenseShape { inputs: 1024, units: 1024 };
+    let (x, w, bias) = (random_tensor(b, 1024 * 1024, 1)?, random_tensor(b, 1024 * 1024, 2)?, b.tensor(1024)?);
+    let mut y = b.tensor(1024 * 1024)?;
+    let sync = b.tensor(1)?;
+    let sec = time_op(b, &sync, o, || b.dense_forward(&x, &w, &bias, &mut y, &s, 1024, false))?;
+    Ok(2.0 * 1024f64.powi(3) / sec / 1e9)
+}
+
+fn conv_kernels<B: Backend>(b: &B, r: &mut Recorder, s: &ConvShape, n: usize, o: &BenchOptions) -> Result<()> {
+    let x = random_tensor(b, n * s.in_len(), 3)?;
+    let w = random_tensor(b, s.kernel_len(), 4)?;
+    let bias = random_tensor(b, s.out_c, 5)?;
+    let dy = random_tensor(b, n * s.out_len(), 6)?;
+    let (mut y, mut dx, mut dw, mut db) = (b.tensor(n * s.out_len())?, b.tensor(n * s.in_len())?, b.tensor(s.kernel_len())?, b.tensor(s.out_c)?);
+    let sync = b.tensor(1)?;
+    let flops = 2.0 * (n * s.out_h * s.out_w * s.out_c * s.patch_len()) as f64;
+    let t = time_op(b, &sync, o, || b.conv2d_forward(&x, &w, &bias, &mut y, s, n, true))?;
+    r.compute("conv2d_forward", t, flops);
+    let t = time_op(b, &sync, o, || b.conv2d_backward_input(&dy, &w, &mut dx, s, n))?;
+    r.compute("conv2d_backward_input", t, flops);
+    let t = time_op(b, &sync, o, || b.conv2d_backward_filter(&x, &dy, &mut dw, &mut db, s, n))?;
+    r.compute("conv2d_backward_filter", t, flops);
+    Ok(())
+}
+
+fn pool_kernels<B: Backend>(b: &B, r: &mut Recorder, s: &PoolShape, n: usize, o: &BenchOptions) -> Result<()> {
+    let x = random_tensor(b, n * s.in_len(), 7)?;
+    let dy = random_tensor(b, n * s.out_len(), 8)?;
+    let (mut y, mut dx, mut am) = (b.tensor(n * s.out_len())?, b.tensor(n * s.in_len())?, b.indices(n * s.out_len())?);
+    let sync = b.tensor(1)?;
+    let t = time_op(b, &sync, o, || b.maxpool_forward(&x, &mut y, &mut am, s, n))?;
+    r.memory("maxpool_forward", t, 4.0 * (n * (s.in_len() + 2 * s.out_len())) as f64);
+    let t = time_op(b, &sync, o, || b.maxpool_backward(&dy, &am, &mut dx, s, n))?;
+    r.memory("maxpool_backward", t, 4.0 * (n * (s.in_len() + 2 * s.out_len())) as f64);
+    Ok(())
+}
+
+fn dense_kernels<B: Backend>(b: &B, r: &mut Recorder, s: &DenseShape, n: usize, o: &BenchOptions) -> Result<()> {
+    let x = random_tensor(b, n * s.inputs, 9)?;
+    let w = random_tensor(b, s.inputs * s.units, 10)?;
+    let bias = random_tensor(b, s.units, 11)?;
+    let dy = random_tensor(b, n * s.units, 12)?;
+    let (mut y, mut dx, mut dw, mut db) = (b.tensor(n * s.units)?, b.tensor(n * s.inputs)?, b.tensor(s.inputs * s.units)?, b.tensor(s.units)?);
+    let sync = b.tensor(1)?;
+    let flops = 2.0 * (n * s.inputs * s.units) as f64;
+    let t = time_op(b, &sync, o, || b.dense_forward(&x, &w, &bias, &mut y, s, n, true))?;
+    r.compute("dense_forward", t, flops);
+    let t = time_op(b, &sync, o, || b.dense_backward_input(&dy, &w, &mut dx, s, n))?;
+    r.compute("dense_backward_input", t, flops);
+    let t = time_op(b, &sync, o, || b.dense_backward_filter(&x, &dy, &mut dw, &mut db, s, n))?;
+    r.compute("dense_backward_filter", t, flops);
+    Ok(())
+}
+
+/// Every kernel of the seed model on 32x32x3 at batch n, plus the loss, Adam and the gather.
+pub fn kernel_timings<B: Backend>(b: &B, n: usize, peak: f64, o: &BenchOptions) -> Result<Vec<KernelTiming>> {
+    let model = Model::new(&seed_layers(), (32, 32, 3))?;
+    let mut r = Recorder { out: Vec::new(), peak, batch: n, layer: "" };
+    for layer in &model.layers {
+        r.layer = &layer.name;
+        match &layer.op {
+            LayerOp::Conv { shape, .. } => conv_kernels(b, &mut r, shape, n, o)?,
+            LayerOp::Pool { shape } => pool_kernels(b, &mut r, shape, n, o)?,
+            LayerOp::Dense { shape, .. } => dense_kernels(b, &mut r, shape, n, o)?,
+            LayerOp::Flatten => {}
+        }
+    }
+    let sync = b.tensor(1)?;
+    let classes = model.classes();
+    r.layer = "dense_1";
+    let logits = random_tensor(b, n * classes, 13)?;
+    let mut labels = b.indices(n)?;
+    b.upload_indices(&mut labels, &(0..n as u32).map(|i| i % classes as u32).collect::<Vec<_>>());
+    let (mut dl, mut metrics) = (b.tensor(n * classes)?, b.tensor(crate::backend::METRICS_LEN)?);
+    let t = time_op(b, &sync, o, || b.softmax_xent(&logits, &labels, &mut dl, &mut metrics, n, classes))?;
+    r.memory("softmax_xent", t, 4.0 * (2 * n * classes + n) as f64);
+    r.layer = "all";
+    let len = model.param_count();
+    let (mut p, g, mut m, mut v) = (random_tensor(b, len, 14)?, random_tensor(b, len, 15)?, b.tensor(len)?, b.tensor(len)?);
+    let h = AdamStep { learning_rate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, step: 1 };
+    let t = time_op(b, &sync, o, || b.adam_update(&mut p, &g, &mut m, &mut v, len, &h))?;
+    r.memory("adam_update", t, 4.0 * 7.0 * len as f64);
+    r.layer = "input";
+    let image_len = 32 * 32 * 3;
+    let count = 1024.max(n);
+    let images: Vec<u8> = (0..count * image_len).map(|i| (i * 31 % 256) as u8).collect();
+    let data = b.upload_images(&images, &vec![0u8; count], image_len)?;
+    let mut idx = b.indices(n)?;
+    b.upload_indices(&mut idx, &(0..n as u32).map(|i| (i * 7) % count as u32).collect::<Vec<_>>());
+    let (mut x, mut lab) = (b.tensor(n * image_len)?, b.indices(n)?);
+    let t = time_op(b, &sync, o, || b.gather_batch(&data, &idx, n, &mut x, &mut lab))?;
+    r.memory("gather_batch", t, (n * image_len * 5) as f64);
+    Ok(r.out)
+}
+
+/// Images per second of whole training steps (gather, forward, backward, Adam) at batch n.
+fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &BenchOptions) -> Result<(f64, f64)> {
+    let started = Instant::now();
+    let ds = generate(&SyntheticSpec { train: (n * 4).max(512), test: 1, ..Default::default() }, 0);
+    let b = make()?;
+    let model = Model::new(&seed_layers(), (32, 32, 3))?;
+    let mut net = Network::new(b, model, n, 0)?;
+    let data = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len())?;
+    let batches: Vec<Vec<u32>> = (0..4).map(|k| ((k * n) as u32..((k + 1) * n) as u32).map(|i| i % ds.train.len() as u32).collect()).collect();
+    net.train_step(&data, &batches[0])?;
+    net.read_metrics()?;
+    let first_step = started.elapsed().as_secs_f64();
+    let steps = (o.repeats * 2).max(4);
+    let t = Instant::now();
+    for s in 0..steps {
+        net.train_step(&data, &batches[s % batches.len()])?;
+    }
+    net.read_metrics()?;
+    Ok(((steps * n) as f64 / t.elapsed().as_secs_f64(), first_step))
+}
+
+/// Images per second of forward passes with softmax at batch n.
+fn inference_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &BenchOptions) -> Result<f64> {
+    let ds = generate(&SyntheticSpec { train: n, test: 1, ..Default::default() }, 0);
+    let model = Model::new(&seed_layers(), (32, 32, 3))?;
+    let mut net = Network::new(make()?, model, n, 0)?;
+    let data = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len())?;
+    let idx: Vec<u32> = (0..n as u32).collect();
+    net.predict_step(&data, &idx)?;
+    let steps = o.repeats.max(3);
+    let t = Instant::now();
+    for _ in 0..steps {
+        net.predict_step(&data, &idx)?;
+    }
+    Ok((steps * n) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// FLOP per trained image of the seed model on 32x32x3: forward, filter and input gradients.
+pub const SEED_TRAIN_FLOP_PER_IMAGE: f64 = 25.7e6;
+
+pub fn bench_device<B: Backend>(make: &dyn Fn() -> Result<B>, o: &BenchOptions) -> Result<DeviceBench> {
+    let b = make()?;
+    let device = b.describe();
+    let peak = matmul_gflops(&b, o)?;
+    let mut kernels = Vec::new();
+    for &n in &o.kernel_batches {
+        kernels.extend(kernel_timings(&b, n, peak, o)?);
+    }
+    drop(b);
+    let mut training = Vec::new();
+    let mut first_step = f64::NAN;
+    for &n in &o.train_batches {
+        let (ips, first) = training_throughput(make, n, o)?;
+        if first_step.is_nan() {
+            first_step = first;
+        }
+        training.push(Throughput { batch: n, images_per_second: ips });
+    }
+    let inference = Throughput { batch: o.inference_batch, images_per_second: inference_throughput(make, o.inference_batch, o)? };
+    let mut scaling = Vec::new();
+    for &n in &o.scaling_batches {
+        scaling.push(Throughput { batch: n, images_per_second: training_throughput(make, n, o)?.0 });
+    }
+    let fraction = training[0].images_per_second * SEED_TRAIN_FLOP_PER_IMAGE / 1e9 / peak;
+    Ok(DeviceBench {
+        device,
+        matmul_1024_gflops: peak,
+        kernels,
+        training,
+        inference,
+        time_to_first_step_ms: first_step * 1e3,
+        peak_rss_bytes: peak_rss_bytes(),
+        training_fraction_of_matmul: fraction,
+        scaling,
+    })
+}
+
+/// The readable table.
+pub fn format_table(r: &DeviceBench) -> String {
+    let mut out = format!("== {} ==\n", r.device);
+    out += &format!("matmul 1024^3: {:.1} GFLOP/s (the peak below is relative to this)\n\n", r.matmul_1024_gflops);
+    out += &format!("{:<24} {:<16} {:>5} {:>10} {:>10} {:>8} {:>8}\n", "kernel", "layer", "batch", "median ms", "GFLOP/s", "of peak", "GB/s");
+    for k in &r.kernels {
+        let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+        out += &format!(
+            "{:<24} {:<16} {:>5} {:>10.3} {:>10} {:>8} {:>8}\n",
+            k.kernel, k.layer, k.batch, k.median_ms, opt(k.gflops, 1), opt(k.fraction_of_peak.map(|f| f * 100.0), 0).replace('-', "-") + if k.fraction_of_peak.is_some() { "%" } else { "" }, opt(k.gbytes_per_s, 2)
+        );
+    }
+    out += "\ntraining (seed model, 32x32x3):\n";
+    for t in &r.training {
+        out += &format!("  batch {:>4}: {:>9.0} images/s\n", t.batch, t.images_per_second);
+    }
+    out += &format!("inference batch {}: {:.0} images/s\n", r.inference.batch, r.inference.images_per_second);
+    out += &format!("time to first step: {:.0} ms; peak host memory: {:.0} MB\n", r.time_to_first_step_ms, r.peak_rss_bytes as f64 / 1e6);
+    out += &format!("training FLOP rate / matmul rate: {:.0}%\n", r.training_fraction_of_matmul * 100.0);
+    out += "scaling (training images/s by batch):";
+    for t in &r.scaling {
+        out += &format!("  {}: {:.0}", t.batch, t.images_per_second);
+    }
+    out.push('\n');
+    out
+}
