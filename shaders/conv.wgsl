@@ -1,7 +1,7 @@
 // 2-D convolution as implicit GEMM: the im2col matrix is never stored; each tile load computes
 // which input pixel (or zero pad) a (row, column) of it stands for. NHWC activations, HWIO kernels.
 // One workgroup computes a TM x TN tile of the output GEMM, each invocation RM x RN of it,
-// walking K in slabs of TK held in workgroup memory (8 KiB: fits the 16 KiB WebGPU default).
+// walking K in slabs of TK held in workgroup memory.
 // No tile size divides anything: every load and store checks its bounds.
 
 struct ConvParams {
@@ -17,19 +17,22 @@ struct ConvParams {
 @group(0) @binding(3) var<storage, read> in2: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out0: array<f32>;
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
+// Tile shape, chosen per call by the host (pipeline-overridable): the workgroup computes a
+// TM x TN tile, each invocation RM x RN of it (at most 8 x 8), k in slabs of TK.
+// Workgroup memory is TK * (TM + TN) floats: at most 16 KiB (128 x 128), the WebGPU default.
+override TM: u32 = 128u;
+override TN: u32 = 64u;
+override RM: u32 = 8u;
+override RN: u32 = 8u;
+override THREADS: u32 = (TM / RM) * (TN / RN);
 const TK: u32 = 16u;
-const RM: u32 = 4u;
-const RN: u32 = 4u;
-const THREADS: u32 = 256u; // (TM / RM) * (TN / RN)
 
 const MODE_FORWARD: u32 = 0u;
 const MODE_BACKWARD_INPUT: u32 = 1u;
 const MODE_BACKWARD_FILTER: u32 = 2u;
 
-var<workgroup> a_tile: array<f32, 1024>; // [TK][TM]
-var<workgroup> b_tile: array<f32, 1024>; // [TK][TN]
+var<workgroup> a_tile: array<f32, TK * TM>; // [TK][TM]
+var<workgroup> b_tile: array<f32, TK * TN>; // [TK][TN]
 
 fn patch_len() -> u32 {
     return p.k_h * p.k_w * p.in_c;
@@ -131,10 +134,10 @@ fn load_tiles(mode: u32, lid: u32, m0: u32, n0: u32, k0: u32) {
 }
 
 // acc[i][j] += a_tile[:, tm + i*TM/RM] . b_tile[:, tn + j*TN/RN] over one slab.
-fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 16>>) {
+fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 64>>) {
     for (var kk = 0u; kk < TK; kk++) {
-        var a: array<f32, 4>;
-        var b: array<f32, 4>;
+        var a: array<f32, 8>;
+        var b: array<f32, 8>;
         for (var i = 0u; i < RM; i++) { a[i] = a_tile[kk * TM + tm + i * (TM / RM)]; }
         for (var j = 0u; j < RN; j++) { b[j] = b_tile[kk * TN + tn + j * (TN / RN)]; }
         for (var i = 0u; i < RM; i++) {
@@ -146,8 +149,8 @@ fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 16>>) {
 }
 
 // The tile's GEMM over k in [k_begin, k_end); k_end is uniform, so the barriers are too.
-fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<f32, 16> {
-    var acc: array<f32, 16>;
+fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<f32, 64> {
+    var acc: array<f32, 64>;
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
@@ -162,7 +165,7 @@ fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) ->
 // x (n, in_h, in_w, in_c) = in0, w (k_h, k_w, in_c, out_c) = in1, b (out_c) = in2
 //   -> y (n, out_h, out_w, out_c) = out0, ReLU'd when p.relu != 0.
 // Grid: x = out_c tiles, y (+ z * num_y) = row tiles.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>) {
     let m0 = (wg.y + wg.z * nwg.y) * TM;
@@ -186,7 +189,7 @@ fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
 
 // dy (n, out_h, out_w, out_c) = in0, w = in1 -> dx (n, in_h, in_w, in_c) = out0.
 // Grid: x = in_c tiles, y (+ z * num_y) = row tiles.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn conv2d_backward_input(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>) {
     let m0 = (wg.y + wg.z * nwg.y) * TM;
@@ -210,7 +213,7 @@ fn conv2d_backward_input(@builtin(local_invocation_index) lid: u32, @builtin(wor
 // split is the bias gradient. Split z covers rows [z * k_per_split, (z+1) * k_per_split) of
 // the batch's pixels; matmul.wgsl's sum_split_partials adds the splits in order.
 // Grid: x = out_c tiles, y = (patch + 1) tiles, z = splits.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn conv2d_backward_filter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let m0 = wg.y * TM;
     let n0 = wg.x * TN;

@@ -1,7 +1,7 @@
 // Dense layers as a strided GEMM: c (m, n) = a (m, k) * b (k, n), where a and b are read through
 // row/column strides so a transpose costs nothing (as in the CPU backend's gemm).
 // One workgroup computes a TM x TN tile of c, each invocation RM x RN of it, walking k in slabs
-// of TK held in workgroup memory (8 KiB). Every load and store checks its bounds.
+// of TK held in workgroup memory. Every load and store checks its bounds.
 
 struct MatmulParams {
     m: u32, n: u32, k: u32, a_row_stride: u32,
@@ -16,15 +16,18 @@ struct MatmulParams {
 @group(0) @binding(4) var<storage, read_write> out0: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out1: array<f32>;
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
+// Tile shape, chosen per call by the host (pipeline-overridable): the workgroup computes a
+// TM x TN tile, each invocation RM x RN of it (at most 8 x 8), k in slabs of TK.
+// Workgroup memory is TK * (TM + TN) floats: 12 KiB for 128 x 64, within the 16 KiB default.
+override TM: u32 = 128u;
+override TN: u32 = 64u;
+override RM: u32 = 8u;
+override RN: u32 = 8u;
+override THREADS: u32 = (TM / RM) * (TN / RN);
 const TK: u32 = 16u;
-const RM: u32 = 4u;
-const RN: u32 = 4u;
-const THREADS: u32 = 256u; // (TM / RM) * (TN / RN)
 
-var<workgroup> a_tile: array<f32, 1024>; // [TK][TM]
-var<workgroup> b_tile: array<f32, 1024>; // [TK][TN]
+var<workgroup> a_tile: array<f32, TK * TM>; // [TK][TM]
+var<workgroup> b_tile: array<f32, TK * TN>; // [TK][TN]
 
 // a (m, k) = in0 through strides; with ones_row, row m is all ones (so c's extra row holds the
 // column sums of b: the bias gradient).
@@ -57,10 +60,10 @@ fn load_tiles(lid: u32, m0: u32, n0: u32, k0: u32) {
 }
 
 // acc[i][j] += a_tile[:, tm + i*TM/RM] . b_tile[:, tn + j*TN/RN] over one slab.
-fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 16>>) {
+fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 64>>) {
     for (var kk = 0u; kk < TK; kk++) {
-        var a: array<f32, 4>;
-        var b: array<f32, 4>;
+        var a: array<f32, 8>;
+        var b: array<f32, 8>;
         for (var i = 0u; i < RM; i++) { a[i] = a_tile[kk * TM + tm + i * (TM / RM)]; }
         for (var j = 0u; j < RN; j++) { b[j] = b_tile[kk * TN + tn + j * (TN / RN)]; }
         for (var i = 0u; i < RM; i++) {
@@ -72,8 +75,8 @@ fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 16>>) {
 }
 
 // k_end is uniform over the workgroup, so every barrier is reached by all invocations.
-fn gemm_tile(lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<f32, 16> {
-    var acc: array<f32, 16>;
+fn gemm_tile(lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<f32, 64> {
+    var acc: array<f32, 64>;
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
@@ -87,7 +90,7 @@ fn gemm_tile(lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<f32,
 
 // a = in0 (m, k), b = in1 (k, n), bias = in2 (n) when p.bias != 0 -> c = out0 (m, n), ReLU'd
 // when p.relu != 0. Grid: x = n tiles, y (+ z * num_y) = m tiles.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn matmul_bias_act(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
     let m0 = (wg.y + wg.z * nwg.y) * TM;
@@ -111,7 +114,7 @@ fn matmul_bias_act(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
 
 // Split-k partial products: out0 (splits, m + ones_row, n), split z summing k in
 // [z * k_per_split, (z+1) * k_per_split). Grid: x = n tiles, y = m tiles, z = splits.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn matmul_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let m0 = wg.y * TM;
     let n0 = wg.x * TN;

@@ -1,11 +1,11 @@
 //! Convolution ops (shaders/conv.wgsl): implicit GEMM tiles of 64 x 64.
 
+use super::pipelines::{GemmEntry, Tile};
 use super::recorder::{linear_grid, tile_grid};
 use super::{GpuBackend, GpuTensor};
 use crate::backend::ConvShape;
 
-/// Output tile of the GEMM kernels (TM = TN in conv.wgsl and matmul.wgsl), and their k slab.
-pub(super) const TILE: usize = 64;
+/// The k slab of the GEMM kernels (TK in conv.wgsl and matmul.wgsl).
 pub(super) const K_SLAB: usize = 16;
 
 /// How a filter-gradient GEMM of depth `k` (the batch's pixels or samples) is split so enough
@@ -31,17 +31,21 @@ impl GpuBackend {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn record_conv2d_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &ConvShape, n: usize, relu: bool) {
         let rows = n * s.out_h * s.out_w;
-        let groups = tile_grid(s.out_c.div_ceil(TILE), rows.div_ceil(TILE), self.max_per_dim());
+        let tile = Tile::for_cols(s.out_c);
+        let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dForward, tile);
+        let groups = tile_grid(s.out_c.div_ceil(tile.tn as usize), rows.div_ceil(tile.tm as usize), self.max_per_dim());
         let bound = [x.at(1), w.at(2), b.at(3), y.at(4)];
-        self.recorder.dispatch(&self.ctx.device, &self.pipelines.conv2d_forward, &conv_params(s, n, relu, 0), &bound, groups);
+        self.recorder.dispatch(&self.ctx.device, &pipeline, &conv_params(s, n, relu, 0), &bound, groups);
     }
 
     // dy (n, out_h, out_w, out_c), w HWIO -> dx (n, in_h, in_w, in_c).
     pub(super) fn record_conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
         let rows = n * s.in_h * s.in_w;
-        let groups = tile_grid(s.in_c.div_ceil(TILE), rows.div_ceil(TILE), self.max_per_dim());
+        let tile = Tile::for_cols(s.in_c);
+        let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dBackwardInput, tile);
+        let groups = tile_grid(s.in_c.div_ceil(tile.tn as usize), rows.div_ceil(tile.tm as usize), self.max_per_dim());
         let bound = [dy.at(1), w.at(2), dx.at(4)];
-        self.recorder.dispatch(&self.ctx.device, &self.pipelines.conv2d_backward_input, &conv_params(s, n, false, 0), &bound, groups);
+        self.recorder.dispatch(&self.ctx.device, &pipeline, &conv_params(s, n, false, 0), &bound, groups);
     }
 
     // x (n, in_h, in_w, in_c), dy (n, out_h, out_w, out_c) -> dw HWIO, db (out_c), overwritten.
@@ -51,9 +55,11 @@ impl GpuBackend {
         let (per, splits) = split_k(depth);
         let rows = s.patch_len() + 1; // + the ones row that yields db
         let Some(scratch) = self.scratch(splits * rows * s.out_c) else { return };
-        let groups = [s.out_c.div_ceil(TILE) as u32, rows.div_ceil(TILE) as u32, splits as u32];
+        let tile = Tile::for_cols(s.out_c);
+        let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dBackwardFilter, tile);
+        let groups = [s.out_c.div_ceil(tile.tn as usize) as u32, rows.div_ceil(tile.tm as usize) as u32, splits as u32];
         let bound = [x.at(1), dy.at(2), scratch.at(4)];
-        self.recorder.dispatch(&self.ctx.device, &self.pipelines.conv2d_backward_filter, &conv_params(s, n, false, per), &bound, groups);
+        self.recorder.dispatch(&self.ctx.device, &pipeline, &conv_params(s, n, false, per), &bound, groups);
         self.record_sum_split_partials(&scratch, dw, db, s.patch_len(), s.out_c, splits);
     }
 
