@@ -10,6 +10,7 @@
 //! (in, out), all f32.
 
 pub mod cpu;
+pub mod gpu;
 
 use anyhow::Result;
 

@@ -1,0 +1,32 @@
+// Keras's Adam, one invocation per parameter. The step's scalars come in their own small
+// uniform (written once per step by the host) so the per-shape bind groups stay reusable.
+
+struct AdamShape {
+    len: u32, unused0: u32, unused1: u32, unused2: u32,
+}
+
+// alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t), computed on the host in f64.
+struct AdamScalars {
+    alpha: f32, beta1: f32, beta2: f32, epsilon: f32,
+}
+
+@group(0) @binding(0) var<uniform> shape: AdamShape;
+@group(0) @binding(1) var<uniform> h: AdamScalars;
+@group(0) @binding(2) var<storage, read_write> param: array<f32>;
+@group(0) @binding(3) var<storage, read> grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> m: array<f32>;
+@group(0) @binding(5) var<storage, read_write> v: array<f32>;
+
+// param, m, v (len) updated in place from grad (len).
+@compute @workgroup_size(256)
+fn adam_update(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = (wg.y * nwg.x + wg.x) * 256u + lid;
+    if (i >= shape.len) { return; }
+    let g = grad[i];
+    let m_new = m[i] + (g - m[i]) * (1.0 - h.beta1);
+    let v_new = v[i] + (g * g - v[i]) * (1.0 - h.beta2);
+    m[i] = m_new;
+    v[i] = v_new;
+    param[i] = param[i] - h.alpha * m_new / (sqrt(v_new) + h.epsilon);
+}

@@ -1,0 +1,157 @@
+// Dense layers as a strided GEMM: c (m, n) = a (m, k) * b (k, n), where a and b are read through
+// row/column strides so a transpose costs nothing (as in the CPU backend's gemm).
+// One workgroup computes a TM x TN tile of c, each invocation RM x RN of it, walking k in slabs
+// of TK held in workgroup memory. Every load and store checks its bounds.
+
+struct MatmulParams {
+    m: u32, n: u32, k: u32, a_row_stride: u32,
+    a_col_stride: u32, b_row_stride: u32, b_col_stride: u32, bias: u32,
+    relu: u32, k_per_split: u32, ones_row: u32, splits: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: MatmulParams;
+@group(0) @binding(1) var<storage, read> in0: array<f32>;
+@group(0) @binding(2) var<storage, read> in1: array<f32>;
+@group(0) @binding(3) var<storage, read> in2: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out0: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out1: array<f32>;
+
+// Tile shape, chosen per call by the host (pipeline-overridable): the workgroup computes a
+// TM x TN tile, each invocation RM x RN of it (at most 8 x 8), k in slabs of TK.
+// Workgroup memory is TK * (TM + TN) floats: 12 KiB for 128 x 64, within the 16 KiB default.
+override TM: u32 = 128u;
+override TN: u32 = 64u;
+override RM: u32 = 8u;
+override RN: u32 = 8u;
+override THREADS: u32 = (TM / RM) * (TN / RN);
+const TK: u32 = 16u;
+
+var<workgroup> a_tile: array<f32, TK * TM>; // [TK][TM]
+var<workgroup> b_tile: array<f32, TK * TN>; // [TK][TN]
+
+// a (m, k) = in0 through strides; with ones_row, row m is all ones (so c's extra row holds the
+// column sums of b: the bias gradient).
+fn load_a(row: u32, col: u32) -> f32 {
+    if (col >= p.k) { return 0.0; }
+    if (row < p.m) { return in0[row * p.a_row_stride + col * p.a_col_stride]; }
+    if (row == p.m && p.ones_row != 0u) { return 1.0; }
+    return 0.0;
+}
+
+// b (k, n) = in1 through strides.
+fn load_b(row: u32, col: u32) -> f32 {
+    if (row >= p.k || col >= p.n) { return 0.0; }
+    return in1[row * p.b_row_stride + col * p.b_col_stride];
+}
+
+fn load_tiles(lid: u32, m0: u32, n0: u32, k0: u32) {
+    for (var i = 0u; i < TM * TK / THREADS; i++) {
+        let e = lid + i * THREADS;
+        let kk = e % TK;
+        let mm = e / TK;
+        a_tile[kk * TM + mm] = load_a(m0 + mm, k0 + kk);
+    }
+    for (var i = 0u; i < TN * TK / THREADS; i++) {
+        let e = lid + i * THREADS;
+        let nn = e % TN;
+        let kk = e / TN;
+        b_tile[kk * TN + nn] = load_b(k0 + kk, n0 + nn);
+    }
+}
+
+// acc[i][j] += a_tile[:, tm + i*TM/RM] . b_tile[:, tn + j*TN/RN] over one slab.
+fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 64>>) {
+    for (var kk = 0u; kk < TK; kk++) {
+        var a: array<f32, 8>;
+        var b: array<f32, 8>;
+        for (var i = 0u; i < RM; i++) { a[i] = a_tile[kk * TM + tm + i * (TM / RM)]; }
+        for (var j = 0u; j < RN; j++) { b[j] = b_tile[kk * TN + tn + j * (TN / RN)]; }
+        for (var i = 0u; i < RM; i++) {
+            for (var j = 0u; j < RN; j++) {
+                (*acc)[i * RN + j] = fma(a[i], b[j], (*acc)[i * RN + j]);
+            }
+        }
+    }
+}
+
+// k_end is uniform over the workgroup, so every barrier is reached by all invocations.
+fn gemm_tile(lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<f32, 64> {
+    var acc: array<f32, 64>;
+    let tm = lid / (TN / RN);
+    let tn = lid % (TN / RN);
+    for (var k0 = k_begin; k0 < k_end; k0 += TK) {
+        load_tiles(lid, m0, n0, k0);
+        workgroupBarrier();
+        multiply_tiles(tm, tn, &acc);
+        workgroupBarrier();
+    }
+    return acc;
+}
+
+// a = in0 (m, k), b = in1 (k, n), bias = in2 (n) when p.bias != 0 -> c = out0 (m, n), ReLU'd
+// when p.relu != 0. Grid: x = n tiles, y (+ z * num_y) = m tiles.
+@compute @workgroup_size(THREADS)
+fn matmul_bias_act(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let m0 = (wg.y + wg.z * nwg.y) * TM;
+    let n0 = wg.x * TN;
+    let acc = gemm_tile(lid, m0, n0, 0u, p.k);
+    let tm = lid / (TN / RN);
+    let tn = lid % (TN / RN);
+    for (var i = 0u; i < RM; i++) {
+        let row = m0 + tm + i * (TM / RM);
+        for (var j = 0u; j < RN; j++) {
+            let col = n0 + tn + j * (TN / RN);
+            if (row < p.m && col < p.n) {
+                var v = acc[i * RN + j];
+                if (p.bias != 0u) { v += in2[col]; }
+                if (p.relu != 0u) { v = max(v, 0.0); }
+                out0[row * p.n + col] = v;
+            }
+        }
+    }
+}
+
+// Split-k partial products: out0 (splits, m + ones_row, n), split z summing k in
+// [z * k_per_split, (z+1) * k_per_split). Grid: x = n tiles, y = m tiles, z = splits.
+@compute @workgroup_size(THREADS)
+fn matmul_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let m0 = wg.y * TM;
+    let n0 = wg.x * TN;
+    let k_begin = wg.z * p.k_per_split;
+    let k_end = min(k_begin + p.k_per_split, p.k);
+    let acc = gemm_tile(lid, m0, n0, k_begin, k_end);
+    let rows = p.m + p.ones_row;
+    let tm = lid / (TN / RN);
+    let tn = lid % (TN / RN);
+    for (var i = 0u; i < RM; i++) {
+        let row = m0 + tm + i * (TM / RM);
+        for (var j = 0u; j < RN; j++) {
+            let col = n0 + tn + j * (TN / RN);
+            if (row < rows && col < p.n) {
+                out0[(wg.z * rows + row) * p.n + col] = acc[i * RN + j];
+            }
+        }
+    }
+}
+
+// partials in0 (splits, m + 1, n) -> out0 (m, n) = rows 0..m summed over the splits in order,
+// out1 (n) = row m summed likewise (the bias gradient). Fixed order: deterministic.
+// One invocation per element of (m + 1, n); grid x (+ y * num_x) of 256.
+@compute @workgroup_size(256)
+fn sum_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let rows = p.m + 1u;
+    if (id >= rows * p.n) { return; }
+    var sum = 0.0;
+    for (var s = 0u; s < p.splits; s++) {
+        sum += in0[s * rows * p.n + id];
+    }
+    let row = id / p.n;
+    if (row < p.m) {
+        out0[id] = sum;
+    } else {
+        out1[id - p.m * p.n] = sum;
+    }
+}

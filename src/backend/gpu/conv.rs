@@ -1,0 +1,73 @@
+//! Convolution ops (shaders/conv.wgsl): implicit GEMM tiles of 64 x 64.
+
+use super::pipelines::{GemmEntry, Tile};
+use super::recorder::{linear_grid, tile_grid};
+use super::{GpuBackend, GpuTensor};
+use crate::backend::ConvShape;
+
+/// The k slab of the GEMM kernels (TK in conv.wgsl and matmul.wgsl).
+pub(super) const K_SLAB: usize = 16;
+
+/// How a filter-gradient GEMM of depth `k` (the batch's pixels or samples) is split so enough
+/// workgroups run: (k per split, a multiple of the k slab, and the number of splits). A rule of
+/// the shape only, so results never depend on the adapter.
+pub(super) fn split_k(k: usize) -> (usize, usize) {
+    let per = k.div_ceil(64).div_ceil(K_SLAB).max(1) * K_SLAB;
+    let per = per.max(256);
+    (per, k.div_ceil(per).max(1))
+}
+
+fn conv_params(s: &ConvShape, n: usize, relu: bool, k_per_split: usize) -> [u32; 16] {
+    [
+        n as u32, s.in_h as u32, s.in_w as u32, s.in_c as u32,
+        s.out_h as u32, s.out_w as u32, s.out_c as u32, s.k_h as u32,
+        s.k_w as u32, s.stride_h as u32, s.stride_w as u32, s.pad_top as u32,
+        s.pad_left as u32, relu as u32, k_per_split as u32, 0,
+    ]
+}
+
+impl GpuBackend {
+    // x (n, in_h, in_w, in_c), w HWIO, b (out_c) -> y (n, out_h, out_w, out_c).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_conv2d_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &ConvShape, n: usize, relu: bool) {
+        let rows = n * s.out_h * s.out_w;
+        let tile = Tile::for_cols(s.out_c);
+        let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dForward, tile);
+        let groups = tile_grid(s.out_c.div_ceil(tile.tn as usize), rows.div_ceil(tile.tm as usize), self.max_per_dim());
+        let bound = [x.at(1), w.at(2), b.at(3), y.at(4)];
+        self.recorder.dispatch(&self.ctx.device, &pipeline, &conv_params(s, n, relu, 0), &bound, groups);
+    }
+
+    // dy (n, out_h, out_w, out_c), w HWIO -> dx (n, in_h, in_w, in_c).
+    pub(super) fn record_conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
+        let rows = n * s.in_h * s.in_w;
+        let tile = Tile::for_cols(s.in_c);
+        let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dBackwardInput, tile);
+        let groups = tile_grid(s.in_c.div_ceil(tile.tn as usize), rows.div_ceil(tile.tm as usize), self.max_per_dim());
+        let bound = [dy.at(1), w.at(2), dx.at(4)];
+        self.recorder.dispatch(&self.ctx.device, &pipeline, &conv_params(s, n, false, 0), &bound, groups);
+    }
+
+    // x (n, in_h, in_w, in_c), dy (n, out_h, out_w, out_c) -> dw HWIO, db (out_c), overwritten.
+    // Split-k partial GEMMs into the scratch buffer, then a fixed-order sum of the splits.
+    pub(super) fn record_conv2d_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &ConvShape, n: usize) {
+        let depth = n * s.out_h * s.out_w;
+        let (per, splits) = split_k(depth);
+        let rows = s.patch_len() + 1; // + the ones row that yields db
+        let Some(scratch) = self.scratch(splits * rows * s.out_c) else { return };
+        let tile = Tile::for_cols(s.out_c);
+        let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dBackwardFilter, tile);
+        let groups = [s.out_c.div_ceil(tile.tn as usize) as u32, rows.div_ceil(tile.tm as usize) as u32, splits as u32];
+        let bound = [x.at(1), dy.at(2), scratch.at(4)];
+        self.recorder.dispatch(&self.ctx.device, &pipeline, &conv_params(s, n, false, per), &bound, groups);
+        self.record_sum_split_partials(&scratch, dw, db, s.patch_len(), s.out_c, splits);
+    }
+
+    /// partials (splits, rows + 1, cols) -> dw (rows, cols) and db (cols), splits added in order.
+    pub(super) fn record_sum_split_partials(&self, partials: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, rows: usize, cols: usize, splits: usize) {
+        let params = [rows as u32, cols as u32, 0, 0, 0, 0, 0, 0, 0, 0, 0, splits as u32];
+        let bound = [partials.at(1), dw.at(4), db.at(5)];
+        let groups = linear_grid((rows + 1) * cols, self.max_per_dim());
+        self.recorder.dispatch(&self.ctx.device, &self.pipelines.sum_split_partials, &params, &bound, groups);
+    }
+}

@@ -1,0 +1,27 @@
+//! Softmax and the fused softmax + cross-entropy + gradient (shaders/loss.wgsl).
+
+use super::recorder::linear_grid;
+use super::{GpuBackend, GpuIndices, GpuTensor};
+
+impl GpuBackend {
+    // logits (n, classes), labels (n) -> dlogits (n, classes); metrics (3) += loss, hits, n.
+    pub(super) fn record_softmax_xent(&self, logits: &GpuTensor, labels: &GpuIndices, dlogits: &mut GpuTensor, metrics: &mut GpuTensor, n: usize, classes: usize) {
+        if n == 0 || classes == 0 {
+            return;
+        }
+        let params = [n as u32, classes as u32, 0, 0];
+        let bound = [logits.at(1), labels.at(2), dlogits.at(3), metrics.at(4)];
+        // One workgroup: it reduces the whole batch's metrics in a fixed order.
+        self.recorder.dispatch(&self.ctx.device, &self.pipelines.softmax_xent, &params, &bound, [1, 1, 1]);
+    }
+
+    // logits (n, classes) -> probs (n, classes).
+    pub(super) fn record_softmax(&self, logits: &GpuTensor, probs: &mut GpuTensor, n: usize, classes: usize) {
+        if classes == 0 {
+            return;
+        }
+        let params = [n as u32, classes as u32, 0, 0];
+        let bound = [logits.at(1), probs.at(3)];
+        self.recorder.dispatch(&self.ctx.device, &self.pipelines.softmax, &params, &bound, linear_grid(n, self.max_per_dim()));
+    }
+}

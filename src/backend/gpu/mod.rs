@@ -1,0 +1,303 @@
+//! The GPU backend: every op is a WGSL compute shader run through wgpu, recorded into the
+//! step's command encoder and submitted on `flush` (or before any read-back).
+
+mod adapter_choice;
+mod adam;
+mod context;
+mod conv;
+mod data;
+mod dense;
+mod loss;
+mod pipelines;
+mod pool;
+mod recorder;
+pub mod shader_check;
+
+pub use adapter_choice::{adapter_row, choose_adapter, enumerate_adapters, list_adapters, AdapterInfoRow, DeviceRequest};
+pub use data::GpuImages;
+pub use pipelines::ALL_SHADERS;
+
+use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
+use anyhow::{Context as _, Result};
+use context::GpuContext;
+use pipelines::Pipelines;
+use recorder::{linear_grid, Bound, Recorder};
+use std::cell::{Cell, RefCell};
+
+/// An f32 array in a GPU storage buffer.
+pub struct GpuTensor {
+    buffer: wgpu::Buffer,
+    len: usize,
+    id: u64,
+}
+
+/// A u32 array in a GPU storage buffer.
+pub struct GpuIndices {
+    buffer: wgpu::Buffer,
+    len: usize,
+    id: u64,
+}
+
+impl GpuTensor {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn at(&self, binding: u32) -> Bound<'_> {
+        Bound { binding, buffer: &self.buffer, id: self.id }
+    }
+}
+
+impl GpuIndices {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn at(&self, binding: u32) -> Bound<'_> {
+        Bound { binding, buffer: &self.buffer, id: self.id }
+    }
+}
+
+pub struct GpuBackend {
+    ctx: GpuContext,
+    pipelines: Pipelines,
+    recorder: Recorder,
+    next_id: Cell<u64>,
+    /// Split-k partial sums of the filter gradients; grown to the largest need, then reused.
+    scratch: RefCell<Option<GpuTensor>>,
+    /// Host-visible buffer for read-backs, reused.
+    staging: RefCell<Option<wgpu::Buffer>>,
+    /// Adam's per-step scalars (see adam.rs).
+    adam_scalars: wgpu::Buffer,
+    adam_scalars_id: u64,
+    adam_scalars_written: Cell<Option<[u32; 4]>>,
+    adam_scalars_in_encoder: Cell<Option<[u32; 4]>>,
+}
+
+impl GpuBackend {
+    /// Opens a device on `adapter` (with all its limits) and builds every pipeline.
+    pub fn new(adapter: wgpu::Adapter) -> Result<Self> {
+        let ctx = GpuContext::new(adapter)?;
+        let pipelines = Pipelines::new(&ctx.device);
+        let adam_scalars = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("adam scalars"),
+            size: 16,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let backend = GpuBackend {
+            ctx,
+            pipelines,
+            recorder: Recorder::new(),
+            next_id: Cell::new(1),
+            scratch: RefCell::new(None),
+            staging: RefCell::new(None),
+            adam_scalars,
+            adam_scalars_id: 0,
+            adam_scalars_written: Cell::new(None),
+            adam_scalars_in_encoder: Cell::new(None),
+        };
+        // Shader compilation errors surface here rather than at the first step.
+        let _ = backend.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+        backend.ctx.take_errors().context("creating the GPU pipelines")?;
+        Ok(backend)
+    }
+
+    /// The adapter's limits (all of them were requested).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.ctx.limits
+    }
+
+    pub fn adapter_info(&self) -> wgpu::AdapterInfo {
+        self.ctx.adapter.get_info()
+    }
+
+    /// Err naming the limit (max_buffer_size or max_storage_buffer_binding_size) and both
+    /// values when a buffer of `bytes` cannot exist or be bound on this adapter. Call it for
+    /// every activation/weight buffer before training so a too-large batch fails up front.
+    pub fn check_fits(&self, what: &str, bytes: u64) -> Result<()> {
+        self.ctx.check_buffer_fits(what, bytes)
+    }
+
+    /// Bind groups cached so far (a repeated step must not add any).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.recorder.cached_bind_groups()
+    }
+
+    fn new_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    fn max_per_dim(&self) -> u32 {
+        self.ctx.limits.max_compute_workgroups_per_dimension
+    }
+
+    fn buffer_bytes(len: usize) -> u64 {
+        // Zero-sized bindings are invalid; keep at least one element.
+        (len.max(1) * 4) as u64
+    }
+
+    /// Submits anything recorded so that a following queue write lands after it.
+    fn submit_pending(&self) {
+        if self.recorder.has_pending() {
+            self.recorder.submit(&self.ctx.device, &self.ctx.queue);
+            self.adam_scalars_in_encoder.set(None);
+        }
+    }
+
+    /// The split-k scratch buffer, at least `len` floats.
+    fn scratch(&self, len: usize) -> Option<std::cell::Ref<'_, GpuTensor>> {
+        let too_small = self.scratch.borrow().as_ref().is_none_or(|s| s.len < len);
+        if too_small {
+            match self.tensor(len) {
+                Ok(t) => *self.scratch.borrow_mut() = Some(t),
+                Err(e) => {
+                    self.ctx.record_error(format!("{e:#}"));
+                    return None;
+                }
+            }
+        }
+        Some(std::cell::Ref::map(self.scratch.borrow(), |s| s.as_ref().expect("just made")))
+    }
+
+    fn read_back(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.submit_pending();
+        let mut staging = self.staging.borrow_mut();
+        if staging.as_ref().is_none_or(|s| s.size() < bytes) {
+            *staging = Some(self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read-back"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let staging = staging.as_ref().expect("just made");
+        self.recorder.copy(&self.ctx.device, buffer, staging, bytes);
+        self.recorder.submit(&self.ctx.device, &self.ctx.queue);
+        let slice = staging.slice(..bytes);
+        let mapped = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let sink = mapped.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(r));
+        self.ctx.device.poll(wgpu::PollType::wait_indefinitely()).context("waiting for the GPU")?;
+        self.ctx.take_errors()?;
+        let result = mapped.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(e)) => anyhow::bail!("mapping the read-back buffer failed: {e}"),
+            None => anyhow::bail!("the read-back buffer was not mapped after waiting for the GPU"),
+        }
+        let bytes_out = slice.get_mapped_range().map_err(|e| anyhow::anyhow!("read-back range: {e}"))?.to_vec();
+        staging.unmap();
+        Ok(bytes_out)
+    }
+
+    fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) {
+        self.submit_pending();
+        if !data.is_empty() {
+            self.ctx.queue.write_buffer(buffer, 0, data);
+        }
+    }
+}
+
+impl Backend for GpuBackend {
+    type Tensor = GpuTensor;
+    type Indices = GpuIndices;
+    type Images = GpuImages;
+
+    /// "name (backend, driver driver_info)".
+    fn describe(&self) -> String {
+        let info = self.ctx.adapter.get_info();
+        let driver = [info.driver.as_str(), info.driver_info.as_str()].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join(" ");
+        format!("{} ({}, {})", info.name, info.backend.to_str(), if driver.is_empty() { "unknown driver" } else { &driver })
+    }
+
+    fn tensor(&self, len: usize) -> Result<GpuTensor> {
+        let buffer = self.ctx.create_storage_buffer("tensor", Self::buffer_bytes(len))?;
+        Ok(GpuTensor { buffer, len, id: self.new_id() })
+    }
+    fn upload(&self, t: &mut GpuTensor, data: &[f32]) {
+        assert!(data.len() <= t.len, "upload of {} values into a tensor of {}", data.len(), t.len);
+        self.write(&t.buffer, bytemuck::cast_slice(data));
+    }
+    fn download(&self, t: &GpuTensor) -> Result<Vec<f32>> {
+        let bytes = self.read_back(&t.buffer, Self::buffer_bytes(t.len))?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes)[..t.len].to_vec())
+    }
+    fn indices(&self, len: usize) -> Result<GpuIndices> {
+        let buffer = self.ctx.create_storage_buffer("indices", Self::buffer_bytes(len))?;
+        Ok(GpuIndices { buffer, len, id: self.new_id() })
+    }
+    fn upload_indices(&self, t: &mut GpuIndices, data: &[u32]) {
+        assert!(data.len() <= t.len, "upload of {} indices into a buffer of {}", data.len(), t.len);
+        self.write(&t.buffer, bytemuck::cast_slice(data));
+    }
+    fn download_indices(&self, t: &GpuIndices) -> Result<Vec<u32>> {
+        let bytes = self.read_back(&t.buffer, Self::buffer_bytes(t.len))?;
+        Ok(bytemuck::cast_slice::<u8, u32>(&bytes)[..t.len].to_vec())
+    }
+    fn upload_images(&self, images: &[u8], labels: &[u8], image_len: usize) -> Result<GpuImages> {
+        let limit = self.ctx.limits.max_storage_buffer_binding_size.min(self.ctx.limits.max_buffer_size);
+        self.upload_images_in_chunks(images, labels, image_len, limit)
+    }
+
+    fn gather_batch(&self, data: &GpuImages, idx: &GpuIndices, n: usize, x: &mut GpuTensor, labels: &mut GpuIndices) {
+        self.record_gather_batch(data, idx, n, x, labels);
+    }
+
+    fn conv2d_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &ConvShape, n: usize, relu: bool) {
+        self.record_conv2d_forward(x, w, b, y, s, n, relu);
+    }
+    fn conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
+        self.record_conv2d_backward_input(dy, w, dx, s, n);
+    }
+    fn conv2d_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &ConvShape, n: usize) {
+        self.record_conv2d_backward_filter(x, dy, dw, db, s, n);
+    }
+
+    // y (len) = ReLU output, dy (len) zeroed where y <= 0.
+    fn relu_backward(&self, y: &GpuTensor, dy: &mut GpuTensor, len: usize) {
+        let params = [len as u32, 0, 0, 0];
+        let bound = [y.at(1), dy.at(2)];
+        self.recorder.dispatch(&self.ctx.device, &self.pipelines.relu_backward, &params, &bound, linear_grid(len, self.max_per_dim()));
+    }
+
+    fn maxpool_forward(&self, x: &GpuTensor, y: &mut GpuTensor, argmax: &mut GpuIndices, s: &PoolShape, n: usize) {
+        self.record_maxpool_forward(x, y, argmax, s, n);
+    }
+    fn maxpool_backward(&self, dy: &GpuTensor, argmax: &GpuIndices, dx: &mut GpuTensor, s: &PoolShape, n: usize) {
+        self.record_maxpool_backward(dy, argmax, dx, s, n);
+    }
+
+    fn dense_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &DenseShape, n: usize, relu: bool) {
+        self.record_dense_forward(x, w, b, y, s, n, relu);
+    }
+    fn dense_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &DenseShape, n: usize) {
+        self.record_dense_backward_input(dy, w, dx, s, n);
+    }
+    fn dense_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &DenseShape, n: usize) {
+        self.record_dense_backward_filter(x, dy, dw, db, s, n);
+    }
+
+    fn softmax_xent(&self, logits: &GpuTensor, labels: &GpuIndices, dlogits: &mut GpuTensor, metrics: &mut GpuTensor, n: usize, classes: usize) {
+        self.record_softmax_xent(logits, labels, dlogits, metrics, n, classes);
+    }
+    fn softmax(&self, logits: &GpuTensor, probs: &mut GpuTensor, n: usize, classes: usize) {
+        self.record_softmax(logits, probs, n, classes);
+    }
+
+    fn adam_update(&self, param: &mut GpuTensor, grad: &GpuTensor, m: &mut GpuTensor, v: &mut GpuTensor, len: usize, h: &AdamStep) {
+        self.record_adam_update(param, grad, m, v, len, h);
+    }
+
+    /// Submits the step; reports any error wgpu raised since the last flush.
+    fn flush(&self) -> Result<()> {
+        self.submit_pending();
+        self.ctx.take_errors()
+    }
+}

@@ -1,0 +1,162 @@
+//! Every compute pipeline, created once when the backend starts. Shaders are embedded in the
+//! binary (and validated by build.rs); layouts come from each entry point's bindings. The GEMM
+//! kernels come in a few tile shapes (pipeline overrides), each compiled on first use.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+pub const CONV_WGSL: &str = include_str!("../../../shaders/conv.wgsl");
+pub const MATMUL_WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
+pub const POOL_WGSL: &str = include_str!("../../../shaders/pool.wgsl");
+pub const ELEMENTWISE_WGSL: &str = include_str!("../../../shaders/elementwise.wgsl");
+pub const LOSS_WGSL: &str = include_str!("../../../shaders/loss.wgsl");
+pub const ADAM_WGSL: &str = include_str!("../../../shaders/adam.wgsl");
+pub const DATA_WGSL: &str = include_str!("../../../shaders/data.wgsl");
+
+/// Every embedded shader with its file name (for tests and diagnostics).
+pub const ALL_SHADERS: [(&str, &str); 7] = [
+    ("conv.wgsl", CONV_WGSL),
+    ("matmul.wgsl", MATMUL_WGSL),
+    ("pool.wgsl", POOL_WGSL),
+    ("elementwise.wgsl", ELEMENTWISE_WGSL),
+    ("loss.wgsl", LOSS_WGSL),
+    ("adam.wgsl", ADAM_WGSL),
+    ("data.wgsl", DATA_WGSL),
+];
+
+/// A GEMM kernel's tile: the workgroup computes tm x tn outputs, each invocation rm x rn
+/// (at most 8 x 8, the shaders' register arrays). Set through WGSL pipeline overrides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tile {
+    pub tm: u32,
+    pub tn: u32,
+    pub rm: u32,
+    pub rn: u32,
+}
+
+impl Tile {
+    /// The tile for a GEMM with `cols` output columns (conv: output channels): 128 rows
+    /// (pixels or samples, the long side here) and the narrowest column width that covers
+    /// `cols`, so a 32-channel layer does not compute 32 wasted columns. 8 x 8 (or 8 x 4) per
+    /// invocation: on lavapipe the shared-memory loads, not the FMAs, are the cost, and a
+    /// bigger register block loads less per FMA. At most 16 KiB of workgroup memory.
+    pub fn for_cols(cols: usize) -> Tile {
+        if cols <= 32 {
+            Tile { tm: 128, tn: 32, rm: 8, rn: 4 }
+        } else if cols <= 64 {
+            Tile { tm: 128, tn: 64, rm: 8, rn: 8 }
+        } else {
+            Tile { tm: 128, tn: 128, rm: 8, rn: 8 }
+        }
+    }
+}
+
+/// The GEMM-shaped entry points, compiled per tile on first use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmEntry {
+    Conv2dForward,
+    Conv2dBackwardInput,
+    Conv2dBackwardFilter,
+    MatmulBiasAct,
+    MatmulSplitPartials,
+}
+
+impl GemmEntry {
+    fn name(self) -> &'static str {
+        match self {
+            GemmEntry::Conv2dForward => "conv2d_forward",
+            GemmEntry::Conv2dBackwardInput => "conv2d_backward_input",
+            GemmEntry::Conv2dBackwardFilter => "conv2d_backward_filter",
+            GemmEntry::MatmulBiasAct => "matmul_bias_act",
+            GemmEntry::MatmulSplitPartials => "matmul_split_partials",
+        }
+    }
+}
+
+pub struct Pipeline {
+    /// Distinguishes pipelines in the bind group cache.
+    pub id: u32,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+pub struct Pipelines {
+    conv: wgpu::ShaderModule,
+    matmul: wgpu::ShaderModule,
+    gemm: RefCell<HashMap<(GemmEntry, Tile), Rc<Pipeline>>>,
+    next_id: Cell<u32>,
+    pub sum_split_partials: Pipeline,
+    pub maxpool_forward: Pipeline,
+    pub maxpool_backward: Pipeline,
+    pub relu_backward: Pipeline,
+    pub softmax_xent: Pipeline,
+    pub softmax: Pipeline,
+    pub adam_update: Pipeline,
+    pub gather_batch: Pipeline,
+}
+
+impl Pipelines {
+    pub fn new(device: &wgpu::Device) -> Self {
+        let module = |name: &str, source: &str| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) })
+        };
+        let conv = module("conv.wgsl", CONV_WGSL);
+        let matmul = module("matmul.wgsl", MATMUL_WGSL);
+        let pool = module("pool.wgsl", POOL_WGSL);
+        let elementwise = module("elementwise.wgsl", ELEMENTWISE_WGSL);
+        let loss = module("loss.wgsl", LOSS_WGSL);
+        let adam = module("adam.wgsl", ADAM_WGSL);
+        let data = module("data.wgsl", DATA_WGSL);
+        let mut next_id = 0;
+        let mut make = |module: &wgpu::ShaderModule, entry: &str| {
+            next_id += 1;
+            create(device, module, entry, &[], next_id)
+        };
+        Pipelines {
+            sum_split_partials: make(&matmul, "sum_split_partials"),
+            maxpool_forward: make(&pool, "maxpool_forward"),
+            maxpool_backward: make(&pool, "maxpool_backward"),
+            relu_backward: make(&elementwise, "relu_backward"),
+            softmax_xent: make(&loss, "softmax_xent"),
+            softmax: make(&loss, "softmax"),
+            adam_update: make(&adam, "adam_update"),
+            gather_batch: make(&data, "gather_batch"),
+            conv,
+            matmul,
+            gemm: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1000),
+        }
+    }
+
+    /// The GEMM pipeline for `entry` with `tile`, compiled on first use.
+    pub fn gemm(&self, device: &wgpu::Device, entry: GemmEntry, tile: Tile) -> Rc<Pipeline> {
+        if let Some(p) = self.gemm.borrow().get(&(entry, tile)) {
+            return p.clone();
+        }
+        let module = match entry {
+            GemmEntry::Conv2dForward | GemmEntry::Conv2dBackwardInput | GemmEntry::Conv2dBackwardFilter => &self.conv,
+            GemmEntry::MatmulBiasAct | GemmEntry::MatmulSplitPartials => &self.matmul,
+        };
+        let constants = [("TM", tile.tm as f64), ("TN", tile.tn as f64), ("RM", tile.rm as f64), ("RN", tile.rn as f64)];
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let pipeline = Rc::new(create(device, module, entry.name(), &constants, id));
+        self.gemm.borrow_mut().insert((entry, tile), pipeline.clone());
+        pipeline
+    }
+}
+
+fn create(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: &str, constants: &[(&str, f64)], id: u32) -> Pipeline {
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: None,
+        module,
+        entry_point: Some(entry),
+        // Every kernel writes its workgroup memory before reading it: skip the zeroing.
+        compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
+        cache: None,
+    });
+    let layout = pipeline.get_bind_group_layout(0);
+    Pipeline { id, pipeline, layout }
+}
