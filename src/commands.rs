@@ -6,6 +6,7 @@ use crate::data::{self, Dataset, DatasetKind};
 use crate::model::{format_arch, parse_arch, summary_table, Model, SEED_ARCH};
 use crate::network::Network;
 use crate::train::{self, TrainOptions};
+use crate::with_backend;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -84,20 +85,6 @@ pub struct TrainArgs {
 fn fresh_run_dir(dataset: &str) -> PathBuf {
     let base = PathBuf::from("runs");
     (1..).map(|i| if i == 1 { base.join(dataset) } else { base.join(format!("{dataset}-{i}")) }).find(|p| !p.exists()).unwrap()
-}
-
-/// Opens the backend `--device` names and runs `$body` with it bound to `$b`.
-#[macro_export]
-macro_rules! with_backend {
-    ($device:expr, $b:ident => $body:expr) => {{
-        match $device {
-            "auto" | "cpu" => {
-                let $b = $crate::backend::cpu::CpuBackend::new();
-                $body
-            }
-            other => anyhow::bail!("device '{other}': the GPU backend is not available in this build (use --device cpu)"),
-        }
-    }};
 }
 
 pub fn train(args: &TrainArgs, device: &str) -> Result<()> {
@@ -223,9 +210,11 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
-/// Every device `bench` measures when none is named.
+/// Every device `bench` measures when none is named: the CPU backend and each adapter.
 fn all_devices() -> Vec<String> {
-    vec!["cpu".to_string()]
+    let mut devices = vec!["cpu".to_string()];
+    devices.extend(crate::backend::gpu::list_adapters().iter().map(|a| a.index.to_string()));
+    devices
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -239,9 +228,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             opts.kernel_batches = args.batches.clone();
         }
         eprintln!("benchmarking {device} ...");
-        let report = match device.as_str() {
-            "cpu" => bench_device(&|| Ok(crate::backend::cpu::CpuBackend::new()), &opts)?,
-            other => bail!("device '{other}': the GPU backend is not available in this build (use --device cpu)"),
+        let report = match crate::device::open(device)? {
+            crate::device::Device::Cpu(_) => bench_device(&|| Ok(crate::backend::cpu::CpuBackend::new()), &opts)?,
+            crate::device::Device::Gpu(_) => bench_device(&|| match crate::device::open(device)? {
+                crate::device::Device::Gpu(g) => Ok(*g),
+                crate::device::Device::Cpu(_) => bail!("device {device} went away"),
+            }, &opts)?,
         };
         println!("{}", format_table(&report));
         reports.push(report);

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod commands;
 pub mod data;
+pub mod device;
 pub mod model;
 pub mod network;
 pub mod rng;

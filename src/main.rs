@@ -30,6 +30,8 @@ enum Command {
     Train(TrainCli),
     /// Test loss and accuracy of a checkpoint.
     Evaluate(EvaluateCli),
+    /// List the devices: the CPU backend and every adapter wgpu finds, with their limits.
+    Devices,
     /// Time every kernel and whole training steps of the seed model on each device.
     Bench(BenchCli),
 }
@@ -86,7 +88,8 @@ struct TrainCli {
     /// Seed for the initial weights and the shuffles [default: 0, or the checkpoint's].
     #[arg(long)]
     seed: Option<u64>,
-    /// Where to compute: auto or cpu.
+    /// Where to compute: auto (a real GPU if there is one, else the CPU), cpu, gpu (any wgpu
+    /// adapter, software ones too), vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Run directory [default: runs/<dataset>, or runs/<dataset>-N if that exists; when
@@ -115,7 +118,8 @@ struct EvaluateCli {
     /// Images per forward pass.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    /// Where to compute: auto or cpu.
+    /// Where to compute: auto (a real GPU if there is one, else the CPU), cpu, gpu (any wgpu
+    /// adapter, software ones too), vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Print JSON instead of a line of text.
@@ -144,6 +148,7 @@ fn main() -> Result<()> {
             let args = EvaluateArgs { checkpoint: e.checkpoint, dataset: e.dataset, data_dir: e.data_dir, limit_test: e.limit_test, batch_size: e.batch_size, json: e.json };
             println!("{}", commands::evaluate(&args, &e.device)?);
         }
+        Command::Devices => print!("{}", gpu_cnn::device::describe_devices()),
         Command::Bench(b) => commands::bench(&commands::BenchArgs { devices: b.device, quick: b.quick, batches: b.batch, json: b.json })?,
     }
     Ok(())
