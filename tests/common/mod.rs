@@ -22,3 +22,19 @@ pub fn run_cli(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn")).args(args).output().expect("run gpu-cnn");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// Any wgpu adapter, software ones included (Mesa's lavapipe in CI). None, after saying so,
+/// when there is none, unless GPU_CNN_REQUIRE_GPU=1: then a missing adapter fails the test.
+pub fn gpu_backend() -> Option<gpu_cnn::backend::gpu::GpuBackend> {
+    use gpu_cnn::backend::gpu::{choose_adapter, DeviceRequest, GpuBackend};
+    match choose_adapter(DeviceRequest::Gpu) {
+        Ok(Some(adapter)) => Some(GpuBackend::new(adapter).expect("opening the GPU device")),
+        Ok(None) | Err(_) => {
+            if std::env::var("GPU_CNN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("no GPU adapter but GPU_CNN_REQUIRE_GPU=1");
+            }
+            eprintln!("no GPU adapter: skipping this GPU test");
+            None
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Whole training on the GPU backend against the CPU reference: the same steps from the same
+//! weights agree, a seeded GPU run repeats exactly, and the CLI trains with --device gpu.
+//! Small shapes and few steps: lavapipe (CI's GPU) runs shaders on the CPU.
+
+mod common;
+use gpu_cnn::backend::cpu::CpuBackend;
+use gpu_cnn::backend::Backend;
+use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
+use gpu_cnn::data::Dataset;
+use gpu_cnn::model::{parse_arch, Model};
+use gpu_cnn::network::{HostTensor, Network};
+
+const ARCH: &str = "conv2d 8 3 relu\nmaxpool 2\nconv2d 6 3 relu padding=same stride=2\nflatten\ndense 16 relu\ndense 4 softmax\n";
+const BATCH: usize = 7; // no tile size divides it
+
+fn data() -> Dataset {
+    generate(&SyntheticSpec { train: 140, test: 20, height: 13, width: 13, channels: 3, classes: 4 }, 2)
+}
+
+/// Trains `steps` steps of BATCH on `backend`; returns the weights and the metrics.
+fn run<B: Backend>(backend: B, steps: usize) -> (Vec<HostTensor>, gpu_cnn::network::Metrics) {
+    let ds = data();
+    let model = Model::new(&parse_arch(ARCH).unwrap(), ds.input_shape()).unwrap();
+    let mut net = Network::new(backend, model, BATCH, 11).unwrap();
+    let images = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len()).unwrap();
+    let order = gpu_cnn::train::epoch_order(ds.train.len(), 11, 0);
+    for batch in order.chunks(BATCH).take(steps) {
+        net.train_step(&images, batch).unwrap();
+    }
+    (net.weights().unwrap(), net.read_metrics().unwrap())
+}
+
+#[test]
+fn twenty_gpu_steps_agree_with_the_cpu() {
+    let Some(gpu) = common::gpu_backend() else { return };
+    let (gw, gm) = run(gpu, 20);
+    let (cw, cm) = run(CpuBackend::new(), 20);
+    // Summation orders differ (GEMM blocking, reductions), so gradients differ in the last
+    // bits each step; on lavapipe the weights after 20 steps differ by ~1e-7 at most. A real
+    // divergence (a wrong gradient, or Adam flipping a near-zero gradient's sign) moves a
+    // weight by ~lr = 1e-3 per step, so 1e-5 (max) and 1e-7 (mean) catch it with 100x margin
+    // over rounding.
+    for (g, c) in gw.iter().zip(&cw) {
+        let diffs: Vec<f32> = g.data.iter().zip(&c.data).map(|(a, b)| (a - b).abs()).collect();
+        let max = diffs.iter().cloned().fold(0.0, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        assert!(max <= 1e-5 && mean <= 1e-7, "{}: max diff {max}, mean diff {mean}", g.name);
+    }
+    // The same samples were seen: the accumulated loss agrees to f32 rounding and a handful
+    // of near-tie predictions.
+    assert_eq!(gm.count, cm.count);
+    assert!((gm.loss - cm.loss).abs() < 1e-3, "loss {} vs {}", gm.loss, cm.loss);
+    assert!((gm.accuracy - cm.accuracy).abs() <= 2.0 / cm.count as f64, "accuracy {} vs {}", gm.accuracy, cm.accuracy);
+}
+
+#[test]
+fn a_seeded_gpu_run_repeats_exactly() {
+    let Some(first) = common::gpu_backend() else { return };
+    let (a, ma) = run(first, 6);
+    let (b, mb) = run(common::gpu_backend().unwrap(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits()), "{} differs between two seeded GPU runs", x.name);
+    }
+    assert_eq!(ma, mb);
+}
+
+#[test]
+fn cli_trains_and_evaluates_with_device_gpu() {
+    if common::gpu_backend().is_none() {
+        return;
+    }
+    let dir = common::temp_dir("gpu-cli");
+    let arch = dir.join("tiny.arch");
+    std::fs::write(&arch, "conv2d 4 3 relu\nmaxpool 2\nflatten\ndense 10 softmax\n").unwrap();
+    let run = dir.join("run");
+    let args = ["train", "--device", "gpu", "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--epochs", "1", "--limit-train", "96", "--limit-test", "32", "--out", run.to_str().unwrap()];
+    let (ok, _, err) = common::run_cli(&args);
+    assert!(ok, "{err}");
+    assert!(err.contains("Device: ") && !err.contains("Device: CPU backend"), "the run must name its GPU adapter: {err}");
+    assert!(run.join("last.safetensors").exists());
+    let (ok, out, err) = common::run_cli(&["evaluate", "--device", "gpu", "--checkpoint", run.join("last.safetensors").to_str().unwrap(), "--limit-test", "32", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["images"], 32);
+}
+
+#[test]
+fn auto_uses_the_cpu_backend_when_only_software_adapters_exist() {
+    let adapters = gpu_cnn::backend::gpu::list_adapters();
+    let only_software = adapters.iter().all(|a| a.device_type == wgpu::DeviceType::Cpu);
+    let (ok, _, err) = common::run_cli(&["train", "--device", "auto", "--dataset", "synthetic", "--limit-train", "32", "--limit-test", "16", "--epochs", "1", "--out", common::temp_dir("auto").join("r").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    if only_software {
+        assert!(err.contains("using the CPU backend") && err.contains("Device: CPU backend"), "{err}");
+    } else {
+        assert!(!err.contains("Device: CPU backend"), "a real GPU exists, auto must take it: {err}");
+    }
+}
