@@ -38,9 +38,10 @@ impl BenchOptions {
             per_submit,
         }
     }
-    /// A short run (under a minute on lavapipe).
+    /// A short run at small batches (under a minute on lavapipe); the shapes are still the
+    /// seed model's, only the batch is smaller.
     pub fn quick(per_submit: usize) -> Self {
-        BenchOptions { kernel_batches: vec![32], train_batches: vec![32], scaling_batches: vec![16, 32], inference_batch: 64, repeats: 3, per_submit }
+        BenchOptions { kernel_batches: vec![8], train_batches: vec![8], scaling_batches: vec![4, 8], inference_batch: 16, repeats: 3, per_submit: per_submit.min(3) }
     }
 }
 

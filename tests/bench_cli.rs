@@ -1,0 +1,55 @@
+//! `gpu-cnn bench --quick --json`: every field present with a plausible value (finite and
+//! positive) for the CPU backend and the GPU. No timing thresholds: speed is not asserted.
+
+mod common;
+
+fn check_positive(v: &serde_json::Value, path: &str) {
+    let x = v.as_f64().unwrap_or_else(|| panic!("{path} is not a number: {v}"));
+    assert!(x.is_finite() && x > 0.0, "{path} = {x}");
+}
+
+fn check_device(d: &serde_json::Value) {
+    assert!(d["device"].as_str().is_some_and(|s| !s.is_empty()));
+    for key in ["matmul_1024_gflops", "time_to_first_step_ms", "peak_rss_bytes", "training_fraction_of_matmul"] {
+        check_positive(&d[key], key);
+    }
+    let kernels = d["kernels"].as_array().unwrap();
+    let names: std::collections::HashSet<&str> = kernels.iter().map(|k| k["kernel"].as_str().unwrap()).collect();
+    for name in ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_filter", "maxpool_forward", "maxpool_backward", "dense_forward", "dense_backward_input", "dense_backward_filter", "softmax_xent", "adam_update", "gather_batch"] {
+        assert!(names.contains(name), "kernel {name} missing");
+    }
+    // 3 convs x 3 + 2 pools x 2 + 2 dense x 3 + loss + Adam + gather, per batch size.
+    assert_eq!(kernels.len(), 22);
+    for k in kernels {
+        check_positive(&k["median_ms"], "median_ms");
+        let rate = if k["gflops"].is_null() { &k["gbytes_per_s"] } else { &k["gflops"] };
+        check_positive(rate, &format!("{} rate", k["kernel"]));
+    }
+    for key in ["training", "scaling"] {
+        for t in d[key].as_array().unwrap() {
+            check_positive(&t["images_per_second"], key);
+            check_positive(&t["batch"], key);
+        }
+    }
+    check_positive(&d["inference"]["images_per_second"], "inference");
+}
+
+#[test]
+fn quick_bench_reports_every_figure() {
+    let gpu = common::gpu_backend().is_some();
+    let json = common::temp_dir("bench").join("bench.json");
+    let mut args = vec!["bench", "--quick", "--device", "cpu", "--json", json.to_str().unwrap()];
+    if gpu {
+        args.extend(["--device", "gpu"]);
+    }
+    let (ok, out, err) = common::run_cli(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("conv2d_backward_filter") && out.contains("images/s"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let devices = v["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), if gpu { 2 } else { 1 });
+    for d in devices {
+        check_device(d);
+    }
+    assert!(v["machine"].as_str().is_some_and(|m| m.contains("cores")));
+}
