@@ -6,5 +6,7 @@ pub mod commands;
 pub mod data;
 pub mod model;
 pub mod network;
+pub mod predict;
+pub mod report;
 pub mod rng;
 pub mod train;
