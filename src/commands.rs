@@ -159,7 +159,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let settings = report_settings(&ds.name, &arch_text, net.model.input, &history, batch_size, learning_rate, seed, &net.backend.describe());
     let title = format!("gpu-cnn training run: {}", ds.name);
     let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &history, title, settings, &out)?;
-    eprint!("{}\n{}", conf.per_class_text(), conf.matrix_text());
+    eprint!("\n{}\n{}\n", conf.per_class_text(), conf.matrix_text());
     eprintln!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
     if let Some(last) = history.last() {
         eprintln!(

@@ -46,7 +46,7 @@ fn train_writes_legible_pictures_of_the_expected_size() {
     let run = trained_run();
     let predictions = open_rgb(&run.join("predictions.png"));
     assert_eq!(predictions.dimensions(), grid::grid_size(25, 5));
-    assert_eq!(predictions.dimensions(), (5 * 176, 5 * 220), "5x5 cells of 176x220");
+    assert_eq!(predictions.dimensions(), (5 * 192, 5 * 220), "5x5 cells of 192x220");
     assert_not_blank(&predictions, "predictions.png");
     // Every caption is green (right) or red (wrong).
     assert!(has_colour(&predictions, [0, 128, 0]) || has_colour(&predictions, [200, 0, 0]), "no green or red captions");

@@ -7,12 +7,14 @@ use image::{imageops, RgbImage};
 
 /// Images are enlarged (nearest neighbour, so pixels stay visible) to this side.
 pub const TILE: u32 = 160;
-/// Space around each tile.
+/// Space above and below each tile.
 const PAD: u32 = 8;
+/// Space either side: wide enough that 11-letter names ("T-shirt/top") fit at scale 2.
+const SIDE: u32 = 16;
 /// Caption lines are drawn at scale 2 (16 px) when they fit, else scale 1.
 const LINE_HEIGHT: u32 = 20;
 const CAPTION_LINES: u32 = 2;
-pub const CELL_WIDTH: u32 = TILE + 2 * PAD;
+pub const CELL_WIDTH: u32 = TILE + 2 * SIDE;
 pub const CELL_HEIGHT: u32 = PAD + TILE + 4 + CAPTION_LINES * LINE_HEIGHT + PAD;
 
 /// Pixel size of a grid of `count` cells in `cols` columns.
@@ -48,7 +50,7 @@ pub fn captioned_grid(cells: &[Cell], cols: usize) -> RgbImage {
     for (i, cell) in cells.iter().enumerate() {
         let (x0, y0) = ((i % cols) as u32 * CELL_WIDTH, (i / cols) as u32 * CELL_HEIGHT);
         let tile = imageops::resize(&cell.image, TILE, TILE, imageops::FilterType::Nearest);
-        imageops::replace(&mut img, &tile, (x0 + PAD) as i64, (y0 + PAD) as i64);
+        imageops::replace(&mut img, &tile, (x0 + SIDE) as i64, (y0 + PAD) as i64);
         for (line, (text, color)) in cell.caption.iter().take(CAPTION_LINES as usize).enumerate() {
             let scale = draw::fitting_scale(text, CELL_WIDTH - 4, 2);
             let text = draw::clip_text(text, CELL_WIDTH - 4, scale);
@@ -76,7 +78,7 @@ pub fn prediction_grid(set: &ImageSet, class_names: &[String], predicted: &[usiz
             let caption = if p == t {
                 vec![(class_name(class_names, p), GREEN)]
             } else {
-                vec![(class_name(class_names, p), RED), (format!("(true: {})", class_name(class_names, t)), RED)]
+                vec![(class_name(class_names, p), RED), (format!("true: {}", class_name(class_names, t)), RED)]
             };
             Cell { image: to_rgb(set, i), caption }
         })
