@@ -125,7 +125,8 @@ fn predict_reads_png_jpeg_grey_and_rgba_files_and_reports_broken_ones() {
     let broken = dir.join("e-broken.png");
     std::fs::write(&broken, b"\x89PNG\r\n\x1a\n not really a png").unwrap();
     // The folder holds all five; a folder and an explicit file may be mixed.
-    let (ok, out, err) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--top", "3", "--json", dir.to_str().unwrap()]);
+    // --batch-size 3: the four good images take two forward passes.
+    let (ok, out, err) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--top", "3", "--batch-size", "3", "--json", dir.to_str().unwrap()]);
     assert!(!ok, "a file that does not decode makes the exit code non-zero");
     assert!(err.contains("e-broken.png") && !err.contains("panicked"), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout even when a file fails");
@@ -258,6 +259,16 @@ fn report_html_renders_in_headless_chromium_with_its_images() {
     let (dom, log) = chromium(&bad, &["--dump-dom"]);
     assert!(dom.contains("images ok: 0/1"), "{dom}");
     assert!(console_errors(&log).iter().any(|l| l.contains("missing is not defined")), "{log}");
+}
+
+#[test]
+fn help_explains_predict_and_show() {
+    let (ok, out, _) = run_cli(&["predict", "--help"]);
+    for needle in ["--checkpoint", "--top", "--json", "--device", "--batch-size", "Triangle", "IMAGE_OR_DIR"] {
+        assert!(ok && out.contains(needle), "predict --help lacks {needle}: {out}");
+    }
+    let (ok, out, _) = run_cli(&["show", "--help"]);
+    assert!(ok && out.contains("--dataset") && out.contains("--out"), "{out}");
 }
 
 #[test]
