@@ -5,6 +5,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::data::{self, Dataset, DatasetKind};
 use crate::model::{format_arch, parse_arch, summary_table, Model, SEED_ARCH};
 use crate::network::Network;
+use crate::report;
 use crate::train::{self, TrainOptions};
 use crate::with_backend;
 use anyhow::{bail, Context, Result};
@@ -140,8 +141,13 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         (None, None) => fresh_run_dir(&ds.name),
     };
     eprintln!("Run directory: {}", out.display());
-    let opts = TrainOptions { epochs: args.epochs, batch_size, seed, out_dir: Some(out.clone()), arch_text, progress: args.progress };
+    let opts = TrainOptions { epochs: args.epochs, batch_size, seed, out_dir: Some(out.clone()), arch_text: arch_text.clone(), progress: args.progress };
     let history = train::fit(&mut net, &ds, &opts, history)?;
+    let settings = report_settings(&ds.name, &arch_text, net.model.input, &history, batch_size, learning_rate, seed, &net.backend.describe());
+    let title = format!("gpu-cnn training run: {}", ds.name);
+    let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &history, title, settings, &out)?;
+    eprint!("\n{}\n{}\n", conf.per_class_text(), conf.matrix_text());
+    eprintln!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
     if let Some(last) = history.last() {
         eprintln!(
             "Done: {} epochs, test accuracy {:.4}, test loss {:.4}; peak memory {:.0} MB; checkpoints in {}",
@@ -164,6 +170,8 @@ pub struct EvaluateArgs {
     pub limit_test: Option<usize>,
     pub batch_size: usize,
     pub json: bool,
+    /// Where to write the pictures and report.html; None: the checkpoint's folder.
+    pub out: Option<PathBuf>,
 }
 
 pub fn evaluate(args: &EvaluateArgs, device: &str) -> Result<String> {
@@ -186,6 +194,10 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
     let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len())?;
     let m = net.evaluate(&test, ds.test.len())?;
+    let out = args.out.clone().unwrap_or_else(|| args.checkpoint.parent().map(Path::to_path_buf).unwrap_or_default());
+    let settings = report_settings(&ds.name, &ck.meta.arch, ck.meta.input, &ck.meta.history, ck.meta.batch_size, ck.meta.learning_rate, ck.meta.seed, &device);
+    let title = format!("gpu-cnn evaluation: {} on {}", args.checkpoint.display(), ds.name);
+    let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &ck.meta.history, title, settings, &out)?;
     Ok(if args.json {
         serde_json::to_string_pretty(&serde_json::json!({
             "checkpoint": args.checkpoint.display().to_string(),
@@ -194,9 +206,14 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
             "loss": m.loss,
             "accuracy": m.accuracy,
             "device": device,
+            "confusion": conf.to_json(),
+            "report": out.join("report.html").display().to_string(),
         }))?
     } else {
-        format!("{} test images of {}: loss: {:.4} - accuracy: {:.4}", m.count, ds.name, m.loss, m.accuracy)
+        format!(
+            "{} test images of {}: loss: {:.4} - accuracy: {:.4}\n\n{}\n{}\nPictures and report.html in {}",
+            m.count, ds.name, m.loss, m.accuracy, conf.per_class_text(), conf.matrix_text(), out.display()
+        )
     })
 }
 
@@ -252,4 +269,34 @@ pub fn machine_name() -> String {
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     format!("{model}, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The settings a run's report shows first.
+#[allow(clippy::too_many_arguments)]
+fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), history: &[train::EpochRecord], batch_size: usize, learning_rate: f32, seed: u64, device: &str) -> Vec<(String, String)> {
+    [
+        ("data set", dataset.to_string()),
+        ("input", format!("{}x{}x{}", input.0, input.1, input.2)),
+        ("architecture", arch.trim_end().to_string()),
+        ("epochs done", history.len().to_string()),
+        ("batch size", batch_size.to_string()),
+        ("learning rate", learning_rate.to_string()),
+        ("seed", seed.to_string()),
+        ("device", device.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// `gpu-cnn predict`: see predict.rs.
+pub fn predict(args: &crate::predict::PredictArgs, device: &str) -> Result<crate::predict::PredictOutput> {
+    with_backend!(device, backend => crate::predict::predict_on(backend, args))
+}
+
+/// `gpu-cnn show`: the first 25 training images named by class in a 5x5 grid, saved as PNG.
+pub fn show(data: &DataOptions, out: &Path) -> Result<()> {
+    let ds = load_data(data, 0)?;
+    let grid = report::grid::sample_grid(&ds.train, &ds.class_names, report::GRID_IMAGES, report::GRID_COLUMNS);
+    grid.save(out).with_context(|| format!("{}: cannot write", out.display()))
 }

@@ -8,5 +8,7 @@ pub mod data;
 pub mod device;
 pub mod model;
 pub mod network;
+pub mod predict;
+pub mod report;
 pub mod rng;
 pub mod train;

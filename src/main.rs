@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, TrainArgs};
 use gpu_cnn::data::DatasetKind;
 use gpu_cnn::model::parse_input_shape;
+use gpu_cnn::predict::PredictArgs;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -28,12 +29,23 @@ enum Command {
     },
     /// Train a model; writes history.json, last.safetensors and best.safetensors to the run directory.
     Train(TrainCli),
-    /// Test loss and accuracy of a checkpoint.
+    /// Test loss and accuracy of a checkpoint, per-class precision/recall and the confusion
+    /// matrix; writes the pictures and report.html next to the checkpoint (or to --out).
     Evaluate(EvaluateCli),
     /// List the devices: the CPU backend and every adapter wgpu finds, with their limits.
     Devices,
     /// Time every kernel and whole training steps of the seed model on each device.
     Bench(BenchCli),
+    /// Classify image files (JPEG, PNG, WebP, BMP, GIF) with a checkpoint: the top classes of each.
+    Predict(PredictCli),
+    /// Save a 5x5 grid of the first training images, each named by its class.
+    Show {
+        #[command(flatten)]
+        data: DataCli,
+        /// The PNG file to write.
+        #[arg(long, default_value = "grid.png")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -50,6 +62,31 @@ struct BenchCli {
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PredictCli {
+    /// The checkpoint (.safetensors) whose weights and class names to use.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Image files, or folders searched for .jpg/.jpeg/.png/.webp/.bmp/.gif files. Each image is
+    /// converted to the model's channels (RGB, or grey; transparency over black) and resized to
+    /// its input with a Triangle (bilinear) filter, ignoring the aspect ratio.
+    #[arg(required = true, value_name = "IMAGE_OR_DIR")]
+    inputs: Vec<PathBuf>,
+    /// How many of the most probable classes to print per image.
+    #[arg(long, default_value_t = 3)]
+    top: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Where to compute: auto (a real GPU if there is one, else the CPU), cpu, gpu (any wgpu
+    /// adapter, software ones too), vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print JSON instead of one line per image.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -122,9 +159,13 @@ struct EvaluateCli {
     /// adapter, software ones too), vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Print JSON instead of a line of text.
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Folder for predictions.png, curves.png, confusion.png/.json and report.html
+    /// [default: the checkpoint's folder].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -145,11 +186,30 @@ fn main() -> Result<()> {
             commands::train(&args, &t.device)?;
         }
         Command::Evaluate(e) => {
-            let args = EvaluateArgs { checkpoint: e.checkpoint, dataset: e.dataset, data_dir: e.data_dir, limit_test: e.limit_test, batch_size: e.batch_size, json: e.json };
+            let args = EvaluateArgs { checkpoint: e.checkpoint, dataset: e.dataset, data_dir: e.data_dir, limit_test: e.limit_test, batch_size: e.batch_size, json: e.json, out: e.out };
             println!("{}", commands::evaluate(&args, &e.device)?);
         }
         Command::Devices => print!("{}", gpu_cnn::device::describe_devices()),
         Command::Bench(b) => commands::bench(&commands::BenchArgs { devices: b.device, quick: b.quick, batches: b.batch, json: b.json })?,
+        Command::Predict(p) => {
+            let args = PredictArgs { checkpoint: p.checkpoint, inputs: p.inputs, top: p.top, batch_size: p.batch_size, json: p.json };
+            let result = commands::predict(&args, &p.device)?;
+            if !result.stdout.is_empty() {
+                println!("{}", result.stdout);
+            }
+            for e in &result.errors {
+                eprintln!("error: {e}");
+            }
+            if !result.errors.is_empty() {
+                eprintln!("error: {} of the images could not be read", result.errors.len());
+                std::process::exit(1);
+            }
+        }
+        Command::Show { data, out } => {
+            let opts = DataOptions { dataset: data.dataset, data_dir: data.data_dir, limit_train: data.limit_train, limit_test: data.limit_test };
+            commands::show(&opts, &out)?;
+            eprintln!("Wrote {}", out.display());
+        }
     }
     Ok(())
 }

@@ -1,0 +1,91 @@
+//! Pictures of a run, as a Keras notebook would draw them, and the page that shows them all:
+//! predictions.png, curves.png, confusion.png (+ confusion.json) and report.html.
+
+pub mod confusion;
+pub mod draw;
+pub mod grid;
+pub mod html;
+pub mod plot;
+
+use crate::data::ImageSet;
+use crate::train::EpochRecord;
+use anyhow::{Context, Result};
+use confusion::Confusion;
+use image::RgbImage;
+use std::path::Path;
+
+/// The prediction grid shows this many test images, 5 by 5 as in the notebook.
+pub const GRID_IMAGES: usize = 25;
+pub const GRID_COLUMNS: usize = 5;
+
+/// PNG bytes of an image.
+pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png).context("encoding a PNG")?;
+    Ok(buf.into_inner())
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// The index of the largest of each row of `classes` probabilities.
+pub fn argmax_rows(probs: &[f32], classes: usize) -> Vec<usize> {
+    probs.chunks(classes).map(|row| row.iter().enumerate().fold(0, |best, (i, &p)| if p > row[best] { i } else { best })).collect()
+}
+
+/// What a run's report is made of.
+pub struct RunReport<'a> {
+    pub title: String,
+    /// Name and value pairs shown first (data set, architecture, epochs, device, ...).
+    pub settings: Vec<(String, String)>,
+    pub class_names: &'a [String],
+    pub history: &'a [EpochRecord],
+    pub test: &'a ImageSet,
+    /// Class probabilities (test.len(), classes) of the test images.
+    pub probs: &'a [f32],
+}
+
+/// Writes predictions.png, curves.png, confusion.png, confusion.json and report.html into
+/// `dir`; returns the confusion matrix (for the log).
+pub fn write_run_report(dir: &Path, r: &RunReport) -> Result<Confusion> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let predicted = argmax_rows(r.probs, r.class_names.len());
+    let truth: Vec<usize> = r.test.labels.iter().map(|&l| l as usize).collect();
+    let conf = Confusion::new(r.class_names, &truth, &predicted);
+    let predictions_png = png_bytes(&grid::prediction_grid(r.test, r.class_names, &predicted, GRID_IMAGES, GRID_COLUMNS))?;
+    let curves_png = png_bytes(&plot::curves(r.history))?;
+    let confusion_png = png_bytes(&confusion::picture(&conf))?;
+    write_file(dir, "predictions.png", &predictions_png)?;
+    write_file(dir, "curves.png", &curves_png)?;
+    write_file(dir, "confusion.png", &confusion_png)?;
+    write_file(dir, "confusion.json", serde_json::to_string_pretty(&conf.to_json())?.as_bytes())?;
+    let page = html::Page {
+        title: &r.title,
+        settings: &r.settings,
+        history: r.history,
+        confusion: &conf,
+        curves_png: &curves_png,
+        confusion_png: &confusion_png,
+        predictions_png: &predictions_png,
+    };
+    write_file(dir, "report.html", html::render(&page).as_bytes())?;
+    Ok(conf)
+}
+
+/// Predicts every test image with `net` and writes the run's pictures and report.html into
+/// `dir` (used after `train` and by `evaluate`). Returns the confusion matrix.
+pub fn report_network<B: crate::backend::Backend>(
+    net: &mut crate::network::Network<B>,
+    test: &ImageSet,
+    class_names: &[String],
+    history: &[EpochRecord],
+    title: String,
+    settings: Vec<(String, String)>,
+    dir: &Path,
+) -> Result<Confusion> {
+    let data = net.backend.upload_images(&test.images, &test.labels, test.image_len()).context("putting the test set on the device")?;
+    let probs = crate::predict::probabilities(net, &data, test.len())?;
+    write_run_report(dir, &RunReport { title, settings, class_names, history, test, probs: &probs })
+}
