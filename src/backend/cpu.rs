@@ -13,8 +13,7 @@ use std::cell::RefCell;
 const REDUCTION_SPLITS: usize = 4;
 
 pub struct CpuBackend {
-    /// im2col scratch, reused across calls so a training step allocates nothing.
-    scratch: RefCell<Vec<f32>>,
+    /// Partial sums of filter gradients, reused so a training step allocates nothing.
     partials: RefCell<Vec<f32>>,
 }
 
@@ -26,7 +25,7 @@ pub struct CpuImages {
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend { scratch: RefCell::new(Vec::new()), partials: RefCell::new(Vec::new()) }
+        CpuBackend { partials: RefCell::new(Vec::new()) }
     }
 }
 
@@ -63,6 +62,43 @@ pub fn gemm(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: 
             );
         }
     });
+}
+
+thread_local! {
+    /// Each worker thread's im2col block, reused across calls.
+    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch block of `len` floats.
+fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLUMNS.with(|cell| {
+        let mut cols = cell.borrow_mut();
+        if cols.len() < len {
+            cols.resize(len, 0.0);
+        }
+        f(&mut cols[..len])
+    })
+}
+
+/// How many images a convolution handles per block: enough rows (~256) for an efficient GEMM,
+/// few enough that the block's im2col stays in the core's cache while the GEMM reads it.
+fn images_per_block(pixels: usize) -> usize {
+    256usize.div_ceil(pixels).max(1)
+}
+
+/// c (m, n) = a (m, k) * b (k, n) + beta * c on the calling thread.
+#[allow(clippy::too_many_arguments)]
+fn gemm_serial(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: &[f32], rsb: usize, csb: usize, c: &mut [f32], beta: f32) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k == 0 || a.len() > (m - 1) * rsa + (k - 1) * csa, "gemm: a too short");
+    assert!(k == 0 || b.len() > (k - 1) * rsb + (n - 1) * csb, "gemm: b too short");
+    assert!(c.len() >= m * n, "gemm: c too short");
+    // SAFETY: the asserts bound every index sgemm touches.
+    unsafe {
+        matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), rsa as isize, csa as isize, b.as_ptr(), rsb as isize, csb as isize, beta, c.as_mut_ptr(), n as isize, 1);
+    }
 }
 
 /// Splits 0..total into REDUCTION_SPLITS ranges (some may be empty).
@@ -221,33 +257,86 @@ impl Backend for CpuBackend {
         }
     }
 
-    // x (n, in_h, in_w, in_c) -> y (n, out_h, out_w, out_c): im2col, one GEMM, bias + ReLU.
+    // x (n, in_h, in_w, in_c) -> y (n, out_h, out_w, out_c). Per block of images: im2col, one
+    // GEMM with the kernel, bias + ReLU; blocks run in parallel.
     fn conv2d_forward(&self, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>, s: &ConvShape, n: usize, relu: bool) {
-        let (patch, pixels) = (s.patch_len(), s.out_h * s.out_w);
-        let mut col = self.scratch.borrow_mut();
-        col.resize(n * pixels * patch, 0.0);
-        col.par_chunks_mut(pixels * patch).zip(x.par_chunks(s.in_len())).for_each(|(c, xi)| im2col(xi, c, s));
-        let y = &mut y[..n * pixels * s.out_c];
-        gemm(n * pixels, patch, s.out_c, &col, patch, 1, w, s.out_c, 1, y, 0.0);
-        add_bias_activate(y, b, s.out_c, relu);
+        let (patch, pixels, block) = (s.patch_len(), s.out_h * s.out_w, images_per_block(s.out_h * s.out_w));
+        let y = &mut y[..n * s.out_len()];
+        y.par_chunks_mut(block * s.out_len()).zip(x[..n * s.in_len()].par_chunks(block * s.in_len())).for_each(|(yb, xb)| {
+            let rows = yb.len() / s.out_c;
+            with_columns(rows * patch, |col| {
+                for (c, xi) in col.chunks_mut(pixels * patch).zip(xb.chunks(s.in_len())) {
+                    im2col(xi, c, s);
+                }
+                gemm_serial(rows, patch, s.out_c, col, patch, 1, w, s.out_c, 1, yb, 0.0);
+            });
+            for row in yb.chunks_mut(s.out_c) {
+                for (v, bias) in row.iter_mut().zip(b) {
+                    *v += bias;
+                    if relu && *v < 0.0 {
+                        *v = 0.0;
+                    }
+                }
+            }
+        });
     }
 
-    // dy (n, out_h, out_w, out_c) -> dx (n, in_h, in_w, in_c): dcol = dy * w^T, then col2im.
+    // dy (n, out_h, out_w, out_c) -> dx (n, in_h, in_w, in_c). Per block: dcol = dy * w^T,
+    // then col2im image by image.
     fn conv2d_backward_input(&self, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>, s: &ConvShape, n: usize) {
-        let (patch, pixels) = (s.patch_len(), s.out_h * s.out_w);
-        let mut col = self.scratch.borrow_mut();
-        col.resize(n * pixels * patch, 0.0);
-        gemm(n * pixels, s.out_c, patch, dy, s.out_c, 1, w, 1, s.out_c, &mut col, 0.0);
-        dx[..n * s.in_len()].par_chunks_mut(s.in_len()).zip(col.par_chunks(pixels * patch)).for_each(|(d, c)| col2im(c, d, s));
+        let (patch, pixels, block) = (s.patch_len(), s.out_h * s.out_w, images_per_block(s.out_h * s.out_w));
+        dx[..n * s.in_len()].par_chunks_mut(block * s.in_len()).zip(dy[..n * s.out_len()].par_chunks(block * s.out_len())).for_each(|(dxb, dyb)| {
+            let rows = dyb.len() / s.out_c;
+            with_columns(rows * patch, |col| {
+                gemm_serial(rows, s.out_c, patch, dyb, s.out_c, 1, w, 1, s.out_c, col, 0.0);
+                for (d, c) in dxb.chunks_mut(s.in_len()).zip(col.chunks(pixels * patch)) {
+                    col2im(c, d, s);
+                }
+            });
+        });
     }
 
-    // x, dy -> dw (k_h, k_w, in_c, out_c) = im2col(x)^T * dy, db = sum of dy.
+    // x, dy -> dw (k_h, k_w, in_c, out_c) = sum over images of im2col(x)^T * dy, db = sum of dy.
+    // The images are split into REDUCTION_SPLITS fixed ranges summed in parallel, then added in
+    // order, so the result does not depend on the thread count.
     fn conv2d_backward_filter(&self, x: &Vec<f32>, dy: &Vec<f32>, dw: &mut Vec<f32>, db: &mut Vec<f32>, s: &ConvShape, n: usize) {
-        let (patch, pixels) = (s.patch_len(), s.out_h * s.out_w);
-        let mut col = self.scratch.borrow_mut();
-        col.resize(n * pixels * patch, 0.0);
-        col.par_chunks_mut(pixels * patch).zip(x.par_chunks(s.in_len())).for_each(|(c, xi)| im2col(xi, c, s));
-        sum_outer_products(&col, dy, n * pixels, patch, s.out_c, dw, db, &mut self.partials.borrow_mut());
+        let (patch, pixels, block) = (s.patch_len(), s.out_h * s.out_w, images_per_block(s.out_h * s.out_w));
+        let (len, oc) = (s.kernel_len(), s.out_c);
+        let mut partials = self.partials.borrow_mut();
+        partials.resize(REDUCTION_SPLITS * (len + oc), 0.0);
+        let ranges = split_ranges(n);
+        partials.par_chunks_mut(len + oc).zip(ranges.par_iter()).for_each(|(part, &(i0, i1))| {
+            let (pw, pb) = part.split_at_mut(len);
+            pw.fill(0.0);
+            pb.fill(0.0);
+            for start in (i0..i1).step_by(block) {
+                let images = block.min(i1 - start);
+                let rows = images * pixels;
+                let dyb = &dy[start * s.out_len()..][..rows * oc];
+                with_columns(rows * patch, |col| {
+                    for (k, c) in col.chunks_mut(pixels * patch).enumerate() {
+                        im2col(&x[(start + k) * s.in_len()..][..s.in_len()], c, s);
+                    }
+                    // pw (patch, oc) += col^T (patch, rows) * dyb (rows, oc)
+                    gemm_serial(patch, rows, oc, col, 1, patch, dyb, oc, 1, pw, 1.0);
+                });
+                for row in dyb.chunks(oc) {
+                    for (acc, v) in pb.iter_mut().zip(row) {
+                        *acc += v;
+                    }
+                }
+            }
+        });
+        dw[..len].fill(0.0);
+        db[..oc].fill(0.0);
+        for part in partials.chunks(len + oc) {
+            for (d, p) in dw[..len].iter_mut().zip(&part[..len]) {
+                *d += p;
+            }
+            for (d, p) in db[..oc].iter_mut().zip(&part[len..]) {
+                *d += p;
+            }
+        }
     }
 
     fn relu_backward(&self, y: &Vec<f32>, dy: &mut Vec<f32>, len: usize) {
