@@ -33,10 +33,12 @@ pub struct DataOptions {
     /// Use only the first N training / test images (quick runs, smoke tests).
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
+    /// Never download: a data set missing from the cache is an error.
+    pub offline: bool,
 }
 
 pub fn load_data(opts: &DataOptions, seed: u64) -> Result<Dataset> {
-    let mut ds = data::load(opts.dataset, opts.data_dir.as_deref(), seed)?;
+    let mut ds = data::load_with(opts.dataset, opts.data_dir.as_deref(), seed, opts.offline)?;
     if let Some(n) = opts.limit_train {
         ds.train.truncate(n);
     }
@@ -177,6 +179,7 @@ pub struct EvaluateArgs {
     pub limit_test: Option<usize>,
     pub batch_size: usize,
     pub json: bool,
+    pub offline: bool,
 }
 
 pub fn evaluate(args: &EvaluateArgs, device: &str) -> Result<String> {
@@ -190,7 +193,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         None => dataset_kind_by_name(&ck.meta.dataset)
             .with_context(|| format!("{}: trained on '{}'; say which data set to evaluate on with --dataset", args.checkpoint.display(), ck.meta.dataset))?,
     };
-    let data = DataOptions { dataset: kind, data_dir: args.data_dir.clone(), limit_train: Some(1), limit_test: args.limit_test };
+    let data = DataOptions { dataset: kind, data_dir: args.data_dir.clone(), limit_train: Some(1), limit_test: args.limit_test, offline: args.offline };
     let ds = load_data(&data, ck.meta.seed)?;
     let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
     check_model_fits_data(&model, &ds, &format!("{}", args.checkpoint.display()))?;

@@ -65,6 +65,10 @@ struct DataCli {
     /// Use only the first N test images (quick runs).
     #[arg(long, value_name = "N")]
     limit_test: Option<usize>,
+    /// Never download: a data set missing from the cache ($GPU_CNN_DATA, else the platform
+    /// cache folder + gpu-cnn/) is an error.
+    #[arg(long)]
+    offline: bool,
 }
 
 #[derive(Args)]
@@ -121,6 +125,9 @@ struct EvaluateCli {
     /// Print JSON instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// Never download a data set missing from the cache.
+    #[arg(long)]
+    offline: bool,
 }
 
 fn main() -> Result<()> {
@@ -128,7 +135,13 @@ fn main() -> Result<()> {
         Command::Summary { arch, input } => print!("{}", commands::summary(arch.as_deref(), parse_input_shape(&input)?)?),
         Command::Train(t) => {
             let args = TrainArgs {
-                data: DataOptions { dataset: t.data.dataset, data_dir: t.data.data_dir, limit_train: t.data.limit_train, limit_test: t.data.limit_test },
+                data: DataOptions {
+                    dataset: t.data.dataset,
+                    data_dir: t.data.data_dir,
+                    limit_train: t.data.limit_train,
+                    limit_test: t.data.limit_test,
+                    offline: t.data.offline,
+                },
                 arch: t.arch,
                 epochs: t.epochs,
                 batch_size: t.batch_size,
@@ -141,7 +154,15 @@ fn main() -> Result<()> {
             commands::train(&args, &t.device)?;
         }
         Command::Evaluate(e) => {
-            let args = EvaluateArgs { checkpoint: e.checkpoint, dataset: e.dataset, data_dir: e.data_dir, limit_test: e.limit_test, batch_size: e.batch_size, json: e.json };
+            let args = EvaluateArgs {
+                checkpoint: e.checkpoint,
+                dataset: e.dataset,
+                data_dir: e.data_dir,
+                limit_test: e.limit_test,
+                batch_size: e.batch_size,
+                json: e.json,
+                offline: e.offline,
+            };
             println!("{}", commands::evaluate(&args, &e.device)?);
         }
         Command::Bench(b) => commands::bench(&commands::BenchArgs { devices: b.device, quick: b.quick, batches: b.batch, json: b.json })?,
