@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, TrainArgs};
+use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, ImageFolderArgs, TrainArgs};
 use gpu_cnn::data::DatasetKind;
 use gpu_cnn::model::parse_input_shape;
 use std::io::IsTerminal;
@@ -69,6 +69,47 @@ struct DataCli {
     /// cache folder + gpu-cnn/) is an error.
     #[arg(long)]
     offline: bool,
+    #[command(flatten)]
+    images: ImagesCli,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ColorMode {
+    Rgb,
+    Grayscale,
+}
+
+/// Flags for a folder of one's own images.
+#[derive(Args)]
+struct ImagesCli {
+    /// A folder of your own images, one sub-folder per class (optionally DIR/train/<class> and
+    /// DIR/test/<class>); JPEG, PNG, WebP, BMP or GIF of any size. Replaces --dataset.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["dataset", "data_dir"])]
+    data: Option<PathBuf>,
+    /// With --data: resize every image (bilinear, antialiased) to SIZExSIZE [default: the
+    /// checkpoint's input, else 32].
+    #[arg(long, value_name = "SIZE", requires = "data")]
+    image_size: Option<usize>,
+    /// With --data: rgb or grayscale (1 channel) [default: the checkpoint's, else rgb].
+    #[arg(long, value_enum, requires = "data")]
+    color_mode: Option<ColorMode>,
+    /// With --data and no train/ + test/ sub-folders: the fraction of each class held out for
+    /// validation (stratified, seeded by --seed).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.2)]
+    val_split: f32,
+    /// With --data: skip files that do not decode (counted in one warning) instead of stopping.
+    #[arg(long, requires = "data")]
+    skip_bad: bool,
+}
+
+impl ImagesCli {
+    fn args(self) -> Option<ImageFolderArgs> {
+        let channels = self.color_mode.map(|c| match c {
+            ColorMode::Rgb => 3,
+            ColorMode::Grayscale => 1,
+        });
+        self.data.map(|dir| ImageFolderArgs { dir, image_size: self.image_size, channels, val_split: self.val_split, skip_bad: self.skip_bad })
+    }
 }
 
 #[derive(Args)]
@@ -128,6 +169,8 @@ struct EvaluateCli {
     /// Never download a data set missing from the cache.
     #[arg(long)]
     offline: bool,
+    #[command(flatten)]
+    images: ImagesCli,
 }
 
 fn main() -> Result<()> {
@@ -141,6 +184,7 @@ fn main() -> Result<()> {
                     limit_train: t.data.limit_train,
                     limit_test: t.data.limit_test,
                     offline: t.data.offline,
+                    images: t.data.images.args(),
                 },
                 arch: t.arch,
                 epochs: t.epochs,
@@ -162,6 +206,7 @@ fn main() -> Result<()> {
                 batch_size: e.batch_size,
                 json: e.json,
                 offline: e.offline,
+                images: e.images.args(),
             };
             println!("{}", commands::evaluate(&args, &e.device)?);
         }
