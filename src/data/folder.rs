@@ -159,10 +159,10 @@ pub fn decode_and_resize(path: &Path, height: usize, width: usize, channels: usi
     let (w, h) = (width as u32, height as u32);
     let same = img.width() == w && img.height() == h;
     Ok(if channels == 1 {
-        let grey = img.to_luma8();
+        let grey = img.into_luma8();
         if same { grey.into_raw() } else { image::imageops::resize(&grey, w, h, RESIZE_FILTER).into_raw() }
     } else {
-        let rgb = img.to_rgb8();
+        let rgb = img.into_rgb8();
         if same { rgb.into_raw() } else { image::imageops::resize(&rgb, w, h, RESIZE_FILTER).into_raw() }
     })
 }
@@ -242,11 +242,12 @@ pub fn load(dir: &Path, opts: &FolderOptions) -> Result<Dataset> {
     if opts.height == 0 || opts.width == 0 {
         bail!("the image size must be at least 1x1");
     }
+    // The times printed include listing and stat-ing the folder: what a start costs.
+    let start = Instant::now();
     let listing = list(dir)?;
     let image_len = opts.height * opts.width * opts.channels;
     let key = cache_key(dir, &listing, opts)?;
     let cache_path = opts.cache_dir.as_deref().map(|c| cache_file(c, dir, opts));
-    let start = Instant::now();
     let cached = cache_path.as_deref().and_then(|p| read_cache(p, &key, image_len));
     let decoded = match cached {
         Some(d) => {
