@@ -36,7 +36,7 @@ fn serve(files: HashMap<String, Vec<u8>>) -> Server {
             std::thread::spawn(move || {
                 let mut request = Vec::new();
                 let mut byte = [0u8; 1];
-                while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).map_or(false, |n| n == 1) {
+                while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
                     request.push(byte[0]);
                 }
                 let line = String::from_utf8_lossy(&request).lines().next().unwrap_or("").to_string();
@@ -134,6 +134,10 @@ fn mnist_is_downloaded_checked_cached_and_reused_offline() {
     let arch = tiny_arch(&dir);
     let out = dir.join("run");
     let args = ["train", "--dataset", "mnist", "--arch", &arch, "--epochs", "1", "--device", "cpu", "--out", out.to_str().unwrap()];
+    // What a download killed half way leaves (its pid is long gone): cleaned up by the next one.
+    let abandoned = cache.join(".mnist.partial-4000000000");
+    std::fs::create_dir_all(&abandoned).unwrap();
+    std::fs::write(abandoned.join("train-images-idx3-ubyte.gz"), b"half a file").unwrap();
     let (ok, _, err) = run_cli_env(&args, &env);
     assert!(ok, "{err}");
     assert!(err.contains("Downloading") && err.contains("/ok/mnist/train-images-idx3-ubyte.gz") && err.contains("30 training, 10 test images"), "{err}");

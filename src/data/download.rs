@@ -153,6 +153,7 @@ pub fn ensure_cached(source: &Source, offline: bool) -> Result<PathBuf> {
 pub fn download_into(source: &Source, base: &str, root: &Path) -> Result<PathBuf> {
     let entry = root.join(&source.dataset);
     std::fs::create_dir_all(root).with_context(|| format!("{}: cannot create the cache folder", root.display()))?;
+    remove_abandoned_downloads(root, &source.dataset);
     let partial = root.join(format!(".{}.partial-{}", source.dataset, std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).with_context(|| format!("{}: cannot create", partial.display()))?;
@@ -182,6 +183,23 @@ pub fn download_into(source: &Source, base: &str, root: &Path) -> Result<PathBuf
     }
     eprintln!("Cached {} in {}", source.dataset, entry.display());
     Ok(entry)
+}
+
+/// Deletes the temporary folders of downloads whose process is gone (killed mid-download), so
+/// an interrupted run leaves no hundreds of MB behind. Only where /proc tells which pids live.
+fn remove_abandoned_downloads(root: &Path, dataset: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{dataset}.partial-");
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 fn agent_for(base: &str) -> ureq::Agent {
