@@ -101,15 +101,18 @@ fn folder_tree_trains_end_to_end_and_the_cache_is_reused_and_rebuilt() {
 #[test]
 fn pixels_are_converted_and_resized() {
     let dir = temp_dir("folder-pixels");
+    // PNG with alpha, BMP, WebP (lossless) and GIF: all four formats keep a flat colour exactly.
     for (class, colour) in [("red", [255u8, 0, 0]), ("white", [255, 255, 255])] {
         std::fs::create_dir_all(dir.join(class)).unwrap();
         // RGBA with alpha 0: the colour is kept, alpha dropped (as PIL's convert("RGB")).
         RgbaImage::from_pixel(50, 30, Rgba([colour[0], colour[1], colour[2], 0])).save(dir.join(class).join("a.png")).unwrap();
         RgbImage::from_pixel(7, 9, Rgb(colour)).save(dir.join(class).join("b.bmp")).unwrap();
+        RgbaImage::from_pixel(9, 6, Rgba([colour[0], colour[1], colour[2], 255])).save(dir.join(class).join("c.webp")).unwrap();
+        RgbaImage::from_pixel(12, 10, Rgba([colour[0], colour[1], colour[2], 255])).save(dir.join(class).join("d.gif")).unwrap();
     }
     let o = FolderOptions { val_split: 0.5, ..opts(0) };
     let ds = folder::load(&dir, &o).unwrap();
-    assert_eq!((ds.train.len(), ds.test.len()), (2, 2));
+    assert_eq!((ds.train.len(), ds.test.len()), (4, 4));
     assert_eq!(ds.input_shape(), (8, 8, 3));
     for set in [&ds.train, &ds.test] {
         for i in 0..set.len() {
