@@ -84,6 +84,11 @@ fn folder_tree_trains_end_to_end_and_the_cache_is_reused_and_rebuilt() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["images"], 6);
     assert_eq!(v["dataset"], "shop-photos");
+    // Another folder with as many classes but other names is refused, not silently mislabelled.
+    let other = dir.join("other");
+    make_tree(&other, &["boots", "caps", "scarves"], 4);
+    let (ok, _, err) = run_cli_env(&["evaluate", "--checkpoint", run.join("last.safetensors").to_str().unwrap(), "--data", other.to_str().unwrap()], &env);
+    assert!(!ok && err.contains("trained on the classes") && err.contains("caps"), "{err}");
 
     // A changed file invalidates the cache; the run after that reads the new cache.
     RgbImage::from_pixel(13, 11, Rgb([1, 2, 3])).save(photos.join("boots").join("img0.png")).unwrap();
