@@ -35,10 +35,41 @@ pub struct DataOptions {
     /// Use only the first N training / test images (quick runs, smoke tests).
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
+    /// Never download: a data set missing from the cache is an error.
+    pub offline: bool,
+    /// Images in one sub-folder per class (`--data`); replaces `dataset` when set.
+    pub images: Option<ImageFolderArgs>,
+}
+
+/// `--data DIR` and how its images become model inputs.
+#[derive(Clone, Debug)]
+pub struct ImageFolderArgs {
+    pub dir: PathBuf,
+    /// Side of the square model input [default: the checkpoint's, else 32].
+    pub image_size: Option<usize>,
+    /// 1 (grey) or 3 (RGB) [default: the checkpoint's, else 3].
+    pub channels: Option<usize>,
+    pub val_split: f32,
+    pub skip_bad: bool,
 }
 
 pub fn load_data(opts: &DataOptions, seed: u64) -> Result<Dataset> {
-    let mut ds = data::load(opts.dataset, opts.data_dir.as_deref(), seed)?;
+    load_data_for(opts, seed, None)
+}
+
+/// As `load_data`; `input` (a checkpoint's (H, W, C)) is the default shape for folder images.
+pub fn load_data_for(opts: &DataOptions, seed: u64, input: Option<(usize, usize, usize)>) -> Result<Dataset> {
+    let mut ds = match &opts.images {
+        Some(images) => {
+            let side = images.image_size.map(|s| (s, s));
+            let (height, width) = side.or(input.map(|i| (i.0, i.1))).unwrap_or((32, 32));
+            let channels = images.channels.or(input.map(|i| i.2)).unwrap_or(3);
+            let cache_dir = data::download::cache_root().ok().map(|r| r.join("folders"));
+            let folder_opts = data::folder::FolderOptions { height, width, channels, val_split: images.val_split, seed, skip_bad: images.skip_bad, cache_dir };
+            data::folder::load(&images.dir, &folder_opts)?
+        }
+        None => data::load_with(opts.dataset, opts.data_dir.as_deref(), seed, opts.offline)?,
+    };
     if let Some(n) = opts.limit_train {
         ds.train.truncate(n);
     }
@@ -114,7 +145,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     if !(learning_rate > 0.0 && learning_rate.is_finite()) {
         bail!("--learning-rate must be a positive number");
     }
-    let ds = load_data(&args.data, seed)?;
+    let ds = load_data_for(&args.data, seed, resume.as_ref().map(|c| c.meta.input))?;
     let model = Model::new(&parse_arch(&arch_text)?, ds.input_shape()).context("the architecture does not fit the data")?;
     check_model_fits_data(&model, &ds, "the model")?;
     eprintln!("Device: {}", backend.describe());
@@ -172,6 +203,9 @@ pub struct EvaluateArgs {
     pub json: bool,
     /// Where to write the pictures and report.html; None: the checkpoint's folder.
     pub out: Option<PathBuf>,
+    pub offline: bool,
+    /// Evaluate on a folder of images (its test/ folder, or the validation split).
+    pub images: Option<ImageFolderArgs>,
 }
 
 pub fn evaluate(args: &EvaluateArgs, device: &str) -> Result<String> {
@@ -180,13 +214,17 @@ pub fn evaluate(args: &EvaluateArgs, device: &str) -> Result<String> {
 
 pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String> {
     let ck = checkpoint::load(&args.checkpoint)?;
-    let kind = match args.dataset {
+    let kind = match args.dataset.or_else(|| dataset_kind_by_name(&ck.meta.dataset)) {
         Some(k) => k,
-        None => dataset_kind_by_name(&ck.meta.dataset)
-            .with_context(|| format!("{}: trained on '{}'; say which data set to evaluate on with --dataset", args.checkpoint.display(), ck.meta.dataset))?,
+        // Not used: the folder replaces the data set.
+        None if args.images.is_some() => DatasetKind::Synthetic,
+        None => bail!("{}: trained on '{}'; say which data set to evaluate on with --dataset, or --data DIR for a folder of images", args.checkpoint.display(), ck.meta.dataset),
     };
-    let data = DataOptions { dataset: kind, data_dir: args.data_dir.clone(), limit_train: Some(1), limit_test: args.limit_test };
-    let ds = load_data(&data, ck.meta.seed)?;
+    let data = DataOptions { dataset: kind, data_dir: args.data_dir.clone(), limit_train: Some(1), limit_test: args.limit_test, offline: args.offline, images: args.images.clone() };
+    let ds = load_data_for(&data, ck.meta.seed, Some(ck.meta.input))?;
+    if args.images.is_some() && ds.class_names != ck.meta.class_names {
+        bail!("{}: trained on the classes {:?} but {} has {:?}", args.checkpoint.display(), ck.meta.class_names, ds.name, ds.class_names);
+    }
     let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
     check_model_fits_data(&model, &ds, &format!("{}", args.checkpoint.display()))?;
     let device = backend.describe();

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, TrainArgs};
+use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, ImageFolderArgs, TrainArgs};
 use gpu_cnn::data::DatasetKind;
 use gpu_cnn::model::parse_input_shape;
 use gpu_cnn::predict::PredictArgs;
@@ -104,6 +104,64 @@ struct DataCli {
     /// Use only the first N test images (quick runs).
     #[arg(long, value_name = "N")]
     limit_test: Option<usize>,
+    /// Never download: a data set missing from the cache ($GPU_CNN_DATA, else the platform
+    /// cache folder + gpu-cnn/) is an error.
+    #[arg(long)]
+    offline: bool,
+    #[command(flatten)]
+    images: ImagesCli,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ColorMode {
+    Rgb,
+    Grayscale,
+}
+
+impl DataCli {
+    fn options(self) -> DataOptions {
+        DataOptions {
+            dataset: self.dataset,
+            data_dir: self.data_dir,
+            limit_train: self.limit_train,
+            limit_test: self.limit_test,
+            offline: self.offline,
+            images: self.images.args(),
+        }
+    }
+}
+
+/// Flags for a folder of one's own images.
+#[derive(Args)]
+struct ImagesCli {
+    /// A folder of your own images, one sub-folder per class (optionally DIR/train/<class> and
+    /// DIR/test/<class>); JPEG, PNG, WebP, BMP or GIF of any size. Replaces --dataset.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["dataset", "data_dir"])]
+    data: Option<PathBuf>,
+    /// With --data: resize every image (bilinear, antialiased) to SIZExSIZE [default: the
+    /// checkpoint's input, else 32].
+    #[arg(long, value_name = "SIZE", requires = "data")]
+    image_size: Option<usize>,
+    /// With --data: rgb or grayscale (1 channel) [default: the checkpoint's, else rgb].
+    #[arg(long, value_enum, requires = "data")]
+    color_mode: Option<ColorMode>,
+    /// With --data and no train/ + test/ sub-folders: the fraction of each class held out for
+    /// validation (stratified, seeded by --seed).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.2)]
+    val_split: f32,
+    /// With --data: skip files that do not decode (counted in one warning) instead of stopping.
+    #[arg(long, requires = "data")]
+    skip_bad: bool,
+}
+
+impl ImagesCli {
+    fn args(self) -> Option<ImageFolderArgs> {
+        let channels = self.color_mode.map(|c| match c {
+            ColorMode::Rgb => 3,
+            ColorMode::Grayscale => 1,
+        });
+        self.data.map(|dir| ImageFolderArgs { dir, image_size: self.image_size, channels, val_split: self.val_split, skip_bad: self.skip_bad })
+    }
 }
 
 #[derive(Args)]
@@ -166,6 +224,11 @@ struct EvaluateCli {
     /// [default: the checkpoint's folder].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Never download a data set missing from the cache.
+    #[arg(long)]
+    offline: bool,
+    #[command(flatten)]
+    images: ImagesCli,
 }
 
 fn main() -> Result<()> {
@@ -173,7 +236,7 @@ fn main() -> Result<()> {
         Command::Summary { arch, input } => print!("{}", commands::summary(arch.as_deref(), parse_input_shape(&input)?)?),
         Command::Train(t) => {
             let args = TrainArgs {
-                data: DataOptions { dataset: t.data.dataset, data_dir: t.data.data_dir, limit_train: t.data.limit_train, limit_test: t.data.limit_test },
+                data: t.data.options(),
                 arch: t.arch,
                 epochs: t.epochs,
                 batch_size: t.batch_size,
@@ -186,7 +249,17 @@ fn main() -> Result<()> {
             commands::train(&args, &t.device)?;
         }
         Command::Evaluate(e) => {
-            let args = EvaluateArgs { checkpoint: e.checkpoint, dataset: e.dataset, data_dir: e.data_dir, limit_test: e.limit_test, batch_size: e.batch_size, json: e.json, out: e.out };
+            let args = EvaluateArgs {
+                checkpoint: e.checkpoint,
+                dataset: e.dataset,
+                data_dir: e.data_dir,
+                limit_test: e.limit_test,
+                batch_size: e.batch_size,
+                json: e.json,
+                offline: e.offline,
+                images: e.images.args(),
+                out: e.out,
+            };
             println!("{}", commands::evaluate(&args, &e.device)?);
         }
         Command::Devices => print!("{}", gpu_cnn::device::describe_devices()),
@@ -206,8 +279,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Show { data, out } => {
-            let opts = DataOptions { dataset: data.dataset, data_dir: data.data_dir, limit_train: data.limit_train, limit_test: data.limit_test };
-            commands::show(&opts, &out)?;
+            commands::show(&data.options(), &out)?;
             eprintln!("Wrote {}", out.display());
         }
     }

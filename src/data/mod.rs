@@ -1,6 +1,8 @@
 //! Data sets: images stay u8 (N, H, W, C) in memory; backends scale them by 1/255 per batch.
 
 pub mod cifar;
+pub mod download;
+pub mod folder;
 pub mod idx;
 pub mod synthetic;
 
@@ -66,8 +68,14 @@ pub const FASHION_MNIST_SYSTEM_DIR: &str = "/usr/share/datasets/fashion-mnist";
 pub const FASHION_MNIST_CLASSES: [&str; 10] =
     ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
-/// Loads a data set. `data_dir` is where its files are; without it, the usual places are tried.
+/// Loads a data set. `data_dir` is where its files are; without it, the usual places are tried,
+/// then the download cache (downloading into it when the files are missing).
 pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Dataset> {
+    load_with(kind, data_dir, seed, false)
+}
+
+/// As `load`; with `offline`, a data set missing from the cache is an error, never a download.
+pub fn load_with(kind: DatasetKind, data_dir: Option<&Path>, seed: u64, offline: bool) -> Result<Dataset> {
     match kind {
         DatasetKind::Synthetic => Ok(synthetic::generate(&synthetic::SyntheticSpec::default(), seed)),
         DatasetKind::Cifar10 => {
@@ -77,6 +85,7 @@ pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Dat
             };
             match candidates.iter().find(|d| d.join("data_batch_1.bin").exists()) {
                 Some(dir) => cifar::load(dir),
+                None if data_dir.is_none() => cifar::load(&download::ensure_cached(&download::cifar10(), offline)?.join("cifar-10-batches-bin")),
                 None => bail!(
                     "CIFAR-10 not found: looked for data_batch_1.bin in {}.\n\
                      Get the binary version (cifar-10-binary.tar.gz, 162 MB) from https://www.cs.toronto.edu/~kriz/cifar.html, \
@@ -94,12 +103,9 @@ pub fn load(kind: DatasetKind, data_dir: Option<&Path>, seed: u64) -> Result<Dat
             let dir = match (data_dir, default_dir) {
                 (Some(d), _) => d.to_path_buf(),
                 (None, Some(d)) if Path::new(d).exists() => PathBuf::from(d),
-                _ => bail!(
-                    "{name}: no --data-dir given{}. Pass --data-dir to a folder with train-images-idx3-ubyte(.gz), \
-                     train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz){}",
-                    default_dir.map(|d| format!(" and {d} does not exist")).unwrap_or_default(),
-                    if kind == DatasetKind::FashionMnist { " (on Debian: apt-get install dataset-fashion-mnist)" } else { "" }
-                ),
+                (None, _) if kind == DatasetKind::FashionMnist => download::ensure_cached(&download::fashion_mnist(), offline)
+                    .map_err(|e| anyhow::anyhow!("{e:#}\n(On Debian, apt-get install dataset-fashion-mnist puts the files in {FASHION_MNIST_SYSTEM_DIR}.)"))?,
+                (None, _) => download::ensure_cached(&download::mnist(), offline)?,
             };
             idx::load_dir(&dir, name, classes)
         }

@@ -38,3 +38,14 @@ pub fn gpu_backend() -> Option<gpu_cnn::backend::gpu::GpuBackend> {
         }
     }
 }
+
+/// Runs the gpu-cnn binary with extra environment variables; returns (exit success, stdout, stderr).
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run gpu-cnn");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -1,0 +1,187 @@
+//! A shop's own photos: a generated folder tree of real PNG and JPEG files of mixed sizes and
+//! colour types (grey, grey+alpha, 16-bit grey, RGB, RGBA) trains end to end through the CLI;
+//! the decoded-image cache is reused, and rebuilt when a file changes; errors are clear.
+
+mod common;
+use common::{run_cli_env, temp_dir};
+use gpu_cnn::data::folder::{self, FolderOptions};
+use image::{GrayAlphaImage, GrayImage, ImageBuffer, Luma, LumaA, Rgb, RgbImage, Rgba, RgbaImage};
+use std::path::Path;
+
+/// The colour each class's pictures are painted (with a per-image shade), so they differ.
+fn class_colour(class: usize) -> [u8; 3] {
+    [[220, 40, 40], [40, 200, 60], [50, 60, 230]][class % 3]
+}
+
+/// Writes image `i` of a class, cycling through formats, sizes and colour types.
+fn write_image(dir: &Path, class: usize, i: usize) {
+    let [r, g, b] = class_colour(class);
+    let shade = |v: u8| v.saturating_sub((i * 9) as u8);
+    let (w, h) = [(40, 30), (20, 20), (50, 50), (64, 48), (33, 17), (16, 16), (70, 25), (24, 36)][i % 8];
+    let grey = ((r as u32 * 2 + g as u32 * 7 + b as u32) / 10) as u8;
+    let path = |ext: &str| dir.join(format!("img{i}.{ext}"));
+    match i % 8 {
+        0 => RgbImage::from_pixel(w, h, Rgb([shade(r), shade(g), shade(b)])).save(path("png")).unwrap(),
+        1 => GrayImage::from_pixel(w, h, Luma([shade(grey)])).save(path("png")).unwrap(),
+        2 => RgbaImage::from_pixel(w, h, Rgba([shade(r), shade(g), shade(b), 128])).save(path("png")).unwrap(),
+        3 => RgbImage::from_fn(w, h, |x, y| Rgb([shade(r), shade(g).wrapping_add((x % 3) as u8), shade(b).wrapping_add((y % 5) as u8)])).save(path("jpg")).unwrap(),
+        4 => GrayImage::from_pixel(w, h, Luma([shade(grey)])).save(path("jpeg")).unwrap(),
+        5 => GrayAlphaImage::from_pixel(w, h, LumaA([shade(grey), 200])).save(path("png")).unwrap(),
+        6 => ImageBuffer::<Luma<u16>, Vec<u16>>::from_pixel(w, h, Luma([shade(grey) as u16 * 257])).save(path("PNG")).unwrap(),
+        _ => RgbImage::from_pixel(w, h, Rgb([shade(r), shade(g), shade(b)])).save(path("JPG")).unwrap(),
+    }
+}
+
+/// DIR/<class>/ with `per_class` images each; a README that is not an image is ignored.
+fn make_tree(root: &Path, classes: &[&str], per_class: usize) {
+    for (c, name) in classes.iter().enumerate() {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            write_image(&dir, c, i);
+        }
+    }
+    std::fs::write(root.join(classes[0]).join("notes.txt"), "not an image").unwrap();
+}
+
+fn opts(seed: u64) -> FolderOptions {
+    FolderOptions { height: 8, width: 8, channels: 3, val_split: 0.25, seed, skip_bad: false, cache_dir: None }
+}
+
+#[test]
+fn folder_tree_trains_end_to_end_and_the_cache_is_reused_and_rebuilt() {
+    let dir = temp_dir("folder-cli");
+    let photos = dir.join("shop-photos");
+    make_tree(&photos, &["boots", "hats", "scarves"], 8);
+    std::fs::write(photos.join("hats").join("broken.jpg"), b"\xFF\xD8\xFF\xE0 this is not really a JPEG").unwrap();
+    let cache = dir.join("cache");
+    let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
+    let arch = dir.join("tiny.arch");
+    std::fs::write(&arch, "conv2d 4 3 relu\nmaxpool 2\nflatten\ndense 3 softmax\n").unwrap();
+    let run = dir.join("run");
+    let base = ["train", "--data", photos.to_str().unwrap(), "--image-size", "12", "--arch", arch.to_str().unwrap(), "--epochs", "1", "--device", "cpu"];
+    let base = [&base[..], &["--out", run.to_str().unwrap()]].concat();
+
+    // By default a file that does not decode stops the run, naming it.
+    let (ok, _, err) = run_cli_env(&base, &env);
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    assert!(err.contains("broken.jpg") && err.contains("cannot decode") && err.contains("--skip-bad"), "{err}");
+
+    // With --skip-bad it is skipped and counted; 24 images, 2 of each 8 held out.
+    let skip = [&base[..], &["--skip-bad"]].concat();
+    let (ok, _, err) = run_cli_env(&skip, &env);
+    assert!(ok, "{err}");
+    assert!(err.contains("skipped 1 files") && err.contains("broken.jpg"), "{err}");
+    assert!(err.contains("from the cache"), "the failed run already cached the decode: {err}");
+    assert!(err.contains("shop-photos (18 training, 6 test images of 12x12x3, 3 classes)"), "{err}");
+    let ck = gpu_cnn::checkpoint::load(&run.join("last.safetensors")).unwrap();
+    assert_eq!(ck.meta.class_names, ["boots", "hats", "scarves"]);
+    assert_eq!(ck.meta.input, (12, 12, 3));
+
+    // Evaluate takes the image size from the checkpoint and the same seeded split.
+    let (ok, out, err) = run_cli_env(&["evaluate", "--checkpoint", run.join("last.safetensors").to_str().unwrap(), "--data", photos.to_str().unwrap(), "--skip-bad", "--json"], &env);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["images"], 6);
+    assert_eq!(v["dataset"], "shop-photos");
+    // Another folder with as many classes but other names is refused, not silently mislabelled.
+    let other = dir.join("other");
+    make_tree(&other, &["boots", "caps", "scarves"], 4);
+    let (ok, _, err) = run_cli_env(&["evaluate", "--checkpoint", run.join("last.safetensors").to_str().unwrap(), "--data", other.to_str().unwrap()], &env);
+    assert!(!ok && err.contains("trained on the classes") && err.contains("caps"), "{err}");
+
+    // A changed file invalidates the cache; the run after that reads the new cache.
+    RgbImage::from_pixel(13, 11, Rgb([1, 2, 3])).save(photos.join("boots").join("img0.png")).unwrap();
+    let (ok, _, err) = run_cli_env(&skip, &env);
+    assert!(ok && err.contains("Decoded 25 images") && !err.contains("from the cache"), "{err}");
+    let (ok, _, err) = run_cli_env(&skip, &env);
+    assert!(ok && err.contains("Loaded 24 images of 12x12x3 from the cache"), "{err}");
+    // Grey input for a 1-channel model is a separate cache entry.
+    let grey_run = dir.join("run-grey");
+    let grey = [&base[..base.len() - 2], &["--skip-bad", "--color-mode", "grayscale", "--out", grey_run.to_str().unwrap()]].concat();
+    let (ok, _, err) = run_cli_env(&grey, &env);
+    assert!(ok && err.contains("images of 12x12x1") && err.contains("Decoded 25 images"), "{err}");
+}
+
+#[test]
+fn pixels_are_converted_and_resized() {
+    let dir = temp_dir("folder-pixels");
+    // PNG with alpha, BMP, WebP (lossless) and GIF: all four formats keep a flat colour exactly.
+    for (class, colour) in [("red", [255u8, 0, 0]), ("white", [255, 255, 255])] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        // RGBA with alpha 0: the colour is kept, alpha dropped (as PIL's convert("RGB")).
+        RgbaImage::from_pixel(50, 30, Rgba([colour[0], colour[1], colour[2], 0])).save(dir.join(class).join("a.png")).unwrap();
+        RgbImage::from_pixel(7, 9, Rgb(colour)).save(dir.join(class).join("b.bmp")).unwrap();
+        RgbaImage::from_pixel(9, 6, Rgba([colour[0], colour[1], colour[2], 255])).save(dir.join(class).join("c.webp")).unwrap();
+        RgbaImage::from_pixel(12, 10, Rgba([colour[0], colour[1], colour[2], 255])).save(dir.join(class).join("d.gif")).unwrap();
+    }
+    let o = FolderOptions { val_split: 0.5, ..opts(0) };
+    let ds = folder::load(&dir, &o).unwrap();
+    assert_eq!((ds.train.len(), ds.test.len()), (4, 4));
+    assert_eq!(ds.input_shape(), (8, 8, 3));
+    for set in [&ds.train, &ds.test] {
+        for i in 0..set.len() {
+            let want: &[u8] = if set.labels[i] == 0 { &[255, 0, 0] } else { &[255, 255, 255] };
+            // A flat colour stays exactly that colour under a normalised filter.
+            assert!(set.image(i).chunks(3).all(|p| p == want), "{:?}", &set.image(i)[..6]);
+        }
+    }
+    let grey = folder::load(&dir, &FolderOptions { channels: 1, ..o }).unwrap();
+    assert_eq!(grey.input_shape(), (8, 8, 1));
+    // Luma of pure red by Rec. 709 weights: 0.2126 * 255 = 54.
+    let red = (0..grey.train.len()).find(|&i| grey.train.labels[i] == 0).unwrap();
+    assert!(grey.train.image(red).iter().all(|&v| v == 54), "{:?}", grey.train.image(red));
+}
+
+#[test]
+fn the_validation_split_is_stratified_and_seeded() {
+    let dir = temp_dir("folder-split");
+    make_tree(&dir, &["a", "b", "c"], 8);
+    let a = folder::load(&dir, &opts(1)).unwrap();
+    let b = folder::load(&dir, &opts(1)).unwrap();
+    let c = folder::load(&dir, &opts(2)).unwrap();
+    assert_eq!((a.train.len(), a.test.len()), (18, 6));
+    for class in 0..3u8 {
+        assert_eq!(a.test.labels.iter().filter(|&&l| l == class).count(), 2, "2 of every 8 held out");
+    }
+    assert_eq!(a.test.images, b.test.images, "same seed, same split");
+    assert_ne!(a.test.images, c.test.images, "another seed, another split");
+    assert_eq!(a.class_names, ["a", "b", "c"]);
+}
+
+#[test]
+fn train_and_test_sub_folders_are_used_as_given() {
+    let dir = temp_dir("folder-train-test");
+    make_tree(&dir.join("train"), &["x", "y"], 5);
+    make_tree(&dir.join("test"), &["x", "y"], 3);
+    let ds = folder::load(&dir, &opts(0)).unwrap();
+    assert_eq!((ds.train.len(), ds.test.len()), (10, 6));
+    assert_eq!(ds.class_names, ["x", "y"]);
+    make_tree(&dir.join("test"), &["z"], 1);
+    let err = format!("{:#}", folder::load(&dir, &opts(0)).unwrap_err());
+    assert!(err.contains("class 'z' is not among the training classes"), "{err}");
+}
+
+#[test]
+fn bad_trees_get_clear_errors() {
+    let expect = |dir: &Path, needles: &[&str]| {
+        let err = format!("{:#}", folder::load(dir, &opts(0)).unwrap_err());
+        for n in needles {
+            assert!(err.contains(n), "'{err}' should mention '{n}'");
+        }
+    };
+    let dir = temp_dir("folder-bad");
+    expect(&dir.join("nope"), &["nope", "not a folder"]);
+    expect(&dir, &["no class sub-folders"]);
+    make_tree(&dir, &["only"], 3);
+    expect(&dir, &["only one class folder", "only"]);
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    std::fs::write(dir.join("empty").join("readme.txt"), "no images here").unwrap();
+    expect(&dir, &["empty", "holds no images"]);
+    std::fs::remove_dir_all(dir.join("empty")).unwrap();
+    make_tree(&dir, &["second"], 2);
+    std::fs::write(dir.join("second").join("zz.png"), b"\x89PNG\r\n\x1a\n truncated").unwrap();
+    expect(&dir, &["zz.png", "cannot decode", "--skip-bad"]);
+    let skipped = folder::load(&dir, &FolderOptions { skip_bad: true, val_split: 0.34, ..opts(0) }).unwrap();
+    assert_eq!(skipped.train.len() + skipped.test.len(), 5);
+}
