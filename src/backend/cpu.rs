@@ -172,33 +172,25 @@ fn add_bias_activate(y: &mut [f32], b: &[f32], width: usize, relu: bool) {
     });
 }
 
-/// dw (rows_k, cols) = a^T * dy summed over `m` rows in fixed partial sums; a is (m, rows_k),
-/// dy is (m, cols). db = column sums of dy.
-fn sum_outer_products(a: &[f32], dy: &[f32], m: usize, rows_k: usize, cols: usize, dw: &mut [f32], db: &mut [f32], partials: &mut Vec<f32>) {
-    let len = rows_k * cols;
+/// Filter gradients as fixed partial sums: 0..items is cut into REDUCTION_SPLITS ranges,
+/// `partial(range, dw_part, db_part)` sums one range (ranges run in parallel, each part starts
+/// at zero), and the parts are added in order into dw (len) and db (cols).
+#[allow(clippy::type_complexity)]
+fn reduce_in_fixed_splits(
+    items: usize,
+    len: usize,
+    cols: usize,
+    dw: &mut [f32],
+    db: &mut [f32],
+    partials: &mut Vec<f32>,
+    partial: impl Fn((usize, usize), &mut [f32], &mut [f32]) + Sync,
+) {
     partials.resize(REDUCTION_SPLITS * (len + cols), 0.0);
-    let ranges = split_ranges(m);
-    partials.par_chunks_mut(len + cols).zip(ranges.par_iter()).for_each(|(part, &(r0, r1))| {
+    let ranges = split_ranges(items);
+    partials.par_chunks_mut(len + cols).zip(ranges.par_iter()).for_each(|(part, &range)| {
+        part.fill(0.0);
         let (pw, pb) = part.split_at_mut(len);
-        pw.fill(0.0);
-        pb.fill(0.0);
-        if r1 > r0 {
-            let rows = r1 - r0;
-            // pw (rows_k, cols) = a[r0..r1]^T (rows_k, rows) * dy[r0..r1] (rows, cols)
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows_k, rows, cols, 1.0,
-                    a.as_ptr().add(r0 * rows_k), 1, rows_k as isize,
-                    dy.as_ptr().add(r0 * cols), cols as isize, 1,
-                    0.0, pw.as_mut_ptr(), cols as isize, 1,
-                );
-            }
-            for row in dy[r0 * cols..r1 * cols].chunks(cols) {
-                for (s, v) in pb.iter_mut().zip(row) {
-                    *s += v;
-                }
-            }
-        }
+        partial(range, pw, pb);
     });
     dw[..len].fill(0.0);
     db[..cols].fill(0.0);
@@ -210,6 +202,27 @@ fn sum_outer_products(a: &[f32], dy: &[f32], m: usize, rows_k: usize, cols: usiz
             *d += p;
         }
     }
+}
+
+/// sums += each row of `rows` (rows of `sums.len()` values): a bias gradient.
+fn add_rows(sums: &mut [f32], rows: &[f32]) {
+    for row in rows.chunks(sums.len()) {
+        for (acc, v) in sums.iter_mut().zip(row) {
+            *acc += v;
+        }
+    }
+}
+
+/// dw (rows_k, cols) = a^T * dy summed over `m` rows; a is (m, rows_k), dy is (m, cols).
+/// db = column sums of dy.
+fn sum_outer_products(a: &[f32], dy: &[f32], m: usize, rows_k: usize, cols: usize, dw: &mut [f32], db: &mut [f32], partials: &mut Vec<f32>) {
+    reduce_in_fixed_splits(m, rows_k * cols, cols, dw, db, partials, |(r0, r1), pw, pb| {
+        if r1 > r0 {
+            // pw (rows_k, cols) += a[r0..r1]^T (rows_k, rows) * dy[r0..r1] (rows, cols)
+            gemm_serial(rows_k, r1 - r0, cols, &a[r0 * rows_k..r1 * rows_k], 1, rows_k, &dy[r0 * cols..r1 * cols], cols, 1, pw, 1.0);
+            add_rows(pb, &dy[r0 * cols..r1 * cols]);
+        }
+    });
 }
 
 impl Backend for CpuBackend {
@@ -302,16 +315,9 @@ impl Backend for CpuBackend {
     fn conv2d_backward_filter(&self, x: &Vec<f32>, dy: &Vec<f32>, dw: &mut Vec<f32>, db: &mut Vec<f32>, s: &ConvShape, n: usize) {
         let (patch, pixels, block) = (s.patch_len(), s.out_h * s.out_w, images_per_block(s.out_h * s.out_w));
         let (len, oc) = (s.kernel_len(), s.out_c);
-        let mut partials = self.partials.borrow_mut();
-        partials.resize(REDUCTION_SPLITS * (len + oc), 0.0);
-        let ranges = split_ranges(n);
-        partials.par_chunks_mut(len + oc).zip(ranges.par_iter()).for_each(|(part, &(i0, i1))| {
-            let (pw, pb) = part.split_at_mut(len);
-            pw.fill(0.0);
-            pb.fill(0.0);
+        reduce_in_fixed_splits(n, len, oc, dw, db, &mut self.partials.borrow_mut(), |(i0, i1), pw, pb| {
             for start in (i0..i1).step_by(block) {
-                let images = block.min(i1 - start);
-                let rows = images * pixels;
+                let rows = block.min(i1 - start) * pixels;
                 let dyb = &dy[start * s.out_len()..][..rows * oc];
                 with_columns(rows * patch, |col| {
                     for (k, c) in col.chunks_mut(pixels * patch).enumerate() {
@@ -320,23 +326,9 @@ impl Backend for CpuBackend {
                     // pw (patch, oc) += col^T (patch, rows) * dyb (rows, oc)
                     gemm_serial(patch, rows, oc, col, 1, patch, dyb, oc, 1, pw, 1.0);
                 });
-                for row in dyb.chunks(oc) {
-                    for (acc, v) in pb.iter_mut().zip(row) {
-                        *acc += v;
-                    }
-                }
+                add_rows(pb, dyb);
             }
         });
-        dw[..len].fill(0.0);
-        db[..oc].fill(0.0);
-        for part in partials.chunks(len + oc) {
-            for (d, p) in dw[..len].iter_mut().zip(&part[..len]) {
-                *d += p;
-            }
-            for (d, p) in db[..oc].iter_mut().zip(&part[len..]) {
-                *d += p;
-            }
-        }
     }
 
     fn relu_backward(&self, y: &Vec<f32>, dy: &mut Vec<f32>, len: usize) {
