@@ -1,7 +1,10 @@
-// 2-D convolution as implicit GEMM: the im2col matrix is never stored; each tile load computes
+// 2-D convolution as implicit GEMM: the im2col matrix is never stored; each tile load works out
 // which input pixel (or zero pad) a (row, column) of it stands for. NHWC activations, HWIO kernels.
 // One workgroup computes a TM x TN tile of the output GEMM, each invocation RM x RN of it,
 // walking K in slabs of TK held in workgroup memory.
+// No integer division in the inner loops (it is slow on every GPU and emulated on CPU drivers):
+// the tile's rows are decoded once per workgroup into a table, and a slab's column once per
+// invocation (each invocation loads a single column of every slab: kk = lid % TK).
 // No tile size divides anything: every load and store checks its bounds.
 
 struct ConvParams {
@@ -19,7 +22,8 @@ struct ConvParams {
 
 // Tile shape, chosen per call by the host (pipeline-overridable): the workgroup computes a
 // TM x TN tile, each invocation RM x RN of it (at most 8 x 8), k in slabs of TK.
-// Workgroup memory is TK * (TM + TN) floats: at most 16 KiB (128 x 128), the WebGPU default.
+// Workgroup memory is TK * (TM + TN) + 3 * TM words: 13.5 KiB at 128 x 64 (the host never
+// picks more), within the 16 KiB WebGPU default.
 override TM: u32 = 128u;
 override TN: u32 = 64u;
 override RM: u32 = 8u;
@@ -31,105 +35,165 @@ const MODE_FORWARD: u32 = 0u;
 const MODE_BACKWARD_INPUT: u32 = 1u;
 const MODE_BACKWARD_FILTER: u32 = 2u;
 
+// A row that lies past the matrix: its y offset fails every bounds check.
+const NO_ROW: i32 = -1073741824;
+// Backward filter's extra row of ones (it turns the GEMM's last row into the bias gradient).
+const ONES_ROW: u32 = 0xffffffffu;
+
 var<workgroup> a_tile: array<f32, TK * TM>; // [TK][TM]
 var<workgroup> b_tile: array<f32, TK * TN>; // [TK][TN]
+// Each tile row decoded once: forward (oy*sh - pt, ox*sw - pl, img*in_h); backward input
+// (iy + pt, ix + pl, img*out_h); backward filter (ky - pt, kx - pl, ci or ONES_ROW).
+var<workgroup> row_y: array<i32, TM>;
+var<workgroup> row_x: array<i32, TM>;
+var<workgroup> row_base: array<u32, TM>;
 
 fn patch_len() -> u32 {
     return p.k_h * p.k_w * p.in_c;
 }
 
-// One element of image row r's im2col row: x[img, oy*sh+ky-pt, ox*sw+kx-pl, ci], 0 in the padding.
-// r < n*out_h*out_w, col < k_h*k_w*in_c; x is in0.
-fn im2col_at(r: u32, col: u32) -> f32 {
+fn gemm_rows(mode: u32) -> u32 {
+    if (mode == MODE_FORWARD) { return p.n * p.out_h * p.out_w; }
+    if (mode == MODE_BACKWARD_INPUT) { return p.n * p.in_h * p.in_w; }
+    return patch_len() + 1u;
+}
+
+fn decode_rows(mode: u32, lid: u32, m0: u32) {
+    for (var t = lid; t < TM; t += THREADS) {
+        let m = m0 + t;
+        var y = NO_ROW;
+        var x = 0;
+        var base = 0u;
+        if (m < gemm_rows(mode)) {
+            if (mode == MODE_FORWARD) {
+                let pixels = p.out_h * p.out_w;
+                let pix = m % pixels;
+                y = i32((pix / p.out_w) * p.stride_h) - i32(p.pad_top);
+                x = i32((pix % p.out_w) * p.stride_w) - i32(p.pad_left);
+                base = (m / pixels) * p.in_h;
+            } else if (mode == MODE_BACKWARD_INPUT) {
+                let pixels = p.in_h * p.in_w;
+                let pix = m % pixels;
+                y = i32(pix / p.in_w + p.pad_top);
+                x = i32(pix % p.in_w + p.pad_left);
+                base = (m / pixels) * p.out_h;
+            } else if (m == patch_len()) {
+                y = 0;
+                base = ONES_ROW;
+            } else {
+                let tap = m / p.in_c;
+                y = i32(tap / p.k_w) - i32(p.pad_top);
+                x = i32(tap % p.k_w) - i32(p.pad_left);
+                base = m % p.in_c;
+            }
+        }
+        row_y[t] = y;
+        row_x[t] = x;
+        row_base[t] = base;
+    }
+}
+
+// Forward: A = im2col(x) (n*out_h*out_w, patch), B = w (patch, out_c).
+fn load_forward(lid: u32, n0: u32, k0: u32) {
+    let kk = lid % TK;
+    let k = k0 + kk;
+    let k_ok = k < patch_len();
+    let ci = k % p.in_c;
+    let tap = k / p.in_c;
+    let ky = i32(tap / p.k_w);
+    let kx = i32(tap % p.k_w);
+    for (var i = 0u; i < TM * TK / THREADS; i++) {
+        let mm = lid / TK + i * (THREADS / TK);
+        let iy = row_y[mm] + ky;
+        let ix = row_x[mm] + kx;
+        var v = 0.0;
+        if (k_ok && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
+            v = in0[((row_base[mm] + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
+        }
+        a_tile[kk * TM + mm] = v;
+    }
+    for (var i = 0u; i < TN * TK / THREADS; i++) {
+        let nn = lid / TK + i * (THREADS / TK);
+        let c = n0 + nn;
+        var v = 0.0;
+        if (k_ok && c < p.out_c) { v = in1[k * p.out_c + c]; }
+        b_tile[kk * TN + nn] = v;
+    }
+}
+
+// Backward input: A (n*in_h*in_w, k_h*k_w*out_c) = dy at the output pixel whose window puts tap
+// (ky, kx) on the row's input pixel (0 when none does), B = w[ky, kx, ci, oc] (k, in_c).
+fn load_backward_input(lid: u32, n0: u32, k0: u32) {
+    let kk = lid % TK;
+    let k = k0 + kk;
+    let k_ok = k < p.k_h * p.k_w * p.out_c;
+    let oc = k % p.out_c;
+    let tap = k / p.out_c;
+    let ky = i32(tap / p.k_w);
+    let kx = i32(tap % p.k_w);
+    for (var i = 0u; i < TM * TK / THREADS; i++) {
+        let mm = lid / TK + i * (THREADS / TK);
+        let ty = row_y[mm] - ky;
+        let tx = row_x[mm] - kx;
+        var v = 0.0;
+        if (k_ok && ty >= 0 && tx >= 0) {
+            var oy = u32(ty);
+            var ox = u32(tx);
+            var hit = true;
+            // Only strided convolutions pay for a division (the branch is uniform).
+            if (p.stride_h != 1u) {
+                hit = hit && oy % p.stride_h == 0u;
+                oy = oy / p.stride_h;
+            }
+            if (p.stride_w != 1u) {
+                hit = hit && ox % p.stride_w == 0u;
+                ox = ox / p.stride_w;
+            }
+            if (hit && oy < p.out_h && ox < p.out_w) {
+                v = in0[((row_base[mm] + oy) * p.out_w + ox) * p.out_c + oc];
+            }
+        }
+        a_tile[kk * TM + mm] = v;
+    }
+    for (var i = 0u; i < TN * TK / THREADS; i++) {
+        let nn = lid / TK + i * (THREADS / TK);
+        let ci = n0 + nn;
+        var v = 0.0;
+        if (k_ok && ci < p.in_c) { v = in1[(tap * p.in_c + ci) * p.out_c + oc]; }
+        b_tile[kk * TN + nn] = v;
+    }
+}
+
+// Backward filter: A = im2col(x)^T with a row of ones under it (patch + 1, n*out_h*out_w),
+// B = dy (n*out_h*out_w, out_c).
+fn load_backward_filter(lid: u32, n0: u32, k0: u32) {
+    let kk = lid % TK;
+    let r = k0 + kk;
+    let r_ok = r < p.n * p.out_h * p.out_w;
     let pixels = p.out_h * p.out_w;
     let img = r / pixels;
     let pix = r % pixels;
-    let oy = pix / p.out_w;
-    let ox = pix % p.out_w;
-    let ci = col % p.in_c;
-    let t = col / p.in_c;
-    let kx = t % p.k_w;
-    let ky = t / p.k_w;
-    let iy = i32(oy * p.stride_h + ky) - i32(p.pad_top);
-    let ix = i32(ox * p.stride_w + kx) - i32(p.pad_left);
-    if (iy < 0 || ix < 0 || iy >= i32(p.in_h) || ix >= i32(p.in_w)) {
-        return 0.0;
-    }
-    return in0[((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
-}
-
-// Backward input, A (n*in_h*in_w, k_h*k_w*out_c): dy at the output pixel whose window puts
-// kernel tap (ky, kx) on input pixel r, or 0 when no output pixel does. dy is in0.
-fn dy_for_input_at(r: u32, col: u32) -> f32 {
-    let pixels = p.in_h * p.in_w;
-    let img = r / pixels;
-    let pix = r % pixels;
-    let iy = pix / p.in_w;
-    let ix = pix % p.in_w;
-    let oc = col % p.out_c;
-    let t = col / p.out_c;
-    let kx = t % p.k_w;
-    let ky = t / p.k_w;
-    let ty = i32(iy + p.pad_top) - i32(ky);
-    let tx = i32(ix + p.pad_left) - i32(kx);
-    if (ty < 0 || tx < 0) {
-        return 0.0;
-    }
-    let oy = u32(ty) / p.stride_h;
-    let ox = u32(tx) / p.stride_w;
-    if (oy * p.stride_h != u32(ty) || ox * p.stride_w != u32(tx) || oy >= p.out_h || ox >= p.out_w) {
-        return 0.0;
-    }
-    return in0[((img * p.out_h + oy) * p.out_w + ox) * p.out_c + oc];
-}
-
-// Element (m, k) of the GEMM's left matrix for each mode.
-fn load_a(mode: u32, m: u32, k: u32) -> f32 {
-    if (mode == MODE_FORWARD) {
-        // (n*out_h*out_w, patch): the im2col matrix.
-        if (m >= p.n * p.out_h * p.out_w || k >= patch_len()) { return 0.0; }
-        return im2col_at(m, k);
-    } else if (mode == MODE_BACKWARD_INPUT) {
-        if (m >= p.n * p.in_h * p.in_w || k >= p.k_h * p.k_w * p.out_c) { return 0.0; }
-        return dy_for_input_at(m, k);
-    }
-    // Backward filter: (patch + 1, n*out_h*out_w) = im2col^T with a row of ones under it, so
-    // the same GEMM also sums dy into the bias gradient.
-    if (k >= p.n * p.out_h * p.out_w || m > patch_len()) { return 0.0; }
-    if (m == patch_len()) { return 1.0; }
-    return im2col_at(k, m);
-}
-
-// Element (k, c) of the GEMM's right matrix for each mode.
-fn load_b(mode: u32, k: u32, c: u32) -> f32 {
-    if (mode == MODE_FORWARD) {
-        // w (patch, out_c), HWIO flattened.
-        if (k >= patch_len() || c >= p.out_c) { return 0.0; }
-        return in1[k * p.out_c + c];
-    } else if (mode == MODE_BACKWARD_INPUT) {
-        // w transposed per tap: (k_h*k_w*out_c, in_c), element w[ky, kx, c, oc].
-        if (k >= p.k_h * p.k_w * p.out_c || c >= p.in_c) { return 0.0; }
-        let oc = k % p.out_c;
-        let tap = k / p.out_c;
-        return in1[(tap * p.in_c + c) * p.out_c + oc];
-    }
-    // Backward filter: dy (n*out_h*out_w, out_c).
-    if (k >= p.n * p.out_h * p.out_w || c >= p.out_c) { return 0.0; }
-    return in1[k * p.out_c + c];
-}
-
-fn load_tiles(mode: u32, lid: u32, m0: u32, n0: u32, k0: u32) {
+    let oy = i32((pix / p.out_w) * p.stride_h);
+    let ox = i32((pix % p.out_w) * p.stride_w);
     for (var i = 0u; i < TM * TK / THREADS; i++) {
-        let e = lid + i * THREADS;
-        let kk = e % TK;
-        let mm = e / TK;
-        a_tile[kk * TM + mm] = load_a(mode, m0 + mm, k0 + kk);
+        let mm = lid / TK + i * (THREADS / TK);
+        let base = row_base[mm];
+        let iy = oy + row_y[mm];
+        let ix = ox + row_x[mm];
+        var v = 0.0;
+        if (r_ok && base == ONES_ROW) {
+            v = 1.0;
+        } else if (r_ok && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
+            v = in0[((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + base];
+        }
+        a_tile[kk * TM + mm] = v;
     }
     for (var i = 0u; i < TN * TK / THREADS; i++) {
-        let e = lid + i * THREADS;
-        let nn = e % TN;
-        let kk = e / TN;
-        b_tile[kk * TN + nn] = load_b(mode, k0 + kk, n0 + nn);
+        let nn = lid / TK + i * (THREADS / TK);
+        let c = n0 + nn;
+        var v = 0.0;
+        if (r_ok && c < p.out_c) { v = in1[r * p.out_c + c]; }
+        b_tile[kk * TN + nn] = v;
     }
 }
 
@@ -150,11 +214,19 @@ fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 64>>) {
 
 // The tile's GEMM over k in [k_begin, k_end); k_end is uniform, so the barriers are too.
 fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<f32, 64> {
+    decode_rows(mode, lid, m0);
+    workgroupBarrier();
     var acc: array<f32, 64>;
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
-        load_tiles(mode, lid, m0, n0, k0);
+        if (mode == MODE_FORWARD) {
+            load_forward(lid, n0, k0);
+        } else if (mode == MODE_BACKWARD_INPUT) {
+            load_backward_input(lid, n0, k0);
+        } else {
+            load_backward_filter(lid, n0, k0);
+        }
         workgroupBarrier();
         multiply_tiles(tm, tn, &acc);
         workgroupBarrier();

@@ -5,6 +5,17 @@ use gpu_cnn::backend::gpu::{choose_adapter, DeviceRequest, GpuBackend};
 use gpu_cnn::backend::{Backend, ConvShape, DenseShape};
 use std::time::Instant;
 
+/// CPU seconds this process has used (all threads: lavapipe runs shaders on a thread pool).
+/// Other processes' load barely moves it, unlike wall-clock time on a shared machine.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after "(name)".
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
 fn filled(gpu: &GpuBackend, len: usize) -> gpu_cnn::backend::gpu::GpuTensor {
     let mut t = gpu.tensor(len).unwrap();
     let data: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
@@ -12,18 +23,70 @@ fn filled(gpu: &GpuBackend, len: usize) -> gpu_cnn::backend::gpu::GpuTensor {
     t
 }
 
-/// Runs `op` once to warm up, then `reps` times in one submission; prints GFLOP/s.
+/// Runs `op` once to warm up, then `reps` times in one submission; prints GFLOP/s of wall time
+/// and of CPU time (lavapipe), and the CPU-time ratio to the reference matmul timed just before.
 fn time(gpu: &GpuBackend, name: &str, flops: f64, reps: usize, sync: &gpu_cnn::backend::gpu::GpuTensor, op: &dyn Fn()) {
+    let reference = reference_matmul_gflops(gpu, 1, false);
     op();
     gpu.download(sync).unwrap();
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
     for _ in 0..reps {
         op();
     }
     gpu.flush().unwrap();
     gpu.download(sync).unwrap();
     let secs = start.elapsed().as_secs_f64() / reps as f64;
-    println!("{name:<48} {:>8.2} ms  {:>6.2} GFLOP/s", secs * 1e3, flops / secs / 1e9);
+    let cpu = (cpu_seconds() - cpu_start) / reps as f64;
+    let per_cpu = flops / cpu / 1e9;
+    println!("{name:<44} {:>8.1} ms {:>6.2} GFLOP/s wall {:>6.2} GFLOP/cpu-s  {:>5.2} x reference", secs * 1e3, flops / secs / 1e9, per_cpu, per_cpu / reference);
+}
+
+/// GFLOP/s of tests/reference_matmul.wgsl (plain 128 x 128 tiles) at n = 1024: the yardstick.
+fn reference_matmul_gflops(gpu: &GpuBackend, reps: usize, print: bool) -> f64 {
+    let device = gpu.device();
+    let n = 1024u32;
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(include_str!("reference_matmul.wgsl").into()) });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor { label: None, layout: None, module: &module, entry_point: Some("main"), compilation_options: Default::default(), cache: None });
+    let storage = |bytes: u64| device.create_buffer(&wgpu::BufferDescriptor { label: None, size: bytes, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+    let bytes = (n * n * 4) as u64;
+    let (a, b, c) = (storage(bytes), storage(bytes), storage(bytes));
+    let dims = device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 16, usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+    gpu.queue().write_buffer(&dims, 0, bytemuck::cast_slice(&[n, 0, 0, 0]));
+    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry { binding: 0, resource: dims.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: a.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 2, resource: b.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 3, resource: c.as_entire_binding() },
+        ],
+    });
+    let run = |times: usize| {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            for _ in 0..times {
+                pass.dispatch_workgroups(n / 128, n / 128, 1);
+            }
+        }
+        gpu.queue().submit([encoder.finish()]);
+        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    };
+    if print {
+        run(1);
+    }
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    run(reps);
+    let secs = start.elapsed().as_secs_f64() / reps as f64;
+    let cpu = (cpu_seconds() - cpu_start) / reps as f64;
+    let flops = 2.0 * (n as f64).powi(3);
+    if print {
+        println!("{:<44} {:>8.1} ms {:>6.2} GFLOP/s wall {:>6.2} GFLOP/cpu-s", "reference 128x128-tile matmul 1024^3", secs * 1e3, flops / secs / 1e9, flops / cpu / 1e9);
+    }
+    flops / cpu / 1e9
 }
 
 #[test]
@@ -35,6 +98,7 @@ fn gemm_kernels_gflops() {
     };
     let gpu = GpuBackend::new(adapter).unwrap();
     println!("{}", gpu.describe());
+    reference_matmul_gflops(&gpu, 3, true);
 
     let d = DenseShape { inputs: 1024, units: 1024 };
     let n = 1024;
@@ -43,9 +107,9 @@ fn gemm_kernels_gflops() {
     let flops = 2.0 * (n * d.inputs * d.units) as f64;
     let (yp, dxp, dwp, dbp) = (&mut y as *mut _, &mut dx as *mut _, &mut dw as *mut _, &mut db as *mut _);
     // SAFETY: each closure is the only user of its output while it runs (single thread).
-    time(&gpu, "dense forward 1024x1024x1024", flops, 3, &b, &|| gpu.dense_forward(&x, &w, &b, unsafe { &mut *yp }, &d, n, true));
-    time(&gpu, "dense backward input 1024x1024x1024", flops, 3, &b, &|| gpu.dense_backward_input(&dy, &w, unsafe { &mut *dxp }, &d, n));
-    time(&gpu, "dense backward filter 1024x1024x1024", flops, 3, &b, &|| gpu.dense_backward_filter(&x, &dy, unsafe { &mut *dwp }, unsafe { &mut *dbp }, &d, n));
+    time(&gpu, "dense forward 1024x1024x1024", flops, 1, &b, &|| gpu.dense_forward(&x, &w, &b, unsafe { &mut *yp }, &d, n, true));
+    time(&gpu, "dense backward input 1024x1024x1024", flops, 1, &b, &|| gpu.dense_backward_input(&dy, &w, unsafe { &mut *dxp }, &d, n));
+    time(&gpu, "dense backward filter 1024x1024x1024", flops, 1, &b, &|| gpu.dense_backward_filter(&x, &dy, unsafe { &mut *dwp }, unsafe { &mut *dbp }, &d, n));
 
     // The seed model's convolutions at batch 32 (CIFAR-10 32x32x3 input).
     let convs = [
@@ -63,4 +127,6 @@ fn gemm_kernels_gflops() {
         time(&gpu, &format!("{name} backward input"), flops, 10, &b, &|| gpu.conv2d_backward_input(&dy, &w, unsafe { &mut *dxp }, &s, n));
         time(&gpu, &format!("{name} backward filter"), flops, 10, &b, &|| gpu.conv2d_backward_filter(&x, &dy, unsafe { &mut *dwp }, unsafe { &mut *dbp }, &s, n));
     }
+    // Again at the end: the machine's load changes while the bench runs.
+    reference_matmul_gflops(&gpu, 3, true);
 }

@@ -5,6 +5,9 @@ use super::recorder::{linear_grid, tile_grid};
 use super::{GpuBackend, GpuTensor};
 use crate::backend::ConvShape;
 
+/// conv.wgsl keeps a row table beside its tiles: 64 columns keep it within 16 KiB.
+const CONV_MAX_COLS: u32 = 64;
+
 /// The k slab of the GEMM kernels (TK in conv.wgsl and matmul.wgsl).
 pub(super) const K_SLAB: usize = 16;
 
@@ -31,7 +34,7 @@ impl GpuBackend {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn record_conv2d_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &ConvShape, n: usize, relu: bool) {
         let rows = n * s.out_h * s.out_w;
-        let tile = Tile::for_cols(s.out_c);
+        let tile = Tile::for_gemm(rows, s.out_c, CONV_MAX_COLS);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dForward, tile);
         let groups = tile_grid(s.out_c.div_ceil(tile.tn as usize), rows.div_ceil(tile.tm as usize), self.max_per_dim());
         let bound = [x.at(1), w.at(2), b.at(3), y.at(4)];
@@ -41,7 +44,7 @@ impl GpuBackend {
     // dy (n, out_h, out_w, out_c), w HWIO -> dx (n, in_h, in_w, in_c).
     pub(super) fn record_conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
         let rows = n * s.in_h * s.in_w;
-        let tile = Tile::for_cols(s.in_c);
+        let tile = Tile::for_gemm(rows, s.in_c, CONV_MAX_COLS);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dBackwardInput, tile);
         let groups = tile_grid(s.in_c.div_ceil(tile.tn as usize), rows.div_ceil(tile.tm as usize), self.max_per_dim());
         let bound = [dy.at(1), w.at(2), dx.at(4)];
@@ -55,7 +58,7 @@ impl GpuBackend {
         let (per, splits) = split_k(depth);
         let rows = s.patch_len() + 1; // + the ones row that yields db
         let Some(scratch) = self.scratch(splits * rows * s.out_c) else { return };
-        let tile = Tile::for_cols(s.out_c);
+        let tile = Tile::for_gemm(rows, s.out_c, CONV_MAX_COLS);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dBackwardFilter, tile);
         let groups = [s.out_c.div_ceil(tile.tn as usize) as u32, rows.div_ceil(tile.tm as usize) as u32, splits as u32];
         let bound = [x.at(1), dy.at(2), scratch.at(4)];

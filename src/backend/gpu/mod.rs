@@ -112,6 +112,14 @@ impl GpuBackend {
         &self.ctx.limits
     }
 
+    /// The wgpu device and queue, for benches and tools that run their own kernels beside ours.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.ctx.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.ctx.queue
+    }
+
     pub fn adapter_info(&self) -> wgpu::AdapterInfo {
         self.ctx.adapter.get_info()
     }

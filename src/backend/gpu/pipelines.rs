@@ -36,19 +36,18 @@ pub struct Tile {
 }
 
 impl Tile {
-    /// The tile for a GEMM with `cols` output columns (conv: output channels): 128 rows
-    /// (pixels or samples, the long side here) and the narrowest column width that covers
-    /// `cols`, so a 32-channel layer does not compute 32 wasted columns. 8 x 8 (or 8 x 4) per
-    /// invocation: on lavapipe the shared-memory loads, not the FMAs, are the cost, and a
-    /// bigger register block loads less per FMA. At most 16 KiB of workgroup memory.
-    pub fn for_cols(cols: usize) -> Tile {
-        if cols <= 32 {
-            Tile { tm: 128, tn: 32, rm: 8, rn: 4 }
-        } else if cols <= 64 {
-            Tile { tm: 128, tn: 64, rm: 8, rn: 8 }
-        } else {
-            Tile { tm: 128, tn: 128, rm: 8, rn: 8 }
-        }
+    /// The tile for a GEMM of `rows` x `cols` outputs: the smallest of 32/64/128 that covers
+    /// each side (a 32-channel layer or a 28-row filter gradient should not compute mostly
+    /// padding), with columns capped at `max_cols`. 8 x 8 outputs per invocation on a 64+ side,
+    /// 4 on a 32 side: on lavapipe the workgroup-memory loads, not the FMAs, are the cost, and
+    /// a bigger register block loads less per FMA. 64 to 256 invocations; workgroup memory at
+    /// most 16 KiB (conv, which also keeps a row table, caps columns at 64).
+    pub fn for_gemm(rows: usize, cols: usize, max_cols: u32) -> Tile {
+        let side = |len: usize| if len <= 32 { 32 } else if len <= 64 { 64 } else { 128 };
+        let tm = side(rows);
+        let tn = side(cols).min(max_cols);
+        let per = |t: u32| if t >= 64 { 8 } else { 4 };
+        Tile { tm, tn, rm: per(tm), rn: per(tn) }
     }
 }
 
