@@ -2,9 +2,9 @@
 // which input pixel (or zero pad) a (row, column) of it stands for. NHWC activations, HWIO kernels.
 // One workgroup computes a TM x TN tile of the output GEMM, each invocation RM x RN of it,
 // walking K in slabs of TK held in workgroup memory.
-// No integer division in the inner loops (it is slow on every GPU and emulated on CPU drivers):
-// the tile's rows are decoded once per workgroup into a table, and a slab's column once per
-// invocation (each invocation loads a single column of every slab: kk = lid % TK).
+// No integer division per loaded element (it is slow on GPUs and emulated on CPU drivers): each
+// invocation always loads the same tile row, decoded once, and walks the columns of a slab
+// (kernel tap and channel, or pixel) by carrying instead of dividing.
 // No tile size divides anything: every load and store checks its bounds.
 
 struct ConvParams {
@@ -21,9 +21,9 @@ struct ConvParams {
 @group(0) @binding(4) var<storage, read_write> out0: array<f32>;
 
 // Tile shape, chosen per call by the host (pipeline-overridable): the workgroup computes a
-// TM x TN tile, each invocation RM x RN of it (at most 8 x 8), k in slabs of TK.
-// Workgroup memory is TK * (TM + TN) + 3 * TM words: 13.5 KiB at 128 x 64 (the host never
-// picks more), within the 16 KiB WebGPU default.
+// TM x TN tile, each invocation RM x RN of it (at most 8 x 8), k in slabs of TK. The host's
+// tiles all have THREADS a multiple of TM and of TN. Workgroup memory is TK * (TM + TN)
+// floats: at most 16 KiB (128 x 128), the WebGPU default.
 override TM: u32 = 128u;
 override TN: u32 = 64u;
 override RM: u32 = 8u;
@@ -42,101 +42,94 @@ const ONES_ROW: u32 = 0xffffffffu;
 
 var<workgroup> a_tile: array<f32, TK * TM>; // [TK][TM]
 var<workgroup> b_tile: array<f32, TK * TN>; // [TK][TN]
-// Each tile row decoded once: forward (oy*sh - pt, ox*sw - pl, img*in_h); backward input
-// (iy + pt, ix + pl, img*out_h); backward filter (ky - pt, kx - pl, ci or ONES_ROW).
-var<workgroup> row_y: array<i32, TM>;
-var<workgroup> row_x: array<i32, TM>;
-var<workgroup> row_base: array<u32, TM>;
 
 fn patch_len() -> u32 {
     return p.k_h * p.k_w * p.in_c;
 }
 
-fn gemm_rows(mode: u32) -> u32 {
-    if (mode == MODE_FORWARD) { return p.n * p.out_h * p.out_w; }
-    if (mode == MODE_BACKWARD_INPUT) { return p.n * p.in_h * p.in_w; }
-    return patch_len() + 1u;
+// One row of the GEMM's A, decoded once: forward (oy*sh - pt, ox*sw - pl, img*in_h);
+// backward input (iy + pt, ix + pl, img*out_h); backward filter (ky - pt, kx - pl, ci or
+// ONES_ROW). A row past the matrix gets y = NO_ROW, which fails every bounds check.
+struct Row {
+    y: i32,
+    x: i32,
+    base: u32,
 }
 
-fn decode_rows(mode: u32, lid: u32, m0: u32) {
-    for (var t = lid; t < TM; t += THREADS) {
-        let m = m0 + t;
-        var y = NO_ROW;
-        var x = 0;
-        var base = 0u;
-        if (m < gemm_rows(mode)) {
-            if (mode == MODE_FORWARD) {
-                let pixels = p.out_h * p.out_w;
-                let pix = m % pixels;
-                y = i32((pix / p.out_w) * p.stride_h) - i32(p.pad_top);
-                x = i32((pix % p.out_w) * p.stride_w) - i32(p.pad_left);
-                base = (m / pixels) * p.in_h;
-            } else if (mode == MODE_BACKWARD_INPUT) {
-                let pixels = p.in_h * p.in_w;
-                let pix = m % pixels;
-                y = i32(pix / p.in_w + p.pad_top);
-                x = i32(pix % p.in_w + p.pad_left);
-                base = (m / pixels) * p.out_h;
-            } else if (m == patch_len()) {
-                y = 0;
-                base = ONES_ROW;
-            } else {
-                let tap = m / p.in_c;
-                y = i32(tap / p.k_w) - i32(p.pad_top);
-                x = i32(tap % p.k_w) - i32(p.pad_left);
-                base = m % p.in_c;
-            }
+fn decode_row(mode: u32, m: u32) -> Row {
+    var row = Row(NO_ROW, 0, 0u);
+    if (mode == MODE_FORWARD) {
+        let pixels = p.out_h * p.out_w;
+        if (m < p.n * pixels) {
+            let pix = m % pixels;
+            row = Row(i32((pix / p.out_w) * p.stride_h) - i32(p.pad_top), i32((pix % p.out_w) * p.stride_w) - i32(p.pad_left), (m / pixels) * p.in_h);
         }
-        row_y[t] = y;
-        row_x[t] = x;
-        row_base[t] = base;
+    } else if (mode == MODE_BACKWARD_INPUT) {
+        let pixels = p.in_h * p.in_w;
+        if (m < p.n * pixels) {
+            let pix = m % pixels;
+            row = Row(i32(pix / p.in_w + p.pad_top), i32(pix % p.in_w + p.pad_left), (m / pixels) * p.out_h);
+        }
+    } else if (m == patch_len()) {
+        row = Row(0, 0, ONES_ROW);
+    } else if (m < patch_len()) {
+        let tap = m / p.in_c;
+        row = Row(i32(tap / p.k_w) - i32(p.pad_top), i32(tap % p.k_w) - i32(p.pad_left), m % p.in_c);
     }
+    return row;
 }
 
 // Forward: A = im2col(x) (n*out_h*out_w, patch), B = w (patch, out_c).
-fn load_forward(lid: u32, n0: u32, k0: u32) {
-    let kk = lid % TK;
-    let k = k0 + kk;
-    let k_ok = k < patch_len();
-    let ci = k % p.in_c;
-    let tap = k / p.in_c;
-    let ky = i32(tap / p.k_w);
-    let kx = i32(tap % p.k_w);
-    for (var i = 0u; i < TM * TK / THREADS; i++) {
-        let mm = lid / TK + i * (THREADS / TK);
-        let iy = row_y[mm] + ky;
-        let ix = row_x[mm] + kx;
+fn load_forward(lid: u32, row: Row, n0: u32, k0: u32) {
+    let step = THREADS / TM;
+    let mm = lid % TM;
+    var k = k0 + lid / TM;
+    // Column k = (ky, kx, ci), carried forward by `step` each element.
+    var ci = k % p.in_c;
+    var kx = (k / p.in_c) % p.k_w;
+    var ky = k / (p.in_c * p.k_w);
+    for (var kk = lid / TM; kk < TK; kk += step) {
+        let iy = row.y + i32(ky);
+        let ix = row.x + i32(kx);
         var v = 0.0;
-        if (k_ok && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
-            v = in0[((row_base[mm] + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
+        if (k < patch_len() && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
+            v = in0[((row.base + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
         }
         a_tile[kk * TM + mm] = v;
+        k += step;
+        ci += step;
+        while (ci >= p.in_c) {
+            ci -= p.in_c;
+            kx += 1u;
+            if (kx == p.k_w) { kx = 0u; ky += 1u; }
+        }
     }
-    for (var i = 0u; i < TN * TK / THREADS; i++) {
-        let nn = lid / TK + i * (THREADS / TK);
-        let c = n0 + nn;
+    let nn = lid % TN;
+    let c = n0 + nn;
+    for (var kk = lid / TN; kk < TK; kk += THREADS / TN) {
+        let kb = k0 + kk;
         var v = 0.0;
-        if (k_ok && c < p.out_c) { v = in1[k * p.out_c + c]; }
+        if (kb < patch_len() && c < p.out_c) { v = in1[kb * p.out_c + c]; }
         b_tile[kk * TN + nn] = v;
     }
 }
 
 // Backward input: A (n*in_h*in_w, k_h*k_w*out_c) = dy at the output pixel whose window puts tap
 // (ky, kx) on the row's input pixel (0 when none does), B = w[ky, kx, ci, oc] (k, in_c).
-fn load_backward_input(lid: u32, n0: u32, k0: u32) {
-    let kk = lid % TK;
-    let k = k0 + kk;
-    let k_ok = k < p.k_h * p.k_w * p.out_c;
-    let oc = k % p.out_c;
-    let tap = k / p.out_c;
-    let ky = i32(tap / p.k_w);
-    let kx = i32(tap % p.k_w);
-    for (var i = 0u; i < TM * TK / THREADS; i++) {
-        let mm = lid / TK + i * (THREADS / TK);
-        let ty = row_y[mm] - ky;
-        let tx = row_x[mm] - kx;
+fn load_backward_input(lid: u32, row: Row, n0: u32, k0: u32) {
+    let depth = p.k_h * p.k_w * p.out_c;
+    let step = THREADS / TM;
+    let mm = lid % TM;
+    var k = k0 + lid / TM;
+    // Column k = (ky, kx, oc), carried forward by `step` each element.
+    var oc = k % p.out_c;
+    var kx = (k / p.out_c) % p.k_w;
+    var ky = k / (p.out_c * p.k_w);
+    for (var kk = lid / TM; kk < TK; kk += step) {
+        let ty = row.y - i32(ky);
+        let tx = row.x - i32(kx);
         var v = 0.0;
-        if (k_ok && ty >= 0 && tx >= 0) {
+        if (k < depth && ty >= 0 && tx >= 0) {
             var oy = u32(ty);
             var ox = u32(tx);
             var hit = true;
@@ -150,49 +143,66 @@ fn load_backward_input(lid: u32, n0: u32, k0: u32) {
                 ox = ox / p.stride_w;
             }
             if (hit && oy < p.out_h && ox < p.out_w) {
-                v = in0[((row_base[mm] + oy) * p.out_w + ox) * p.out_c + oc];
+                v = in0[((row.base + oy) * p.out_w + ox) * p.out_c + oc];
             }
         }
         a_tile[kk * TM + mm] = v;
+        k += step;
+        oc += step;
+        while (oc >= p.out_c) {
+            oc -= p.out_c;
+            kx += 1u;
+            if (kx == p.k_w) { kx = 0u; ky += 1u; }
+        }
     }
-    for (var i = 0u; i < TN * TK / THREADS; i++) {
-        let nn = lid / TK + i * (THREADS / TK);
-        let ci = n0 + nn;
+    let nn = lid % TN;
+    let ci = n0 + nn;
+    for (var kk = lid / TN; kk < TK; kk += THREADS / TN) {
+        let kb = k0 + kk;
         var v = 0.0;
-        if (k_ok && ci < p.in_c) { v = in1[(tap * p.in_c + ci) * p.out_c + oc]; }
+        if (kb < depth && ci < p.in_c) {
+            let tap = kb / p.out_c;
+            v = in1[(tap * p.in_c + ci) * p.out_c + (kb - tap * p.out_c)];
+        }
         b_tile[kk * TN + nn] = v;
     }
 }
 
 // Backward filter: A = im2col(x)^T with a row of ones under it (patch + 1, n*out_h*out_w),
 // B = dy (n*out_h*out_w, out_c).
-fn load_backward_filter(lid: u32, n0: u32, k0: u32) {
-    let kk = lid % TK;
-    let r = k0 + kk;
-    let r_ok = r < p.n * p.out_h * p.out_w;
-    let pixels = p.out_h * p.out_w;
-    let img = r / pixels;
-    let pix = r % pixels;
-    let oy = i32((pix / p.out_w) * p.stride_h);
-    let ox = i32((pix % p.out_w) * p.stride_w);
-    for (var i = 0u; i < TM * TK / THREADS; i++) {
-        let mm = lid / TK + i * (THREADS / TK);
-        let base = row_base[mm];
-        let iy = oy + row_y[mm];
-        let ix = ox + row_x[mm];
+fn load_backward_filter(lid: u32, row: Row, n0: u32, k0: u32) {
+    let depth = p.n * p.out_h * p.out_w;
+    let step = THREADS / TM;
+    let mm = lid % TM;
+    var r = k0 + lid / TM;
+    // Column r = output pixel (img, oy, ox), carried forward by `step` each element.
+    var ox = r % p.out_w;
+    var oy = (r / p.out_w) % p.out_h;
+    var img = r / (p.out_w * p.out_h);
+    for (var kk = lid / TM; kk < TK; kk += step) {
+        let iy = i32(oy * p.stride_h) + row.y;
+        let ix = i32(ox * p.stride_w) + row.x;
         var v = 0.0;
-        if (r_ok && base == ONES_ROW) {
+        if (r < depth && row.base == ONES_ROW) {
             v = 1.0;
-        } else if (r_ok && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
-            v = in0[((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + base];
+        } else if (r < depth && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
+            v = in0[((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + row.base];
         }
         a_tile[kk * TM + mm] = v;
+        r += step;
+        ox += step;
+        while (ox >= p.out_w) {
+            ox -= p.out_w;
+            oy += 1u;
+            if (oy == p.out_h) { oy = 0u; img += 1u; }
+        }
     }
-    for (var i = 0u; i < TN * TK / THREADS; i++) {
-        let nn = lid / TK + i * (THREADS / TK);
-        let c = n0 + nn;
+    let nn = lid % TN;
+    let c = n0 + nn;
+    for (var kk = lid / TN; kk < TK; kk += THREADS / TN) {
+        let kb = k0 + kk;
         var v = 0.0;
-        if (r_ok && c < p.out_c) { v = in1[r * p.out_c + c]; }
+        if (kb < depth && c < p.out_c) { v = in1[kb * p.out_c + c]; }
         b_tile[kk * TN + nn] = v;
     }
 }
@@ -214,18 +224,17 @@ fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 64>>) {
 
 // The tile's GEMM over k in [k_begin, k_end); k_end is uniform, so the barriers are too.
 fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<f32, 64> {
-    decode_rows(mode, lid, m0);
-    workgroupBarrier();
+    let row = decode_row(mode, m0 + lid % TM);
     var acc: array<f32, 64>;
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
         if (mode == MODE_FORWARD) {
-            load_forward(lid, n0, k0);
+            load_forward(lid, row, n0, k0);
         } else if (mode == MODE_BACKWARD_INPUT) {
-            load_backward_input(lid, n0, k0);
+            load_backward_input(lid, row, n0, k0);
         } else {
-            load_backward_filter(lid, n0, k0);
+            load_backward_filter(lid, row, n0, k0);
         }
         workgroupBarrier();
         multiply_tiles(tm, tn, &acc);

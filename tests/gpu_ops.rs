@@ -111,6 +111,8 @@ fn conv2d_matches_cpu() {
         (conv_shape(8, 9, 4, 3, (2, 3), (2, 1), true), 3, true),
         // channels past one 64-wide tile on both sides (in_c 70, out_c 65): K = 630.
         (conv_shape(6, 6, 70, 65, (3, 3), (1, 1), true), 3, true),
+        // few rows, many columns: 32 x 128 tiles, where each invocation loads 4 columns per slab.
+        (conv_shape(5, 5, 2, 70, (2, 2), (1, 1), false), 2, true),
         // 1x1 kernel on a 1-pixel-wide map, batch 1.
         (conv_shape(5, 1, 2, 3, (1, 1), (1, 1), false), 1, false),
     ];

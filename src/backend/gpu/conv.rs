@@ -5,8 +5,8 @@ use super::recorder::{linear_grid, tile_grid};
 use super::{GpuBackend, GpuTensor};
 use crate::backend::ConvShape;
 
-/// conv.wgsl keeps a row table beside its tiles: 64 columns keep it within 16 KiB.
-const CONV_MAX_COLS: u32 = 64;
+/// Widest conv tile (16 KiB of workgroup memory at 128 x 128).
+const CONV_MAX_COLS: u32 = 128;
 
 /// The k slab of the GEMM kernels (TK in conv.wgsl and matmul.wgsl).
 pub(super) const K_SLAB: usize = 16;

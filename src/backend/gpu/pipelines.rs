@@ -41,7 +41,8 @@ impl Tile {
     /// padding), with columns capped at `max_cols`. 8 x 8 outputs per invocation on a 64+ side,
     /// 4 on a 32 side: on lavapipe the workgroup-memory loads, not the FMAs, are the cost, and
     /// a bigger register block loads less per FMA. 64 to 256 invocations; workgroup memory at
-    /// most 16 KiB (conv, which also keeps a row table, caps columns at 64).
+    /// most 16 KiB. Every tile has a thread count that is a multiple of tm and of tn (the conv
+    /// loads rely on it).
     pub fn for_gemm(rows: usize, cols: usize, max_cols: u32) -> Tile {
         let side = |len: usize| if len <= 32 { 32 } else if len <= 64 { 64 } else { 128 };
         let tm = side(rows);
