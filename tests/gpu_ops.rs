@@ -141,17 +141,14 @@ fn conv2d_partial_batch_uses_a_prefix() {
     let w = rng.vec(s.kernel_len());
     let bias = rng.vec(s.out_c);
     let sentinel = vec![7.0f32; 7 * s.out_len()];
-    let run = |b: &dyn Fn() -> Vec<f32>| b();
-    let on_cpu = run(&|| {
-        let (xt, wt, bt) = (up(&cpu, &x), up(&cpu, &w), up(&cpu, &bias));
-        let mut y = up(&cpu, &sentinel);
-        cpu.conv2d_forward(&xt, &wt, &bt, &mut y, &s, 4, true);
-        cpu.download(&y).unwrap()
-    });
-    let (xt, wt, bt) = (up(&gpu, &x), up(&gpu, &w), up(&gpu, &bias));
-    let mut y = up(&gpu, &sentinel);
-    gpu.conv2d_forward(&xt, &wt, &bt, &mut y, &s, 4, true);
-    let on_gpu = gpu.download(&y).unwrap();
+    fn forward_prefix<B: Backend>(b: &B, s: &ConvShape, x: &[f32], w: &[f32], bias: &[f32], sentinel: &[f32]) -> Vec<f32> {
+        let (xt, wt, bt) = (up(b, x), up(b, w), up(b, bias));
+        let mut y = up(b, sentinel);
+        b.conv2d_forward(&xt, &wt, &bt, &mut y, s, 4, true);
+        b.download(&y).unwrap()
+    }
+    let on_cpu = forward_prefix(&cpu, &s, &x, &w, &bias, &sentinel);
+    let on_gpu = forward_prefix(&gpu, &s, &x, &w, &bias, &sentinel);
     assert_close("partial batch y", &on_gpu, &on_cpu, GEMM_TOL);
     assert!(on_gpu[4 * s.out_len()..].iter().all(|&v| v == 7.0));
 }
@@ -194,6 +191,21 @@ fn dense_matches_cpu() {
             assert_close(&format!("dense {s:?} n={n} {name}"), g, w, GEMM_TOL);
         }
     }
+}
+
+#[test]
+fn dense_forward_past_65535_row_tiles() {
+    // 65535 * 128 + 100 rows of one input: more 128-row tiles than one grid dimension holds,
+    // so the row tiles are folded over y and z.
+    let Some(gpu) = gpu() else { return };
+    let n = 65535 * 128 + 100;
+    let s = DenseShape { inputs: 1, units: 1 };
+    let x: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
+    let (xt, wt, bt) = (up(&gpu, &x), up(&gpu, &[2.0]), up(&gpu, &[1.0]));
+    let mut y = gpu.tensor(n).unwrap();
+    gpu.dense_forward(&xt, &wt, &bt, &mut y, &s, n, false);
+    let got = gpu.download(&y).unwrap();
+    assert!(got.iter().zip(&x).all(|(&y, &x)| y == 2.0 * x + 1.0), "some rows were not computed");
 }
 
 fn pool_run<B: Backend>(b: &B, s: &PoolShape, n: usize, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
@@ -245,17 +257,13 @@ fn relu_backward_matches_cpu_exactly() {
     let len = 1001;
     let y: Vec<f32> = rng.vec(len).into_iter().map(|v| if v < 0.0 { 0.0 } else { v }).collect();
     let dy = rng.vec(len);
-    let run = |b: &dyn Fn() -> Vec<f32>| b();
-    let want = run(&|| {
-        let yt = up(&cpu, &y);
-        let mut d = up(&cpu, &dy);
-        cpu.relu_backward(&yt, &mut d, len - 1);
-        cpu.download(&d).unwrap()
-    });
-    let yt = up(&gpu, &y);
-    let mut d = up(&gpu, &dy);
-    gpu.relu_backward(&yt, &mut d, len - 1);
-    assert_eq!(gpu.download(&d).unwrap(), want);
+    fn relu_back<B: Backend>(b: &B, y: &[f32], dy: &[f32]) -> Vec<f32> {
+        let yt = up(b, y);
+        let mut d = up(b, dy);
+        b.relu_backward(&yt, &mut d, y.len() - 1); // the last element is left alone
+        b.download(&d).unwrap()
+    }
+    assert_eq!(relu_back(&gpu, &y, &dy), relu_back(&cpu, &y, &dy));
 }
 
 #[test]
