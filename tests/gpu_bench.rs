@@ -25,7 +25,7 @@ fn filled(gpu: &GpuBackend, len: usize) -> gpu_cnn::backend::gpu::GpuTensor {
 
 /// Runs `op` once to warm up, then `reps` times in one submission; prints GFLOP/s of wall time
 /// and of CPU time (lavapipe), and the CPU-time ratio to the reference matmul timed just before.
-fn time(gpu: &GpuBackend, name: &str, flops: f64, reps: usize, sync: &gpu_cnn::backend::gpu::GpuTensor, op: &dyn Fn()) {
+fn time(gpu: &GpuBackend, name: &str, flops: f64, reps: usize, sync: &gpu_cnn::backend::gpu::GpuTensor, op: &mut dyn FnMut()) {
     let reference = reference_matmul_gflops(gpu, 1, false);
     op();
     gpu.download(sync).unwrap();
@@ -105,11 +105,9 @@ fn gemm_kernels_gflops() {
     let (x, w, b, dy) = (filled(&gpu, n * d.inputs), filled(&gpu, d.inputs * d.units), filled(&gpu, d.units), filled(&gpu, n * d.units));
     let (mut y, mut dx, mut dw, mut db) = (gpu.tensor(n * d.units).unwrap(), gpu.tensor(n * d.inputs).unwrap(), gpu.tensor(d.inputs * d.units).unwrap(), gpu.tensor(d.units).unwrap());
     let flops = 2.0 * (n * d.inputs * d.units) as f64;
-    let (yp, dxp, dwp, dbp) = (&mut y as *mut _, &mut dx as *mut _, &mut dw as *mut _, &mut db as *mut _);
-    // SAFETY: each closure is the only user of its output while it runs (single thread).
-    time(&gpu, "dense forward 1024x1024x1024", flops, 1, &b, &|| gpu.dense_forward(&x, &w, &b, unsafe { &mut *yp }, &d, n, true));
-    time(&gpu, "dense backward input 1024x1024x1024", flops, 1, &b, &|| gpu.dense_backward_input(&dy, &w, unsafe { &mut *dxp }, &d, n));
-    time(&gpu, "dense backward filter 1024x1024x1024", flops, 1, &b, &|| gpu.dense_backward_filter(&x, &dy, unsafe { &mut *dwp }, unsafe { &mut *dbp }, &d, n));
+    time(&gpu, "dense forward 1024x1024x1024", flops, 1, &b, &mut || gpu.dense_forward(&x, &w, &b, &mut y, &d, n, true));
+    time(&gpu, "dense backward input 1024x1024x1024", flops, 1, &b, &mut || gpu.dense_backward_input(&dy, &w, &mut dx, &d, n));
+    time(&gpu, "dense backward filter 1024x1024x1024", flops, 1, &b, &mut || gpu.dense_backward_filter(&x, &dy, &mut dw, &mut db, &d, n));
 
     // The seed model's convolutions at batch 32 (CIFAR-10 32x32x3 input).
     let convs = [
@@ -122,10 +120,9 @@ fn gemm_kernels_gflops() {
         let (x, w, b, dy) = (filled(&gpu, n * s.in_len()), filled(&gpu, s.kernel_len()), filled(&gpu, s.out_c), filled(&gpu, n * s.out_len()));
         let (mut y, mut dx, mut dw, mut db) = (gpu.tensor(n * s.out_len()).unwrap(), gpu.tensor(n * s.in_len()).unwrap(), gpu.tensor(s.kernel_len()).unwrap(), gpu.tensor(s.out_c).unwrap());
         let flops = 2.0 * (n * s.out_h * s.out_w * s.out_c * s.patch_len()) as f64;
-        let (yp, dxp, dwp, dbp) = (&mut y as *mut _, &mut dx as *mut _, &mut dw as *mut _, &mut db as *mut _);
-        time(&gpu, &format!("{name} forward"), flops, 10, &b, &|| gpu.conv2d_forward(&x, &w, &b, unsafe { &mut *yp }, &s, n, true));
-        time(&gpu, &format!("{name} backward input"), flops, 10, &b, &|| gpu.conv2d_backward_input(&dy, &w, unsafe { &mut *dxp }, &s, n));
-        time(&gpu, &format!("{name} backward filter"), flops, 10, &b, &|| gpu.conv2d_backward_filter(&x, &dy, unsafe { &mut *dwp }, unsafe { &mut *dbp }, &s, n));
+        time(&gpu, &format!("{name} forward"), flops, 10, &b, &mut || gpu.conv2d_forward(&x, &w, &b, &mut y, &s, n, true));
+        time(&gpu, &format!("{name} backward input"), flops, 10, &b, &mut || gpu.conv2d_backward_input(&dy, &w, &mut dx, &s, n));
+        time(&gpu, &format!("{name} backward filter"), flops, 10, &b, &mut || gpu.conv2d_backward_filter(&x, &dy, &mut dw, &mut db, &s, n));
     }
     // Again at the end: the machine's load changes while the bench runs.
     reference_matmul_gflops(&gpu, 3, true);

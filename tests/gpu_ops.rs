@@ -9,10 +9,19 @@ use gpu_cnn::backend::cpu::CpuBackend;
 use gpu_cnn::backend::gpu::{choose_adapter, shader_check::check_wgsl, DeviceRequest, GpuBackend, ALL_SHADERS};
 use gpu_cnn::backend::{AdamStep, Backend, ConvShape, DenseShape, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM};
 
-/// Any adapter, software included; None (after saying so) when there is none.
+/// Any adapter, software included (or the one GPU_CNN_TEST_DEVICE names: vulkan, gl, 1, ...);
+/// None (after saying so) when there is none.
 fn gpu() -> Option<GpuBackend> {
-    match choose_adapter(DeviceRequest::Gpu) {
-        Ok(Some(adapter)) => Some(GpuBackend::new(adapter).expect("opening the GPU device")),
+    let request = match std::env::var("GPU_CNN_TEST_DEVICE") {
+        Ok(name) => name.parse().expect("GPU_CNN_TEST_DEVICE"),
+        Err(_) => DeviceRequest::Gpu,
+    };
+    match choose_adapter(request) {
+        Ok(Some(adapter)) => {
+            let gpu = GpuBackend::new(adapter).expect("opening the GPU device");
+            eprintln!("GPU test on {}", gpu.describe());
+            Some(gpu)
+        }
         Ok(None) | Err(_) => {
             if std::env::var("GPU_CNN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("no GPU adapter but GPU_CNN_REQUIRE_GPU=1");
@@ -85,6 +94,7 @@ fn conv_shape(in_h: usize, in_w: usize, in_c: usize, out_c: usize, k: (usize, us
 }
 
 /// y, dx, dw, db of one conv on backend `b`.
+#[allow(clippy::too_many_arguments)]
 fn conv_run<B: Backend>(b: &B, s: &ConvShape, n: usize, relu: bool, x: &[f32], w: &[f32], bias: &[f32], dy: &[f32]) -> [Vec<f32>; 4] {
     let (xt, wt, bt, dyt) = (up(b, x), up(b, w), up(b, bias), up(b, dy));
     let mut y = b.tensor(n * s.out_len()).unwrap();
@@ -154,6 +164,7 @@ fn conv2d_partial_batch_uses_a_prefix() {
 }
 
 /// y, dx, dw, db of one dense layer on backend `b`.
+#[allow(clippy::too_many_arguments)]
 fn dense_run<B: Backend>(b: &B, s: &DenseShape, n: usize, relu: bool, x: &[f32], w: &[f32], bias: &[f32], dy: &[f32]) -> [Vec<f32>; 4] {
     let (xt, wt, bt, dyt) = (up(b, x), up(b, w), up(b, bias), up(b, dy));
     let mut y = b.tensor(n * s.units).unwrap();
