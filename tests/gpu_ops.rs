@@ -406,63 +406,96 @@ fn gather_batch_matches_cpu() {
     }
 }
 
-/// A forward and backward pass over a small net's ops, returning every output's bits.
-fn step_bits(gpu: &GpuBackend, seed: u64) -> Vec<u32> {
+/// Two training steps of a small net (gather, conv, pool, dense, loss, backward, Adam) on
+/// backend `b`; returns every output of both steps.
+fn two_training_steps<B: Backend>(b: &B, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = Rng(seed);
     let s = conv_shape(13, 13, 3, 8, (3, 3), (1, 1), false);
     let p = pool_shape(11, 11, 8, (2, 2), (2, 2));
     let d = DenseShape { inputs: p.out_len(), units: 10 };
-    let n = 7;
-    let x = up(gpu, &rng.vec(n * s.in_len()));
-    let w = up(gpu, &rng.vec(s.kernel_len()));
-    let b = up(gpu, &rng.vec(s.out_c));
-    let dw_dense = up(gpu, &rng.vec(d.inputs * d.units));
-    let db_dense = up(gpu, &rng.vec(d.units));
-    let labels = up_indices(gpu, &(0..n as u32).map(|i| i % 10).collect::<Vec<_>>());
-    let mut y = gpu.tensor(n * s.out_len()).unwrap();
-    let mut pooled = gpu.tensor(n * p.out_len()).unwrap();
-    let mut argmax = gpu.indices(n * p.out_len()).unwrap();
-    let mut logits = gpu.tensor(n * 10).unwrap();
-    let mut dlogits = gpu.tensor(n * 10).unwrap();
-    let mut metrics = gpu.tensor(3).unwrap();
-    let mut dpooled = gpu.tensor(n * p.out_len()).unwrap();
-    let mut gw = gpu.tensor(d.inputs * d.units).unwrap();
-    let mut gb = gpu.tensor(d.units).unwrap();
-    let mut dy = gpu.tensor(n * s.out_len()).unwrap();
-    let mut cw = gpu.tensor(s.kernel_len()).unwrap();
-    let mut cb = gpu.tensor(s.out_c).unwrap();
-    let mut dx = gpu.tensor(n * s.in_len()).unwrap();
+    let (n, count) = (7, 20);
+    let images: Vec<u8> = (0..count * s.in_len()).map(|_| rng.below(256) as u8).collect();
+    let labels: Vec<u8> = (0..count).map(|_| rng.below(10) as u8).collect();
+    let data = b.upload_images(&images, &labels, s.in_len()).unwrap();
+    let mut params = [
+        up(b, &rng.vec(s.kernel_len())),
+        up(b, &rng.vec(s.out_c)),
+        up(b, &rng.vec(d.inputs * d.units).iter().map(|v| v * 0.1).collect::<Vec<_>>()),
+        up(b, &rng.vec(d.units)),
+    ];
+    let lens = [s.kernel_len(), s.out_c, d.inputs * d.units, d.units];
+    let mut grads = lens.map(|len| b.tensor(len).unwrap());
+    let mut moments = lens.map(|len| b.tensor(len).unwrap());
+    let mut velocities = lens.map(|len| b.tensor(len).unwrap());
+    let mut idx = b.indices(n).unwrap();
+    let mut x = b.tensor(n * s.in_len()).unwrap();
+    let mut batch_labels = b.indices(n).unwrap();
+    let mut y = b.tensor(n * s.out_len()).unwrap();
+    let mut pooled = b.tensor(n * p.out_len()).unwrap();
+    let mut argmax = b.indices(n * p.out_len()).unwrap();
+    let mut logits = b.tensor(n * 10).unwrap();
+    let mut dlogits = b.tensor(n * 10).unwrap();
+    let mut metrics = b.tensor(3).unwrap();
+    let mut dpooled = b.tensor(n * p.out_len()).unwrap();
+    let mut dy = b.tensor(n * s.out_len()).unwrap();
     let mut out = Vec::new();
-    for _ in 0..2 {
-        gpu.conv2d_forward(&x, &w, &b, &mut y, &s, n, true);
-        gpu.maxpool_forward(&y, &mut pooled, &mut argmax, &p, n);
-        gpu.dense_forward(&pooled, &dw_dense, &db_dense, &mut logits, &d, n, false);
-        gpu.softmax_xent(&logits, &labels, &mut dlogits, &mut metrics, n, 10);
-        gpu.dense_backward_filter(&pooled, &dlogits, &mut gw, &mut gb, &d, n);
-        gpu.dense_backward_input(&dlogits, &dw_dense, &mut dpooled, &d, n);
-        gpu.maxpool_backward(&dpooled, &argmax, &mut dy, &p, n);
-        gpu.relu_backward(&y, &mut dy, n * s.out_len());
-        gpu.conv2d_backward_filter(&x, &dy, &mut cw, &mut cb, &s, n);
-        gpu.conv2d_backward_input(&dy, &w, &mut dx, &s, n);
-        gpu.flush().unwrap();
-        for t in [&logits, &dlogits, &metrics, &gw, &gb, &dy, &cw, &cb, &dx] {
-            out.extend(gpu.download(t).unwrap().iter().map(|v| v.to_bits()));
+    for step in 1..=2u64 {
+        let batch: Vec<u32> = (0..n).map(|_| rng.below(count as u64) as u32).collect();
+        b.upload_indices(&mut idx, &batch);
+        b.gather_batch(&data, &idx, n, &mut x, &mut batch_labels);
+        b.conv2d_forward(&x, &params[0], &params[1], &mut y, &s, n, true);
+        b.maxpool_forward(&y, &mut pooled, &mut argmax, &p, n);
+        b.dense_forward(&pooled, &params[2], &params[3], &mut logits, &d, n, false);
+        b.softmax_xent(&logits, &batch_labels, &mut dlogits, &mut metrics, n, 10);
+        {
+            let [gw, gb, gdw, gdb] = &mut grads;
+            b.dense_backward_filter(&pooled, &dlogits, gdw, gdb, &d, n);
+            b.dense_backward_input(&dlogits, &params[2], &mut dpooled, &d, n);
+            b.maxpool_backward(&dpooled, &argmax, &mut dy, &p, n);
+            b.relu_backward(&y, &mut dy, n * s.out_len());
+            b.conv2d_backward_filter(&x, &dy, gw, gb, &s, n);
+        }
+        let h = AdamStep { learning_rate: 1e-2, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, step };
+        for i in 0..4 {
+            b.adam_update(&mut params[i], &grads[i], &mut moments[i], &mut velocities[i], lens[i], &h);
+        }
+        b.flush().unwrap();
+        for t in [&x, &logits, &dlogits, &metrics, &dy] {
+            out.push(b.download(t).unwrap());
+        }
+        for t in grads.iter().chain(&params) {
+            out.push(b.download(t).unwrap());
         }
     }
     out
 }
 
 #[test]
+fn training_steps_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new();
+    let want = two_training_steps(&cpu, 7);
+    let got = two_training_steps(&gpu, 7);
+    // Errors compound over the chain (and Adam's first steps move every parameter by about
+    // the learning rate whatever the gradient's size), so 1e-3 of the largest value.
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("training output {i}"), g, w, 1e-3);
+    }
+}
+
+#[test]
 fn repeated_runs_give_identical_bits_and_reuse_bind_groups() {
     let Some(gpu) = gpu() else { return };
-    let first = step_bits(&gpu, 42);
-    let cached = gpu.cached_bind_groups();
-    let second = step_bits(&gpu, 42);
-    assert!(first == second, "same inputs, same adapter: different bits");
-    // Fresh tensors get fresh bind groups, but within one step_bits the second pass reused the
-    // first pass's: each pass records 10 ops (+1 split sum per filter gradient).
-    assert_eq!(gpu.cached_bind_groups() - cached, cached, "bind groups per step_bits call should be the same");
-    assert!(cached <= 12, "{cached} bind groups for one step of 10 ops: the second pass must reuse the first's");
+    let first = two_training_steps(&gpu, 42);
+    let after_first = gpu.cached_bind_groups();
+    let second = two_training_steps(&gpu, 42);
+    let bits = |v: &Vec<Vec<f32>>| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&first) == bits(&second), "same inputs, same adapter: different bits");
+    // Each call makes fresh tensors, hence fresh bind groups, but the same number: within a
+    // call the second step reused every bind group of the first.
+    assert_eq!(gpu.cached_bind_groups(), 2 * after_first);
+    // One step records 16 dispatches (+2 split sums); a second step adding more would be a leak.
+    assert!(after_first <= 18, "{after_first} bind groups for one step's 18 dispatches");
 }
 
 #[test]
