@@ -157,14 +157,23 @@ fn load_backward_input(lid: u32, row: Row, n0: u32, k0: u32) {
     }
     let nn = lid % TN;
     let ci = n0 + nn;
-    for (var kk = lid / TN; kk < TK; kk += THREADS / TN) {
-        let kb = k0 + kk;
+    let b_step = THREADS / TN;
+    var kb = k0 + lid / TN;
+    // Row kb of B = (tap, oc), carried like A's columns.
+    var b_oc = kb % p.out_c;
+    var b_tap = kb / p.out_c;
+    for (var kk = lid / TN; kk < TK; kk += b_step) {
         var v = 0.0;
         if (kb < depth && ci < p.in_c) {
-            let tap = kb / p.out_c;
-            v = in1[(tap * p.in_c + ci) * p.out_c + (kb - tap * p.out_c)];
+            v = in1[(b_tap * p.in_c + ci) * p.out_c + b_oc];
         }
         b_tile[kk * TN + nn] = v;
+        kb += b_step;
+        b_oc += b_step;
+        while (b_oc >= p.out_c) {
+            b_oc -= p.out_c;
+            b_tap += 1u;
+        }
     }
 }
 
