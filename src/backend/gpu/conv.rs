@@ -11,11 +11,16 @@ const CONV_MAX_COLS: u32 = 128;
 /// The k slab of the GEMM kernels (TK in conv.wgsl and matmul.wgsl).
 pub(super) const K_SLAB: usize = 16;
 
-/// How a filter-gradient GEMM of depth `k` (the batch's pixels or samples) is split so enough
-/// workgroups run: (k per split, a multiple of the k slab, and the number of splits). A rule of
-/// the shape only, so results never depend on the adapter.
-pub(super) fn split_k(k: usize) -> (usize, usize) {
-    let per = k.div_ceil(64).div_ceil(K_SLAB).max(1) * K_SLAB;
+/// Most floats the split-k partial sums may take (64 MiB: under every adapter's binding limit).
+const MAX_PARTIAL_FLOATS: usize = 16 << 20;
+
+/// How a filter-gradient GEMM of depth `k` (the batch's pixels or samples) with `outputs`
+/// results (+ the bias row) is split so enough workgroups run: (k per split, a multiple of the
+/// k slab; the number of splits, at most 64 and within MAX_PARTIAL_FLOATS). A rule of the shape
+/// only, so results never depend on the adapter.
+pub(super) fn split_k(k: usize, outputs: usize) -> (usize, usize) {
+    let max_splits = (MAX_PARTIAL_FLOATS / outputs.max(1)).clamp(1, 64);
+    let per = k.div_ceil(max_splits).div_ceil(K_SLAB).max(1) * K_SLAB;
     let per = per.max(256);
     (per, k.div_ceil(per).max(1))
 }
@@ -55,8 +60,8 @@ impl GpuBackend {
     // Split-k partial GEMMs into the scratch buffer, then a fixed-order sum of the splits.
     pub(super) fn record_conv2d_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &ConvShape, n: usize) {
         let depth = n * s.out_h * s.out_w;
-        let (per, splits) = split_k(depth);
         let rows = s.patch_len() + 1; // + the ones row that yields db
+        let (per, splits) = split_k(depth, rows * s.out_c);
         let Some(scratch) = self.scratch(splits * rows * s.out_c) else { return };
         let tile = Tile::for_gemm(rows, s.out_c, CONV_MAX_COLS);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dBackwardFilter, tile);

@@ -42,8 +42,8 @@ impl GpuBackend {
 
     // x (n, inputs), dy (n, units) -> dw (inputs, units) = x^T * dy, db (units) = column sums.
     pub(super) fn record_dense_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &DenseShape, n: usize) {
-        let (per, splits) = split_k(n);
         let rows = s.inputs + 1; // + the ones row that yields db
+        let (per, splits) = split_k(n, rows * s.units);
         let Some(scratch) = self.scratch(splits * rows * s.units) else { return };
         let params = matmul_params(s.inputs, s.units, n, (1, s.inputs), (s.units, 1), false, false, per, true, splits);
         let tile = Tile::for_gemm(rows, s.units, 128);

@@ -101,7 +101,8 @@ impl GpuBackend {
             adam_scalars_written: Cell::new(None),
             adam_scalars_in_encoder: Cell::new(None),
         };
-        // Shader compilation errors surface here rather than at the first step.
+        // Errors creating the fixed pipelines surface here; the GEMM pipelines are compiled on
+        // first use and report at the next flush.
         let _ = backend.ctx.device.poll(wgpu::PollType::wait_indefinitely());
         backend.ctx.take_errors().context("creating the GPU pipelines")?;
         Ok(backend)
