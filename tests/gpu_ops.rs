@@ -204,21 +204,6 @@ fn dense_matches_cpu() {
     }
 }
 
-#[test]
-fn dense_forward_past_65535_row_tiles() {
-    // 65535 * 128 + 100 rows of one input: more 128-row tiles than one grid dimension holds,
-    // so the row tiles are folded over y and z.
-    let Some(gpu) = gpu() else { return };
-    let n = 65535 * 128 + 100;
-    let s = DenseShape { inputs: 1, units: 1 };
-    let x: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
-    let (xt, wt, bt) = (up(&gpu, &x), up(&gpu, &[2.0]), up(&gpu, &[1.0]));
-    let mut y = gpu.tensor(n).unwrap();
-    gpu.dense_forward(&xt, &wt, &bt, &mut y, &s, n, false);
-    let got = gpu.download(&y).unwrap();
-    assert!(got.iter().zip(&x).all(|(&y, &x)| y == 2.0 * x + 1.0), "some rows were not computed");
-}
-
 fn pool_run<B: Backend>(b: &B, s: &PoolShape, n: usize, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
     let (xt, dyt) = (up(b, x), up(b, dy));
     let mut y = b.tensor(n * s.out_len()).unwrap();
@@ -279,17 +264,50 @@ fn relu_backward_matches_cpu_exactly() {
 
 #[test]
 fn relu_backward_past_65535_workgroups() {
-    // 65535 * 256 + 1000 elements: a 1-D grid would pass the per-dimension limit; the backend
-    // must fold it into 2-D rather than fail.
+    // A 1-D grid of more workgroups than a dimension allows must be folded into 2-D. With the
+    // real limit that takes 16.7M elements; a lowered limit (3) reaches the same code with 1k.
     let Some(gpu) = gpu() else { return };
-    let len = 65535 * 256 + 1000;
+    gpu.lower_dispatch_limit_for_tests(3);
+    let len = 3 * 256 * 2 + 77;
     let y: Vec<f32> = (0..len).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
-    let dy = vec![2.0f32; len];
     let yt = up(&gpu, &y);
-    let mut d = up(&gpu, &dy);
+    let mut d = up(&gpu, &vec![2.0f32; len]);
     gpu.relu_backward(&yt, &mut d, len);
     let got = gpu.download(&d).unwrap();
     assert!(got.iter().enumerate().all(|(i, &v)| v == if i % 3 == 0 { 0.0 } else { 2.0 }));
+}
+
+#[test]
+fn ops_past_the_workgroups_per_dimension_limit_match_cpu() {
+    // Every kind of grid folded: tile grids over y and z (conv, dense), 2-D linear grids (pool,
+    // gather, softmax). The limit is lowered to 2 so small shapes need the folding.
+    let Some(gpu) = gpu() else { return };
+    gpu.lower_dispatch_limit_for_tests(2);
+    let cpu = CpuBackend::new();
+    let mut rng = Rng(0x5eed_000a);
+    let s = conv_shape(13, 13, 3, 5, (3, 3), (1, 1), false); // 847 rows: 7 tiles of 128
+    let n = 7;
+    let (x, w, bias, dy) = (rng.vec(n * s.in_len()), rng.vec(s.kernel_len()), rng.vec(s.out_c), rng.vec(n * s.out_len()));
+    let want = conv_run(&cpu, &s, n, true, &x, &w, &bias, &dy);
+    let got = conv_run(&gpu, &s, n, true, &x, &w, &bias, &dy);
+    for (name, (g, w)) in ["y", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
+        assert_close(&format!("folded conv {name}"), g, w, GEMM_TOL);
+    }
+    let d = DenseShape { inputs: 9, units: 5 };
+    let n = 700; // 6 tiles of 128 rows
+    let (x, w, bias, dy) = (rng.vec(n * d.inputs), rng.vec(d.inputs * d.units), rng.vec(d.units), rng.vec(n * d.units));
+    let want = dense_run(&cpu, &d, n, false, &x, &w, &bias, &dy);
+    let got = dense_run(&gpu, &d, n, false, &x, &w, &bias, &dy);
+    for (name, (g, w)) in ["y", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
+        assert_close(&format!("folded dense {name}"), g, w, GEMM_TOL);
+    }
+    let p = pool_shape(13, 13, 5, (2, 2), (2, 2));
+    let (x, dy) = (rng.vec(7 * p.in_len()), rng.vec(7 * p.out_len()));
+    assert_eq!(pool_run(&gpu, &p, 7, &x, &dy), pool_run(&cpu, &p, 7, &x, &dy), "folded maxpool");
+    let logits = rng.vec(700 * 10);
+    let labels: Vec<u32> = (0..700).map(|_| rng.below(10) as u32).collect();
+    let (want, got) = (loss_run(&cpu, &logits, &labels, 700, 10), loss_run(&gpu, &logits, &labels, 700, 10));
+    assert_close("folded softmax", &got.2, &want.2, 1e-5);
 }
 
 fn loss_run<B: Backend>(b: &B, logits: &[f32], labels: &[u32], n: usize, classes: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {

@@ -76,6 +76,9 @@ pub struct GpuBackend {
     adam_scalars_id: u64,
     adam_scalars_written: Cell<Option<[u32; 4]>>,
     adam_scalars_in_encoder: Cell<Option<[u32; 4]>>,
+    /// Workgroups per grid dimension that dispatches may use: the adapter's limit, or less
+    /// when a test lowers it to exercise the 2-D/3-D grid folding on small inputs.
+    dispatch_limit: Cell<u32>,
 }
 
 impl GpuBackend {
@@ -100,7 +103,9 @@ impl GpuBackend {
             adam_scalars_id: 0,
             adam_scalars_written: Cell::new(None),
             adam_scalars_in_encoder: Cell::new(None),
+            dispatch_limit: Cell::new(0),
         };
+        backend.dispatch_limit.set(backend.ctx.limits.max_compute_workgroups_per_dimension);
         // Errors creating the fixed pipelines surface here; the GEMM pipelines are compiled on
         // first use and report at the next flush.
         let _ = backend.ctx.device.poll(wgpu::PollType::wait_indefinitely());
@@ -144,7 +149,13 @@ impl GpuBackend {
     }
 
     fn max_per_dim(&self) -> u32 {
-        self.ctx.limits.max_compute_workgroups_per_dimension
+        self.dispatch_limit.get()
+    }
+
+    /// Pretends the adapter allows only `limit` workgroups per grid dimension (at most the
+    /// real limit), so tests reach the grid folding that big batches need with small inputs.
+    pub fn lower_dispatch_limit_for_tests(&self, limit: u32) {
+        self.dispatch_limit.set(limit.clamp(1, self.ctx.limits.max_compute_workgroups_per_dimension));
     }
 
     fn buffer_bytes(len: usize) -> u64 {
