@@ -127,3 +127,36 @@ fn gemm_kernels_gflops() {
     // Again at the end: the machine's load changes while the bench runs.
     reference_matmul_gflops(&gpu, 3, true);
 }
+
+/// A CIFAR-10-sized training set (50000 x 32x32x3 = 153.6 MB, over the 128 MiB binding limit of
+/// most adapters) goes up in chunks, and a gathered batch matches the host bytes. Ignored: it
+/// moves 150 MB (`-- --ignored`).
+#[test]
+#[ignore]
+fn cifar_sized_data_set_uploads_in_chunks_and_gathers() {
+    let Ok(Some(adapter)) = choose_adapter(DeviceRequest::Gpu) else {
+        eprintln!("no GPU adapter");
+        return;
+    };
+    let gpu = GpuBackend::new(adapter).unwrap();
+    let (count, image_len) = (50_000usize, 32 * 32 * 3);
+    let images: Vec<u8> = (0..count * image_len).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
+    let start = Instant::now();
+    let data = gpu.upload_images(&images, &labels, image_len).unwrap();
+    println!("uploaded {} MB in {} chunks in {:.2} s", images.len() / 1_000_000, data.chunk_count(), start.elapsed().as_secs_f64());
+    assert!(data.chunk_count() >= 2 || gpu.limits().max_storage_buffer_binding_size >= images.len() as u64);
+    let idx: Vec<u32> = vec![0, 49_999, 25_000, 43_690, 43_691, 12_345, 43_689];
+    let mut idx_t = gpu.indices(idx.len()).unwrap();
+    gpu.upload_indices(&mut idx_t, &idx);
+    let mut x = gpu.tensor(idx.len() * image_len).unwrap();
+    let mut batch_labels = gpu.indices(idx.len()).unwrap();
+    gpu.gather_batch(&data, &idx_t, idx.len(), &mut x, &mut batch_labels);
+    let x = gpu.download(&x).unwrap();
+    for (row, &i) in idx.iter().enumerate() {
+        let want = &images[i as usize * image_len..][..image_len];
+        let got = &x[row * image_len..][..image_len];
+        assert!(got.iter().zip(want).all(|(g, &w)| (g * 255.0 - w as f32).abs() < 1e-3), "image {i}");
+    }
+    assert_eq!(gpu.download_indices(&batch_labels).unwrap(), idx.iter().map(|&i| i % 10).collect::<Vec<_>>());
+}
