@@ -1,5 +1,22 @@
 //! The GPU backend: every op is a WGSL compute shader run through wgpu, recorded into the
 //! step's command encoder and submitted on `flush` (or before any read-back).
+//!
+//! Use from the CLI:
+//! ```no_run
+//! use gpu_cnn::backend::{gpu::{choose_adapter, GpuBackend, DeviceRequest}, Backend};
+//! let request: DeviceRequest = "auto".parse()?;          // auto|cpu|gpu|vulkan|metal|dx12|gl|N
+//! match choose_adapter(request)? {
+//!     Some(adapter) => {
+//!         let gpu = GpuBackend::new(adapter)?;
+//!         println!("device: {}", gpu.describe());       // "name (backend, driver)"
+//!         gpu.check_fits("conv2d output", 32 * 30 * 30 * 32 * 4)?; // before training
+//!     }
+//!     None => println!("no hardware GPU found: training on the CPU"),
+//! }
+//! # anyhow::Ok(())
+//! ```
+//! `list_adapters()` gives the rows of `gpu-cnn devices`. Errors wgpu raises while ops are
+//! recorded come back from the next `flush()` or download.
 
 mod adapter_choice;
 mod adam;
