@@ -40,8 +40,8 @@ const NO_ROW: i32 = -1073741824;
 // Backward filter's extra row of ones (it turns the GEMM's last row into the bias gradient).
 const ONES_ROW: u32 = 0xffffffffu;
 
-var<workgroup> a_tile: array<f32, TK * TM>; // [TK][TM]
-var<workgroup> b_tile: array<f32, TK * TN>; // [TK][TN]
+var<workgroup> a_tile: array<vec4<f32>, TK * TM / 4u>; // [TK][TM / 4]: 4 rows per vec4
+var<workgroup> b_tile: array<vec4<f32>, TK * TN / 4u>; // [TK][TN / 4]: 4 columns per vec4
 
 fn patch_len() -> u32 {
     return p.k_h * p.k_w * p.in_c;
@@ -95,7 +95,7 @@ fn load_forward(lid: u32, row: Row, n0: u32, k0: u32) {
         if (k < patch_len() && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
             v = in0[((row.base + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
         }
-        a_tile[kk * TM + mm] = v;
+        a_tile[(kk * TM + mm) / 4u][mm % 4u] = v;
         k += step;
         ci += step;
         while (ci >= p.in_c) {
@@ -110,7 +110,7 @@ fn load_forward(lid: u32, row: Row, n0: u32, k0: u32) {
         let kb = k0 + kk;
         var v = 0.0;
         if (kb < patch_len() && c < p.out_c) { v = in1[kb * p.out_c + c]; }
-        b_tile[kk * TN + nn] = v;
+        b_tile[(kk * TN + nn) / 4u][nn % 4u] = v;
     }
 }
 
@@ -146,7 +146,7 @@ fn load_backward_input(lid: u32, row: Row, n0: u32, k0: u32) {
                 v = in0[((row.base + oy) * p.out_w + ox) * p.out_c + oc];
             }
         }
-        a_tile[kk * TM + mm] = v;
+        a_tile[(kk * TM + mm) / 4u][mm % 4u] = v;
         k += step;
         oc += step;
         while (oc >= p.out_c) {
@@ -167,7 +167,7 @@ fn load_backward_input(lid: u32, row: Row, n0: u32, k0: u32) {
         if (kb < depth && ci < p.in_c) {
             v = in1[(b_tap * p.in_c + ci) * p.out_c + b_oc];
         }
-        b_tile[kk * TN + nn] = v;
+        b_tile[(kk * TN + nn) / 4u][nn % 4u] = v;
         kb += b_step;
         b_oc += b_step;
         while (b_oc >= p.out_c) {
@@ -197,7 +197,7 @@ fn load_backward_filter(lid: u32, row: Row, n0: u32, k0: u32) {
         } else if (r < depth && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
             v = in0[((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + row.base];
         }
-        a_tile[kk * TM + mm] = v;
+        a_tile[(kk * TM + mm) / 4u][mm % 4u] = v;
         r += step;
         ox += step;
         while (ox >= p.out_w) {
@@ -212,29 +212,39 @@ fn load_backward_filter(lid: u32, row: Row, n0: u32, k0: u32) {
         let kb = k0 + kk;
         var v = 0.0;
         if (kb < depth && c < p.out_c) { v = in1[kb * p.out_c + c]; }
-        b_tile[kk * TN + nn] = v;
+        b_tile[(kk * TN + nn) / 4u][nn % 4u] = v;
     }
 }
 
-// acc[i][j] += a_tile[:, tm + i*TM/RM] . b_tile[:, tn + j*TN/RN] over one slab.
-fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 64>>) {
+// acc[i][jq] += a_tile[:, tm*RM + i] * b_tile[:, tn*RN + 4jq .. 4jq+3] over one slab: each
+// invocation owns RM contiguous rows and RN contiguous columns and reads them as vec4s. (Four
+// times fewer workgroup-memory reads than scalars; on lavapipe this is worth about 5x.)
+fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
     for (var kk = 0u; kk < TK; kk++) {
         var a: array<f32, 8>;
-        var b: array<f32, 8>;
-        for (var i = 0u; i < RM; i++) { a[i] = a_tile[kk * TM + tm + i * (TM / RM)]; }
-        for (var j = 0u; j < RN; j++) { b[j] = b_tile[kk * TN + tn + j * (TN / RN)]; }
+        for (var iq = 0u; iq < RM / 4u; iq++) {
+            let v = a_tile[kk * (TM / 4u) + tm * (RM / 4u) + iq];
+            a[iq * 4u] = v.x;
+            a[iq * 4u + 1u] = v.y;
+            a[iq * 4u + 2u] = v.z;
+            a[iq * 4u + 3u] = v.w;
+        }
+        var b: array<vec4<f32>, 2>;
+        for (var jq = 0u; jq < RN / 4u; jq++) {
+            b[jq] = b_tile[kk * (TN / 4u) + tn * (RN / 4u) + jq];
+        }
         for (var i = 0u; i < RM; i++) {
-            for (var j = 0u; j < RN; j++) {
-                (*acc)[i * RN + j] = fma(a[i], b[j], (*acc)[i * RN + j]);
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                (*acc)[i * 2u + jq] = fma(vec4<f32>(a[i]), b[jq], (*acc)[i * 2u + jq]);
             }
         }
     }
 }
 
 // The tile's GEMM over k in [k_begin, k_end); k_end is uniform, so the barriers are too.
-fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<f32, 64> {
+fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<vec4<f32>, 16> {
     let row = decode_row(mode, m0 + lid % TM);
-    var acc: array<f32, 64>;
+    var acc: array<vec4<f32>, 16>;
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
@@ -265,11 +275,11 @@ fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var i = 0u; i < RM; i++) {
-        let m = m0 + tm + i * (TM / RM);
+        let m = m0 + tm * RM + i;
         for (var j = 0u; j < RN; j++) {
-            let c = n0 + tn + j * (TN / RN);
+            let c = n0 + tn * RN + j;
             if (m < rows && c < p.out_c) {
-                var v = acc[i * RN + j] + in2[c];
+                var v = acc[i * 2u + j / 4u][j % 4u] + in2[c];
                 if (p.relu != 0u) { v = max(v, 0.0); }
                 out0[m * p.out_c + c] = v;
             }
@@ -289,11 +299,11 @@ fn conv2d_backward_input(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var i = 0u; i < RM; i++) {
-        let m = m0 + tm + i * (TM / RM);
+        let m = m0 + tm * RM + i;
         for (var j = 0u; j < RN; j++) {
-            let c = n0 + tn + j * (TN / RN);
+            let c = n0 + tn * RN + j;
             if (m < rows && c < p.in_c) {
-                out0[m * p.in_c + c] = acc[i * RN + j];
+                out0[m * p.in_c + c] = acc[i * 2u + j / 4u][j % 4u];
             }
         }
     }
@@ -314,11 +324,11 @@ fn conv2d_backward_filter(@builtin(local_invocation_index) lid: u32, @builtin(wo
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var i = 0u; i < RM; i++) {
-        let m = m0 + tm + i * (TM / RM);
+        let m = m0 + tm * RM + i;
         for (var j = 0u; j < RN; j++) {
-            let c = n0 + tn + j * (TN / RN);
+            let c = n0 + tn * RN + j;
             if (m < rows && c < p.out_c) {
-                out0[(wg.z * rows + m) * p.out_c + c] = acc[i * RN + j];
+                out0[(wg.z * rows + m) * p.out_c + c] = acc[i * 2u + j / 4u][j % 4u];
             }
         }
     }

@@ -43,9 +43,13 @@ fn time(gpu: &GpuBackend, name: &str, flops: f64, reps: usize, sync: &gpu_cnn::b
 
 /// GFLOP/s of tests/reference_matmul.wgsl (plain 128 x 128 tiles) at n = 1024: the yardstick.
 fn reference_matmul_gflops(gpu: &GpuBackend, reps: usize, print: bool) -> f64 {
+    matmul_shader_gflops(gpu, include_str!("reference_matmul.wgsl"), "reference 128x128-tile matmul 1024^3", reps, print)
+}
+
+fn matmul_shader_gflops(gpu: &GpuBackend, source: &str, name: &str, reps: usize, print: bool) -> f64 {
     let device = gpu.device();
     let n = 1024u32;
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(include_str!("reference_matmul.wgsl").into()) });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(source.into()) });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor { label: None, layout: None, module: &module, entry_point: Some("main"), compilation_options: Default::default(), cache: None });
     let storage = |bytes: u64| device.create_buffer(&wgpu::BufferDescriptor { label: None, size: bytes, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
     let bytes = (n * n * 4) as u64;
@@ -84,7 +88,7 @@ fn reference_matmul_gflops(gpu: &GpuBackend, reps: usize, print: bool) -> f64 {
     let cpu = (cpu_seconds() - cpu_start) / reps as f64;
     let flops = 2.0 * (n as f64).powi(3);
     if print {
-        println!("{:<44} {:>8.1} ms {:>6.2} GFLOP/s wall {:>6.2} GFLOP/cpu-s", "reference 128x128-tile matmul 1024^3", secs * 1e3, flops / secs / 1e9, flops / cpu / 1e9);
+        println!("{:<44} {:>8.1} ms {:>6.2} GFLOP/s wall {:>6.2} GFLOP/cpu-s", name, secs * 1e3, flops / secs / 1e9, flops / cpu / 1e9);
     }
     flops / cpu / 1e9
 }
@@ -99,6 +103,11 @@ fn gemm_kernels_gflops() {
     let gpu = GpuBackend::new(adapter).unwrap();
     println!("{}", gpu.describe());
     reference_matmul_gflops(&gpu, 3, true);
+    if std::env::var("GPU_CNN_BENCH_VEC4").is_ok() {
+        matmul_shader_gflops(&gpu, include_str!("reference_matmul_vec4.wgsl"), "vec4 experiment", 3, true);
+        reference_matmul_gflops(&gpu, 3, true);
+        return;
+    }
 
     let d = DenseShape { inputs: 1024, units: 1024 };
     let n = 1024;
