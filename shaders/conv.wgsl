@@ -3,7 +3,7 @@
 // One workgroup computes a TM x TN tile of the output GEMM, each invocation RM x RN of it,
 // walking K in slabs of TK held in workgroup memory.
 // No integer division per loaded element (it is slow on GPUs and emulated on CPU drivers): each
-// invocation always loads the same tile row, decoded once, and walks the columns of a slab
+// invocation always loads the same 4 tile rows, decoded once, and walks the columns of a slab
 // (kernel tap and channel, or pixel) by carrying instead of dividing.
 // No tile size divides anything: every load and store checks its bounds.
 
@@ -79,23 +79,31 @@ fn decode_row(mode: u32, m: u32) -> Row {
     return row;
 }
 
+// Every load below fills whole vec4s of the tiles: an invocation loads 4 consecutive rows of A
+// (decoded once, in `rows`) at one k, or 4 consecutive columns of B, per step. Its k advances
+// by `step` = 4 * THREADS / TM (or / TN) each time, carried instead of divided.
+
 // Forward: A = im2col(x) (n*out_h*out_w, patch), B = w (patch, out_c).
-fn load_forward(lid: u32, row: Row, n0: u32, k0: u32) {
-    let step = THREADS / TM;
-    let mm = lid % TM;
-    var k = k0 + lid / TM;
-    // Column k = (ky, kx, ci), carried forward by `step` each element.
+fn load_forward(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) {
+    let mq = lid % (TM / 4u);
+    let step = 4u * THREADS / TM;
+    var k = k0 + lid / (TM / 4u);
+    // Column k = (ky, kx, ci).
     var ci = k % p.in_c;
     var kx = (k / p.in_c) % p.k_w;
     var ky = k / (p.in_c * p.k_w);
-    for (var kk = lid / TM; kk < TK; kk += step) {
-        let iy = row.y + i32(ky);
-        let ix = row.x + i32(kx);
-        var v = 0.0;
-        if (k < patch_len() && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
-            v = in0[((row.base + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
+    for (var kk = lid / (TM / 4u); kk < TK; kk += step) {
+        var v = vec4<f32>();
+        if (k < patch_len()) {
+            for (var q = 0u; q < 4u; q++) {
+                let iy = (*rows)[q].y + i32(ky);
+                let ix = (*rows)[q].x + i32(kx);
+                if (iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
+                    v[q] = in0[(((*rows)[q].base + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
+                }
+            }
         }
-        a_tile[(kk * TM + mm) / 4u][mm % 4u] = v;
+        a_tile[kk * (TM / 4u) + mq] = v;
         k += step;
         ci += step;
         while (ci >= p.in_c) {
@@ -104,49 +112,57 @@ fn load_forward(lid: u32, row: Row, n0: u32, k0: u32) {
             if (kx == p.k_w) { kx = 0u; ky += 1u; }
         }
     }
-    let nn = lid % TN;
-    let c = n0 + nn;
-    for (var kk = lid / TN; kk < TK; kk += THREADS / TN) {
+    let nq = lid % (TN / 4u);
+    let c0 = n0 + nq * 4u;
+    for (var kk = lid / (TN / 4u); kk < TK; kk += 4u * THREADS / TN) {
         let kb = k0 + kk;
-        var v = 0.0;
-        if (kb < patch_len() && c < p.out_c) { v = in1[kb * p.out_c + c]; }
-        b_tile[(kk * TN + nn) / 4u][nn % 4u] = v;
+        var v = vec4<f32>();
+        if (kb < patch_len()) {
+            for (var q = 0u; q < 4u; q++) {
+                if (c0 + q < p.out_c) { v[q] = in1[kb * p.out_c + c0 + q]; }
+            }
+        }
+        b_tile[kk * (TN / 4u) + nq] = v;
     }
 }
 
 // Backward input: A (n*in_h*in_w, k_h*k_w*out_c) = dy at the output pixel whose window puts tap
 // (ky, kx) on the row's input pixel (0 when none does), B = w[ky, kx, ci, oc] (k, in_c).
-fn load_backward_input(lid: u32, row: Row, n0: u32, k0: u32) {
+fn load_backward_input(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) {
     let depth = p.k_h * p.k_w * p.out_c;
-    let step = THREADS / TM;
-    let mm = lid % TM;
-    var k = k0 + lid / TM;
-    // Column k = (ky, kx, oc), carried forward by `step` each element.
+    let mq = lid % (TM / 4u);
+    let step = 4u * THREADS / TM;
+    var k = k0 + lid / (TM / 4u);
+    // Column k = (ky, kx, oc).
     var oc = k % p.out_c;
     var kx = (k / p.out_c) % p.k_w;
     var ky = k / (p.out_c * p.k_w);
-    for (var kk = lid / TM; kk < TK; kk += step) {
-        let ty = row.y - i32(ky);
-        let tx = row.x - i32(kx);
-        var v = 0.0;
-        if (k < depth && ty >= 0 && tx >= 0) {
-            var oy = u32(ty);
-            var ox = u32(tx);
-            var hit = true;
-            // Only strided convolutions pay for a division (the branch is uniform).
-            if (p.stride_h != 1u) {
-                hit = hit && oy % p.stride_h == 0u;
-                oy = oy / p.stride_h;
-            }
-            if (p.stride_w != 1u) {
-                hit = hit && ox % p.stride_w == 0u;
-                ox = ox / p.stride_w;
-            }
-            if (hit && oy < p.out_h && ox < p.out_w) {
-                v = in0[((row.base + oy) * p.out_w + ox) * p.out_c + oc];
+    for (var kk = lid / (TM / 4u); kk < TK; kk += step) {
+        var v = vec4<f32>();
+        if (k < depth) {
+            for (var q = 0u; q < 4u; q++) {
+                let ty = (*rows)[q].y - i32(ky);
+                let tx = (*rows)[q].x - i32(kx);
+                if (ty >= 0 && tx >= 0) {
+                    var oy = u32(ty);
+                    var ox = u32(tx);
+                    var hit = true;
+                    // Only strided convolutions pay for a division (the branch is uniform).
+                    if (p.stride_h != 1u) {
+                        hit = hit && oy % p.stride_h == 0u;
+                        oy = oy / p.stride_h;
+                    }
+                    if (p.stride_w != 1u) {
+                        hit = hit && ox % p.stride_w == 0u;
+                        ox = ox / p.stride_w;
+                    }
+                    if (hit && oy < p.out_h && ox < p.out_w) {
+                        v[q] = in0[(((*rows)[q].base + oy) * p.out_w + ox) * p.out_c + oc];
+                    }
+                }
             }
         }
-        a_tile[(kk * TM + mm) / 4u][mm % 4u] = v;
+        a_tile[kk * (TM / 4u) + mq] = v;
         k += step;
         oc += step;
         while (oc >= p.out_c) {
@@ -155,19 +171,21 @@ fn load_backward_input(lid: u32, row: Row, n0: u32, k0: u32) {
             if (kx == p.k_w) { kx = 0u; ky += 1u; }
         }
     }
-    let nn = lid % TN;
-    let ci = n0 + nn;
-    let b_step = THREADS / TN;
-    var kb = k0 + lid / TN;
-    // Row kb of B = (tap, oc), carried like A's columns.
+    let nq = lid % (TN / 4u);
+    let ci0 = n0 + nq * 4u;
+    let b_step = 4u * THREADS / TN;
+    var kb = k0 + lid / (TN / 4u);
+    // Row kb of B = (tap, oc), carried the same way.
     var b_oc = kb % p.out_c;
     var b_tap = kb / p.out_c;
-    for (var kk = lid / TN; kk < TK; kk += b_step) {
-        var v = 0.0;
-        if (kb < depth && ci < p.in_c) {
-            v = in1[(b_tap * p.in_c + ci) * p.out_c + b_oc];
+    for (var kk = lid / (TN / 4u); kk < TK; kk += b_step) {
+        var v = vec4<f32>();
+        if (kb < depth) {
+            for (var q = 0u; q < 4u; q++) {
+                if (ci0 + q < p.in_c) { v[q] = in1[(b_tap * p.in_c + ci0 + q) * p.out_c + b_oc]; }
+            }
         }
-        b_tile[(kk * TN + nn) / 4u][nn % 4u] = v;
+        b_tile[kk * (TN / 4u) + nq] = v;
         kb += b_step;
         b_oc += b_step;
         while (b_oc >= p.out_c) {
@@ -179,25 +197,30 @@ fn load_backward_input(lid: u32, row: Row, n0: u32, k0: u32) {
 
 // Backward filter: A = im2col(x)^T with a row of ones under it (patch + 1, n*out_h*out_w),
 // B = dy (n*out_h*out_w, out_c).
-fn load_backward_filter(lid: u32, row: Row, n0: u32, k0: u32) {
+fn load_backward_filter(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) {
     let depth = p.n * p.out_h * p.out_w;
-    let step = THREADS / TM;
-    let mm = lid % TM;
-    var r = k0 + lid / TM;
-    // Column r = output pixel (img, oy, ox), carried forward by `step` each element.
+    let mq = lid % (TM / 4u);
+    let step = 4u * THREADS / TM;
+    var r = k0 + lid / (TM / 4u);
+    // Column r = output pixel (img, oy, ox).
     var ox = r % p.out_w;
     var oy = (r / p.out_w) % p.out_h;
     var img = r / (p.out_w * p.out_h);
-    for (var kk = lid / TM; kk < TK; kk += step) {
-        let iy = i32(oy * p.stride_h) + row.y;
-        let ix = i32(ox * p.stride_w) + row.x;
-        var v = 0.0;
-        if (r < depth && row.base == ONES_ROW) {
-            v = 1.0;
-        } else if (r < depth && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
-            v = in0[((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + row.base];
+    for (var kk = lid / (TM / 4u); kk < TK; kk += step) {
+        var v = vec4<f32>();
+        if (r < depth) {
+            for (var q = 0u; q < 4u; q++) {
+                let row = (*rows)[q];
+                let iy = i32(oy * p.stride_h) + row.y;
+                let ix = i32(ox * p.stride_w) + row.x;
+                if (row.base == ONES_ROW) {
+                    v[q] = 1.0;
+                } else if (iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
+                    v[q] = in0[((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + row.base];
+                }
+            }
         }
-        a_tile[(kk * TM + mm) / 4u][mm % 4u] = v;
+        a_tile[kk * (TM / 4u) + mq] = v;
         r += step;
         ox += step;
         while (ox >= p.out_w) {
@@ -206,13 +229,17 @@ fn load_backward_filter(lid: u32, row: Row, n0: u32, k0: u32) {
             if (oy == p.out_h) { oy = 0u; img += 1u; }
         }
     }
-    let nn = lid % TN;
-    let c = n0 + nn;
-    for (var kk = lid / TN; kk < TK; kk += THREADS / TN) {
+    let nq = lid % (TN / 4u);
+    let c0 = n0 + nq * 4u;
+    for (var kk = lid / (TN / 4u); kk < TK; kk += 4u * THREADS / TN) {
         let kb = k0 + kk;
-        var v = 0.0;
-        if (kb < depth && c < p.out_c) { v = in1[kb * p.out_c + c]; }
-        b_tile[(kk * TN + nn) / 4u][nn % 4u] = v;
+        var v = vec4<f32>();
+        if (kb < depth) {
+            for (var q = 0u; q < 4u; q++) {
+                if (c0 + q < p.out_c) { v[q] = in1[kb * p.out_c + c0 + q]; }
+            }
+        }
+        b_tile[kk * (TN / 4u) + nq] = v;
     }
 }
 
@@ -243,17 +270,20 @@ fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
 
 // The tile's GEMM over k in [k_begin, k_end); k_end is uniform, so the barriers are too.
 fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<vec4<f32>, 16> {
-    let row = decode_row(mode, m0 + lid % TM);
+    var rows: array<Row, 4>;
+    for (var q = 0u; q < 4u; q++) {
+        rows[q] = decode_row(mode, m0 + (lid % (TM / 4u)) * 4u + q);
+    }
     var acc: array<vec4<f32>, 16>;
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
         if (mode == MODE_FORWARD) {
-            load_forward(lid, row, n0, k0);
+            load_forward(lid, &rows, n0, k0);
         } else if (mode == MODE_BACKWARD_INPUT) {
-            load_backward_input(lid, row, n0, k0);
+            load_backward_input(lid, &rows, n0, k0);
         } else {
-            load_backward_filter(lid, row, n0, k0);
+            load_backward_filter(lid, &rows, n0, k0);
         }
         workgroupBarrier();
         multiply_tiles(tm, tn, &acc);

@@ -44,18 +44,19 @@ fn load_b(row: u32, col: u32) -> f32 {
     return in1[row * p.b_row_stride + col * p.b_col_stride];
 }
 
+// Fills whole vec4s: an invocation loads 4 consecutive rows of a (or columns of b) at one k.
 fn load_tiles(lid: u32, m0: u32, n0: u32, k0: u32) {
-    for (var i = 0u; i < TM * TK / THREADS; i++) {
-        let e = lid + i * THREADS;
-        let kk = e % TK;
-        let mm = e / TK;
-        a_tile[(kk * TM + mm) / 4u][mm % 4u] = load_a(m0 + mm, k0 + kk);
+    let mq = lid % (TM / 4u);
+    let row = m0 + mq * 4u;
+    for (var kk = lid / (TM / 4u); kk < TK; kk += 4u * THREADS / TM) {
+        let k = k0 + kk;
+        a_tile[kk * (TM / 4u) + mq] = vec4<f32>(load_a(row, k), load_a(row + 1u, k), load_a(row + 2u, k), load_a(row + 3u, k));
     }
-    for (var i = 0u; i < TN * TK / THREADS; i++) {
-        let e = lid + i * THREADS;
-        let nn = e % TN;
-        let kk = e / TN;
-        b_tile[(kk * TN + nn) / 4u][nn % 4u] = load_b(k0 + kk, n0 + nn);
+    let nq = lid % (TN / 4u);
+    let col = n0 + nq * 4u;
+    for (var kk = lid / (TN / 4u); kk < TK; kk += 4u * THREADS / TN) {
+        let k = k0 + kk;
+        b_tile[kk * (TN / 4u) + nq] = vec4<f32>(load_b(k, col), load_b(k, col + 1u), load_b(k, col + 2u), load_b(k, col + 3u));
     }
 }
 
