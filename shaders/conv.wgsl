@@ -21,9 +21,10 @@ struct ConvParams {
 @group(0) @binding(4) var<storage, read_write> out0: array<f32>;
 
 // Tile shape, chosen per call by the host (pipeline-overridable): the workgroup computes a
-// TM x TN tile, each invocation RM x RN of it (at most 8 x 8), k in slabs of TK. The host's
-// tiles all have THREADS a multiple of TM and of TN. Workgroup memory is TK * (TM + TN)
-// floats: at most 16 KiB (128 x 128), the WebGPU default.
+// TM x TN tile, each invocation RM x RN of it (4 or 8 each), k in slabs of TK. The loads need
+// 4 * THREADS to be a multiple of TM and of TN and at most 16 times them (pipelines.rs checks
+// every tile the host picks). Workgroup memory is TK * (TM + TN) floats: at most 16 KiB
+// (128 x 128), the WebGPU default.
 override TM: u32 = 128u;
 override TN: u32 = 64u;
 override RM: u32 = 8u;

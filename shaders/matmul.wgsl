@@ -17,8 +17,10 @@ struct MatmulParams {
 @group(0) @binding(5) var<storage, read_write> out1: array<f32>;
 
 // Tile shape, chosen per call by the host (pipeline-overridable): the workgroup computes a
-// TM x TN tile, each invocation RM x RN of it (at most 8 x 8), k in slabs of TK.
-// Workgroup memory is TK * (TM + TN) floats: 12 KiB for 128 x 64, within the 16 KiB default.
+// TM x TN tile, each invocation RM x RN of it (4 or 8 each), k in slabs of TK. The loads need
+// 4 * THREADS to be a multiple of TM and of TN and at most 16 times them (pipelines.rs checks
+// every tile the host picks). Workgroup memory is TK * (TM + TN) floats: at most 16 KiB
+// (128 x 128), the WebGPU default.
 override TM: u32 = 128u;
 override TN: u32 = 64u;
 override RM: u32 = 8u;

@@ -41,8 +41,7 @@ impl Tile {
     /// padding), with columns capped at `max_cols`. 8 x 8 outputs per invocation on a 64+ side,
     /// 4 on a 32 side: on lavapipe the workgroup-memory loads, not the FMAs, are the cost, and
     /// a bigger register block loads less per FMA. 64 to 256 invocations; workgroup memory at
-    /// most 16 KiB. Every tile has a thread count that is a multiple of tm and of tn (the conv
-    /// loads rely on it).
+    /// most 16 KiB (see `tile_fits_the_shaders` for what the shaders need of a tile).
     pub fn for_gemm(rows: usize, cols: usize, max_cols: u32) -> Tile {
         let side = |len: usize| if len <= 32 { 32 } else if len <= 64 { 64 } else { 128 };
         let tm = side(rows);
@@ -159,4 +158,29 @@ fn create(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: &str, const
     });
     let layout = pipeline.get_bind_group_layout(0);
     Pipeline { id, pipeline, layout }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tile;
+
+    /// What conv.wgsl and matmul.wgsl assume of a tile, for every tile `for_gemm` can pick.
+    #[test]
+    fn tile_fits_the_shaders() {
+        for rows in [1, 32, 33, 64, 65, 1000] {
+            for cols in [1, 32, 33, 64, 65, 1000] {
+                for max_cols in [64, 128] {
+                    let t = Tile::for_gemm(rows, cols, max_cols);
+                    let threads = (t.tm / t.rm) * (t.tn / t.rn);
+                    assert!([4, 8].contains(&t.rm) && [4, 8].contains(&t.rn), "{t:?}");
+                    assert!(threads <= 256, "{t:?}: {threads} invocations");
+                    for side in [t.tm, t.tn] {
+                        assert!((4 * threads) % side == 0 && 4 * threads <= 16 * side, "{t:?}");
+                    }
+                    assert!(16 * (t.tm + t.tn) * 4 <= 16 * 1024, "{t:?}: workgroup memory");
+                    assert!(t.tn <= max_cols);
+                }
+            }
+        }
+    }
 }
