@@ -528,6 +528,21 @@ fn too_large_tensor_names_the_limit() {
 }
 
 #[test]
+fn wgpu_errors_come_back_from_flush() {
+    let Some(gpu) = gpu() else { return };
+    // MAP_READ with STORAGE is invalid: wgpu reports it to the uncaptured-error handler.
+    let _bad = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("deliberately invalid"),
+        size: 16,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let err = gpu.flush().expect_err("the invalid buffer must be reported").to_string();
+    assert!(err.contains("deliberately invalid") || err.to_lowercase().contains("usage"), "{err}");
+    gpu.flush().expect("reported once, then cleared");
+}
+
+#[test]
 fn describe_names_adapter_and_backend() {
     let Some(gpu) = gpu() else { return };
     let text = gpu.describe();
