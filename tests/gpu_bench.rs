@@ -169,3 +169,106 @@ fn cifar_sized_data_set_uploads_in_chunks_and_gathers() {
     }
     assert_eq!(gpu.download_indices(&batch_labels).unwrap(), idx.iter().map(|&i| i % 10).collect::<Vec<_>>());
 }
+
+/// One training step of the seed model (Keras's CIFAR-10 CNN) at batch 32, on the GPU and on
+/// the CPU backend: ops only, no data loading. Ignored (`-- --ignored --nocapture`); set
+/// GPU_CNN_BENCH_PROFILE=1 for a time per op (each then waited for on its own).
+#[test]
+#[ignore]
+fn seed_model_step_time() {
+    use gpu_cnn::backend::cpu::CpuBackend;
+    use gpu_cnn::backend::{AdamStep, PoolShape};
+    let Ok(Some(adapter)) = choose_adapter(DeviceRequest::Gpu) else {
+        eprintln!("no GPU adapter");
+        return;
+    };
+    let gpu = GpuBackend::new(adapter).unwrap();
+    let cpu = CpuBackend::new();
+    let gpu_ms = step_ms(&gpu);
+    let cpu_ms = step_ms(&cpu);
+    println!("seed model step, batch 32: {gpu_ms:.1} ms on {}, {cpu_ms:.1} ms on {}", gpu.describe(), cpu.describe());
+
+    fn step_ms<B: Backend>(b: &B) -> f64 {
+        let n = 32;
+        let conv = |in_h: usize, in_c: usize, out_c: usize| ConvShape { in_h, in_w: in_h, in_c, out_h: in_h - 2, out_w: in_h - 2, out_c, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 };
+        let pool = |in_h: usize, c: usize| PoolShape { in_h, in_w: in_h, c, out_h: in_h / 2, out_w: in_h / 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2 };
+        let (c1, p1, c2, p2, c3) = (conv(32, 3, 32), pool(30, 32), conv(15, 32, 64), pool(13, 64), conv(6, 64, 64));
+        let (d1, d2) = (DenseShape { inputs: 1024, units: 64 }, DenseShape { inputs: 64, units: 10 });
+        let t = |len: usize| {
+            let mut t = b.tensor(len).unwrap();
+            b.upload(&mut t, &(0..len).map(|i| ((i * 7919) % 1000) as f32 / 5000.0 - 0.1).collect::<Vec<_>>());
+            t
+        };
+        let (x, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5) = (t(n * c1.in_len()), t(c1.kernel_len()), t(32), t(c2.kernel_len()), t(64), t(c3.kernel_len()), t(64), t(1024 * 64), t(64), t(640), t(10));
+        let (mut y1, mut q1, mut y2, mut q2, mut y3, mut h, mut z) = (t(n * c1.out_len()), t(n * p1.out_len()), t(n * c2.out_len()), t(n * p2.out_len()), t(n * c3.out_len()), t(n * 64), t(n * 10));
+        let (mut a1, mut a2) = (b.indices(n * p1.out_len()).unwrap(), b.indices(n * p2.out_len()).unwrap());
+        let mut labels = b.indices(n).unwrap();
+        b.upload_indices(&mut labels, &(0..n as u32).map(|i| i % 10).collect::<Vec<_>>());
+        let (mut dz, mut dh, mut dy3, mut dq2, mut dy2, mut dq1, mut dy1, mut metrics) = (t(n * 10), t(n * 64), t(n * c3.out_len()), t(n * p2.out_len()), t(n * c2.out_len()), t(n * p1.out_len()), t(n * c1.out_len()), t(3));
+        let mut grads = [t(c1.kernel_len()), t(32), t(c2.kernel_len()), t(64), t(c3.kernel_len()), t(64), t(1024 * 64), t(64), t(640), t(10)];
+        let mut params = [w1, b1, w2, b2, w3, b3, w4, b4, w5, b5];
+        let lens: Vec<usize> = params.iter().enumerate().map(|(i, _)| [c1.kernel_len(), 32, c2.kernel_len(), 64, c3.kernel_len(), 64, 1024 * 64, 64, 640, 10][i]).collect();
+        let mut m: Vec<_> = lens.iter().map(|&l| b.tensor(l).unwrap()).collect();
+        let mut v: Vec<_> = lens.iter().map(|&l| b.tensor(l).unwrap()).collect();
+        let profile = std::env::var("GPU_CNN_BENCH_PROFILE").is_ok();
+        let prof = std::cell::RefCell::new(Vec::<(&str, u32, f64)>::new());
+        // Runs one op; with GPU_CNN_BENCH_PROFILE set, waits for it and records its time.
+        macro_rules! op {
+            ($name:literal, $e:expr) => {{
+                let t0 = Instant::now();
+                $e;
+                if profile {
+                    b.flush().unwrap();
+                    b.download(&x).unwrap();
+                    prof.borrow_mut().push(($name, line!(), t0.elapsed().as_secs_f64() * 1e3));
+                }
+            }};
+        }
+        let mut run = |step: u64| {
+            op!("conv2d_forward", b.conv2d_forward(&x, &params[0], &params[1], &mut y1, &c1, n, true));
+            op!("maxpool_forward", b.maxpool_forward(&y1, &mut q1, &mut a1, &p1, n));
+            op!("conv2d_forward", b.conv2d_forward(&q1, &params[2], &params[3], &mut y2, &c2, n, true));
+            op!("maxpool_forward", b.maxpool_forward(&y2, &mut q2, &mut a2, &p2, n));
+            op!("conv2d_forward", b.conv2d_forward(&q2, &params[4], &params[5], &mut y3, &c3, n, true));
+            op!("dense_forward", b.dense_forward(&y3, &params[6], &params[7], &mut h, &d1, n, true));
+            op!("dense_forward", b.dense_forward(&h, &params[8], &params[9], &mut z, &d2, n, false));
+            op!("softmax_xent", b.softmax_xent(&z, &labels, &mut dz, &mut metrics, n, 10));
+            let [g1, g1b, g2, g2b, g3, g3b, g4, g4b, g5, g5b] = &mut grads;
+            op!("dense_backward_filter", b.dense_backward_filter(&h, &dz, g5, g5b, &d2, n));
+            op!("dense_backward_input", b.dense_backward_input(&dz, &params[8], &mut dh, &d2, n));
+            op!("relu_backward", b.relu_backward(&h, &mut dh, n * 64));
+            op!("dense_backward_filter", b.dense_backward_filter(&y3, &dh, g4, g4b, &d1, n));
+            op!("dense_backward_input", b.dense_backward_input(&dh, &params[6], &mut dy3, &d1, n));
+            op!("relu_backward", b.relu_backward(&y3, &mut dy3, n * c3.out_len()));
+            op!("conv2d_backward_filter", b.conv2d_backward_filter(&q2, &dy3, g3, g3b, &c3, n));
+            op!("conv2d_backward_input", b.conv2d_backward_input(&dy3, &params[4], &mut dq2, &c3, n));
+            op!("maxpool_backward", b.maxpool_backward(&dq2, &a2, &mut dy2, &p2, n));
+            op!("relu_backward", b.relu_backward(&y2, &mut dy2, n * c2.out_len()));
+            op!("conv2d_backward_filter", b.conv2d_backward_filter(&q1, &dy2, g2, g2b, &c2, n));
+            op!("conv2d_backward_input", b.conv2d_backward_input(&dy2, &params[2], &mut dq1, &c2, n));
+            op!("maxpool_backward", b.maxpool_backward(&dq1, &a1, &mut dy1, &p1, n));
+            op!("relu_backward", b.relu_backward(&y1, &mut dy1, n * c1.out_len()));
+            op!("conv2d_backward_filter", b.conv2d_backward_filter(&x, &dy1, g1, g1b, &c1, n)); // no input gradient for layer 1
+            let h = AdamStep { learning_rate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, step };
+            for i in 0..10 {
+                op!("adam_update", b.adam_update(&mut params[i], &grads[i], &mut m[i], &mut v[i], lens[i], &h));
+            }
+            b.flush().unwrap();
+        };
+        run(1);
+        b.download(&x).unwrap(); // waits for the queue
+        let steps = 5;
+        let start = Instant::now();
+        for s in 0..steps {
+            run(s + 2);
+        }
+        b.download(&x).unwrap(); // waits for the queue
+        let ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        let prof = prof.borrow();
+        for line in prof.iter().map(|p| p.1).collect::<std::collections::BTreeSet<_>>() {
+            let times: Vec<_> = prof.iter().filter(|p| p.1 == line).collect();
+            println!("  line {line:>4} {:<24} {:>8.2} ms", times[0].0, times.iter().map(|p| p.2).sum::<f64>() / times.len() as f64);
+        }
+        ms
+    }
+}
