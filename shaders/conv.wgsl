@@ -364,3 +364,45 @@ fn conv2d_backward_filter(@builtin(local_invocation_index) lid: u32, @builtin(wo
         }
     }
 }
+
+// Which output row (or column) puts kernel tap offset t = i + pad - k on input i: t / stride
+// when stride divides t and the result is inside the output, else -1.
+fn window_of(t: i32, stride: u32, limit: u32) -> i32 {
+    if (t < 0) { return -1; }
+    var o = u32(t);
+    // Only strided convolutions pay for a division (the branch is uniform).
+    if (stride != 1u) {
+        if (o % stride != 0u) { return -1; }
+        o = o / stride;
+    }
+    if (o >= limit) { return -1; }
+    return i32(o);
+}
+
+// dcol (n*out_h*out_w, patch) = in0, the input gradient per window (a plain GEMM of dy and w^T,
+// done by matmul.wgsl) -> dx (n, in_h, in_w, in_c) = out0: each input element sums the dcol
+// entries of the windows that cover it, taps in order; no atomics. One invocation per element.
+@compute @workgroup_size(256)
+fn conv2d_col2im(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let in_len = p.in_h * p.in_w * p.in_c;
+    if (id >= p.n * in_len) { return; }
+    let img = id / in_len;
+    let q = id % in_len;
+    let ci = q % p.in_c;
+    let ix = (q / p.in_c) % p.in_w;
+    let iy = q / (p.in_c * p.in_w);
+    let patch_width = patch_len();
+    var sum = 0.0;
+    for (var ky = 0u; ky < p.k_h; ky++) {
+        let oy = window_of(i32(iy + p.pad_top) - i32(ky), p.stride_h, p.out_h);
+        if (oy < 0) { continue; }
+        for (var kx = 0u; kx < p.k_w; kx++) {
+            let ox = window_of(i32(ix + p.pad_left) - i32(kx), p.stride_w, p.out_w);
+            if (ox < 0) { continue; }
+            sum += in0[((img * p.out_h + u32(oy)) * p.out_w + u32(ox)) * patch_width + (ky * p.k_w + kx) * p.in_c + ci];
+        }
+    }
+    out0[id] = sum;
+}

@@ -119,6 +119,10 @@ fn conv2d_matches_cpu() {
         (conv_shape(13, 13, 5, 7, (3, 3), (2, 2), true), 7, false),
         // unequal kernel and strides, "same": pad_top 0, pad_left 1, padding only on some sides.
         (conv_shape(8, 9, 4, 3, (2, 3), (2, 1), true), 3, true),
+        // 16+ input channels: the input gradient takes the implicit GEMM instead of col2im,
+        // with stride 2 and "same" padding, and with unequal kernel and strides.
+        (conv_shape(9, 9, 17, 6, (3, 3), (2, 2), true), 3, true),
+        (conv_shape(8, 9, 20, 3, (2, 3), (2, 1), true), 2, false),
         // channels past one 64-wide tile on both sides (in_c 70, out_c 65): K = 630.
         (conv_shape(6, 6, 70, 65, (3, 3), (1, 1), true), 3, true),
         // few rows, many columns: 32 x 128 tiles, where each invocation loads 4 columns per slab.

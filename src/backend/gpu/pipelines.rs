@@ -86,6 +86,7 @@ pub struct Pipelines {
     gemm: RefCell<HashMap<(GemmEntry, Tile), Rc<Pipeline>>>,
     next_id: Cell<u32>,
     pub sum_split_partials: Pipeline,
+    pub conv2d_col2im: Pipeline,
     pub maxpool_forward: Pipeline,
     pub maxpool_backward: Pipeline,
     pub relu_backward: Pipeline,
@@ -114,6 +115,7 @@ impl Pipelines {
         };
         Pipelines {
             sum_split_partials: make(&matmul, "sum_split_partials"),
+            conv2d_col2im: make(&conv, "conv2d_col2im"),
             maxpool_forward: make(&pool, "maxpool_forward"),
             maxpool_backward: make(&pool, "maxpool_backward"),
             relu_backward: make(&elementwise, "relu_backward"),
