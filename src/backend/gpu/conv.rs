@@ -1,4 +1,5 @@
-//! Convolution ops (shaders/conv.wgsl): implicit GEMM tiles of 64 x 64.
+//! Convolution ops (shaders/conv.wgsl): implicit GEMM, tiles of 32 to 128 per side chosen per
+//! call; the input gradient of few-channel layers through a dcol GEMM and col2im.
 
 use super::pipelines::{GemmEntry, Tile};
 use super::recorder::{linear_grid, tile_grid};

@@ -177,7 +177,7 @@ mod tests {
                     assert!([4, 8].contains(&t.rm) && [4, 8].contains(&t.rn), "{t:?}");
                     assert!(threads <= 256, "{t:?}: {threads} invocations");
                     for side in [t.tm, t.tn] {
-                        assert!((4 * threads) % side == 0 && 4 * threads <= 16 * side, "{t:?}");
+                        assert!((4 * threads).is_multiple_of(side) && 4 * threads <= 16 * side, "{t:?}");
                     }
                     assert!(16 * (t.tm + t.tn) * 4 <= 16 * 1024, "{t:?}: workgroup memory");
                     assert!(t.tn <= max_cols);
