@@ -1,7 +1,10 @@
-// 2-D convolution as implicit GEMM: the im2col matrix is never stored; each tile load computes
+// 2-D convolution as implicit GEMM: the im2col matrix is never stored; each tile load works out
 // which input pixel (or zero pad) a (row, column) of it stands for. NHWC activations, HWIO kernels.
 // One workgroup computes a TM x TN tile of the output GEMM, each invocation RM x RN of it,
 // walking K in slabs of TK held in workgroup memory.
+// No integer division per loaded element (it is slow on GPUs and emulated on CPU drivers): each
+// invocation always loads the same 4 tile rows, decoded once, and walks the columns of a slab
+// (kernel tap and channel, or pixel) by carrying instead of dividing.
 // No tile size divides anything: every load and store checks its bounds.
 
 struct ConvParams {
@@ -18,8 +21,10 @@ struct ConvParams {
 @group(0) @binding(4) var<storage, read_write> out0: array<f32>;
 
 // Tile shape, chosen per call by the host (pipeline-overridable): the workgroup computes a
-// TM x TN tile, each invocation RM x RN of it (at most 8 x 8), k in slabs of TK.
-// Workgroup memory is TK * (TM + TN) floats: at most 16 KiB (128 x 128), the WebGPU default.
+// TM x TN tile, each invocation RM x RN of it (4 or 8 each), k in slabs of TK. The loads need
+// 4 * THREADS to be a multiple of TM and of TN and at most 16 times them (pipelines.rs checks
+// every tile the host picks). Workgroup memory is TK * (TM + TN) floats: at most 16 KiB
+// (128 x 128), the WebGPU default.
 override TM: u32 = 128u;
 override TN: u32 = 64u;
 override RM: u32 = 8u;
@@ -31,130 +36,256 @@ const MODE_FORWARD: u32 = 0u;
 const MODE_BACKWARD_INPUT: u32 = 1u;
 const MODE_BACKWARD_FILTER: u32 = 2u;
 
-var<workgroup> a_tile: array<f32, TK * TM>; // [TK][TM]
-var<workgroup> b_tile: array<f32, TK * TN>; // [TK][TN]
+// A row that lies past the matrix: its y offset fails every bounds check.
+const NO_ROW: i32 = -1073741824;
+// Backward filter's extra row of ones (it turns the GEMM's last row into the bias gradient).
+const ONES_ROW: u32 = 0xffffffffu;
+
+var<workgroup> a_tile: array<vec4<f32>, TK * TM / 4u>; // [TK][TM / 4]: 4 rows per vec4
+var<workgroup> b_tile: array<vec4<f32>, TK * TN / 4u>; // [TK][TN / 4]: 4 columns per vec4
 
 fn patch_len() -> u32 {
     return p.k_h * p.k_w * p.in_c;
 }
 
-// One element of image row r's im2col row: x[img, oy*sh+ky-pt, ox*sw+kx-pl, ci], 0 in the padding.
-// r < n*out_h*out_w, col < k_h*k_w*in_c; x is in0.
-fn im2col_at(r: u32, col: u32) -> f32 {
-    let pixels = p.out_h * p.out_w;
-    let img = r / pixels;
-    let pix = r % pixels;
-    let oy = pix / p.out_w;
-    let ox = pix % p.out_w;
-    let ci = col % p.in_c;
-    let t = col / p.in_c;
-    let kx = t % p.k_w;
-    let ky = t / p.k_w;
-    let iy = i32(oy * p.stride_h + ky) - i32(p.pad_top);
-    let ix = i32(ox * p.stride_w + kx) - i32(p.pad_left);
-    if (iy < 0 || ix < 0 || iy >= i32(p.in_h) || ix >= i32(p.in_w)) {
-        return 0.0;
-    }
-    return in0[((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
+// One row of the GEMM's A, decoded once: forward (oy*sh - pt, ox*sw - pl, img*in_h);
+// backward input (iy + pt, ix + pl, img*out_h); backward filter (ky - pt, kx - pl, ci or
+// ONES_ROW). A row past the matrix gets y = NO_ROW, which fails every bounds check.
+struct Row {
+    y: i32,
+    x: i32,
+    base: u32,
 }
 
-// Backward input, A (n*in_h*in_w, k_h*k_w*out_c): dy at the output pixel whose window puts
-// kernel tap (ky, kx) on input pixel r, or 0 when no output pixel does. dy is in0.
-fn dy_for_input_at(r: u32, col: u32) -> f32 {
-    let pixels = p.in_h * p.in_w;
-    let img = r / pixels;
-    let pix = r % pixels;
-    let iy = pix / p.in_w;
-    let ix = pix % p.in_w;
-    let oc = col % p.out_c;
-    let t = col / p.out_c;
-    let kx = t % p.k_w;
-    let ky = t / p.k_w;
-    let ty = i32(iy + p.pad_top) - i32(ky);
-    let tx = i32(ix + p.pad_left) - i32(kx);
-    if (ty < 0 || tx < 0) {
-        return 0.0;
-    }
-    let oy = u32(ty) / p.stride_h;
-    let ox = u32(tx) / p.stride_w;
-    if (oy * p.stride_h != u32(ty) || ox * p.stride_w != u32(tx) || oy >= p.out_h || ox >= p.out_w) {
-        return 0.0;
-    }
-    return in0[((img * p.out_h + oy) * p.out_w + ox) * p.out_c + oc];
-}
-
-// Element (m, k) of the GEMM's left matrix for each mode.
-fn load_a(mode: u32, m: u32, k: u32) -> f32 {
+fn decode_row(mode: u32, m: u32) -> Row {
+    var row = Row(NO_ROW, 0, 0u);
     if (mode == MODE_FORWARD) {
-        // (n*out_h*out_w, patch): the im2col matrix.
-        if (m >= p.n * p.out_h * p.out_w || k >= patch_len()) { return 0.0; }
-        return im2col_at(m, k);
+        let pixels = p.out_h * p.out_w;
+        if (m < p.n * pixels) {
+            let pix = m % pixels;
+            row = Row(i32((pix / p.out_w) * p.stride_h) - i32(p.pad_top), i32((pix % p.out_w) * p.stride_w) - i32(p.pad_left), (m / pixels) * p.in_h);
+        }
     } else if (mode == MODE_BACKWARD_INPUT) {
-        if (m >= p.n * p.in_h * p.in_w || k >= p.k_h * p.k_w * p.out_c) { return 0.0; }
-        return dy_for_input_at(m, k);
+        let pixels = p.in_h * p.in_w;
+        if (m < p.n * pixels) {
+            let pix = m % pixels;
+            row = Row(i32(pix / p.in_w + p.pad_top), i32(pix % p.in_w + p.pad_left), (m / pixels) * p.out_h);
+        }
+    } else if (m == patch_len()) {
+        row = Row(0, 0, ONES_ROW);
+    } else if (m < patch_len()) {
+        let tap = m / p.in_c;
+        row = Row(i32(tap / p.k_w) - i32(p.pad_top), i32(tap % p.k_w) - i32(p.pad_left), m % p.in_c);
     }
-    // Backward filter: (patch + 1, n*out_h*out_w) = im2col^T with a row of ones under it, so
-    // the same GEMM also sums dy into the bias gradient.
-    if (k >= p.n * p.out_h * p.out_w || m > patch_len()) { return 0.0; }
-    if (m == patch_len()) { return 1.0; }
-    return im2col_at(k, m);
+    return row;
 }
 
-// Element (k, c) of the GEMM's right matrix for each mode.
-fn load_b(mode: u32, k: u32, c: u32) -> f32 {
-    if (mode == MODE_FORWARD) {
-        // w (patch, out_c), HWIO flattened.
-        if (k >= patch_len() || c >= p.out_c) { return 0.0; }
-        return in1[k * p.out_c + c];
-    } else if (mode == MODE_BACKWARD_INPUT) {
-        // w transposed per tap: (k_h*k_w*out_c, in_c), element w[ky, kx, c, oc].
-        if (k >= p.k_h * p.k_w * p.out_c || c >= p.in_c) { return 0.0; }
-        let oc = k % p.out_c;
-        let tap = k / p.out_c;
-        return in1[(tap * p.in_c + c) * p.out_c + oc];
+// Every load below fills whole vec4s of the tiles: an invocation loads 4 consecutive rows of A
+// (decoded once, in `rows`) at one k, or 4 consecutive columns of B, per step. Its k advances
+// by `step` = 4 * THREADS / TM (or / TN) each time, carried instead of divided.
+
+// Forward: A = im2col(x) (n*out_h*out_w, patch), B = w (patch, out_c).
+fn load_forward(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) {
+    let mq = lid % (TM / 4u);
+    let step = 4u * THREADS / TM;
+    var k = k0 + lid / (TM / 4u);
+    // Column k = (ky, kx, ci).
+    var ci = k % p.in_c;
+    var kx = (k / p.in_c) % p.k_w;
+    var ky = k / (p.in_c * p.k_w);
+    for (var kk = lid / (TM / 4u); kk < TK; kk += step) {
+        var v = vec4<f32>();
+        if (k < patch_len()) {
+            for (var q = 0u; q < 4u; q++) {
+                let iy = (*rows)[q].y + i32(ky);
+                let ix = (*rows)[q].x + i32(kx);
+                if (iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
+                    v[q] = in0[(((*rows)[q].base + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
+                }
+            }
+        }
+        a_tile[kk * (TM / 4u) + mq] = v;
+        k += step;
+        ci += step;
+        while (ci >= p.in_c) {
+            ci -= p.in_c;
+            kx += 1u;
+            if (kx == p.k_w) { kx = 0u; ky += 1u; }
+        }
     }
-    // Backward filter: dy (n*out_h*out_w, out_c).
-    if (k >= p.n * p.out_h * p.out_w || c >= p.out_c) { return 0.0; }
-    return in1[k * p.out_c + c];
+    let nq = lid % (TN / 4u);
+    let c0 = n0 + nq * 4u;
+    for (var kk = lid / (TN / 4u); kk < TK; kk += 4u * THREADS / TN) {
+        let kb = k0 + kk;
+        var v = vec4<f32>();
+        if (kb < patch_len()) {
+            for (var q = 0u; q < 4u; q++) {
+                if (c0 + q < p.out_c) { v[q] = in1[kb * p.out_c + c0 + q]; }
+            }
+        }
+        b_tile[kk * (TN / 4u) + nq] = v;
+    }
 }
 
-fn load_tiles(mode: u32, lid: u32, m0: u32, n0: u32, k0: u32) {
-    for (var i = 0u; i < TM * TK / THREADS; i++) {
-        let e = lid + i * THREADS;
-        let kk = e % TK;
-        let mm = e / TK;
-        a_tile[kk * TM + mm] = load_a(mode, m0 + mm, k0 + kk);
+// Backward input: A (n*in_h*in_w, k_h*k_w*out_c) = dy at the output pixel whose window puts tap
+// (ky, kx) on the row's input pixel (0 when none does), B = w[ky, kx, ci, oc] (k, in_c).
+fn load_backward_input(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) {
+    let depth = p.k_h * p.k_w * p.out_c;
+    let mq = lid % (TM / 4u);
+    let step = 4u * THREADS / TM;
+    var k = k0 + lid / (TM / 4u);
+    // Column k = (ky, kx, oc).
+    var oc = k % p.out_c;
+    var kx = (k / p.out_c) % p.k_w;
+    var ky = k / (p.out_c * p.k_w);
+    for (var kk = lid / (TM / 4u); kk < TK; kk += step) {
+        var v = vec4<f32>();
+        if (k < depth) {
+            for (var q = 0u; q < 4u; q++) {
+                let ty = (*rows)[q].y - i32(ky);
+                let tx = (*rows)[q].x - i32(kx);
+                if (ty >= 0 && tx >= 0) {
+                    var oy = u32(ty);
+                    var ox = u32(tx);
+                    var hit = true;
+                    // Only strided convolutions pay for a division (the branch is uniform).
+                    if (p.stride_h != 1u) {
+                        hit = hit && oy % p.stride_h == 0u;
+                        oy = oy / p.stride_h;
+                    }
+                    if (p.stride_w != 1u) {
+                        hit = hit && ox % p.stride_w == 0u;
+                        ox = ox / p.stride_w;
+                    }
+                    if (hit && oy < p.out_h && ox < p.out_w) {
+                        v[q] = in0[(((*rows)[q].base + oy) * p.out_w + ox) * p.out_c + oc];
+                    }
+                }
+            }
+        }
+        a_tile[kk * (TM / 4u) + mq] = v;
+        k += step;
+        oc += step;
+        while (oc >= p.out_c) {
+            oc -= p.out_c;
+            kx += 1u;
+            if (kx == p.k_w) { kx = 0u; ky += 1u; }
+        }
     }
-    for (var i = 0u; i < TN * TK / THREADS; i++) {
-        let e = lid + i * THREADS;
-        let nn = e % TN;
-        let kk = e / TN;
-        b_tile[kk * TN + nn] = load_b(mode, k0 + kk, n0 + nn);
+    let nq = lid % (TN / 4u);
+    let ci0 = n0 + nq * 4u;
+    let b_step = 4u * THREADS / TN;
+    var kb = k0 + lid / (TN / 4u);
+    // Row kb of B = (tap, oc), carried the same way.
+    var b_oc = kb % p.out_c;
+    var b_tap = kb / p.out_c;
+    for (var kk = lid / (TN / 4u); kk < TK; kk += b_step) {
+        var v = vec4<f32>();
+        if (kb < depth) {
+            for (var q = 0u; q < 4u; q++) {
+                if (ci0 + q < p.in_c) { v[q] = in1[(b_tap * p.in_c + ci0 + q) * p.out_c + b_oc]; }
+            }
+        }
+        b_tile[kk * (TN / 4u) + nq] = v;
+        kb += b_step;
+        b_oc += b_step;
+        while (b_oc >= p.out_c) {
+            b_oc -= p.out_c;
+            b_tap += 1u;
+        }
     }
 }
 
-// acc[i][j] += a_tile[:, tm + i*TM/RM] . b_tile[:, tn + j*TN/RN] over one slab.
-fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<f32, 64>>) {
+// Backward filter: A = im2col(x)^T with a row of ones under it (patch + 1, n*out_h*out_w),
+// B = dy (n*out_h*out_w, out_c).
+fn load_backward_filter(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) {
+    let depth = p.n * p.out_h * p.out_w;
+    let mq = lid % (TM / 4u);
+    let step = 4u * THREADS / TM;
+    var r = k0 + lid / (TM / 4u);
+    // Column r = output pixel (img, oy, ox).
+    var ox = r % p.out_w;
+    var oy = (r / p.out_w) % p.out_h;
+    var img = r / (p.out_w * p.out_h);
+    for (var kk = lid / (TM / 4u); kk < TK; kk += step) {
+        var v = vec4<f32>();
+        if (r < depth) {
+            for (var q = 0u; q < 4u; q++) {
+                let row = (*rows)[q];
+                let iy = i32(oy * p.stride_h) + row.y;
+                let ix = i32(ox * p.stride_w) + row.x;
+                if (row.base == ONES_ROW) {
+                    v[q] = 1.0;
+                } else if (iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
+                    v[q] = in0[((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + row.base];
+                }
+            }
+        }
+        a_tile[kk * (TM / 4u) + mq] = v;
+        r += step;
+        ox += step;
+        while (ox >= p.out_w) {
+            ox -= p.out_w;
+            oy += 1u;
+            if (oy == p.out_h) { oy = 0u; img += 1u; }
+        }
+    }
+    let nq = lid % (TN / 4u);
+    let c0 = n0 + nq * 4u;
+    for (var kk = lid / (TN / 4u); kk < TK; kk += 4u * THREADS / TN) {
+        let kb = k0 + kk;
+        var v = vec4<f32>();
+        if (kb < depth) {
+            for (var q = 0u; q < 4u; q++) {
+                if (c0 + q < p.out_c) { v[q] = in1[kb * p.out_c + c0 + q]; }
+            }
+        }
+        b_tile[kk * (TN / 4u) + nq] = v;
+    }
+}
+
+// acc[i][jq] += a_tile[:, tm*RM + i] * b_tile[:, tn*RN + 4jq .. 4jq+3] over one slab: each
+// invocation owns RM contiguous rows and RN contiguous columns and reads them as vec4s. (Four
+// times fewer workgroup-memory reads than scalars; on lavapipe this is worth about 5x.)
+fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
     for (var kk = 0u; kk < TK; kk++) {
         var a: array<f32, 8>;
-        var b: array<f32, 8>;
-        for (var i = 0u; i < RM; i++) { a[i] = a_tile[kk * TM + tm + i * (TM / RM)]; }
-        for (var j = 0u; j < RN; j++) { b[j] = b_tile[kk * TN + tn + j * (TN / RN)]; }
+        for (var iq = 0u; iq < RM / 4u; iq++) {
+            let v = a_tile[kk * (TM / 4u) + tm * (RM / 4u) + iq];
+            a[iq * 4u] = v.x;
+            a[iq * 4u + 1u] = v.y;
+            a[iq * 4u + 2u] = v.z;
+            a[iq * 4u + 3u] = v.w;
+        }
+        var b: array<vec4<f32>, 2>;
+        for (var jq = 0u; jq < RN / 4u; jq++) {
+            b[jq] = b_tile[kk * (TN / 4u) + tn * (RN / 4u) + jq];
+        }
         for (var i = 0u; i < RM; i++) {
-            for (var j = 0u; j < RN; j++) {
-                (*acc)[i * RN + j] = fma(a[i], b[j], (*acc)[i * RN + j]);
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                (*acc)[i * 2u + jq] = fma(vec4<f32>(a[i]), b[jq], (*acc)[i * 2u + jq]);
             }
         }
     }
 }
 
 // The tile's GEMM over k in [k_begin, k_end); k_end is uniform, so the barriers are too.
-fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<f32, 64> {
-    var acc: array<f32, 64>;
+fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<vec4<f32>, 16> {
+    var rows: array<Row, 4>;
+    for (var q = 0u; q < 4u; q++) {
+        rows[q] = decode_row(mode, m0 + (lid % (TM / 4u)) * 4u + q);
+    }
+    var acc: array<vec4<f32>, 16>;
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
-        load_tiles(mode, lid, m0, n0, k0);
+        if (mode == MODE_FORWARD) {
+            load_forward(lid, &rows, n0, k0);
+        } else if (mode == MODE_BACKWARD_INPUT) {
+            load_backward_input(lid, &rows, n0, k0);
+        } else {
+            load_backward_filter(lid, &rows, n0, k0);
+        }
         workgroupBarrier();
         multiply_tiles(tm, tn, &acc);
         workgroupBarrier();
@@ -175,11 +306,11 @@ fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var i = 0u; i < RM; i++) {
-        let m = m0 + tm + i * (TM / RM);
+        let m = m0 + tm * RM + i;
         for (var j = 0u; j < RN; j++) {
-            let c = n0 + tn + j * (TN / RN);
+            let c = n0 + tn * RN + j;
             if (m < rows && c < p.out_c) {
-                var v = acc[i * RN + j] + in2[c];
+                var v = acc[i * 2u + j / 4u][j % 4u] + in2[c];
                 if (p.relu != 0u) { v = max(v, 0.0); }
                 out0[m * p.out_c + c] = v;
             }
@@ -199,11 +330,11 @@ fn conv2d_backward_input(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var i = 0u; i < RM; i++) {
-        let m = m0 + tm + i * (TM / RM);
+        let m = m0 + tm * RM + i;
         for (var j = 0u; j < RN; j++) {
-            let c = n0 + tn + j * (TN / RN);
+            let c = n0 + tn * RN + j;
             if (m < rows && c < p.in_c) {
-                out0[m * p.in_c + c] = acc[i * RN + j];
+                out0[m * p.in_c + c] = acc[i * 2u + j / 4u][j % 4u];
             }
         }
     }
@@ -224,12 +355,54 @@ fn conv2d_backward_filter(@builtin(local_invocation_index) lid: u32, @builtin(wo
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
     for (var i = 0u; i < RM; i++) {
-        let m = m0 + tm + i * (TM / RM);
+        let m = m0 + tm * RM + i;
         for (var j = 0u; j < RN; j++) {
-            let c = n0 + tn + j * (TN / RN);
+            let c = n0 + tn * RN + j;
             if (m < rows && c < p.out_c) {
-                out0[(wg.z * rows + m) * p.out_c + c] = acc[i * RN + j];
+                out0[(wg.z * rows + m) * p.out_c + c] = acc[i * 2u + j / 4u][j % 4u];
             }
         }
     }
+}
+
+// Which output row (or column) puts kernel tap offset t = i + pad - k on input i: t / stride
+// when stride divides t and the result is inside the output, else -1.
+fn window_of(t: i32, stride: u32, limit: u32) -> i32 {
+    if (t < 0) { return -1; }
+    var o = u32(t);
+    // Only strided convolutions pay for a division (the branch is uniform).
+    if (stride != 1u) {
+        if (o % stride != 0u) { return -1; }
+        o = o / stride;
+    }
+    if (o >= limit) { return -1; }
+    return i32(o);
+}
+
+// dcol (n*out_h*out_w, patch) = in0, the input gradient per window (a plain GEMM of dy and w^T,
+// done by matmul.wgsl) -> dx (n, in_h, in_w, in_c) = out0: each input element sums the dcol
+// entries of the windows that cover it, taps in order; no atomics. One invocation per element.
+@compute @workgroup_size(256)
+fn conv2d_col2im(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let in_len = p.in_h * p.in_w * p.in_c;
+    if (id >= p.n * in_len) { return; }
+    let img = id / in_len;
+    let q = id % in_len;
+    let ci = q % p.in_c;
+    let ix = (q / p.in_c) % p.in_w;
+    let iy = q / (p.in_c * p.in_w);
+    let patch_width = patch_len();
+    var sum = 0.0;
+    for (var ky = 0u; ky < p.k_h; ky++) {
+        let oy = window_of(i32(iy + p.pad_top) - i32(ky), p.stride_h, p.out_h);
+        if (oy < 0) { continue; }
+        for (var kx = 0u; kx < p.k_w; kx++) {
+            let ox = window_of(i32(ix + p.pad_left) - i32(kx), p.stride_w, p.out_w);
+            if (ox < 0) { continue; }
+            sum += in0[((img * p.out_h + u32(oy)) * p.out_w + u32(ox)) * patch_width + (ky * p.k_w + kx) * p.in_c + ci];
+        }
+    }
+    out0[id] = sum;
 }

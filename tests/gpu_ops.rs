@@ -9,10 +9,19 @@ use gpu_cnn::backend::cpu::CpuBackend;
 use gpu_cnn::backend::gpu::{choose_adapter, shader_check::check_wgsl, DeviceRequest, GpuBackend, ALL_SHADERS};
 use gpu_cnn::backend::{AdamStep, Backend, ConvShape, DenseShape, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM};
 
-/// Any adapter, software included; None (after saying so) when there is none.
+/// Any adapter, software included (or the one GPU_CNN_TEST_DEVICE names: vulkan, gl, 1, ...);
+/// None (after saying so) when there is none.
 fn gpu() -> Option<GpuBackend> {
-    match choose_adapter(DeviceRequest::Gpu) {
-        Ok(Some(adapter)) => Some(GpuBackend::new(adapter).expect("opening the GPU device")),
+    let request = match std::env::var("GPU_CNN_TEST_DEVICE") {
+        Ok(name) => name.parse().expect("GPU_CNN_TEST_DEVICE"),
+        Err(_) => DeviceRequest::Gpu,
+    };
+    match choose_adapter(request) {
+        Ok(Some(adapter)) => {
+            let gpu = GpuBackend::new(adapter).expect("opening the GPU device");
+            eprintln!("GPU test on {}", gpu.describe());
+            Some(gpu)
+        }
         Ok(None) | Err(_) => {
             if std::env::var("GPU_CNN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("no GPU adapter but GPU_CNN_REQUIRE_GPU=1");
@@ -85,6 +94,7 @@ fn conv_shape(in_h: usize, in_w: usize, in_c: usize, out_c: usize, k: (usize, us
 }
 
 /// y, dx, dw, db of one conv on backend `b`.
+#[allow(clippy::too_many_arguments)]
 fn conv_run<B: Backend>(b: &B, s: &ConvShape, n: usize, relu: bool, x: &[f32], w: &[f32], bias: &[f32], dy: &[f32]) -> [Vec<f32>; 4] {
     let (xt, wt, bt, dyt) = (up(b, x), up(b, w), up(b, bias), up(b, dy));
     let mut y = b.tensor(n * s.out_len()).unwrap();
@@ -109,8 +119,14 @@ fn conv2d_matches_cpu() {
         (conv_shape(13, 13, 5, 7, (3, 3), (2, 2), true), 7, false),
         // unequal kernel and strides, "same": pad_top 0, pad_left 1, padding only on some sides.
         (conv_shape(8, 9, 4, 3, (2, 3), (2, 1), true), 3, true),
+        // 16+ input channels: the input gradient takes the implicit GEMM instead of col2im,
+        // with stride 2 and "same" padding, and with unequal kernel and strides.
+        (conv_shape(9, 9, 17, 6, (3, 3), (2, 2), true), 3, true),
+        (conv_shape(8, 9, 20, 3, (2, 3), (2, 1), true), 2, false),
         // channels past one 64-wide tile on both sides (in_c 70, out_c 65): K = 630.
         (conv_shape(6, 6, 70, 65, (3, 3), (1, 1), true), 3, true),
+        // few rows, many columns: 32 x 128 tiles, where each invocation loads 4 columns per slab.
+        (conv_shape(5, 5, 2, 70, (2, 2), (1, 1), false), 2, true),
         // 1x1 kernel on a 1-pixel-wide map, batch 1.
         (conv_shape(5, 1, 2, 3, (1, 1), (1, 1), false), 1, false),
     ];
@@ -139,22 +155,20 @@ fn conv2d_partial_batch_uses_a_prefix() {
     let w = rng.vec(s.kernel_len());
     let bias = rng.vec(s.out_c);
     let sentinel = vec![7.0f32; 7 * s.out_len()];
-    let run = |b: &dyn Fn() -> Vec<f32>| b();
-    let on_cpu = run(&|| {
-        let (xt, wt, bt) = (up(&cpu, &x), up(&cpu, &w), up(&cpu, &bias));
-        let mut y = up(&cpu, &sentinel);
-        cpu.conv2d_forward(&xt, &wt, &bt, &mut y, &s, 4, true);
-        cpu.download(&y).unwrap()
-    });
-    let (xt, wt, bt) = (up(&gpu, &x), up(&gpu, &w), up(&gpu, &bias));
-    let mut y = up(&gpu, &sentinel);
-    gpu.conv2d_forward(&xt, &wt, &bt, &mut y, &s, 4, true);
-    let on_gpu = gpu.download(&y).unwrap();
+    fn forward_prefix<B: Backend>(b: &B, s: &ConvShape, x: &[f32], w: &[f32], bias: &[f32], sentinel: &[f32]) -> Vec<f32> {
+        let (xt, wt, bt) = (up(b, x), up(b, w), up(b, bias));
+        let mut y = up(b, sentinel);
+        b.conv2d_forward(&xt, &wt, &bt, &mut y, s, 4, true);
+        b.download(&y).unwrap()
+    }
+    let on_cpu = forward_prefix(&cpu, &s, &x, &w, &bias, &sentinel);
+    let on_gpu = forward_prefix(&gpu, &s, &x, &w, &bias, &sentinel);
     assert_close("partial batch y", &on_gpu, &on_cpu, GEMM_TOL);
     assert!(on_gpu[4 * s.out_len()..].iter().all(|&v| v == 7.0));
 }
 
 /// y, dx, dw, db of one dense layer on backend `b`.
+#[allow(clippy::too_many_arguments)]
 fn dense_run<B: Backend>(b: &B, s: &DenseShape, n: usize, relu: bool, x: &[f32], w: &[f32], bias: &[f32], dy: &[f32]) -> [Vec<f32>; 4] {
     let (xt, wt, bt, dyt) = (up(b, x), up(b, w), up(b, bias), up(b, dy));
     let mut y = b.tensor(n * s.units).unwrap();
@@ -243,32 +257,61 @@ fn relu_backward_matches_cpu_exactly() {
     let len = 1001;
     let y: Vec<f32> = rng.vec(len).into_iter().map(|v| if v < 0.0 { 0.0 } else { v }).collect();
     let dy = rng.vec(len);
-    let run = |b: &dyn Fn() -> Vec<f32>| b();
-    let want = run(&|| {
-        let yt = up(&cpu, &y);
-        let mut d = up(&cpu, &dy);
-        cpu.relu_backward(&yt, &mut d, len - 1);
-        cpu.download(&d).unwrap()
-    });
-    let yt = up(&gpu, &y);
-    let mut d = up(&gpu, &dy);
-    gpu.relu_backward(&yt, &mut d, len - 1);
-    assert_eq!(gpu.download(&d).unwrap(), want);
+    fn relu_back<B: Backend>(b: &B, y: &[f32], dy: &[f32]) -> Vec<f32> {
+        let yt = up(b, y);
+        let mut d = up(b, dy);
+        b.relu_backward(&yt, &mut d, y.len() - 1); // the last element is left alone
+        b.download(&d).unwrap()
+    }
+    assert_eq!(relu_back(&gpu, &y, &dy), relu_back(&cpu, &y, &dy));
 }
 
 #[test]
 fn relu_backward_past_65535_workgroups() {
-    // 65535 * 256 + 1000 elements: a 1-D grid would pass the per-dimension limit; the backend
-    // must fold it into 2-D rather than fail.
+    // A 1-D grid of more workgroups than a dimension allows must be folded into 2-D. With the
+    // real limit that takes 16.7M elements; a lowered limit (3) reaches the same code with 1k.
     let Some(gpu) = gpu() else { return };
-    let len = 65535 * 256 + 1000;
+    gpu.lower_dispatch_limit_for_tests(3);
+    let len = 3 * 256 * 2 + 77;
     let y: Vec<f32> = (0..len).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
-    let dy = vec![2.0f32; len];
     let yt = up(&gpu, &y);
-    let mut d = up(&gpu, &dy);
+    let mut d = up(&gpu, &vec![2.0f32; len]);
     gpu.relu_backward(&yt, &mut d, len);
     let got = gpu.download(&d).unwrap();
     assert!(got.iter().enumerate().all(|(i, &v)| v == if i % 3 == 0 { 0.0 } else { 2.0 }));
+}
+
+#[test]
+fn ops_past_the_workgroups_per_dimension_limit_match_cpu() {
+    // Every kind of grid folded: tile grids over y and z (conv, dense), 2-D linear grids (pool,
+    // gather, softmax). The limit is lowered to 2 so small shapes need the folding.
+    let Some(gpu) = gpu() else { return };
+    gpu.lower_dispatch_limit_for_tests(2);
+    let cpu = CpuBackend::new();
+    let mut rng = Rng(0x5eed_000a);
+    let s = conv_shape(13, 13, 3, 5, (3, 3), (1, 1), false); // 847 rows: 7 tiles of 128
+    let n = 7;
+    let (x, w, bias, dy) = (rng.vec(n * s.in_len()), rng.vec(s.kernel_len()), rng.vec(s.out_c), rng.vec(n * s.out_len()));
+    let want = conv_run(&cpu, &s, n, true, &x, &w, &bias, &dy);
+    let got = conv_run(&gpu, &s, n, true, &x, &w, &bias, &dy);
+    for (name, (g, w)) in ["y", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
+        assert_close(&format!("folded conv {name}"), g, w, GEMM_TOL);
+    }
+    let d = DenseShape { inputs: 9, units: 5 };
+    let n = 700; // 6 tiles of 128 rows
+    let (x, w, bias, dy) = (rng.vec(n * d.inputs), rng.vec(d.inputs * d.units), rng.vec(d.units), rng.vec(n * d.units));
+    let want = dense_run(&cpu, &d, n, false, &x, &w, &bias, &dy);
+    let got = dense_run(&gpu, &d, n, false, &x, &w, &bias, &dy);
+    for (name, (g, w)) in ["y", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
+        assert_close(&format!("folded dense {name}"), g, w, GEMM_TOL);
+    }
+    let p = pool_shape(13, 13, 5, (2, 2), (2, 2));
+    let (x, dy) = (rng.vec(7 * p.in_len()), rng.vec(7 * p.out_len()));
+    assert_eq!(pool_run(&gpu, &p, 7, &x, &dy), pool_run(&cpu, &p, 7, &x, &dy), "folded maxpool");
+    let logits = rng.vec(700 * 10);
+    let labels: Vec<u32> = (0..700).map(|_| rng.below(10) as u32).collect();
+    let (want, got) = (loss_run(&cpu, &logits, &labels, 700, 10), loss_run(&gpu, &logits, &labels, 700, 10));
+    assert_close("folded softmax", &got.2, &want.2, 1e-5);
 }
 
 fn loss_run<B: Backend>(b: &B, logits: &[f32], labels: &[u32], n: usize, classes: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -385,63 +428,96 @@ fn gather_batch_matches_cpu() {
     }
 }
 
-/// A forward and backward pass over a small net's ops, returning every output's bits.
-fn step_bits(gpu: &GpuBackend, seed: u64) -> Vec<u32> {
+/// Two training steps of a small net (gather, conv, pool, dense, loss, backward, Adam) on
+/// backend `b`; returns every output of both steps.
+fn two_training_steps<B: Backend>(b: &B, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = Rng(seed);
     let s = conv_shape(13, 13, 3, 8, (3, 3), (1, 1), false);
     let p = pool_shape(11, 11, 8, (2, 2), (2, 2));
     let d = DenseShape { inputs: p.out_len(), units: 10 };
-    let n = 7;
-    let x = up(gpu, &rng.vec(n * s.in_len()));
-    let w = up(gpu, &rng.vec(s.kernel_len()));
-    let b = up(gpu, &rng.vec(s.out_c));
-    let dw_dense = up(gpu, &rng.vec(d.inputs * d.units));
-    let db_dense = up(gpu, &rng.vec(d.units));
-    let labels = up_indices(gpu, &(0..n as u32).map(|i| i % 10).collect::<Vec<_>>());
-    let mut y = gpu.tensor(n * s.out_len()).unwrap();
-    let mut pooled = gpu.tensor(n * p.out_len()).unwrap();
-    let mut argmax = gpu.indices(n * p.out_len()).unwrap();
-    let mut logits = gpu.tensor(n * 10).unwrap();
-    let mut dlogits = gpu.tensor(n * 10).unwrap();
-    let mut metrics = gpu.tensor(3).unwrap();
-    let mut dpooled = gpu.tensor(n * p.out_len()).unwrap();
-    let mut gw = gpu.tensor(d.inputs * d.units).unwrap();
-    let mut gb = gpu.tensor(d.units).unwrap();
-    let mut dy = gpu.tensor(n * s.out_len()).unwrap();
-    let mut cw = gpu.tensor(s.kernel_len()).unwrap();
-    let mut cb = gpu.tensor(s.out_c).unwrap();
-    let mut dx = gpu.tensor(n * s.in_len()).unwrap();
+    let (n, count) = (7, 20);
+    let images: Vec<u8> = (0..count * s.in_len()).map(|_| rng.below(256) as u8).collect();
+    let labels: Vec<u8> = (0..count).map(|_| rng.below(10) as u8).collect();
+    let data = b.upload_images(&images, &labels, s.in_len()).unwrap();
+    let mut params = [
+        up(b, &rng.vec(s.kernel_len())),
+        up(b, &rng.vec(s.out_c)),
+        up(b, &rng.vec(d.inputs * d.units).iter().map(|v| v * 0.1).collect::<Vec<_>>()),
+        up(b, &rng.vec(d.units)),
+    ];
+    let lens = [s.kernel_len(), s.out_c, d.inputs * d.units, d.units];
+    let mut grads = lens.map(|len| b.tensor(len).unwrap());
+    let mut moments = lens.map(|len| b.tensor(len).unwrap());
+    let mut velocities = lens.map(|len| b.tensor(len).unwrap());
+    let mut idx = b.indices(n).unwrap();
+    let mut x = b.tensor(n * s.in_len()).unwrap();
+    let mut batch_labels = b.indices(n).unwrap();
+    let mut y = b.tensor(n * s.out_len()).unwrap();
+    let mut pooled = b.tensor(n * p.out_len()).unwrap();
+    let mut argmax = b.indices(n * p.out_len()).unwrap();
+    let mut logits = b.tensor(n * 10).unwrap();
+    let mut dlogits = b.tensor(n * 10).unwrap();
+    let mut metrics = b.tensor(3).unwrap();
+    let mut dpooled = b.tensor(n * p.out_len()).unwrap();
+    let mut dy = b.tensor(n * s.out_len()).unwrap();
     let mut out = Vec::new();
-    for _ in 0..2 {
-        gpu.conv2d_forward(&x, &w, &b, &mut y, &s, n, true);
-        gpu.maxpool_forward(&y, &mut pooled, &mut argmax, &p, n);
-        gpu.dense_forward(&pooled, &dw_dense, &db_dense, &mut logits, &d, n, false);
-        gpu.softmax_xent(&logits, &labels, &mut dlogits, &mut metrics, n, 10);
-        gpu.dense_backward_filter(&pooled, &dlogits, &mut gw, &mut gb, &d, n);
-        gpu.dense_backward_input(&dlogits, &dw_dense, &mut dpooled, &d, n);
-        gpu.maxpool_backward(&dpooled, &argmax, &mut dy, &p, n);
-        gpu.relu_backward(&y, &mut dy, n * s.out_len());
-        gpu.conv2d_backward_filter(&x, &dy, &mut cw, &mut cb, &s, n);
-        gpu.conv2d_backward_input(&dy, &w, &mut dx, &s, n);
-        gpu.flush().unwrap();
-        for t in [&logits, &dlogits, &metrics, &gw, &gb, &dy, &cw, &cb, &dx] {
-            out.extend(gpu.download(t).unwrap().iter().map(|v| v.to_bits()));
+    for step in 1..=2u64 {
+        let batch: Vec<u32> = (0..n).map(|_| rng.below(count as u64) as u32).collect();
+        b.upload_indices(&mut idx, &batch);
+        b.gather_batch(&data, &idx, n, &mut x, &mut batch_labels);
+        b.conv2d_forward(&x, &params[0], &params[1], &mut y, &s, n, true);
+        b.maxpool_forward(&y, &mut pooled, &mut argmax, &p, n);
+        b.dense_forward(&pooled, &params[2], &params[3], &mut logits, &d, n, false);
+        b.softmax_xent(&logits, &batch_labels, &mut dlogits, &mut metrics, n, 10);
+        {
+            let [gw, gb, gdw, gdb] = &mut grads;
+            b.dense_backward_filter(&pooled, &dlogits, gdw, gdb, &d, n);
+            b.dense_backward_input(&dlogits, &params[2], &mut dpooled, &d, n);
+            b.maxpool_backward(&dpooled, &argmax, &mut dy, &p, n);
+            b.relu_backward(&y, &mut dy, n * s.out_len());
+            b.conv2d_backward_filter(&x, &dy, gw, gb, &s, n);
+        }
+        let h = AdamStep { learning_rate: 1e-2, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, step };
+        for i in 0..4 {
+            b.adam_update(&mut params[i], &grads[i], &mut moments[i], &mut velocities[i], lens[i], &h);
+        }
+        b.flush().unwrap();
+        for t in [&x, &logits, &dlogits, &metrics, &dy] {
+            out.push(b.download(t).unwrap());
+        }
+        for t in grads.iter().chain(&params) {
+            out.push(b.download(t).unwrap());
         }
     }
     out
 }
 
 #[test]
+fn training_steps_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new();
+    let want = two_training_steps(&cpu, 7);
+    let got = two_training_steps(&gpu, 7);
+    // Errors compound over the chain (and Adam's first steps move every parameter by about
+    // the learning rate whatever the gradient's size), so 1e-3 of the largest value.
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("training output {i}"), g, w, 1e-3);
+    }
+}
+
+#[test]
 fn repeated_runs_give_identical_bits_and_reuse_bind_groups() {
     let Some(gpu) = gpu() else { return };
-    let first = step_bits(&gpu, 42);
-    let cached = gpu.cached_bind_groups();
-    let second = step_bits(&gpu, 42);
-    assert!(first == second, "same inputs, same adapter: different bits");
-    // Fresh tensors get fresh bind groups, but within one step_bits the second pass reused the
-    // first pass's: each pass records 10 ops (+1 split sum per filter gradient).
-    assert_eq!(gpu.cached_bind_groups() - cached, cached, "bind groups per step_bits call should be the same");
-    assert!(cached <= 12, "{cached} bind groups for one step of 10 ops: the second pass must reuse the first's");
+    let first = two_training_steps(&gpu, 42);
+    let after_first = gpu.cached_bind_groups();
+    let second = two_training_steps(&gpu, 42);
+    let bits = |v: &Vec<Vec<f32>>| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&first) == bits(&second), "same inputs, same adapter: different bits");
+    // Each call makes fresh tensors, hence fresh bind groups, but the same number: within a
+    // call the second step reused every bind group of the first.
+    assert_eq!(gpu.cached_bind_groups(), 2 * after_first);
+    // One step records 16 dispatches (+2 split sums); a second step adding more would be a leak.
+    assert!(after_first <= 18, "{after_first} bind groups for one step's 18 dispatches");
 }
 
 #[test]
@@ -453,6 +529,21 @@ fn too_large_tensor_names_the_limit() {
     assert!(err.contains("max_storage_buffer_binding_size") || err.contains("max_buffer_size"), "{err}");
     let err = gpu.indices((limits.max_buffer_size / 4 + 1) as usize).err().expect("past max_buffer_size").to_string();
     assert!(err.contains("max_buffer_size") && err.contains(&limits.max_buffer_size.to_string()), "{err}");
+}
+
+#[test]
+fn wgpu_errors_come_back_from_flush() {
+    let Some(gpu) = gpu() else { return };
+    // MAP_READ with STORAGE is invalid: wgpu reports it to the uncaptured-error handler.
+    let _bad = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("deliberately invalid"),
+        size: 16,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let err = gpu.flush().expect_err("the invalid buffer must be reported").to_string();
+    assert!(err.contains("deliberately invalid") || err.to_lowercase().contains("usage"), "{err}");
+    gpu.flush().expect("reported once, then cleared");
 }
 
 #[test]

@@ -32,6 +32,12 @@ impl GpuContext {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(error_chain(&e));
         }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("GPU device lost ({reason:?}): {message}"));
+            }
+        });
         Ok(GpuContext { adapter, device, queue, limits, errors })
     }
 

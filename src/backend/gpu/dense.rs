@@ -22,7 +22,7 @@ impl GpuBackend {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn record_dense_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &DenseShape, n: usize, relu: bool) {
         let params = matmul_params(n, s.units, s.inputs, (s.inputs, 1), (s.units, 1), true, relu, 0, false, 0);
-        let tile = Tile::for_cols(s.units);
+        let tile = Tile::for_gemm(n, s.units, 128);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::MatmulBiasAct, tile);
         let groups = tile_grid(s.units.div_ceil(tile.tn as usize), n.div_ceil(tile.tm as usize), self.max_per_dim());
         let bound = [x.at(1), w.at(2), b.at(3), y.at(4)];
@@ -32,7 +32,7 @@ impl GpuBackend {
     // dy (n, units), w (inputs, units) -> dx (n, inputs) = dy * w^T.
     pub(super) fn record_dense_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &DenseShape, n: usize) {
         let params = matmul_params(n, s.inputs, s.units, (s.units, 1), (1, s.units), false, false, 0, false, 0);
-        let tile = Tile::for_cols(s.inputs);
+        let tile = Tile::for_gemm(n, s.inputs, 128);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::MatmulBiasAct, tile);
         let groups = tile_grid(s.inputs.div_ceil(tile.tn as usize), n.div_ceil(tile.tm as usize), self.max_per_dim());
         // The kernel's bias binding is unused here (p.bias = 0) but must be bound: w stands in.
@@ -42,11 +42,11 @@ impl GpuBackend {
 
     // x (n, inputs), dy (n, units) -> dw (inputs, units) = x^T * dy, db (units) = column sums.
     pub(super) fn record_dense_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &DenseShape, n: usize) {
-        let (per, splits) = split_k(n);
         let rows = s.inputs + 1; // + the ones row that yields db
+        let (per, splits) = split_k(n, rows * s.units);
         let Some(scratch) = self.scratch(splits * rows * s.units) else { return };
         let params = matmul_params(s.inputs, s.units, n, (1, s.inputs), (s.units, 1), false, false, per, true, splits);
-        let tile = Tile::for_cols(s.units);
+        let tile = Tile::for_gemm(rows, s.units, 128);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::MatmulSplitPartials, tile);
         let groups = [s.units.div_ceil(tile.tn as usize) as u32, rows.div_ceil(tile.tm as usize) as u32, splits as u32];
         let bound = [x.at(1), dy.at(2), scratch.at(4)];

@@ -1,5 +1,22 @@
 //! The GPU backend: every op is a WGSL compute shader run through wgpu, recorded into the
 //! step's command encoder and submitted on `flush` (or before any read-back).
+//!
+//! Use from the CLI:
+//! ```no_run
+//! use gpu_cnn::backend::{gpu::{choose_adapter, GpuBackend, DeviceRequest}, Backend};
+//! let request: DeviceRequest = "auto".parse()?;          // auto|cpu|gpu|vulkan|metal|dx12|gl|N
+//! match choose_adapter(request)? {
+//!     Some(adapter) => {
+//!         let gpu = GpuBackend::new(adapter)?;
+//!         println!("device: {}", gpu.describe());       // "name (backend, driver)"
+//!         gpu.check_fits("conv2d output", 32 * 30 * 30 * 32 * 4)?; // before training
+//!     }
+//!     None => println!("no hardware GPU found: training on the CPU"),
+//! }
+//! # anyhow::Ok(())
+//! ```
+//! `list_adapters()` gives the rows of `gpu-cnn devices`. Errors wgpu raises while ops are
+//! recorded come back from the next `flush()` or download.
 
 mod adapter_choice;
 mod adam;
@@ -76,6 +93,9 @@ pub struct GpuBackend {
     adam_scalars_id: u64,
     adam_scalars_written: Cell<Option<[u32; 4]>>,
     adam_scalars_in_encoder: Cell<Option<[u32; 4]>>,
+    /// Workgroups per grid dimension that dispatches may use: the adapter's limit, or less
+    /// when a test lowers it to exercise the 2-D/3-D grid folding on small inputs.
+    dispatch_limit: Cell<u32>,
 }
 
 impl GpuBackend {
@@ -100,8 +120,11 @@ impl GpuBackend {
             adam_scalars_id: 0,
             adam_scalars_written: Cell::new(None),
             adam_scalars_in_encoder: Cell::new(None),
+            dispatch_limit: Cell::new(0),
         };
-        // Shader compilation errors surface here rather than at the first step.
+        backend.dispatch_limit.set(backend.ctx.limits.max_compute_workgroups_per_dimension);
+        // Errors creating the fixed pipelines surface here; the GEMM pipelines are compiled on
+        // first use and report at the next flush.
         let _ = backend.ctx.device.poll(wgpu::PollType::wait_indefinitely());
         backend.ctx.take_errors().context("creating the GPU pipelines")?;
         Ok(backend)
@@ -110,6 +133,14 @@ impl GpuBackend {
     /// The adapter's limits (all of them were requested).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.ctx.limits
+    }
+
+    /// The wgpu device and queue, for benches and tools that run their own kernels beside ours.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.ctx.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.ctx.queue
     }
 
     pub fn adapter_info(&self) -> wgpu::AdapterInfo {
@@ -135,7 +166,13 @@ impl GpuBackend {
     }
 
     fn max_per_dim(&self) -> u32 {
-        self.ctx.limits.max_compute_workgroups_per_dimension
+        self.dispatch_limit.get()
+    }
+
+    /// Pretends the adapter allows only `limit` workgroups per grid dimension (at most the
+    /// real limit), so tests reach the grid folding that big batches need with small inputs.
+    pub fn lower_dispatch_limit_for_tests(&self, limit: u32) {
+        self.dispatch_limit.set(limit.clamp(1, self.ctx.limits.max_compute_workgroups_per_dimension));
     }
 
     fn buffer_bytes(len: usize) -> u64 {

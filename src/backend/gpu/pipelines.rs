@@ -36,19 +36,18 @@ pub struct Tile {
 }
 
 impl Tile {
-    /// The tile for a GEMM with `cols` output columns (conv: output channels): 128 rows
-    /// (pixels or samples, the long side here) and the narrowest column width that covers
-    /// `cols`, so a 32-channel layer does not compute 32 wasted columns. 8 x 8 (or 8 x 4) per
-    /// invocation: on lavapipe the shared-memory loads, not the FMAs, are the cost, and a
-    /// bigger register block loads less per FMA. At most 16 KiB of workgroup memory.
-    pub fn for_cols(cols: usize) -> Tile {
-        if cols <= 32 {
-            Tile { tm: 128, tn: 32, rm: 8, rn: 4 }
-        } else if cols <= 64 {
-            Tile { tm: 128, tn: 64, rm: 8, rn: 8 }
-        } else {
-            Tile { tm: 128, tn: 128, rm: 8, rn: 8 }
-        }
+    /// The tile for a GEMM of `rows` x `cols` outputs: the smallest of 32/64/128 that covers
+    /// each side (a 32-channel layer or a 28-row filter gradient should not compute mostly
+    /// padding), with columns capped at `max_cols`. 8 x 8 outputs per invocation on a 64+ side,
+    /// 4 on a 32 side: on lavapipe the workgroup-memory loads, not the FMAs, are the cost, and
+    /// a bigger register block loads less per FMA. 64 to 256 invocations; workgroup memory at
+    /// most 16 KiB (see `tile_fits_the_shaders` for what the shaders need of a tile).
+    pub fn for_gemm(rows: usize, cols: usize, max_cols: u32) -> Tile {
+        let side = |len: usize| if len <= 32 { 32 } else if len <= 64 { 64 } else { 128 };
+        let tm = side(rows);
+        let tn = side(cols).min(max_cols);
+        let per = |t: u32| if t >= 64 { 8 } else { 4 };
+        Tile { tm, tn, rm: per(tm), rn: per(tn) }
     }
 }
 
@@ -87,6 +86,7 @@ pub struct Pipelines {
     gemm: RefCell<HashMap<(GemmEntry, Tile), Rc<Pipeline>>>,
     next_id: Cell<u32>,
     pub sum_split_partials: Pipeline,
+    pub conv2d_col2im: Pipeline,
     pub maxpool_forward: Pipeline,
     pub maxpool_backward: Pipeline,
     pub relu_backward: Pipeline,
@@ -115,6 +115,7 @@ impl Pipelines {
         };
         Pipelines {
             sum_split_partials: make(&matmul, "sum_split_partials"),
+            conv2d_col2im: make(&conv, "conv2d_col2im"),
             maxpool_forward: make(&pool, "maxpool_forward"),
             maxpool_backward: make(&pool, "maxpool_backward"),
             relu_backward: make(&elementwise, "relu_backward"),
@@ -159,4 +160,29 @@ fn create(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: &str, const
     });
     let layout = pipeline.get_bind_group_layout(0);
     Pipeline { id, pipeline, layout }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tile;
+
+    /// What conv.wgsl and matmul.wgsl assume of a tile, for every tile `for_gemm` can pick.
+    #[test]
+    fn tile_fits_the_shaders() {
+        for rows in [1, 32, 33, 64, 65, 1000] {
+            for cols in [1, 32, 33, 64, 65, 1000] {
+                for max_cols in [64, 128] {
+                    let t = Tile::for_gemm(rows, cols, max_cols);
+                    let threads = (t.tm / t.rm) * (t.tn / t.rn);
+                    assert!([4, 8].contains(&t.rm) && [4, 8].contains(&t.rn), "{t:?}");
+                    assert!(threads <= 256, "{t:?}: {threads} invocations");
+                    for side in [t.tm, t.tn] {
+                        assert!((4 * threads).is_multiple_of(side) && 4 * threads <= 16 * side, "{t:?}");
+                    }
+                    assert!(16 * (t.tm + t.tn) * 4 <= 16 * 1024, "{t:?}: workgroup memory");
+                    assert!(t.tn <= max_cols);
+                }
+            }
+        }
+    }
 }
