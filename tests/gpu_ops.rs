@@ -6,31 +6,11 @@
 //! a line and pass, unless GPU_CNN_REQUIRE_GPU=1, which makes a missing adapter a failure.
 
 use gpu_cnn::backend::cpu::CpuBackend;
-use gpu_cnn::backend::gpu::{choose_adapter, shader_check::check_wgsl, DeviceRequest, GpuBackend, ALL_SHADERS};
+use gpu_cnn::backend::gpu::{choose_adapter, shader_check::check_wgsl, DeviceRequest, ALL_SHADERS};
 use gpu_cnn::backend::{AdamStep, Backend, ConvShape, DenseShape, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM};
 
-/// Any adapter, software included (or the one GPU_CNN_TEST_DEVICE names: vulkan, gl, 1, ...);
-/// None (after saying so) when there is none.
-fn gpu() -> Option<GpuBackend> {
-    let request = match std::env::var("GPU_CNN_TEST_DEVICE") {
-        Ok(name) => name.parse().expect("GPU_CNN_TEST_DEVICE"),
-        Err(_) => DeviceRequest::Gpu,
-    };
-    match choose_adapter(request) {
-        Ok(Some(adapter)) => {
-            let gpu = GpuBackend::new(adapter).expect("opening the GPU device");
-            eprintln!("GPU test on {}", gpu.describe());
-            Some(gpu)
-        }
-        Ok(None) | Err(_) => {
-            if std::env::var("GPU_CNN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("no GPU adapter but GPU_CNN_REQUIRE_GPU=1");
-            }
-            eprintln!("no GPU adapter: skipping this GPU test");
-            None
-        }
-    }
-}
+mod common;
+use common::gpu_backend as gpu;
 
 /// xorshift64*: a seeded stream, so every run tests the same numbers.
 struct Rng(u64);

@@ -23,12 +23,22 @@ pub fn run_cli(args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// Any wgpu adapter, software ones included (Mesa's lavapipe in CI). None, after saying so,
-/// when there is none, unless GPU_CNN_REQUIRE_GPU=1: then a missing adapter fails the test.
+/// Any wgpu adapter, software ones included (Mesa's lavapipe in CI), or the one
+/// GPU_CNN_TEST_DEVICE names (vulkan, gl, 1, ...). None, after saying so, when there is none,
+/// unless GPU_CNN_REQUIRE_GPU=1: then a missing adapter fails the test.
 pub fn gpu_backend() -> Option<gpu_cnn::backend::gpu::GpuBackend> {
     use gpu_cnn::backend::gpu::{choose_adapter, DeviceRequest, GpuBackend};
-    match choose_adapter(DeviceRequest::Gpu) {
-        Ok(Some(adapter)) => Some(GpuBackend::new(adapter).expect("opening the GPU device")),
+    use gpu_cnn::backend::Backend;
+    let request = match std::env::var("GPU_CNN_TEST_DEVICE") {
+        Ok(name) => name.parse().expect("GPU_CNN_TEST_DEVICE"),
+        Err(_) => DeviceRequest::Gpu,
+    };
+    match choose_adapter(request) {
+        Ok(Some(adapter)) => {
+            let gpu = GpuBackend::new(adapter).expect("opening the GPU device");
+            eprintln!("GPU test on {}", gpu.describe());
+            Some(gpu)
+        }
         Ok(None) | Err(_) => {
             if std::env::var("GPU_CNN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("no GPU adapter but GPU_CNN_REQUIRE_GPU=1");
