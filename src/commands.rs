@@ -150,7 +150,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     check_model_fits_data(&model, &ds, "the model")?;
     eprintln!("Device: {}", backend.describe());
     eprintln!("Data: {} ({} training, {} test images of {}x{}x{}, {} classes)", ds.name, ds.train.len(), ds.test.len(), model.input.0, model.input.1, model.input.2, ds.class_names.len());
-    let mut net = Network::new(backend, model, batch_size, seed)?;
+    let mut net = Network::new(backend, model, batch_size, seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
     net.adam.learning_rate = learning_rate;
     let mut history = Vec::new();
     if let Some(ck) = &resume {

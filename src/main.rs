@@ -231,8 +231,16 @@ struct EvaluateCli {
     images: ImagesCli,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() {
+    // Errors print as one readable chain ("error: what: why"), never as a panic or backtrace.
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Summary { arch, input } => print!("{}", commands::summary(arch.as_deref(), parse_input_shape(&input)?)?),
         Command::Train(t) => {
             let args = TrainArgs {

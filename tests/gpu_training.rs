@@ -96,3 +96,15 @@ fn auto_uses_the_cpu_backend_when_only_software_adapters_exist() {
         assert!(!err.contains("Device: CPU backend"), "a real GPU exists, auto must take it: {err}");
     }
 }
+
+#[test]
+fn a_batch_too_big_for_the_device_is_refused_before_training() {
+    if common::gpu_backend().is_none() {
+        return;
+    }
+    let out = common::temp_dir("gpu-too-big").join("run");
+    let (ok, _, err) = common::run_cli(&["train", "--device", "gpu", "--dataset", "synthetic", "--batch-size", "100000", "--epochs", "1", "--out", out.to_str().unwrap()]);
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    assert!(err.contains("batch size 100000") && err.contains("max_"), "the error must name the limit: {err}");
+    assert!(!out.join("last.safetensors").exists());
+}
