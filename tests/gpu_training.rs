@@ -108,3 +108,24 @@ fn a_batch_too_big_for_the_device_is_refused_before_training() {
     assert!(err.contains("batch size 100000") && err.contains("max_"), "the error must name the limit: {err}");
     assert!(!out.join("last.safetensors").exists());
 }
+
+#[test]
+fn a_training_step_sends_only_its_indices_and_adams_scalars() {
+    let Some(gpu) = common::gpu_backend() else { return };
+    let ds = data();
+    let model = Model::new(&parse_arch(ARCH).unwrap(), ds.input_shape()).unwrap();
+    let mut net = Network::new(gpu, model, BATCH, 11).unwrap();
+    let images = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len()).unwrap();
+    let order = gpu_cnn::train::epoch_order(ds.train.len(), 11, 0);
+    let mut batches = order.chunks(BATCH);
+    // Warm-up: the first step grows the split-k scratch buffer to its final size, so the
+    // second still creates (and caches) the uniforms of the dispatches bound to it.
+    for _ in 0..2 {
+        net.train_step(&images, batches.next().unwrap()).unwrap();
+    }
+    let before = net.backend.host_to_device_bytes();
+    net.train_step(&images, batches.next().unwrap()).unwrap();
+    let sent = net.backend.host_to_device_bytes() - before;
+    // BATCH u32 indices plus Adam's 4 per-step u32 scalars; no pixels, no weights.
+    assert_eq!(sent, (BATCH * 4 + 16) as u64);
+}

@@ -17,6 +17,7 @@ impl GpuBackend {
         }
         if self.adam_scalars_written.get() != Some(scalars) {
             self.ctx.queue.write_buffer(&self.adam_scalars, 0, bytemuck::cast_slice(&scalars));
+            self.count_written(std::mem::size_of_val(&scalars));
             self.adam_scalars_written.set(Some(scalars));
         }
         self.adam_scalars_in_encoder.set(Some(scalars));

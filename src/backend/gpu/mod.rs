@@ -96,6 +96,8 @@ pub struct GpuBackend {
     /// Workgroups per grid dimension that dispatches may use: the adapter's limit, or less
     /// when a test lowers it to exercise the 2-D/3-D grid folding on small inputs.
     dispatch_limit: Cell<u32>,
+    /// Bytes written from the host with queue writes (uploads, indices, Adam's scalars).
+    written_bytes: Cell<u64>,
 }
 
 impl GpuBackend {
@@ -121,6 +123,7 @@ impl GpuBackend {
             adam_scalars_written: Cell::new(None),
             adam_scalars_in_encoder: Cell::new(None),
             dispatch_limit: Cell::new(0),
+            written_bytes: Cell::new(0),
         };
         backend.dispatch_limit.set(backend.ctx.limits.max_compute_workgroups_per_dimension);
         // Errors creating the fixed pipelines surface here; the GEMM pipelines are compiled on
@@ -128,6 +131,17 @@ impl GpuBackend {
         let _ = backend.ctx.device.poll(wgpu::PollType::wait_indefinitely());
         backend.ctx.take_errors().context("creating the GPU pipelines")?;
         Ok(backend)
+    }
+
+    /// Every byte sent from the host to the device so far: queue writes and parameter
+    /// uniforms. (Tests use it to check that a training step sends only its indices and
+    /// Adam's scalars.)
+    pub fn host_to_device_bytes(&self) -> u64 {
+        self.written_bytes.get() + self.recorder.uniform_bytes()
+    }
+
+    fn count_written(&self, bytes: usize) {
+        self.written_bytes.set(self.written_bytes.get() + bytes as u64);
     }
 
     /// The adapter's limits (all of them were requested).
@@ -236,6 +250,7 @@ impl GpuBackend {
 
     fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) {
         self.submit_pending();
+        self.count_written(data.len());
         if !data.is_empty() {
             self.ctx.queue.write_buffer(buffer, 0, data);
         }

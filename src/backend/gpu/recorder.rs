@@ -29,11 +29,13 @@ pub struct Recorder {
     encoder: RefCell<Option<wgpu::CommandEncoder>>,
     bind_groups: RefCell<HashMap<BindKey, wgpu::BindGroup>>,
     last_submission: RefCell<Option<wgpu::SubmissionIndex>>,
+    /// Bytes of parameter uniforms written so far (host-to-device traffic).
+    uniform_bytes: std::cell::Cell<u64>,
 }
 
 impl Recorder {
     pub fn new() -> Self {
-        Recorder { encoder: RefCell::new(None), bind_groups: RefCell::new(HashMap::new()), last_submission: RefCell::new(None) }
+        Recorder { encoder: RefCell::new(None), bind_groups: RefCell::new(HashMap::new()), last_submission: RefCell::new(None), uniform_bytes: std::cell::Cell::new(0) }
     }
 
     /// True when ops are recorded but not yet submitted.
@@ -44,6 +46,11 @@ impl Recorder {
     /// Number of cached bind groups (a test checks that a repeated step adds none).
     pub fn cached_bind_groups(&self) -> usize {
         self.bind_groups.borrow().len()
+    }
+
+    /// Bytes of parameter uniforms written so far.
+    pub fn uniform_bytes(&self) -> u64 {
+        self.uniform_bytes.get()
     }
 
     /// Records one dispatch of `pipeline` with `params` as its uniform at binding 0.
@@ -69,6 +76,7 @@ impl Recorder {
             });
             uniform.slice(..).get_mapped_range_mut().expect("freshly mapped").copy_from_slice(bytemuck::cast_slice(&words));
             uniform.unmap();
+            self.uniform_bytes.set(self.uniform_bytes.get() + (MAX_PARAMS * 4) as u64);
             let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
             entries.extend(bound.iter().map(|b| wgpu::BindGroupEntry { binding: b.binding, resource: b.buffer.as_entire_binding() }));
             device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.layout, entries: &entries })
