@@ -221,7 +221,7 @@ pub fn kernel_timings<B: Backend>(b: &B, n: usize, peak: f64, o: &BenchOptions) 
     let mut idx = b.indices(n)?;
     b.upload_indices(&mut idx, &(0..n as u32).map(|i| (i * 7) % count as u32).collect::<Vec<_>>());
     let (mut x, mut lab) = (b.tensor(n * image_len)?, b.indices(n)?);
-    let t = time_op(b, &sync, o, || b.gather_batch(&data, &idx, n, &mut x, &mut lab))?;
+    let t = time_op(b, &sync, o, || b.gather_batch(&data, &idx, n, &mut x, &mut lab, None))?;
     r.memory("gather_batch", t, (n * image_len * 5) as f64);
     Ok(r.out)
 }

@@ -1,8 +1,9 @@
 //! Checkpoints as safetensors: weights named `<layer>.kernel` / `<layer>.bias` in Keras layouts
 //! (conv HWIO, dense (in, out)), Adam's moments as `<param>.adam_m` / `.adam_v`, and the run's
-//! facts (architecture text, input shape, class names, epoch, step, seed, history) as string
-//! metadata. Written to a temporary file and renamed, so a crash never leaves half a file.
+//! facts (architecture text, input shape, class names, epoch, step, seed, augmentation, history)
+//! as string metadata. Written to a temporary file and renamed, so a crash never leaves half a file.
 
+use crate::augment::Augmentation;
 use crate::model::{parse_arch, parse_input_shape, Model};
 use crate::network::HostTensor;
 use crate::train::EpochRecord;
@@ -26,6 +27,8 @@ pub struct CheckpointMeta {
     pub seed: u64,
     pub batch_size: usize,
     pub learning_rate: f32,
+    /// The training run's augmentation ("none" in checkpoints from before it existed).
+    pub augment: Augmentation,
     pub history: Vec<EpochRecord>,
 }
 
@@ -64,6 +67,7 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Resul
     info.insert("seed".to_string(), meta.seed.to_string());
     info.insert("batch_size".to_string(), meta.batch_size.to_string());
     info.insert("learning_rate".to_string(), meta.learning_rate.to_string());
+    info.insert("augment".to_string(), meta.augment.name());
     info.insert("history".to_string(), serde_json::to_string(&meta.history)?);
     let data = safetensors::serialize(views, &Some(info)).map_err(|e| anyhow!("serialising checkpoint: {e:?}"))?;
     write_atomically(path, &data)
@@ -101,6 +105,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         seed: num("seed")?,
         batch_size: num("batch_size")? as usize,
         learning_rate: get("learning_rate")?.parse().map_err(|_| anyhow!("{}: metadata learning_rate", path.display()))?,
+        augment: match info.get("augment") {
+            Some(text) => Augmentation::parse(text).with_context(|| format!("{}: metadata augment", path.display()))?,
+            None => Augmentation::NONE,
+        },
         history: serde_json::from_str(get("history")?).with_context(|| format!("{}: metadata history", path.display()))?,
     };
     let mut tensors = Vec::new();

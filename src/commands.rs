@@ -1,5 +1,6 @@
 //! What each CLI subcommand does, given its already-parsed options. main.rs only parses.
 
+use crate::augment::Augmentation;
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{self, Dataset, DatasetKind};
@@ -110,6 +111,8 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     pub resume: Option<PathBuf>,
     pub progress: bool,
+    /// None: the checkpoint's when resuming, else no augmentation.
+    pub augment: Option<Augmentation>,
 }
 
 /// A fresh run directory: runs/<dataset>, then runs/<dataset>-2, -3, ... so nothing saved
@@ -139,6 +142,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let seed = args.seed.or(resume.as_ref().map(|c| c.meta.seed)).unwrap_or(0);
     let batch_size = args.batch_size.or(resume.as_ref().map(|c| c.meta.batch_size)).unwrap_or(32);
     let learning_rate = args.learning_rate.or(resume.as_ref().map(|c| c.meta.learning_rate)).unwrap_or(1e-3);
+    let augment = args.augment.or(resume.as_ref().map(|c| c.meta.augment)).unwrap_or(Augmentation::NONE);
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -172,9 +176,12 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         (None, None) => fresh_run_dir(&ds.name),
     };
     eprintln!("Run directory: {}", out.display());
-    let opts = TrainOptions { epochs: args.epochs, batch_size, seed, out_dir: Some(out.clone()), arch_text: arch_text.clone(), progress: args.progress };
+    if !augment.is_none() {
+        eprintln!("Augmentation: {} (training batches only)", augment.name());
+    }
+    let opts = TrainOptions { epochs: args.epochs, batch_size, seed, out_dir: Some(out.clone()), arch_text: arch_text.clone(), progress: args.progress, augment };
     let history = train::fit(&mut net, &ds, &opts, history)?;
-    let settings = report_settings(&ds.name, &arch_text, net.model.input, &history, batch_size, learning_rate, seed, &net.backend.describe());
+    let settings = report_settings(&ds.name, &arch_text, net.model.input, &history, batch_size, learning_rate, seed, augment, &net.backend.describe());
     let title = format!("gpu-cnn training run: {}", ds.name);
     let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &history, title, settings, &out)?;
     eprint!("\n{}\n{}\n", conf.per_class_text(), conf.matrix_text());
@@ -233,7 +240,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len())?;
     let m = net.evaluate(&test, ds.test.len())?;
     let out = args.out.clone().unwrap_or_else(|| args.checkpoint.parent().map(Path::to_path_buf).unwrap_or_default());
-    let settings = report_settings(&ds.name, &ck.meta.arch, ck.meta.input, &ck.meta.history, ck.meta.batch_size, ck.meta.learning_rate, ck.meta.seed, &device);
+    let settings = report_settings(&ds.name, &ck.meta.arch, ck.meta.input, &ck.meta.history, ck.meta.batch_size, ck.meta.learning_rate, ck.meta.seed, ck.meta.augment, &device);
     let title = format!("gpu-cnn evaluation: {} on {}", args.checkpoint.display(), ds.name);
     let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &ck.meta.history, title, settings, &out)?;
     Ok(if args.json {
@@ -311,7 +318,7 @@ pub fn machine_name() -> String {
 
 /// The settings a run's report shows first.
 #[allow(clippy::too_many_arguments)]
-fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), history: &[train::EpochRecord], batch_size: usize, learning_rate: f32, seed: u64, device: &str) -> Vec<(String, String)> {
+fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), history: &[train::EpochRecord], batch_size: usize, learning_rate: f32, seed: u64, augment: Augmentation, device: &str) -> Vec<(String, String)> {
     [
         ("data set", dataset.to_string()),
         ("input", format!("{}x{}x{}", input.0, input.1, input.2)),
@@ -320,6 +327,7 @@ fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), hist
         ("batch size", batch_size.to_string()),
         ("learning rate", learning_rate.to_string()),
         ("seed", seed.to_string()),
+        ("augmentation", augment.name()),
         ("device", device.to_string()),
     ]
     .into_iter()

@@ -1,5 +1,6 @@
 //! gpu-cnn: train small convolutional image classifiers on any GPU (through wgpu) or the CPU.
 
+pub mod augment;
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;

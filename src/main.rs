@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use gpu_cnn::augment::Augmentation;
 use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, ImageFolderArgs, TrainArgs};
 use gpu_cnn::data::DatasetKind;
 use gpu_cnn::model::parse_input_shape;
@@ -194,6 +195,11 @@ struct TrainCli {
     /// Continue from a checkpoint (weights, Adam state, step, history) until --epochs are done.
     #[arg(long, value_name = "CHECKPOINT")]
     resume: Option<PathBuf>,
+    /// Augment the training batches: none, or a comma list of flip (random horizontal flip) and
+    /// crop (random crop after 4-pixel zero padding); seeded [default: none, or the
+    /// checkpoint's when resuming].
+    #[arg(long, value_name = "LIST", value_parser = Augmentation::parse)]
+    augment: Option<Augmentation>,
 }
 
 #[derive(Args)]
@@ -253,6 +259,7 @@ fn run(cli: Cli) -> Result<()> {
                 out: t.out,
                 resume: t.resume,
                 progress: std::io::stderr().is_terminal(),
+                augment: t.augment,
             };
             commands::train(&args, &t.device)?;
         }

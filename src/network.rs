@@ -2,7 +2,7 @@
 //! (gather, forward, loss, backward, Adam), evaluation and prediction. Generic over the
 //! Backend, so the CPU and GPU paths run this same code.
 
-use crate::backend::{AdamStep, Backend, METRICS_LEN};
+use crate::backend::{AdamStep, Backend, GatherAugment, METRICS_LEN};
 use crate::model::{Activation, LayerOp, Model};
 use crate::rng::Rng;
 use anyhow::{bail, Result};
@@ -68,6 +68,8 @@ pub struct Network<B: Backend> {
     param_of: Vec<Option<usize>>,
     argmax: Vec<Option<B::Indices>>,
     batch_idx: B::Indices,
+    /// The augmented training batch's packed transforms (src/augment.rs).
+    batch_transforms: B::Indices,
     labels: B::Indices,
     metrics: B::Tensor,
     probs: B::Tensor,
@@ -129,6 +131,7 @@ impl<B: Backend> Network<B> {
         let classes = model.classes();
         let mut net = Network {
             batch_idx: backend.indices(max_batch)?,
+            batch_transforms: backend.indices(max_batch)?,
             labels: backend.indices(max_batch)?,
             metrics: backend.tensor(METRICS_LEN)?,
             probs: backend.tensor(max_batch * classes)?,
@@ -254,16 +257,31 @@ impl<B: Backend> Network<B> {
         }
     }
 
-    fn gather(&mut self, data: &B::Images, indices: &[u32]) {
+    /// Builds the input batch; `transforms` (one packed SampleTransform per index) augments it.
+    fn gather(&mut self, data: &B::Images, indices: &[u32], transforms: Option<&[u32]>) {
         let n = indices.len();
         assert!(n > 0 && n <= self.max_batch, "batch of {n} outside 1..={}", self.max_batch);
         self.backend.upload_indices(&mut self.batch_idx, indices);
-        self.backend.gather_batch(data, &self.batch_idx, n, &mut self.acts[0], &mut self.labels);
+        let augment = match transforms {
+            Some(t) => {
+                assert_eq!(t.len(), n, "one transform per image");
+                self.backend.upload_indices(&mut self.batch_transforms, t);
+                Some(GatherAugment { transforms: &self.batch_transforms, shape: self.model.input })
+            }
+            None => None,
+        };
+        self.backend.gather_batch(data, &self.batch_idx, n, &mut self.acts[0], &mut self.labels, augment);
     }
 
     /// One training step on the images at `indices` of `data`. Adds to the metrics.
     pub fn train_step(&mut self, data: &B::Images, indices: &[u32]) -> Result<()> {
-        self.gather(data, indices);
+        self.train_step_augmented(data, indices, None)
+    }
+
+    /// A training step on augmented images: `transforms` holds one packed
+    /// `augment::SampleTransform` per index (see `Augmentation::batch_transforms`).
+    pub fn train_step_augmented(&mut self, data: &B::Images, indices: &[u32], transforms: Option<&[u32]>) -> Result<()> {
+        self.gather(data, indices, transforms);
         self.forward(indices.len());
         self.backward(indices.len());
         self.adam_update();
@@ -272,7 +290,7 @@ impl<B: Backend> Network<B> {
 
     /// Forward and loss only (the loss gradient is computed and ignored). Adds to the metrics.
     pub fn eval_step(&mut self, data: &B::Images, indices: &[u32]) -> Result<()> {
-        self.gather(data, indices);
+        self.gather(data, indices, None);
         self.forward(indices.len());
         let last = *self.slot_out.last().unwrap();
         self.backend.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, indices.len(), self.model.classes());
@@ -281,7 +299,7 @@ impl<B: Backend> Network<B> {
 
     /// Class probabilities (n, classes) of the images at `indices`.
     pub fn predict_step(&mut self, data: &B::Images, indices: &[u32]) -> Result<Vec<f32>> {
-        self.gather(data, indices);
+        self.gather(data, indices, None);
         self.forward(indices.len());
         let last = *self.slot_out.last().unwrap();
         let classes = self.model.classes();

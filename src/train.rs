@@ -1,6 +1,7 @@
 //! The training loop: shuffle each epoch, step through the batches (keeping the last partial
 //! one), validate on the test split, print Keras-like progress, save history and checkpoints.
 
+use crate::augment::Augmentation;
 use crate::backend::Backend;
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::data::Dataset;
@@ -35,6 +36,8 @@ pub struct TrainOptions {
     pub arch_text: String,
     /// Show the live progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// Random flips / crops of the training batches (never of the test set).
+    pub augment: Augmentation,
 }
 
 /// What salts the shuffle generator, so each epoch's order depends only on (seed, epoch).
@@ -78,7 +81,8 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
         let bar = progress_bar(steps, opts.progress);
         let mut last_update = Instant::now();
         for (step, batch) in order.chunks(opts.batch_size).enumerate() {
-            net.train_step(&train, batch).with_context(|| format!("epoch {} step {}", epoch + 1, step + 1))?;
+            let transforms = (!opts.augment.is_none()).then(|| opts.augment.batch_transforms(batch.len(), opts.seed, epoch, step));
+            net.train_step_augmented(&train, batch, transforms.as_deref()).with_context(|| format!("epoch {} step {}", epoch + 1, step + 1))?;
             if last_update.elapsed() > Duration::from_millis(250) || step + 1 == steps {
                 last_update = Instant::now();
                 if !bar.is_hidden() {
@@ -115,6 +119,7 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
                 seed: opts.seed,
                 batch_size: opts.batch_size,
                 learning_rate: net.adam.learning_rate,
+                augment: opts.augment,
                 history: history.clone(),
             };
             let mut tensors = net.weights()?;

@@ -8,7 +8,7 @@ fn help_explains_every_subcommand() {
     let (ok, out, _) = run_cli(&["--help"]);
     assert!(ok && out.contains("train") && out.contains("evaluate") && out.contains("summary"), "{out}");
     let (ok, out, _) = run_cli(&["train", "--help"]);
-    for flag in ["--dataset", "--data-dir", "--arch", "--epochs", "--batch-size", "--learning-rate", "--seed", "--device", "--out", "--resume"] {
+    for flag in ["--dataset", "--data-dir", "--arch", "--epochs", "--batch-size", "--learning-rate", "--seed", "--device", "--out", "--resume", "--augment"] {
         assert!(ok && out.contains(flag), "train --help lacks {flag}: {out}");
     }
 }

@@ -178,6 +178,7 @@ fn predict_output_is_stable_for_a_known_checkpoint_and_input() {
         seed: 0,
         batch_size: 1,
         learning_rate: 1e-3,
+        augment: gpu_cnn::augment::Augmentation::NONE,
         history: vec![],
     };
     let tensors = [HostTensor { name: "dense.kernel".into(), dims: vec![4, 3], data: kernel.clone() }, HostTensor { name: "dense.bias".into(), dims: vec![3], data: bias.clone() }];

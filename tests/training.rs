@@ -2,6 +2,7 @@
 //! checkpoint gives bit for bit the weights of an uninterrupted run.
 
 mod common;
+use gpu_cnn::augment::Augmentation;
 use gpu_cnn::backend::cpu::CpuBackend;
 use gpu_cnn::checkpoint;
 use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
@@ -23,7 +24,7 @@ fn new_net(ds: &Dataset, batch: usize, seed: u64) -> Network<CpuBackend> {
 }
 
 fn options(epochs: usize, out: Option<&Path>) -> TrainOptions {
-    TrainOptions { epochs, batch_size: 32, seed: 5, out_dir: out.map(Path::to_path_buf), arch_text: format_arch(&parse_arch(ARCH).unwrap()), progress: false }
+    TrainOptions { epochs, batch_size: 32, seed: 5, out_dir: out.map(Path::to_path_buf), arch_text: format_arch(&parse_arch(ARCH).unwrap()), progress: false, augment: Augmentation::NONE }
 }
 
 fn train(epochs: usize, out: Option<&Path>) -> (Vec<HostTensor>, Vec<EpochRecord>) {

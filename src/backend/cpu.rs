@@ -3,7 +3,8 @@
 //! `matrixmultiply`'s sgemm; rayon splits the work over the cores. Every split is by a fixed
 //! rule and every sum runs in a fixed order, so a seeded run repeats bit for bit.
 
-use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape, METRIC_COUNT, METRIC_CORRECT, METRIC_LOSS_SUM};
+use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape, METRIC_COUNT, METRIC_CORRECT, METRIC_LOSS_SUM};
+use crate::augment::SampleTransform;
 use anyhow::Result;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -62,6 +63,25 @@ pub fn gemm(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: 
             );
         }
     });
+}
+
+/// One image (h, w, c) of u8 -> dst / 255 with the transform applied: each output pixel is its
+/// source pixel (see `SampleTransform::source`), or zero where that lies outside the image.
+fn gather_transformed(src: &[u8], dst: &mut [f32], t: SampleTransform, (h, w, c): (usize, usize, usize)) {
+    assert_eq!(h * w * c, src.len(), "augment shape {h}x{w}x{c} does not match the image length");
+    for y in 0..h {
+        for x in 0..w {
+            let out = &mut dst[(y * w + x) * c..][..c];
+            match t.source(y, x, h, w) {
+                Some((sy, sx)) => {
+                    for (d, &s) in out.iter_mut().zip(&src[(sy * w + sx) * c..][..c]) {
+                        *d = s as f32 / 255.0;
+                    }
+                }
+                None => out.fill(0.0),
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -257,12 +277,17 @@ impl Backend for CpuBackend {
         Ok(CpuImages { images: images.to_vec(), labels: labels.to_vec(), image_len })
     }
 
-    fn gather_batch(&self, data: &CpuImages, idx: &Vec<u32>, n: usize, x: &mut Vec<f32>, labels: &mut Vec<u32>) {
+    fn gather_batch(&self, data: &CpuImages, idx: &Vec<u32>, n: usize, x: &mut Vec<f32>, labels: &mut Vec<u32>, augment: Option<GatherAugment<'_, Vec<u32>>>) {
         let len = data.image_len;
-        x[..n * len].par_chunks_mut(len).zip(&idx[..n]).for_each(|(dst, &i)| {
+        x[..n * len].par_chunks_mut(len).zip(&idx[..n]).enumerate().for_each(|(row, (dst, &i))| {
             let src = &data.images[i as usize * len..][..len];
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s as f32 / 255.0;
+            match &augment {
+                None => {
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = s as f32 / 255.0;
+                    }
+                }
+                Some(a) => gather_transformed(src, dst, SampleTransform::unpack(a.transforms[row]), a.shape),
             }
         });
         for (l, &i) in labels[..n].iter_mut().zip(&idx[..n]) {

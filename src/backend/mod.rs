@@ -108,6 +108,13 @@ pub const METRIC_CORRECT: usize = 1; // count of samples whose argmax equals the
 pub const METRIC_COUNT: usize = 2; // count of samples seen
 pub const METRICS_LEN: usize = 3;
 
+/// Per-sample augmentation for `gather_batch`: one packed `crate::augment::SampleTransform` per
+/// batch row, and the (height, width, channels) of the images it moves pixels in.
+pub struct GatherAugment<'a, I> {
+    pub transforms: &'a I,
+    pub shape: (usize, usize, usize),
+}
+
 pub trait Backend {
     /// An f32 array on the device.
     type Tensor;
@@ -130,7 +137,9 @@ pub trait Backend {
     /// Puts a data set on the device. `images.len() == labels.len() * image_len`.
     fn upload_images(&self, images: &[u8], labels: &[u8], image_len: usize) -> Result<Self::Images>;
 
-    /// x[i] = images[idx[i]] / 255 as f32, labels_out[i] = labels[idx[i]], for i < n.
+    /// x[i] = images[idx[i]] / 255 as f32, labels_out[i] = labels[idx[i]], for i < n. With
+    /// `augment`, row i is first moved by its transform (flip, shift with zero fill): every
+    /// backend gives bit-identical rows.
     fn gather_batch(
         &self,
         data: &Self::Images,
@@ -138,6 +147,7 @@ pub trait Backend {
         n: usize,
         x: &mut Self::Tensor,
         labels: &mut Self::Indices,
+        augment: Option<GatherAugment<'_, Self::Indices>>,
     );
 
     /// y (n, out_h, out_w, out_c) = conv(x (n, in_h, in_w, in_c), w HWIO) + b, then ReLU if `relu`.

@@ -3,6 +3,7 @@
 
 use super::recorder::{linear_grid, Bound};
 use super::{GpuBackend, GpuIndices, GpuTensor};
+use crate::backend::GatherAugment;
 use anyhow::{ensure, Result};
 
 /// A run of whole images in one buffer.
@@ -60,18 +61,33 @@ impl GpuBackend {
         Ok(GpuImages { chunks, labels: labels_buffer, labels_id: self.new_id(), image_len, count: labels.len() })
     }
 
-    // idx (n) -> x (n, image_len) = images[idx] / 255, labels (n) = labels[idx].
-    // One dispatch per chunk; each fills the rows whose image lies in it.
-    pub(super) fn record_gather_batch(&self, data: &GpuImages, idx: &GpuIndices, n: usize, x: &mut GpuTensor, labels: &mut GpuIndices) {
+    // idx (n) -> x (n, image_len) = images[idx] / 255, labels (n) = labels[idx]; with
+    // `augment`, each row moved by its transform. One dispatch per chunk; each fills the rows
+    // whose image lies in it (a transform only moves pixels within one image).
+    pub(super) fn record_gather_batch(&self, data: &GpuImages, idx: &GpuIndices, n: usize, x: &mut GpuTensor, labels: &mut GpuIndices, augment: Option<GatherAugment<'_, GpuIndices>>) {
         let groups = linear_grid(n * data.image_len, self.max_per_dim());
+        let ((h, w, c), transforms) = match &augment {
+            Some(a) => {
+                assert_eq!(a.shape.0 * a.shape.1 * a.shape.2, data.image_len, "augment shape does not match the image length");
+                assert!(a.transforms.len() >= n, "{} transforms for a batch of {n}", a.transforms.len());
+                (a.shape, a.transforms)
+            }
+            // The binding must hold some buffer; the kernel does not read it.
+            None => ((0, 0, 0), idx),
+        };
         for chunk in &data.chunks {
-            let params = [n as u32, data.image_len as u32, chunk.first_image as u32, chunk.images as u32, data.count as u32, 0, 0, 0];
+            let params = [
+                n as u32, data.image_len as u32, chunk.first_image as u32, chunk.images as u32,
+                data.count as u32, augment.is_some() as u32, h as u32, w as u32,
+                c as u32, 0, 0, 0,
+            ];
             let bound = [
                 idx.at(1),
                 Bound { binding: 2, buffer: &chunk.buffer, id: chunk.id },
                 Bound { binding: 3, buffer: &data.labels, id: data.labels_id },
                 x.at(4),
                 labels.at(5),
+                transforms.at(6),
             ];
             self.recorder.dispatch(&self.ctx.device, &self.pipelines.gather_batch, &params, &bound, groups);
         }

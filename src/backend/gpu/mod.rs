@@ -34,7 +34,7 @@ pub use adapter_choice::{adapter_row, choose_adapter, enumerate_adapters, list_a
 pub use data::GpuImages;
 pub use pipelines::ALL_SHADERS;
 
-use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
+use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape};
 use anyhow::{Context as _, Result};
 use context::GpuContext;
 use pipelines::Pipelines;
@@ -298,8 +298,8 @@ impl Backend for GpuBackend {
         self.upload_images_in_chunks(images, labels, image_len, limit)
     }
 
-    fn gather_batch(&self, data: &GpuImages, idx: &GpuIndices, n: usize, x: &mut GpuTensor, labels: &mut GpuIndices) {
-        self.record_gather_batch(data, idx, n, x, labels);
+    fn gather_batch(&self, data: &GpuImages, idx: &GpuIndices, n: usize, x: &mut GpuTensor, labels: &mut GpuIndices, augment: Option<GatherAugment<'_, GpuIndices>>) {
+        self.record_gather_batch(data, idx, n, x, labels, augment);
     }
 
     fn conv2d_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &ConvShape, n: usize, relu: bool) {
