@@ -160,7 +160,7 @@ fn cifar_sized_data_set_uploads_in_chunks_and_gathers() {
     gpu.upload_indices(&mut idx_t, &idx);
     let mut x = gpu.tensor(idx.len() * image_len).unwrap();
     let mut batch_labels = gpu.indices(idx.len()).unwrap();
-    gpu.gather_batch(&data, &idx_t, idx.len(), &mut x, &mut batch_labels);
+    gpu.gather_batch(&data, &idx_t, idx.len(), &mut x, &mut batch_labels, None);
     let x = gpu.download(&x).unwrap();
     for (row, &i) in idx.iter().enumerate() {
         let want = &images[i as usize * image_len..][..image_len];

@@ -444,7 +444,7 @@ fn two_training_steps<B: Backend>(b: &B, seed: u64) -> Vec<Vec<f32>> {
     for step in 1..=2u64 {
         let batch: Vec<u32> = (0..n).map(|_| rng.below(count as u64) as u32).collect();
         b.upload_indices(&mut idx, &batch);
-        b.gather_batch(&data, &idx, n, &mut x, &mut batch_labels);
+        b.gather_batch(&data, &idx, n, &mut x, &mut batch_labels, None);
         b.conv2d_forward(&x, &params[0], &params[1], &mut y, &s, n, true);
         b.maxpool_forward(&y, &mut pooled, &mut argmax, &p, n);
         b.dense_forward(&pooled, &params[2], &params[3], &mut logits, &d, n, false);
