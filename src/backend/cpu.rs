@@ -390,10 +390,12 @@ impl Backend for CpuBackend {
                             } else {
                                 // Strictly greater: the first max wins ties.
                                 let first = (base + at) as u32;
+                                // Masks rather than branches: on real data the comparison is
+                                // a coin flip, and this form vectorises.
                                 for (i, ((b, a), &v)) in best.iter_mut().zip(best_at.iter_mut()).zip(row).enumerate() {
-                                    let take = v > *b;
-                                    *b = if take { v } else { *b };
-                                    *a = if take { first + i as u32 } else { *a };
+                                    let mask = 0u32.wrapping_sub((v > *b) as u32);
+                                    *a = (*a & !mask) | ((first + i as u32) & mask);
+                                    *b = f32::from_bits((b.to_bits() & !mask) | (v.to_bits() & mask));
                                 }
                             }
                         }
