@@ -76,6 +76,10 @@ pub struct DeviceBench {
     pub inference: Throughput,
     pub time_to_first_step_ms: f64,
     pub peak_rss_bytes: u64,
+    /// Bytes allocated on the device to train the seed model at the first training batch size
+    /// (weights, Adam's moments, activations, gradients, a data set of 4x the batch, scratch);
+    /// null for the CPU backend, whose memory is in peak_rss_bytes.
+    pub device_bytes_allocated: Option<u64>,
     /// Training FLOP rate (25.7 MFLOP per image for the seed model) over the matmul rate.
     pub training_fraction_of_matmul: f64,
     pub scaling: Vec<Throughput>,
@@ -227,7 +231,7 @@ pub fn kernel_timings<B: Backend>(b: &B, n: usize, peak: f64, o: &BenchOptions) 
 }
 
 /// Images per second of whole training steps (gather, forward, backward, Adam) at batch n.
-fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &BenchOptions) -> Result<(f64, f64)> {
+fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &BenchOptions) -> Result<(f64, f64, Option<u64>)> {
     let started = Instant::now();
     let ds = generate(&SyntheticSpec { train: (n * 4).max(512), test: 1, ..Default::default() }, 0);
     let b = make()?;
@@ -244,7 +248,7 @@ fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &B
         net.train_step(&data, &batches[s % batches.len()])?;
     }
     net.read_metrics()?;
-    Ok(((steps * n) as f64 / t.elapsed().as_secs_f64(), first_step))
+    Ok(((steps * n) as f64 / t.elapsed().as_secs_f64(), first_step, net.backend.device_bytes_allocated()))
 }
 
 /// Images per second of forward passes with softmax at batch n.
@@ -277,10 +281,12 @@ pub fn bench_device<B: Backend>(make: &dyn Fn() -> Result<B>, o: &BenchOptions) 
     drop(b);
     let mut training = Vec::new();
     let mut first_step = f64::NAN;
+    let mut device_bytes = None;
     for &n in &o.train_batches {
-        let (ips, first) = training_throughput(make, n, o)?;
+        let (ips, first, bytes) = training_throughput(make, n, o)?;
         if first_step.is_nan() {
             first_step = first;
+            device_bytes = bytes;
         }
         training.push(Throughput { batch: n, images_per_second: ips });
     }
@@ -298,6 +304,7 @@ pub fn bench_device<B: Backend>(make: &dyn Fn() -> Result<B>, o: &BenchOptions) 
         inference,
         time_to_first_step_ms: first_step * 1e3,
         peak_rss_bytes: peak_rss_bytes(),
+        device_bytes_allocated: device_bytes,
         training_fraction_of_matmul: fraction,
         scaling,
     })
@@ -320,7 +327,11 @@ pub fn format_table(r: &DeviceBench) -> String {
         out += &format!("  batch {:>4}: {:>9.0} images/s\n", t.batch, t.images_per_second);
     }
     out += &format!("inference batch {}: {:.0} images/s\n", r.inference.batch, r.inference.images_per_second);
-    out += &format!("time to first step: {:.0} ms; peak host memory: {:.0} MB\n", r.time_to_first_step_ms, r.peak_rss_bytes as f64 / 1e6);
+    out += &format!("time to first step: {:.0} ms; peak host memory: {:.0} MB", r.time_to_first_step_ms, r.peak_rss_bytes as f64 / 1e6);
+    if let Some(bytes) = r.device_bytes_allocated {
+        out += &format!("; device memory allocated for training at batch {}: {:.1} MB", r.training[0].batch, bytes as f64 / 1e6);
+    }
+    out.push('\n');
     out += &format!("training FLOP rate / matmul rate: {:.0}%\n", r.training_fraction_of_matmul * 100.0);
     out += "scaling (training images/s by batch):";
     for t in &r.scaling {

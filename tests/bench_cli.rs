@@ -32,6 +32,12 @@ fn check_device(d: &serde_json::Value) {
         }
     }
     check_positive(&d["inference"]["images_per_second"], "inference");
+    // Device memory: a number on a GPU, null on the CPU backend (its memory is the RSS).
+    if d["device"].as_str().unwrap().starts_with("CPU backend") {
+        assert!(d["device_bytes_allocated"].is_null());
+    } else {
+        check_positive(&d["device_bytes_allocated"], "device_bytes_allocated");
+    }
 }
 
 #[test]

@@ -236,6 +236,12 @@ pub trait Backend {
         h: &AdamStep,
     );
 
+    /// Bytes this backend has allocated on its device so far, where it has a device of its own
+    /// (None for the CPU backend, whose memory is the process's).
+    fn device_bytes_allocated(&self) -> Option<u64> {
+        None
+    }
+
     /// Ends a step: the GPU submits what it recorded. The CPU has nothing to do.
     fn flush(&self) -> Result<()> {
         Ok(())

@@ -12,6 +12,8 @@ pub struct GpuContext {
     /// submission). Ops cannot return errors, so they land here and `take_errors` reports them
     /// at the next flush or read-back.
     errors: Arc<Mutex<Vec<String>>>,
+    /// Bytes of storage buffers created so far (what `bench` reports as device memory).
+    allocated_bytes: std::cell::Cell<u64>,
 }
 
 impl GpuContext {
@@ -38,7 +40,7 @@ impl GpuContext {
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("GPU device lost ({reason:?}): {message}"));
             }
         });
-        Ok(GpuContext { adapter, device, queue, limits, errors })
+        Ok(GpuContext { adapter, device, queue, limits, errors, allocated_bytes: std::cell::Cell::new(0) })
     }
 
     /// Records an error found while recording an op (ops return nothing).
@@ -57,6 +59,11 @@ impl GpuContext {
         Err(anyhow!("GPU error: {text}"))
     }
 
+    /// Bytes of storage buffers created so far.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated_bytes.get()
+    }
+
     /// A storage buffer of `bytes`, or an error naming the limit it breaks or the OOM.
     pub fn create_storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         self.check_buffer_fits(label, bytes)?;
@@ -70,6 +77,7 @@ impl GpuContext {
         if let Some(e) = pollster::block_on(scope.pop()) {
             bail!("GPU out of memory allocating {label} ({bytes} bytes): {}", error_chain(&e));
         }
+        self.allocated_bytes.set(self.allocated_bytes.get() + bytes);
         Ok(buffer)
     }
 

@@ -258,6 +258,10 @@ impl GpuBackend {
 }
 
 impl Backend for GpuBackend {
+    fn device_bytes_allocated(&self) -> Option<u64> {
+        Some(self.ctx.allocated_bytes())
+    }
+
     type Tensor = GpuTensor;
     type Indices = GpuIndices;
     type Images = GpuImages;
