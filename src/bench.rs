@@ -57,6 +57,8 @@ pub struct KernelTiming {
     pub gbytes_per_s: Option<f64>,
     /// gflops over the device's 1024^3 matmul rate.
     pub fraction_of_peak: Option<f64>,
+    /// "device timestamps" or "host clock".
+    pub timed_by: &'static str,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -90,22 +92,30 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median seconds of one `op`, run `per_submit` times per flush and wait.
-fn time_op<B: Backend>(b: &B, sync: &B::Tensor, o: &BenchOptions, mut op: impl FnMut()) -> Result<f64> {
+/// Median seconds of one `op`, run `per_submit` times per flush: from the device's own
+/// timestamps where it has them, else by the host clock around flush and wait. Returns the
+/// seconds and which clock measured them.
+fn time_op<B: Backend>(b: &B, sync: &B::Tensor, o: &BenchOptions, mut op: impl FnMut()) -> Result<(f64, &'static str)> {
     op();
     b.flush()?;
     b.download(sync)?;
-    let mut times = Vec::new();
+    let mut device_times = Vec::new();
+    let mut host_times = Vec::new();
     for _ in 0..o.repeats {
         let t = Instant::now();
-        for _ in 0..o.per_submit {
-            op();
-        }
+        let device = b.device_seconds(&mut || {
+            for _ in 0..o.per_submit {
+                op();
+            }
+        })?;
         b.flush()?;
         b.download(sync)?;
-        times.push(t.elapsed().as_secs_f64() / o.per_submit as f64);
+        host_times.push(t.elapsed().as_secs_f64() / o.per_submit as f64);
+        if let Some(seconds) = device {
+            device_times.push(seconds / o.per_submit as f64);
+        }
     }
-    Ok(median(times))
+    Ok(if device_times.len() == o.repeats { (median(device_times), "device timestamps") } else { (median(host_times), "host clock") })
 }
 
 fn random_tensor<B: Backend>(b: &B, len: usize, seed: u64) -> Result<B::Tensor> {
@@ -124,12 +134,12 @@ struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    fn compute(&mut self, kernel: &str, seconds: f64, flops: f64) {
+    fn compute(&mut self, kernel: &str, (seconds, timed_by): (f64, &'static str), flops: f64) {
         let gflops = flops / seconds / 1e9;
-        self.out.push(KernelTiming { kernel: kernel.into(), layer: self.layer.into(), batch: self.batch, median_ms: seconds * 1e3, gflops: Some(gflops), gbytes_per_s: None, fraction_of_peak: Some(gflops / self.peak) });
+        self.out.push(KernelTiming { kernel: kernel.into(), layer: self.layer.into(), batch: self.batch, median_ms: seconds * 1e3, gflops: Some(gflops), gbytes_per_s: None, fraction_of_peak: Some(gflops / self.peak), timed_by });
     }
-    fn memory(&mut self, kernel: &str, seconds: f64, bytes: f64) {
-        self.out.push(KernelTiming { kernel: kernel.into(), layer: self.layer.into(), batch: self.batch, median_ms: seconds * 1e3, gflops: None, gbytes_per_s: Some(bytes / seconds / 1e9), fraction_of_peak: None });
+    fn memory(&mut self, kernel: &str, (seconds, timed_by): (f64, &'static str), bytes: f64) {
+        self.out.push(KernelTiming { kernel: kernel.into(), layer: self.layer.into(), batch: self.batch, median_ms: seconds * 1e3, gflops: None, gbytes_per_s: Some(bytes / seconds / 1e9), fraction_of_peak: None, timed_by });
     }
 }
 
@@ -139,7 +149,7 @@ pub fn matmul_gflops<B: Backend>(b: &B, o: &BenchOptions) -> Result<f64> {
     let (x, w, bias) = (random_tensor(b, 1024 * 1024, 1)?, random_tensor(b, 1024 * 1024, 2)?, b.tensor(1024)?);
     let mut y = b.tensor(1024 * 1024)?;
     let sync = b.tensor(1)?;
-    let sec = time_op(b, &sync, o, || b.dense_forward(&x, &w, &bias, &mut y, &s, 1024, false))?;
+    let (sec, _) = time_op(b, &sync, o, || b.dense_forward(&x, &w, &bias, &mut y, &s, 1024, false))?;
     Ok(2.0 * 1024f64.powi(3) / sec / 1e9)
 }
 
@@ -313,7 +323,8 @@ pub fn bench_device<B: Backend>(make: &dyn Fn() -> Result<B>, o: &BenchOptions) 
 /// The readable table.
 pub fn format_table(r: &DeviceBench) -> String {
     let mut out = format!("== {} ==\n", r.device);
-    out += &format!("matmul 1024^3: {:.1} GFLOP/s (the peak below is relative to this)\n\n", r.matmul_1024_gflops);
+    out += &format!("matmul 1024^3: {:.1} GFLOP/s (the peak below is relative to this)\n", r.matmul_1024_gflops);
+    out += &format!("kernels timed by the {}\n\n", r.kernels.first().map_or("host clock", |k| k.timed_by));
     out += &format!("{:<24} {:<16} {:>5} {:>10} {:>10} {:>8} {:>8}\n", "kernel", "layer", "batch", "median ms", "GFLOP/s", "of peak", "GB/s");
     for k in &r.kernels {
         let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));

@@ -20,8 +20,11 @@ fn check_device(d: &serde_json::Value) {
     }
     // 3 convs x 3 + 2 pools x 2 + 2 dense x 3 + loss + Adam + gather, per batch size.
     assert_eq!(kernels.len(), 22);
+    let cpu = d["device"].as_str().unwrap().starts_with("CPU backend");
     for k in kernels {
         check_positive(&k["median_ms"], "median_ms");
+        let clock = k["timed_by"].as_str().unwrap();
+        assert!(if cpu { clock == "host clock" } else { clock == "host clock" || clock == "device timestamps" }, "{clock}");
         let rate = if k["gflops"].is_null() { &k["gbytes_per_s"] } else { &k["gflops"] };
         check_positive(rate, &format!("{} rate", k["kernel"]));
     }

@@ -129,3 +129,24 @@ fn a_training_step_sends_only_its_indices_and_adams_scalars() {
     // BATCH u32 indices plus Adam's 4 per-step u32 scalars; no pixels, no weights.
     assert_eq!(sent, (BATCH * 4 + 16) as u64);
 }
+
+#[test]
+fn kernel_times_come_from_gpu_timestamps_where_the_adapter_has_them() {
+    let Some(gpu) = common::gpu_backend() else { return };
+    let has_timestamps = gpu.device().features().contains(wgpu::Features::TIMESTAMP_QUERY);
+    let s = gpu_cnn::backend::DenseShape { inputs: 256, units: 256 };
+    let x = gpu.tensor(64 * 256).unwrap();
+    let w = gpu.tensor(256 * 256).unwrap();
+    let b = gpu.tensor(256).unwrap();
+    let mut y = gpu.tensor(64 * 256).unwrap();
+    let started = std::time::Instant::now();
+    let seconds = gpu.device_seconds(&mut || gpu.dense_forward(&x, &w, &b, &mut y, &s, 64, true)).unwrap();
+    gpu.flush().unwrap();
+    gpu.download(&y).unwrap();
+    let host = started.elapsed().as_secs_f64();
+    match seconds {
+        // The GPU's own time for the pass is positive and within the host's wall time around it.
+        Some(t) => assert!(has_timestamps && t > 0.0 && t <= host, "device {t} s, host {host} s"),
+        None => assert!(!has_timestamps, "the adapter has timestamp queries, they must be used"),
+    }
+}

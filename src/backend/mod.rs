@@ -242,6 +242,14 @@ pub trait Backend {
         None
     }
 
+    /// Runs `run` (which records ops on this backend) and returns the seconds the device spent
+    /// in them, measured on the device itself (GPU timestamps); None where the backend cannot
+    /// measure that way (the CPU backend; a GPU without timestamp queries).
+    fn device_seconds(&self, run: &mut dyn FnMut()) -> Result<Option<f64>> {
+        run();
+        Ok(None)
+    }
+
     /// Ends a step: the GPU submits what it recorded. The CPU has nothing to do.
     fn flush(&self) -> Result<()> {
         Ok(())

@@ -28,6 +28,7 @@ mod loss;
 mod pipelines;
 mod pool;
 mod recorder;
+mod timing;
 pub mod shader_check;
 
 pub use adapter_choice::{adapter_row, choose_adapter, enumerate_adapters, list_adapters, AdapterInfoRow, DeviceRequest};
@@ -258,6 +259,10 @@ impl GpuBackend {
 }
 
 impl Backend for GpuBackend {
+    fn device_seconds(&self, run: &mut dyn FnMut()) -> Result<Option<f64>> {
+        self.time_passes(run)
+    }
+
     fn device_bytes_allocated(&self) -> Option<u64> {
         Some(self.ctx.allocated_bytes())
     }

@@ -29,13 +29,16 @@ pub struct Recorder {
     encoder: RefCell<Option<wgpu::CommandEncoder>>,
     bind_groups: RefCell<HashMap<BindKey, wgpu::BindGroup>>,
     last_submission: RefCell<Option<wgpu::SubmissionIndex>>,
+    /// While kernels are being timed: the query set, and the next free query index. Each
+    /// compute pass writes a timestamp at its start and one at its end.
+    timestamps: RefCell<Option<(wgpu::QuerySet, u32)>>,
     /// Bytes of parameter uniforms written so far (host-to-device traffic).
     uniform_bytes: std::cell::Cell<u64>,
 }
 
 impl Recorder {
     pub fn new() -> Self {
-        Recorder { encoder: RefCell::new(None), bind_groups: RefCell::new(HashMap::new()), last_submission: RefCell::new(None), uniform_bytes: std::cell::Cell::new(0) }
+        Recorder { encoder: RefCell::new(None), bind_groups: RefCell::new(HashMap::new()), last_submission: RefCell::new(None), timestamps: RefCell::new(None), uniform_bytes: std::cell::Cell::new(0) }
     }
 
     /// True when ops are recorded but not yet submitted.
@@ -83,10 +86,35 @@ impl Recorder {
         });
         let mut encoder = self.encoder.borrow_mut();
         let encoder = encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") }));
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        let mut timestamps = self.timestamps.borrow_mut();
+        let timestamp_writes = timestamps.as_mut().and_then(|(set, next)| {
+            // A full query set stops timing; the caller then sees too few timestamps.
+            (*next + 2 <= set.count()).then(|| {
+                *next += 2;
+                wgpu::ComputePassTimestampWrites { query_set: &*set, beginning_of_pass_write_index: Some(*next - 2), end_of_pass_write_index: Some(*next - 1) }
+            })
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &*bind_group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+
+    /// Starts timing every following pass into `set`.
+    pub fn start_timestamps(&self, set: wgpu::QuerySet) {
+        *self.timestamps.borrow_mut() = Some((set, 0));
+    }
+
+    /// Stops timing; records the resolve of the queries written into `into` (a QUERY_RESOLVE
+    /// buffer) and returns the query set and how many queries were written.
+    pub fn stop_timestamps(&self, device: &wgpu::Device, into: &wgpu::Buffer) -> Option<(wgpu::QuerySet, u32)> {
+        let (set, used) = self.timestamps.borrow_mut().take()?;
+        if used > 0 {
+            let mut encoder = self.encoder.borrow_mut();
+            let encoder = encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") }));
+            encoder.resolve_query_set(&set, 0..used, into, 0);
+        }
+        Some((set, used))
     }
 
     /// Records a buffer copy into the current encoder.
