@@ -118,14 +118,16 @@ fn gemm_kernels_gflops() {
     time(&gpu, "dense backward input 1024x1024x1024", flops, 1, &b, &mut || gpu.dense_backward_input(&dy, &w, &mut dx, &d, n));
     time(&gpu, "dense backward filter 1024x1024x1024", flops, 1, &b, &mut || gpu.dense_backward_filter(&x, &dy, &mut dw, &mut db, &d, n));
 
-    // The seed model's convolutions at batch 32 (CIFAR-10 32x32x3 input).
+    // The seed model's convolutions (CIFAR-10 32x32x3 input).
     let convs = [
         ("conv2d   32x32x3 -> 30x30x32", ConvShape { in_h: 32, in_w: 32, in_c: 3, out_h: 30, out_w: 30, out_c: 32, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 }),
         ("conv2d_1 15x15x32 -> 13x13x64", ConvShape { in_h: 15, in_w: 15, in_c: 32, out_h: 13, out_w: 13, out_c: 64, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 }),
         ("conv2d_2 6x6x64 -> 4x4x64", ConvShape { in_h: 6, in_w: 6, in_c: 64, out_h: 4, out_w: 4, out_c: 64, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 }),
     ];
-    let n = 32;
-    for (name, s) in convs {
+    // GPU_CNN_BENCH_BATCHES: a comma-separated list (default 32,128).
+    let batches: Vec<usize> = std::env::var("GPU_CNN_BENCH_BATCHES").unwrap_or_else(|_| "32,128".into()).split(',').filter_map(|b| b.trim().parse().ok()).collect();
+    for (name, s) in batches.iter().flat_map(|&n| convs.iter().map(move |(name, s)| (format!("{name} batch {n}"), (*s, n)))) {
+        let (s, n) = s;
         let (x, w, b, dy) = (filled(&gpu, n * s.in_len()), filled(&gpu, s.kernel_len()), filled(&gpu, s.out_c), filled(&gpu, n * s.out_len()));
         let (mut y, mut dx, mut dw, mut db) = (gpu.tensor(n * s.out_len()).unwrap(), gpu.tensor(n * s.in_len()).unwrap(), gpu.tensor(s.kernel_len()).unwrap(), gpu.tensor(s.out_c).unwrap());
         let flops = 2.0 * (n * s.out_h * s.out_w * s.out_c * s.patch_len()) as f64;

@@ -38,16 +38,16 @@ pub struct Tile {
 impl Tile {
     /// The tile for a GEMM of `rows` x `cols` outputs: the smallest of 32/64/128 that covers
     /// each side (a 32-channel layer or a 28-row filter gradient should not compute mostly
-    /// padding), with columns capped at `max_cols`. 8 x 8 outputs per invocation on a 64+ side,
-    /// 4 on a 32 side: on lavapipe the workgroup-memory loads, not the FMAs, are the cost, and
-    /// a bigger register block loads less per FMA. 64 to 256 invocations; workgroup memory at
-    /// most 16 KiB (see `tile_fits_the_shaders` for what the shaders need of a tile).
+    /// padding), with columns capped at `max_cols`. 8 x 8 outputs per invocation on every side,
+    /// 32 included: on lavapipe the workgroup-memory loads, not the FMAs, are the cost, and a
+    /// bigger register block loads less per FMA (4 x 4 on a 32 side measured 1.3-1.6x slower
+    /// on the seed model's 32-channel passes). 16 to 256 invocations; workgroup memory at most
+    /// 16 KiB (see `tile_fits_the_shaders` for what the shaders need of a tile).
     pub fn for_gemm(rows: usize, cols: usize, max_cols: u32) -> Tile {
         let side = |len: usize| if len <= 32 { 32 } else if len <= 64 { 64 } else { 128 };
         let tm = side(rows);
         let tn = side(cols).min(max_cols);
-        let per = |t: u32| if t >= 64 { 8 } else { 4 };
-        Tile { tm, tn, rm: per(tm), rn: per(tn) }
+        Tile { tm, tn, rm: 8, rn: 8 }
     }
 }
 
