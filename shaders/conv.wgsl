@@ -293,6 +293,32 @@ fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) ->
     return acc;
 }
 
+// Writes out0[row_start + c .. + 4] = v where c + q < cols: whole vec4s of the accumulator, one
+// bounds check per 4 outputs (not per output, and no dynamic component index: on lavapipe the
+// per-scalar epilogue cost as much as several k slabs on short-k GEMMs).
+fn store4(row_start: u32, c: u32, cols: u32, v: vec4<f32>) {
+    let o = row_start + c;
+    if (c + 4u <= cols) {
+        out0[o] = v.x;
+        out0[o + 1u] = v.y;
+        out0[o + 2u] = v.z;
+        out0[o + 3u] = v.w;
+    } else {
+        if (c < cols) { out0[o] = v.x; }
+        if (c + 1u < cols) { out0[o + 1u] = v.y; }
+        if (c + 2u < cols) { out0[o + 2u] = v.z; }
+    }
+}
+
+// Bias values for 4 consecutive columns from c, 0 past cols.
+fn bias4(c: u32, cols: u32) -> vec4<f32> {
+    var b = vec4<f32>();
+    for (var q = 0u; q < 4u; q++) {
+        if (c + q < cols) { b[q] = in2[c + q]; }
+    }
+    return b;
+}
+
 // x (n, in_h, in_w, in_c) = in0, w (k_h, k_w, in_c, out_c) = in1, b (out_c) = in2
 //   -> y (n, out_h, out_w, out_c) = out0, ReLU'd when p.relu != 0.
 // Grid: x = out_c tiles, y (+ z * num_y) = row tiles.
@@ -305,14 +331,17 @@ fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let rows = p.n * p.out_h * p.out_w;
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
+    var bias: array<vec4<f32>, 2>;
+    for (var jq = 0u; jq < RN / 4u; jq++) {
+        bias[jq] = bias4(n0 + tn * RN + jq * 4u, p.out_c);
+    }
     for (var i = 0u; i < RM; i++) {
         let m = m0 + tm * RM + i;
-        for (var j = 0u; j < RN; j++) {
-            let c = n0 + tn * RN + j;
-            if (m < rows && c < p.out_c) {
-                var v = acc[i * 2u + j / 4u][j % 4u] + in2[c];
-                if (p.relu != 0u) { v = max(v, 0.0); }
-                out0[m * p.out_c + c] = v;
+        if (m < rows) {
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                var v = acc[i * 2u + jq] + bias[jq];
+                if (p.relu != 0u) { v = max(v, vec4<f32>()); }
+                store4(m * p.out_c, n0 + tn * RN + jq * 4u, p.out_c, v);
             }
         }
     }
@@ -331,10 +360,9 @@ fn conv2d_backward_input(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let tn = lid % (TN / RN);
     for (var i = 0u; i < RM; i++) {
         let m = m0 + tm * RM + i;
-        for (var j = 0u; j < RN; j++) {
-            let c = n0 + tn * RN + j;
-            if (m < rows && c < p.in_c) {
-                out0[m * p.in_c + c] = acc[i * 2u + j / 4u][j % 4u];
+        if (m < rows) {
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                store4(m * p.in_c, n0 + tn * RN + jq * 4u, p.in_c, acc[i * 2u + jq]);
             }
         }
     }
@@ -356,10 +384,9 @@ fn conv2d_backward_filter(@builtin(local_invocation_index) lid: u32, @builtin(wo
     let tn = lid % (TN / RN);
     for (var i = 0u; i < RM; i++) {
         let m = m0 + tm * RM + i;
-        for (var j = 0u; j < RN; j++) {
-            let c = n0 + tn * RN + j;
-            if (m < rows && c < p.out_c) {
-                out0[(wg.z * rows + m) * p.out_c + c] = acc[i * 2u + j / 4u][j % 4u];
+        if (m < rows) {
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                store4((wg.z * rows + m) * p.out_c, n0 + tn * RN + jq * 4u, p.out_c, acc[i * 2u + jq]);
             }
         }
     }

@@ -101,6 +101,32 @@ fn gemm_tile(lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<vec4
     return acc;
 }
 
+// Writes out0[row_start + c .. + 4] = v where c + q < cols: whole vec4s of the accumulator, one
+// bounds check per 4 outputs (not per output, and no dynamic component index: on lavapipe the
+// per-scalar epilogue cost as much as several k slabs on short-k GEMMs).
+fn store4(row_start: u32, c: u32, cols: u32, v: vec4<f32>) {
+    let o = row_start + c;
+    if (c + 4u <= cols) {
+        out0[o] = v.x;
+        out0[o + 1u] = v.y;
+        out0[o + 2u] = v.z;
+        out0[o + 3u] = v.w;
+    } else {
+        if (c < cols) { out0[o] = v.x; }
+        if (c + 1u < cols) { out0[o + 1u] = v.y; }
+        if (c + 2u < cols) { out0[o + 2u] = v.z; }
+    }
+}
+
+// Bias values for 4 consecutive columns from c, 0 past cols.
+fn bias4(c: u32, cols: u32) -> vec4<f32> {
+    var b = vec4<f32>();
+    for (var q = 0u; q < 4u; q++) {
+        if (c + q < cols) { b[q] = in2[c + q]; }
+    }
+    return b;
+}
+
 // a = in0 (m, k), b = in1 (k, n), bias = in2 (n) when p.bias != 0 -> c = out0 (m, n), ReLU'd
 // when p.relu != 0. Grid: x = n tiles, y (+ z * num_y) = m tiles.
 @compute @workgroup_size(THREADS)
@@ -111,15 +137,19 @@ fn matmul_bias_act(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     let acc = gemm_tile(lid, m0, n0, 0u, p.k);
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
+    var bias: array<vec4<f32>, 2>;
+    if (p.bias != 0u) {
+        for (var jq = 0u; jq < RN / 4u; jq++) {
+            bias[jq] = bias4(n0 + tn * RN + jq * 4u, p.n);
+        }
+    }
     for (var i = 0u; i < RM; i++) {
         let row = m0 + tm * RM + i;
-        for (var j = 0u; j < RN; j++) {
-            let col = n0 + tn * RN + j;
-            if (row < p.m && col < p.n) {
-                var v = acc[i * 2u + j / 4u][j % 4u];
-                if (p.bias != 0u) { v += in2[col]; }
-                if (p.relu != 0u) { v = max(v, 0.0); }
-                out0[row * p.n + col] = v;
+        if (row < p.m) {
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                var v = acc[i * 2u + jq] + bias[jq];
+                if (p.relu != 0u) { v = max(v, vec4<f32>()); }
+                store4(row * p.n, n0 + tn * RN + jq * 4u, p.n, v);
             }
         }
     }
@@ -139,10 +169,9 @@ fn matmul_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let tn = lid % (TN / RN);
     for (var i = 0u; i < RM; i++) {
         let row = m0 + tm * RM + i;
-        for (var j = 0u; j < RN; j++) {
-            let col = n0 + tn * RN + j;
-            if (row < rows && col < p.n) {
-                out0[(wg.z * rows + row) * p.n + col] = acc[i * 2u + j / 4u][j % 4u];
+        if (row < rows) {
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                store4((wg.z * rows + row) * p.n, n0 + tn * RN + jq * 4u, p.n, acc[i * 2u + jq]);
             }
         }
     }
