@@ -99,8 +99,8 @@ fn conv2d_matches_cpu() {
         (conv_shape(13, 13, 5, 7, (3, 3), (2, 2), true), 7, false),
         // unequal kernel and strides, "same": pad_top 0, pad_left 1, padding only on some sides.
         (conv_shape(8, 9, 4, 3, (2, 3), (2, 1), true), 3, true),
-        // 16+ input channels: the input gradient takes the implicit GEMM instead of col2im,
-        // with stride 2 and "same" padding, and with unequal kernel and strides.
+        // 16+ input channels, with stride 2 and "same" padding, and with unequal kernel and
+        // strides (every case runs the input gradient both ways: implicit GEMM and col2im).
         (conv_shape(9, 9, 17, 6, (3, 3), (2, 2), true), 3, true),
         (conv_shape(8, 9, 20, 3, (2, 3), (2, 1), true), 2, false),
         // channels past one 64-wide tile on both sides (in_c 70, out_c 65): K = 630.
@@ -109,6 +109,10 @@ fn conv2d_matches_cpu() {
         (conv_shape(5, 5, 2, 70, (2, 2), (1, 1), false), 2, true),
         // 1x1 kernel on a 1-pixel-wide map, batch 1.
         (conv_shape(5, 1, 2, 3, (1, 1), (1, 1), false), 1, false),
+        // The seed model's second and third layers: the shape picks the implicit GEMM for the
+        // first and col2im for the second.
+        (conv_shape(15, 15, 32, 64, (3, 3), (1, 1), false), 2, true),
+        (conv_shape(6, 6, 64, 64, (3, 3), (1, 1), false), 3, true),
     ];
     let mut rng = Rng(0x5eed_0001);
     for (s, n, relu) in cases {
@@ -117,10 +121,14 @@ fn conv2d_matches_cpu() {
         let bias = rng.vec(s.out_c);
         let dy = rng.vec(n * s.out_len());
         let want = conv_run(&cpu, &s, n, relu, &x, &w, &bias, &dy);
-        let got = conv_run(&gpu, &s, n, relu, &x, &w, &bias, &dy);
-        for (name, (g, w)) in ["y", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
-            assert_close(&format!("conv {s:?} n={n} {name}"), g, w, GEMM_TOL);
+        for path in [None, Some(false), Some(true)] {
+            gpu.force_conv_input_grad_col2im_for_tests(path);
+            let got = conv_run(&gpu, &s, n, relu, &x, &w, &bias, &dy);
+            for (name, (g, w)) in ["y", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
+                assert_close(&format!("conv {s:?} n={n} {name} (col2im forced: {path:?})"), g, w, GEMM_TOL);
+            }
         }
+        gpu.force_conv_input_grad_col2im_for_tests(None);
     }
 }
 

@@ -16,9 +16,20 @@ pub(super) const K_SLAB: usize = 16;
 /// every adapter's binding limit.
 const MAX_SCRATCH_FLOATS: usize = 16 << 20;
 
-/// Input gradients of layers with fewer input channels go through col2im (see below). Measured
-/// on lavapipe: 5x faster at 3 channels, 20% slower at 32.
-const COL2IM_BELOW_CHANNELS: usize = 16;
+/// Whether a conv's input gradient should go through dcol = dy * w^T and col2im rather than
+/// the implicit GEMM. The implicit GEMM computes in_h*in_w rows, each a (32-padded) in_c wide
+/// and k_h*k_w*out_c deep, many of its products zeros (taps whose window is off the map: more
+/// than half on a 6x6 map with a 3x3 kernel, 3/4 with stride 2); the dcol GEMM computes
+/// out_h*out_w rows, (128-padded) patch wide and out_c deep, no zeros, but adds a gather
+/// pass and a buffer. col2im when its GEMM is under 4/5 of the implicit one. Measured on
+/// lavapipe at batch 32 / 128, GFLOP/s: 6x6x64 -> 4x4x64 2.18 -> 2.73 / 3.88 with col2im;
+/// 15x15x32 -> 13x13x64 (equal work) stays on the implicit GEMM, 32x32x3 on col2im.
+/// A rule of the shape only (not the batch), so results never depend on the batch size.
+fn col2im_pays(s: &ConvShape) -> bool {
+    let implicit = s.in_h * s.in_w * s.in_c.next_multiple_of(32) * s.k_h * s.k_w * s.out_c;
+    let col2im = s.out_h * s.out_w * s.patch_len().next_multiple_of(128) * s.out_c;
+    col2im * 5 < implicit * 4
+}
 
 /// How a filter-gradient GEMM of depth `k` (the batch's pixels or samples) with `outputs`
 /// results (+ the bias row) is split so enough workgroups run: (k per split, a multiple of the
@@ -56,10 +67,11 @@ impl GpuBackend {
     // Two ways: implicit GEMM straight into dx, or dcol = dy * w^T (a plain GEMM) then a
     // gather per input element (col2im). The implicit GEMM's tile is only in_c wide, mostly
     // empty for an RGB input; col2im's GEMM is patch wide but needs a dcol buffer and a second
-    // pass. So col2im for few input channels, when dcol fits the scratch budget.
+    // pass. col2im_pays decides, when dcol fits the scratch budget.
     pub(super) fn record_conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
         let windows = n * s.out_h * s.out_w;
-        if s.in_c < COL2IM_BELOW_CHANNELS && windows * s.patch_len() <= MAX_SCRATCH_FLOATS {
+        let col2im = self.conv_input_grad_col2im.get().unwrap_or_else(|| col2im_pays(s));
+        if col2im && windows * s.patch_len() <= MAX_SCRATCH_FLOATS {
             let Some(dcol) = self.scratch(windows * s.patch_len()) else { return };
             // dcol (windows, patch) = dy (windows, out_c) * w^T; w is (patch, out_c).
             let params = [windows as u32, s.patch_len() as u32, s.out_c as u32, s.out_c as u32, 1, 1, s.out_c as u32, 0, 0, 0, 0, 0];

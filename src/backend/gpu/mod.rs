@@ -99,6 +99,9 @@ pub struct GpuBackend {
     dispatch_limit: Cell<u32>,
     /// Bytes written from the host with queue writes (uploads, indices, Adam's scalars).
     written_bytes: Cell<u64>,
+    /// Tests force one way of computing conv input gradients: Some(true) col2im (where its
+    /// buffer fits), Some(false) the implicit GEMM; None lets the shape decide (conv.rs).
+    conv_input_grad_col2im: Cell<Option<bool>>,
 }
 
 impl GpuBackend {
@@ -125,6 +128,7 @@ impl GpuBackend {
             adam_scalars_in_encoder: Cell::new(None),
             dispatch_limit: Cell::new(0),
             written_bytes: Cell::new(0),
+            conv_input_grad_col2im: Cell::new(None),
         };
         backend.dispatch_limit.set(backend.ctx.limits.max_compute_workgroups_per_dimension);
         // Errors creating the fixed pipelines surface here; the GEMM pipelines are compiled on
@@ -188,6 +192,12 @@ impl GpuBackend {
     /// real limit), so tests reach the grid folding that big batches need with small inputs.
     pub fn lower_dispatch_limit_for_tests(&self, limit: u32) {
         self.dispatch_limit.set(limit.clamp(1, self.ctx.limits.max_compute_workgroups_per_dimension));
+    }
+
+    /// Forces conv input gradients through col2im (Some(true)) or the implicit GEMM
+    /// (Some(false)) whatever the shape, so tests cover both; None restores the shape's choice.
+    pub fn force_conv_input_grad_col2im_for_tests(&self, col2im: Option<bool>) {
+        self.conv_input_grad_col2im.set(col2im);
     }
 
     fn buffer_bytes(len: usize) -> u64 {
