@@ -21,14 +21,14 @@ struct ConvParams {
 @group(0) @binding(4) var<storage, read_write> out0: array<f32>;
 
 // Tile shape, chosen per call by the host (pipeline-overridable): the workgroup computes a
-// TM x TN tile, each invocation RM x RN of it (4 or 8 each), k in slabs of TK. The loads need
+// TM x TN tile, each invocation RM x RN = 8 x 8 of it, k in slabs of TK. The loads need
 // 4 * THREADS to be a multiple of TM and of TN and at most 16 times them (pipelines.rs checks
 // every tile the host picks). Workgroup memory is TK * (TM + TN) floats: at most 16 KiB
 // (128 x 128), the WebGPU default.
 override TM: u32 = 128u;
 override TN: u32 = 64u;
-override RM: u32 = 8u;
-override RN: u32 = 8u;
+const RM: u32 = 8u; // multiply_tiles is written out for 8 x 8
+const RN: u32 = 8u;
 override THREADS: u32 = (TM / RM) * (TN / RN);
 const TK: u32 = 16u;
 
@@ -248,24 +248,29 @@ fn load_backward_filter(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k
 // invocation owns RM contiguous rows and RN contiguous columns and reads them as vec4s. (Four
 // times fewer workgroup-memory reads than scalars; on lavapipe this is worth about 5x.)
 fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
+    // Written out for RM = RN = 8: constant indices only, so the accumulator stays in registers
+    // (a dynamically indexed function array lives in memory on lavapipe).
     for (var kk = 0u; kk < TK; kk++) {
-        var a: array<f32, 8>;
-        for (var iq = 0u; iq < RM / 4u; iq++) {
-            let v = a_tile[kk * (TM / 4u) + tm * (RM / 4u) + iq];
-            a[iq * 4u] = v.x;
-            a[iq * 4u + 1u] = v.y;
-            a[iq * 4u + 2u] = v.z;
-            a[iq * 4u + 3u] = v.w;
-        }
-        var b: array<vec4<f32>, 2>;
-        for (var jq = 0u; jq < RN / 4u; jq++) {
-            b[jq] = b_tile[kk * (TN / 4u) + tn * (RN / 4u) + jq];
-        }
-        for (var i = 0u; i < RM; i++) {
-            for (var jq = 0u; jq < RN / 4u; jq++) {
-                (*acc)[i * 2u + jq] = fma(vec4<f32>(a[i]), b[jq], (*acc)[i * 2u + jq]);
-            }
-        }
+        let a0 = a_tile[kk * (TM / 4u) + tm * 2u];
+        let a1 = a_tile[kk * (TM / 4u) + tm * 2u + 1u];
+        let b0 = b_tile[kk * (TN / 4u) + tn * 2u];
+        let b1 = b_tile[kk * (TN / 4u) + tn * 2u + 1u];
+        (*acc)[0] = fma(vec4<f32>(a0.x), b0, (*acc)[0]);
+        (*acc)[1] = fma(vec4<f32>(a0.x), b1, (*acc)[1]);
+        (*acc)[2] = fma(vec4<f32>(a0.y), b0, (*acc)[2]);
+        (*acc)[3] = fma(vec4<f32>(a0.y), b1, (*acc)[3]);
+        (*acc)[4] = fma(vec4<f32>(a0.z), b0, (*acc)[4]);
+        (*acc)[5] = fma(vec4<f32>(a0.z), b1, (*acc)[5]);
+        (*acc)[6] = fma(vec4<f32>(a0.w), b0, (*acc)[6]);
+        (*acc)[7] = fma(vec4<f32>(a0.w), b1, (*acc)[7]);
+        (*acc)[8] = fma(vec4<f32>(a1.x), b0, (*acc)[8]);
+        (*acc)[9] = fma(vec4<f32>(a1.x), b1, (*acc)[9]);
+        (*acc)[10] = fma(vec4<f32>(a1.y), b0, (*acc)[10]);
+        (*acc)[11] = fma(vec4<f32>(a1.y), b1, (*acc)[11]);
+        (*acc)[12] = fma(vec4<f32>(a1.z), b0, (*acc)[12]);
+        (*acc)[13] = fma(vec4<f32>(a1.z), b1, (*acc)[13]);
+        (*acc)[14] = fma(vec4<f32>(a1.w), b0, (*acc)[14]);
+        (*acc)[15] = fma(vec4<f32>(a1.w), b1, (*acc)[15]);
     }
 }
 

@@ -139,7 +139,9 @@ impl Pipelines {
             GemmEntry::Conv2dForward | GemmEntry::Conv2dBackwardInput | GemmEntry::Conv2dBackwardFilter => &self.conv,
             GemmEntry::MatmulBiasAct | GemmEntry::MatmulSplitPartials => &self.matmul,
         };
-        let constants = [("TM", tile.tm as f64), ("TN", tile.tn as f64), ("RM", tile.rm as f64), ("RN", tile.rn as f64)];
+        // rm and rn are 8, the shaders' constants (their multiply is written out for 8 x 8).
+        debug_assert!(tile.rm == 8 && tile.rn == 8);
+        let constants = [("TM", tile.tm as f64), ("TN", tile.tn as f64)];
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let pipeline = Rc::new(create(device, module, entry.name(), &constants, id));
