@@ -84,6 +84,25 @@ fn decode_row(mode: u32, m: u32) -> Row {
 // (decoded once, in `rows`) at one k, or 4 consecutive columns of B, per step. Its k advances
 // by `step` = 4 * THREADS / TM (or / TN) each time, carried instead of divided.
 
+// The loads below build each vec4 from 4 calls on constant row indices rather than a loop
+// writing v[q]: a dynamically indexed function array or vector lives in memory on lavapipe.
+
+// x at tap (ky, kx), channel ci of one forward row's window, 0 in the padding.
+fn forward_elem(row: Row, ky: u32, kx: u32, ci: u32) -> f32 {
+    let iy = row.y + i32(ky);
+    let ix = row.x + i32(kx);
+    if (iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
+        return in0[((row.base + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
+    }
+    return 0.0;
+}
+
+// in1[kb * cols + c], 0 past cols.
+fn row_elem(kb: u32, c: u32, cols: u32) -> f32 {
+    if (c < cols) { return in1[kb * cols + c]; }
+    return 0.0;
+}
+
 // Forward: A = im2col(x) (n*out_h*out_w, patch), B = w (patch, out_c).
 fn load_forward(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) {
     let mq = lid % (TM / 4u);
@@ -96,13 +115,8 @@ fn load_forward(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) 
     for (var kk = lid / (TM / 4u); kk < TK; kk += step) {
         var v = vec4<f32>();
         if (k < patch_len()) {
-            for (var q = 0u; q < 4u; q++) {
-                let iy = (*rows)[q].y + i32(ky);
-                let ix = (*rows)[q].x + i32(kx);
-                if (iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
-                    v[q] = in0[(((*rows)[q].base + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
-                }
-            }
+            v = vec4<f32>(forward_elem((*rows)[0], ky, kx, ci), forward_elem((*rows)[1], ky, kx, ci),
+                          forward_elem((*rows)[2], ky, kx, ci), forward_elem((*rows)[3], ky, kx, ci));
         }
         a_tile[kk * (TM / 4u) + mq] = v;
         k += step;
@@ -119,16 +133,44 @@ fn load_forward(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) 
         let kb = k0 + kk;
         var v = vec4<f32>();
         if (kb < patch_len()) {
-            for (var q = 0u; q < 4u; q++) {
-                if (c0 + q < p.out_c) { v[q] = in1[kb * p.out_c + c0 + q]; }
-            }
+            v = vec4<f32>(row_elem(kb, c0, p.out_c), row_elem(kb, c0 + 1u, p.out_c), row_elem(kb, c0 + 2u, p.out_c), row_elem(kb, c0 + 3u, p.out_c));
         }
         b_tile[kk * (TN / 4u) + nq] = v;
     }
 }
 
+// dy at channel oc of the output pixel whose window puts tap (ky, kx) on one backward-input
+// row's pixel, 0 when none does.
+fn input_elem(row: Row, ky: u32, kx: u32, oc: u32) -> f32 {
+    let ty = row.y - i32(ky);
+    let tx = row.x - i32(kx);
+    if (ty < 0 || tx < 0) { return 0.0; }
+    var oy = u32(ty);
+    var ox = u32(tx);
+    var hit = true;
+    // Only strided convolutions pay for a division (the branch is uniform).
+    if (p.stride_h != 1u) {
+        hit = hit && oy % p.stride_h == 0u;
+        oy = oy / p.stride_h;
+    }
+    if (p.stride_w != 1u) {
+        hit = hit && ox % p.stride_w == 0u;
+        ox = ox / p.stride_w;
+    }
+    if (hit && oy < p.out_h && ox < p.out_w) {
+        return in0[((row.base + oy) * p.out_w + ox) * p.out_c + oc];
+    }
+    return 0.0;
+}
+
 // Backward input: A (n*in_h*in_w, k_h*k_w*out_c) = dy at the output pixel whose window puts tap
 // (ky, kx) on the row's input pixel (0 when none does), B = w[ky, kx, ci, oc] (k, in_c).
+// w[tap, ci, oc] with tap_row = tap * in_c, 0 past in_c.
+fn weight_t_elem(tap_row: u32, ci: u32, oc: u32) -> f32 {
+    if (ci < p.in_c) { return in1[(tap_row + ci) * p.out_c + oc]; }
+    return 0.0;
+}
+
 fn load_backward_input(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) {
     let depth = p.k_h * p.k_w * p.out_c;
     let mq = lid % (TM / 4u);
@@ -141,27 +183,8 @@ fn load_backward_input(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0
     for (var kk = lid / (TM / 4u); kk < TK; kk += step) {
         var v = vec4<f32>();
         if (k < depth) {
-            for (var q = 0u; q < 4u; q++) {
-                let ty = (*rows)[q].y - i32(ky);
-                let tx = (*rows)[q].x - i32(kx);
-                if (ty >= 0 && tx >= 0) {
-                    var oy = u32(ty);
-                    var ox = u32(tx);
-                    var hit = true;
-                    // Only strided convolutions pay for a division (the branch is uniform).
-                    if (p.stride_h != 1u) {
-                        hit = hit && oy % p.stride_h == 0u;
-                        oy = oy / p.stride_h;
-                    }
-                    if (p.stride_w != 1u) {
-                        hit = hit && ox % p.stride_w == 0u;
-                        ox = ox / p.stride_w;
-                    }
-                    if (hit && oy < p.out_h && ox < p.out_w) {
-                        v[q] = in0[(((*rows)[q].base + oy) * p.out_w + ox) * p.out_c + oc];
-                    }
-                }
-            }
+            v = vec4<f32>(input_elem((*rows)[0], ky, kx, oc), input_elem((*rows)[1], ky, kx, oc),
+                          input_elem((*rows)[2], ky, kx, oc), input_elem((*rows)[3], ky, kx, oc));
         }
         a_tile[kk * (TM / 4u) + mq] = v;
         k += step;
@@ -182,9 +205,9 @@ fn load_backward_input(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0
     for (var kk = lid / (TN / 4u); kk < TK; kk += b_step) {
         var v = vec4<f32>();
         if (kb < depth) {
-            for (var q = 0u; q < 4u; q++) {
-                if (ci0 + q < p.in_c) { v[q] = in1[(b_tap * p.in_c + ci0 + q) * p.out_c + b_oc]; }
-            }
+            let base = b_tap * p.in_c;
+            v = vec4<f32>(weight_t_elem(base, ci0, b_oc), weight_t_elem(base, ci0 + 1u, b_oc),
+                          weight_t_elem(base, ci0 + 2u, b_oc), weight_t_elem(base, ci0 + 3u, b_oc));
         }
         b_tile[kk * (TN / 4u) + nq] = v;
         kb += b_step;
@@ -194,6 +217,18 @@ fn load_backward_input(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0
             b_tap += 1u;
         }
     }
+}
+
+// x under one backward-filter row (tap, channel) for the output pixel at (y, x) = (oy*sh,
+// ox*sw) of image rows from img_row; 1 on the ones row, 0 in the padding.
+fn filter_elem(row: Row, y: i32, x: i32, img_row: u32) -> f32 {
+    if (row.base == ONES_ROW) { return 1.0; }
+    let iy = y + row.y;
+    let ix = x + row.x;
+    if (iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
+        return in0[((img_row + u32(iy)) * p.in_w + u32(ix)) * p.in_c + row.base];
+    }
+    return 0.0;
 }
 
 // Backward filter: A = im2col(x)^T with a row of ones under it (patch + 1, n*out_h*out_w),
@@ -210,16 +245,11 @@ fn load_backward_filter(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k
     for (var kk = lid / (TM / 4u); kk < TK; kk += step) {
         var v = vec4<f32>();
         if (r < depth) {
-            for (var q = 0u; q < 4u; q++) {
-                let row = (*rows)[q];
-                let iy = i32(oy * p.stride_h) + row.y;
-                let ix = i32(ox * p.stride_w) + row.x;
-                if (row.base == ONES_ROW) {
-                    v[q] = 1.0;
-                } else if (iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
-                    v[q] = in0[((img * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + row.base];
-                }
-            }
+            let y = i32(oy * p.stride_h);
+            let x = i32(ox * p.stride_w);
+            let b = img * p.in_h;
+            v = vec4<f32>(filter_elem((*rows)[0], y, x, b), filter_elem((*rows)[1], y, x, b),
+                          filter_elem((*rows)[2], y, x, b), filter_elem((*rows)[3], y, x, b));
         }
         a_tile[kk * (TM / 4u) + mq] = v;
         r += step;
@@ -236,9 +266,7 @@ fn load_backward_filter(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k
         let kb = k0 + kk;
         var v = vec4<f32>();
         if (kb < depth) {
-            for (var q = 0u; q < 4u; q++) {
-                if (c0 + q < p.out_c) { v[q] = in1[kb * p.out_c + c0 + q]; }
-            }
+            v = vec4<f32>(row_elem(kb, c0, p.out_c), row_elem(kb, c0 + 1u, p.out_c), row_elem(kb, c0 + 2u, p.out_c), row_elem(kb, c0 + 3u, p.out_c));
         }
         b_tile[kk * (TN / 4u) + nq] = v;
     }
@@ -276,10 +304,8 @@ fn multiply_tiles(tm: u32, tn: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
 
 // The tile's GEMM over k in [k_begin, k_end); k_end is uniform, so the barriers are too.
 fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<vec4<f32>, 16> {
-    var rows: array<Row, 4>;
-    for (var q = 0u; q < 4u; q++) {
-        rows[q] = decode_row(mode, m0 + (lid % (TM / 4u)) * 4u + q);
-    }
+    let m = m0 + (lid % (TM / 4u)) * 4u;
+    var rows = array<Row, 4>(decode_row(mode, m), decode_row(mode, m + 1u), decode_row(mode, m + 2u), decode_row(mode, m + 3u));
     var acc: array<vec4<f32>, 16>;
     let tm = lid / (TN / RN);
     let tn = lid % (TN / RN);
