@@ -22,6 +22,8 @@ pub struct BenchOptions {
     pub inference_batch: usize,
     /// Timed repetitions per figure (the median is reported).
     pub repeats: usize,
+    /// Whole-step throughput runs for at least this long.
+    pub min_seconds: f64,
     /// Ops recorded per submit when timing a kernel (1 on the CPU; more on a GPU, so the
     /// submit-and-wait cost is spread over many dispatches).
     pub per_submit: usize,
@@ -35,13 +37,14 @@ impl BenchOptions {
             scaling_batches: vec![32, 64, 128, 256, 512],
             inference_batch: 256,
             repeats: 7,
+            min_seconds: 2.0,
             per_submit,
         }
     }
     /// A short run at small batches (under a minute on lavapipe); the shapes are still the
     /// seed model's, only the batch is smaller.
     pub fn quick(per_submit: usize) -> Self {
-        BenchOptions { kernel_batches: vec![8], train_batches: vec![8], scaling_batches: vec![4, 8], inference_batch: 16, repeats: 3, per_submit: per_submit.min(3) }
+        BenchOptions { kernel_batches: vec![8], train_batches: vec![8], scaling_batches: vec![4, 8], inference_batch: 16, repeats: 3, min_seconds: 0.2, per_submit: per_submit.min(3) }
     }
 }
 
@@ -252,10 +255,15 @@ fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &B
     net.train_step(&data, &batches[0])?;
     net.read_metrics()?;
     let first_step = started.elapsed().as_secs_f64();
-    let steps = (o.repeats * 2).max(4);
+    // At least `min_seconds` and 4 steps: a few steps alone are at the mercy of the machine's noise.
     let t = Instant::now();
-    for s in 0..steps {
-        net.train_step(&data, &batches[s % batches.len()])?;
+    let mut steps = 0;
+    while steps < 4 || t.elapsed().as_secs_f64() < o.min_seconds {
+        net.train_step(&data, &batches[steps % batches.len()])?;
+        steps += 1;
+        if steps % 4 == 0 {
+            net.read_metrics()?;
+        }
     }
     net.read_metrics()?;
     Ok(((steps * n) as f64 / t.elapsed().as_secs_f64(), first_step, net.backend.device_bytes_allocated()))
@@ -269,10 +277,11 @@ fn inference_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &
     let data = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len())?;
     let idx: Vec<u32> = (0..n as u32).collect();
     net.predict_step(&data, &idx)?;
-    let steps = o.repeats.max(3);
     let t = Instant::now();
-    for _ in 0..steps {
+    let mut steps = 0;
+    while steps < 3 || t.elapsed().as_secs_f64() < o.min_seconds {
         net.predict_step(&data, &idx)?;
+        steps += 1;
     }
     Ok((steps * n) as f64 / t.elapsed().as_secs_f64())
 }
