@@ -103,11 +103,6 @@ fn gemm_kernels_gflops() {
     let gpu = GpuBackend::new(adapter).unwrap();
     println!("{}", gpu.describe());
     reference_matmul_gflops(&gpu, 3, true);
-    if std::env::var("GPU_CNN_BENCH_VEC4").is_ok() {
-        matmul_shader_gflops(&gpu, include_str!("reference_matmul_vec4.wgsl"), "vec4 experiment", 3, true);
-        reference_matmul_gflops(&gpu, 3, true);
-        return;
-    }
 
     let d = DenseShape { inputs: 1024, units: 1024 };
     let n = 1024;
