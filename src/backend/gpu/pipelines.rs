@@ -6,8 +6,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-pub const CONV_WGSL: &str = include_str!("../../../shaders/conv.wgsl");
-pub const MATMUL_WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
+// conv and matmul share the GEMM tile code of shaders/common/gemm_tile.wgsl, appended (WGSL has
+// no includes; build.rs validates the same concatenation).
+pub const CONV_WGSL: &str = concat!(include_str!("../../../shaders/conv.wgsl"), include_str!("../../../shaders/common/gemm_tile.wgsl"));
+pub const MATMUL_WGSL: &str = concat!(include_str!("../../../shaders/matmul.wgsl"), include_str!("../../../shaders/common/gemm_tile.wgsl"));
 pub const POOL_WGSL: &str = include_str!("../../../shaders/pool.wgsl");
 pub const ELEMENTWISE_WGSL: &str = include_str!("../../../shaders/elementwise.wgsl");
 pub const LOSS_WGSL: &str = include_str!("../../../shaders/loss.wgsl");
