@@ -90,6 +90,20 @@ fn row_elem(kb: u32, c: u32, cols: u32) -> f32 {
     return 0.0;
 }
 
+// B's slab when B is in1 stored row-major (rows, out_c): forward's kernel, backward filter's dy.
+fn load_b_rows(lid: u32, n0: u32, k0: u32, rows: u32) {
+    let nq = lid % (TN / 4u);
+    let c0 = n0 + nq * 4u;
+    for (var kk = lid / (TN / 4u); kk < TK; kk += 4u * THREADS / TN) {
+        let kb = k0 + kk;
+        var v = vec4<f32>();
+        if (kb < rows) {
+            v = vec4<f32>(row_elem(kb, c0, p.out_c), row_elem(kb, c0 + 1u, p.out_c), row_elem(kb, c0 + 2u, p.out_c), row_elem(kb, c0 + 3u, p.out_c));
+        }
+        b_tile[kk * (TN / 4u) + nq] = v;
+    }
+}
+
 // Forward: A = im2col(x) (n*out_h*out_w, patch), B = w (patch, out_c).
 fn load_forward(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) {
     let mq = lid % (TM / 4u);
@@ -114,16 +128,7 @@ fn load_forward(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) 
             if (kx == p.k_w) { kx = 0u; ky += 1u; }
         }
     }
-    let nq = lid % (TN / 4u);
-    let c0 = n0 + nq * 4u;
-    for (var kk = lid / (TN / 4u); kk < TK; kk += 4u * THREADS / TN) {
-        let kb = k0 + kk;
-        var v = vec4<f32>();
-        if (kb < patch_len()) {
-            v = vec4<f32>(row_elem(kb, c0, p.out_c), row_elem(kb, c0 + 1u, p.out_c), row_elem(kb, c0 + 2u, p.out_c), row_elem(kb, c0 + 3u, p.out_c));
-        }
-        b_tile[kk * (TN / 4u) + nq] = v;
-    }
+    load_b_rows(lid, n0, k0, patch_len());
 }
 
 // dy at channel oc of the output pixel whose window puts tap (ky, kx) on one backward-input
@@ -247,16 +252,7 @@ fn load_backward_filter(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k
             if (oy == p.out_h) { oy = 0u; img += 1u; }
         }
     }
-    let nq = lid % (TN / 4u);
-    let c0 = n0 + nq * 4u;
-    for (var kk = lid / (TN / 4u); kk < TK; kk += 4u * THREADS / TN) {
-        let kb = k0 + kk;
-        var v = vec4<f32>();
-        if (kb < depth) {
-            v = vec4<f32>(row_elem(kb, c0, p.out_c), row_elem(kb, c0 + 1u, p.out_c), row_elem(kb, c0 + 2u, p.out_c), row_elem(kb, c0 + 3u, p.out_c));
-        }
-        b_tile[kk * (TN / 4u) + nq] = v;
-    }
+    load_b_rows(lid, n0, k0, depth);
 }
 
 // The tile's GEMM over k in [k_begin, k_end); k_end is uniform, so the barriers are too.
