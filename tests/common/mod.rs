@@ -37,6 +37,11 @@ pub fn gpu_backend() -> Option<gpu_cnn::backend::gpu::GpuBackend> {
         Ok(Some(adapter)) => {
             let gpu = GpuBackend::new(adapter).expect("opening the GPU device");
             eprintln!("GPU test on {}", gpu.describe());
+            // CI runs the GPU tests once per implementation and says which it means to test,
+            // so a missing driver cannot pass by falling back to another one.
+            if let Ok(expected) = std::env::var("GPU_CNN_TEST_EXPECT_ADAPTER") {
+                assert!(gpu.describe().contains(&expected), "GPU_CNN_TEST_EXPECT_ADAPTER={expected} but the test runs on {}", gpu.describe());
+            }
             Some(gpu)
         }
         Ok(None) | Err(_) => {

@@ -56,7 +56,9 @@ pub struct AdapterInfoRow {
 
 /// An instance that honours WGPU_BACKEND and friends.
 pub fn new_instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env())
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle().with_env();
+    desc.flags = super::validation::instance_flags(desc.flags);
+    wgpu::Instance::new(desc)
 }
 
 /// Every adapter wgpu finds, in a stable order (the order `Index(N)` refers to).

@@ -41,6 +41,7 @@ impl GpuContext {
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("GPU device lost ({reason:?}): {message}"));
             }
         });
+        super::validation::misuse_if_asked(&device);
         Ok(GpuContext { adapter, device, queue, limits, errors, allocated_bytes: std::cell::Cell::new(0) })
     }
 
@@ -52,6 +53,9 @@ impl GpuContext {
     /// Err with every error recorded since the last call, if any.
     pub fn take_errors(&self) -> Result<()> {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(messages) = super::validation::take_messages() {
+            errors.push(messages);
+        }
         if errors.is_empty() {
             return Ok(());
         }

@@ -29,6 +29,7 @@ mod pipelines;
 mod pool;
 mod recorder;
 mod timing;
+pub mod validation;
 pub mod shader_check;
 
 pub use adapter_choice::{adapter_row, choose_adapter, enumerate_adapters, list_adapters, AdapterInfoRow, DeviceRequest};

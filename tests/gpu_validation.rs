@@ -1,0 +1,69 @@
+//! GPU_CNN_VALIDATION=1 turns on the Khronos validation layer and fails a run on any message it
+//! reports. These tests prove both halves on a Vulkan adapter (lavapipe in CI): a clean training
+//! run stays clean, and a deliberate misuse behind a test-only switch fails the run, naming the
+//! broken rule. CI installs the layer (vulkan-validationlayers); without it these tests fail
+//! under GPU_CNN_REQUIRE_GPU=1 instead of passing quietly.
+
+mod common;
+use common::run_cli_env;
+
+const LAYER_MANIFEST: &str = "/usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json";
+
+/// The layer and a Vulkan adapter, or None (after saying why) when this machine has neither
+/// and GPU_CNN_REQUIRE_GPU is not set.
+fn validation_available() -> bool {
+    let has_layer = std::path::Path::new(LAYER_MANIFEST).exists();
+    let has_vulkan = gpu_cnn::backend::gpu::list_adapters().iter().any(|a| a.backend == wgpu::Backend::Vulkan);
+    if has_layer && has_vulkan {
+        return true;
+    }
+    if std::env::var("GPU_CNN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("GPU_CNN_REQUIRE_GPU=1 but no Vulkan adapter ({has_vulkan}) or no validation layer at {LAYER_MANIFEST} ({has_layer})");
+    }
+    eprintln!("no Vulkan adapter or validation layer: skipping");
+    false
+}
+
+fn train_args(out: &str) -> Vec<String> {
+    ["train", "--dataset", "synthetic", "--device", "vulkan", "--epochs", "1", "--limit-train", "96", "--limit-test", "32", "--out", out]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[test]
+fn a_clean_run_under_validation_reports_nothing() {
+    if !validation_available() {
+        return;
+    }
+    let dir = common::temp_dir("validation-clean");
+    let out = dir.join("run");
+    let args = train_args(out.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, stderr) = run_cli_env(&args, &[("GPU_CNN_VALIDATION", "1")]);
+    assert!(ok, "a clean run failed under validation:\n{stderr}");
+    assert!(!stderr.contains("validation message"), "{stderr}");
+    assert!(out.join("last.safetensors").exists());
+}
+
+#[test]
+fn a_validation_message_fails_the_run() {
+    if !validation_available() {
+        return;
+    }
+    let dir = common::temp_dir("validation-misuse");
+    let out = dir.join("run");
+    let args = train_args(out.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, stderr) = run_cli_env(&args, &[("GPU_CNN_VALIDATION", "1"), ("GPU_CNN_TEST_MISUSE", "zero-size-buffer")]);
+    assert!(!ok, "the misuse went unnoticed:\n{stderr}");
+    assert!(stderr.contains("validation message"), "{stderr}");
+    // The layer names the rule the zero-sized buffer breaks.
+    assert!(stderr.contains("VUID-VkBufferCreateInfo-size"), "{stderr}");
+    // Without validation the same misuse is not caught: the failure above came from the layer.
+    let out2 = dir.join("run2");
+    let args = train_args(out2.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, stderr) = run_cli_env(&args, &[("GPU_CNN_TEST_MISUSE", "zero-size-buffer")]);
+    assert!(ok, "{stderr}");
+}
