@@ -6,7 +6,8 @@
 use crate::augment::Augmentation;
 use crate::model::{parse_arch, parse_input_shape, Model};
 use crate::network::HostTensor;
-use crate::train::EpochRecord;
+use crate::atomic_file::write_atomically;
+use crate::history::EpochRecord;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -47,7 +48,7 @@ impl Checkpoint {
     }
 }
 
-/// Writes weights (and optimizer state, when given) atomically: `path.tmp`, fsync, rename.
+/// Writes weights (and optimizer state, when given) atomically (see atomic_file.rs).
 pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| bytemuck::cast_slice(&t.data).to_vec()).collect();
     let views: Vec<(String, TensorView)> = tensors
@@ -71,18 +72,6 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Resul
     info.insert("history".to_string(), serde_json::to_string(&meta.history)?);
     let data = safetensors::serialize(views, &Some(info)).map_err(|e| anyhow!("serialising checkpoint: {e:?}"))?;
     write_atomically(path, &data)
-}
-
-/// Writes `data` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        f.write_all(data).with_context(|| format!("{}: cannot write", tmp.display()))?;
-        f.sync_all().ok();
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 pub fn load(path: &Path) -> Result<Checkpoint> {

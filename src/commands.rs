@@ -192,7 +192,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
             history.len(),
             last.val_accuracy,
             last.val_loss,
-            train::peak_rss_bytes() as f64 / 1e6,
+            crate::system_info::peak_rss_bytes() as f64 / 1e6,
             out.display()
         );
     }
@@ -301,24 +301,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         reports.push(report);
     }
     if let Some(path) = &args.json {
-        let json = serde_json::json!({ "devices": reports, "machine": machine_name() });
-        std::fs::write(path, serde_json::to_string_pretty(&json)?).with_context(|| format!("{}: cannot write", path.display()))?;
+        let json = serde_json::json!({ "devices": reports, "machine": crate::system_info::machine_name() });
+        crate::atomic_file::write_atomically(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     Ok(())
 }
 
-/// The CPU model and core count, for naming the machine next to figures.
-pub fn machine_name() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    format!("{model}, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
 /// The settings a run's report shows first.
 #[allow(clippy::too_many_arguments)]
-fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), history: &[train::EpochRecord], batch_size: usize, learning_rate: f32, seed: u64, augment: Augmentation, device: &str) -> Vec<(String, String)> {
+fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), history: &[crate::history::EpochRecord], batch_size: usize, learning_rate: f32, seed: u64, augment: Augmentation, device: &str) -> Vec<(String, String)> {
     [
         ("data set", dataset.to_string()),
         ("input", format!("{}x{}x{}", input.0, input.1, input.2)),

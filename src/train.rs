@@ -5,23 +5,12 @@ use crate::augment::Augmentation;
 use crate::backend::Backend;
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::data::Dataset;
+use crate::history::{write_history, EpochRecord};
 use crate::network::{Metrics, Network};
 use crate::rng::Rng;
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// One epoch's results, as Keras's History records them (plus the time it took).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub loss: f64,
-    pub accuracy: f64,
-    pub val_loss: f64,
-    pub val_accuracy: f64,
-    pub seconds: f64,
-}
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -48,14 +37,6 @@ pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<u32> {
     let mut order: Vec<u32> = (0..len as u32).collect();
     Rng::derive(seed, SHUFFLE_PURPOSE, epoch as u64).shuffle(&mut order);
     order
-}
-
-/// Peak resident memory of this process in bytes (Linux; 0 elsewhere).
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn format_metrics(m: &Metrics) -> String {
@@ -133,24 +114,6 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
         }
     }
     Ok(history)
-}
-
-/// history.json: Keras's `History.history` (a list per metric) plus the epoch numbers,
-/// seconds per epoch, the device and the peak memory so far.
-pub fn write_history(dir: &std::path::Path, history: &[EpochRecord], device: &str, dataset: &str) -> Result<()> {
-    let list = |f: fn(&EpochRecord) -> f64| history.iter().map(f).collect::<Vec<f64>>();
-    let json = serde_json::json!({
-        "epoch": history.iter().map(|r| r.epoch).collect::<Vec<_>>(),
-        "loss": list(|r| r.loss),
-        "accuracy": list(|r| r.accuracy),
-        "val_loss": list(|r| r.val_loss),
-        "val_accuracy": list(|r| r.val_accuracy),
-        "seconds": list(|r| r.seconds),
-        "device": device,
-        "dataset": dataset,
-        "peak_rss_bytes": peak_rss_bytes(),
-    });
-    checkpoint::write_atomically(&dir.join("history.json"), serde_json::to_string_pretty(&json)?.as_bytes())
 }
 
 fn progress_bar(steps: usize, show: bool) -> indicatif::ProgressBar {
