@@ -16,3 +16,10 @@ pub fn machine_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     format!("{model}, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
+
+/// This machine's physical memory in bytes (Linux /proc/meminfo; None elsewhere).
+pub fn total_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}

@@ -8,8 +8,8 @@ use crate::data::Dataset;
 use crate::history::{write_history, EpochRecord};
 use crate::network::{Metrics, Network};
 use crate::rng::Rng;
-use anyhow::{Context, Result};
-use std::path::PathBuf;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -54,6 +54,9 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
     }
     let steps = ds.train.len().div_ceil(opts.batch_size);
     let mut best = history.iter().map(|r| r.val_accuracy).fold(f64::NEG_INFINITY, f64::max);
+    if let Some(dir) = &opts.out_dir {
+        best = best.max(existing_best(dir)?);
+    }
     for epoch in history.len()..opts.epochs {
         eprintln!("Epoch {}/{}", epoch + 1, opts.epochs);
         let started = Instant::now();
@@ -88,6 +91,19 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
             val.loss,
             ds.train.len() as f64 / train_seconds
         );
+        if !(train_metrics.loss.is_finite() && val.loss.is_finite()) {
+            let kept = match &opts.out_dir {
+                Some(dir) if epoch > 0 => format!("; {} still holds epoch {epoch}", dir.join("last.safetensors").display()),
+                _ => String::new(),
+            };
+            bail!(
+                "epoch {}: the loss became {} (training loss {}, validation loss {}): training diverged and was stopped before saving{kept}; try a smaller --learning-rate",
+                epoch + 1,
+                if train_metrics.loss.is_nan() || val.loss.is_nan() { "NaN" } else { "infinite" },
+                train_metrics.loss,
+                val.loss
+            );
+        }
         history.push(EpochRecord { epoch: epoch + 1, loss: train_metrics.loss, accuracy: train_metrics.accuracy, val_loss: val.loss, val_accuracy: val.accuracy, seconds });
         if let Some(dir) = &opts.out_dir {
             let meta = CheckpointMeta {
@@ -114,6 +130,17 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
         }
     }
     Ok(history)
+}
+
+/// The validation accuracy of the run directory's best.safetensors (its last epoch), so a run
+/// continuing in that folder replaces it only with a better one; minus infinity when none.
+fn existing_best(dir: &Path) -> Result<f64> {
+    let path = dir.join("best.safetensors");
+    if !path.exists() {
+        return Ok(f64::NEG_INFINITY);
+    }
+    let meta = checkpoint::load_meta(&path).with_context(|| format!("{}: cannot compare the new run's best with it", path.display()))?;
+    Ok(meta.history.last().map_or(f64::NEG_INFINITY, |r| if r.val_accuracy.is_nan() { f64::NEG_INFINITY } else { r.val_accuracy }))
 }
 
 fn progress_bar(steps: usize, show: bool) -> indicatif::ProgressBar {

@@ -147,7 +147,7 @@ fn mnist_is_downloaded_checked_cached_and_reused_offline() {
         assert_eq!(&std::fs::read(cache.join("mnist").join(name)).unwrap(), body, "{name}");
     }
     // The second run, offline, reads the cache and never calls the server.
-    let (ok, _, err) = run_cli_env(&[&args[..], &["--offline"]].concat(), &env);
+    let (ok, _, err) = run_cli_env(&[&args[..], &["--offline", "--overwrite"]].concat(), &env);
     assert!(ok && !err.contains("Downloading"), "{err}");
     assert_eq!(server.hits.load(Ordering::SeqCst), 4);
 }
@@ -176,8 +176,10 @@ fn test_source(files: &[(String, Vec<u8>)]) -> Source {
     Source {
         dataset: "mnist".into(),
         base_url: "unused".into(),
-        files: files.iter().map(|(n, b)| RemoteFile { name: n.clone(), md5: md5_hex(b) }).collect(),
+        files: files.iter().map(|(n, b)| RemoteFile { name: n.clone(), md5: md5_hex(b), max_bytes: b.len() as u64 }).collect(),
         untar: false,
+        unpacked: Vec::new(),
+        unpacked_max_bytes: 0,
     }
 }
 
