@@ -84,3 +84,21 @@ pub fn write_history(dir: &Path, history: &[EpochRecord], device: &str, dataset:
     });
     write_atomically(&dir.join("history.json"), serde_json::to_string_pretty(&json)?.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_round_trip_and_null_loads_as_nan() {
+        let record = EpochRecord { epoch: 1, loss: f64::NAN, accuracy: 0.5, val_loss: f64::INFINITY, val_accuracy: f64::NEG_INFINITY, seconds: 1.0 };
+        let text = serde_json::to_string(&[&record]).unwrap();
+        assert!(text.contains(r#""loss":"NaN""#) && text.contains(r#""val_loss":"inf""#), "{text}");
+        let back: Vec<EpochRecord> = serde_json::from_str(&text).unwrap();
+        assert!(back[0].loss.is_nan() && back[0].val_loss == f64::INFINITY && back[0].val_accuracy == f64::NEG_INFINITY && back[0].accuracy == 0.5);
+        // What earlier versions wrote for a NaN loss.
+        let old: EpochRecord = serde_json::from_str(r#"{"epoch":2,"loss":null,"accuracy":0.1,"val_loss":null,"val_accuracy":0.1,"seconds":3}"#).unwrap();
+        assert!(old.loss.is_nan() && old.val_loss.is_nan() && old.seconds == 3.0);
+        assert!(serde_json::from_str::<EpochRecord>(r#"{"epoch":2,"loss":"lots","accuracy":0,"val_loss":0,"val_accuracy":0,"seconds":0}"#).is_err());
+    }
+}

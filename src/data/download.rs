@@ -377,7 +377,18 @@ mod tests {
         for url in ["http://127.0.0.1:8080/x", "http://localhost/", "http://[::1]:9/a", "HTTP://LOCALHOST:1"] {
             assert!(is_loopback_url(url), "{url}");
         }
-        for url in ["https://www.cs.toronto.edu/~kriz/", "http://127.0.0.1.evil.com/", "http://localhost.example/", "http://user@evil.com/"] {
+        for url in [
+            "https://www.cs.toronto.edu/~kriz/",
+            "http://127.0.0.1.evil.com/",
+            "http://localhost.example/",
+            "http://user@evil.com/",
+            "http://192.0.2.2:8766?@localhost",
+            "http://192.0.2.2:8766?@localhost/mnist/",
+            "http://192.0.2.2:8766#@localhost/mnist/",
+            "http://192.0.2.2:8766/?@127.0.0.1",
+            "ftp://localhost/",
+            "localhost",
+        ] {
             assert!(!is_loopback_url(url), "{url}");
         }
     }
