@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     let again = folder::load(&photos, &opts)?;
     let second = t.elapsed().as_secs_f64();
     assert_eq!(ds.train.images, again.train.images);
-    println!("machine: {}", gpu_cnn::commands::machine_name());
+    println!("machine: {}", gpu_cnn::system_info::machine_name());
     println!("first load (list + decode + resize to 32x32 + write cache): {first:.2} s, {:.0} images/s on {} threads", n as f64 / first, rayon::current_num_threads());
     println!("second load (list + stat + read cache): {second:.3} s");
     Ok(())

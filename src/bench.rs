@@ -6,7 +6,7 @@ use crate::backend::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
 use crate::data::synthetic::{generate, SyntheticSpec};
 use crate::model::{seed_layers, LayerOp, Model};
 use crate::network::Network;
-use crate::train::peak_rss_bytes;
+use crate::system_info::peak_rss_bytes;
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;

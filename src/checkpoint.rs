@@ -6,7 +6,8 @@
 use crate::augment::Augmentation;
 use crate::model::{parse_arch, parse_input_shape, Model};
 use crate::network::HostTensor;
-use crate::train::EpochRecord;
+use crate::atomic_file::write_atomically;
+use crate::history::EpochRecord;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -47,7 +48,7 @@ impl Checkpoint {
     }
 }
 
-/// Writes weights (and optimizer state, when given) atomically: `path.tmp`, fsync, rename.
+/// Writes weights (and optimizer state, when given) atomically (see atomic_file.rs).
 pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| bytemuck::cast_slice(&t.data).to_vec()).collect();
     let views: Vec<(String, TensorView)> = tensors
@@ -73,23 +74,16 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Resul
     write_atomically(path, &data)
 }
 
-/// Writes `data` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        f.write_all(data).with_context(|| format!("{}: cannot write", tmp.display()))?;
-        f.sync_all().ok();
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-}
+/// The largest checkpoint read (2 GiB: 500 million parameters with Adam's moments); a file
+/// past it, or one that is not a regular file (/dev/zero, a FIFO), is refused before reading.
+pub const MAX_CHECKPOINT_BYTES: u64 = 2 << 30;
 
-pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e:?})", path.display()))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
-    let info = header.metadata().clone().unwrap_or_default();
+/// Adam steps above this are not a real run's (2^48 steps at a million steps a second take
+/// nine years) and would lose their bias correction to rounding or wrap around.
+pub const MAX_STEP: u64 = 1 << 48;
+
+/// Reads a checkpoint's facts from its metadata, checking each.
+fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMeta> {
     let get = |key: &str| -> Result<&String> { info.get(key).ok_or_else(|| anyhow!("{}: metadata '{key}' is missing (not a gpu-cnn checkpoint?)", path.display())) };
     if get("format")? != FORMAT {
         bail!("{}: checkpoint format '{}' is not {FORMAT}", path.display(), get("format")?);
@@ -104,20 +98,93 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         step: num("step")?,
         seed: num("seed")?,
         batch_size: num("batch_size")? as usize,
-        learning_rate: get("learning_rate")?.parse().map_err(|_| anyhow!("{}: metadata learning_rate", path.display()))?,
+        learning_rate: get("learning_rate")?.parse().map_err(|_| anyhow!("{}: metadata learning_rate is not a number", path.display()))?,
         augment: match info.get("augment") {
             Some(text) => Augmentation::parse(text).with_context(|| format!("{}: metadata augment", path.display()))?,
             None => Augmentation::NONE,
         },
         history: serde_json::from_str(get("history")?).with_context(|| format!("{}: metadata history", path.display()))?,
     };
-    let mut tensors = Vec::new();
-    for (name, view) in st.tensors() {
+    if meta.step > MAX_STEP {
+        bail!("{}: metadata step {} is not a plausible Adam step count (over 2^48); the checkpoint is damaged", path.display(), meta.step);
+    }
+    if !(meta.learning_rate > 0.0 && meta.learning_rate.is_finite()) {
+        bail!("{}: metadata learning_rate {} is not a positive number; the checkpoint is damaged (to resume anyway, give --learning-rate)", path.display(), meta.learning_rate);
+    }
+    if meta.batch_size == 0 {
+        bail!("{}: metadata batch_size is 0; the checkpoint is damaged", path.display());
+    }
+    Ok(meta)
+}
+
+/// The names and shapes a checkpoint of `model` holds: each weight, and optionally its moments.
+fn expected_tensors(model: &Model) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for layer in &model.layers {
+        if let (Some(kernel), Some((_, bias))) = (layer.kernel_dims(), layer.param_lens()) {
+            out.push((format!("{}.kernel", layer.name), kernel));
+            out.push((format!("{}.bias", layer.name), vec![bias]));
+        }
+    }
+    out
+}
+
+/// Loads a checkpoint: the file is size-checked before it is read, its metadata and every
+/// tensor's name, dtype and shape are checked against its architecture before any tensor is
+/// copied, so a hostile file cannot make the loader allocate more than the file's own size.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = crate::fallible::read_capped(path, MAX_CHECKPOINT_BYTES, "a checkpoint")?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e:?})", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
+    let meta = read_meta(&header.metadata().clone().unwrap_or_default(), path)?;
+    let model = Model::new(&parse_arch(&meta.arch).with_context(|| format!("{}: metadata arch", path.display()))?, meta.input)
+        .with_context(|| format!("{}: its architecture does not fit its input {}x{}x{}", path.display(), meta.input.0, meta.input.1, meta.input.2))?;
+    let expected = expected_tensors(&model);
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
+    for name in &names {
+        let view = st.tensor(name).map_err(|e| anyhow!("{}: tensor '{name}': {e:?}", path.display()))?;
         if view.dtype() != Dtype::F32 {
             bail!("{}: tensor '{name}' is {:?}, expected F32", path.display(), view.dtype());
         }
-        let data: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let weight = name.strip_suffix(".adam_m").or_else(|| name.strip_suffix(".adam_v")).unwrap_or(name);
+        match expected.iter().find(|(n, _)| n == weight) {
+            Some((_, dims)) if dims.as_slice() == view.shape() => {}
+            Some((_, dims)) => bail!("{}: tensor '{name}' has shape {:?}, but its architecture needs {dims:?}", path.display(), view.shape()),
+            None => bail!("{}: tensor '{name}' is not a weight of its architecture", path.display()),
+        }
+    }
+    if let Some((missing, _)) = expected.iter().find(|(n, _)| names.binary_search(n).is_err()) {
+        bail!("{}: tensor '{missing}' is missing (its architecture has {} weight tensors)", path.display(), expected.len());
+    }
+    let mut tensors = Vec::new();
+    for name in names {
+        let view = st.tensor(&name).map_err(|e| anyhow!("{}: tensor '{name}': {e:?}", path.display()))?;
+        let mut data = crate::fallible::with_capacity(view.data().len() / 4).with_context(|| format!("{}: tensor '{name}'", path.display()))?;
+        data.extend(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
         tensors.push(HostTensor { name, dims: view.shape().to_vec(), data });
     }
     Ok(Checkpoint { meta, tensors })
+}
+
+/// A checkpoint's metadata alone, read from its header (for comparing a run's best).
+pub fn load_meta(path: &Path) -> Result<CheckpointMeta> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).with_context(|| format!("{}: too short for a safetensors file", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    // safetensors' own limit on the header.
+    if len > 100_000_000 {
+        bail!("{}: safetensors header of {len} bytes is too large", path.display());
+    }
+    let mut header = Vec::new();
+    file.take(len).read_to_end(&mut header).with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: HashMap<String, String>,
+    }
+    let parsed: Header = serde_json::from_slice(&header).with_context(|| format!("{}: not a valid safetensors header", path.display()))?;
+    read_meta(&parsed.metadata, path)
 }

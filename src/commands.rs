@@ -12,10 +12,19 @@ use crate::with_backend;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
+/// The largest architecture file read (1 MiB: tens of thousands of layers).
+pub const MAX_ARCH_BYTES: u64 = 1 << 20;
+
+/// The largest `--image-size`: 8192x8192x3 is 200 MB a single image.
+pub const MAX_IMAGE_SIZE: usize = 8192;
+
 /// Reads an architecture file, or the seed model when none is given.
 pub fn read_arch(path: Option<&Path>) -> Result<String> {
     let text = match path {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("{}: cannot read the architecture file", p.display()))?,
+        Some(p) => {
+            let bytes = crate::fallible::read_capped(p, MAX_ARCH_BYTES, "an architecture file")?;
+            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: the architecture file is not UTF-8 text", p.display()))?
+        }
         None => SEED_ARCH.to_string(),
     };
     let layers = parse_arch(&text).with_context(|| format!("{}: invalid architecture", path.map_or("seed model".into(), |p| p.display().to_string())))?;
@@ -62,6 +71,9 @@ pub fn load_data(opts: &DataOptions, seed: u64) -> Result<Dataset> {
 pub fn load_data_for(opts: &DataOptions, seed: u64, input: Option<(usize, usize, usize)>) -> Result<Dataset> {
     let mut ds = match &opts.images {
         Some(images) => {
+            if let Some(s) = images.image_size.filter(|&s| s == 0 || s > MAX_IMAGE_SIZE) {
+                bail!("--image-size {s} is out of range: 1 to {MAX_IMAGE_SIZE}");
+            }
             let side = images.image_size.map(|s| (s, s));
             let (height, width) = side.or(input.map(|i| (i.0, i.1))).unwrap_or((32, 32));
             let channels = images.channels.or(input.map(|i| i.2)).unwrap_or(3);
@@ -113,6 +125,8 @@ pub struct TrainArgs {
     pub progress: bool,
     /// None: the checkpoint's when resuming, else no augmentation.
     pub augment: Option<Augmentation>,
+    /// Replace the files of an earlier run in the run directory.
+    pub overwrite: bool,
 }
 
 /// A fresh run directory: runs/<dataset>, then runs/<dataset>-2, -3, ... so nothing saved
@@ -126,7 +140,18 @@ pub fn train(args: &TrainArgs, device: &str) -> Result<()> {
     with_backend!(device, backend => train_on(backend, args))
 }
 
+/// True when resuming from `checkpoint` into `out` continues that run: the checkpoint is the
+/// folder's own last.safetensors.
+fn continues_run(checkpoint: &Path, out: &Path) -> bool {
+    let folder = checkpoint.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    checkpoint.file_name().is_some_and(|n| n == "last.safetensors")
+        && folder.and_then(|f| f.canonicalize().ok()).is_some_and(|f| out.canonicalize().ok().as_deref() == Some(f.as_path()))
+}
+
 pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
+    if args.epochs == 0 {
+        bail!("--epochs 0 would train nothing; give the total number of epochs (at least 1)");
+    }
     let resume: Option<Checkpoint> = args.resume.as_deref().map(checkpoint::load).transpose()?;
     let arch_text = match (&resume, &args.arch) {
         (Some(ck), Some(path)) => {
@@ -160,7 +185,21 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     if let Some(ck) = &resume {
         let path = args.resume.as_ref().unwrap();
         if ck.meta.input != ds.input_shape() || ck.meta.class_names.len() != ds.class_names.len() {
-            bail!("{}: trained on {} ({} classes), which does not match {}", path.display(), ck.meta.dataset, ck.meta.class_names.len(), ds.name);
+            let (a, b) = (ck.meta.input, ds.input_shape());
+            bail!(
+                "{}: trained on {}x{}x{} images in {} classes ({}), but the data here are {}x{}x{} images in {} classes ({})",
+                path.display(),
+                a.0,
+                a.1,
+                a.2,
+                ck.meta.class_names.len(),
+                ck.meta.dataset,
+                b.0,
+                b.1,
+                b.2,
+                ds.class_names.len(),
+                ds.name
+            );
         }
         net.load_state(&ck.tensors, true).with_context(|| format!("{}: does not match the model", path.display()))?;
         net.step = ck.meta.step;
@@ -170,11 +209,18 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         }
         eprintln!("Resuming from {} after epoch {} (step {})", path.display(), ck.meta.epoch, ck.meta.step);
     }
+    // A resume continues its folder only from that folder's last.safetensors; from any other
+    // checkpoint (best.safetensors) it would replace a later last, so it gets a new folder.
     let out = match (&args.out, &args.resume) {
         (Some(o), _) => o.clone(),
-        (None, Some(r)) => r.parent().map(Path::to_path_buf).unwrap_or_default(),
-        (None, None) => fresh_run_dir(&ds.name),
+        (None, Some(r)) if continues_run(r, r.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))) => r.parent().map(Path::to_path_buf).unwrap_or_default(),
+        (None, _) => fresh_run_dir(&ds.name),
     };
+    let out_for_lock = if out.as_os_str().is_empty() { PathBuf::from(".") } else { out.clone() };
+    let _lock = crate::run_dir::lock(&out_for_lock)?;
+    if !args.resume.as_deref().is_some_and(|r| continues_run(r, &out_for_lock)) {
+        crate::run_dir::prepare_fresh(&out_for_lock, args.overwrite)?;
+    }
     eprintln!("Run directory: {}", out.display());
     if !augment.is_none() {
         eprintln!("Augmentation: {} (training batches only)", augment.name());
@@ -192,7 +238,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
             history.len(),
             last.val_accuracy,
             last.val_loss,
-            train::peak_rss_bytes() as f64 / 1e6,
+            crate::system_info::peak_rss_bytes() as f64 / 1e6,
             out.display()
         );
     }
@@ -239,7 +285,15 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
     let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len())?;
     let m = net.evaluate(&test, ds.test.len())?;
-    let out = args.out.clone().unwrap_or_else(|| args.checkpoint.parent().map(Path::to_path_buf).unwrap_or_default());
+    // Metrics first: a report that cannot be written must not hide them.
+    let headline = format!("{} test images of {}: loss: {:.4} - accuracy: {:.4}", m.count, ds.name, m.loss, m.accuracy);
+    if args.json {
+        eprintln!("{headline}");
+    } else {
+        println!("{headline}");
+    }
+    // Its own folder: never the training run's report.html and pictures.
+    let out = args.out.clone().unwrap_or_else(|| args.checkpoint.parent().map(Path::to_path_buf).unwrap_or_default().join("evaluate"));
     let settings = report_settings(&ds.name, &ck.meta.arch, ck.meta.input, &ck.meta.history, ck.meta.batch_size, ck.meta.learning_rate, ck.meta.seed, ck.meta.augment, &device);
     let title = format!("gpu-cnn evaluation: {} on {}", args.checkpoint.display(), ds.name);
     let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &ck.meta.history, title, settings, &out)?;
@@ -255,10 +309,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
             "report": out.join("report.html").display().to_string(),
         }))?
     } else {
-        format!(
-            "{} test images of {}: loss: {:.4} - accuracy: {:.4}\n\n{}\n{}\nPictures and report.html in {}",
-            m.count, ds.name, m.loss, m.accuracy, conf.per_class_text(), conf.matrix_text(), out.display()
-        )
+        format!("\n{}\n{}\nPictures and report.html in {}", conf.per_class_text(), conf.matrix_text(), out.display())
     })
 }
 
@@ -301,24 +352,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         reports.push(report);
     }
     if let Some(path) = &args.json {
-        let json = serde_json::json!({ "devices": reports, "machine": machine_name() });
-        std::fs::write(path, serde_json::to_string_pretty(&json)?).with_context(|| format!("{}: cannot write", path.display()))?;
+        let json = serde_json::json!({ "devices": reports, "machine": crate::system_info::machine_name() });
+        crate::atomic_file::write_atomically(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     Ok(())
 }
 
-/// The CPU model and core count, for naming the machine next to figures.
-pub fn machine_name() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    format!("{model}, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
 /// The settings a run's report shows first.
 #[allow(clippy::too_many_arguments)]
-fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), history: &[train::EpochRecord], batch_size: usize, learning_rate: f32, seed: u64, augment: Augmentation, device: &str) -> Vec<(String, String)> {
+fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), history: &[crate::history::EpochRecord], batch_size: usize, learning_rate: f32, seed: u64, augment: Augmentation, device: &str) -> Vec<(String, String)> {
     [
         ("data set", dataset.to_string()),
         ("input", format!("{}x{}x{}", input.0, input.1, input.2)),

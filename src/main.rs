@@ -31,7 +31,7 @@ enum Command {
     /// Train a model; writes history.json, last.safetensors and best.safetensors to the run directory.
     Train(TrainCli),
     /// Test loss and accuracy of a checkpoint, per-class precision/recall and the confusion
-    /// matrix; writes the pictures and report.html next to the checkpoint (or to --out).
+    /// matrix; writes the pictures and report.html into evaluate/ next to the checkpoint (or --out).
     Evaluate(EvaluateCli),
     /// List the devices: the CPU backend and every adapter wgpu finds, with their limits.
     Devices,
@@ -189,7 +189,8 @@ struct TrainCli {
     #[arg(long, default_value = "auto")]
     device: String,
     /// Run directory [default: runs/<dataset>, or runs/<dataset>-N if that exists; when
-    /// resuming, the checkpoint's folder].
+    /// resuming from a run's last.safetensors, that run's folder]. A fresh run refuses a
+    /// non-empty one (see --overwrite); one run at a time may write into it.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue from a checkpoint (weights, Adam state, step, history) until --epochs are done.
@@ -200,6 +201,10 @@ struct TrainCli {
     /// checkpoint's when resuming].
     #[arg(long, value_name = "LIST", value_parser = Augmentation::parse)]
     augment: Option<Augmentation>,
+    /// Let a fresh run replace the files of an earlier run in --out (its checkpoints and
+    /// history); without it a non-empty run directory is refused.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -227,7 +232,7 @@ struct EvaluateCli {
     #[arg(long)]
     json: bool,
     /// Folder for predictions.png, curves.png, confusion.png/.json and report.html
-    /// [default: the checkpoint's folder].
+    /// [default: evaluate/ in the checkpoint's folder].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Never download a data set missing from the cache.
@@ -260,6 +265,7 @@ fn run(cli: Cli) -> Result<()> {
                 resume: t.resume,
                 progress: std::io::stderr().is_terminal(),
                 augment: t.augment,
+                overwrite: t.overwrite,
             };
             commands::train(&args, &t.device)?;
         }

@@ -94,6 +94,7 @@ impl<B: Backend> Network<B> {
         if max_batch == 0 {
             bail!("batch size must be at least 1");
         }
+        check_memory(&model, max_batch, backend.tensors_in_host_memory())?;
         let mut params = Vec::new();
         let mut slot_in = Vec::new();
         let mut slot_out = Vec::new();
@@ -384,6 +385,18 @@ impl<B: Backend> Network<B> {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses a batch size (or model) whose buffers could never fit this machine, before allocating.
+fn check_memory(model: &Model, batch: usize, host_memory: bool) -> Result<()> {
+    let gb = |b: u64| b as f64 / 1e9;
+    match (model.memory_bytes(batch), crate::system_info::total_memory_bytes().filter(|_| host_memory)) {
+        (None, _) => bail!("batch size {batch}: the model's buffers for that many images would exceed the address space; use a smaller batch size"),
+        (Some(need), Some(total)) if need as u64 > total => {
+            bail!("batch size {batch}: the model's buffers need {:.1} GB, more than this machine's {:.1} GB of memory; use a smaller batch size", gb(need as u64), gb(total))
+        }
+        _ => Ok(()),
     }
 }
 

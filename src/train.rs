@@ -5,23 +5,12 @@ use crate::augment::Augmentation;
 use crate::backend::Backend;
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::data::Dataset;
+use crate::history::{write_history, EpochRecord};
 use crate::network::{Metrics, Network};
 use crate::rng::Rng;
-use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// One epoch's results, as Keras's History records them (plus the time it took).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub loss: f64,
-    pub accuracy: f64,
-    pub val_loss: f64,
-    pub val_accuracy: f64,
-    pub seconds: f64,
-}
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -50,14 +39,6 @@ pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<u32> {
     order
 }
 
-/// Peak resident memory of this process in bytes (Linux; 0 elsewhere).
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn format_metrics(m: &Metrics) -> String {
     format!("accuracy: {:.4} - loss: {:.4}", m.accuracy, m.loss)
 }
@@ -73,6 +54,9 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
     }
     let steps = ds.train.len().div_ceil(opts.batch_size);
     let mut best = history.iter().map(|r| r.val_accuracy).fold(f64::NEG_INFINITY, f64::max);
+    if let Some(dir) = &opts.out_dir {
+        best = best.max(existing_best(dir)?);
+    }
     for epoch in history.len()..opts.epochs {
         eprintln!("Epoch {}/{}", epoch + 1, opts.epochs);
         let started = Instant::now();
@@ -107,6 +91,19 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
             val.loss,
             ds.train.len() as f64 / train_seconds
         );
+        if !(train_metrics.loss.is_finite() && val.loss.is_finite()) {
+            let kept = match &opts.out_dir {
+                Some(dir) if epoch > 0 => format!("; {} still holds epoch {epoch}", dir.join("last.safetensors").display()),
+                _ => String::new(),
+            };
+            bail!(
+                "epoch {}: the loss became {} (training loss {}, validation loss {}): training diverged and was stopped before saving{kept}; try a smaller --learning-rate",
+                epoch + 1,
+                if train_metrics.loss.is_nan() || val.loss.is_nan() { "NaN" } else { "infinite" },
+                train_metrics.loss,
+                val.loss
+            );
+        }
         history.push(EpochRecord { epoch: epoch + 1, loss: train_metrics.loss, accuracy: train_metrics.accuracy, val_loss: val.loss, val_accuracy: val.accuracy, seconds });
         if let Some(dir) = &opts.out_dir {
             let meta = CheckpointMeta {
@@ -135,22 +132,15 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
     Ok(history)
 }
 
-/// history.json: Keras's `History.history` (a list per metric) plus the epoch numbers,
-/// seconds per epoch, the device and the peak memory so far.
-pub fn write_history(dir: &std::path::Path, history: &[EpochRecord], device: &str, dataset: &str) -> Result<()> {
-    let list = |f: fn(&EpochRecord) -> f64| history.iter().map(f).collect::<Vec<f64>>();
-    let json = serde_json::json!({
-        "epoch": history.iter().map(|r| r.epoch).collect::<Vec<_>>(),
-        "loss": list(|r| r.loss),
-        "accuracy": list(|r| r.accuracy),
-        "val_loss": list(|r| r.val_loss),
-        "val_accuracy": list(|r| r.val_accuracy),
-        "seconds": list(|r| r.seconds),
-        "device": device,
-        "dataset": dataset,
-        "peak_rss_bytes": peak_rss_bytes(),
-    });
-    checkpoint::write_atomically(&dir.join("history.json"), serde_json::to_string_pretty(&json)?.as_bytes())
+/// The validation accuracy of the run directory's best.safetensors (its last epoch), so a run
+/// continuing in that folder replaces it only with a better one; minus infinity when none.
+fn existing_best(dir: &Path) -> Result<f64> {
+    let path = dir.join("best.safetensors");
+    if !path.exists() {
+        return Ok(f64::NEG_INFINITY);
+    }
+    let meta = checkpoint::load_meta(&path).with_context(|| format!("{}: cannot compare the new run's best with it", path.display()))?;
+    Ok(meta.history.last().map_or(f64::NEG_INFINITY, |r| if r.val_accuracy.is_nan() { f64::NEG_INFINITY } else { r.val_accuracy }))
 }
 
 fn progress_bar(steps: usize, show: bool) -> indicatif::ProgressBar {

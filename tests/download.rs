@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A tiny HTTP/1.1 server: GET /<mode>/<dataset>/<file> answers the file as `mode` says:
-/// ok, corrupt (one byte flipped), truncated (full Content-Length, half the body), anything
-/// else 404. Counts the requests it gets.
+/// ok, corrupt (one byte flipped), truncated (full Content-Length, half the body), redirect
+/// (to another host), loop (redirect to itself), endless (zeros without end), biglength
+/// (announces a terabyte), drip (one byte a second), anything else 404. Counts the requests.
 struct Server {
     base: String,
     hits: Arc<AtomicUsize>,
@@ -52,6 +53,18 @@ fn serve(files: HashMap<String, Vec<u8>>) -> Server {
                         stream.write_all(head(bad.len()).as_bytes()).and_then(|_| stream.write_all(&bad))
                     }
                     ("truncated", Some(body)) => stream.write_all(head(body.len()).as_bytes()).and_then(|_| stream.write_all(&body[..body.len() / 2])),
+                    ("redirect", _) => stream.write_all(b"HTTP/1.1 302 Found\r\nLocation: http://192.0.2.2:9/elsewhere\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                    ("loop", _) => stream.write_all(format!("HTTP/1.1 302 Found\r\nLocation: {path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()),
+                    ("endless", Some(_)) => stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                        .and_then(|_| (0..).try_for_each(|_: u64| stream.write_all(&[0u8; 1 << 16]))),
+                    ("biglength", Some(body)) => stream.write_all(head(1 << 40).as_bytes()).and_then(|_| stream.write_all(body)),
+                    ("drip", Some(body)) => stream.write_all(head(body.len()).as_bytes()).and_then(|_| {
+                        body.iter().try_for_each(|b| {
+                            std::thread::sleep(std::time::Duration::from_secs(1));
+                            stream.write_all(&[*b])
+                        })
+                    }),
                     _ => stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found"),
                 };
                 let _ = stream.flush();
@@ -147,7 +160,7 @@ fn mnist_is_downloaded_checked_cached_and_reused_offline() {
         assert_eq!(&std::fs::read(cache.join("mnist").join(name)).unwrap(), body, "{name}");
     }
     // The second run, offline, reads the cache and never calls the server.
-    let (ok, _, err) = run_cli_env(&[&args[..], &["--offline"]].concat(), &env);
+    let (ok, _, err) = run_cli_env(&[&args[..], &["--offline", "--overwrite"]].concat(), &env);
     assert!(ok && !err.contains("Downloading"), "{err}");
     assert_eq!(server.hits.load(Ordering::SeqCst), 4);
 }
@@ -176,8 +189,10 @@ fn test_source(files: &[(String, Vec<u8>)]) -> Source {
     Source {
         dataset: "mnist".into(),
         base_url: "unused".into(),
-        files: files.iter().map(|(n, b)| RemoteFile { name: n.clone(), md5: md5_hex(b) }).collect(),
+        files: files.iter().map(|(n, b)| RemoteFile { name: n.clone(), md5: md5_hex(b), max_bytes: b.len() as u64 }).collect(),
         untar: false,
+        unpacked: Vec::new(),
+        unpacked_max_bytes: 0,
     }
 }
 
@@ -246,10 +261,117 @@ fn test_checksums_are_refused_unless_the_mirror_is_this_machine() {
     let dir = temp_dir("dl-test-sums");
     let cache = dir.join("cache");
     let sums = "train-images-idx3-ubyte.gz=00000000000000000000000000000000";
-    for mirror in ["http://example.invalid/data", "http://127.0.0.1.example.invalid/", ""] {
+    // The last two put "localhost" where a naive parser sees a host, not where HTTP does.
+    for mirror in ["http://example.invalid/data", "http://127.0.0.1.example.invalid/", "", "http://192.0.2.2:8766?@localhost", "http://192.0.2.2:8766#@localhost"] {
         let env = [("GPU_CNN_DATA", cache.to_str().unwrap()), ("GPU_CNN_MIRROR", mirror), ("GPU_CNN_TEST_CHECKSUMS", sums)];
         let (ok, _, err) = run_cli_env(&["train", "--dataset", "mnist", "--device", "cpu", "--out", dir.join("run").to_str().unwrap()], &env);
         assert!(!ok && err.contains("GPU_CNN_TEST_CHECKSUMS") && err.contains("127.0.0.1 only"), "mirror '{mirror}': {err}");
     }
     assert!(entries(&cache).is_empty());
+}
+
+/// The MNIST files served in `mode`, fetched through the CLI with this test's digests.
+fn cli_download(mode: &str, name: &str) -> (bool, String, Vec<String>, usize) {
+    let dir = temp_dir(&format!("dl-cli-{name}"));
+    let files = mnist_files(&dir);
+    let server = serve(served("mnist", &files));
+    let cache = dir.join("cache");
+    let mirror = format!("{}/{mode}", server.base);
+    let sums = test_checksums(&files);
+    let env = [("GPU_CNN_DATA", cache.to_str().unwrap()), ("GPU_CNN_MIRROR", mirror.as_str()), ("GPU_CNN_TEST_CHECKSUMS", sums.as_str())];
+    let (ok, _, err) = run_cli_env(&["train", "--dataset", "mnist", "--device", "cpu", "--epochs", "1", "--out", dir.join("run").to_str().unwrap()], &env);
+    (ok, err, entries(&cache), server.hits.load(Ordering::SeqCst))
+}
+
+#[test]
+fn with_test_digests_a_loopback_mirror_cannot_redirect_elsewhere() {
+    let (ok, err, left, hits) = cli_download("redirect", "redirect");
+    assert!(!ok && err.contains("redirects (HTTP 302)") && err.contains("GPU_CNN_TEST_CHECKSUMS"), "{err}");
+    assert!(left.is_empty() && hits == 1, "{left:?} after {hits} requests");
+}
+
+#[test]
+fn a_redirect_loop_is_named_as_such() {
+    let (err, left) = download_error("loop", "loop");
+    assert!(err.contains("too many redirects") && !err.contains("no network"), "{err}");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn endless_or_oversized_bodies_stop_at_the_files_size() {
+    let (err, left) = download_error("endless", "endless");
+    assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("longer than this file's"), "{err}");
+    assert!(left.is_empty(), "{left:?}");
+    let (err, left) = download_error("biglength", "biglength");
+    assert!(err.contains("announces 1099511627776 bytes"), "{err}");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_dripping_server_is_cut_off_at_the_deadline() {
+    let started = std::time::Instant::now();
+    let (err, left) = download_error("drip", "drip");
+    let waited = started.elapsed().as_secs();
+    assert!(err.contains("too slow") && err.contains("deadline"), "{err}");
+    // The deadline for a file of a few KB is the 10 s grace period; the bar is 60 s.
+    assert!(waited < 20, "took {waited} s");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A .tar.gz holding `entries` (path, type, link target, body).
+fn tarball(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, kind, link, body) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        if !link.is_empty() {
+            header.set_link_name(link).unwrap();
+        }
+        builder.append_data(&mut header, path, *body).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// Downloads one archive as a CIFAR-like source (the real unpacked checks, tiny caps).
+fn unpack_error(name: &str, archive: Vec<u8>, unpacked_max_bytes: u64) -> (String, Vec<String>) {
+    let dir = temp_dir(&format!("dl-tar-{name}"));
+    let files = vec![("cifar-10-binary.tar.gz".to_string(), archive)];
+    let server = serve(served("cifar10", &files));
+    let root = dir.join("cache");
+    let mut source = download::cifar10();
+    source.files = files.iter().map(|(n, b)| RemoteFile { name: n.clone(), md5: md5_hex(b), max_bytes: b.len() as u64 }).collect();
+    source.unpacked_max_bytes = unpacked_max_bytes;
+    let err = download::download_into(&source, &format!("{}/ok/cifar10/", server.base), &root).unwrap_err();
+    (format!("{err:#}"), entries(&root))
+}
+
+#[test]
+fn archives_may_hold_only_regular_files_and_folders() {
+    let outside = temp_dir("dl-tar-secret").join("secret.txt");
+    std::fs::write(&outside, "secret\n").unwrap();
+    for (name, kind) in [("symlink", tar::EntryType::Symlink), ("hardlink", tar::EntryType::Link)] {
+        let archive = tarball(&[
+            ("cifar-10-batches-bin/data_batch_1.bin", tar::EntryType::Regular, "", &[0u8; 3073]),
+            ("cifar-10-batches-bin/batches.meta.txt", kind, outside.to_str().unwrap(), b""),
+        ]);
+        let (err, left) = unpack_error(name, archive, 1 << 20);
+        assert!(err.contains("batches.meta.txt") && err.contains("not a regular file or folder"), "{name}: {err}");
+        assert!(left.is_empty(), "{name}: {left:?}");
+    }
+}
+
+#[test]
+fn an_archive_too_large_unpacked_or_lacking_its_files_is_never_cached() {
+    // 8 MiB of zeros gzip to a few KB; the unpacked limit here is 1 MiB.
+    let bomb = tarball(&[("cifar-10-batches-bin/data_batch_1.bin", tar::EntryType::Regular, "", &vec![0u8; 8 << 20])]);
+    assert!(bomb.len() < 100_000);
+    let (err, left) = unpack_error("bomb", bomb, 1 << 20);
+    assert!(err.contains("data_batch_1.bin") && err.contains("would exceed 1048576 bytes"), "{err}");
+    assert!(left.is_empty(), "{left:?}");
+    let readme_only = tarball(&[("cifar-10-batches-bin/readme.html", tar::EntryType::Regular, "", b"<p>hi</p>")]);
+    let (err, left) = unpack_error("incomplete", readme_only, 1 << 20);
+    assert!(err.contains("the archive lacks cifar-10-batches-bin/data_batch_1.bin"), "{err}");
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -60,7 +60,8 @@ fn folder_tree_trains_end_to_end_and_the_cache_is_reused_and_rebuilt() {
     std::fs::write(&arch, "conv2d 4 3 relu\nmaxpool 2\nflatten\ndense 3 softmax\n").unwrap();
     let run = dir.join("run");
     let base = ["train", "--data", photos.to_str().unwrap(), "--image-size", "12", "--arch", arch.to_str().unwrap(), "--epochs", "1", "--device", "cpu"];
-    let base = [&base[..], &["--out", run.to_str().unwrap()]].concat();
+    // The same run folder for every run here: --overwrite.
+    let base = [&base[..], &["--out", run.to_str().unwrap(), "--overwrite"]].concat();
 
     // By default a file that does not decode stops the run, naming it.
     let (ok, _, err) = run_cli_env(&base, &env);
@@ -98,7 +99,7 @@ fn folder_tree_trains_end_to_end_and_the_cache_is_reused_and_rebuilt() {
     assert!(ok && err.contains("Loaded 24 images of 12x12x3 from the cache"), "{err}");
     // Grey input for a 1-channel model is a separate cache entry.
     let grey_run = dir.join("run-grey");
-    let grey = [&base[..base.len() - 2], &["--skip-bad", "--color-mode", "grayscale", "--out", grey_run.to_str().unwrap()]].concat();
+    let grey = [&base[..base.len() - 3], &["--skip-bad", "--color-mode", "grayscale", "--out", grey_run.to_str().unwrap()]].concat();
     let (ok, _, err) = run_cli_env(&grey, &env);
     assert!(ok && err.contains("images of 12x12x1") && err.contains("Decoded 25 images"), "{err}");
 }

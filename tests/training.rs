@@ -9,7 +9,8 @@ use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
 use gpu_cnn::data::Dataset;
 use gpu_cnn::model::{format_arch, parse_arch, Model};
 use gpu_cnn::network::{HostTensor, Network};
-use gpu_cnn::train::{fit, EpochRecord, TrainOptions};
+use gpu_cnn::history::EpochRecord;
+use gpu_cnn::train::{fit, TrainOptions};
 use std::path::Path;
 
 const ARCH: &str = "conv2d 8 3 relu\nmaxpool 2\nconv2d 8 3 relu\nflatten\ndense 16 relu\ndense 4 softmax\n";

@@ -250,12 +250,15 @@ impl Backend for CpuBackend {
     type Indices = Vec<u32>;
     type Images = CpuImages;
 
+    fn tensors_in_host_memory(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("CPU backend, {} threads", rayon::current_num_threads())
     }
 
     fn tensor(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+        crate::fallible::zeroed_vec(len)
     }
     fn upload(&self, t: &mut Vec<f32>, data: &[f32]) {
         t[..data.len()].copy_from_slice(data);
@@ -264,7 +267,7 @@ impl Backend for CpuBackend {
         Ok(t.clone())
     }
     fn indices(&self, len: usize) -> Result<Vec<u32>> {
-        Ok(vec![0; len])
+        crate::fallible::zeroed_vec(len)
     }
     fn upload_indices(&self, t: &mut Vec<u32>, data: &[u32]) {
         t[..data.len()].copy_from_slice(data);

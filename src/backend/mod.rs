@@ -125,6 +125,11 @@ pub trait Backend {
 
     /// One line naming the device (adapter name, backend, driver; or "CPU, N threads").
     fn describe(&self) -> String;
+    /// True when tensors live in this machine's RAM (the CPU backend): then a network larger
+    /// than the RAM is refused before allocating. A GPU checks its own limits.
+    fn tensors_in_host_memory(&self) -> bool {
+        false
+    }
 
     /// A zero-filled tensor.
     fn tensor(&self, len: usize) -> Result<Self::Tensor>;

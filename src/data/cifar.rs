@@ -9,10 +9,14 @@ use std::path::Path;
 pub const SIDE: usize = 32;
 const PLANE: usize = SIDE * SIDE;
 pub const RECORD: usize = 1 + 3 * PLANE;
+/// The largest batch file read: 256 MiB (a real one is 30.7 MB: 10,000 records).
+pub const MAX_BATCH_BYTES: u64 = 256 << 20;
+/// The largest batches.meta.txt read (the real one is 61 bytes).
+const MAX_META_BYTES: u64 = 64 << 10;
 
 /// Reads one batch file, converting planar CHW to NHWC and checking labels < classes.
 pub fn read_batch(path: &Path, classes: usize, into: &mut ImageSet) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes = crate::fallible::read_capped(path, MAX_BATCH_BYTES, "a CIFAR-10 batch")?;
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         bail!("{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)", path.display(), bytes.len());
     }
@@ -21,6 +25,7 @@ pub fn read_batch(path: &Path, classes: usize, into: &mut ImageSet) -> Result<()
         if label as usize >= classes {
             bail!("{}: record {i} has label {label}, not below the number of classes ({classes})", path.display());
         }
+        into.labels.try_reserve(1).and_then(|_| into.images.try_reserve(3 * PLANE)).map_err(|_| anyhow::anyhow!("{}: out of memory reading record {i}", path.display()))?;
         into.labels.push(label);
         let planes = &rec[1..];
         for p in 0..PLANE {
@@ -33,7 +38,8 @@ pub fn read_batch(path: &Path, classes: usize, into: &mut ImageSet) -> Result<()
 /// Reads batches.meta.txt: one class name a line (blank lines dropped).
 pub fn read_class_names(dir: &Path) -> Result<Vec<String>> {
     let path = dir.join("batches.meta.txt");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the class names", path.display()))?;
+    let bytes = crate::fallible::read_capped(&path, MAX_META_BYTES, "the class names")?;
+    let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: the class names are not UTF-8 text", path.display()))?;
     let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     if names.is_empty() || names.len() > 256 {
         bail!("{}: expected one class name a line, found {}", path.display(), names.len());

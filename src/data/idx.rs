@@ -6,55 +6,79 @@ use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Reads a whole file, un-gzipping it when its name ends in .gz.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .with_context(|| format!("{}: not a valid gzip file (truncated or corrupt?)", path.display()))?;
-        Ok(out)
+/// The largest IDX payload read: 1 GiB (MNIST's training images are 47 MB).
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
+/// The file's bytes as a stream: un-gzipped (every gzip member) when its name ends in .gz.
+fn open(path: &Path) -> Result<Box<dyn Read>> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if !file.metadata().with_context(|| format!("{}: cannot read", path.display()))?.is_file() {
+        bail!("{}: not a regular file", path.display());
+    }
+    let reader = std::io::BufReader::new(file);
+    Ok(if is_gz(path) { Box::new(flate2::bufread::MultiGzDecoder::new(reader)) } else { Box::new(reader) })
+}
+
+fn is_gz(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
+fn read_error(path: &Path, e: std::io::Error) -> anyhow::Error {
+    if is_gz(path) {
+        anyhow::anyhow!("{}: not a valid gzip file (truncated or corrupt?): {e}", path.display())
     } else {
-        Ok(raw)
+        anyhow::anyhow!("{}: cannot read: {e}", path.display())
     }
 }
 
-fn header(bytes: &[u8], path: &Path, magic: u32, dims: usize) -> Result<Vec<usize>> {
-    let need = 4 + 4 * dims;
-    if bytes.len() < need {
-        bail!("{}: too short for an IDX header ({} bytes)", path.display(), bytes.len());
+/// Reads an IDX file with `dims` dimensions: the dimensions, then exactly the payload they
+/// declare. The size is checked before anything is allocated, and no more than it is ever
+/// decompressed (a gzip bomb stops at the declared size).
+fn read_idx(path: &Path, magic: u32, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let mut reader = open(path)?;
+    let mut head = vec![0u8; 4 + 4 * dims];
+    let mut got = 0;
+    while got < head.len() {
+        match reader.read(&mut head[got..]) {
+            Ok(0) => bail!("{}: too short for an IDX header ({got} bytes)", path.display()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_error(path, e)),
+        }
     }
-    let word = |i: usize| u32::from_be_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
+    let word = |i: usize| u32::from_be_bytes(head[4 * i..4 * i + 4].try_into().unwrap());
     if word(0) != magic {
         bail!("{}: wrong magic number 0x{:08x}, expected 0x{magic:08x} (is this the right IDX file?)", path.display(), word(0));
     }
-    Ok((1..=dims).map(|i| word(i) as usize).collect())
+    let sizes: Vec<usize> = (1..=dims).map(|i| word(i) as usize).collect();
+    let shape = sizes.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+    let expected = sizes.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).filter(|&n| n <= MAX_IDX_BYTES);
+    let Some(expected) = expected else {
+        bail!("{}: header declares {shape} values, more than the limit of {MAX_IDX_BYTES} bytes (corrupt header?)", path.display());
+    };
+    let mut payload = crate::fallible::with_capacity(expected as usize).with_context(|| format!("{}: {shape} values", path.display()))?;
+    reader.take(expected + 1).read_to_end(&mut payload).map_err(|e| read_error(path, e))?;
+    if payload.len() as u64 != expected {
+        let what = if (payload.len() as u64) < expected { "truncated" } else { "padded" };
+        let follow = if what == "padded" { "more".to_string() } else { payload.len().to_string() };
+        bail!("{}: {what}: header says {shape} ({expected} bytes) but {follow} bytes follow", path.display());
+    }
+    Ok((sizes, payload))
 }
 
 /// Reads an IDX image file: (count, rows, cols, pixels).
 pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
-    let bytes = read_maybe_gz(path)?;
-    let dims = header(&bytes, path, 0x0000_0803, 3)?;
-    let (n, rows, cols) = (dims[0], dims[1], dims[2]);
-    let expected = n * rows * cols;
-    if bytes.len() - 16 != expected {
-        bail!("{}: truncated or padded: header says {n} images of {rows}x{cols} ({expected} bytes) but {} bytes follow", path.display(), bytes.len() - 16);
-    }
-    Ok((n, rows, cols, bytes[16..].to_vec()))
+    let (dims, pixels) = read_idx(path, 0x0000_0803, 3)?;
+    Ok((dims[0], dims[1], dims[2], pixels))
 }
 
 /// Reads an IDX label file, checking every label is below `classes`.
 pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u8>> {
-    let bytes = read_maybe_gz(path)?;
-    let n = header(&bytes, path, 0x0000_0801, 1)?[0];
-    if bytes.len() - 8 != n {
-        bail!("{}: truncated or padded: header says {n} labels but {} bytes follow", path.display(), bytes.len() - 8);
-    }
-    if let Some((i, &l)) = bytes[8..].iter().enumerate().find(|(_, &l)| l as usize >= classes) {
+    let (_, labels) = read_idx(path, 0x0000_0801, 1)?;
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
         bail!("{}: label {l} at index {i} is not below the number of classes ({classes})", path.display());
     }
-    Ok(bytes[8..].to_vec())
+    Ok(labels)
 }
 
 /// Finds `stem` or `stem.gz` in dir.

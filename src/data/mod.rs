@@ -26,6 +26,7 @@ impl ImageSet {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+    /// Values per image. Every loader checks its sizes, so this product cannot overflow.
     pub fn image_len(&self) -> usize {
         self.height * self.width * self.channels
     }

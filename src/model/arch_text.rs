@@ -21,7 +21,7 @@ fn parse_pair(text: &str, what: &str) -> Result<(usize, usize)> {
     match nums[..] {
         [Ok(a)] => Ok((a, a)),
         [Ok(a), Ok(b)] => Ok((a, b)),
-        _ => bail!("{what} '{text}' is not a number or NxM"),
+        _ => bail!("{what} '{text}' is not a positive whole number or NxM"),
     }
 }
 
@@ -55,7 +55,8 @@ fn parse_line(line: &str) -> Result<LayerSpec> {
                 "activation" => activation = Some(parse_activation(value)?),
                 _ => bail!("unknown option '{key}' (stride, padding, activation)"),
             }
-        } else if word.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        } else if word.trim_start_matches(['-', '+']).chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            // A signed number is still a number (and refused below as not positive).
             numbers.push(*word);
         } else {
             activation = Some(parse_activation(word)?);

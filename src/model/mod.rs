@@ -104,9 +104,23 @@ fn conv_out(input: usize, k: usize, stride: usize, padding: Padding) -> Option<(
         Padding::Valid => (input >= k).then(|| ((input - k) / stride + 1, 0)),
         Padding::Same => {
             let out = input.div_ceil(stride);
-            let total = ((out - 1) * stride + k).saturating_sub(input);
+            let total = ((out - 1).checked_mul(stride)?.checked_add(k)?).saturating_sub(input);
             Some((out, total / 2))
         }
+    }
+}
+
+/// The most values one tensor (an activation of one image, or a kernel) may hold: 2^31, i.e.
+/// 8 GiB of f32, far past what a small CNN needs, and below the u32 indices the shaders use.
+pub const MAX_TENSOR_VALUES: usize = 1 << 31;
+
+/// The number of values of a tensor with these dims, checked against MAX_TENSOR_VALUES.
+pub fn tensor_values(dims: &[usize], what: &str) -> Result<usize> {
+    let n = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let shape = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+    match n {
+        Some(n) if n <= MAX_TENSOR_VALUES => Ok(n),
+        _ => bail!("{what} of {shape} is too large: more than {MAX_TENSOR_VALUES} values (the limit per tensor)"),
     }
 }
 
@@ -117,6 +131,7 @@ impl Model {
         if input.0 == 0 || input.1 == 0 || input.2 == 0 {
             bail!("input shape {}x{}x{} has a zero dimension", input.0, input.1, input.2);
         }
+        tensor_values(&[input.0, input.1, input.2], "the input")?;
         if specs.is_empty() {
             bail!("the architecture has no layers");
         }
@@ -146,6 +161,8 @@ impl Model {
                     let (Some((oh, pt)), Some((ow, pl))) = (conv_out(h, kernel.0, stride.0, padding), conv_out(w, kernel.1, stride.1, padding)) else {
                         bail!("{at}: a {}x{} kernel does not fit its {h}x{w} input (use padding=same or a smaller kernel)", kernel.0, kernel.1)
                     };
+                    tensor_values(&[kernel.0, kernel.1, c, filters], &format!("{at}: the kernel"))?;
+                    tensor_values(&[oh, ow, filters], &format!("{at}: the output"))?;
                     let s = ConvShape { in_h: h, in_w: w, in_c: c, out_h: oh, out_w: ow, out_c: filters, k_h: kernel.0, k_w: kernel.1, stride_h: stride.0, stride_w: stride.1, pad_top: pt, pad_left: pl };
                     (LayerOp::Conv { shape: s, relu: activation == Activation::Relu }, vec![oh, ow, filters])
                 }
@@ -167,6 +184,7 @@ impl Model {
                     if units == 0 {
                         bail!("{at}: Dense needs at least 1 unit");
                     }
+                    tensor_values(&[inputs, units], &format!("{at}: the kernel"))?;
                     if activation == Activation::Softmax && i + 1 != specs.len() {
                         bail!("{at}: softmax is only supported on the last layer (it is fused into the loss)");
                     }
@@ -189,8 +207,20 @@ impl Model {
     pub fn input_len(&self) -> usize {
         self.input.0 * self.input.1 * self.input.2
     }
+    /// Every layer's kernel and output passed `tensor_values` in `new`, so with at most
+    /// 2^31 values each, this sum cannot overflow for fewer than 2^31 layers.
     pub fn param_count(&self) -> usize {
         self.layers.iter().map(|l| l.param_count()).sum()
+    }
+
+    /// Host or device bytes a network of this model needs for batches of `batch` images:
+    /// weights, gradients and Adam moments, plus activations and their gradients. None when
+    /// that does not fit in a usize (a batch size or input far too large).
+    pub fn memory_bytes(&self, batch: usize) -> Option<usize> {
+        let per_image = self.layers.iter().try_fold(self.input_len(), |acc, l| acc.checked_add(l.output_len()))?;
+        let activations = per_image.checked_mul(batch)?.checked_mul(2)?;
+        let params = self.param_count().checked_mul(4)?;
+        activations.checked_add(params)?.checked_mul(std::mem::size_of::<f32>())
     }
 }
 

@@ -3,7 +3,7 @@
 //! per-class precision/recall and the history table.
 
 use super::confusion::Confusion;
-use crate::train::EpochRecord;
+use crate::history::EpochRecord;
 
 /// Standard base64 with padding (RFC 4648), for data URLs.
 pub fn base64(bytes: &[u8]) -> String {

@@ -8,7 +8,7 @@ pub mod html;
 pub mod plot;
 
 use crate::data::ImageSet;
-use crate::train::EpochRecord;
+use crate::history::EpochRecord;
 use anyhow::{Context, Result};
 use confusion::Confusion;
 use image::RgbImage;
@@ -27,7 +27,7 @@ pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(name);
-    std::fs::write(&path, bytes).with_context(|| format!("{}: cannot write", path.display()))
+    crate::atomic_file::write_atomically(&path, bytes)
 }
 
 /// The index of the largest of each row of `classes` probabilities.

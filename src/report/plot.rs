@@ -2,7 +2,7 @@
 //! tutorial plots `history.history` (blue: train, orange: validation).
 
 use super::draw::{self, Rgb, RgbImage, BLACK, BLUE, GREY, LIGHT_GREY, ORANGE};
-use crate::train::EpochRecord;
+use crate::history::EpochRecord;
 
 const PANEL_W: u32 = 520;
 const PANEL_H: u32 = 380;

@@ -1,0 +1,37 @@
+//! Whole-file writes that never leave half a file: the bytes go to a temporary file in the same
+//! folder (named with the process id and a counter, so two writers never share one), are
+//! fsynced, then renamed over the target. A failed write removes its temporary file.
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary name next to `path` that no other writer (process or thread) uses.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Writes `data` to `path` through a uniquely named temporary file, fsync and rename.
+pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let written = (|| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        f.write_all(data).with_context(|| format!("{}: cannot write", path.display()))?;
+        f.sync_all().with_context(|| format!("{}: cannot write (fsync)", path.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    } else if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Makes the rename itself durable (best effort: not every platform can open a folder).
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    written
+}

@@ -1,0 +1,181 @@
+//! Hostile or absurd input (crafted checkpoints, huge flags, IDX headers, gzip bombs, devices
+//! named as files) gets a clear error and exit code 1: never an abort, a panic or GBs of memory.
+//! The memory-sensitive cases run the binary under a 2 GiB address-space limit (prlimit --as),
+//! where an unchecked allocation would abort with "memory allocation of N bytes failed".
+
+mod common;
+use common::temp_dir;
+use gpu_cnn::augment::Augmentation;
+use gpu_cnn::checkpoint::{self, CheckpointMeta};
+use gpu_cnn::model::{parse_arch, Model};
+use gpu_cnn::network::HostTensor;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+const LIMIT_AS: &str = "--as=2147483648";
+
+/// Runs the binary under the address-space limit; returns (exit code, stderr).
+fn run_limited(args: &[&str]) -> (i32, String) {
+    let out = Command::new("prlimit").arg(LIMIT_AS).arg("--").arg(env!("CARGO_BIN_EXE_gpu-cnn")).args(args).output().expect("prlimit (util-linux) runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("memory allocation of") && !err.contains("panicked") && !err.contains("capacity overflow"), "{args:?}: {err}");
+    (out.status.code().unwrap_or(-1), err)
+}
+
+/// Expects exit code 1 and an error mentioning every needle.
+fn refused(args: &[&str], needles: &[&str]) {
+    let (code, err) = run_limited(args);
+    assert_eq!(code, 1, "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: the error should mention '{n}': {err}");
+    }
+}
+
+/// A checkpoint of `arch` for `input`: zero weights of the right shapes when `with_weights`.
+fn write_checkpoint(path: &Path, arch: &str, input: (usize, usize, usize), with_weights: bool) {
+    let meta = CheckpointMeta {
+        arch: arch.to_string(),
+        input,
+        class_names: (0..10).map(|i| i.to_string()).collect(),
+        dataset: "synthetic".into(),
+        epoch: 1,
+        step: 10,
+        seed: 0,
+        batch_size: 32,
+        learning_rate: 1e-3,
+        augment: Augmentation::NONE,
+        history: Vec::new(),
+    };
+    let mut tensors = Vec::new();
+    if with_weights {
+        let model = Model::new(&parse_arch(arch).unwrap(), input).unwrap();
+        for layer in &model.layers {
+            if let (Some(dims), Some((k, b))) = (layer.kernel_dims(), layer.param_lens()) {
+                tensors.push(HostTensor { name: format!("{}.kernel", layer.name), dims, data: vec![0.0; k] });
+                tensors.push(HostTensor { name: format!("{}.bias", layer.name), dims: vec![b], data: vec![0.0; b] });
+            }
+        }
+    }
+    checkpoint::save(path, &meta, &tensors).unwrap();
+}
+
+fn image(dir: &Path) -> String {
+    let path = dir.join("x.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30])).save(&path).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn checkpoints_describing_huge_models_are_refused_before_allocating() {
+    let dir = temp_dir("hostile-ck");
+    let img = image(&dir);
+    let cases: [(&str, &str, (usize, usize, usize), bool, &[&str]); 4] = [
+        ("wide-conv", "conv2d 100000000 3 relu\nflatten\ndense 10 softmax\n", (32, 32, 3), false, &["wide-conv.safetensors", "too large"]),
+        ("wide-dense", "flatten\ndense 2000000000 relu\ndense 10 softmax\n", (32, 32, 3), false, &["wide-dense.safetensors", "too large"]),
+        ("huge-kernel", "conv2d 4 100000 relu padding=same\nflatten\ndense 10 softmax\n", (32, 32, 3), false, &["huge-kernel.safetensors", "too large"]),
+        ("no-weights", "conv2d 4 3 relu\nflatten\ndense 10 softmax\n", (32, 32, 3), false, &["no-weights.safetensors", "conv2d.kernel", "missing"]),
+    ];
+    for (name, arch, input, weights, needles) in cases {
+        let ck = dir.join(format!("{name}.safetensors"));
+        write_checkpoint(&ck, arch, input, weights);
+        refused(&["predict", "--device", "cpu", "--checkpoint", ck.to_str().unwrap(), &img], needles);
+        refused(&["evaluate", "--device", "cpu", "--checkpoint", ck.to_str().unwrap(), "--limit-test", "10"], needles);
+        refused(&["train", "--device", "cpu", "--resume", ck.to_str().unwrap(), "--epochs", "5", "--out", dir.join(name).to_str().unwrap()], needles);
+    }
+    // 10,000 layers: its 20,000 weights would have to be in the file.
+    let deep = dir.join("deep.safetensors");
+    write_checkpoint(&deep, &format!("flatten\n{}dense 10 softmax\n", "dense 10 relu\n".repeat(10_000)), (32, 32, 3), false);
+    refused(&["predict", "--device", "cpu", "--checkpoint", deep.to_str().unwrap(), &img], &["deep.safetensors", "missing"]);
+    // A 4000x4000 input with few weights: the activations of a batch of 64 cannot be had.
+    let big = dir.join("big-input.safetensors");
+    write_checkpoint(&big, "conv2d 4 3 relu\nmaxpool 1000\nflatten\ndense 10 softmax\n", (4000, 4000, 3), true);
+    refused(&["predict", "--device", "cpu", "--checkpoint", big.to_str().unwrap(), &img], &["batch size 64"]);
+    // A tensor whose shape is not the architecture's.
+    let shaped = dir.join("shape.safetensors");
+    write_checkpoint(&shaped, "conv2d 4 3 relu\nflatten\ndense 10 softmax\n", (8, 8, 3), true);
+    let bytes = std::fs::read(&shaped).unwrap();
+    let text = String::from_utf8_lossy(&bytes).replace("[3,3,3,4]", "[3,3,4,3]");
+    std::fs::write(&shaped, text.as_bytes()).unwrap();
+    refused(&["predict", "--device", "cpu", "--checkpoint", shaped.to_str().unwrap(), &img], &["shape.safetensors", "conv2d.kernel", "[3, 3, 4, 3]"]);
+}
+
+#[test]
+fn absurd_sizes_in_flags_and_arch_files_get_clear_errors() {
+    let dir = temp_dir("hostile-flags");
+    refused(&["train", "--device", "cpu", "--dataset", "synthetic", "--batch-size", "1000000000", "--epochs", "1", "--out", dir.join("a").to_str().unwrap()], &["batch size 1000000000"]);
+    let photos = dir.join("photos");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(photos.join(class)).unwrap();
+    }
+    refused(&["train", "--device", "cpu", "--data", photos.to_str().unwrap(), "--image-size", "100000", "--epochs", "1", "--out", dir.join("b").to_str().unwrap()], &["--image-size 100000", "8192"]);
+    let ck = dir.join("ok.safetensors");
+    write_checkpoint(&ck, "conv2d 4 3 relu\nflatten\ndense 10 softmax\n", (8, 8, 3), true);
+    let img = image(&dir);
+    refused(&["predict", "--device", "cpu", "--checkpoint", ck.to_str().unwrap(), "--batch-size", "18446744073709551615", &img], &["batch size 18446744073709551615"]);
+    let arch = dir.join("huge.arch");
+    std::fs::write(&arch, "flatten\ndense 9223372036854775808 relu\ndense 10 softmax\n").unwrap();
+    refused(&["summary", "--arch", arch.to_str().unwrap()], &["layer 2 (dense)", "too large"]);
+    refused(&["train", "--device", "cpu", "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--out", dir.join("c").to_str().unwrap()], &["too large"]);
+    // summary refuses inputs whose totals would wrap, instead of printing them.
+    refused(&["summary", "--input", "100000x100000x3"], &["the input of 100000x100000x3 is too large"]);
+    refused(&["summary", "--input", "20000x20000x3"], &["layer 1 (conv2d): the output of 19998x19998x32 is too large"]);
+    std::fs::write(&arch, "conv2d -8 3\nflatten\ndense 10 softmax\n").unwrap();
+    refused(&["summary", "--arch", arch.to_str().unwrap()], &["filters '-8' is not a positive whole number"]);
+    // Devices and endless files are not read.
+    refused(&["summary", "--arch", "/dev/zero"], &["/dev/zero", "not a regular file"]);
+    refused(&["predict", "--device", "cpu", "--checkpoint", "/dev/zero", &img], &["/dev/zero", "not a regular file"]);
+}
+
+fn idx_header(magic: u32, dims: &[u32]) -> Vec<u8> {
+    [magic].iter().chain(dims).flat_map(|w| w.to_be_bytes()).collect()
+}
+
+fn gzip_members(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in parts {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(part).unwrap();
+        out.extend(enc.finish().unwrap());
+    }
+    out
+}
+
+/// A valid IDX pair for `prefix` (n images of 28x28) in `dir`, gzipped in two members.
+fn write_mnist_split(dir: &Path, prefix: &str, n: u32) {
+    let images: Vec<u8> = (0..n * 784).map(|i| (i % 251) as u8).collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let head = idx_header(0x803, &[n, 28, 28]);
+    let (a, b) = images.split_at(images.len() / 3);
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte.gz")), gzip_members(&[&head, a, b])).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), gzip_members(&[&idx_header(0x801, &[n]), &labels])).unwrap();
+}
+
+#[test]
+fn idx_headers_that_overflow_and_gzip_bombs_are_refused_and_multi_member_gzip_loads() {
+    let dir = temp_dir("hostile-idx");
+    write_mnist_split(&dir, "train", 30);
+    write_mnist_split(&dir, "t10k", 10);
+    // Several gzip members (as `cat a.gz b.gz` makes) are one valid file.
+    let ds = gpu_cnn::data::idx::load_dir(&dir, "mnist", (0..10).map(|i| i.to_string()).collect()).unwrap();
+    assert_eq!((ds.train.len(), ds.test.len(), ds.train.image(29)[0]), (30, 10, (29 * 784 % 251) as u8));
+
+    let images = dir.join("train-images-idx3-ubyte.gz");
+    let data_dir = dir.to_str().unwrap();
+    // 4 x 2^31 x 2^31 bytes: the product overflows 64 bits.
+    std::fs::write(&images, gzip_members(&[&idx_header(0x803, &[4, 1 << 31, 1 << 31])])).unwrap();
+    refused(&["show", "--dataset", "mnist", "--data-dir", data_dir, "--out", dir.join("g.png").to_str().unwrap()], &["train-images-idx3-ubyte.gz", "more than the limit"]);
+    refused(&["train", "--device", "cpu", "--dataset", "mnist", "--data-dir", data_dir, "--out", dir.join("r").to_str().unwrap()], &["train-images-idx3-ubyte.gz", "more than the limit"]);
+    // 30 images declared, 256 MiB of zeros behind them in a 256 KB file: reading stops at the
+    // declared size, so it fails cleanly under a 300 MB address-space limit (which a full
+    // decompression into memory would exceed; show on the real Fashion-MNIST fits in it).
+    let zeros = vec![0u8; 256 << 20];
+    std::fs::write(&images, gzip_members(&[&idx_header(0x803, &[30, 28, 28]), &zeros])).unwrap();
+    let out = Command::new("/usr/bin/env")
+        .args(["prlimit", "--as=300000000", "--", env!("CARGO_BIN_EXE_gpu-cnn"), "show", "--dataset", "mnist", "--data-dir", data_dir, "--out", dir.join("g.png").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("padded"), "{err}");
+}

@@ -1,0 +1,283 @@
+//! Nothing saved is ever lost: a diverging run stops before saving, two runs never share a
+//! folder, a fresh run never replaces another run's files unless asked, a resume never
+//! replaces a better best, and evaluate writes its own folder, metrics first, whole files only.
+
+mod common;
+use common::{run_cli, temp_dir};
+use gpu_cnn::checkpoint;
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DATA: [&str; 8] = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--device", "cpu"];
+
+/// Runs the binary; returns (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpu-cnn")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A finished one-epoch run in `dir/run`.
+fn trained_run(dir: &Path) -> PathBuf {
+    let run_dir = dir.join("run");
+    let (ok, _, err) = run_cli(&[&["train", "--epochs", "1", "--out", run_dir.to_str().unwrap()], &DATA[..]].concat());
+    assert!(ok, "{err}");
+    run_dir
+}
+
+/// Copies a checkpoint with its metadata changed by `edit`.
+fn with_metadata(from: &Path, to: &Path, edit: impl FnOnce(&mut HashMap<String, String>)) {
+    let bytes = std::fs::read(from).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    edit(&mut meta);
+    let tensors: Vec<_> = st.tensors();
+    std::fs::write(to, safetensors::serialize(tensors, &Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn a_diverging_run_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
+    let dir = temp_dir("safety-nan");
+    let run_dir = trained_run(&dir);
+    let last = run_dir.join("last.safetensors");
+    let (before_last, before_best) = (std::fs::read(&last).unwrap(), std::fs::read(run_dir.join("best.safetensors")).unwrap());
+    let (code, _, err) = run(&[&["train", "--epochs", "3", "--resume", last.to_str().unwrap(), "--learning-rate", "1e30"], &DATA[..]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("epoch 2") && err.contains("NaN") && err.contains("diverged") && err.contains("still holds epoch 1"), "{err}");
+    assert_eq!(std::fs::read(&last).unwrap(), before_last, "last.safetensors must stay the good epoch 1");
+    assert_eq!(std::fs::read(run_dir.join("best.safetensors")).unwrap(), before_best);
+    assert!(checkpoint::load(&last).is_ok());
+    let leftovers: Vec<_> = std::fs::read_dir(&run_dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn checkpoints_with_null_or_nan_history_still_load_and_absurd_steps_are_refused() {
+    let dir = temp_dir("safety-null");
+    let run_dir = trained_run(&dir);
+    let last = run_dir.join("last.safetensors");
+    // What older versions wrote after a NaN loss: "loss": null.
+    let nulled = dir.join("null.safetensors");
+    with_metadata(&last, &nulled, |m| {
+        let h = m["history"].replace(r#""loss":"#, r#""loss":null,"was":"#);
+        m.insert("history".into(), h);
+    });
+    let ck = checkpoint::load(&nulled).unwrap();
+    assert!(ck.meta.history[0].loss.is_nan());
+    let (code, out, err) = run(&["evaluate", "--checkpoint", nulled.to_str().unwrap(), "--limit-test", "50", "--device", "cpu", "--out", dir.join("ev").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("accuracy"), "{out}");
+    // A NaN written as the string "NaN" round-trips through save and load.
+    let mut meta = ck.meta.clone();
+    meta.history[0].val_loss = f64::INFINITY;
+    checkpoint::save(&dir.join("nan.safetensors"), &meta, &ck.tensors).unwrap();
+    let again = checkpoint::load(&dir.join("nan.safetensors")).unwrap();
+    assert!(again.meta.history[0].loss.is_nan() && again.meta.history[0].val_loss == f64::INFINITY);
+
+    let wrapped = dir.join("step.safetensors");
+    with_metadata(&last, &wrapped, |m| {
+        m.insert("step".into(), u64::MAX.to_string());
+    });
+    let (code, _, err) = run(&["train", "--epochs", "3", "--resume", wrapped.to_str().unwrap(), "--out", dir.join("r2").to_str().unwrap(), "--dataset", "synthetic", "--device", "cpu"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("step.safetensors") && err.contains("not a plausible Adam step count"), "{err}");
+
+    // A damaged learning rate names the checkpoint, not a --learning-rate that was never given.
+    let bad_lr = dir.join("lr.safetensors");
+    with_metadata(&last, &bad_lr, |m| {
+        m.insert("learning_rate".into(), "NaN".into());
+    });
+    let (code, _, err) = run(&["train", "--epochs", "3", "--resume", bad_lr.to_str().unwrap(), "--out", dir.join("r3").to_str().unwrap(), "--dataset", "synthetic", "--device", "cpu"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("lr.safetensors: metadata learning_rate NaN"), "{err}");
+}
+
+#[test]
+fn a_run_directory_holds_one_run_at_a_time() {
+    let dir = temp_dir("safety-lock");
+    let run_dir = dir.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // A live process holds the lock: this test's own.
+    let lock = run_dir.join(gpu_cnn::run_dir::LOCK_FILE);
+    std::fs::write(&lock, std::process::id().to_string()).unwrap();
+    let (code, _, err) = run(&[&["train", "--epochs", "1", "--out", run_dir.to_str().unwrap()], &DATA[..]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(run_dir.to_str().unwrap()) && err.contains(&format!("process {}", std::process::id())), "{err}");
+    assert!(!err.contains("Epoch 1/1"), "refused before training: {err}");
+    // A lock whose process is gone (killed) is taken over, and released at the end.
+    std::fs::write(&lock, "4000000000").unwrap();
+    let (code, _, err) = run(&[&["train", "--epochs", "1", "--out", run_dir.to_str().unwrap()], &DATA[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(!lock.exists(), "the lock is released");
+}
+
+#[test]
+fn concurrent_atomic_writes_of_one_file_never_mix() {
+    let dir = temp_dir("safety-atomic");
+    let path = dir.join("last.safetensors");
+    let writers: Vec<_> = (0..4u8)
+        .map(|w| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    gpu_cnn::atomic_file::write_atomically(&path, &vec![w; 100_000]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() == 100_000 && bytes.iter().all(|&b| b == bytes[0]), "one writer's whole file");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary files left");
+}
+
+#[test]
+fn a_fresh_run_refuses_a_used_folder_unless_overwrite() {
+    let dir = temp_dir("safety-overwrite");
+    let run_dir = trained_run(&dir);
+    let best = std::fs::read(run_dir.join("best.safetensors")).unwrap();
+    let args = [&["train", "--epochs", "1", "--seed", "7", "--out", run_dir.to_str().unwrap()], &DATA[..]].concat();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not empty") && err.contains("best.safetensors") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(run_dir.join("best.safetensors")).unwrap(), best);
+    let (code, _, err) = run(&[&args[..], &["--overwrite"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(checkpoint::load(&run_dir.join("best.safetensors")).unwrap().meta.seed, 7, "the new run's best");
+}
+
+#[test]
+fn a_resume_never_replaces_a_better_best_or_a_later_last() {
+    let dir = temp_dir("safety-resume");
+    let run_dir = trained_run(&dir);
+    let (last, best) = (run_dir.join("last.safetensors"), run_dir.join("best.safetensors"));
+    // The folder's best claims a validation accuracy no epoch can beat.
+    with_metadata(&best.clone(), &best, |m| {
+        let h = m["history"].replace(r#""val_accuracy":"#, r#""val_accuracy":1.5,"was":"#);
+        m.insert("history".into(), h);
+    });
+    let best_bytes = std::fs::read(&best).unwrap();
+    let (code, _, err) = run(&[&["train", "--epochs", "2", "--resume", last.to_str().unwrap()], &DATA[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("Run directory: {}", run_dir.display())), "continues its own folder: {err}");
+    assert_eq!(std::fs::read(&best).unwrap(), best_bytes, "the better best is kept");
+    assert_eq!(checkpoint::load(&last).unwrap().meta.epoch, 2);
+
+    // Resuming from best.safetensors (epoch 1) must not replace the folder's later last (epoch 2).
+    let last_bytes = std::fs::read(&last).unwrap();
+    let work = dir.join("elsewhere");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gpu-cnn"))
+        .current_dir(&work)
+        .args([&["train", "--epochs", "2", "--resume", best.to_str().unwrap()], &DATA[..]].concat())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(std::fs::read(&last).unwrap(), last_bytes, "the folder's last is untouched");
+    assert!(work.join("runs/synthetic/last.safetensors").exists(), "a new run directory: {err}");
+}
+
+/// A tmpfs mounted at `dir` (root only), unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs", dir.to_str().unwrap()]).status().unwrap().success();
+        assert!(ok, "mounting a tmpfs (the test runs as root, as CI does)");
+        Tmpfs(dir.to_path_buf())
+    }
+    fn read_only(&self) {
+        assert!(Command::new("mount").args(["-o", "remount,ro", self.0.to_str().unwrap()]).status().unwrap().success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A folder no write can go into: a read-only tmpfs as root, else a chmod 555 folder.
+fn unwritable_dir(dir: &Path) -> Option<Tmpfs> {
+    if is_root() {
+        let fs = Tmpfs::mount(dir, "size=1m");
+        std::fs::create_dir_all(dir.join("old")).unwrap();
+        fs.read_only();
+        Some(fs)
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir.join("old")).unwrap();
+        std::fs::set_permissions(dir.join("old"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        None
+    }
+}
+
+#[test]
+fn evaluate_writes_its_own_folder_and_prints_metrics_before_a_failed_write() {
+    let dir = temp_dir("safety-evaluate");
+    let run_dir = trained_run(&dir);
+    let report = std::fs::read(run_dir.join("report.html")).unwrap();
+    let last = run_dir.join("last.safetensors");
+    let (code, out, err) = run(&["evaluate", "--checkpoint", last.to_str().unwrap(), "--limit-test", "50", "--device", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(run_dir.join("evaluate/report.html").exists() && run_dir.join("evaluate/confusion.png").exists(), "{out}");
+    assert_eq!(std::fs::read(run_dir.join("report.html")).unwrap(), report, "the training run's report is untouched");
+
+    // A full disk: the metrics are printed, the failed file is not left half-written.
+    // (Not root: a folder without write permission instead.)
+    let target = dir.join("full");
+    let _fs = if is_root() {
+        Some(Tmpfs::mount(&target, "size=64k"))
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o555)).unwrap();
+        None
+    };
+    let (code, out, err) = run(&["evaluate", "--checkpoint", last.to_str().unwrap(), "--limit-test", "50", "--device", "cpu", "--out", target.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains("50 test images of synthetic: loss:") && out.contains("accuracy"), "metrics first: {out}");
+    assert!(err.contains(target.to_str().unwrap()), "{err}");
+    for entry in std::fs::read_dir(&target).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".tmp"), "temporary file left: {name}");
+        assert!(std::fs::metadata(entry.path()).unwrap().len() > 0, "empty file {name}");
+    }
+}
+
+#[test]
+fn a_read_only_out_folder_fails_before_training() {
+    let dir = temp_dir("safety-readonly");
+    let _fs = unwritable_dir(&dir.join("ro"));
+    let out = dir.join("ro/old");
+    let (code, _, err) = run(&[&["train", "--epochs", "1", "--out", out.to_str().unwrap()], &DATA[..]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(out.to_str().unwrap()) && !err.contains("Epoch 1/1"), "{err}");
+}
+
+#[test]
+fn epochs_zero_and_mismatched_resumes_get_clear_messages() {
+    let (code, _, err) = run(&[&["train", "--epochs", "0"], &DATA[..]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("--epochs 0"), "{err}");
+    let dir = temp_dir("safety-mismatch");
+    let run_dir = trained_run(&dir);
+    // Same data set name, other input: the message says what differs.
+    let other = dir.join("other.safetensors");
+    with_metadata(&run_dir.join("last.safetensors"), &other, |m| {
+        m.insert("class_names".into(), r#"["a","b","c"]"#.into());
+    });
+    let (code, _, err) = run(&["train", "--epochs", "3", "--resume", other.to_str().unwrap(), "--dataset", "synthetic", "--device", "cpu", "--out", dir.join("o").to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in 3 classes") && err.contains("in 10 classes"), "{err}");
+}
