@@ -108,9 +108,6 @@ fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMe
     if meta.step > MAX_STEP {
         bail!("{}: metadata step {} is not a plausible Adam step count (over 2^48); the checkpoint is damaged", path.display(), meta.step);
     }
-    if !(meta.learning_rate > 0.0 && meta.learning_rate.is_finite()) {
-        bail!("{}: metadata learning_rate {} is not a positive number; the checkpoint is damaged (to resume anyway, give --learning-rate)", path.display(), meta.learning_rate);
-    }
     if meta.batch_size == 0 {
         bail!("{}: metadata batch_size is 0; the checkpoint is damaged", path.display());
     }
@@ -133,9 +130,13 @@ fn expected_tensors(model: &Model) -> Vec<(String, Vec<usize>)> {
 /// tensor's name, dtype and shape are checked against its architecture before any tensor is
 /// copied, so a hostile file cannot make the loader allocate more than the file's own size.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = crate::fallible::read_capped(path, MAX_CHECKPOINT_BYTES, "a checkpoint")?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e:?})", path.display()))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
+    load_bytes(&crate::fallible::read_capped(path, MAX_CHECKPOINT_BYTES, "a checkpoint")?, path)
+}
+
+/// As `load`, from the file's bytes (`path` names it in errors).
+pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e:?})", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
     let meta = read_meta(&header.metadata().clone().unwrap_or_default(), path)?;
     let model = Model::new(&parse_arch(&meta.arch).with_context(|| format!("{}: metadata arch", path.display()))?, meta.input)
         .with_context(|| format!("{}: its architecture does not fit its input {}x{}x{}", path.display(), meta.input.0, meta.input.1, meta.input.2))?;

@@ -172,7 +172,10 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     if !(learning_rate > 0.0 && learning_rate.is_finite()) {
-        bail!("--learning-rate must be a positive number");
+        match (&args.learning_rate, &args.resume) {
+            (None, Some(path)) => bail!("{}: its learning rate {learning_rate} is not a positive number (a damaged checkpoint?); give --learning-rate to resume", path.display()),
+            _ => bail!("--learning-rate must be a positive number"),
+        }
     }
     let ds = load_data_for(&args.data, seed, resume.as_ref().map(|c| c.meta.input))?;
     let model = Model::new(&parse_arch(&arch_text)?, ds.input_shape()).context("the architecture does not fit the data")?;

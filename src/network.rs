@@ -391,10 +391,10 @@ impl<B: Backend> Network<B> {
 /// Refuses a batch size (or model) whose buffers could never fit this machine, before allocating.
 fn check_memory(model: &Model, batch: usize, host_memory: bool) -> Result<()> {
     let gb = |b: u64| b as f64 / 1e9;
-    match (model.memory_bytes(batch), crate::system_info::total_memory_bytes().filter(|_| host_memory)) {
+    match (model.memory_bytes(batch), crate::system_info::usable_memory_bytes().filter(|_| host_memory)) {
         (None, _) => bail!("batch size {batch}: the model's buffers for that many images would exceed the address space; use a smaller batch size"),
         (Some(need), Some(total)) if need as u64 > total => {
-            bail!("batch size {batch}: the model's buffers need {:.1} GB, more than this machine's {:.1} GB of memory; use a smaller batch size", gb(need as u64), gb(total))
+            bail!("batch size {batch}: the model's buffers need {:.1} GB, more than the {:.1} GB of memory this process may use; use a smaller batch size", gb(need as u64), gb(total))
         }
         _ => Ok(()),
     }

@@ -23,3 +23,16 @@ pub fn total_memory_bytes() -> Option<u64> {
     let kb: u64 = text.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
     kb.checked_mul(1024)
 }
+
+/// The memory this process may use: the physical memory, or less under an address-space limit
+/// (`ulimit -v`, `prlimit --as`). None where neither is known.
+pub fn usable_memory_bytes() -> Option<u64> {
+    let limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("Max address space"))?;
+        line.trim_start_matches("Max address space").split_whitespace().next()?.parse::<u64>().ok()
+    });
+    match (total_memory_bytes(), limit) {
+        (Some(t), Some(l)) => Some(t.min(l)),
+        (t, l) => t.or(l),
+    }
+}

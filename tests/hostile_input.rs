@@ -8,7 +8,6 @@ use common::temp_dir;
 use gpu_cnn::augment::Augmentation;
 use gpu_cnn::checkpoint::{self, CheckpointMeta};
 use gpu_cnn::model::{parse_arch, Model};
-use gpu_cnn::network::HostTensor;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
@@ -47,16 +46,7 @@ fn write_checkpoint(path: &Path, arch: &str, input: (usize, usize, usize), with_
         augment: Augmentation::NONE,
         history: Vec::new(),
     };
-    let mut tensors = Vec::new();
-    if with_weights {
-        let model = Model::new(&parse_arch(arch).unwrap(), input).unwrap();
-        for layer in &model.layers {
-            if let (Some(dims), Some((k, b))) = (layer.kernel_dims(), layer.param_lens()) {
-                tensors.push(HostTensor { name: format!("{}.kernel", layer.name), dims, data: vec![0.0; k] });
-                tensors.push(HostTensor { name: format!("{}.bias", layer.name), dims: vec![b], data: vec![0.0; b] });
-            }
-        }
-    }
+    let tensors = if with_weights { common::constant_weights(&Model::new(&parse_arch(arch).unwrap(), input).unwrap(), 0.0) } else { Vec::new() };
     checkpoint::save(path, &meta, &tensors).unwrap();
 }
 

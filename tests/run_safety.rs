@@ -91,7 +91,9 @@ fn checkpoints_with_null_or_nan_history_still_load_and_absurd_steps_are_refused(
     });
     let (code, _, err) = run(&["train", "--epochs", "3", "--resume", bad_lr.to_str().unwrap(), "--out", dir.join("r3").to_str().unwrap(), "--dataset", "synthetic", "--device", "cpu"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("lr.safetensors: metadata learning_rate NaN"), "{err}");
+    assert!(err.contains("lr.safetensors: its learning rate NaN is not a positive number") && err.contains("give --learning-rate"), "{err}");
+    let (code, _, err) = run(&["train", "--epochs", "2", "--resume", bad_lr.to_str().unwrap(), "--learning-rate", "0.001", "--out", dir.join("r4").to_str().unwrap(), "--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--device", "cpu"]);
+    assert_eq!(code, 0, "a given --learning-rate replaces the damaged one: {err}");
 }
 
 #[test]

@@ -17,6 +17,11 @@ const MAX_META_BYTES: u64 = 64 << 10;
 /// Reads one batch file, converting planar CHW to NHWC and checking labels < classes.
 pub fn read_batch(path: &Path, classes: usize, into: &mut ImageSet) -> Result<()> {
     let bytes = crate::fallible::read_capped(path, MAX_BATCH_BYTES, "a CIFAR-10 batch")?;
+    parse_batch(&bytes, path, classes, into)
+}
+
+/// Parses one batch file's bytes (`path` names it in errors).
+pub fn parse_batch(bytes: &[u8], path: &Path, classes: usize, into: &mut ImageSet) -> Result<()> {
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         bail!("{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)", path.display(), bytes.len());
     }

@@ -35,7 +35,11 @@ fn read_error(path: &Path, e: std::io::Error) -> anyhow::Error {
 /// declare. The size is checked before anything is allocated, and no more than it is ever
 /// decompressed (a gzip bomb stops at the declared size).
 fn read_idx(path: &Path, magic: u32, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let mut reader = open(path)?;
+    read_idx_from(open(path)?, path, magic, dims)
+}
+
+/// As `read_idx`, from any byte stream (`path` names it in errors; .gz means gzip errors).
+fn read_idx_from(mut reader: impl Read, path: &Path, magic: u32, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let mut head = vec![0u8; 4 + 4 * dims];
     let mut got = 0;
     while got < head.len() {
@@ -72,9 +76,20 @@ pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     Ok((dims[0], dims[1], dims[2], pixels))
 }
 
+/// Parses IDX images from a byte stream (already un-gzipped): (count, rows, cols, pixels).
+pub fn read_images_from(reader: impl Read, path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
+    let (dims, pixels) = read_idx_from(reader, path, 0x0000_0803, 3)?;
+    Ok((dims[0], dims[1], dims[2], pixels))
+}
+
 /// Reads an IDX label file, checking every label is below `classes`.
 pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u8>> {
-    let (_, labels) = read_idx(path, 0x0000_0801, 1)?;
+    read_labels_from(open(path)?, path, classes)
+}
+
+/// Parses IDX labels from a byte stream (already un-gzipped), checking each is below `classes`.
+pub fn read_labels_from(reader: impl Read, path: &Path, classes: usize) -> Result<Vec<u8>> {
+    let (_, labels) = read_idx_from(reader, path, 0x0000_0801, 1)?;
     if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
         bail!("{}: label {l} at index {i} is not below the number of classes ({classes})", path.display());
     }

@@ -64,3 +64,16 @@ pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String
     let out = cmd.output().expect("run gpu-cnn");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// Every weight tensor of `model`, named and shaped as in checkpoints, filled with `value`.
+pub fn constant_weights(model: &gpu_cnn::model::Model, value: f32) -> Vec<gpu_cnn::network::HostTensor> {
+    use gpu_cnn::network::HostTensor;
+    let mut tensors = Vec::new();
+    for layer in &model.layers {
+        if let (Some(dims), Some((k, b))) = (layer.kernel_dims(), layer.param_lens()) {
+            tensors.push(HostTensor { name: format!("{}.kernel", layer.name), dims, data: vec![value; k] });
+            tensors.push(HostTensor { name: format!("{}.bias", layer.name), dims: vec![b], data: vec![value; b] });
+        }
+    }
+    tensors
+}
