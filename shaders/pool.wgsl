@@ -15,16 +15,12 @@ struct PoolParams {
 @group(0) @binding(3) var<storage, read_write> out0: array<f32>;
 @group(0) @binding(4) var<storage, read_write> argmax_out: array<u32>;
 
-fn invocation_id(lid: u32, wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wg.y * nwg.x + wg.x) * 256u + lid;
-}
-
 // x (n, in_h, in_w, c) = in0 -> y (n, out_h, out_w, c) = out0, argmax = flat index into x of
 // the first max of each window. One invocation per element of y.
-@compute @workgroup_size(256)
+@compute @workgroup_size(LINEAR_GROUP)
 fn maxpool_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = invocation_id(lid, wg, nwg);
+    let id = linear_index(lid, wg, nwg);
     let out_len = p.out_h * p.out_w * p.c;
     if (id >= p.n * out_len) { return; }
     let img = id / out_len;
@@ -51,10 +47,10 @@ fn maxpool_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
 
 // dy (n, out_h, out_w, c) = in0, argmax = argmax_in -> dx (n, in_h, in_w, c) = out0.
 // One invocation per element of dx.
-@compute @workgroup_size(256)
+@compute @workgroup_size(LINEAR_GROUP)
 fn maxpool_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                     @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = invocation_id(lid, wg, nwg);
+    let id = linear_index(lid, wg, nwg);
     let in_len = p.in_h * p.in_w * p.c;
     if (id >= p.n * in_len) { return; }
     let img = id / in_len;
