@@ -7,6 +7,7 @@ struct MatmulParams {
     m: u32, n: u32, k: u32, a_row_stride: u32,
     a_col_stride: u32, b_row_stride: u32, b_col_stride: u32, bias: u32,
     relu: u32, k_per_split: u32, ones_row: u32, splits: u32,
+    relu_mask: u32, unused0: u32, unused1: u32, unused2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
@@ -64,13 +65,15 @@ fn gemm_tile(lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<vec4
 }
 
 // a = in0 (m, k), b = in1 (k, n), bias = in2 (n) when p.bias != 0 -> c = out0 (m, n), ReLU'd
-// when p.relu != 0. Grid: x = n tiles, y (+ z * num_y) = m tiles.
+// when p.relu != 0; with p.relu_mask (and no bias), 0 where the ReLU output in2 (m, n) is <= 0.
+// Grid: x = n tiles, y (+ z * num_y) = m tiles.
 @compute @workgroup_size(THREADS)
 fn matmul_bias_act(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
     let m0 = (wg.y + wg.z * nwg.y) * TM;
     let n0 = wg.x * TN;
-    let acc = gemm_tile(lid, m0, n0, 0u, p.k);
+    var acc = gemm_tile(lid, m0, n0, 0u, p.k);
+    if (p.relu_mask != 0u) { acc = relu_mask_block(acc, lid, m0, n0, p.m, p.n); }
     var bias: array<vec4<f32>, 2>;
     if (p.bias != 0u) { bias = block_bias(lid, n0, p.n); }
     store_block(acc, lid, m0, n0, p.m, p.n, 0u, bias, p.bias != 0u, p.relu != 0u);

@@ -50,6 +50,8 @@ pub struct Network<B: Backend> {
     grads: Vec<B::Tensor>,
     slot_in: Vec<usize>,
     slot_out: Vec<usize>,
+    /// Whether the layer writing each slot applies ReLU (its gradient then needs masking).
+    relu_slot: Vec<bool>,
     /// Index into params of each layer's kernel.
     param_of: Vec<Option<usize>>,
     argmax: Vec<Option<B::Indices>>,
@@ -95,6 +97,7 @@ impl<B: Backend> Network<B> {
         let mut param_of = Vec::new();
         let mut argmax = Vec::new();
         let mut slot_lens = vec![model.input_len()];
+        let mut relu_slot = vec![false];
         for layer in &model.layers {
             let input = *slot_out.last().unwrap_or(&0);
             slot_in.push(input);
@@ -102,6 +105,7 @@ impl<B: Backend> Network<B> {
                 slot_out.push(input);
             } else {
                 slot_lens.push(layer.output_len());
+                relu_slot.push(has_relu(&layer.op));
                 slot_out.push(slot_lens.len() - 1);
             }
             argmax.push(match layer.op {
@@ -140,6 +144,7 @@ impl<B: Backend> Network<B> {
             grads,
             slot_in,
             slot_out,
+            relu_slot,
             param_of,
             argmax,
         };
@@ -208,9 +213,13 @@ impl<B: Backend> Network<B> {
             if a == o {
                 continue;
             }
+            // A ReLU'd activation's gradient is masked by the op that produces it (fused on the
+            // GPU): `relu_y` is dx's activation when the layer that made it applied ReLU.
+            let relu_y = (a != 0 && self.relu_slot[a]).then(|| &self.acts[a]);
             match &layer.op {
                 LayerOp::Conv { .. } | LayerOp::Dense { .. } => {
-                    if has_relu(&layer.op) {
+                    // Only the loss's gradient reaches a layer unmasked.
+                    if has_relu(&layer.op) && o == last {
                         b.relu_backward(&self.acts[o], &mut self.grads[o], n * layer.output_len());
                     }
                     let p = self.param_of[i].unwrap();
@@ -224,9 +233,11 @@ impl<B: Backend> Network<B> {
                     // The input needs no gradient.
                     if a != 0 {
                         let (dy, dx) = pair_mut(&mut self.grads, o, a);
-                        match &layer.op {
-                            LayerOp::Conv { shape, .. } => b.conv2d_backward_input(dy, &kernel.value, dx, shape, n),
-                            LayerOp::Dense { shape, .. } => b.dense_backward_input(dy, &kernel.value, dx, shape, n),
+                        match (&layer.op, relu_y) {
+                            (LayerOp::Conv { shape, .. }, None) => b.conv2d_backward_input(dy, &kernel.value, dx, shape, n),
+                            (LayerOp::Conv { shape, .. }, Some(y)) => b.conv2d_backward_input_relu(dy, &kernel.value, y, dx, shape, n),
+                            (LayerOp::Dense { shape, .. }, None) => b.dense_backward_input(dy, &kernel.value, dx, shape, n),
+                            (LayerOp::Dense { shape, .. }, Some(y)) => b.dense_backward_input_relu(dy, &kernel.value, y, dx, shape, n),
                             _ => unreachable!(),
                         }
                     }
@@ -234,7 +245,11 @@ impl<B: Backend> Network<B> {
                 LayerOp::Pool { shape } => {
                     if a != 0 {
                         let (dy, dx) = pair_mut(&mut self.grads, o, a);
-                        b.maxpool_backward(dy, self.argmax[i].as_ref().unwrap(), dx, shape, n);
+                        let argmax = self.argmax[i].as_ref().unwrap();
+                        match relu_y {
+                            None => b.maxpool_backward(dy, argmax, dx, shape, n),
+                            Some(y) => b.maxpool_backward_relu(dy, argmax, y, dx, shape, n),
+                        }
                     }
                 }
                 LayerOp::Flatten => {}

@@ -211,6 +211,52 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// The fused input gradients (dx masked where the layer before's ReLU output is <= 0) give
+    /// the same bits as the op followed by relu_backward, for conv (both algorithms), max-pool
+    /// and dense. Half of the ReLU outputs are 0.
+    fn relu_masked_input_gradients_equal_op_then_relu_backward(gpu: &GpuBackend) {
+        let mut rng = Rng::new(0x5eed_000b);
+        let relu_y = |rng: &mut Rng, len: usize| -> Vec<f32> { uniform_vec(rng, len).into_iter().map(|v| v.max(0.0)).collect() };
+        let n = 3;
+        for s in [conv((9, 9, 17), 6, (3, 3), (2, 2), Padding::Same), conv((6, 6, 64), 64, (3, 3), (1, 1), Padding::Valid)] {
+            let [_, w, _, dy] = conv_inputs(&mut rng, &s, n);
+            let y = relu_y(&mut rng, n * s.in_len());
+            for algo in [ConvInputGradAlgo::ImplicitGemm, ConvInputGradAlgo::Col2im] {
+                gpu.force_conv_input_grad_for_tests(Some(algo));
+                let (dyt, wt, yt) = (up(gpu, &dy), up(gpu, &w), up(gpu, &y));
+                let (mut fused, mut two_step) = (gpu.tensor(n * s.in_len()).unwrap(), gpu.tensor(n * s.in_len()).unwrap());
+                gpu.conv2d_backward_input_relu(&dyt, &wt, &yt, &mut fused, &s, n);
+                gpu.conv2d_backward_input(&dyt, &wt, &mut two_step, &s, n);
+                gpu.relu_backward(&yt, &mut two_step, n * s.in_len());
+                assert_same_bits(&format!("conv {s:?} {algo:?}"), &gpu.download(&fused).unwrap(), &gpu.download(&two_step).unwrap());
+            }
+            gpu.force_conv_input_grad_for_tests(None);
+        }
+        let p = pool((7, 7, 3), (3, 3), (2, 2));
+        let (x, dy, y) = (uniform_vec(&mut rng, n * p.in_len()), uniform_vec(&mut rng, n * p.out_len()), relu_y(&mut rng, n * p.in_len()));
+        let (xt, dyt, yt) = (up(gpu, &x), up(gpu, &dy), up(gpu, &y));
+        let (mut pooled, mut argmax) = (gpu.tensor(n * p.out_len()).unwrap(), gpu.indices(n * p.out_len()).unwrap());
+        gpu.maxpool_forward(&xt, &mut pooled, &mut argmax, &p, n);
+        let (mut fused, mut two_step) = (gpu.tensor(n * p.in_len()).unwrap(), gpu.tensor(n * p.in_len()).unwrap());
+        gpu.maxpool_backward_relu(&dyt, &argmax, &yt, &mut fused, &p, n);
+        gpu.maxpool_backward(&dyt, &argmax, &mut two_step, &p, n);
+        gpu.relu_backward(&yt, &mut two_step, n * p.in_len());
+        assert_same_bits("maxpool", &gpu.download(&fused).unwrap(), &gpu.download(&two_step).unwrap());
+        let d = DenseShape { inputs: 70, units: 10 };
+        let [_, w, _, dy] = dense_inputs(&mut rng, &d, n);
+        let y = relu_y(&mut rng, n * d.inputs);
+        let (dyt, wt, yt) = (up(gpu, &dy), up(gpu, &w), up(gpu, &y));
+        let (mut fused, mut two_step) = (gpu.tensor(n * d.inputs).unwrap(), gpu.tensor(n * d.inputs).unwrap());
+        gpu.dense_backward_input_relu(&dyt, &wt, &yt, &mut fused, &d, n);
+        gpu.dense_backward_input(&dyt, &wt, &mut two_step, &d, n);
+        gpu.relu_backward(&yt, &mut two_step, n * d.inputs);
+        let fused = gpu.download(&fused).unwrap();
+        assert!(fused.iter().filter(|v| **v == 0.0).count() >= n * d.inputs / 4, "the mask zeroed too little");
+        assert_same_bits("dense", &fused, &gpu.download(&two_step).unwrap());
+    }
+}
+
+gpu_test! {
     fn relu_backward_matches_cpu_exactly(gpu: &GpuBackend) {
         let mut rng = Rng::new(0x5eed_0005);
         let len = 1001;

@@ -87,6 +87,29 @@ fn block_bias(lid: u32, n0: u32, cols: u32) -> array<vec4<f32>, 2> {
     return b;
 }
 
+// acc with each element whose ReLU output y (in2, laid out as this kernel's output (rows, cols))
+// is <= 0 set to 0: the backward of the ReLU that made this gradient's activation, fused into
+// the kernel that produces the gradient. Only the kernels that mask call it (they bind in2).
+fn relu_mask_block(acc: array<vec4<f32>, 16>, lid: u32, m0: u32, n0: u32, rows: u32, cols: u32) -> array<vec4<f32>, 16> {
+    let tm = lid / (TN / RN);
+    let tn = lid % (TN / RN);
+    var out = acc;
+    for (var i = 0u; i < RM; i++) {
+        let m = m0 + tm * RM + i;
+        if (m < rows) {
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                let c = n0 + tn * RN + jq * 4u;
+                var y = vec4<f32>(1.0);
+                for (var q = 0u; q < 4u; q++) {
+                    if (c + q < cols) { y[q] = in2[m * cols + c + q]; }
+                }
+                out[i * 2u + jq] = select(out[i * 2u + jq], vec4<f32>(), y <= vec4<f32>());
+            }
+        }
+    }
+    return out;
+}
+
 // The epilogue of every GEMM kernel: the invocation's RM x RN block of the tile at (m0, n0),
 // plus `bias` (block_bias) when `add_bias`, ReLU'd when `relu`, written to
 // out0[(row_offset + m) * cols + c] for rows m < rows and columns c < cols.

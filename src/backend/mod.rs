@@ -277,6 +277,22 @@ pub trait Backend {
         Ok(None)
     }
 
+    /// The input-gradient ops followed by the backward of the ReLU whose output `relu_y` is
+    /// their dx's activation: dx zeroed where relu_y <= 0. A backend may fuse the two (the GPU
+    /// does, saving a dispatch and a pass over dx); the result is the same bits either way.
+    fn conv2d_backward_input_relu(&self, dy: &Self::Tensor, w: &Self::Tensor, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &ConvShape, n: usize) {
+        self.conv2d_backward_input(dy, w, dx, s, n);
+        self.relu_backward(relu_y, dx, n * s.in_len());
+    }
+    fn maxpool_backward_relu(&self, dy: &Self::Tensor, argmax: &Self::Indices, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &PoolShape, n: usize) {
+        self.maxpool_backward(dy, argmax, dx, s, n);
+        self.relu_backward(relu_y, dx, n * s.in_len());
+    }
+    fn dense_backward_input_relu(&self, dy: &Self::Tensor, w: &Self::Tensor, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &DenseShape, n: usize) {
+        self.dense_backward_input(dy, w, dx, s, n);
+        self.relu_backward(relu_y, dx, n * s.inputs);
+    }
+
     /// Dispatches and compute passes recorded so far, where the backend records them (None
     /// for the CPU backend, which runs each op at once).
     fn record_counts(&self) -> Option<RecordCounts> {
@@ -367,6 +383,15 @@ impl<B: Backend> Backend for &B {
     }
     fn record_counts(&self) -> Option<RecordCounts> {
         (**self).record_counts()
+    }
+    fn conv2d_backward_input_relu(&self, dy: &Self::Tensor, w: &Self::Tensor, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &ConvShape, n: usize) {
+        (**self).conv2d_backward_input_relu(dy, w, relu_y, dx, s, n)
+    }
+    fn maxpool_backward_relu(&self, dy: &Self::Tensor, argmax: &Self::Indices, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &PoolShape, n: usize) {
+        (**self).maxpool_backward_relu(dy, argmax, relu_y, dx, s, n)
+    }
+    fn dense_backward_input_relu(&self, dy: &Self::Tensor, w: &Self::Tensor, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &DenseShape, n: usize) {
+        (**self).dense_backward_input_relu(dy, w, relu_y, dx, s, n)
     }
     fn flush(&self) -> Result<()> {
         (**self).flush()

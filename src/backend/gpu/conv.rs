@@ -75,7 +75,7 @@ fn conv_params(s: &ConvShape, n: usize, relu: bool, k_per_split: usize) -> ConvP
         pad_left: u32_of(s.pad_left),
         relu: relu as u32,
         k_per_split: u32_of(k_per_split),
-        unused: 0,
+        relu_mask: 0,
     }
 }
 
@@ -91,35 +91,40 @@ impl GpuBackend {
         self.dispatch(&pipeline, &conv_params(s, n, relu, 0), &bound, groups);
     }
 
-    // dy (n, out_h, out_w, out_c), w HWIO -> dx (n, in_h, in_w, in_c), by ConvInputGradAlgo::choose.
-    pub(super) fn record_conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
+    // dy (n, out_h, out_w, out_c), w HWIO -> dx (n, in_h, in_w, in_c), by ConvInputGradAlgo::choose;
+    // with `relu_y`, 0 where relu_y <= 0 (the ReLU backward of the layer before, fused).
+    pub(super) fn record_conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, relu_y: Option<&GpuTensor>, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
+        let params = ConvParams { relu_mask: relu_y.is_some() as u32, ..conv_params(s, n, false, 0) };
         match ConvInputGradAlgo::choose(s, n, self.forced_conv_input_grad.get()) {
-            ConvInputGradAlgo::Col2im => self.record_conv2d_backward_input_col2im(dy, w, dx, s, n),
+            ConvInputGradAlgo::Col2im => self.record_conv2d_backward_input_col2im(dy, w, relu_y, dx, s, n, &params),
             ConvInputGradAlgo::ImplicitGemm => {
                 let rows = n * s.in_h * s.in_w;
                 let tile = Tile::for_gemm(rows, s.in_c, CONV_MAX_COLS);
                 let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dBackwardInput, tile);
                 let groups = tile_grid(s.in_c.div_ceil(tile.tn as usize), rows.div_ceil(tile.tm as usize), self.max_per_dim());
-                let bound = [dy.at(1), w.at(2), dx.at(4)];
-                self.dispatch(&pipeline, &conv_params(s, n, false, 0), &bound, groups);
+                // Without a mask the kernel does not read binding 3, but it must be bound: w stands in.
+                let bound = [dy.at(1), w.at(2), relu_y.unwrap_or(w).at(3), dx.at(4)];
+                self.dispatch(&pipeline, &params, &bound, groups);
             }
         }
     }
 
-    fn record_conv2d_backward_input_col2im(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
+    #[allow(clippy::too_many_arguments)]
+    fn record_conv2d_backward_input_col2im(&self, dy: &GpuTensor, w: &GpuTensor, relu_y: Option<&GpuTensor>, dx: &mut GpuTensor, s: &ConvShape, n: usize, params: &ConvParams) {
         let windows = n * s.out_h * s.out_w;
         let Some(dcol) = self.scratch(windows * s.patch_len()) else { return };
         // dcol (windows, patch) = dy (windows, out_c) * w^T; w is stored (patch, out_c).
-        let params = MatmulParams::product(windows, s.patch_len(), s.out_c, super::dense::Transpose::Right);
+        let product = MatmulParams::product(windows, s.patch_len(), s.out_c, super::dense::Transpose::Right);
         let tile = Tile::for_gemm(windows, s.patch_len(), 128);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::MatmulBiasAct, tile);
         let groups = tile_grid(s.patch_len().div_ceil(tile.tn as usize), windows.div_ceil(tile.tm as usize), self.max_per_dim());
         // The bias binding is unused (no bias) but must be bound: w stands in.
         let bound = [dy.at(1), w.at(2), w.at(3), dcol.at(4)];
-        self.dispatch(&pipeline, &params, &bound, groups);
-        let bound = [dcol.at(1), dx.at(4)];
+        self.dispatch(&pipeline, &product, &bound, groups);
+        // Without a mask col2im does not read binding 3, but it must be bound: dcol stands in.
+        let bound = [dcol.at(1), relu_y.unwrap_or(&dcol).at(3), dx.at(4)];
         let groups = linear_grid(n * s.in_len(), self.max_per_dim());
-        self.dispatch(&self.pipelines.conv2d_col2im, &conv_params(s, n, false, 0), &bound, groups);
+        self.dispatch(&self.pipelines.conv2d_col2im, params, &bound, groups);
     }
 
     // x (n, in_h, in_w, in_c), dy (n, out_h, out_w, out_c) -> dw HWIO, db (out_c), overwritten.

@@ -47,14 +47,15 @@ impl GpuBackend {
         self.dispatch(&pipeline, &params, &bound, groups);
     }
 
-    // dy (n, units), w (inputs, units) -> dx (n, inputs) = dy * w^T.
-    pub(super) fn record_dense_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &DenseShape, n: usize) {
-        let params = MatmulParams::product(n, s.inputs, s.units, Transpose::Right);
+    // dy (n, units), w (inputs, units) -> dx (n, inputs) = dy * w^T; with `relu_y`, 0 where
+    // relu_y <= 0 (the ReLU backward of the layer before, fused).
+    pub(super) fn record_dense_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, relu_y: Option<&GpuTensor>, dx: &mut GpuTensor, s: &DenseShape, n: usize) {
+        let params = MatmulParams { relu_mask: relu_y.is_some() as u32, ..MatmulParams::product(n, s.inputs, s.units, Transpose::Right) };
         let tile = Tile::for_gemm(n, s.inputs, 128);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::MatmulBiasAct, tile);
         let groups = tile_grid(s.inputs.div_ceil(tile.tn as usize), n.div_ceil(tile.tm as usize), self.max_per_dim());
-        // The kernel's bias binding is unused here (no bias) but must be bound: w stands in.
-        let bound = [dy.at(1), w.at(2), w.at(3), dx.at(4)];
+        // Binding 3 is the mask, or unused (no bias) but bound: w stands in.
+        let bound = [dy.at(1), w.at(2), relu_y.unwrap_or(w).at(3), dx.at(4)];
         self.dispatch(&pipeline, &params, &bound, groups);
     }
 

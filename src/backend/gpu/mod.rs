@@ -310,7 +310,10 @@ impl Backend for GpuBackend {
         self.record_conv2d_forward(x, w, b, y, s, n, relu);
     }
     fn conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
-        self.record_conv2d_backward_input(dy, w, dx, s, n);
+        self.record_conv2d_backward_input(dy, w, None, dx, s, n);
+    }
+    fn conv2d_backward_input_relu(&self, dy: &GpuTensor, w: &GpuTensor, relu_y: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
+        self.record_conv2d_backward_input(dy, w, Some(relu_y), dx, s, n);
     }
     fn conv2d_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &ConvShape, n: usize) {
         self.record_conv2d_backward_filter(x, dy, dw, db, s, n);
@@ -327,14 +330,20 @@ impl Backend for GpuBackend {
         self.record_maxpool_forward(x, y, argmax, s, n);
     }
     fn maxpool_backward(&self, dy: &GpuTensor, argmax: &GpuIndices, dx: &mut GpuTensor, s: &PoolShape, n: usize) {
-        self.record_maxpool_backward(dy, argmax, dx, s, n);
+        self.record_maxpool_backward(dy, argmax, None, dx, s, n);
+    }
+    fn maxpool_backward_relu(&self, dy: &GpuTensor, argmax: &GpuIndices, relu_y: &GpuTensor, dx: &mut GpuTensor, s: &PoolShape, n: usize) {
+        self.record_maxpool_backward(dy, argmax, Some(relu_y), dx, s, n);
     }
 
     fn dense_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &DenseShape, n: usize, relu: bool) {
         self.record_dense_forward(x, w, b, y, s, n, relu);
     }
     fn dense_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &DenseShape, n: usize) {
-        self.record_dense_backward_input(dy, w, dx, s, n);
+        self.record_dense_backward_input(dy, w, None, dx, s, n);
+    }
+    fn dense_backward_input_relu(&self, dy: &GpuTensor, w: &GpuTensor, relu_y: &GpuTensor, dx: &mut GpuTensor, s: &DenseShape, n: usize) {
+        self.record_dense_backward_input(dy, w, Some(relu_y), dx, s, n);
     }
     fn dense_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &DenseShape, n: usize) {
         self.record_dense_backward_filter(x, dy, dw, db, s, n);

@@ -37,19 +37,20 @@ kernel_params! {
         n: u32, in_h: u32, in_w: u32, in_c: u32,
         out_h: u32, out_w: u32, out_c: u32, k_h: u32,
         k_w: u32, stride_h: u32, stride_w: u32, pad_top: u32,
-        pad_left: u32, relu: u32, k_per_split: u32, unused: u32,
+        pad_left: u32, relu: u32, k_per_split: u32, relu_mask: u32,
     }
     /// A strided GEMM c (m, n) = a (m, k) * b (k, n) and its epilogue (matmul.wgsl).
     MatmulParams in "matmul.wgsl" {
         m: u32, n: u32, k: u32, a_row_stride: u32,
         a_col_stride: u32, b_row_stride: u32, b_col_stride: u32, bias: u32,
         relu: u32, k_per_split: u32, ones_row: u32, splits: u32,
+        relu_mask: u32, unused0: u32, unused1: u32, unused2: u32,
     }
     /// A max-pool's geometry (pool.wgsl).
     PoolParams in "pool.wgsl" {
         n: u32, in_h: u32, in_w: u32, c: u32,
         out_h: u32, out_w: u32, size_h: u32, size_w: u32,
-        stride_h: u32, stride_w: u32, unused0: u32, unused1: u32,
+        stride_h: u32, stride_w: u32, relu_mask: u32, unused: u32,
     }
     /// One batch gather from one chunk of the data set (data.wgsl).
     GatherParams in "data.wgsl" {

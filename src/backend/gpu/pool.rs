@@ -29,10 +29,13 @@ impl GpuBackend {
         self.dispatch(&self.pipelines.maxpool_forward, &pool_params(s, n), &bound, groups);
     }
 
-    // dy (n, out_h, out_w, c), argmax -> dx (n, in_h, in_w, c).
-    pub(super) fn record_maxpool_backward(&self, dy: &GpuTensor, argmax: &GpuIndices, dx: &mut GpuTensor, s: &PoolShape, n: usize) {
-        let bound = [dy.at(1), argmax.at(2), dx.at(3)];
+    // dy (n, out_h, out_w, c), argmax -> dx (n, in_h, in_w, c); with `relu_y`, 0 where
+    // relu_y <= 0 (the ReLU backward of the layer before, fused).
+    pub(super) fn record_maxpool_backward(&self, dy: &GpuTensor, argmax: &GpuIndices, relu_y: Option<&GpuTensor>, dx: &mut GpuTensor, s: &PoolShape, n: usize) {
+        let params = PoolParams { relu_mask: relu_y.is_some() as u32, ..pool_params(s, n) };
+        // Without a mask the kernel does not read binding 5, but it must be bound: dy stands in.
+        let bound = [dy.at(1), argmax.at(2), dx.at(3), relu_y.unwrap_or(dy).at(5)];
         let groups = linear_grid(n * s.in_len(), self.max_per_dim());
-        self.dispatch(&self.pipelines.maxpool_backward, &pool_params(s, n), &bound, groups);
+        self.dispatch(&self.pipelines.maxpool_backward, &params, &bound, groups);
     }
 }
