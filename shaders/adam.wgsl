@@ -18,10 +18,10 @@ struct AdamScalars {
 @group(0) @binding(5) var<storage, read_write> v: array<f32>;
 
 // param, m, v (len) updated in place from grad (len).
-@compute @workgroup_size(256)
+@compute @workgroup_size(LINEAR_GROUP)
 fn adam_update(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let i = linear_index(lid, wg, nwg);
     if (i >= shape.len) { return; }
     let g = grad[i];
     let m_new = m[i] + (g - m[i]) * (1.0 - h.beta1);

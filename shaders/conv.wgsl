@@ -11,7 +11,7 @@ struct ConvParams {
     n: u32, in_h: u32, in_w: u32, in_c: u32,
     out_h: u32, out_w: u32, out_c: u32, k_h: u32,
     k_w: u32, stride_h: u32, stride_w: u32, pad_top: u32,
-    pad_left: u32, relu: u32, k_per_split: u32, unused: u32,
+    pad_left: u32, relu: u32, k_per_split: u32, relu_mask: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
@@ -20,7 +20,7 @@ struct ConvParams {
 @group(0) @binding(3) var<storage, read> in2: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out0: array<f32>;
 
-// The tile shape, workgroup tiles, multiply_tiles, store4 and bias4: common/gemm_tile.wgsl.
+// The tile shape, workgroup tiles, multiply_tiles and the store_block epilogue: common/gemm_tile.wgsl.
 
 const MODE_FORWARD: u32 = 0u;
 const MODE_BACKWARD_INPUT: u32 = 1u;
@@ -286,44 +286,22 @@ fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let m0 = (wg.y + wg.z * nwg.y) * TM;
     let n0 = wg.x * TN;
     let acc = gemm_tile(MODE_FORWARD, lid, m0, n0, 0u, patch_len());
-    let rows = p.n * p.out_h * p.out_w;
-    let tm = lid / (TN / RN);
-    let tn = lid % (TN / RN);
-    var bias: array<vec4<f32>, 2>;
-    for (var jq = 0u; jq < RN / 4u; jq++) {
-        bias[jq] = bias4(n0 + tn * RN + jq * 4u, p.out_c);
-    }
-    for (var i = 0u; i < RM; i++) {
-        let m = m0 + tm * RM + i;
-        if (m < rows) {
-            for (var jq = 0u; jq < RN / 4u; jq++) {
-                var v = acc[i * 2u + jq] + bias[jq];
-                if (p.relu != 0u) { v = max(v, vec4<f32>()); }
-                store4(m * p.out_c, n0 + tn * RN + jq * 4u, p.out_c, v);
-            }
-        }
-    }
+    let bias = block_bias(lid, n0, p.out_c);
+    store_block(acc, lid, m0, n0, p.n * p.out_h * p.out_w, p.out_c, 0u, bias, true, p.relu != 0u);
 }
 
-// dy (n, out_h, out_w, out_c) = in0, w = in1 -> dx (n, in_h, in_w, in_c) = out0.
+// dy (n, out_h, out_w, out_c) = in0, w = in1 -> dx (n, in_h, in_w, in_c) = out0; with
+// p.relu_mask, 0 where the ReLU output in2 (n, in_h, in_w, in_c) is <= 0.
 // Grid: x = in_c tiles, y (+ z * num_y) = row tiles.
 @compute @workgroup_size(THREADS)
 fn conv2d_backward_input(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>) {
     let m0 = (wg.y + wg.z * nwg.y) * TM;
     let n0 = wg.x * TN;
-    let acc = gemm_tile(MODE_BACKWARD_INPUT, lid, m0, n0, 0u, p.k_h * p.k_w * p.out_c);
+    var acc = gemm_tile(MODE_BACKWARD_INPUT, lid, m0, n0, 0u, p.k_h * p.k_w * p.out_c);
     let rows = p.n * p.in_h * p.in_w;
-    let tm = lid / (TN / RN);
-    let tn = lid % (TN / RN);
-    for (var i = 0u; i < RM; i++) {
-        let m = m0 + tm * RM + i;
-        if (m < rows) {
-            for (var jq = 0u; jq < RN / 4u; jq++) {
-                store4(m * p.in_c, n0 + tn * RN + jq * 4u, p.in_c, acc[i * 2u + jq]);
-            }
-        }
-    }
+    if (p.relu_mask != 0u) { acc = relu_mask_block(acc, lid, m0, n0, rows, p.in_c); }
+    store_block(acc, lid, m0, n0, rows, p.in_c, 0u, NO_BIAS, false, false);
 }
 
 // x = in0, dy = in1 -> partial sums (splits, patch + 1, out_c) = out0; the last row of each
@@ -338,16 +316,7 @@ fn conv2d_backward_filter(@builtin(local_invocation_index) lid: u32, @builtin(wo
     let k_end = min(k_begin + p.k_per_split, p.n * p.out_h * p.out_w);
     let acc = gemm_tile(MODE_BACKWARD_FILTER, lid, m0, n0, k_begin, k_end);
     let rows = patch_len() + 1u;
-    let tm = lid / (TN / RN);
-    let tn = lid % (TN / RN);
-    for (var i = 0u; i < RM; i++) {
-        let m = m0 + tm * RM + i;
-        if (m < rows) {
-            for (var jq = 0u; jq < RN / 4u; jq++) {
-                store4((wg.z * rows + m) * p.out_c, n0 + tn * RN + jq * 4u, p.out_c, acc[i * 2u + jq]);
-            }
-        }
-    }
+    store_block(acc, lid, m0, n0, rows, p.out_c, wg.z * rows, NO_BIAS, false, false);
 }
 
 // Which output row (or column) puts kernel tap offset t = i + pad - k on input i: t / stride
@@ -366,11 +335,12 @@ fn window_of(t: i32, stride: u32, limit: u32) -> i32 {
 
 // dcol (n*out_h*out_w, patch) = in0, the input gradient per window (a plain GEMM of dy and w^T,
 // done by matmul.wgsl) -> dx (n, in_h, in_w, in_c) = out0: each input element sums the dcol
-// entries of the windows that cover it, taps in order; no atomics. One invocation per element.
-@compute @workgroup_size(256)
+// entries of the windows that cover it, taps in order; no atomics. With p.relu_mask, 0 where
+// the ReLU output in2 (n, in_h, in_w, in_c) is <= 0. One invocation per element.
+@compute @workgroup_size(LINEAR_GROUP)
 fn conv2d_col2im(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let id = linear_index(lid, wg, nwg);
     let in_len = p.in_h * p.in_w * p.in_c;
     if (id >= p.n * in_len) { return; }
     let img = id / in_len;
@@ -388,6 +358,9 @@ fn conv2d_col2im(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
             if (ox < 0) { continue; }
             sum += in0[((img * p.out_h + u32(oy)) * p.out_w + u32(ox)) * patch_width + (ky * p.k_w + kx) * p.in_c + ci];
         }
+    }
+    if (p.relu_mask != 0u && in2[id] <= 0.0) {
+        sum = 0.0;
     }
     out0[id] = sum;
 }

@@ -65,10 +65,10 @@ fn transformed_offset(j: u32, code: u32) -> i32 {
 // idx (n) -> x (n, image_len) = images[idx] / 255 (moved by the row's transform when
 // augmented), labels_out (n) = labels[idx], for the rows whose image is in
 // [first_image, first_image + chunk_images). One invocation per element of x.
-@compute @workgroup_size(256)
+@compute @workgroup_size(LINEAR_GROUP)
 fn gather_batch(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let id = linear_index(lid, wg, nwg);
     if (id >= p.n * p.image_len) { return; }
     let row = id / p.image_len;
     let j = id % p.image_len;

@@ -10,10 +10,10 @@ struct ElementwiseParams {
 @group(0) @binding(2) var<storage, read_write> out0: array<f32>;
 
 // y (len) = in0, the ReLU's output; dy (len) = out0, zeroed where y <= 0.
-@compute @workgroup_size(256)
+@compute @workgroup_size(LINEAR_GROUP)
 fn relu_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let id = linear_index(lid, wg, nwg);
     if (id >= p.len) { return; }
     if (in0[id] <= 0.0) {
         out0[id] = 0.0;

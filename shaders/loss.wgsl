@@ -70,10 +70,10 @@ fn softmax_xent(@builtin(local_invocation_index) lid: u32) {
 }
 
 // logits (n, classes) -> probs (n, classes) = out0, row by row. One invocation per row.
-@compute @workgroup_size(256)
+@compute @workgroup_size(LINEAR_GROUP)
 fn softmax(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let row = linear_index(lid, wg, nwg);
     if (row >= p.n) { return; }
     let base = row * p.classes;
     var max_v = logits[base];

@@ -7,6 +7,7 @@ struct MatmulParams {
     m: u32, n: u32, k: u32, a_row_stride: u32,
     a_col_stride: u32, b_row_stride: u32, b_col_stride: u32, bias: u32,
     relu: u32, k_per_split: u32, ones_row: u32, splits: u32,
+    relu_mask: u32, unused0: u32, unused1: u32, unused2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
@@ -16,7 +17,7 @@ struct MatmulParams {
 @group(0) @binding(4) var<storage, read_write> out0: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out1: array<f32>;
 
-// The tile shape, workgroup tiles, multiply_tiles, store4 and bias4: common/gemm_tile.wgsl.
+// The tile shape, workgroup tiles, multiply_tiles and the store_block epilogue: common/gemm_tile.wgsl.
 
 // a (m, k) = in0 through strides; with ones_row, row m is all ones (so c's extra row holds the
 // column sums of b: the bias gradient).
@@ -64,31 +65,18 @@ fn gemm_tile(lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) -> array<vec4
 }
 
 // a = in0 (m, k), b = in1 (k, n), bias = in2 (n) when p.bias != 0 -> c = out0 (m, n), ReLU'd
-// when p.relu != 0. Grid: x = n tiles, y (+ z * num_y) = m tiles.
+// when p.relu != 0; with p.relu_mask (and no bias), 0 where the ReLU output in2 (m, n) is <= 0.
+// Grid: x = n tiles, y (+ z * num_y) = m tiles.
 @compute @workgroup_size(THREADS)
 fn matmul_bias_act(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
     let m0 = (wg.y + wg.z * nwg.y) * TM;
     let n0 = wg.x * TN;
-    let acc = gemm_tile(lid, m0, n0, 0u, p.k);
-    let tm = lid / (TN / RN);
-    let tn = lid % (TN / RN);
+    var acc = gemm_tile(lid, m0, n0, 0u, p.k);
+    if (p.relu_mask != 0u) { acc = relu_mask_block(acc, lid, m0, n0, p.m, p.n); }
     var bias: array<vec4<f32>, 2>;
-    if (p.bias != 0u) {
-        for (var jq = 0u; jq < RN / 4u; jq++) {
-            bias[jq] = bias4(n0 + tn * RN + jq * 4u, p.n);
-        }
-    }
-    for (var i = 0u; i < RM; i++) {
-        let row = m0 + tm * RM + i;
-        if (row < p.m) {
-            for (var jq = 0u; jq < RN / 4u; jq++) {
-                var v = acc[i * 2u + jq] + bias[jq];
-                if (p.relu != 0u) { v = max(v, vec4<f32>()); }
-                store4(row * p.n, n0 + tn * RN + jq * 4u, p.n, v);
-            }
-        }
-    }
+    if (p.bias != 0u) { bias = block_bias(lid, n0, p.n); }
+    store_block(acc, lid, m0, n0, p.m, p.n, 0u, bias, p.bias != 0u, p.relu != 0u);
 }
 
 // Split-k partial products: out0 (splits, m + ones_row, n), split z summing k in
@@ -101,25 +89,16 @@ fn matmul_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let k_end = min(k_begin + p.k_per_split, p.k);
     let acc = gemm_tile(lid, m0, n0, k_begin, k_end);
     let rows = p.m + p.ones_row;
-    let tm = lid / (TN / RN);
-    let tn = lid % (TN / RN);
-    for (var i = 0u; i < RM; i++) {
-        let row = m0 + tm * RM + i;
-        if (row < rows) {
-            for (var jq = 0u; jq < RN / 4u; jq++) {
-                store4((wg.z * rows + row) * p.n, n0 + tn * RN + jq * 4u, p.n, acc[i * 2u + jq]);
-            }
-        }
-    }
+    store_block(acc, lid, m0, n0, rows, p.n, wg.z * rows, NO_BIAS, false, false);
 }
 
 // partials in0 (splits, m + 1, n) -> out0 (m, n) = rows 0..m summed over the splits in order,
 // out1 (n) = row m summed likewise (the bias gradient). Fixed order: deterministic.
 // One invocation per element of (m + 1, n); grid x (+ y * num_x) of 256.
-@compute @workgroup_size(256)
+@compute @workgroup_size(LINEAR_GROUP)
 fn sum_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = (wg.y * nwg.x + wg.x) * 256u + lid;
+    let id = linear_index(lid, wg, nwg);
     let rows = p.m + 1u;
     if (id >= rows * p.n) { return; }
     var sum = 0.0;

@@ -6,7 +6,7 @@
 struct PoolParams {
     n: u32, in_h: u32, in_w: u32, c: u32,
     out_h: u32, out_w: u32, size_h: u32, size_w: u32,
-    stride_h: u32, stride_w: u32, unused0: u32, unused1: u32,
+    stride_h: u32, stride_w: u32, relu_mask: u32, unused: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: PoolParams;
@@ -14,17 +14,15 @@ struct PoolParams {
 @group(0) @binding(2) var<storage, read> argmax_in: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out0: array<f32>;
 @group(0) @binding(4) var<storage, read_write> argmax_out: array<u32>;
-
-fn invocation_id(lid: u32, wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wg.y * nwg.x + wg.x) * 256u + lid;
-}
+// With p.relu_mask: the pool input's ReLU output, (n, in_h, in_w, c) (see maxpool_backward).
+@group(0) @binding(5) var<storage, read> relu_y: array<f32>;
 
 // x (n, in_h, in_w, c) = in0 -> y (n, out_h, out_w, c) = out0, argmax = flat index into x of
 // the first max of each window. One invocation per element of y.
-@compute @workgroup_size(256)
+@compute @workgroup_size(LINEAR_GROUP)
 fn maxpool_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = invocation_id(lid, wg, nwg);
+    let id = linear_index(lid, wg, nwg);
     let out_len = p.out_h * p.out_w * p.c;
     if (id >= p.n * out_len) { return; }
     let img = id / out_len;
@@ -49,12 +47,13 @@ fn maxpool_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
     argmax_out[id] = best_at;
 }
 
-// dy (n, out_h, out_w, c) = in0, argmax = argmax_in -> dx (n, in_h, in_w, c) = out0.
+// dy (n, out_h, out_w, c) = in0, argmax = argmax_in -> dx (n, in_h, in_w, c) = out0; with
+// p.relu_mask, 0 where relu_y <= 0 (the backward of the ReLU that made the pool's input, fused).
 // One invocation per element of dx.
-@compute @workgroup_size(256)
+@compute @workgroup_size(LINEAR_GROUP)
 fn maxpool_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                     @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = invocation_id(lid, wg, nwg);
+    let id = linear_index(lid, wg, nwg);
     let in_len = p.in_h * p.in_w * p.c;
     if (id >= p.n * in_len) { return; }
     let img = id / in_len;
@@ -78,6 +77,9 @@ fn maxpool_backward(@builtin(local_invocation_index) lid: u32, @builtin(workgrou
                 sum += in0[o];
             }
         }
+    }
+    if (p.relu_mask != 0u && relu_y[id] <= 0.0) {
+        sum = 0.0;
     }
     out0[id] = sum;
 }

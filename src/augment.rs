@@ -11,7 +11,7 @@ use crate::rng::Rng;
 use anyhow::{bail, Result};
 
 /// What salts the augmentation generator (the shuffle uses 2).
-pub const AUGMENT_PURPOSE: u64 = 3;
+pub const AUGMENT_PURPOSE: u64 = crate::rng::purpose::AUGMENT;
 
 /// Zero padding before the random crop: the crop shifts the image by up to this many pixels
 /// each way.

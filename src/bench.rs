@@ -2,7 +2,7 @@
 //! whole training steps, inference, time to first step, memory, and throughput against batch
 //! size. Generic over the Backend, so the CPU and GPU figures come from the same code.
 
-use crate::backend::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
+use crate::backend::{AdamConfig, Backend, ConvShape, DenseShape, PoolShape, RecordCounts};
 use crate::data::synthetic::{generate, SyntheticSpec};
 use crate::model::{seed_layers, LayerOp, Model};
 use crate::network::Network;
@@ -85,6 +85,10 @@ pub struct DeviceBench {
     /// (weights, Adam's moments, activations, gradients, a data set of 4x the batch, scratch);
     /// null for the CPU backend, whose memory is in peak_rss_bytes.
     pub device_bytes_allocated: Option<u64>,
+    /// Kernel dispatches and compute passes one training step records (first training batch
+    /// size); null for the CPU backend, which runs each op at once.
+    pub dispatches_per_step: Option<u64>,
+    pub compute_passes_per_step: Option<u64>,
     /// Training FLOP rate (25.7 MFLOP per image for the seed model) over the matmul rate.
     pub training_fraction_of_matmul: f64,
     pub scaling: Vec<Throughput>,
@@ -227,7 +231,7 @@ pub fn kernel_timings<B: Backend>(b: &B, n: usize, peak: f64, o: &BenchOptions) 
     r.layer = "all";
     let len = model.param_count();
     let (mut p, g, mut m, mut v) = (random_tensor(b, len, 14)?, random_tensor(b, len, 15)?, b.tensor(len)?, b.tensor(len)?);
-    let h = AdamStep { learning_rate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, step: 1 };
+    let h = AdamConfig::default().at_step(1);
     let t = time_op(b, &sync, o, || b.adam_update(&mut p, &g, &mut m, &mut v, len, &h))?;
     r.memory("adam_update", t, 4.0 * 7.0 * len as f64);
     r.layer = "input";
@@ -243,8 +247,9 @@ pub fn kernel_timings<B: Backend>(b: &B, n: usize, peak: f64, o: &BenchOptions) 
     Ok(r.out)
 }
 
-/// Images per second of whole training steps (gather, forward, backward, Adam) at batch n.
-fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &BenchOptions) -> Result<(f64, f64, Option<u64>)> {
+/// Images per second of whole training steps (gather, forward, backward, Adam) at batch n,
+/// seconds to the first step, device bytes allocated, and what one step records.
+fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &BenchOptions) -> Result<(f64, f64, Option<u64>, Option<RecordCounts>)> {
     let started = Instant::now();
     let ds = generate(&SyntheticSpec { train: (n * 4).max(512), test: 1, ..Default::default() }, 0);
     let b = make()?;
@@ -255,6 +260,9 @@ fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &B
     net.train_step(&data, &batches[0])?;
     net.read_metrics()?;
     let first_step = started.elapsed().as_secs_f64();
+    let before = net.backend.record_counts();
+    net.train_step(&data, &batches[1])?;
+    let per_step = before.zip(net.backend.record_counts()).map(|(a, b)| RecordCounts { dispatches: b.dispatches - a.dispatches, compute_passes: b.compute_passes - a.compute_passes });
     // At least `min_seconds` and 4 steps: a few steps alone are at the mercy of the machine's noise.
     let t = Instant::now();
     let mut steps = 0;
@@ -266,7 +274,7 @@ fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &B
         }
     }
     net.read_metrics()?;
-    Ok(((steps * n) as f64 / t.elapsed().as_secs_f64(), first_step, net.backend.device_bytes_allocated()))
+    Ok(((steps * n) as f64 / t.elapsed().as_secs_f64(), first_step, net.backend.device_bytes_allocated(), per_step))
 }
 
 /// Images per second of forward passes with softmax at batch n.
@@ -301,11 +309,13 @@ pub fn bench_device<B: Backend>(make: &dyn Fn() -> Result<B>, o: &BenchOptions) 
     let mut training = Vec::new();
     let mut first_step = f64::NAN;
     let mut device_bytes = None;
+    let mut per_step = None;
     for &n in &o.train_batches {
-        let (ips, first, bytes) = training_throughput(make, n, o)?;
+        let (ips, first, bytes, counts) = training_throughput(make, n, o)?;
         if first_step.is_nan() {
             first_step = first;
             device_bytes = bytes;
+            per_step = counts;
         }
         training.push(Throughput { batch: n, images_per_second: ips });
     }
@@ -324,6 +334,8 @@ pub fn bench_device<B: Backend>(make: &dyn Fn() -> Result<B>, o: &BenchOptions) 
         time_to_first_step_ms: first_step * 1e3,
         peak_rss_bytes: peak_rss_bytes(),
         device_bytes_allocated: device_bytes,
+        dispatches_per_step: per_step.map(|c| c.dispatches),
+        compute_passes_per_step: per_step.map(|c| c.compute_passes),
         training_fraction_of_matmul: fraction,
         scaling,
     })
@@ -352,6 +364,9 @@ pub fn format_table(r: &DeviceBench) -> String {
         out += &format!("; device memory allocated for training at batch {}: {:.1} MB", r.training[0].batch, bytes as f64 / 1e6);
     }
     out.push('\n');
+    if let (Some(d), Some(p)) = (r.dispatches_per_step, r.compute_passes_per_step) {
+        out += &format!("one training step at batch {}: {d} dispatches in {p} compute pass(es)\n", r.training[0].batch);
+    }
     out += &format!("training FLOP rate / matmul rate: {:.0}%\n", r.training_fraction_of_matmul * 100.0);
     out += "scaling (training images/s by batch):";
     for t in &r.scaling {

@@ -2,7 +2,8 @@
 //! (gather, forward, loss, backward, Adam), evaluation and prediction. Generic over the
 //! Backend, so the CPU and GPU paths run this same code.
 
-use crate::backend::{AdamStep, Backend, GatherAugment, METRICS_LEN};
+pub use crate::backend::AdamConfig;
+use crate::backend::{Backend, GatherAugment, METRICS_LEN};
 use crate::model::{Activation, LayerOp, Model};
 use crate::rng::Rng;
 use anyhow::{bail, Result};
@@ -13,21 +14,6 @@ pub struct HostTensor {
     pub name: String,
     pub dims: Vec<usize>,
     pub data: Vec<f32>,
-}
-
-/// Adam's hyper-parameters (Keras defaults).
-#[derive(Clone, Copy, Debug)]
-pub struct AdamConfig {
-    pub learning_rate: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub epsilon: f32,
-}
-
-impl Default for AdamConfig {
-    fn default() -> Self {
-        AdamConfig { learning_rate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 }
-    }
 }
 
 /// One parameter tensor with its gradient and Adam moments.
@@ -64,6 +50,8 @@ pub struct Network<B: Backend> {
     grads: Vec<B::Tensor>,
     slot_in: Vec<usize>,
     slot_out: Vec<usize>,
+    /// Whether the layer writing each slot applies ReLU (its gradient then needs masking).
+    relu_slot: Vec<bool>,
     /// Index into params of each layer's kernel.
     param_of: Vec<Option<usize>>,
     argmax: Vec<Option<B::Indices>>,
@@ -73,6 +61,15 @@ pub struct Network<B: Backend> {
     labels: B::Indices,
     metrics: B::Tensor,
     probs: B::Tensor,
+}
+
+/// Whether a layer with weights applies ReLU to its output (its backward then masks dy first).
+fn has_relu(op: &LayerOp) -> bool {
+    match op {
+        LayerOp::Conv { relu, .. } => *relu,
+        LayerOp::Dense { activation, .. } => *activation == Activation::Relu,
+        LayerOp::Pool { .. } | LayerOp::Flatten => false,
+    }
 }
 
 /// Splits a slice into one shared and one mutable element (a != b).
@@ -101,6 +98,7 @@ impl<B: Backend> Network<B> {
         let mut param_of = Vec::new();
         let mut argmax = Vec::new();
         let mut slot_lens = vec![model.input_len()];
+        let mut relu_slot = vec![false];
         for layer in &model.layers {
             let input = *slot_out.last().unwrap_or(&0);
             slot_in.push(input);
@@ -108,6 +106,7 @@ impl<B: Backend> Network<B> {
                 slot_out.push(input);
             } else {
                 slot_lens.push(layer.output_len());
+                relu_slot.push(has_relu(&layer.op));
                 slot_out.push(slot_lens.len() - 1);
             }
             argmax.push(match layer.op {
@@ -146,6 +145,7 @@ impl<B: Backend> Network<B> {
             grads,
             slot_in,
             slot_out,
+            relu_slot,
             param_of,
             argmax,
         };
@@ -163,7 +163,7 @@ impl<B: Backend> Network<B> {
                 _ => unreachable!(),
             };
             let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
-            let mut rng = Rng::derive(seed, 1, i as u64);
+            let mut rng = Rng::derive(seed, crate::rng::purpose::INIT_WEIGHTS, i as u64);
             let kernel: Vec<f32> = (0..self.params[p].len).map(|_| (rng.unit_f32() * 2.0 - 1.0) * limit).collect();
             self.backend.upload(&mut self.params[p].value, &kernel);
             let zeros = vec![0.0; self.params[p + 1].len];
@@ -214,35 +214,43 @@ impl<B: Backend> Network<B> {
             if a == o {
                 continue;
             }
+            // A ReLU'd activation's gradient is masked by the op that produces it (fused on the
+            // GPU): `relu_y` is dx's activation when the layer that made it applied ReLU.
+            let relu_y = (a != 0 && self.relu_slot[a]).then(|| &self.acts[a]);
             match &layer.op {
-                LayerOp::Conv { shape, relu } => {
-                    if *relu {
-                        b.relu_backward(&self.acts[o], &mut self.grads[o], n * shape.out_len());
+                LayerOp::Conv { .. } | LayerOp::Dense { .. } => {
+                    // Only the loss's gradient reaches a layer unmasked.
+                    if has_relu(&layer.op) && o == last {
+                        b.relu_backward(&self.acts[o], &mut self.grads[o], n * layer.output_len());
                     }
                     let p = self.param_of[i].unwrap();
                     let (kernel, bias) = self.params.split_at_mut(p + 1);
-                    b.conv2d_backward_filter(&self.acts[a], &self.grads[o], &mut kernel[p].grad, &mut bias[0].grad, shape, n);
+                    let (kernel, bias) = (&mut kernel[p], &mut bias[0]);
+                    match &layer.op {
+                        LayerOp::Conv { shape, .. } => b.conv2d_backward_filter(&self.acts[a], &self.grads[o], &mut kernel.grad, &mut bias.grad, shape, n),
+                        LayerOp::Dense { shape, .. } => b.dense_backward_filter(&self.acts[a], &self.grads[o], &mut kernel.grad, &mut bias.grad, shape, n),
+                        _ => unreachable!(),
+                    }
+                    // The input needs no gradient.
                     if a != 0 {
                         let (dy, dx) = pair_mut(&mut self.grads, o, a);
-                        b.conv2d_backward_input(dy, &kernel[p].value, dx, shape, n);
+                        match (&layer.op, relu_y) {
+                            (LayerOp::Conv { shape, .. }, None) => b.conv2d_backward_input(dy, &kernel.value, dx, shape, n),
+                            (LayerOp::Conv { shape, .. }, Some(y)) => b.conv2d_backward_input_relu(dy, &kernel.value, y, dx, shape, n),
+                            (LayerOp::Dense { shape, .. }, None) => b.dense_backward_input(dy, &kernel.value, dx, shape, n),
+                            (LayerOp::Dense { shape, .. }, Some(y)) => b.dense_backward_input_relu(dy, &kernel.value, y, dx, shape, n),
+                            _ => unreachable!(),
+                        }
                     }
                 }
                 LayerOp::Pool { shape } => {
                     if a != 0 {
                         let (dy, dx) = pair_mut(&mut self.grads, o, a);
-                        b.maxpool_backward(dy, self.argmax[i].as_ref().unwrap(), dx, shape, n);
-                    }
-                }
-                LayerOp::Dense { shape, activation } => {
-                    if *activation == Activation::Relu {
-                        b.relu_backward(&self.acts[o], &mut self.grads[o], n * shape.units);
-                    }
-                    let p = self.param_of[i].unwrap();
-                    let (kernel, bias) = self.params.split_at_mut(p + 1);
-                    b.dense_backward_filter(&self.acts[a], &self.grads[o], &mut kernel[p].grad, &mut bias[0].grad, shape, n);
-                    if a != 0 {
-                        let (dy, dx) = pair_mut(&mut self.grads, o, a);
-                        b.dense_backward_input(dy, &kernel[p].value, dx, shape, n);
+                        let argmax = self.argmax[i].as_ref().unwrap();
+                        match relu_y {
+                            None => b.maxpool_backward(dy, argmax, dx, shape, n),
+                            Some(y) => b.maxpool_backward_relu(dy, argmax, y, dx, shape, n),
+                        }
                     }
                 }
                 LayerOp::Flatten => {}
@@ -252,7 +260,7 @@ impl<B: Backend> Network<B> {
 
     fn adam_update(&mut self) {
         self.step += 1;
-        let h = AdamStep { learning_rate: self.adam.learning_rate, beta1: self.adam.beta1, beta2: self.adam.beta2, epsilon: self.adam.epsilon, step: self.step };
+        let h = self.adam.at_step(self.step);
         for p in &mut self.params {
             self.backend.adam_update(&mut p.value, &p.grad, &mut p.m, &mut p.v, p.len, &h);
         }

@@ -1,6 +1,21 @@
 //! A small seeded generator (SplitMix64) so runs repeat exactly on every platform, without
 //! depending on a crate's stream staying the same across versions.
 
+/// What a derived stream is for (`Rng::derive`'s `purpose`): one constant per use, so two uses
+/// never share a stream by accident, and a seeded run draws the same numbers forever.
+pub mod purpose {
+    /// Glorot-uniform initial weights; index = the layer.
+    pub const INIT_WEIGHTS: u64 = 1;
+    /// The training order of each epoch; index = the epoch.
+    pub const SHUFFLE: u64 = 2;
+    /// Per-sample augmentation; index = (epoch << 32) | step.
+    pub const AUGMENT: u64 = 3;
+    /// The stratified validation split of an image folder; index = the class.
+    pub const VAL_SPLIT: u64 = 0x5A11_7E57;
+    /// All of them, for the test that keeps them distinct.
+    pub const ALL: [u64; 4] = [INIT_WEIGHTS, SHUFFLE, AUGMENT, VAL_SPLIT];
+}
+
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 
@@ -42,5 +57,20 @@ impl Rng {
             let j = self.below(i as u64 + 1) as usize;
             items.swap(i, j);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purposes_are_distinct_and_give_distinct_streams() {
+        let mut seen = std::collections::HashSet::new();
+        for p in purpose::ALL {
+            assert!(seen.insert(p), "purpose {p} used twice");
+        }
+        let firsts: std::collections::HashSet<u64> = purpose::ALL.iter().map(|&p| Rng::derive(7, p, 0).next_u64()).collect();
+        assert_eq!(firsts.len(), purpose::ALL.len());
     }
 }

@@ -30,7 +30,7 @@ pub struct TrainOptions {
 }
 
 /// What salts the shuffle generator, so each epoch's order depends only on (seed, epoch).
-const SHUFFLE_PURPOSE: u64 = 2;
+const SHUFFLE_PURPOSE: u64 = crate::rng::purpose::SHUFFLE;
 
 /// The training order of one epoch.
 pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<u32> {

@@ -37,9 +37,12 @@ fn check_device(d: &serde_json::Value) {
     check_positive(&d["inference"]["images_per_second"], "inference");
     // Device memory: a number on a GPU, null on the CPU backend (its memory is the RSS).
     if d["device"].as_str().unwrap().starts_with("CPU backend") {
-        assert!(d["device_bytes_allocated"].is_null());
+        assert!(d["device_bytes_allocated"].is_null() && d["dispatches_per_step"].is_null());
     } else {
         check_positive(&d["device_bytes_allocated"], "device_bytes_allocated");
+        // A training step: some 30 dispatches in one compute pass.
+        check_positive(&d["dispatches_per_step"], "dispatches_per_step");
+        assert_eq!(d["compute_passes_per_step"], 1);
     }
 }
 

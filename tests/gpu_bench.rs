@@ -174,7 +174,7 @@ fn cifar_sized_data_set_uploads_in_chunks_and_gathers() {
 #[ignore]
 fn seed_model_step_time() {
     use gpu_cnn::backend::cpu::CpuBackend;
-    use gpu_cnn::backend::{AdamStep, PoolShape};
+    use gpu_cnn::backend::{AdamConfig, PoolShape};
     let Ok(Some(adapter)) = choose_adapter(DeviceRequest::Gpu) else {
         eprintln!("no GPU adapter");
         return;
@@ -246,7 +246,7 @@ fn seed_model_step_time() {
             op!("maxpool_backward", b.maxpool_backward(&dq1, &a1, &mut dy1, &p1, n));
             op!("relu_backward", b.relu_backward(&y1, &mut dy1, n * c1.out_len()));
             op!("conv2d_backward_filter", b.conv2d_backward_filter(&x, &dy1, g1, g1b, &c1, n)); // no input gradient for layer 1
-            let h = AdamStep { learning_rate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, step };
+            let h = AdamConfig::default().at_step(step);
             for i in 0..10 {
                 op!("adam_update", b.adam_update(&mut params[i], &grads[i], &mut m[i], &mut v[i], lens[i], &h));
             }

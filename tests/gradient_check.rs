@@ -6,9 +6,10 @@
 //! steps on inputs built so that no max-pool window has a near tie and no ReLU input is near 0.
 
 mod common;
-use common::random_vec;
+use common::{assert_close, random_vec};
 use gpu_cnn::backend::cpu::CpuBackend;
-use gpu_cnn::backend::{Backend, ConvShape, DenseShape, PoolShape};
+use gpu_cnn::backend::{Backend, ConvShape, DenseShape};
+use gpu_cnn::model::{conv_shape, pool_shape, Padding};
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
@@ -30,20 +31,12 @@ fn numeric_grad(x: &[f32], h: f32, mut loss: impl FnMut(&[f32]) -> f64) -> Vec<f
         .collect()
 }
 
-fn assert_close(what: &str, analytic: &[f32], numeric: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(analytic.len(), numeric.len(), "{what}: lengths");
-    for (i, (&a, &n)) in analytic.iter().zip(numeric).enumerate() {
-        let tol = atol + rtol * n.abs();
-        assert!((a as f64 - n).abs() <= tol, "{what}[{i}]: analytic {a} vs numeric {n} (tolerance {tol})");
-    }
-}
-
 fn conv_shapes() -> Vec<ConvShape> {
     vec![
         // valid, stride 1
-        ConvShape { in_h: 5, in_w: 6, in_c: 2, out_h: 3, out_w: 4, out_c: 3, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 },
+        conv_shape((5, 6, 2), 3, (3, 3), (1, 1), Padding::Valid).unwrap(),
         // same padding, stride (2, 1), a 3x2 kernel on 7x6: out 4x6, pads top 1, left 0
-        ConvShape { in_h: 7, in_w: 6, in_c: 3, out_h: 4, out_w: 6, out_c: 4, k_h: 3, k_w: 2, stride_h: 2, stride_w: 1, pad_top: 1, pad_left: 0 },
+        conv_shape((7, 6, 3), 4, (3, 2), (2, 1), Padding::Same).unwrap(),
     ]
 }
 
@@ -111,8 +104,8 @@ fn maxpool_backward_matches_finite_differences() {
     let cpu = CpuBackend::new();
     // Overlapping 3x3 windows with stride 2 on 7x5, and 2x2 windows that drop the last row.
     let shapes = [
-        PoolShape { in_h: 7, in_w: 5, c: 2, out_h: 3, out_w: 2, size_h: 3, size_w: 3, stride_h: 2, stride_w: 2 },
-        PoolShape { in_h: 5, in_w: 4, c: 3, out_h: 2, out_w: 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2 },
+        pool_shape((7, 5, 2), (3, 3), (2, 2)).unwrap(),
+        pool_shape((5, 4, 3), (2, 2), (2, 2)).unwrap(),
     ];
     for s in shapes {
         let n = 2;

@@ -50,3 +50,23 @@ fn architecture_errors_say_what_and_where() {
     let err = Model::new(&parse_arch("flatten\ndense 10 relu").unwrap(), (8, 8, 1)).unwrap_err().to_string();
     assert!(err.contains("last layer"), "{err}");
 }
+
+#[test]
+fn conv_and_pool_geometry_follow_keras() {
+    use gpu_cnn::model::{conv_shape, pool_shape, Padding};
+    // "same", stride (2, 1), a 3x2 kernel on 7x6: ceil(7/2) x 6 outputs; 2 rows of padding
+    // split 1 top / 1 bottom, 1 column all on the right (Keras puts the odd pixel there).
+    let s = conv_shape((7, 6, 3), 4, (3, 2), (2, 1), Padding::Same).unwrap();
+    assert_eq!((s.out_h, s.out_w, s.out_c, s.pad_top, s.pad_left), (4, 6, 4, 1, 0));
+    let s = conv_shape((13, 13, 5), 7, (3, 3), (2, 2), Padding::Same).unwrap();
+    assert_eq!((s.out_h, s.out_w, s.pad_top, s.pad_left), (7, 7, 1, 1));
+    let s = conv_shape((5, 6, 2), 3, (3, 3), (1, 1), Padding::Valid).unwrap();
+    assert_eq!((s.out_h, s.out_w, s.pad_top, s.pad_left), (3, 4, 0, 0));
+    assert!(conv_shape((2, 6, 2), 3, (3, 3), (1, 1), Padding::Valid).is_none(), "a valid kernel larger than its input");
+    // Model::new uses the same rule.
+    let model = Model::new(&parse_arch("conv2d 7 3 relu stride=2 padding=same\nflatten\ndense 2 softmax").unwrap(), (13, 13, 5)).unwrap();
+    assert_eq!(model.layers[0].op, gpu_cnn::model::LayerOp::Conv { shape: conv_shape((13, 13, 5), 7, (3, 3), (2, 2), Padding::Same).unwrap(), relu: true });
+    let p = pool_shape((13, 13, 5), (2, 2), (2, 2)).unwrap();
+    assert_eq!((p.out_h, p.out_w), (6, 6));
+    assert!(pool_shape((1, 5, 1), (2, 2), (2, 2)).is_none());
+}

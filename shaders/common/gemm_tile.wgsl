@@ -1,5 +1,5 @@
-// The register-blocked GEMM tile shared by conv.wgsl and matmul.wgsl (WGSL has no includes:
-// pipelines.rs and build.rs append this file to each). The including shader declares in2 (the
+// The register-blocked GEMM tile shared by conv.wgsl and matmul.wgsl (appended to each by the
+// shader composer, src/backend/gpu/shader_sources.rs). The including shader declares in2 (the
 // bias) and out0 (the output).
 
 // Tile shape, chosen per call by the host (pipeline-overridable): the workgroup computes a
@@ -71,4 +71,61 @@ fn bias4(c: u32, cols: u32) -> vec4<f32> {
         if (c + q < cols) { b[q] = in2[c + q]; }
     }
     return b;
+}
+
+// For the kernels without a bias.
+const NO_BIAS = array<vec4<f32>, 2>();
+
+// The bias values of the invocation's RN columns of the tile at n0 (bias4 from in2): only the
+// kernels that add a bias call it, so the others need no in2 binding.
+fn block_bias(lid: u32, n0: u32, cols: u32) -> array<vec4<f32>, 2> {
+    let tn = lid % (TN / RN);
+    var b: array<vec4<f32>, 2>;
+    for (var jq = 0u; jq < RN / 4u; jq++) {
+        b[jq] = bias4(n0 + tn * RN + jq * 4u, cols);
+    }
+    return b;
+}
+
+// acc with each element whose ReLU output y (in2, laid out as this kernel's output (rows, cols))
+// is <= 0 set to 0: the backward of the ReLU that made this gradient's activation, fused into
+// the kernel that produces the gradient. Only the kernels that mask call it (they bind in2).
+fn relu_mask_block(acc: array<vec4<f32>, 16>, lid: u32, m0: u32, n0: u32, rows: u32, cols: u32) -> array<vec4<f32>, 16> {
+    let tm = lid / (TN / RN);
+    let tn = lid % (TN / RN);
+    var out = acc;
+    for (var i = 0u; i < RM; i++) {
+        let m = m0 + tm * RM + i;
+        if (m < rows) {
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                let c = n0 + tn * RN + jq * 4u;
+                var y = vec4<f32>(1.0);
+                for (var q = 0u; q < 4u; q++) {
+                    if (c + q < cols) { y[q] = in2[m * cols + c + q]; }
+                }
+                out[i * 2u + jq] = select(out[i * 2u + jq], vec4<f32>(), y <= vec4<f32>());
+            }
+        }
+    }
+    return out;
+}
+
+// The epilogue of every GEMM kernel: the invocation's RM x RN block of the tile at (m0, n0),
+// plus `bias` (block_bias) when `add_bias`, ReLU'd when `relu`, written to
+// out0[(row_offset + m) * cols + c] for rows m < rows and columns c < cols.
+fn store_block(acc: array<vec4<f32>, 16>, lid: u32, m0: u32, n0: u32, rows: u32, cols: u32, row_offset: u32,
+               bias: array<vec4<f32>, 2>, add_bias: bool, relu: bool) {
+    let tm = lid / (TN / RN);
+    let tn = lid % (TN / RN);
+    for (var i = 0u; i < RM; i++) {
+        let m = m0 + tm * RM + i;
+        if (m < rows) {
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                var v = acc[i * 2u + jq];
+                if (add_bias) { v += bias[jq]; }
+                if (relu) { v = max(v, vec4<f32>()); }
+                store4((row_offset + m) * cols, n0 + tn * RN + jq * 4u, cols, v);
+            }
+        }
+    }
 }

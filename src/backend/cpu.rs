@@ -475,7 +475,7 @@ impl Backend for CpuBackend {
 
     fn adam_update(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, len: usize, h: &AdamStep) {
         let alpha = h.alpha();
-        let (b1, b2, eps) = (h.beta1, h.beta2, h.epsilon);
+        let (b1, b2, eps) = (h.config.beta1, h.config.beta2, h.config.epsilon);
         param[..len].par_chunks_mut(4096).zip(grad[..len].par_chunks(4096)).zip(m[..len].par_chunks_mut(4096)).zip(v[..len].par_chunks_mut(4096)).for_each(
             |(((p, g), m), v)| {
                 for i in 0..p.len() {

@@ -78,26 +78,45 @@ pub struct DenseShape {
     pub units: usize,
 }
 
-/// One Adam step's scalars, Keras's formulation:
+/// Adam's hyper-parameters (Keras defaults), Keras's formulation:
 /// `alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t)`,
 /// `m += (g - m)(1 - beta1)`, `v += (g^2 - v)(1 - beta2)`, `p -= alpha * m / (sqrt(v) + epsilon)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamStep {
+pub struct AdamConfig {
     pub learning_rate: f32,
     pub beta1: f32,
     pub beta2: f32,
     pub epsilon: f32,
-    /// 1-based step count t.
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig { learning_rate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 }
+    }
+}
+
+impl AdamConfig {
+    /// The update of step `step` (1-based) with these hyper-parameters.
+    pub fn at_step(self, step: u64) -> AdamStep {
+        AdamStep { config: self, step }
+    }
+}
+
+/// One Adam step: the hyper-parameters and the 1-based step count t.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub config: AdamConfig,
     pub step: u64,
 }
 
 impl AdamStep {
     /// The bias-corrected step size alpha, computed in f64 so every backend gets the same f32.
     pub fn alpha(&self) -> f32 {
+        let c = &self.config;
         let t = self.step as i32;
-        let b1 = 1.0 - (self.beta1 as f64).powi(t);
-        let b2 = 1.0 - (self.beta2 as f64).powi(t);
-        (self.learning_rate as f64 * b2.sqrt() / b1) as f32
+        let b1 = 1.0 - (c.beta1 as f64).powi(t);
+        let b2 = 1.0 - (c.beta2 as f64).powi(t);
+        (c.learning_rate as f64 * b2.sqrt() / b1) as f32
     }
 }
 
@@ -107,6 +126,14 @@ pub const METRIC_LOSS_SUM: usize = 0; // sum over samples of the cross-entropy
 pub const METRIC_CORRECT: usize = 1; // count of samples whose argmax equals the label
 pub const METRIC_COUNT: usize = 2; // count of samples seen
 pub const METRICS_LEN: usize = 3;
+
+/// Work a backend has recorded so far (`Backend::record_counts`): kernel dispatches and the
+/// compute passes holding them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    pub dispatches: u64,
+    pub compute_passes: u64,
+}
 
 /// Per-sample augmentation for `gather_batch`: one packed `crate::augment::SampleTransform` per
 /// batch row, and the (height, width, channels) of the images it moves pixels in.
@@ -255,8 +282,123 @@ pub trait Backend {
         Ok(None)
     }
 
+    /// The input-gradient ops followed by the backward of the ReLU whose output `relu_y` is
+    /// their dx's activation: dx zeroed where relu_y <= 0. A backend may fuse the two (the GPU
+    /// does, saving a dispatch and a pass over dx); the result is the same bits either way.
+    fn conv2d_backward_input_relu(&self, dy: &Self::Tensor, w: &Self::Tensor, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &ConvShape, n: usize) {
+        self.conv2d_backward_input(dy, w, dx, s, n);
+        self.relu_backward(relu_y, dx, n * s.in_len());
+    }
+    fn maxpool_backward_relu(&self, dy: &Self::Tensor, argmax: &Self::Indices, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &PoolShape, n: usize) {
+        self.maxpool_backward(dy, argmax, dx, s, n);
+        self.relu_backward(relu_y, dx, n * s.in_len());
+    }
+    fn dense_backward_input_relu(&self, dy: &Self::Tensor, w: &Self::Tensor, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &DenseShape, n: usize) {
+        self.dense_backward_input(dy, w, dx, s, n);
+        self.relu_backward(relu_y, dx, n * s.inputs);
+    }
+
+    /// Dispatches and compute passes recorded so far, where the backend records them (None
+    /// for the CPU backend, which runs each op at once).
+    fn record_counts(&self) -> Option<RecordCounts> {
+        None
+    }
+
     /// Ends a step: the GPU submits what it recorded. The CPU has nothing to do.
     fn flush(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// A shared backend is a backend: several networks (a server's models) can use one device,
+/// `Network::new(&gpu, ...)`, each dropping its buffers when it goes.
+impl<B: Backend> Backend for &B {
+    type Tensor = B::Tensor;
+    type Indices = B::Indices;
+    type Images = B::Images;
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn tensor(&self, len: usize) -> Result<Self::Tensor> {
+        (**self).tensor(len)
+    }
+    fn upload(&self, t: &mut Self::Tensor, data: &[f32]) {
+        (**self).upload(t, data)
+    }
+    fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
+        (**self).download(t)
+    }
+    fn indices(&self, len: usize) -> Result<Self::Indices> {
+        (**self).indices(len)
+    }
+    fn upload_indices(&self, t: &mut Self::Indices, data: &[u32]) {
+        (**self).upload_indices(t, data)
+    }
+    fn download_indices(&self, t: &Self::Indices) -> Result<Vec<u32>> {
+        (**self).download_indices(t)
+    }
+    fn upload_images(&self, images: &[u8], labels: &[u8], image_len: usize) -> Result<Self::Images> {
+        (**self).upload_images(images, labels, image_len)
+    }
+    fn gather_batch(&self, data: &Self::Images, idx: &Self::Indices, n: usize, x: &mut Self::Tensor, labels: &mut Self::Indices, augment: Option<GatherAugment<'_, Self::Indices>>) {
+        (**self).gather_batch(data, idx, n, x, labels, augment)
+    }
+    fn conv2d_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &mut Self::Tensor, s: &ConvShape, n: usize, relu: bool) {
+        (**self).conv2d_forward(x, w, b, y, s, n, relu)
+    }
+    fn conv2d_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor, dx: &mut Self::Tensor, s: &ConvShape, n: usize) {
+        (**self).conv2d_backward_input(dy, w, dx, s, n)
+    }
+    fn conv2d_backward_filter(&self, x: &Self::Tensor, dy: &Self::Tensor, dw: &mut Self::Tensor, db: &mut Self::Tensor, s: &ConvShape, n: usize) {
+        (**self).conv2d_backward_filter(x, dy, dw, db, s, n)
+    }
+    fn relu_backward(&self, y: &Self::Tensor, dy: &mut Self::Tensor, len: usize) {
+        (**self).relu_backward(y, dy, len)
+    }
+    fn maxpool_forward(&self, x: &Self::Tensor, y: &mut Self::Tensor, argmax: &mut Self::Indices, s: &PoolShape, n: usize) {
+        (**self).maxpool_forward(x, y, argmax, s, n)
+    }
+    fn maxpool_backward(&self, dy: &Self::Tensor, argmax: &Self::Indices, dx: &mut Self::Tensor, s: &PoolShape, n: usize) {
+        (**self).maxpool_backward(dy, argmax, dx, s, n)
+    }
+    fn dense_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &mut Self::Tensor, s: &DenseShape, n: usize, relu: bool) {
+        (**self).dense_forward(x, w, b, y, s, n, relu)
+    }
+    fn dense_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor, dx: &mut Self::Tensor, s: &DenseShape, n: usize) {
+        (**self).dense_backward_input(dy, w, dx, s, n)
+    }
+    fn dense_backward_filter(&self, x: &Self::Tensor, dy: &Self::Tensor, dw: &mut Self::Tensor, db: &mut Self::Tensor, s: &DenseShape, n: usize) {
+        (**self).dense_backward_filter(x, dy, dw, db, s, n)
+    }
+    fn softmax_xent(&self, logits: &Self::Tensor, labels: &Self::Indices, dlogits: &mut Self::Tensor, metrics: &mut Self::Tensor, n: usize, classes: usize) {
+        (**self).softmax_xent(logits, labels, dlogits, metrics, n, classes)
+    }
+    fn softmax(&self, logits: &Self::Tensor, probs: &mut Self::Tensor, n: usize, classes: usize) {
+        (**self).softmax(logits, probs, n, classes)
+    }
+    fn adam_update(&self, param: &mut Self::Tensor, grad: &Self::Tensor, m: &mut Self::Tensor, v: &mut Self::Tensor, len: usize, h: &AdamStep) {
+        (**self).adam_update(param, grad, m, v, len, h)
+    }
+    fn device_bytes_allocated(&self) -> Option<u64> {
+        (**self).device_bytes_allocated()
+    }
+    fn device_seconds(&self, run: &mut dyn FnMut()) -> Result<Option<f64>> {
+        (**self).device_seconds(run)
+    }
+    fn record_counts(&self) -> Option<RecordCounts> {
+        (**self).record_counts()
+    }
+    fn conv2d_backward_input_relu(&self, dy: &Self::Tensor, w: &Self::Tensor, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &ConvShape, n: usize) {
+        (**self).conv2d_backward_input_relu(dy, w, relu_y, dx, s, n)
+    }
+    fn maxpool_backward_relu(&self, dy: &Self::Tensor, argmax: &Self::Indices, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &PoolShape, n: usize) {
+        (**self).maxpool_backward_relu(dy, argmax, relu_y, dx, s, n)
+    }
+    fn dense_backward_input_relu(&self, dy: &Self::Tensor, w: &Self::Tensor, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &DenseShape, n: usize) {
+        (**self).dense_backward_input_relu(dy, w, relu_y, dx, s, n)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
     }
 }

@@ -26,7 +26,7 @@ pub const RESIZE_FILTER_NAME: &str = "bilinear (triangle, antialiased)";
 /// Bumped whenever the decoding or the file layout changes, so old caches are not trusted.
 const CACHE_VERSION: &str = "gpu-cnn image folder cache v1";
 const CACHE_MAGIC: &[u8; 8] = b"GPUCNNF1";
-const PURPOSE_VAL_SPLIT: u64 = 0x5A11_7E57;
+const PURPOSE_VAL_SPLIT: u64 = crate::rng::purpose::VAL_SPLIT;
 
 #[derive(Clone, Debug)]
 pub struct FolderOptions {

@@ -124,6 +124,27 @@ pub fn tensor_values(dims: &[usize], what: &str) -> Result<usize> {
     }
 }
 
+/// A Keras Conv2D's geometry on an (h, w, c) input: "valid" keeps the windows that fit; "same"
+/// gives ceil(in / stride) outputs, the odd padding pixel at the bottom/right. None when a
+/// "valid" kernel does not fit. (Sizes must be at least 1; Model::new checks that first.)
+pub fn conv_shape(input: (usize, usize, usize), filters: usize, kernel: (usize, usize), stride: (usize, usize), padding: Padding) -> Option<ConvShape> {
+    let (h, w, c) = input;
+    let (oh, pt) = conv_out(h, kernel.0, stride.0, padding)?;
+    let (ow, pl) = conv_out(w, kernel.1, stride.1, padding)?;
+    Some(ConvShape { in_h: h, in_w: w, in_c: c, out_h: oh, out_w: ow, out_c: filters, k_h: kernel.0, k_w: kernel.1, stride_h: stride.0, stride_w: stride.1, pad_top: pt, pad_left: pl })
+}
+
+/// A Keras MaxPooling2D's geometry ("valid": windows that do not fit are dropped); None when
+/// no window fits.
+pub fn pool_shape(input: (usize, usize, usize), size: (usize, usize), stride: (usize, usize)) -> Option<PoolShape> {
+    let (h, w, c) = input;
+    if h < size.0 || w < size.1 {
+        return None;
+    }
+    let (oh, ow) = ((h - size.0) / stride.0 + 1, (w - size.1) / stride.1 + 1);
+    Some(PoolShape { in_h: h, in_w: w, c, out_h: oh, out_w: ow, size_h: size.0, size_w: size.1, stride_h: stride.0, stride_w: stride.1 })
+}
+
 impl Model {
     /// Resolves every layer's shapes for an input of (h, w, c); a clear error when the
     /// architecture does not fit it.
@@ -158,25 +179,22 @@ impl Model {
                     if activation == Activation::Softmax {
                         bail!("{at}: Conv2D takes activation relu or none, not softmax");
                     }
-                    let (Some((oh, pt)), Some((ow, pl))) = (conv_out(h, kernel.0, stride.0, padding), conv_out(w, kernel.1, stride.1, padding)) else {
+                    let Some(s) = conv_shape((h, w, c), filters, kernel, stride, padding) else {
                         bail!("{at}: a {}x{} kernel does not fit its {h}x{w} input (use padding=same or a smaller kernel)", kernel.0, kernel.1)
                     };
                     tensor_values(&[kernel.0, kernel.1, c, filters], &format!("{at}: the kernel"))?;
-                    tensor_values(&[oh, ow, filters], &format!("{at}: the output"))?;
-                    let s = ConvShape { in_h: h, in_w: w, in_c: c, out_h: oh, out_w: ow, out_c: filters, k_h: kernel.0, k_w: kernel.1, stride_h: stride.0, stride_w: stride.1, pad_top: pt, pad_left: pl };
-                    (LayerOp::Conv { shape: s, relu: activation == Activation::Relu }, vec![oh, ow, filters])
+                    tensor_values(&[s.out_h, s.out_w, filters], &format!("{at}: the output"))?;
+                    (LayerOp::Conv { shape: s, relu: activation == Activation::Relu }, vec![s.out_h, s.out_w, filters])
                 }
                 LayerSpec::MaxPool2D { size, stride } => {
                     let [h, w, c] = shape[..] else { bail!("{at}: MaxPool2D needs an (h, w, c) input, got {shape:?}; put it before Flatten") };
                     if size.0 == 0 || size.1 == 0 || stride.0 == 0 || stride.1 == 0 {
                         bail!("{at}: pool size and stride must be at least 1");
                     }
-                    if h < size.0 || w < size.1 {
-                        bail!("{at}: a {}x{} pool does not fit its {h}x{w} input: the output would have a dimension of 0", size.0, size.1);
-                    }
-                    let (oh, ow) = ((h - size.0) / stride.0 + 1, (w - size.1) / stride.1 + 1);
-                    let s = PoolShape { in_h: h, in_w: w, c, out_h: oh, out_w: ow, size_h: size.0, size_w: size.1, stride_h: stride.0, stride_w: stride.1 };
-                    (LayerOp::Pool { shape: s }, vec![oh, ow, c])
+                    let Some(s) = pool_shape((h, w, c), size, stride) else {
+                        bail!("{at}: a {}x{} pool does not fit its {h}x{w} input: the output would have a dimension of 0", size.0, size.1)
+                    };
+                    (LayerOp::Pool { shape: s }, vec![s.out_h, s.out_w, c])
                 }
                 LayerSpec::Flatten => (LayerOp::Flatten, vec![shape.iter().product()]),
                 LayerSpec::Dense { units, activation } => {

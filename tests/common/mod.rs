@@ -1,5 +1,7 @@
-//! Helpers shared by the integration tests.
-#![allow(dead_code)]
+//! Helpers shared by the integration tests: one per idea. `backend_test!` runs one generic body
+//! on every backend, `gpu_test!` a body on the GPU (or says it skips), `assert_close` compares
+//! with a stated atol/rtol, and every random input comes from the crate's own Rng.
+#![allow(dead_code, unused_macros)]
 
 use std::path::PathBuf;
 
@@ -13,8 +15,78 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// Uniform values in [-1, 1), seeded.
 pub fn random_vec(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = gpu_cnn::rng::Rng::new(seed);
+    uniform_vec(&mut gpu_cnn::rng::Rng::new(seed), len)
+}
+
+/// The next `len` values of `rng`, uniform in [-1, 1) (the crate's own generator, so a test's
+/// inputs are the same on every platform and every version of every dependency).
+pub fn uniform_vec(rng: &mut gpu_cnn::rng::Rng, len: usize) -> Vec<f32> {
     (0..len).map(|_| rng.unit_f32() * 2.0 - 1.0).collect()
+}
+
+/// The largest |value| (at least 1e-6), the scale GEMM tolerances are stated against.
+pub fn max_abs(values: &[f32]) -> f32 {
+    values.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6)
+}
+
+/// Element by element |actual - expected| <= atol + rtol * |expected| (numpy's allclose). Each
+/// call states its tolerances and why next to it. `what` names the case in the failure.
+#[track_caller]
+pub fn assert_close<E: Copy + Into<f64>>(what: &str, actual: &[f32], expected: &[E], atol: f64, rtol: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let e: f64 = e.into();
+        let tolerance = atol + rtol * e.abs();
+        assert!((a as f64 - e).abs() <= tolerance, "{what}[{i}]: {a} vs expected {e} (atol {atol}, rtol {rtol})");
+    }
+}
+
+/// Bit-for-bit equality of f32 arrays (NaN payloads and signed zeros included).
+#[track_caller]
+pub fn assert_same_bits(what: &str, actual: &[f32], expected: &[f32]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
+    if let Some(i) = actual.iter().zip(expected).position(|(a, e)| a.to_bits() != e.to_bits()) {
+        panic!("{what}[{i}]: {} vs {} (bits differ)", actual[i], expected[i]);
+    }
+}
+
+/// One test per backend from one generic body:
+/// `backend_test! { fn name<B>(b: &B) { ... } }` defines `fn name<B: Backend>(b: &B)` and the
+/// tests `name::cpu` and `name::gpu`. The GPU test runs on `gpu_backend()` (skipped with a line
+/// without an adapter, a failure with GPU_CNN_REQUIRE_GPU=1). Use `#[macro_use] mod common;`.
+macro_rules! backend_test {
+    ($(#[$meta:meta])* fn $name:ident<$B:ident>($b:ident: &$B2:ident) $body:block) => {
+        $(#[$meta])*
+        fn $name<$B: gpu_cnn::backend::Backend>($b: &$B2) $body
+
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$name(&gpu_cnn::backend::cpu::CpuBackend::new());
+            }
+            #[test]
+            fn gpu() {
+                if let Some(gpu) = super::common::gpu_backend() {
+                    super::$name(&gpu);
+                }
+            }
+        }
+    };
+}
+
+/// A test of the GPU backend alone: `gpu_test! { fn name(gpu: &GpuBackend) { ... } }`, skipped
+/// with a line without an adapter (a failure with GPU_CNN_REQUIRE_GPU=1).
+macro_rules! gpu_test {
+    ($(#[$meta:meta])* fn $name:ident($gpu:ident: &GpuBackend) $body:block) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() {
+            if let Some(gpu) = common::gpu_backend() {
+                let $gpu: &gpu_cnn::backend::gpu::GpuBackend = &gpu;
+                $body
+            }
+        }
+    };
 }
 
 /// Runs the gpu-cnn binary; returns (exit success, stdout, stderr).

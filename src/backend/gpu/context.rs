@@ -1,6 +1,7 @@
 //! The device and queue of one adapter, and the errors wgpu reports outside any error scope.
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use super::shader_check::error_chain;
 use std::sync::{Arc, Mutex};
 
 pub struct GpuContext {
@@ -12,8 +13,6 @@ pub struct GpuContext {
     /// submission). Ops cannot return errors, so they land here and `take_errors` reports them
     /// at the next flush or read-back.
     errors: Arc<Mutex<Vec<String>>>,
-    /// Bytes of storage buffers created so far (what `bench` reports as device memory).
-    allocated_bytes: std::cell::Cell<u64>,
 }
 
 impl GpuContext {
@@ -42,7 +41,7 @@ impl GpuContext {
             }
         });
         super::validation::misuse_if_asked(&device);
-        Ok(GpuContext { adapter, device, queue, limits, errors, allocated_bytes: std::cell::Cell::new(0) })
+        Ok(GpuContext { adapter, device, queue, limits, errors })
     }
 
     /// Records an error found while recording an op (ops return nothing).
@@ -64,11 +63,6 @@ impl GpuContext {
         Err(anyhow!("GPU error: {text}"))
     }
 
-    /// Bytes of storage buffers created so far.
-    pub fn allocated_bytes(&self) -> u64 {
-        self.allocated_bytes.get()
-    }
-
     /// A storage buffer of `bytes`, or an error naming the limit it breaks or the OOM.
     pub fn create_storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         self.check_buffer_fits(label, bytes)?;
@@ -82,7 +76,6 @@ impl GpuContext {
         if let Some(e) = pollster::block_on(scope.pop()) {
             bail!("GPU out of memory allocating {label} ({bytes} bytes): {}", error_chain(&e));
         }
-        self.allocated_bytes.set(self.allocated_bytes.get() + bytes);
         Ok(buffer)
     }
 
@@ -104,19 +97,4 @@ impl GpuContext {
         }
         Ok(())
     }
-}
-
-/// wgpu's Display gives the outer message; the cause is in the source() chain.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        cause = c.source();
-    }
-    text
 }

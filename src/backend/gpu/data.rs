@@ -1,23 +1,24 @@
 //! The data set on the GPU (u8 packed four to a u32, in chunks that each fit one storage
 //! binding) and the gather kernel that builds a batch from it (shaders/data.wgsl).
 
-use super::recorder::{linear_grid, Bound};
+use super::buffer::GpuBuffer;
+use super::params::{u32_of, GatherParams};
+use super::recorder::linear_grid;
 use super::{GpuBackend, GpuIndices, GpuTensor};
 use crate::backend::GatherAugment;
 use anyhow::{ensure, Result};
 
-/// A run of whole images in one buffer.
+/// A run of whole images in one buffer, their bytes packed four to a u32.
 struct ImageChunk {
-    buffer: wgpu::Buffer,
-    id: u64,
+    words: GpuBuffer<u32>,
     first_image: usize,
     images: usize,
 }
 
+/// A u8 data set on the GPU; dropping it frees its buffers (and the bind groups using them).
 pub struct GpuImages {
     chunks: Vec<ImageChunk>,
-    labels: wgpu::Buffer,
-    labels_id: u64,
+    labels: GpuBuffer<u32>,
     image_len: usize,
     count: usize,
 }
@@ -50,15 +51,15 @@ impl GpuBackend {
         ensure!(per_chunk > 0, "one image of {image_len} bytes does not fit a storage binding of {max_chunk_bytes} bytes");
         let mut chunks = Vec::new();
         for (i, part) in images.chunks(per_chunk * image_len).enumerate() {
-            let words = pack_words(part);
-            let buffer = self.ctx.create_storage_buffer("image chunk", (words.len().max(1) * 4) as u64)?;
-            self.write(&buffer, bytemuck::cast_slice(&words));
-            chunks.push(ImageChunk { buffer, id: self.new_id(), first_image: i * per_chunk, images: part.len() / image_len });
+            let packed = pack_words(part);
+            let words = self.storage("image chunk", packed.len())?;
+            self.write(words.raw(), bytemuck::cast_slice(&packed));
+            chunks.push(ImageChunk { words, first_image: i * per_chunk, images: part.len() / image_len });
         }
-        let label_words = pack_words(labels);
-        let labels_buffer = self.ctx.create_storage_buffer("labels", (label_words.len().max(1) * 4) as u64)?;
-        self.write(&labels_buffer, bytemuck::cast_slice(&label_words));
-        Ok(GpuImages { chunks, labels: labels_buffer, labels_id: self.new_id(), image_len, count: labels.len() })
+        let packed = pack_words(labels);
+        let label_words = self.storage("labels", packed.len())?;
+        self.write(label_words.raw(), bytemuck::cast_slice(&packed));
+        Ok(GpuImages { chunks, labels: label_words, image_len, count: labels.len() })
     }
 
     // idx (n) -> x (n, image_len) = images[idx] / 255, labels (n) = labels[idx]; with
@@ -76,20 +77,20 @@ impl GpuBackend {
             None => ((0, 0, 0), idx),
         };
         for chunk in &data.chunks {
-            let params = [
-                n as u32, data.image_len as u32, chunk.first_image as u32, chunk.images as u32,
-                data.count as u32, augment.is_some() as u32, h as u32, w as u32,
-                c as u32, 0, 0, 0,
-            ];
-            let bound = [
-                idx.at(1),
-                Bound { binding: 2, buffer: &chunk.buffer, id: chunk.id },
-                Bound { binding: 3, buffer: &data.labels, id: data.labels_id },
-                x.at(4),
-                labels.at(5),
-                transforms.at(6),
-            ];
-            self.recorder.dispatch(&self.ctx.device, &self.pipelines.gather_batch, &params, &bound, groups);
+            let params = GatherParams {
+                n: u32_of(n),
+                image_len: u32_of(data.image_len),
+                first_image: u32_of(chunk.first_image),
+                chunk_images: u32_of(chunk.images),
+                total_images: u32_of(data.count),
+                augmented: augment.is_some() as u32,
+                height: u32_of(h),
+                width: u32_of(w),
+                channels: u32_of(c),
+                ..Default::default()
+            };
+            let bound = [idx.at(1), chunk.words.at(2), data.labels.at(3), x.at(4), labels.at(5), transforms.at(6)];
+            self.dispatch(&self.pipelines.gather_batch, &params, &bound, groups);
         }
     }
 }

@@ -2,42 +2,61 @@
 //! transpose being a swap of strides.
 
 use super::conv::split_k;
+use super::params::{u32_of, MatmulParams};
 use super::pipelines::{GemmEntry, Tile};
 use super::recorder::tile_grid;
 use super::{GpuBackend, GpuTensor};
 use crate::backend::DenseShape;
 
-/// MatmulParams in matmul.wgsl.
-#[allow(clippy::too_many_arguments)]
-fn matmul_params(m: usize, n: usize, k: usize, a_strides: (usize, usize), b_strides: (usize, usize), bias: bool, relu: bool, k_per_split: usize, ones_row: bool, splits: usize) -> [u32; 12] {
-    [
-        m as u32, n as u32, k as u32, a_strides.0 as u32,
-        a_strides.1 as u32, b_strides.0 as u32, b_strides.1 as u32, bias as u32,
-        relu as u32, k_per_split as u32, ones_row as u32, splits as u32,
-    ]
+/// Which operand of c (m, n) = a (m, k) * b (k, n) is stored transposed (both row-major):
+/// `Left` reads a from a (k, m) array, `Right` reads b from an (n, k) array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transpose {
+    None,
+    Left,
+    Right,
+}
+
+impl MatmulParams {
+    /// c (m, n) = a (m, k) * b (k, n), no bias, no activation, one split.
+    pub fn product(m: usize, n: usize, k: usize, transpose: Transpose) -> MatmulParams {
+        let (a_row_stride, a_col_stride) = if transpose == Transpose::Left { (1, m) } else { (k, 1) };
+        let (b_row_stride, b_col_stride) = if transpose == Transpose::Right { (1, k) } else { (n, 1) };
+        MatmulParams {
+            m: u32_of(m),
+            n: u32_of(n),
+            k: u32_of(k),
+            a_row_stride: u32_of(a_row_stride),
+            a_col_stride: u32_of(a_col_stride),
+            b_row_stride: u32_of(b_row_stride),
+            b_col_stride: u32_of(b_col_stride),
+            ..Default::default()
+        }
+    }
 }
 
 impl GpuBackend {
     // x (n, inputs), w (inputs, units), b (units) -> y (n, units).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn record_dense_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &DenseShape, n: usize, relu: bool) {
-        let params = matmul_params(n, s.units, s.inputs, (s.inputs, 1), (s.units, 1), true, relu, 0, false, 0);
+        let params = MatmulParams { bias: 1, relu: relu as u32, ..MatmulParams::product(n, s.units, s.inputs, Transpose::None) };
         let tile = Tile::for_gemm(n, s.units, 128);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::MatmulBiasAct, tile);
         let groups = tile_grid(s.units.div_ceil(tile.tn as usize), n.div_ceil(tile.tm as usize), self.max_per_dim());
         let bound = [x.at(1), w.at(2), b.at(3), y.at(4)];
-        self.recorder.dispatch(&self.ctx.device, &pipeline, &params, &bound, groups);
+        self.dispatch(&pipeline, &params, &bound, groups);
     }
 
-    // dy (n, units), w (inputs, units) -> dx (n, inputs) = dy * w^T.
-    pub(super) fn record_dense_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &DenseShape, n: usize) {
-        let params = matmul_params(n, s.inputs, s.units, (s.units, 1), (1, s.units), false, false, 0, false, 0);
+    // dy (n, units), w (inputs, units) -> dx (n, inputs) = dy * w^T; with `relu_y`, 0 where
+    // relu_y <= 0 (the ReLU backward of the layer before, fused).
+    pub(super) fn record_dense_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, relu_y: Option<&GpuTensor>, dx: &mut GpuTensor, s: &DenseShape, n: usize) {
+        let params = MatmulParams { relu_mask: relu_y.is_some() as u32, ..MatmulParams::product(n, s.inputs, s.units, Transpose::Right) };
         let tile = Tile::for_gemm(n, s.inputs, 128);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::MatmulBiasAct, tile);
         let groups = tile_grid(s.inputs.div_ceil(tile.tn as usize), n.div_ceil(tile.tm as usize), self.max_per_dim());
-        // The kernel's bias binding is unused here (p.bias = 0) but must be bound: w stands in.
-        let bound = [dy.at(1), w.at(2), w.at(3), dx.at(4)];
-        self.recorder.dispatch(&self.ctx.device, &pipeline, &params, &bound, groups);
+        // Binding 3 is the mask, or unused (no bias) but bound: w stands in.
+        let bound = [dy.at(1), w.at(2), relu_y.unwrap_or(w).at(3), dx.at(4)];
+        self.dispatch(&pipeline, &params, &bound, groups);
     }
 
     // x (n, inputs), dy (n, units) -> dw (inputs, units) = x^T * dy, db (units) = column sums.
@@ -45,12 +64,17 @@ impl GpuBackend {
         let rows = s.inputs + 1; // + the ones row that yields db
         let (per, splits) = split_k(n, rows * s.units);
         let Some(scratch) = self.scratch(splits * rows * s.units) else { return };
-        let params = matmul_params(s.inputs, s.units, n, (1, s.inputs), (s.units, 1), false, false, per, true, splits);
+        let params = MatmulParams {
+            k_per_split: u32_of(per),
+            ones_row: 1,
+            splits: u32_of(splits),
+            ..MatmulParams::product(s.inputs, s.units, n, Transpose::Left)
+        };
         let tile = Tile::for_gemm(rows, s.units, 128);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::MatmulSplitPartials, tile);
         let groups = [s.units.div_ceil(tile.tn as usize) as u32, rows.div_ceil(tile.tm as usize) as u32, splits as u32];
         let bound = [x.at(1), dy.at(2), scratch.at(4)];
-        self.recorder.dispatch(&self.ctx.device, &pipeline, &params, &bound, groups);
+        self.dispatch(&pipeline, &params, &bound, groups);
         self.record_sum_split_partials(&scratch, dw, db, s.inputs, s.units, splits);
     }
 }

@@ -1,5 +1,6 @@
 //! Softmax and the fused softmax + cross-entropy + gradient (shaders/loss.wgsl).
 
+use super::params::{u32_of, LossParams};
 use super::recorder::linear_grid;
 use super::{GpuBackend, GpuIndices, GpuTensor};
 
@@ -9,10 +10,10 @@ impl GpuBackend {
         if n == 0 || classes == 0 {
             return;
         }
-        let params = [n as u32, classes as u32, 0, 0];
+        let params = LossParams { n: u32_of(n), classes: u32_of(classes), ..Default::default() };
         let bound = [logits.at(1), labels.at(2), dlogits.at(3), metrics.at(4)];
         // One workgroup: it reduces the whole batch's metrics in a fixed order.
-        self.recorder.dispatch(&self.ctx.device, &self.pipelines.softmax_xent, &params, &bound, [1, 1, 1]);
+        self.dispatch(&self.pipelines.softmax_xent, &params, &bound, [1, 1, 1]);
     }
 
     // logits (n, classes) -> probs (n, classes).
@@ -20,8 +21,8 @@ impl GpuBackend {
         if classes == 0 {
             return;
         }
-        let params = [n as u32, classes as u32, 0, 0];
+        let params = LossParams { n: u32_of(n), classes: u32_of(classes), ..Default::default() };
         let bound = [logits.at(1), probs.at(3)];
-        self.recorder.dispatch(&self.ctx.device, &self.pipelines.softmax, &params, &bound, linear_grid(n, self.max_per_dim()));
+        self.dispatch(&self.pipelines.softmax, &params, &bound, linear_grid(n, self.max_per_dim()));
     }
 }

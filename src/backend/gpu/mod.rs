@@ -18,75 +18,48 @@
 //! `list_adapters()` gives the rows of `gpu-cnn devices`. Errors wgpu raises while ops are
 //! recorded come back from the next `flush()` or download.
 
-mod adapter_choice;
 mod adam;
+mod adapter_choice;
+mod buffer;
 mod context;
 mod conv;
 mod data;
 mod dense;
 mod loss;
+mod params;
 mod pipelines;
 mod pool;
 mod recorder;
+pub mod shader_check;
+pub mod shader_sources;
 mod timing;
 pub mod validation;
-pub mod shader_check;
 
 pub use adapter_choice::{adapter_row, choose_adapter, enumerate_adapters, list_adapters, AdapterInfoRow, DeviceRequest};
+pub use buffer::{GpuBuffer, GpuIndices, GpuTensor};
+pub use conv::ConvInputGradAlgo;
 pub use data::GpuImages;
+pub use dense::Transpose;
 pub use pipelines::ALL_SHADERS;
+pub use recorder::CacheSizes;
 
-use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape};
+use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape, RecordCounts};
 use anyhow::{Context as _, Result};
+use buffer::{Bound, BufferRegistry};
 use context::GpuContext;
-use pipelines::Pipelines;
-use recorder::{linear_grid, Bound, Recorder};
+use params::{ElementwiseParams, KernelParams};
+use pipelines::{Pipeline, Pipelines};
+use recorder::{linear_grid, Recorder};
 use std::cell::{Cell, RefCell};
-
-/// An f32 array in a GPU storage buffer.
-pub struct GpuTensor {
-    buffer: wgpu::Buffer,
-    len: usize,
-    id: u64,
-}
-
-/// A u32 array in a GPU storage buffer.
-pub struct GpuIndices {
-    buffer: wgpu::Buffer,
-    len: usize,
-    id: u64,
-}
-
-impl GpuTensor {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    fn at(&self, binding: u32) -> Bound<'_> {
-        Bound { binding, buffer: &self.buffer, id: self.id }
-    }
-}
-
-impl GpuIndices {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    fn at(&self, binding: u32) -> Bound<'_> {
-        Bound { binding, buffer: &self.buffer, id: self.id }
-    }
-}
+use std::sync::Arc;
 
 pub struct GpuBackend {
     ctx: GpuContext,
     pipelines: Pipelines,
     recorder: Recorder,
-    next_id: Cell<u64>,
-    /// Split-k partial sums of the filter gradients; grown to the largest need, then reused.
+    /// Ids and live bytes of every storage buffer this backend made (see buffer.rs).
+    registry: Arc<BufferRegistry>,
+    /// Split-k partial sums and col2im's dcol; grown to the largest need, then reused.
     scratch: RefCell<Option<GpuTensor>>,
     /// Host-visible buffer for read-backs, reused.
     staging: RefCell<Option<wgpu::Buffer>>,
@@ -100,9 +73,8 @@ pub struct GpuBackend {
     dispatch_limit: Cell<u32>,
     /// Bytes written from the host with queue writes (uploads, indices, Adam's scalars).
     written_bytes: Cell<u64>,
-    /// Tests force one way of computing conv input gradients: Some(true) col2im (where its
-    /// buffer fits), Some(false) the implicit GEMM; None lets the shape decide (conv.rs).
-    conv_input_grad_col2im: Cell<Option<bool>>,
+    /// A test forcing one way of computing conv input gradients (None: the shape decides).
+    forced_conv_input_grad: Cell<Option<ConvInputGradAlgo>>,
 }
 
 impl GpuBackend {
@@ -110,9 +82,10 @@ impl GpuBackend {
     pub fn new(adapter: wgpu::Adapter) -> Result<Self> {
         let ctx = GpuContext::new(adapter)?;
         let pipelines = Pipelines::new(&ctx.device);
+        let registry = Arc::new(BufferRegistry::default());
         let adam_scalars = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("adam scalars"),
-            size: 16,
+            size: std::mem::size_of::<params::AdamScalars>() as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -120,16 +93,16 @@ impl GpuBackend {
             ctx,
             pipelines,
             recorder: Recorder::new(),
-            next_id: Cell::new(1),
             scratch: RefCell::new(None),
             staging: RefCell::new(None),
             adam_scalars,
-            adam_scalars_id: 0,
+            adam_scalars_id: registry.new_id(),
+            registry,
             adam_scalars_written: Cell::new(None),
             adam_scalars_in_encoder: Cell::new(None),
             dispatch_limit: Cell::new(0),
             written_bytes: Cell::new(0),
-            conv_input_grad_col2im: Cell::new(None),
+            forced_conv_input_grad: Cell::new(None),
         };
         backend.dispatch_limit.set(backend.ctx.limits.max_compute_workgroups_per_dimension);
         // Errors creating the fixed pipelines surface here; the GEMM pipelines are compiled on
@@ -143,7 +116,7 @@ impl GpuBackend {
     /// uniforms. (Tests use it to check that a training step sends only its indices and
     /// Adam's scalars.)
     pub fn host_to_device_bytes(&self) -> u64 {
-        self.written_bytes.get() + self.recorder.uniform_bytes()
+        self.written_bytes.get() + self.recorder.uniform_bytes_written()
     }
 
     fn count_written(&self, bytes: usize) {
@@ -174,15 +147,18 @@ impl GpuBackend {
         self.ctx.check_buffer_fits(what, bytes)
     }
 
-    /// Bind groups cached so far (a repeated step must not add any).
-    pub fn cached_bind_groups(&self) -> usize {
-        self.recorder.cached_bind_groups()
+    /// Bind groups (and their uniforms) cached now. A repeated step adds none, and dropping a
+    /// buffer drops every entry that binds it.
+    pub fn cache_sizes(&self) -> CacheSizes {
+        self.recorder.cache_sizes(&self.registry)
     }
 
-    fn new_id(&self) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        id
+    /// Frees the scratch and read-back buffers, which otherwise stay at their largest size for
+    /// reuse; they are made again when next needed. For a long-lived process between models.
+    pub fn release_scratch(&self) {
+        self.submit_pending();
+        self.scratch.borrow_mut().take();
+        self.staging.borrow_mut().take();
     }
 
     fn max_per_dim(&self) -> u32 {
@@ -195,15 +171,22 @@ impl GpuBackend {
         self.dispatch_limit.set(limit.clamp(1, self.ctx.limits.max_compute_workgroups_per_dimension));
     }
 
-    /// Forces conv input gradients through col2im (Some(true)) or the implicit GEMM
-    /// (Some(false)) whatever the shape, so tests cover both; None restores the shape's choice.
-    pub fn force_conv_input_grad_col2im_for_tests(&self, col2im: Option<bool>) {
-        self.conv_input_grad_col2im.set(col2im);
+    /// Forces conv input gradients through one algorithm whatever the shape (col2im still only
+    /// where its buffer fits), so tests cover both; None restores the shape's choice.
+    pub fn force_conv_input_grad_for_tests(&self, algo: Option<ConvInputGradAlgo>) {
+        self.forced_conv_input_grad.set(algo);
     }
 
-    fn buffer_bytes(len: usize) -> u64 {
-        // Zero-sized bindings are invalid; keep at least one element.
-        (len.max(1) * 4) as u64
+    /// A storage buffer of `len` elements (at least one: zero-sized bindings are invalid).
+    fn storage<T>(&self, label: &str, len: usize) -> Result<GpuBuffer<T>> {
+        let bytes = (len.max(1) as u64).checked_mul(4).context("buffer size overflows")?;
+        let buffer = self.ctx.create_storage_buffer(label, bytes)?;
+        Ok(GpuBuffer::new(buffer, len, &self.registry))
+    }
+
+    /// Records one dispatch into the step's pass.
+    fn dispatch<P: KernelParams>(&self, pipeline: &Pipeline, params: &P, bound: &[Bound], groups: [u32; 3]) {
+        self.recorder.dispatch(&self.ctx.device, &self.registry, pipeline, params, bound, groups);
     }
 
     /// Submits anything recorded so that a following queue write lands after it.
@@ -216,8 +199,10 @@ impl GpuBackend {
 
     /// The split-k scratch buffer, at least `len` floats.
     fn scratch(&self, len: usize) -> Option<std::cell::Ref<'_, GpuTensor>> {
-        let too_small = self.scratch.borrow().as_ref().is_none_or(|s| s.len < len);
+        let too_small = self.scratch.borrow().as_ref().is_none_or(|s| s.len() < len);
         if too_small {
+            // Drop the old one first, so the two never take memory together.
+            self.scratch.borrow_mut().take();
             match self.tensor(len) {
                 Ok(t) => *self.scratch.borrow_mut() = Some(t),
                 Err(e) => {
@@ -274,8 +259,10 @@ impl Backend for GpuBackend {
         self.time_passes(run)
     }
 
+    /// Storage buffers alive, the read-back buffer and the cached uniforms.
     fn device_bytes_allocated(&self) -> Option<u64> {
-        Some(self.ctx.allocated_bytes())
+        let staging = self.staging.borrow().as_ref().map_or(0, |s| s.size());
+        Some(self.registry.live_bytes() + staging + self.cache_sizes().uniform_bytes)
     }
 
     type Tensor = GpuTensor;
@@ -290,28 +277,26 @@ impl Backend for GpuBackend {
     }
 
     fn tensor(&self, len: usize) -> Result<GpuTensor> {
-        let buffer = self.ctx.create_storage_buffer("tensor", Self::buffer_bytes(len))?;
-        Ok(GpuTensor { buffer, len, id: self.new_id() })
+        self.storage("tensor", len)
     }
     fn upload(&self, t: &mut GpuTensor, data: &[f32]) {
-        assert!(data.len() <= t.len, "upload of {} values into a tensor of {}", data.len(), t.len);
-        self.write(&t.buffer, bytemuck::cast_slice(data));
+        assert!(data.len() <= t.len(), "upload of {} values into a tensor of {}", data.len(), t.len());
+        self.write(t.raw(), bytemuck::cast_slice(data));
     }
     fn download(&self, t: &GpuTensor) -> Result<Vec<f32>> {
-        let bytes = self.read_back(&t.buffer, Self::buffer_bytes(t.len))?;
-        Ok(bytemuck::cast_slice::<u8, f32>(&bytes)[..t.len].to_vec())
+        let bytes = self.read_back(t.raw(), t.raw().size())?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes)[..t.len()].to_vec())
     }
     fn indices(&self, len: usize) -> Result<GpuIndices> {
-        let buffer = self.ctx.create_storage_buffer("indices", Self::buffer_bytes(len))?;
-        Ok(GpuIndices { buffer, len, id: self.new_id() })
+        self.storage("indices", len)
     }
     fn upload_indices(&self, t: &mut GpuIndices, data: &[u32]) {
-        assert!(data.len() <= t.len, "upload of {} indices into a buffer of {}", data.len(), t.len);
-        self.write(&t.buffer, bytemuck::cast_slice(data));
+        assert!(data.len() <= t.len(), "upload of {} indices into a buffer of {}", data.len(), t.len());
+        self.write(t.raw(), bytemuck::cast_slice(data));
     }
     fn download_indices(&self, t: &GpuIndices) -> Result<Vec<u32>> {
-        let bytes = self.read_back(&t.buffer, Self::buffer_bytes(t.len))?;
-        Ok(bytemuck::cast_slice::<u8, u32>(&bytes)[..t.len].to_vec())
+        let bytes = self.read_back(t.raw(), t.raw().size())?;
+        Ok(bytemuck::cast_slice::<u8, u32>(&bytes)[..t.len()].to_vec())
     }
     fn upload_images(&self, images: &[u8], labels: &[u8], image_len: usize) -> Result<GpuImages> {
         let limit = self.ctx.limits.max_storage_buffer_binding_size.min(self.ctx.limits.max_buffer_size);
@@ -326,7 +311,10 @@ impl Backend for GpuBackend {
         self.record_conv2d_forward(x, w, b, y, s, n, relu);
     }
     fn conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
-        self.record_conv2d_backward_input(dy, w, dx, s, n);
+        self.record_conv2d_backward_input(dy, w, None, dx, s, n);
+    }
+    fn conv2d_backward_input_relu(&self, dy: &GpuTensor, w: &GpuTensor, relu_y: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
+        self.record_conv2d_backward_input(dy, w, Some(relu_y), dx, s, n);
     }
     fn conv2d_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &ConvShape, n: usize) {
         self.record_conv2d_backward_filter(x, dy, dw, db, s, n);
@@ -334,23 +322,29 @@ impl Backend for GpuBackend {
 
     // y (len) = ReLU output, dy (len) zeroed where y <= 0.
     fn relu_backward(&self, y: &GpuTensor, dy: &mut GpuTensor, len: usize) {
-        let params = [len as u32, 0, 0, 0];
+        let params = ElementwiseParams { len: params::u32_of(len), ..Default::default() };
         let bound = [y.at(1), dy.at(2)];
-        self.recorder.dispatch(&self.ctx.device, &self.pipelines.relu_backward, &params, &bound, linear_grid(len, self.max_per_dim()));
+        self.dispatch(&self.pipelines.relu_backward, &params, &bound, linear_grid(len, self.max_per_dim()));
     }
 
     fn maxpool_forward(&self, x: &GpuTensor, y: &mut GpuTensor, argmax: &mut GpuIndices, s: &PoolShape, n: usize) {
         self.record_maxpool_forward(x, y, argmax, s, n);
     }
     fn maxpool_backward(&self, dy: &GpuTensor, argmax: &GpuIndices, dx: &mut GpuTensor, s: &PoolShape, n: usize) {
-        self.record_maxpool_backward(dy, argmax, dx, s, n);
+        self.record_maxpool_backward(dy, argmax, None, dx, s, n);
+    }
+    fn maxpool_backward_relu(&self, dy: &GpuTensor, argmax: &GpuIndices, relu_y: &GpuTensor, dx: &mut GpuTensor, s: &PoolShape, n: usize) {
+        self.record_maxpool_backward(dy, argmax, Some(relu_y), dx, s, n);
     }
 
     fn dense_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &DenseShape, n: usize, relu: bool) {
         self.record_dense_forward(x, w, b, y, s, n, relu);
     }
     fn dense_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &DenseShape, n: usize) {
-        self.record_dense_backward_input(dy, w, dx, s, n);
+        self.record_dense_backward_input(dy, w, None, dx, s, n);
+    }
+    fn dense_backward_input_relu(&self, dy: &GpuTensor, w: &GpuTensor, relu_y: &GpuTensor, dx: &mut GpuTensor, s: &DenseShape, n: usize) {
+        self.record_dense_backward_input(dy, w, Some(relu_y), dx, s, n);
     }
     fn dense_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &DenseShape, n: usize) {
         self.record_dense_backward_filter(x, dy, dw, db, s, n);
@@ -365,6 +359,10 @@ impl Backend for GpuBackend {
 
     fn adam_update(&self, param: &mut GpuTensor, grad: &GpuTensor, m: &mut GpuTensor, v: &mut GpuTensor, len: usize, h: &AdamStep) {
         self.record_adam_update(param, grad, m, v, len, h);
+    }
+
+    fn record_counts(&self) -> Option<RecordCounts> {
+        Some(self.recorder.counts())
     }
 
     /// Submits the step; reports any error wgpu raised since the last flush.

@@ -1,55 +1,34 @@
 //! Every compute pipeline, created once when the backend starts. Shaders are embedded in the
-//! binary (and validated by build.rs); layouts come from each entry point's bindings. The GEMM
+//! binary as build.rs composed and validated them; layouts come from each entry point's bindings. The GEMM
 //! kernels come in a few tile shapes (pipeline overrides), each compiled on first use.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-// conv and matmul share the GEMM tile code of shaders/common/gemm_tile.wgsl, appended (WGSL has
-// no includes; build.rs validates the same concatenation).
-pub const CONV_WGSL: &str = concat!(include_str!("../../../shaders/conv.wgsl"), include_str!("../../../shaders/common/gemm_tile.wgsl"));
-pub const MATMUL_WGSL: &str = concat!(include_str!("../../../shaders/matmul.wgsl"), include_str!("../../../shaders/common/gemm_tile.wgsl"));
-pub const POOL_WGSL: &str = include_str!("../../../shaders/pool.wgsl");
-pub const ELEMENTWISE_WGSL: &str = include_str!("../../../shaders/elementwise.wgsl");
-pub const LOSS_WGSL: &str = include_str!("../../../shaders/loss.wgsl");
-pub const ADAM_WGSL: &str = include_str!("../../../shaders/adam.wgsl");
-pub const DATA_WGSL: &str = include_str!("../../../shaders/data.wgsl");
+include!(concat!(env!("OUT_DIR"), "/shaders/all_shaders.rs"));
 
-/// Every embedded shader with its file name (for tests and diagnostics).
-pub const ALL_SHADERS: [(&str, &str); 7] = [
-    ("conv.wgsl", CONV_WGSL),
-    ("matmul.wgsl", MATMUL_WGSL),
-    ("pool.wgsl", POOL_WGSL),
-    ("elementwise.wgsl", ELEMENTWISE_WGSL),
-    ("loss.wgsl", LOSS_WGSL),
-    ("adam.wgsl", ADAM_WGSL),
-    ("data.wgsl", DATA_WGSL),
-];
+/// The composed source of `file` (one of shader_sources.rs SHADERS).
+fn shader(file: &str) -> &'static str {
+    ALL_SHADERS.iter().find(|(name, _)| *name == file).unwrap_or_else(|| panic!("{file} is not in shader_sources.rs")).1
+}
 
-/// A GEMM kernel's tile: the workgroup computes tm x tn outputs, each invocation rm x rn
-/// (at most 8 x 8, the shaders' register arrays). Set through WGSL pipeline overrides.
+/// A GEMM kernel's tile: the workgroup computes tm x tn outputs, each invocation 8 x 8 of them
+/// (RM x RN in common/gemm_tile.wgsl). Set through WGSL pipeline overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tile {
     pub tm: u32,
     pub tn: u32,
-    pub rm: u32,
-    pub rn: u32,
 }
 
 impl Tile {
     /// The tile for a GEMM of `rows` x `cols` outputs: the smallest of 32/64/128 that covers
     /// each side (a 32-channel layer or a 28-row filter gradient should not compute mostly
-    /// padding), with columns capped at `max_cols`. 8 x 8 outputs per invocation on every side,
-    /// 32 included: on lavapipe the workgroup-memory loads, not the FMAs, are the cost, and a
-    /// bigger register block loads less per FMA (4 x 4 on a 32 side measured 1.3-1.6x slower
-    /// on the seed model's 32-channel passes). 16 to 256 invocations; workgroup memory at most
-    /// 16 KiB (see `tile_fits_the_shaders` for what the shaders need of a tile).
+    /// padding), with columns capped at `max_cols`. 16 to 256 invocations; workgroup memory at
+    /// most 16 KiB (see `tile_fits_the_shaders` for what the shaders need of a tile).
     pub fn for_gemm(rows: usize, cols: usize, max_cols: u32) -> Tile {
         let side = |len: usize| if len <= 32 { 32 } else if len <= 64 { 64 } else { 128 };
-        let tm = side(rows);
-        let tn = side(cols).min(max_cols);
-        Tile { tm, tn, rm: 8, rn: 8 }
+        Tile { tm: side(rows), tn: side(cols).min(max_cols) }
     }
 }
 
@@ -103,13 +82,14 @@ impl Pipelines {
         let module = |name: &str, source: &str| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) })
         };
-        let conv = module("conv.wgsl", CONV_WGSL);
-        let matmul = module("matmul.wgsl", MATMUL_WGSL);
-        let pool = module("pool.wgsl", POOL_WGSL);
-        let elementwise = module("elementwise.wgsl", ELEMENTWISE_WGSL);
-        let loss = module("loss.wgsl", LOSS_WGSL);
-        let adam = module("adam.wgsl", ADAM_WGSL);
-        let data = module("data.wgsl", DATA_WGSL);
+        let module = |name: &str| module(name, shader(name));
+        let conv = module("conv.wgsl");
+        let matmul = module("matmul.wgsl");
+        let pool = module("pool.wgsl");
+        let elementwise = module("elementwise.wgsl");
+        let loss = module("loss.wgsl");
+        let adam = module("adam.wgsl");
+        let data = module("data.wgsl");
         let mut next_id = 0;
         let mut make = |module: &wgpu::ShaderModule, entry: &str| {
             next_id += 1;
@@ -141,8 +121,6 @@ impl Pipelines {
             GemmEntry::Conv2dForward | GemmEntry::Conv2dBackwardInput | GemmEntry::Conv2dBackwardFilter => &self.conv,
             GemmEntry::MatmulBiasAct | GemmEntry::MatmulSplitPartials => &self.matmul,
         };
-        // rm and rn are 8, the shaders' constants (their multiply is written out for 8 x 8).
-        debug_assert!(tile.rm == 8 && tile.rn == 8);
         let constants = [("TM", tile.tm as f64), ("TN", tile.tn as f64)];
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -170,6 +148,9 @@ fn create(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: &str, const
 mod tests {
     use super::Tile;
 
+    /// Outputs per invocation on each side (RM = RN in common/gemm_tile.wgsl).
+    const REGISTER_BLOCK: u32 = 8;
+
     /// What conv.wgsl and matmul.wgsl assume of a tile, for every tile `for_gemm` can pick.
     #[test]
     fn tile_fits_the_shaders() {
@@ -177,8 +158,7 @@ mod tests {
             for cols in [1, 32, 33, 64, 65, 1000] {
                 for max_cols in [64, 128] {
                     let t = Tile::for_gemm(rows, cols, max_cols);
-                    let threads = (t.tm / t.rm) * (t.tn / t.rn);
-                    assert!([4, 8].contains(&t.rm) && [4, 8].contains(&t.rn), "{t:?}");
+                    let threads = (t.tm / REGISTER_BLOCK) * (t.tn / REGISTER_BLOCK);
                     assert!(threads <= 256, "{t:?}: {threads} invocations");
                     for side in [t.tm, t.tn] {
                         assert!((4 * threads).is_multiple_of(side) && 4 * threads <= 16 * side, "{t:?}");

@@ -18,13 +18,17 @@ impl fmt::Display for ShaderError {
     }
 }
 
-/// naga's top error says little ("Entry point main is invalid"); the cause is further down.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its whole `source()` chain, each cause once: naga's top error says little
+/// ("Entry point main is invalid") and wgpu's Display gives only the outer message.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
         cause = c.source();
     }
     text
