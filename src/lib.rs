@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod image_pipeline;
 pub mod model;
 pub mod network;
 pub mod predict;
