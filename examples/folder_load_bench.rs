@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("{n} JPEG files, {:.1} MB ({:.1} KB each)", bytes as f64 / 1e6, bytes as f64 / n as f64 / 1e3);
     let cache = dir.join("cache");
     let _ = std::fs::remove_dir_all(&cache);
-    let opts = FolderOptions { height: 32, width: 32, channels: 3, val_split: 0.2, seed: 0, skip_bad: false, cache_dir: Some(cache) };
+    let opts = FolderOptions { preprocessing: gpu_cnn::image_pipeline::Preprocessing::new((32, 32, 3))?, val_split: 0.2, seed: 0, skip_bad: false, cache_dir: Some(cache) };
     let t = Instant::now();
     let ds = folder::load(&photos, &opts)?;
     let first = t.elapsed().as_secs_f64();

@@ -4,6 +4,7 @@
 //! as string metadata. Written to a temporary file and renamed, so a crash never leaves half a file.
 
 use crate::augment::Augmentation;
+use crate::image_pipeline::Preprocessing;
 use crate::model::{parse_arch, parse_input_shape, Model};
 use crate::network::HostTensor;
 use crate::atomic_file::write_atomically;
@@ -31,6 +32,24 @@ pub struct CheckpointMeta {
     /// The training run's augmentation ("none" in checkpoints from before it existed).
     pub augment: Augmentation,
     pub history: Vec<EpochRecord>,
+    /// How image files become the model's input; None in checkpoints from before it was
+    /// stored (then `Preprocessing::legacy`).
+    pub preprocessing: Option<Preprocessing>,
+    /// Where the training data came from when it was a folder (`--data`), so `evaluate` can
+    /// score exactly the split training held out.
+    pub data_source: Option<DataSource>,
+}
+
+/// A folder data set as training read it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataSource {
+    /// The folder (absolute when training could resolve it).
+    pub folder: std::path::PathBuf,
+    /// The held-out fraction (unused when the folder has train/ and test/).
+    pub val_split: f32,
+    /// The seed of the split.
+    pub seed: u64,
+    pub skip_bad: bool,
 }
 
 pub struct Checkpoint {
@@ -39,6 +58,15 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// How to prepare image files for this model: the stored pipeline, or for older
+    /// checkpoints what `predict` did then (alpha over black, stretch, bilinear).
+    pub fn preprocessing(&self) -> Result<Preprocessing> {
+        match self.meta.preprocessing {
+            Some(p) if p.input_shape() == self.meta.input => Ok(p),
+            Some(p) => bail!("metadata preprocessing is for {:?} images but the input is {:?}", p.input_shape(), self.meta.input),
+            None => Preprocessing::legacy(self.meta.input),
+        }
+    }
     /// The model the checkpoint was trained as.
     pub fn model(&self) -> Result<Model> {
         Model::new(&parse_arch(&self.meta.arch)?, self.meta.input)
@@ -70,6 +98,12 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Resul
     info.insert("learning_rate".to_string(), meta.learning_rate.to_string());
     info.insert("augment".to_string(), meta.augment.name());
     info.insert("history".to_string(), serde_json::to_string(&meta.history)?);
+    if let Some(p) = &meta.preprocessing {
+        info.insert("preprocessing".to_string(), serde_json::to_string(p)?);
+    }
+    if let Some(d) = &meta.data_source {
+        info.insert("data_source".to_string(), serde_json::to_string(d)?);
+    }
     let data = safetensors::serialize(views, &Some(info)).map_err(|e| anyhow!("serialising checkpoint: {e:?}"))?;
     write_atomically(path, &data)
 }
@@ -104,6 +138,8 @@ fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMe
             None => Augmentation::NONE,
         },
         history: serde_json::from_str(get("history")?).with_context(|| format!("{}: metadata history", path.display()))?,
+        preprocessing: info.get("preprocessing").map(|t| serde_json::from_str(t)).transpose().with_context(|| format!("{}: metadata preprocessing", path.display()))?,
+        data_source: info.get("data_source").map(|t| serde_json::from_str(t)).transpose().with_context(|| format!("{}: metadata data_source", path.display()))?,
     };
     if meta.step > MAX_STEP {
         bail!("{}: metadata step {} is not a plausible Adam step count (over 2^48); the checkpoint is damaged", path.display(), meta.step);

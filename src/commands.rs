@@ -4,10 +4,12 @@ use crate::augment::Augmentation;
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{self, Dataset, DatasetKind};
-use crate::model::{format_arch, parse_arch, summary_table, Model, SEED_ARCH};
+use crate::image_pipeline::{Background, ColorMode, Interpolation, Preprocessing, ResizeMode};
+use crate::model::{format_arch, parse_arch, summary_table, with_classes, Model, SEED_ARCH};
 use crate::network::Network;
 use crate::report;
 use crate::train::{self, TrainOptions};
+use crate::report::plural;
 use crate::with_backend;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -31,9 +33,15 @@ pub fn read_arch(path: Option<&Path>) -> Result<String> {
     Ok(format_arch(&layers))
 }
 
-pub fn summary(arch: Option<&Path>, input: (usize, usize, usize)) -> Result<String> {
-    let text = read_arch(arch)?;
-    let model = Model::new(&parse_arch(&text)?, input)?;
+/// `summary`: `classes` fills in a last layer of `dense classes` (default 10); given, it must
+/// also match an explicit count.
+pub fn summary(arch: Option<&Path>, input: (usize, usize, usize), classes: Option<usize>) -> Result<String> {
+    let specs = parse_arch(&read_arch(arch)?)?;
+    let specs = match classes {
+        Some(n) => with_classes(&specs, n)?,
+        None => crate::model::fill_classes(&specs, 10)?,
+    };
+    let model = Model::new(&specs, input)?;
     Ok(summary_table(&model))
 }
 
@@ -57,28 +65,64 @@ pub struct ImageFolderArgs {
     pub dir: PathBuf,
     /// Side of the square model input [default: the checkpoint's, else 32].
     pub image_size: Option<usize>,
-    /// 1 (grey) or 3 (RGB) [default: the checkpoint's, else 3].
-    pub channels: Option<usize>,
-    pub val_split: f32,
+    /// [default: the checkpoint's, else rgb] (and so for the settings below).
+    pub color: Option<ColorMode>,
+    pub background: Option<Background>,
+    pub resize: Option<ResizeMode>,
+    pub interpolation: Option<Interpolation>,
+    /// Largest image accepted, in pixels [default: image_pipeline::DEFAULT_MAX_PIXELS].
+    pub max_pixels: Option<u64>,
+    /// [default: the checkpoint's, else 0.2]
+    pub val_split: Option<f32>,
     pub skip_bad: bool,
+}
+
+/// The default held-out fraction of a folder without train/ and test/ (Keras's examples' 0.2).
+pub const DEFAULT_VAL_SPLIT: f32 = 0.2;
+
+/// The pipeline settings for a folder: the flags given, else `base`'s (a checkpoint's), else
+/// the defaults (32x32 RGB, stretch, bilinear, alpha over white).
+pub fn folder_preprocessing(images: &ImageFolderArgs, base: Option<&Preprocessing>) -> Result<Preprocessing> {
+    let mut p = match base {
+        Some(b) => *b,
+        None => Preprocessing::new((32, 32, 3))?,
+    };
+    if let Some(side) = images.image_size {
+        (p.height, p.width) = (side, side);
+    }
+    p.color = images.color.unwrap_or(p.color);
+    p.background = images.background.unwrap_or(p.background);
+    p.resize = images.resize.unwrap_or(p.resize);
+    p.interpolation = images.interpolation.unwrap_or(p.interpolation);
+    p.max_pixels = images.max_pixels.unwrap_or(p.max_pixels);
+    Ok(p)
+}
+
+/// What a run trained on the built-in data sets stores: their images' shape, and alpha over
+/// black for MNIST-like sets (light objects on black), over white otherwise.
+pub fn dataset_preprocessing(ds: &Dataset) -> Result<Preprocessing> {
+    let mut p = Preprocessing::new(ds.input_shape())?;
+    if ds.name.contains("mnist") {
+        p.background = Background::Black;
+    }
+    Ok(p)
 }
 
 pub fn load_data(opts: &DataOptions, seed: u64) -> Result<Dataset> {
     load_data_for(opts, seed, None)
 }
 
-/// As `load_data`; `input` (a checkpoint's (H, W, C)) is the default shape for folder images.
-pub fn load_data_for(opts: &DataOptions, seed: u64, input: Option<(usize, usize, usize)>) -> Result<Dataset> {
+/// As `load_data`; `base` (a checkpoint's pipeline) gives the folder settings not given as flags.
+pub fn load_data_for(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>) -> Result<Dataset> {
     let mut ds = match &opts.images {
         Some(images) => {
             if let Some(s) = images.image_size.filter(|&s| s == 0 || s > MAX_IMAGE_SIZE) {
                 bail!("--image-size {s} is out of range: 1 to {MAX_IMAGE_SIZE}");
             }
-            let side = images.image_size.map(|s| (s, s));
-            let (height, width) = side.or(input.map(|i| (i.0, i.1))).unwrap_or((32, 32));
-            let channels = images.channels.or(input.map(|i| i.2)).unwrap_or(3);
             let cache_dir = data::download::cache_root().ok().map(|r| r.join("folders"));
-            let folder_opts = data::folder::FolderOptions { height, width, channels, val_split: images.val_split, seed, skip_bad: images.skip_bad, cache_dir };
+            let preprocessing = folder_preprocessing(images, base)?;
+            let val_split = images.val_split.unwrap_or(DEFAULT_VAL_SPLIT);
+            let folder_opts = data::folder::FolderOptions { preprocessing, val_split, seed, skip_bad: images.skip_bad, cache_dir };
             data::folder::load(&images.dir, &folder_opts)?
         }
         None => data::load_with(opts.dataset, opts.data_dir.as_deref(), seed, opts.offline)?,
@@ -107,7 +151,7 @@ fn check_model_fits_data(model: &Model, ds: &Dataset, what: &str) -> Result<()> 
         bail!("{what} takes {}x{}x{} images but {} has {}x{}x{}", a.0, a.1, a.2, ds.name, b.0, b.1, b.2);
     }
     if model.classes() != ds.class_names.len() {
-        bail!("{what} ends in {} class scores but {} has {} classes", model.classes(), ds.name, ds.class_names.len());
+        bail!("{what} ends in {} class scores but {} has {}", model.classes(), ds.name, plural(ds.class_names.len(), "class"));
     }
     Ok(())
 }
@@ -153,16 +197,9 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         bail!("--epochs 0 would train nothing; give the total number of epochs (at least 1)");
     }
     let resume: Option<Checkpoint> = args.resume.as_deref().map(checkpoint::load).transpose()?;
-    let arch_text = match (&resume, &args.arch) {
-        (Some(ck), Some(path)) => {
-            let given = read_arch(Some(path))?;
-            if given != ck.meta.arch {
-                bail!("{} was trained with a different architecture than {}:\n{}", args.resume.as_ref().unwrap().display(), path.display(), ck.meta.arch);
-            }
-            given
-        }
+    let given_arch = match (&resume, &args.arch) {
         (Some(ck), None) => ck.meta.arch.clone(),
-        (None, arch) => read_arch(arch.as_deref())?,
+        (_, arch) => read_arch(arch.as_deref())?,
     };
     let seed = args.seed.or(resume.as_ref().map(|c| c.meta.seed)).unwrap_or(0);
     let batch_size = args.batch_size.or(resume.as_ref().map(|c| c.meta.batch_size)).unwrap_or(32);
@@ -177,7 +214,27 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
             _ => bail!("--learning-rate must be a positive number"),
         }
     }
-    let ds = load_data_for(&args.data, seed, resume.as_ref().map(|c| c.meta.input))?;
+    let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
+    let ds = load_data_for(&args.data, seed, base.as_ref())?;
+    // `dense classes` takes its units from the data; the checkpoint stores the resolved text.
+    let arch_text = format_arch(&with_classes(&parse_arch(&given_arch)?, ds.class_names.len())?);
+    if let (Some(ck), Some(path)) = (&resume, &args.arch) {
+        if arch_text != ck.meta.arch {
+            bail!("{} was trained with a different architecture than {}:\n{}", args.resume.as_ref().unwrap().display(), path.display(), ck.meta.arch);
+        }
+    }
+    let (preprocessing, data_source) = match &args.data.images {
+        Some(images) => {
+            let source = checkpoint::DataSource {
+                folder: images.dir.canonicalize().unwrap_or_else(|_| images.dir.clone()),
+                val_split: images.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
+                seed,
+                skip_bad: images.skip_bad,
+            };
+            (folder_preprocessing(images, base.as_ref())?, Some(source))
+        }
+        None => (dataset_preprocessing(&ds)?, None),
+    };
     let model = Model::new(&parse_arch(&arch_text)?, ds.input_shape()).context("the architecture does not fit the data")?;
     check_model_fits_data(&model, &ds, "the model")?;
     eprintln!("Device: {}", backend.describe());
@@ -228,7 +285,17 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     if !augment.is_none() {
         eprintln!("Augmentation: {} (training batches only)", augment.name());
     }
-    let opts = TrainOptions { epochs: args.epochs, batch_size, seed, out_dir: Some(out.clone()), arch_text: arch_text.clone(), progress: args.progress, augment };
+    let opts = TrainOptions {
+        epochs: args.epochs,
+        batch_size,
+        seed,
+        out_dir: Some(out.clone()),
+        arch_text: arch_text.clone(),
+        progress: args.progress,
+        augment,
+        preprocessing: Some(preprocessing),
+        data_source,
+    };
     let history = train::fit(&mut net, &ds, &opts, history)?;
     let settings = report_settings(&ds.name, &arch_text, net.model.input, &history, batch_size, learning_rate, seed, augment, &net.backend.describe());
     let title = format!("gpu-cnn training run: {}", ds.name);
@@ -236,11 +303,14 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     eprint!("\n{}\n{}\n", conf.per_class_text(), conf.matrix_text());
     eprintln!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
     if let Some(last) = history.last() {
+        let best = history.iter().fold(last, |b, r| if r.val_accuracy > b.val_accuracy { r } else { b });
         eprintln!(
-            "Done: {} epochs, test accuracy {:.4}, test loss {:.4}; peak memory {:.0} MB; checkpoints in {}",
-            history.len(),
+            "Done: {}, val_accuracy {:.4}, val_loss {:.4} (best.safetensors: epoch {}, val_accuracy {:.4}); peak memory {:.0} MB; checkpoints in {}",
+            plural(history.len(), "epoch"),
             last.val_accuracy,
             last.val_loss,
+            best.epoch,
+            best.val_accuracy,
             crate::system_info::peak_rss_bytes() as f64 / 1e6,
             out.display()
         );
@@ -268,17 +338,75 @@ pub fn evaluate(args: &EvaluateArgs, device: &str) -> Result<String> {
     with_backend!(device, backend => evaluate_on(backend, args))
 }
 
+/// The folder `evaluate` scores and the split it takes: the flags given, filled in from the
+/// checkpoint's data source (same folder, `--val-split`, seed and `--skip-bad` as training).
+fn evaluation_folder(args: &EvaluateArgs, ck: &Checkpoint) -> Option<(ImageFolderArgs, u64)> {
+    let source = ck.meta.data_source.as_ref();
+    let mut images = match (&args.images, source) {
+        (Some(given), _) => given.clone(),
+        (None, Some(src)) if args.dataset.is_none() && args.data_dir.is_none() => ImageFolderArgs {
+            dir: src.folder.clone(),
+            image_size: None,
+            color: None,
+            background: None,
+            resize: None,
+            interpolation: None,
+            max_pixels: None,
+            val_split: None,
+            skip_bad: src.skip_bad,
+        },
+        _ => return None,
+    };
+    let same_folder = source.is_some_and(|src| images.dir.canonicalize().ok().as_ref() == Some(&src.folder));
+    if same_folder {
+        let src = source.unwrap();
+        images.val_split = images.val_split.or(Some(src.val_split));
+        images.skip_bad |= src.skip_bad;
+    }
+    Some((images, source.filter(|_| same_folder).map_or(ck.meta.seed, |s| s.seed)))
+}
+
 pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String> {
     let ck = checkpoint::load(&args.checkpoint)?;
+    let base = ck.preprocessing()?;
+    let folder = evaluation_folder(args, &ck);
     let kind = match args.dataset.or_else(|| dataset_kind_by_name(&ck.meta.dataset)) {
         Some(k) => k,
         // Not used: the folder replaces the data set.
-        None if args.images.is_some() => DatasetKind::Synthetic,
+        None if folder.is_some() => DatasetKind::Synthetic,
         None => bail!("{}: trained on '{}'; say which data set to evaluate on with --dataset, or --data DIR for a folder of images", args.checkpoint.display(), ck.meta.dataset),
     };
-    let data = DataOptions { dataset: kind, data_dir: args.data_dir.clone(), limit_train: Some(1), limit_test: args.limit_test, offline: args.offline, images: args.images.clone() };
-    let ds = load_data_for(&data, ck.meta.seed, Some(ck.meta.input))?;
-    if args.images.is_some() && ds.class_names != ck.meta.class_names {
+    let seed = folder.as_ref().map_or(ck.meta.seed, |f| f.1);
+    let split_name = match &folder {
+        Some((images, _)) => {
+            let trained = ck.meta.data_source.as_ref();
+            let split = images.val_split.unwrap_or(DEFAULT_VAL_SPLIT);
+            if images.dir.join("train").is_dir() && images.dir.join("test").is_dir() {
+                eprintln!("Evaluating on {}", images.dir.join("test").display());
+                "test"
+            } else {
+                match trained {
+                    Some(t) if t.folder == images.dir.canonicalize().unwrap_or_default() && t.val_split == split && t.seed == seed => {
+                        eprintln!("Evaluating on the validation split training held out: {} of each class of {} (seed {seed})", percent(split), images.dir.display())
+                    }
+                    Some(t) => eprintln!(
+                        "note: evaluating on a {} split of {} (seed {seed}); training held out {} of {} (seed {}), so these images may include training images",
+                        percent(split),
+                        images.dir.display(),
+                        percent(t.val_split),
+                        t.folder.display(),
+                        t.seed
+                    ),
+                    None => eprintln!("Evaluating on a {} validation split of {} (seed {seed})", percent(split), images.dir.display()),
+                }
+                "validation"
+            }
+        }
+        None => "test",
+    };
+    let data = DataOptions { dataset: kind, data_dir: args.data_dir.clone(), limit_train: Some(1), limit_test: args.limit_test, offline: args.offline, images: folder.as_ref().map(|f| f.0.clone()) };
+    let ds = load_data_for(&data, seed, Some(&base))?;
+    if folder.is_some() && ds.class_names != ck.meta.class_names {
         bail!("{}: trained on the classes {:?} but {} has {:?}", args.checkpoint.display(), ck.meta.class_names, ds.name, ds.class_names);
     }
     let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
@@ -289,7 +417,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len())?;
     let m = net.evaluate(&test, ds.test.len())?;
     // Metrics first: a report that cannot be written must not hide them.
-    let headline = format!("{} test images of {}: loss: {:.4} - accuracy: {:.4}", m.count, ds.name, m.loss, m.accuracy);
+    let headline = format!("{} {split_name} images of {}: loss: {:.4} - accuracy: {:.4}", m.count, ds.name, m.loss, m.accuracy);
     if args.json {
         eprintln!("{headline}");
     } else {
@@ -304,6 +432,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         serde_json::to_string_pretty(&serde_json::json!({
             "checkpoint": args.checkpoint.display().to_string(),
             "dataset": ds.name,
+            "split": split_name,
             "images": m.count,
             "loss": m.loss,
             "accuracy": m.accuracy,
@@ -381,13 +510,19 @@ fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), hist
 }
 
 /// `gpu-cnn predict`: see predict.rs.
-pub fn predict(args: &crate::predict::PredictArgs, device: &str) -> Result<crate::predict::PredictOutput> {
-    with_backend!(device, backend => crate::predict::predict_on(backend, args))
+pub fn predict(args: &crate::predict::PredictArgs, device: &str, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write) -> Result<crate::predict::PredictSummary> {
+    with_backend!(device, backend => crate::predict::predict_on(backend, args, out, err))
 }
 
-/// `gpu-cnn show`: the first 25 training images named by class in a 5x5 grid, saved as PNG.
-pub fn show(data: &DataOptions, out: &Path) -> Result<()> {
+/// `gpu-cnn show`: 25 training images (a sample seeded by `seed`, spread over the classes)
+/// named by class in a 5x5 grid, saved as PNG.
+pub fn show(data: &DataOptions, out: &Path, seed: u64) -> Result<()> {
     let ds = load_data(data, 0)?;
-    let grid = report::grid::sample_grid(&ds.train, &ds.class_names, report::GRID_IMAGES, report::GRID_COLUMNS);
+    let grid = report::grid::sample_grid(&ds.train, &ds.class_names, report::GRID_IMAGES, report::GRID_COLUMNS, seed);
     grid.save(out).with_context(|| format!("{}: cannot write", out.display()))
+}
+
+/// 0.2 -> "20%".
+fn percent(fraction: f32) -> String {
+    format!("{}%", (fraction as f64 * 100.0 * 1000.0).round() / 1000.0)
 }

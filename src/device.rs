@@ -22,15 +22,29 @@ pub fn open(spec: &str) -> Result<Device> {
         }
         None => {
             if request == DeviceRequest::Auto {
-                let software: Vec<String> = list_adapters().iter().map(|a| format!("{} ({:?})", a.name, a.backend)).collect();
+                let mut software: Vec<String> = list_adapters().into_iter().map(|a| a.name.split(" (").next().unwrap_or_default().to_string()).collect();
+                software.dedup();
                 if software.is_empty() {
-                    eprintln!("--device auto: wgpu found no GPU adapter; using the CPU backend");
+                    eprintln!("--device auto: no GPU found; using the CPU");
                 } else {
-                    eprintln!("--device auto: only software adapters ({}); using the CPU backend (--device gpu uses them)", software.join(", "));
+                    eprintln!("--device auto: only a software GPU ({}); using the CPU (--device gpu to use it)", software.join(", "));
                 }
             }
             Ok(Device::Cpu(CpuBackend::new()))
         }
+    }
+}
+
+/// Keeps Mesa's Vulkan device-select layer from loading, unless the user set it up
+/// (MESA_VK_DEVICE_SELECT or NODEVICE_SELECT). wgpu enables the Wayland surface extension on
+/// every Vulkan instance, and with it this implicit layer connects to a Wayland display to find
+/// the "default" GPU: on a headless machine libwayland then prints `error: XDG_RUNTIME_DIR is
+/// invalid or not set in the environment.` per instance. gpu-cnn chooses its adapter itself
+/// (`--device`), so the layer adds nothing here. Call it first in main, before any thread starts
+/// (it sets an environment variable).
+pub fn quiet_vulkan_layers() {
+    if std::env::var_os("MESA_VK_DEVICE_SELECT").is_none() && std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
     }
 }
 

@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod fallible;
 pub mod history;
+pub mod image_pipeline;
 pub mod model;
 pub mod network;
 pub mod predict;

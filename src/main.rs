@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use gpu_cnn::augment::Augmentation;
 use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, ImageFolderArgs, TrainArgs};
 use gpu_cnn::data::DatasetKind;
+use gpu_cnn::image_pipeline::{Background, ColorMode, Interpolation, ResizeMode};
 use gpu_cnn::model::parse_input_shape;
 use gpu_cnn::predict::PredictArgs;
 use std::io::IsTerminal;
@@ -27,6 +28,9 @@ enum Command {
         /// Input shape as HxWxC.
         #[arg(long, default_value = "32x32x3")]
         input: String,
+        /// The class count a last layer of `dense classes` takes [default: 10].
+        #[arg(long, value_name = "N")]
+        classes: Option<usize>,
     },
     /// Train a model; writes history.json, last.safetensors and best.safetensors to the run directory.
     Train(TrainCli),
@@ -39,13 +43,17 @@ enum Command {
     Bench(BenchCli),
     /// Classify image files (JPEG, PNG, WebP, BMP, GIF) with a checkpoint: the top classes of each.
     Predict(PredictCli),
-    /// Save a 5x5 grid of the first training images, each named by its class.
+    /// Save a 5x5 grid of training images (a seeded sample spread over the classes), each
+    /// named by its class.
     Show {
         #[command(flatten)]
         data: DataCli,
         /// The PNG file to write.
         #[arg(long, default_value = "grid.png")]
         out: PathBuf,
+        /// Seed of the sample shown.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -70,22 +78,30 @@ struct PredictCli {
     /// The checkpoint (.safetensors) whose weights and class names to use.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Image files, or folders searched for .jpg/.jpeg/.png/.webp/.bmp/.gif files. Each image is
-    /// converted to the model's channels (RGB, or grey; transparency over black) and resized to
-    /// its input with a Triangle (bilinear) filter, ignoring the aspect ratio.
+    /// Image files, or folders searched (recursively, real folders only, not links to folders)
+    /// for .jpg/.jpeg/.jfif/.png/.webp/.bmp/.gif files. Each image is prepared exactly as the
+    /// training images were (the pipeline stored in the checkpoint: size, colour mode, alpha
+    /// over white or black, --resize stretch|crop|pad, filter; checkpoints from before it was
+    /// stored: alpha over black, stretched, bilinear).
     #[arg(required = true, value_name = "IMAGE_OR_DIR")]
     inputs: Vec<PathBuf>,
+    /// Print `unknown` instead of a class when the top probability is below P (0 to 1).
+    #[arg(long, value_name = "P")]
+    threshold: Option<f32>,
+    /// Refuse images with more pixels than this (width x height) [default: 64000000].
+    #[arg(long, value_name = "PIXELS")]
+    max_pixels: Option<u64>,
     /// How many of the most probable classes to print per image.
     #[arg(long, default_value_t = 3)]
     top: usize,
-    /// Images per forward pass.
+    /// Images per forward pass; results are printed as each batch finishes.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Where to compute: auto (a real GPU if there is one, else the CPU), cpu, gpu (any wgpu
     /// adapter, software ones too), vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Print JSON instead of one line per image.
+    /// Print one JSON object per image and line (JSON Lines) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -113,12 +129,6 @@ struct DataCli {
     images: ImagesCli,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ColorMode {
-    Rgb,
-    Grayscale,
-}
-
 impl DataCli {
     fn options(self) -> DataOptions {
         DataOptions {
@@ -139,17 +149,33 @@ struct ImagesCli {
     /// DIR/test/<class>); JPEG, PNG, WebP, BMP or GIF of any size. Replaces --dataset.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["dataset", "data_dir"])]
     data: Option<PathBuf>,
-    /// With --data: resize every image (bilinear, antialiased) to SIZExSIZE [default: the
-    /// checkpoint's input, else 32].
+    /// With --data: resize every image to SIZExSIZE [default: the checkpoint's input, else 32].
     #[arg(long, value_name = "SIZE", requires = "data")]
     image_size: Option<usize>,
     /// With --data: rgb or grayscale (1 channel) [default: the checkpoint's, else rgb].
     #[arg(long, value_enum, requires = "data")]
     color_mode: Option<ColorMode>,
+    /// With --data: what transparent pixels are composited over [default: the checkpoint's,
+    /// else white]. Stored in the checkpoint; predict uses the same.
+    #[arg(long, value_enum, requires = "data")]
+    background: Option<Background>,
+    /// With --data: how an image of another aspect ratio fits the square input: stretch
+    /// (Keras's default), crop (centre crop) or pad (fit inside, background around)
+    /// [default: the checkpoint's, else stretch].
+    #[arg(long, value_enum, requires = "data")]
+    resize: Option<ResizeMode>,
+    /// With --data: the resize filter, antialiased when shrinking [default: the checkpoint's,
+    /// else bilinear].
+    #[arg(long, value_enum, requires = "data")]
+    interpolation: Option<Interpolation>,
+    /// With --data: refuse images with more pixels than this (width x height) [default:
+    /// 64000000].
+    #[arg(long, value_name = "PIXELS", requires = "data")]
+    max_pixels: Option<u64>,
     /// With --data and no train/ + test/ sub-folders: the fraction of each class held out for
-    /// validation (stratified, seeded by --seed).
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.2)]
-    val_split: f32,
+    /// validation (stratified, seeded by --seed) [default: the checkpoint's, else 0.2].
+    #[arg(long, value_name = "FRACTION")]
+    val_split: Option<f32>,
     /// With --data: skip files that do not decode (counted in one warning) instead of stopping.
     #[arg(long, requires = "data")]
     skip_bad: bool,
@@ -157,11 +183,17 @@ struct ImagesCli {
 
 impl ImagesCli {
     fn args(self) -> Option<ImageFolderArgs> {
-        let channels = self.color_mode.map(|c| match c {
-            ColorMode::Rgb => 3,
-            ColorMode::Grayscale => 1,
-        });
-        self.data.map(|dir| ImageFolderArgs { dir, image_size: self.image_size, channels, val_split: self.val_split, skip_bad: self.skip_bad })
+        self.data.map(|dir| ImageFolderArgs {
+            dir,
+            image_size: self.image_size,
+            color: self.color_mode,
+            background: self.background,
+            resize: self.resize,
+            interpolation: self.interpolation,
+            max_pixels: self.max_pixels,
+            val_split: self.val_split,
+            skip_bad: self.skip_bad,
+        })
     }
 }
 
@@ -243,6 +275,8 @@ struct EvaluateCli {
 }
 
 fn main() {
+    // No "XDG_RUNTIME_DIR is invalid" lines from Mesa's Vulkan layers on headless machines.
+    gpu_cnn::device::quiet_vulkan_layers();
     // Errors print as one readable chain ("error: what: why"), never as a panic or backtrace.
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -252,7 +286,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Summary { arch, input } => print!("{}", commands::summary(arch.as_deref(), parse_input_shape(&input)?)?),
+        Command::Summary { arch, input, classes } => print!("{}", commands::summary(arch.as_deref(), parse_input_shape(&input)?, classes)?),
         Command::Train(t) => {
             let args = TrainArgs {
                 data: t.data.options(),
@@ -286,21 +320,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Devices => print!("{}", gpu_cnn::device::describe_devices()),
         Command::Bench(b) => commands::bench(&commands::BenchArgs { devices: b.device, quick: b.quick, batches: b.batch, json: b.json })?,
         Command::Predict(p) => {
-            let args = PredictArgs { checkpoint: p.checkpoint, inputs: p.inputs, top: p.top, batch_size: p.batch_size, json: p.json };
-            let result = commands::predict(&args, &p.device)?;
-            if !result.stdout.is_empty() {
-                println!("{}", result.stdout);
-            }
-            for e in &result.errors {
-                eprintln!("error: {e}");
-            }
+            let args = PredictArgs {
+                checkpoint: p.checkpoint,
+                inputs: p.inputs,
+                top: p.top,
+                batch_size: p.batch_size,
+                json: p.json,
+                threshold: p.threshold,
+                max_pixels: p.max_pixels,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let result = commands::predict(&args, &p.device, &mut std::io::stdout().lock(), &mut std::io::stderr())?;
             if !result.errors.is_empty() {
-                eprintln!("error: {} of the images could not be read", result.errors.len());
+                eprintln!("error: {} of {} could not be read", result.errors.len(), gpu_cnn::report::plural(result.errors.len() + result.predicted, "image"));
                 std::process::exit(1);
             }
         }
-        Command::Show { data, out } => {
-            commands::show(&data.options(), &out)?;
+        Command::Show { data, out, seed } => {
+            commands::show(&data.options(), &out, seed)?;
             eprintln!("Wrote {}", out.display());
         }
     }

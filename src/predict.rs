@@ -1,19 +1,17 @@
-//! `gpu-cnn predict`: classify image files with a checkpoint. Each file is decoded (JPEG, PNG,
-//! WebP, BMP, GIF), converted to the model's channels (RGB; or grey with Rec. 709 luma weights;
-//! transparency composited over black), resized to the model's input with a Triangle
-//! (bilinear) filter, ignoring the aspect ratio as Keras's `load_img(target_size=)` does, then
-//! run through the network in batches exactly as training data is (u8, scaled by 1/255).
+//! `gpu-cnn predict`: classify image files with a checkpoint. Each file goes through the one
+//! image pipeline (image_pipeline.rs) with the settings stored in the checkpoint, so it is
+//! prepared exactly as the training images were; files are decoded in parallel on every core,
+//! a batch at a time, and each batch's results are written as soon as it is done.
 
 use crate::backend::Backend;
 use crate::checkpoint;
+use crate::image_pipeline::{self, Preprocessing};
 use crate::network::Network;
-use anyhow::{Context, Result};
-use image::{imageops::FilterType, DynamicImage};
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde_json::json;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// File endings taken from folders (a file named on the command line is tried whatever its name).
-pub const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "jfif"];
 
 #[derive(Clone, Debug)]
 pub struct PredictArgs {
@@ -22,12 +20,20 @@ pub struct PredictArgs {
     pub inputs: Vec<PathBuf>,
     pub top: usize,
     pub batch_size: usize,
+    /// One JSON object per line instead of text.
     pub json: bool,
+    /// Below this top probability the answer is `unknown`.
+    pub threshold: Option<f32>,
+    /// Largest image accepted, in pixels [default: image_pipeline::DEFAULT_MAX_PIXELS].
+    pub max_pixels: Option<u64>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
 }
 
-/// What predict prints: the results on stdout and one line per file that failed.
-pub struct PredictOutput {
-    pub stdout: String,
+/// What a whole predict run did.
+pub struct PredictSummary {
+    pub predicted: usize,
+    /// One line per file that could not be read, naming it.
     pub errors: Vec<String>,
 }
 
@@ -37,7 +43,9 @@ pub struct FilePrediction {
     pub probs: Result<Vec<f32>, String>,
 }
 
-/// The files to predict: files as given, folders expanded to their image files.
+/// The files to predict: files as given, folders expanded to their image files. Only real
+/// folders are walked (a link to a folder is not followed, so link loops cannot recurse), and
+/// only regular files (or links to them) are taken.
 pub fn collect_inputs(inputs: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for input in inputs {
@@ -56,37 +64,14 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Vec<PathBuf> {
 fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else { continue };
         let path = entry.path();
-        if path.is_dir() {
+        if kind.is_dir() {
             walk(&path, found);
-        } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())) {
+        } else if image_pipeline::has_image_extension(&path) && (kind.is_file() || (kind.is_symlink() && path.metadata().is_ok_and(|m| m.is_file()))) {
             found.push(path);
         }
     }
-}
-
-/// An image as the model takes it: (h, w, c) u8, channels last.
-pub fn image_for_model(img: &DynamicImage, (h, w, c): (usize, usize, usize)) -> Vec<u8> {
-    let rgba = img.to_rgba8();
-    // Composite over black so transparent pixels add nothing (as on Fashion-MNIST's background).
-    let over_black = image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let p = rgba.get_pixel(x, y).0;
-        let a = p[3] as u32;
-        image::Rgb([0, 1, 2].map(|i| ((p[i] as u32 * a + 127) / 255) as u8))
-    });
-    let resized = image::imageops::resize(&over_black, w as u32, h as u32, FilterType::Triangle);
-    if c == 1 {
-        DynamicImage::ImageRgb8(resized).to_luma8().into_raw()
-    } else {
-        resized.into_raw()
-    }
-}
-
-/// Reads and decodes a file (by content, not by name) and prepares it for the model.
-pub fn load_for_model(path: &Path, input: (usize, usize, usize)) -> Result<Vec<u8>> {
-    let reader = image::ImageReader::open(path).with_context(|| "cannot open")?.with_guessed_format().context("cannot read")?;
-    let img = reader.decode().context("cannot decode the image")?;
-    Ok(image_for_model(&img, input))
 }
 
 /// Class probabilities (count, classes) of the first `count` images of `data`, in batches of
@@ -100,10 +85,10 @@ pub fn probabilities<B: Backend>(net: &mut Network<B>, data: &B::Images, count: 
     Ok(probs)
 }
 
-/// Decodes every file, predicts the ones that decoded, and reports each in input order.
-pub fn predict_files<B: Backend>(net: &mut Network<B>, files: &[PathBuf]) -> Result<Vec<FilePrediction>> {
-    let input = net.model.input;
-    let loaded: Vec<Result<Vec<u8>, String>> = files.iter().map(|f| load_for_model(f, input).map_err(|e| format!("{e:#}"))).collect();
+/// Decodes `files` in parallel through the pipeline `p`, predicts the ones that decoded, and
+/// reports each in input order.
+pub fn predict_files<B: Backend>(net: &mut Network<B>, files: &[PathBuf], p: &Preprocessing) -> Result<Vec<FilePrediction>> {
+    let loaded: Vec<Result<Vec<u8>, String>> = files.par_iter().map(|f| image_pipeline::load_image(f, p).map_err(|e| format!("{e:#}"))).collect();
     let good: Vec<&Vec<u8>> = loaded.iter().filter_map(|r| r.as_ref().ok()).collect();
     let mut probs = Vec::new();
     if !good.is_empty() {
@@ -114,11 +99,15 @@ pub fn predict_files<B: Backend>(net: &mut Network<B>, files: &[PathBuf]) -> Res
     }
     let classes = net.classes();
     let mut rows = probs.chunks(classes);
-    Ok(files
-        .iter()
-        .zip(loaded)
-        .map(|(file, r)| FilePrediction { file: file.clone(), probs: r.map(|_| rows.next().expect("one row per decoded image").to_vec()) })
-        .collect())
+    let mut out = Vec::with_capacity(files.len());
+    for (file, r) in files.iter().zip(loaded) {
+        let probs = match r {
+            Ok(_) => Ok(rows.next().context("the network returned fewer rows than images")?.to_vec()),
+            Err(e) => Err(e),
+        };
+        out.push(FilePrediction { file: file.clone(), probs });
+    }
+    Ok(out)
 }
 
 /// The `k` most probable classes, most probable first (ties: lower index first).
@@ -128,40 +117,89 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
     order.into_iter().take(k).map(|i| (i, probs[i])).collect()
 }
 
-pub fn predict_on<B: Backend>(backend: B, args: &PredictArgs) -> Result<PredictOutput> {
-    let ck = checkpoint::load(&args.checkpoint)?;
-    let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
-    let files = collect_inputs(&args.inputs);
-    if files.is_empty() {
-        anyhow::bail!("no image files found in {}", args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
-    }
-    let mut net = Network::new(backend, model, args.batch_size.max(1), 0)?;
-    net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
-    let names = &ck.meta.class_names;
+/// A name safe to print on a terminal: control characters (escape sequences) become `?`.
+pub fn printable(name: &str) -> String {
+    name.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// The line (text or one JSON object) for one file's result.
+fn format_row(r: &FilePrediction, names: &[String], args: &PredictArgs) -> String {
     let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| format!("class {i}"));
-    let results = predict_files(&mut net, &files)?;
-    let mut errors = Vec::new();
-    let mut lines = Vec::new();
-    let mut json_rows = Vec::new();
-    for r in &results {
-        let file = r.file.display().to_string();
-        match &r.probs {
-            Ok(p) => {
-                let top = top_k(p, args.top.max(1));
-                lines.push(format!("{file}: {}", top.iter().map(|&(i, p)| format!("{} {p:.4}", name(i))).collect::<Vec<_>>().join(", ")));
+    let file = r.file.display().to_string();
+    match &r.probs {
+        Ok(p) => {
+            let top = top_k(p, args.top.max(1));
+            let unknown = args.threshold.is_some_and(|t| top[0].1 < t);
+            if args.json {
                 let top_json: Vec<_> = top.iter().map(|&(i, p)| json!({"class": name(i), "index": i, "probability": p})).collect();
-                json_rows.push(json!({"file": file, "top": top_json}));
+                let prediction = if unknown { "unknown".to_string() } else { name(top[0].0) };
+                json!({"file": file, "prediction": prediction, "top": top_json}).to_string()
+            } else {
+                let list = top.iter().map(|&(i, p)| format!("{} {p:.4}", printable(&name(i)))).collect::<Vec<_>>().join(", ");
+                if unknown {
+                    format!("{}: unknown ({list})", printable(&file))
+                } else {
+                    format!("{}: {list}", printable(&file))
+                }
             }
-            Err(e) => {
-                errors.push(format!("{file}: {e}"));
-                json_rows.push(json!({"file": file, "error": e}));
+        }
+        Err(e) => {
+            if args.json {
+                json!({"file": file, "error": e}).to_string()
+            } else {
+                String::new()
             }
         }
     }
-    let stdout = if args.json {
-        serde_json::to_string_pretty(&json!({"checkpoint": args.checkpoint.display().to_string(), "device": net.backend.describe(), "predictions": json_rows}))?
-    } else {
-        lines.join("\n")
-    };
-    Ok(PredictOutput { stdout, errors })
+}
+
+/// Predicts every input a batch at a time, writing each batch's lines to `out` as soon as it
+/// is done and each unreadable file's error to `err`.
+pub fn predict_on<B: Backend>(backend: B, args: &PredictArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<PredictSummary> {
+    if let Some(t) = args.threshold {
+        if !(0.0..=1.0).contains(&t) {
+            bail!("--threshold must be a probability between 0 and 1, not {t}");
+        }
+    }
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
+    let mut p = ck.preprocessing().with_context(|| args.checkpoint.display().to_string())?;
+    if let Some(max) = args.max_pixels {
+        p.max_pixels = max;
+    }
+    let files = collect_inputs(&args.inputs);
+    if files.is_empty() {
+        bail!("no image files found in {}", args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    let batch = args.batch_size.clamp(1, 4096);
+    let mut net = Network::new(backend, model, batch, 0)?;
+    net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
+    let bar = if args.progress && files.len() > batch { indicatif::ProgressBar::new(files.len() as u64) } else { indicatif::ProgressBar::hidden() };
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{pos}/{len} images [{bar:30}] {per_sec} eta {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let mut summary = PredictSummary { predicted: 0, errors: Vec::new() };
+    for chunk in files.chunks(batch) {
+        let results = predict_files(&mut net, chunk, &p)?;
+        bar.suspend(|| -> Result<()> {
+            for r in &results {
+                let line = format_row(r, &ck.meta.class_names, args);
+                if !line.is_empty() {
+                    writeln!(out, "{line}")?;
+                }
+                match &r.probs {
+                    Ok(_) => summary.predicted += 1,
+                    Err(e) => {
+                        writeln!(err, "error: {}", printable(e))?;
+                        summary.errors.push(e.clone());
+                    }
+                }
+            }
+            out.flush()?;
+            Ok(())
+        })?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(summary)
 }

@@ -27,6 +27,9 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Random flips / crops of the training batches (never of the test set).
     pub augment: Augmentation,
+    /// Stored in checkpoints: how files become inputs, and where folder data came from.
+    pub preprocessing: Option<crate::image_pipeline::Preprocessing>,
+    pub data_source: Option<checkpoint::DataSource>,
 }
 
 /// What salts the shuffle generator, so each epoch's order depends only on (seed, epoch).
@@ -118,6 +121,8 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
                 learning_rate: net.adam.learning_rate,
                 augment: opts.augment,
                 history: history.clone(),
+                preprocessing: opts.preprocessing,
+                data_source: opts.data_source.clone(),
             };
             let mut tensors = net.weights()?;
             tensors.extend(net.optimizer_state()?);

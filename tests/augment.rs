@@ -158,7 +158,7 @@ fn small_data() -> Dataset {
 }
 
 fn options(epochs: usize, out: Option<&Path>, augment: Augmentation) -> TrainOptions {
-    TrainOptions { epochs, batch_size: 32, seed: 5, out_dir: out.map(Path::to_path_buf), arch_text: format_arch(&parse_arch(ARCH).unwrap()), progress: false, augment }
+    TrainOptions { epochs, batch_size: 32, seed: 5, out_dir: out.map(Path::to_path_buf), arch_text: format_arch(&parse_arch(ARCH).unwrap()), progress: false, augment, preprocessing: None, data_source: None }
 }
 
 fn new_net(ds: &Dataset, seed: u64) -> Network<CpuBackend> {

@@ -5,6 +5,7 @@
 mod common;
 use common::{run_cli_env, temp_dir};
 use gpu_cnn::data::folder::{self, FolderOptions};
+use gpu_cnn::image_pipeline::{ColorMode, Preprocessing};
 use image::{GrayAlphaImage, GrayImage, ImageBuffer, Luma, LumaA, Rgb, RgbImage, Rgba, RgbaImage};
 use std::path::Path;
 
@@ -45,7 +46,7 @@ fn make_tree(root: &Path, classes: &[&str], per_class: usize) {
 }
 
 fn opts(seed: u64) -> FolderOptions {
-    FolderOptions { height: 8, width: 8, channels: 3, val_split: 0.25, seed, skip_bad: false, cache_dir: None }
+    FolderOptions { preprocessing: Preprocessing::new((8, 8, 3)).unwrap(), val_split: 0.25, seed, skip_bad: false, cache_dir: None }
 }
 
 #[test]
@@ -72,7 +73,7 @@ fn folder_tree_trains_end_to_end_and_the_cache_is_reused_and_rebuilt() {
     let skip = [&base[..], &["--skip-bad"]].concat();
     let (ok, _, err) = run_cli_env(&skip, &env);
     assert!(ok, "{err}");
-    assert!(err.contains("skipped 1 files") && err.contains("broken.jpg"), "{err}");
+    assert!(err.contains("skipped 1 file that did not decode") && err.contains("broken.jpg"), "{err}");
     assert!(err.contains("from the cache"), "the failed run already cached the decode: {err}");
     assert!(err.contains("shop-photos (18 training, 6 test images of 12x12x3, 3 classes)"), "{err}");
     let ck = gpu_cnn::checkpoint::load(&run.join("last.safetensors")).unwrap();
@@ -110,8 +111,8 @@ fn pixels_are_converted_and_resized() {
     // PNG with alpha, BMP, WebP (lossless) and GIF: all four formats keep a flat colour exactly.
     for (class, colour) in [("red", [255u8, 0, 0]), ("white", [255, 255, 255])] {
         std::fs::create_dir_all(dir.join(class)).unwrap();
-        // RGBA with alpha 0: the colour is kept, alpha dropped (as PIL's convert("RGB")).
-        RgbaImage::from_pixel(50, 30, Rgba([colour[0], colour[1], colour[2], 0])).save(dir.join(class).join("a.png")).unwrap();
+        // Opaque RGBA (transparency is composited over the background: tests/image_pipeline.rs).
+        RgbaImage::from_pixel(50, 30, Rgba([colour[0], colour[1], colour[2], 255])).save(dir.join(class).join("a.png")).unwrap();
         RgbImage::from_pixel(7, 9, Rgb(colour)).save(dir.join(class).join("b.bmp")).unwrap();
         RgbaImage::from_pixel(9, 6, Rgba([colour[0], colour[1], colour[2], 255])).save(dir.join(class).join("c.webp")).unwrap();
         RgbaImage::from_pixel(12, 10, Rgba([colour[0], colour[1], colour[2], 255])).save(dir.join(class).join("d.gif")).unwrap();
@@ -127,7 +128,7 @@ fn pixels_are_converted_and_resized() {
             assert!(set.image(i).chunks(3).all(|p| p == want), "{:?}", &set.image(i)[..6]);
         }
     }
-    let grey = folder::load(&dir, &FolderOptions { channels: 1, ..o }).unwrap();
+    let grey = folder::load(&dir, &FolderOptions { preprocessing: Preprocessing { color: ColorMode::Grayscale, ..o.preprocessing }, ..o }).unwrap();
     assert_eq!(grey.input_shape(), (8, 8, 1));
     // Luma of pure red by Rec. 709 weights: 0.2126 * 255 = 54.
     let red = (0..grey.train.len()).find(|&i| grey.train.labels[i] == 0).unwrap();

@@ -129,8 +129,8 @@ fn predict_reads_png_jpeg_grey_and_rgba_files_and_reports_broken_ones() {
     let (ok, out, err) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--top", "3", "--batch-size", "3", "--json", dir.to_str().unwrap()]);
     assert!(!ok, "a file that does not decode makes the exit code non-zero");
     assert!(err.contains("e-broken.png") && !err.contains("panicked"), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout even when a file fails");
-    let rows = v["predictions"].as_array().unwrap();
+    // JSON Lines: one object per file, streamed batch by batch, in input order.
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line even when a file fails")).collect();
     assert_eq!(rows.len(), 5, "{out}");
     for (row, f) in rows.iter().zip(files.iter().chain([&broken])) {
         assert_eq!(row["file"].as_str().unwrap(), f.to_str().unwrap(), "folder order is by name");
@@ -180,6 +180,8 @@ fn predict_output_is_stable_for_a_known_checkpoint_and_input() {
         learning_rate: 1e-3,
         augment: gpu_cnn::augment::Augmentation::NONE,
         history: vec![],
+        preprocessing: None,
+        data_source: None,
     };
     let tensors = [HostTensor { name: "dense.kernel".into(), dims: vec![4, 3], data: kernel.clone() }, HostTensor { name: "dense.bias".into(), dims: vec![3], data: bias.clone() }];
     let ck = dir.join("known.safetensors");
@@ -193,8 +195,9 @@ fn predict_output_is_stable_for_a_known_checkpoint_and_input() {
     let expected: Vec<f64> = logits.iter().map(|l| l.exp() / sum).collect();
     let (ok, out, err) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--json", img.to_str().unwrap()]);
     assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let top = v["predictions"][0]["top"].as_array().unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+    assert_eq!(v["prediction"], "bird");
+    let top = v["top"].as_array().unwrap();
     let names: Vec<&str> = top.iter().map(|t| t["class"].as_str().unwrap()).collect();
     assert_eq!(names, ["bird", "dog", "cat"]);
     for t in top {
@@ -207,6 +210,20 @@ fn predict_output_is_stable_for_a_known_checkpoint_and_input() {
     assert_eq!(text, format!("{}: bird 0.6782, dog 0.1848, cat 0.1369\n", img.display()));
     let (_, again, _) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", img.to_str().unwrap()]);
     assert_eq!(text, again);
+    // --threshold: below it the answer is `unknown` (the scores still shown); at or above, the class.
+    let (ok, text, _) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--threshold", "0.7", "--top", "1", img.to_str().unwrap()]);
+    assert!(ok);
+    assert_eq!(text, format!("{}: unknown (bird 0.6782)\n", img.display()));
+    let (_, text, _) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--threshold", "0.6", "--top", "1", "--json", img.to_str().unwrap()]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(text.trim_end()).unwrap()["prediction"], "bird");
+    let (ok, _, err) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--threshold", "1.5", img.to_str().unwrap()]);
+    assert!(!ok && err.contains("--threshold"), "{err}");
+    // Class names from a checkpoint are printed without control characters (no terminal escapes).
+    let hostile = CheckpointMeta { class_names: vec!["cat".into(), "dog".into(), "bi\x1b[2Jrd".into()], ..meta.clone() };
+    let ck2 = dir.join("hostile.safetensors");
+    checkpoint::save(&ck2, &hostile, &tensors).unwrap();
+    let (ok, text, _) = run_cli(&["predict", "--checkpoint", ck2.to_str().unwrap(), "--device", "cpu", "--top", "1", img.to_str().unwrap()]);
+    assert!(ok && !text.contains('\x1b') && text.contains("bi?[2Jrd"), "{text:?}");
 }
 
 /// Runs headless Chromium on a page; returns (the DOM after load, Chromium's log).
@@ -265,7 +282,7 @@ fn report_html_renders_in_headless_chromium_with_its_images() {
 #[test]
 fn help_explains_predict_and_show() {
     let (ok, out, _) = run_cli(&["predict", "--help"]);
-    for needle in ["--checkpoint", "--top", "--json", "--device", "--batch-size", "Triangle", "IMAGE_OR_DIR"] {
+    for needle in ["--checkpoint", "--top", "--json", "--device", "--batch-size", "--threshold", "IMAGE_OR_DIR"] {
         assert!(ok && out.contains(needle), "predict --help lacks {needle}: {out}");
     }
     let (ok, out, _) = run_cli(&["show", "--help"]);

@@ -25,7 +25,7 @@ fn new_net(ds: &Dataset, batch: usize, seed: u64) -> Network<CpuBackend> {
 }
 
 fn options(epochs: usize, out: Option<&Path>) -> TrainOptions {
-    TrainOptions { epochs, batch_size: 32, seed: 5, out_dir: out.map(Path::to_path_buf), arch_text: format_arch(&parse_arch(ARCH).unwrap()), progress: false, augment: Augmentation::NONE }
+    TrainOptions { epochs, batch_size: 32, seed: 5, out_dir: out.map(Path::to_path_buf), arch_text: format_arch(&parse_arch(ARCH).unwrap()), progress: false, augment: Augmentation::NONE, preprocessing: None, data_source: None }
 }
 
 fn train(epochs: usize, out: Option<&Path>) -> (Vec<HostTensor>, Vec<EpochRecord>) {

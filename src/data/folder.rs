@@ -1,40 +1,32 @@
 //! A shop's own photos: one sub-folder per class (as Keras's `image_dataset_from_directory` and
-//! torchvision's `ImageFolder`), any size and colour type, decoded on all cores, resized to the
-//! model input and cached as u8 so the next start reads one file instead of decoding again.
+//! torchvision's `ImageFolder`), any size and colour type, prepared on all cores by the one image
+//! pipeline (image_pipeline.rs, the same as `predict`'s) and cached as u8 so the next start reads
+//! one file instead of decoding again.
 //!
 //! Layouts: `DIR/<class>/*` (split into train and validation by a seeded, stratified
 //! `val_split`), or `DIR/train/<class>/*` with `DIR/test/<class>/*`.
 
 use super::{Dataset, ImageSet};
+use crate::image_pipeline::{self, Preprocessing};
+use crate::report::plural;
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
-use image::imageops::FilterType;
 use md5::{Digest, Md5};
 use rayon::prelude::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// File endings taken as images (case-insensitive); anything else in a class folder is ignored.
-pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"];
-
-/// Bilinear (a triangle filter widened by the scale factor when shrinking, so it averages
-/// every source pixel instead of aliasing): Keras's default `interpolation="bilinear"`.
-pub const RESIZE_FILTER: FilterType = FilterType::Triangle;
-pub const RESIZE_FILTER_NAME: &str = "bilinear (triangle, antialiased)";
-
-/// Bumped whenever the decoding or the file layout changes, so old caches are not trusted.
-const CACHE_VERSION: &str = "gpu-cnn image folder cache v1";
+/// Bumped whenever the file layout changes, so old caches are not trusted (the pipeline's own
+/// version and settings are part of the key too).
+const CACHE_VERSION: &str = "gpu-cnn image folder cache v2";
 const CACHE_MAGIC: &[u8; 8] = b"GPUCNNF1";
 const PURPOSE_VAL_SPLIT: u64 = crate::rng::purpose::VAL_SPLIT;
 
 #[derive(Clone, Debug)]
 pub struct FolderOptions {
-    /// The model input every image is resized to.
-    pub height: usize,
-    pub width: usize,
-    /// 3: RGB (alpha dropped), 1: grey (luma).
-    pub channels: usize,
+    /// How every file becomes a model input (size, colour, alpha, aspect ratio, filter).
+    pub preprocessing: Preprocessing,
     /// Fraction of each class held out for validation when there is no train/test layout.
     pub val_split: f32,
     pub seed: u64,
@@ -64,7 +56,15 @@ fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list the folder", dir.display()))? {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let raw = entry.file_name();
+        // A class name must survive the round trip through the checkpoint: two folders whose
+        // non-UTF-8 names would print alike must not become one class.
+        let Some(name) = raw.to_str().map(str::to_string) else {
+            if entry.path().is_dir() {
+                bail!("{}: the class folder name is not valid UTF-8; rename it", entry.path().display());
+            }
+            continue;
+        };
         if !name.starts_with('.') && entry.path().is_dir() {
             out.push((name, entry.path()));
         }
@@ -73,21 +73,17 @@ fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-fn is_image_name(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
-}
-
 /// The image files of one class folder, sorted by name; an empty folder is an error.
 fn class_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list the folder", dir.display()))? {
         let path = entry?.path();
-        if path.is_file() && is_image_name(&path) {
+        if path.is_file() && image_pipeline::has_image_extension(&path) {
             files.push(path);
         }
     }
     if files.is_empty() {
-        bail!("{}: the class folder holds no images ({})", dir.display(), IMAGE_EXTENSIONS.join(", "));
+        bail!("{}: the class folder holds no images ({})", dir.display(), image_pipeline::IMAGE_EXTENSIONS.join(", "));
     }
     files.sort();
     Ok(files)
@@ -127,7 +123,8 @@ fn list(dir: &Path) -> Result<Listing> {
 /// What the cache is keyed by: the decoding settings and every file's path, size and mtime.
 fn cache_key(dir: &Path, listing: &Listing, opts: &FolderOptions) -> Result<String> {
     let mut h = Md5::new();
-    h.update(format!("{CACHE_VERSION}\n{}x{}x{}\n{RESIZE_FILTER_NAME}\n", opts.height, opts.width, opts.channels));
+    let p = &opts.preprocessing;
+    h.update(format!("{CACHE_VERSION}\npipeline v{}\n{}\n", image_pipeline::PIPELINE_VERSION, serde_json::to_string(p)?));
     for f in &listing.files {
         let meta = std::fs::metadata(&f.path).with_context(|| format!("{}: cannot read", f.path.display()))?;
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
@@ -147,40 +144,23 @@ struct Decoded {
     pixels: Vec<u8>,
 }
 
-/// Reads any supported image (format from the content, not the name), converts it to RGB or
-/// grey and resizes it to the model input.
-pub fn decode_and_resize(path: &Path, height: usize, width: usize, channels: usize) -> Result<Vec<u8>, String> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| e.to_string())?;
-    let (w, h) = (width as u32, height as u32);
-    let same = img.width() == w && img.height() == h;
-    Ok(if channels == 1 {
-        let grey = img.into_luma8();
-        if same { grey.into_raw() } else { image::imageops::resize(&grey, w, h, RESIZE_FILTER).into_raw() }
-    } else {
-        let rgb = img.into_rgb8();
-        if same { rgb.into_raw() } else { image::imageops::resize(&rgb, w, h, RESIZE_FILTER).into_raw() }
-    })
-}
-
-fn decode_all(listing: &Listing, opts: &FolderOptions) -> Decoded {
-    let bar = indicatif::ProgressBar::new(listing.files.len() as u64);
+fn decode_all(listing: &Listing, opts: &FolderOptions) -> Result<Decoded> {
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { indicatif::ProgressBar::new(listing.files.len() as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(indicatif::ProgressStyle::with_template("Decoding {pos}/{len} [{bar:30}] {per_sec} eta {eta}").unwrap().progress_chars("=> "));
     let results: Vec<Result<Vec<u8>, String>> = listing
         .files
         .par_iter()
         .map(|f| {
-            let r = decode_and_resize(&f.path, opts.height, opts.width, opts.channels);
+            let r = image_pipeline::load_image(&f.path, &opts.preprocessing).map_err(|e| format!("{e:#}"));
             bar.inc(1);
             r
         })
         .collect();
     bar.finish_and_clear();
-    let mut out = Decoded { pixels: Vec::with_capacity(listing.files.len() * opts.height * opts.width * opts.channels), ..Default::default() };
+    let image_len = opts.preprocessing.image_len()?;
+    let mut out = Decoded::default();
+    let total = results.iter().filter(|r| r.is_ok()).count().checked_mul(image_len).context("the decoded images do not fit in memory")?;
+    out.pixels.try_reserve_exact(total).map_err(|_| anyhow::anyhow!("the decoded images ({} MB) do not fit in memory", total >> 20))?;
     for (i, r) in results.into_iter().enumerate() {
         match r {
             Ok(px) => {
@@ -190,31 +170,41 @@ fn decode_all(listing: &Listing, opts: &FolderOptions) -> Decoded {
             Err(e) => out.bad.push((i as u32, e)),
         }
     }
-    out
+    Ok(out)
 }
 
 /// The cache file for this folder and input shape; one per pair, replaced when the key changes.
 fn cache_file(cache_dir: &Path, dir: &Path, opts: &FolderOptions) -> PathBuf {
     let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let mut h = Md5::new();
-    h.update(format!("{}\n{}x{}x{}", canonical.display(), opts.height, opts.width, opts.channels));
+    let (height, width, channels) = opts.preprocessing.input_shape();
+    h.update(format!("{}\n{height}x{width}x{channels}", canonical.display()));
     cache_dir.join(format!("{:x}.u8", h.finalize()))
 }
 
-/// The cached decode when the file exists and its key matches; None otherwise.
-fn read_cache(path: &Path, key: &str, image_len: usize) -> Option<Decoded> {
-    let bytes = std::fs::read(path).ok()?;
+/// The cached decode when the file exists, its key matches and it is consistent with the
+/// listing of `files` files; None otherwise (a corrupt cache is a miss and gets rebuilt).
+fn read_cache(path: &Path, key: &str, image_len: usize, files: usize) -> Option<Decoded> {
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = std::fs::read(path).ok()?;
     if bytes.len() < 16 || &bytes[..8] != CACHE_MAGIC {
         return None;
     }
-    let header_len = u64::from_le_bytes(bytes[8..16].try_into().ok()?) as usize;
-    let header = bytes.get(16..16 + header_len)?;
-    let (stored_key, mut decoded): (String, Decoded) = serde_json::from_slice(header).ok()?;
-    let pixels = &bytes[16 + header_len..];
-    if stored_key != key || pixels.len() != decoded.kept.len() * image_len {
+    let header_len = usize::try_from(u64::from_le_bytes(bytes[8..16].try_into().ok()?)).ok()?;
+    let header_end = header_len.checked_add(16)?;
+    let (stored_key, mut decoded): (String, Decoded) = serde_json::from_slice(bytes.get(16..header_end)?).ok()?;
+    if stored_key != key || bytes.len() - header_end != decoded.kept.len().checked_mul(image_len)? {
         return None;
     }
-    decoded.pixels = pixels.to_vec();
+    // Every file is either kept or bad, once, in listing order.
+    let mut seen: Vec<u32> = decoded.kept.iter().copied().chain(decoded.bad.iter().map(|b| b.0)).collect();
+    seen.sort_unstable();
+    if seen.len() != files || seen.iter().enumerate().any(|(i, &s)| s as usize != i) || !decoded.kept.is_sorted() {
+        return None;
+    }
+    decoded.pixels = bytes.split_off(header_end);
     Some(decoded)
 }
 
@@ -236,41 +226,35 @@ fn write_cache(path: &Path, key: &str, decoded: &Decoded) -> Result<()> {
 /// Loads the folder as a data set: train and test (the validation split) ImageSets, class
 /// names from the folder names.
 pub fn load(dir: &Path, opts: &FolderOptions) -> Result<Dataset> {
-    if opts.channels != 1 && opts.channels != 3 {
-        bail!("images can be loaded as 1 (grey) or 3 (RGB) channels, not {}", opts.channels);
-    }
-    if opts.height == 0 || opts.width == 0 {
+    let p = &opts.preprocessing;
+    let (height, width, channels) = p.input_shape();
+    if height == 0 || width == 0 {
         bail!("the image size must be at least 1x1");
     }
     // The times printed include listing and stat-ing the folder: what a start costs.
     let start = Instant::now();
     let listing = list(dir)?;
-    let image_len = opts.height * opts.width * opts.channels;
+    let image_len = p.image_len()?;
     let key = cache_key(dir, &listing, opts)?;
     let cache_path = opts.cache_dir.as_deref().map(|c| cache_file(c, dir, opts));
-    let cached = cache_path.as_deref().and_then(|p| read_cache(p, &key, image_len));
+    let cached = cache_path.as_deref().and_then(|c| read_cache(c, &key, image_len, listing.files.len()));
     let decoded = match cached {
         Some(d) => {
             eprintln!(
-                "Loaded {} images of {}x{}x{} from the cache {} in {:.2} s",
-                d.kept.len(),
-                opts.height,
-                opts.width,
-                opts.channels,
+                "Loaded {} of {height}x{width}x{channels} from the cache {} in {:.2} s",
+                plural(d.kept.len(), "image"),
                 cache_path.as_ref().unwrap().display(),
                 start.elapsed().as_secs_f64()
             );
             d
         }
         None => {
-            let d = decode_all(&listing, opts);
+            let d = decode_all(&listing, opts)?;
             let secs = start.elapsed().as_secs_f64();
             eprintln!(
-                "Decoded {} images to {}x{}x{} ({RESIZE_FILTER_NAME} resize) in {secs:.2} s: {:.0} images/s on {} threads",
-                listing.files.len(),
-                opts.height,
-                opts.width,
-                opts.channels,
+                "Decoded {} to {} in {secs:.2} s: {:.0} images/s on {} threads",
+                plural(listing.files.len(), "image"),
+                p.describe(),
                 listing.files.len() as f64 / secs.max(1e-9),
                 rayon::current_num_threads()
             );
@@ -283,13 +267,15 @@ pub fn load(dir: &Path, opts: &FolderOptions) -> Result<Dataset> {
             d
         }
     };
-    if let Some((i, reason)) = decoded.bad.first() {
-        let path = &listing.files[*i as usize].path;
+    if let Some((_, reason)) = decoded.bad.first() {
         if !opts.skip_bad {
-            let more = if decoded.bad.len() > 1 { format!(" ({} more files do not decode either)", decoded.bad.len() - 1) } else { String::new() };
-            bail!("{}: cannot decode the image: {reason}{more}. Fix or remove it, or pass --skip-bad to skip such files", path.display());
+            let more = match decoded.bad.len() {
+                1 => String::new(),
+                n => format!(" ({} did not decode either)", plural(n - 1, "more file")),
+            };
+            bail!("{reason}{more}. Fix or remove it, or pass --skip-bad to skip such files");
         }
-        eprintln!("warning: skipped {} files that do not decode (--skip-bad); the first: {}: {reason}", decoded.bad.len(), path.display());
+        eprintln!("warning: skipped {} that did not decode (--skip-bad); the first: {reason}", plural(decoded.bad.len(), "file"));
     }
     split(dir, listing, decoded, opts)
 }
@@ -298,7 +284,8 @@ pub fn load(dir: &Path, opts: &FolderOptions) -> Result<Dataset> {
 /// stratified, seeded hold-out of `val_split` of every class.
 fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -> Result<Dataset> {
     let classes = listing.class_names.len();
-    let image_len = opts.height * opts.width * opts.channels;
+    let (height, width, channels) = opts.preprocessing.input_shape();
+    let image_len = opts.preprocessing.image_len()?;
     // Positions in `decoded` of each class's training candidates (and test images).
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     let mut test_positions = Vec::new();
@@ -333,7 +320,7 @@ fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -
         bail!("{}: the validation split is empty (too few images for --val-split {}, or an empty test folder)", dir.display(), opts.val_split);
     }
     let gather = |positions: &[usize]| {
-        let mut set = ImageSet { height: opts.height, width: opts.width, channels: opts.channels, ..Default::default() };
+        let mut set = ImageSet { height, width, channels, ..Default::default() };
         set.images.reserve(positions.len() * image_len);
         for &p in positions {
             set.images.extend_from_slice(&decoded.pixels[p * image_len..][..image_len]);
@@ -344,3 +331,4 @@ fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -
     let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "images".into());
     Ok(Dataset { name, class_names: listing.class_names, train: gather(&train_positions), test: gather(&test_positions) })
 }
+

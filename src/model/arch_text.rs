@@ -8,12 +8,12 @@
 //! maxpool 3 stride=2
 //! flatten
 //! dense 64 relu                    # units, activation relu|softmax|none
-//! dense 10 softmax
+//! dense classes softmax            # as many units as the data set has classes
 //! ```
 //! Layer words are case-insensitive and Keras's class names work too (Conv2D, MaxPooling2D,
 //! Flatten, Dense). Options: `stride=`, `padding=valid|same`, `activation=`.
 
-use super::{Activation, LayerSpec, Padding};
+use super::{Activation, LayerSpec, Padding, UNITS_FROM_CLASSES};
 use anyhow::{anyhow, bail, Result};
 
 fn parse_pair(text: &str, what: &str) -> Result<(usize, usize)> {
@@ -55,7 +55,7 @@ fn parse_line(line: &str) -> Result<LayerSpec> {
                 "activation" => activation = Some(parse_activation(value)?),
                 _ => bail!("unknown option '{key}' (stride, padding, activation)"),
             }
-        } else if word.trim_start_matches(['-', '+']).chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        } else if word.trim_start_matches(['-', '+']).chars().next().is_some_and(|c| c.is_ascii_digit()) || word.eq_ignore_ascii_case("classes") {
             // A signed number is still a number (and refused below as not positive).
             numbers.push(*word);
         } else {
@@ -95,11 +95,12 @@ fn parse_line(line: &str) -> Result<LayerSpec> {
             LayerSpec::Flatten
         }
         "dense" => {
-            need(1, "dense UNITS [relu|softmax|none]")?;
+            need(1, "dense UNITS|classes [relu|softmax|none]")?;
             if stride.is_some() || padding != Padding::Valid {
                 bail!("dense takes no stride or padding");
             }
-            LayerSpec::Dense { units: positive(numbers[0], "units")?, activation: activation.unwrap_or(Activation::None) }
+            let units = if numbers[0].eq_ignore_ascii_case("classes") { UNITS_FROM_CLASSES } else { positive(numbers[0], "units")? };
+            LayerSpec::Dense { units, activation: activation.unwrap_or(Activation::None) }
         }
         _ => bail!("unknown layer '{}' (conv2d, maxpool, flatten, dense)", words[0]),
     })
@@ -129,7 +130,7 @@ fn pair(p: (usize, usize)) -> String {
     }
 }
 
-fn activation_word(a: Activation) -> &'static str {
+pub(super) fn activation_word(a: Activation) -> &'static str {
     match a {
         Activation::None => "none",
         Activation::Relu => "relu",
@@ -160,6 +161,7 @@ pub fn format_arch(layers: &[LayerSpec]) -> String {
                 l
             }
             LayerSpec::Flatten => "flatten".to_string(),
+            LayerSpec::Dense { units: UNITS_FROM_CLASSES, activation } => format!("dense classes {}", activation_word(*activation)),
             LayerSpec::Dense { units, activation } => format!("dense {units} {}", activation_word(*activation)),
         };
         out += &line;

@@ -82,7 +82,7 @@ pub struct Model {
     pub layers: Vec<Layer>,
 }
 
-/// The seed model: Keras's CIFAR-10 tutorial CNN.
+/// The seed model: Keras's CIFAR-10 tutorial CNN, ending in one unit per class of the data.
 pub const SEED_ARCH: &str = "\
 # The seed model (Keras's CIFAR-10 CNN tutorial)
 conv2d 32 3 relu
@@ -92,11 +92,49 @@ maxpool 2
 conv2d 64 3 relu
 flatten
 dense 64 relu
-dense 10 softmax
+dense classes softmax
 ";
 
+/// `dense classes` in the arch text: the units are the data set's class count, filled in by
+/// [`with_classes`] before a model is built.
+pub const UNITS_FROM_CLASSES: usize = 0;
+
+/// The seed model for 10 classes (CIFAR-10, Fashion-MNIST): 122,570 parameters on 32x32x3.
 pub fn seed_layers() -> Vec<LayerSpec> {
-    parse_arch(SEED_ARCH).expect("the seed architecture parses")
+    with_classes(&parse_arch(SEED_ARCH).expect("the seed architecture parses"), 10).expect("the seed model ends in dense classes")
+}
+
+/// The layers with the last layer's units set to `classes` when it says `dense classes`; an
+/// explicit count that differs from `classes` is an error saying what to write instead.
+pub fn with_classes(specs: &[LayerSpec], classes: usize) -> Result<Vec<LayerSpec>> {
+    resolve_classes(specs, classes, true)
+}
+
+/// As `with_classes`, but an explicit count is kept as written (for `summary`).
+pub fn fill_classes(specs: &[LayerSpec], classes: usize) -> Result<Vec<LayerSpec>> {
+    resolve_classes(specs, classes, false)
+}
+
+fn resolve_classes(specs: &[LayerSpec], classes: usize, check: bool) -> Result<Vec<LayerSpec>> {
+    let mut out = specs.to_vec();
+    let last = out.len();
+    for (i, spec) in out.iter_mut().enumerate() {
+        if let LayerSpec::Dense { units, activation } = spec {
+            if *units == UNITS_FROM_CLASSES {
+                if i + 1 != last {
+                    bail!("layer {}: only the last layer can be 'dense classes'", i + 1);
+                }
+                *units = classes;
+            } else if check && i + 1 == last && *units != classes {
+                let act = arch_text::activation_word(*activation);
+                bail!(
+                    "the model ends in {units} class scores (its last line is 'dense {units} {act}') but the data has {classes} classes: \
+                     write 'dense classes {act}' as the last line to take the count from the data (or 'dense {classes} {act}')"
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn conv_out(input: usize, k: usize, stride: usize, padding: Padding) -> Option<(usize, usize)> {
@@ -199,8 +237,8 @@ impl Model {
                 LayerSpec::Flatten => (LayerOp::Flatten, vec![shape.iter().product()]),
                 LayerSpec::Dense { units, activation } => {
                     let [inputs] = shape[..] else { bail!("{at}: Dense needs a flat input, got {shape:?}; put a Flatten before it") };
-                    if units == 0 {
-                        bail!("{at}: Dense needs at least 1 unit");
+                    if units == UNITS_FROM_CLASSES {
+                        bail!("{at}: 'dense classes' needs the class count of the data (summary: --classes N)");
                     }
                     tensor_values(&[inputs, units], &format!("{at}: the kernel"))?;
                     if activation == Activation::Softmax && i + 1 != specs.len() {

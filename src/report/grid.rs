@@ -61,18 +61,53 @@ pub fn captioned_grid(cells: &[Cell], cols: usize) -> RgbImage {
     img
 }
 
-/// The first `count` images of `set`, each named by its class (Keras tutorial's first figure).
-pub fn sample_grid(set: &ImageSet, class_names: &[String], count: usize, cols: usize) -> RgbImage {
-    let cells: Vec<Cell> = (0..count.min(set.len()))
+/// What salts the preview sample, so it depends only on the seed.
+const PREVIEW_PURPOSE: u64 = 0x9E71_E3;
+
+/// `count` image indices of `labels` spread over the classes: each class's images in a seeded
+/// random order, taken round-robin (class 0, 1, ..., then again), so a folder sorted by class
+/// still shows every class instead of the first 25 files of the first one.
+pub fn preview_indices(labels: &[u8], count: usize, seed: u64) -> Vec<usize> {
+    let classes = labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    for (c, v) in by_class.iter_mut().enumerate() {
+        crate::rng::Rng::derive(seed, PREVIEW_PURPOSE, c as u64).shuffle(v);
+    }
+    let mut out = Vec::with_capacity(count.min(labels.len()));
+    for round in 0.. {
+        if out.len() >= count.min(labels.len()) {
+            break;
+        }
+        for v in &by_class {
+            if let Some(&i) = v.get(round) {
+                if out.len() < count {
+                    out.push(i);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A seeded sample of `count` images of `set` spread over the classes, each named by its class
+/// (Keras tutorial's first figure).
+pub fn sample_grid(set: &ImageSet, class_names: &[String], count: usize, cols: usize, seed: u64) -> RgbImage {
+    let cells: Vec<Cell> = preview_indices(&set.labels, count, seed)
+        .into_iter()
         .map(|i| Cell { image: to_rgb(set, i), caption: vec![(class_name(class_names, set.labels[i] as usize), BLACK)] })
         .collect();
     captioned_grid(&cells, cols)
 }
 
-/// The first `count` images of `set` captioned with the predicted class: green when right; red
-/// when wrong, with the true class on a second line.
-pub fn prediction_grid(set: &ImageSet, class_names: &[String], predicted: &[usize], count: usize, cols: usize) -> RgbImage {
-    let cells: Vec<Cell> = (0..count.min(set.len()).min(predicted.len()))
+/// A seeded sample of `count` images of `set` spread over the classes, captioned with the
+/// predicted class: green when right; red when wrong, with the true class on a second line.
+pub fn prediction_grid(set: &ImageSet, class_names: &[String], predicted: &[usize], count: usize, cols: usize, seed: u64) -> RgbImage {
+    let labels = &set.labels[..set.len().min(predicted.len())];
+    let cells: Vec<Cell> = preview_indices(labels, count, seed)
+        .into_iter()
         .map(|i| {
             let (p, t) = (predicted[i], set.labels[i] as usize);
             let caption = if p == t {

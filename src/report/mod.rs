@@ -17,6 +17,17 @@ use std::path::Path;
 /// The prediction grid shows this many test images, 5 by 5 as in the notebook.
 pub const GRID_IMAGES: usize = 25;
 pub const GRID_COLUMNS: usize = 5;
+/// The seed of the images the grids show (the same sample on every run of the same data).
+pub const PREVIEW_SEED: u64 = 0;
+
+/// "1 epoch", "2 epochs", "3 classes".
+pub fn plural(n: usize, noun: &str) -> String {
+    match (n, noun.ends_with('s')) {
+        (1, _) => format!("1 {noun}"),
+        (_, true) => format!("{n} {noun}es"),
+        _ => format!("{n} {noun}s"),
+    }
+}
 
 /// PNG bytes of an image.
 pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
@@ -54,7 +65,7 @@ pub fn write_run_report(dir: &Path, r: &RunReport) -> Result<Confusion> {
     let predicted = argmax_rows(r.probs, r.class_names.len());
     let truth: Vec<usize> = r.test.labels.iter().map(|&l| l as usize).collect();
     let conf = Confusion::new(r.class_names, &truth, &predicted);
-    let predictions_png = png_bytes(&grid::prediction_grid(r.test, r.class_names, &predicted, GRID_IMAGES, GRID_COLUMNS))?;
+    let predictions_png = png_bytes(&grid::prediction_grid(r.test, r.class_names, &predicted, GRID_IMAGES, GRID_COLUMNS, PREVIEW_SEED))?;
     let curves_png = png_bytes(&plot::curves(r.history))?;
     let confusion_png = png_bytes(&confusion::picture(&conf))?;
     write_file(dir, "predictions.png", &predictions_png)?;
