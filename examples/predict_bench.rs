@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         data_source: None,
     };
     gpu_cnn::checkpoint::save(&ck, &meta, &net.weights()?)?;
-    println!("machine: {}", gpu_cnn::commands::machine_name());
+    println!("machine: {}", gpu_cnn::system_info::machine_name());
     for round in 0..repeats {
         // Before: sequential full decodes, then one forward pass per 64 images.
         let (t, cpu) = (Instant::now(), cpu_seconds());
