@@ -45,6 +45,8 @@ fn write_checkpoint(path: &Path, arch: &str, input: (usize, usize, usize), with_
         learning_rate: 1e-3,
         augment: Augmentation::NONE,
         history: Vec::new(),
+        preprocessing: None,
+        data_source: None,
     };
     let tensors = if with_weights { common::constant_weights(&Model::new(&parse_arch(arch).unwrap(), input).unwrap(), 0.0) } else { Vec::new() };
     checkpoint::save(path, &meta, &tensors).unwrap();
