@@ -12,5 +12,6 @@ pub mod model;
 pub mod network;
 pub mod predict;
 pub mod report;
+pub mod review;
 pub mod rng;
 pub mod train;
