@@ -98,6 +98,17 @@ pub fn folder_preprocessing(images: &ImageFolderArgs, base: Option<&Preprocessin
     Ok(p)
 }
 
+/// How `--data` and its flags (else `base`'s settings) load a folder.
+pub fn folder_options(images: &ImageFolderArgs, seed: u64, base: Option<&Preprocessing>) -> Result<data::folder::FolderOptions> {
+    Ok(data::folder::FolderOptions {
+        preprocessing: folder_preprocessing(images, base)?,
+        val_split: images.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
+        seed,
+        skip_bad: images.skip_bad,
+        cache_dir: data::download::cache_root().ok().map(|r| r.join("folders")),
+    })
+}
+
 /// What a run trained on the built-in data sets stores: their images' shape, and alpha over
 /// black for MNIST-like sets (light objects on black), over white otherwise.
 pub fn dataset_preprocessing(ds: &Dataset) -> Result<Preprocessing> {
@@ -119,11 +130,7 @@ pub fn load_data_for(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>
             if let Some(s) = images.image_size.filter(|&s| s == 0 || s > MAX_IMAGE_SIZE) {
                 bail!("--image-size {s} is out of range: 1 to {MAX_IMAGE_SIZE}");
             }
-            let cache_dir = data::download::cache_root().ok().map(|r| r.join("folders"));
-            let preprocessing = folder_preprocessing(images, base)?;
-            let val_split = images.val_split.unwrap_or(DEFAULT_VAL_SPLIT);
-            let folder_opts = data::folder::FolderOptions { preprocessing, val_split, seed, skip_bad: images.skip_bad, cache_dir };
-            data::folder::load(&images.dir, &folder_opts)?
+            data::folder::load(&images.dir, &folder_options(images, seed, base)?)?
         }
         None => data::load_with(opts.dataset, opts.data_dir.as_deref(), seed, opts.offline)?,
     };
@@ -340,7 +347,7 @@ pub fn evaluate(args: &EvaluateArgs, device: &str) -> Result<String> {
 
 /// The folder `evaluate` scores and the split it takes: the flags given, filled in from the
 /// checkpoint's data source (same folder, `--val-split`, seed and `--skip-bad` as training).
-fn evaluation_folder(args: &EvaluateArgs, ck: &Checkpoint) -> Option<(ImageFolderArgs, u64)> {
+pub fn evaluation_folder(args: &EvaluateArgs, ck: &Checkpoint) -> Option<(ImageFolderArgs, u64)> {
     let source = ck.meta.data_source.as_ref();
     let mut images = match (&args.images, source) {
         (Some(given), _) => given.clone(),
@@ -525,4 +532,9 @@ pub fn show(data: &DataOptions, out: &Path, seed: u64) -> Result<()> {
 /// 0.2 -> "20%".
 fn percent(fraction: f32) -> String {
     format!("{}%", (fraction as f64 * 100.0 * 1000.0).round() / 1000.0)
+}
+
+/// `gpu-cnn review`: see review.rs.
+pub fn review(args: &crate::review::ReviewArgs, device: &str) -> Result<String> {
+    with_backend!(device, backend => crate::review::review_on(backend, args))
 }

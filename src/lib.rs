@@ -15,6 +15,7 @@ pub mod model;
 pub mod network;
 pub mod predict;
 pub mod report;
+pub mod review;
 pub mod rng;
 pub mod run_dir;
 pub mod system_info;

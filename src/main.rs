@@ -34,9 +34,15 @@ enum Command {
     },
     /// Train a model; writes history.json, last.safetensors and best.safetensors to the run directory.
     Train(TrainCli),
-    /// Test loss and accuracy of a checkpoint, per-class precision/recall and the confusion
-    /// matrix; writes the pictures and report.html into evaluate/ next to the checkpoint (or --out).
+    /// Loss and accuracy of a checkpoint, per-class precision/recall and the confusion matrix;
+    /// with no data flags, on exactly the data training held out (for --data runs: the same
+    /// folder, --val-split and seed). Writes the pictures and report.html into evaluate/ next to
+    /// the checkpoint (or to --out).
     Evaluate(EvaluateCli),
+    /// The images whose label the model disagrees with most (by loss: file, true class,
+    /// predicted class, probability) and the class pairs it confuses most; finds mislabelled
+    /// photos. Uses the folder and split the checkpoint was trained on unless --data is given.
+    Review(ReviewCli),
     /// List the devices: the CPU backend and every adapter wgpu finds, with their limits.
     Devices,
     /// Time every kernel and whole training steps of the seed model on each device.
@@ -240,6 +246,30 @@ struct TrainCli {
 }
 
 #[derive(Args)]
+struct ReviewCli {
+    /// The checkpoint (.safetensors) to review with.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Which images: the validation split training held out (or DIR/test), or the training images.
+    #[arg(long, value_enum, default_value = "validation")]
+    split: gpu_cnn::review::Split,
+    /// How many images (and confused pairs) to list.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Where to compute: auto, cpu, gpu, vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    images: ImagesCli,
+}
+
+#[derive(Args)]
 struct EvaluateCli {
     /// The checkpoint (.safetensors) to evaluate.
     #[arg(long)]
@@ -316,6 +346,10 @@ fn run(cli: Cli) -> Result<()> {
                 out: e.out,
             };
             println!("{}", commands::evaluate(&args, &e.device)?);
+        }
+        Command::Review(r) => {
+            let args = gpu_cnn::review::ReviewArgs { checkpoint: r.checkpoint, images: r.images.args(), split: r.split, top: r.top, batch_size: r.batch_size, json: r.json };
+            print!("{}", commands::review(&args, &r.device)?);
         }
         Command::Devices => print!("{}", gpu_cnn::device::describe_devices()),
         Command::Bench(b) => commands::bench(&commands::BenchArgs { devices: b.device, quick: b.quick, batches: b.batch, json: b.json })?,

@@ -69,10 +69,17 @@ fn make_catalogue(dir: &Path, classes: &[&str], train: usize, test: usize) -> Ve
     test_files
 }
 
-fn train_evaluate_predict(classes: &[&str]) {
+fn train_evaluate_predict(classes: &[&str], with_mislabelled: bool) {
     let dir = temp_dir(&format!("catalogue-{}", classes.len()));
     let data = dir.join("shop-photos");
-    let test_files = make_catalogue(&data, classes, 24, 8);
+    let mut test_files = make_catalogue(&data, classes, 24, 8);
+    // A photo of class 1 filed under class 0 by mistake: review should list it first.
+    let mislabelled = data.join("test").join(classes[0]).join("zz-mislabelled.png");
+    if with_mislabelled {
+        let written = write_photo(&dir, 1, 2000);
+        std::fs::rename(&written, &mislabelled).unwrap();
+        test_files.push((mislabelled.clone(), classes[0].to_string()));
+    }
     let cache = dir.join("cache");
     let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
     let run = dir.join("run");
@@ -111,16 +118,38 @@ fn train_evaluate_predict(classes: &[&str]) {
         tally[truth[&file]][index[row["prediction"].as_str().unwrap()]] += 1;
     }
     assert_eq!(tally, matrix, "predict and evaluate disagree on some image");
+    if !with_mislabelled {
+        return;
+    }
+    // review: the same images by loss; the mislabelled photo near the top, and the confused
+    // pairs are the off-diagonal cells of evaluate's matrix.
+    let (ok, out, err) = run_cli_env(&["review", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--json", "--top", "3"], &env);
+    assert!(ok, "{err}");
+    let review: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(review["split"], "validation");
+    let top: Vec<&str> = review["top_losses"].as_array().unwrap().iter().map(|r| r["file"].as_str().unwrap()).collect();
+    assert_eq!(top.len(), 3);
+    assert!(top.contains(&mislabelled.to_str().unwrap()), "the mislabelled photo is not among the top losses: {top:?}");
+    let losses: Vec<f64> = review["top_losses"].as_array().unwrap().iter().map(|r| r["loss"].as_f64().unwrap()).collect();
+    assert!(losses.windows(2).all(|w| w[0] >= w[1]), "{losses:?}");
+    for pair in review["most_confused"].as_array().unwrap() {
+        let (t, p) = (index[pair["true"].as_str().unwrap()], index[pair["predicted"].as_str().unwrap()]);
+        assert_eq!(pair["images"].as_u64().unwrap(), matrix[t][p]);
+    }
+    let wrong: u64 = (0..classes.len()).flat_map(|t| (0..classes.len()).filter(move |&p| p != t).map(move |p| (t, p))).map(|(t, p)| matrix[t][p]).sum();
+    assert_eq!(review["most_confused"].as_array().unwrap().iter().map(|p| p["images"].as_u64().unwrap()).sum::<u64>(), wrong);
+    let (ok, text, _) = run_cli_env(&["review", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--split", "train", "--top", "2"], &env);
+    assert!(ok && text.contains("2 of the 96 training images") && text.contains("Most confused"), "{text}");
 }
 
 #[test]
 fn a_4_class_catalogue_trains_with_the_readme_command_and_predict_agrees_with_evaluate() {
-    train_evaluate_predict(&["bags", "hats", "scarves", "shoes"]);
+    train_evaluate_predict(&["bags", "hats", "scarves", "shoes"], true);
 }
 
 #[test]
 fn a_7_class_catalogue_trains_with_the_readme_command_and_predict_agrees_with_evaluate() {
-    train_evaluate_predict(&["belts", "caps", "gloves", "mugs", "rings", "socks", "ties"]);
+    train_evaluate_predict(&["belts", "caps", "gloves", "mugs", "rings", "socks", "ties"], false);
 }
 
 #[test]

@@ -223,9 +223,22 @@ fn write_cache(path: &Path, key: &str, decoded: &Decoded) -> Result<()> {
     Ok(())
 }
 
+/// A folder data set and the file each image came from.
+pub struct FolderData {
+    pub dataset: Dataset,
+    /// The file of each image of `dataset.train` / `dataset.test`, in the same order.
+    pub train_files: Vec<PathBuf>,
+    pub test_files: Vec<PathBuf>,
+}
+
 /// Loads the folder as a data set: train and test (the validation split) ImageSets, class
 /// names from the folder names.
 pub fn load(dir: &Path, opts: &FolderOptions) -> Result<Dataset> {
+    Ok(load_with_files(dir, opts)?.dataset)
+}
+
+/// As `load`, also naming each image's file (for `review`).
+pub fn load_with_files(dir: &Path, opts: &FolderOptions) -> Result<FolderData> {
     let p = &opts.preprocessing;
     let (height, width, channels) = p.input_shape();
     if height == 0 || width == 0 {
@@ -282,7 +295,7 @@ pub fn load(dir: &Path, opts: &FolderOptions) -> Result<Dataset> {
 
 /// Builds train and test sets from the decoded images: DIR/test when there is one, else a
 /// stratified, seeded hold-out of `val_split` of every class.
-fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -> Result<Dataset> {
+fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -> Result<FolderData> {
     let classes = listing.class_names.len();
     let (height, width, channels) = opts.preprocessing.input_shape();
     let image_len = opts.preprocessing.image_len()?;
@@ -329,6 +342,9 @@ fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -
         set
     };
     let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "images".into());
-    Ok(Dataset { name, class_names: listing.class_names, train: gather(&train_positions), test: gather(&test_positions) })
+    let files = |positions: &[usize]| positions.iter().map(|&p| listing.files[decoded.kept[p] as usize].path.clone()).collect();
+    let (train_files, test_files) = (files(&train_positions), files(&test_positions));
+    let dataset = Dataset { name, class_names: listing.class_names, train: gather(&train_positions), test: gather(&test_positions) };
+    Ok(FolderData { dataset, train_files, test_files })
 }
 
