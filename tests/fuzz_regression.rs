@@ -79,6 +79,8 @@ fn checkpoint_seeds() -> Vec<Vec<u8>> {
         learning_rate: 1e-3,
         augment: Augmentation::NONE,
         history: Vec::new(),
+        preprocessing: None,
+        data_source: None,
     };
     let path = dir.join("seed.safetensors");
     checkpoint::save(&path, &meta, &tensors).unwrap();
