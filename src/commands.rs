@@ -191,12 +191,16 @@ pub fn train(args: &TrainArgs, device: &str) -> Result<()> {
     with_backend!(device, backend => train_on(backend, args))
 }
 
+/// The folder a file is in ("." for a bare file name).
+fn folder_of(file: &Path) -> PathBuf {
+    file.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
 /// True when resuming from `checkpoint` into `out` continues that run: the checkpoint is the
 /// folder's own last.safetensors.
 fn continues_run(checkpoint: &Path, out: &Path) -> bool {
-    let folder = checkpoint.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
     checkpoint.file_name().is_some_and(|n| n == "last.safetensors")
-        && folder.and_then(|f| f.canonicalize().ok()).is_some_and(|f| out.canonicalize().ok().as_deref() == Some(f.as_path()))
+        && folder_of(checkpoint).canonicalize().is_ok_and(|f| out.canonicalize().is_ok_and(|o| o == f))
 }
 
 pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
@@ -280,13 +284,12 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     // checkpoint (best.safetensors) it would replace a later last, so it gets a new folder.
     let out = match (&args.out, &args.resume) {
         (Some(o), _) => o.clone(),
-        (None, Some(r)) if continues_run(r, r.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))) => r.parent().map(Path::to_path_buf).unwrap_or_default(),
+        (None, Some(r)) if continues_run(r, &folder_of(r)) => folder_of(r),
         (None, _) => fresh_run_dir(&ds.name),
     };
-    let out_for_lock = if out.as_os_str().is_empty() { PathBuf::from(".") } else { out.clone() };
-    let _lock = crate::run_dir::lock(&out_for_lock)?;
-    if !args.resume.as_deref().is_some_and(|r| continues_run(r, &out_for_lock)) {
-        crate::run_dir::prepare_fresh(&out_for_lock, args.overwrite)?;
+    let _lock = crate::run_dir::lock(&out)?;
+    if !args.resume.as_deref().is_some_and(|r| continues_run(r, &out)) {
+        crate::run_dir::prepare_fresh(&out, args.overwrite)?;
     }
     eprintln!("Run directory: {}", out.display());
     if !augment.is_none() {
