@@ -89,6 +89,10 @@ pub struct DeviceBench {
     /// size); null for the CPU backend, which runs each op at once.
     pub dispatches_per_step: Option<u64>,
     pub compute_passes_per_step: Option<u64>,
+    /// Device-memory bytes one such step reads and writes, counted from the shapes with each
+    /// kernel's operands moved once (a lower bound on what the kernels move).
+    pub device_bytes_read_per_step: Option<u64>,
+    pub device_bytes_written_per_step: Option<u64>,
     /// Training FLOP rate (25.7 MFLOP per image for the seed model) over the matmul rate.
     pub training_fraction_of_matmul: f64,
     pub scaling: Vec<Throughput>,
@@ -262,7 +266,7 @@ fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &B
     let first_step = started.elapsed().as_secs_f64();
     let before = net.backend.record_counts();
     net.train_step(&data, &batches[1])?;
-    let per_step = before.zip(net.backend.record_counts()).map(|(a, b)| RecordCounts { dispatches: b.dispatches - a.dispatches, compute_passes: b.compute_passes - a.compute_passes });
+    let per_step = before.zip(net.backend.record_counts()).map(|(a, b)| b.since(a));
     // At least `min_seconds` and 4 steps: a few steps alone are at the mercy of the machine's noise.
     let t = Instant::now();
     let mut steps = 0;
@@ -336,6 +340,8 @@ pub fn bench_device<B: Backend>(make: &dyn Fn() -> Result<B>, o: &BenchOptions) 
         device_bytes_allocated: device_bytes,
         dispatches_per_step: per_step.map(|c| c.dispatches),
         compute_passes_per_step: per_step.map(|c| c.compute_passes),
+        device_bytes_read_per_step: per_step.map(|c| c.bytes_read),
+        device_bytes_written_per_step: per_step.map(|c| c.bytes_written),
         training_fraction_of_matmul: fraction,
         scaling,
     })
@@ -365,7 +371,11 @@ pub fn format_table(r: &DeviceBench) -> String {
     }
     out.push('\n');
     if let (Some(d), Some(p)) = (r.dispatches_per_step, r.compute_passes_per_step) {
-        out += &format!("one training step at batch {}: {d} dispatches in {p} compute pass(es)\n", r.training[0].batch);
+        out += &format!("one training step at batch {}: {d} dispatches in {p} compute pass(es)", r.training[0].batch);
+        if let (Some(read), Some(written)) = (r.device_bytes_read_per_step, r.device_bytes_written_per_step) {
+            out += &format!(", {:.2} MB read and {:.2} MB written in device memory (each kernel's operands once)", read as f64 / 1e6, written as f64 / 1e6);
+        }
+        out.push('\n');
     }
     out += &format!("training FLOP rate / matmul rate: {:.0}%\n", r.training_fraction_of_matmul * 100.0);
     out += "scaling (training images/s by batch):";

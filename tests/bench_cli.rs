@@ -43,6 +43,8 @@ fn check_device(d: &serde_json::Value) {
         // A training step: some 30 dispatches in one compute pass.
         check_positive(&d["dispatches_per_step"], "dispatches_per_step");
         assert_eq!(d["compute_passes_per_step"], 1);
+        check_positive(&d["device_bytes_read_per_step"], "device_bytes_read_per_step");
+        check_positive(&d["device_bytes_written_per_step"], "device_bytes_written_per_step");
     }
 }
 

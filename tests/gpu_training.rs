@@ -189,7 +189,11 @@ gpu_test! {
         gpu.flush().unwrap();
         let after = gpu.record_counts().unwrap();
         let timed = gpu.device().features().contains(wgpu::Features::TIMESTAMP_QUERY);
-        assert_eq!(after.dispatches - before.dispatches, 2);
-        assert_eq!(after.compute_passes - before.compute_passes, if timed { 2 } else { 1 });
+        let step = after.since(before);
+        assert_eq!(step.dispatches, 2);
+        assert_eq!(step.compute_passes, if timed { 2 } else { 1 });
+        // Traffic from the shapes, each operand once: dense reads x (4x16), w (16x8), b (8) and
+        // writes y (4x8); relu_backward reads y and dy (32 each) and writes dy.
+        assert_eq!((step.bytes_read, step.bytes_written), (4 * (64 + 128 + 8 + 64), 4 * (32 + 32)));
     }
 }

@@ -127,12 +127,28 @@ pub const METRIC_CORRECT: usize = 1; // count of samples whose argmax equals the
 pub const METRIC_COUNT: usize = 2; // count of samples seen
 pub const METRICS_LEN: usize = 3;
 
-/// Work a backend has recorded so far (`Backend::record_counts`): kernel dispatches and the
-/// compute passes holding them.
+/// Work a backend has recorded so far (`Backend::record_counts`): kernel dispatches, the
+/// compute passes holding them, and the device-memory bytes the kernels read and write,
+/// counted from the shapes with each operand moved once per kernel (a lower bound: tiled
+/// kernels read their inputs more than once).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordCounts {
     pub dispatches: u64,
     pub compute_passes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+impl RecordCounts {
+    /// What was recorded between `earlier` and `self`.
+    pub fn since(self, earlier: RecordCounts) -> RecordCounts {
+        RecordCounts {
+            dispatches: self.dispatches - earlier.dispatches,
+            compute_passes: self.compute_passes - earlier.compute_passes,
+            bytes_read: self.bytes_read - earlier.bytes_read,
+            bytes_written: self.bytes_written - earlier.bytes_written,
+        }
+    }
 }
 
 /// Per-sample augmentation for `gather_batch`: one packed `crate::augment::SampleTransform` per

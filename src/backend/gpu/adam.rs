@@ -29,5 +29,6 @@ impl GpuBackend {
         let scalars_at = Bound { binding: 1, buffer: &self.adam_scalars, id: self.adam_scalars_id };
         let bound = [scalars_at, param.at(2), grad.at(3), m.at(4), v.at(5)];
         self.dispatch(&self.pipelines.adam_update, &params, &bound, linear_grid(len, self.max_per_dim()));
+        self.moved(4 + 4 * len, 3 * len);
     }
 }

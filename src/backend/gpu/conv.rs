@@ -89,6 +89,7 @@ impl GpuBackend {
         let groups = tile_grid(s.out_c.div_ceil(tile.tn as usize), rows.div_ceil(tile.tm as usize), self.max_per_dim());
         let bound = [x.at(1), w.at(2), b.at(3), y.at(4)];
         self.dispatch(&pipeline, &conv_params(s, n, relu, 0), &bound, groups);
+        self.moved(n * s.in_len() + s.kernel_len() + s.out_c, n * s.out_len());
     }
 
     // dy (n, out_h, out_w, out_c), w HWIO -> dx (n, in_h, in_w, in_c), by ConvInputGradAlgo::choose;
@@ -105,6 +106,7 @@ impl GpuBackend {
                 // Without a mask the kernel does not read binding 3, but it must be bound: w stands in.
                 let bound = [dy.at(1), w.at(2), relu_y.unwrap_or(w).at(3), dx.at(4)];
                 self.dispatch(&pipeline, &params, &bound, groups);
+                self.moved(n * s.out_len() + s.kernel_len() + relu_y.map_or(0, |_| n * s.in_len()), n * s.in_len());
             }
         }
     }
@@ -121,10 +123,12 @@ impl GpuBackend {
         // The bias binding is unused (no bias) but must be bound: w stands in.
         let bound = [dy.at(1), w.at(2), w.at(3), dcol.at(4)];
         self.dispatch(&pipeline, &product, &bound, groups);
+        self.moved(n * s.out_len() + s.kernel_len(), windows * s.patch_len());
         // Without a mask col2im does not read binding 3, but it must be bound: dcol stands in.
         let bound = [dcol.at(1), relu_y.unwrap_or(&dcol).at(3), dx.at(4)];
         let groups = linear_grid(n * s.in_len(), self.max_per_dim());
         self.dispatch(&self.pipelines.conv2d_col2im, params, &bound, groups);
+        self.moved(windows * s.patch_len() + relu_y.map_or(0, |_| n * s.in_len()), n * s.in_len());
     }
 
     // x (n, in_h, in_w, in_c), dy (n, out_h, out_w, out_c) -> dw HWIO, db (out_c), overwritten.
@@ -139,6 +143,7 @@ impl GpuBackend {
         let groups = [s.out_c.div_ceil(tile.tn as usize) as u32, rows.div_ceil(tile.tm as usize) as u32, splits as u32];
         let bound = [x.at(1), dy.at(2), scratch.at(4)];
         self.dispatch(&pipeline, &conv_params(s, n, false, per), &bound, groups);
+        self.moved(n * (s.in_len() + s.out_len()), splits * rows * s.out_c);
         self.record_sum_split_partials(&scratch, dw, db, s.patch_len(), s.out_c, splits);
     }
 
@@ -148,5 +153,6 @@ impl GpuBackend {
         let bound = [partials.at(1), dw.at(4), db.at(5)];
         let groups = linear_grid((rows + 1) * cols, self.max_per_dim());
         self.dispatch(&self.pipelines.sum_split_partials, &params, &bound, groups);
+        self.moved(splits * (rows + 1) * cols, (rows + 1) * cols);
     }
 }

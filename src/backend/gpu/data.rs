@@ -92,5 +92,8 @@ impl GpuBackend {
             let bound = [idx.at(1), chunk.words.at(2), data.labels.at(3), x.at(4), labels.at(5), transforms.at(6)];
             self.dispatch(&self.pipelines.gather_batch, &params, &bound, groups);
         }
+        // Indices (and transforms), the images' bytes and labels; the rows and labels written.
+        let transforms_read = if augment.is_some() { 4 * n } else { 0 };
+        self.recorder.count_traffic(4 * n + transforms_read + n * data.image_len + n, 4 * n * data.image_len + 4 * n);
     }
 }

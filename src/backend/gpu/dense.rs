@@ -45,6 +45,7 @@ impl GpuBackend {
         let groups = tile_grid(s.units.div_ceil(tile.tn as usize), n.div_ceil(tile.tm as usize), self.max_per_dim());
         let bound = [x.at(1), w.at(2), b.at(3), y.at(4)];
         self.dispatch(&pipeline, &params, &bound, groups);
+        self.moved(n * s.inputs + s.inputs * s.units + s.units, n * s.units);
     }
 
     // dy (n, units), w (inputs, units) -> dx (n, inputs) = dy * w^T; with `relu_y`, 0 where
@@ -57,6 +58,7 @@ impl GpuBackend {
         // Binding 3 is the mask, or unused (no bias) but bound: w stands in.
         let bound = [dy.at(1), w.at(2), relu_y.unwrap_or(w).at(3), dx.at(4)];
         self.dispatch(&pipeline, &params, &bound, groups);
+        self.moved(n * s.units + s.inputs * s.units + relu_y.map_or(0, |_| n * s.inputs), n * s.inputs);
     }
 
     // x (n, inputs), dy (n, units) -> dw (inputs, units) = x^T * dy, db (units) = column sums.
@@ -75,6 +77,7 @@ impl GpuBackend {
         let groups = [s.units.div_ceil(tile.tn as usize) as u32, rows.div_ceil(tile.tm as usize) as u32, splits as u32];
         let bound = [x.at(1), dy.at(2), scratch.at(4)];
         self.dispatch(&pipeline, &params, &bound, groups);
+        self.moved(n * (s.inputs + s.units), splits * rows * s.units);
         self.record_sum_split_partials(&scratch, dw, db, s.inputs, s.units, splits);
     }
 }

@@ -14,6 +14,7 @@ impl GpuBackend {
         let bound = [logits.at(1), labels.at(2), dlogits.at(3), metrics.at(4)];
         // One workgroup: it reduces the whole batch's metrics in a fixed order.
         self.dispatch(&self.pipelines.softmax_xent, &params, &bound, [1, 1, 1]);
+        self.moved(n * classes + n + 3, n * classes + 3);
     }
 
     // logits (n, classes) -> probs (n, classes).
@@ -24,5 +25,6 @@ impl GpuBackend {
         let params = LossParams { n: u32_of(n), classes: u32_of(classes), ..Default::default() };
         let bound = [logits.at(1), probs.at(3)];
         self.dispatch(&self.pipelines.softmax, &params, &bound, linear_grid(n, self.max_per_dim()));
+        self.moved(n * classes, n * classes);
     }
 }

@@ -184,6 +184,11 @@ impl GpuBackend {
         Ok(GpuBuffer::new(buffer, len, &self.registry))
     }
 
+    /// Counts a kernel's traffic in f32/u32 elements read and written (each operand once).
+    fn moved(&self, read: usize, written: usize) {
+        self.recorder.count_traffic(4 * read, 4 * written);
+    }
+
     /// Records one dispatch into the step's pass.
     fn dispatch<P: KernelParams>(&self, pipeline: &Pipeline, params: &P, bound: &[Bound], groups: [u32; 3]) {
         self.recorder.dispatch(&self.ctx.device, &self.registry, pipeline, params, bound, groups);
@@ -325,6 +330,7 @@ impl Backend for GpuBackend {
         let params = ElementwiseParams { len: params::u32_of(len), ..Default::default() };
         let bound = [y.at(1), dy.at(2)];
         self.dispatch(&self.pipelines.relu_backward, &params, &bound, linear_grid(len, self.max_per_dim()));
+        self.moved(2 * len, len);
     }
 
     fn maxpool_forward(&self, x: &GpuTensor, y: &mut GpuTensor, argmax: &mut GpuIndices, s: &PoolShape, n: usize) {

@@ -27,6 +27,7 @@ impl GpuBackend {
         let bound = [x.at(1), y.at(3), argmax.at(4)];
         let groups = linear_grid(n * s.out_len(), self.max_per_dim());
         self.dispatch(&self.pipelines.maxpool_forward, &pool_params(s, n), &bound, groups);
+        self.moved(n * s.in_len(), 2 * n * s.out_len());
     }
 
     // dy (n, out_h, out_w, c), argmax -> dx (n, in_h, in_w, c); with `relu_y`, 0 where
@@ -37,5 +38,6 @@ impl GpuBackend {
         let bound = [dy.at(1), argmax.at(2), dx.at(3), relu_y.unwrap_or(dy).at(5)];
         let groups = linear_grid(n * s.in_len(), self.max_per_dim());
         self.dispatch(&self.pipelines.maxpool_backward, &params, &bound, groups);
+        self.moved(2 * n * s.out_len() + relu_y.map_or(0, |_| n * s.in_len()), n * s.in_len());
     }
 }

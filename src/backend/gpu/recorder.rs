@@ -166,9 +166,15 @@ impl Recorder {
         }
     }
 
+    /// Adds a kernel's device-memory traffic, counted by the caller from the shapes.
+    pub fn count_traffic(&self, read: usize, written: usize) {
+        let c = self.counts.get();
+        self.counts.set(RecordCounts { bytes_read: c.bytes_read + read as u64, bytes_written: c.bytes_written + written as u64, ..c });
+    }
+
     fn count(&self, dispatches: u64, compute_passes: u64) {
         let c = self.counts.get();
-        self.counts.set(RecordCounts { dispatches: c.dispatches + dispatches, compute_passes: c.compute_passes + compute_passes });
+        self.counts.set(RecordCounts { dispatches: c.dispatches + dispatches, compute_passes: c.compute_passes + compute_passes, ..c });
     }
 
     /// Ends the open compute pass, unlocking the encoder for copies and submission.
