@@ -23,8 +23,9 @@ pub fn read_batch(path: &Path, classes: usize, into: &mut ImageSet) -> Result<()
         }
         into.labels.push(label);
         let planes = &rec[1..];
+        let images = std::sync::Arc::make_mut(&mut into.images);
         for p in 0..PLANE {
-            into.images.extend_from_slice(&[planes[p], planes[PLANE + p], planes[2 * PLANE + p]]);
+            images.extend_from_slice(&[planes[p], planes[PLANE + p], planes[2 * PLANE + p]]);
         }
     }
     Ok(())
