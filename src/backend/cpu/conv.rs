@@ -2,7 +2,7 @@
 //! rule on the shape (the bench's per-layer rows justify each rule), and the calls into it.
 
 use super::gemm::{reduce_in_fixed_splits, with_scratch};
-use super::{direct, im2col, winograd};
+use super::{direct, im2col, winograd, winograd_filter};
 use crate::backend::ConvShape;
 use rayon::prelude::*;
 
@@ -50,6 +50,8 @@ pub fn backward_input_algo(s: &ConvShape) -> ConvAlgo {
 pub fn backward_filter_algo(s: &ConvShape) -> ConvAlgo {
     if direct::suits(s) {
         ConvAlgo::Direct
+    } else if winograd::suits(s) {
+        ConvAlgo::Winograd
     } else {
         ConvAlgo::Im2colGemm
     }
@@ -100,16 +102,21 @@ pub fn backward_input_with(algo: ConvAlgo, dy: &[f32], w: &[f32], dx: &mut [f32]
 }
 
 /// dw (k_h, k_w, in_c, out_c) and db (out_c) summed over the batch in REDUCTION_SPLITS fixed
-/// ranges added in order, so the result does not depend on the thread count.
+/// ranges added in order, so the result does not depend on the thread count; `kernel` is
+/// scratch for a transformed gradient.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_filter(x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], s: &ConvShape, n: usize, partials: &mut Vec<f32>) {
-    backward_filter_with(backward_filter_algo(s), x, dy, dw, db, s, n, partials)
+pub fn backward_filter(x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], s: &ConvShape, n: usize, partials: &mut Vec<f32>, kernel: &mut Vec<f32>) {
+    backward_filter_with(backward_filter_algo(s), x, dy, dw, db, s, n, partials, kernel)
 }
 
-/// `backward_filter` by the given algorithm (Direct or Im2colGemm).
+/// `backward_filter` by the given algorithm.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_filter_with(algo: ConvAlgo, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], s: &ConvShape, n: usize, partials: &mut Vec<f32>) {
-    assert!(algo != ConvAlgo::Winograd && algo.can_run(s), "{algo:?} cannot run the filter gradient of {s:?}");
+pub fn backward_filter_with(algo: ConvAlgo, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], s: &ConvShape, n: usize, partials: &mut Vec<f32>, kernel: &mut Vec<f32>) {
+    assert!(algo.can_run(s), "{algo:?} cannot run the filter gradient of {s:?}");
+    if algo == ConvAlgo::Winograd {
+        kernel.resize(winograd_filter::transformed_len(s), 0.0);
+        return winograd_filter::backward_filter(x, dy, dw, db, s, n, kernel, partials);
+    }
     reduce_in_fixed_splits(n, (s.kernel_len(), s.out_c), dw, db, partials, |(i0, i1), pw, pb| match algo {
         ConvAlgo::Direct => with_scratch(direct::padded_len(s), 0, |xp, _| {
             for i in i0..i1 {

@@ -5,7 +5,7 @@
 //! block so the inner loops have no edge tests. Every sum runs in a fixed order.
 
 use super::blocked::{for_each_block, multiply_accumulate, BlockFn};
-use super::simd::{dispatch, has_fast_fma, Kernel, Lanes, LANES};
+use super::simd::{array, dispatch, has_fast_fma, Kernel, Lanes, LANES};
 use crate::backend::ConvShape;
 
 
@@ -112,10 +112,10 @@ fn forward_block<L: Lanes, const P: usize, const V: usize>(k: &mut Forward, Bloc
     let (c, oc) = (s.in_c, s.out_c);
     let pw = padded_dims(s).1;
     let row_len = s.k_w * c;
-    let mut acc: [[L; V]; P] = [std::array::from_fn(|j| L::load(&k.b[o0 + j * LANES..])); P];
+    let mut acc: [[L; V]; P] = [array(L::zero(), #[inline(always)] |j| L::load(&k.b[o0 + j * LANES..])); P];
     for ky in 0..s.k_h {
         let x_row = (oy * s.stride_h + ky) * pw;
-        let a: [&[f32]; P] = std::array::from_fn(|i| &k.xp[(x_row + (ox + i) * s.stride_w) * c..][..row_len]);
+        let a: [&[f32]; P] = array(&[], #[inline(always)] |i| &k.xp[(x_row + (ox + i) * s.stride_w) * c..][..row_len]);
         multiply_accumulate(&mut acc, a, &k.w[ky * row_len * oc + o0..], oc, row_len);
     }
     for (i, px) in acc.iter().enumerate() {
@@ -166,11 +166,16 @@ fn filter_block<L: Lanes, const G: usize, const V: usize>(k: &mut Filter, t0: us
     let pw = padded_dims(s).1;
     let row_len = s.k_w * c;
     // Offset of each tap from its pixel's window corner in the padded image.
-    let tap_at: [usize; G] = std::array::from_fn(|g| {
+    let tap_at: [usize; G] = array(0, #[inline(always)] |g| {
         let t = t0 + g;
         (t / row_len) * pw * c + t % row_len
     });
-    let mut acc: [[L; V]; G] = std::array::from_fn(|g| std::array::from_fn(|j| L::load(&k.dw[(t0 + g) * oc + o0 + j * LANES..])));
+    let mut acc = [[L::zero(); V]; G];
+    for (g, tap) in acc.iter_mut().enumerate() {
+        for (j, a) in tap.iter_mut().enumerate() {
+            *a = L::load(&k.dw[(t0 + g) * oc + o0 + j * LANES..]);
+        }
+    }
     // Every read below is inside these bounds: the last pixel's window corner plus the
     // largest tap offset, and the last pixel's dy vectors.
     let last_corner = ((s.out_h - 1) * s.stride_h * pw + (s.out_w - 1) * s.stride_w) * c;
@@ -180,7 +185,7 @@ fn filter_block<L: Lanes, const G: usize, const V: usize>(k: &mut Filter, t0: us
             let corner = (oy * s.stride_h * pw + ox * s.stride_w) * c;
             let d_at = (oy * s.out_w + ox) * oc + o0;
             // SAFETY: within the bounds asserted above.
-            let dv: [L; V] = std::array::from_fn(|j| unsafe { L::load_ptr(k.dy.as_ptr().add(d_at + j * LANES)) });
+            let dv: [L; V] = array(L::zero(), #[inline(always)] |j| unsafe { L::load_ptr(k.dy.as_ptr().add(d_at + j * LANES)) });
             for (g, tap) in acc.iter_mut().enumerate() {
                 let xv = L::splat(unsafe { *k.xp.get_unchecked(corner + tap_at[g]) });
                 for (a, &d) in tap.iter_mut().zip(&dv) {

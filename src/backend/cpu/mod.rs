@@ -11,6 +11,7 @@ mod gemm;
 mod im2col;
 pub mod simd;
 mod winograd;
+mod winograd_filter;
 
 use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape, METRIC_COUNT, METRIC_CORRECT, METRIC_LOSS_SUM};
 use crate::augment::SampleTransform;
@@ -131,7 +132,7 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d_backward_filter(&self, x: &Vec<f32>, dy: &Vec<f32>, dw: &mut Vec<f32>, db: &mut Vec<f32>, s: &ConvShape, n: usize) {
-        conv::backward_filter(x, dy, dw, db, s, n, &mut self.partials.borrow_mut());
+        conv::backward_filter(x, dy, dw, db, s, n, &mut self.partials.borrow_mut(), &mut self.kernel.borrow_mut());
     }
 
     fn relu_backward(&self, y: &Vec<f32>, dy: &mut Vec<f32>, len: usize) {

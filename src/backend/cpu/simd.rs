@@ -21,6 +21,7 @@ pub trait Lanes: Copy {
     fn mul_add(self, a: Self, b: Self) -> Self;
     fn add(self, b: Self) -> Self;
     fn sub(self, b: Self) -> Self;
+    fn mul(self, b: Self) -> Self;
     /// The lane-wise maximum with zero (ReLU).
     fn relu(self) -> Self;
 }
@@ -65,6 +66,10 @@ impl Lanes for Portable {
     #[inline(always)]
     fn sub(self, b: Self) -> Self {
         Portable(std::array::from_fn(|i| self.0[i] - b.0[i]))
+    }
+    #[inline(always)]
+    fn mul(self, b: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] * b.0[i]))
     }
     #[inline(always)]
     fn relu(self) -> Self {
@@ -123,11 +128,26 @@ mod x86 {
             unsafe { Avx2(_mm256_sub_ps(self.0, b.0)) }
         }
         #[inline(always)]
+        fn mul(self, b: Self) -> Self {
+            unsafe { Avx2(_mm256_mul_ps(self.0, b.0)) }
+        }
+        #[inline(always)]
         fn relu(self) -> Self {
             // max_ps returns its second operand unless the first is greater: zero for NaN, -0.0.
             unsafe { Avx2(_mm256_max_ps(self.0, _mm256_setzero_ps())) }
         }
     }
+}
+
+/// [f(0), f(1), ..., f(N - 1)]: `std::array::from_fn` may stay out of line, and with it the
+/// closure, outside the AVX2 code; this always inlines.
+#[inline(always)]
+pub fn array<T: Copy, const N: usize>(fill: T, mut f: impl FnMut(usize) -> T) -> [T; N] {
+    let mut out = [fill; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = f(i);
+    }
+    out
 }
 
 /// A kernel generic over its lanes, run by `dispatch` with the best lanes this CPU has.

@@ -17,12 +17,12 @@
 
 use super::blocked::Gemm;
 use super::gemm::with_scratch;
-use super::simd::{dispatch, Kernel, Lanes, LANES};
+use super::simd::{array, dispatch, Kernel, Lanes, LANES};
 use crate::backend::ConvShape;
 use rayon::prelude::*;
 
 /// The 16 positions of a 4x4 transformed tile.
-const XI: usize = 16;
+pub(super) const XI: usize = 16;
 
 /// Whether F(2x2, 3x3) should run the forward pass of `s`: it can, there are enough channels
 /// on both sides for its 16 products to run near the GEMM rate, and it multiplies under 4/5 as
@@ -123,13 +123,13 @@ pub fn transform_kernel(w: &[f32], s: &ConvShape, for_input_gradient: bool, u: &
 }
 
 /// Tiles of 2x2 outputs per image: (rows, columns).
-fn tiles(s: &ConvShape) -> (usize, usize) {
+pub(super) fn tiles(s: &ConvShape) -> (usize, usize) {
     (s.out_h.div_ceil(2), s.out_w.div_ceil(2))
 }
 
 /// Images per parallel block: enough tiles for the GEMMs, few enough that the block's
 /// transformed input and output (16 x tiles x (in_c + out_c) floats) stay in a 1 MiB L2.
-fn images_per_block(s: &ConvShape) -> usize {
+pub(super) fn images_per_block(s: &ConvShape) -> usize {
     let (th, tw) = tiles(s);
     ((1 << 20) / (XI * 4 * (s.in_c + s.out_c)) / (th * tw)).max(1)
 }
@@ -193,14 +193,14 @@ impl Kernel for Block<'_> {
 /// v[p][tile][c] = (B^T d B)[p] for the image's tiles, numbered from `first`; `t` tiles in v.
 /// Eight channels at a time, the 4x4 patch in registers.
 #[inline(always)]
-fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvShape, first: usize, t: usize) {
+pub(super) fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvShape, first: usize, t: usize) {
     let (th, tw) = tiles(s);
     let c = s.in_c;
     for ty in 0..th {
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
             // The 16 input rows of channels (zeros off the image).
-            let rows: [&[f32]; XI] = std::array::from_fn(|p| {
+            let rows: [&[f32]; XI] = array(&[], #[inline(always)] |p| {
                 let iy = (2 * ty + p / 4) as isize - s.pad_top as isize;
                 let ix = (2 * tx + p % 4) as isize - s.pad_left as isize;
                 let inside = iy >= 0 && ix >= 0 && (iy as usize) < s.in_h && (ix as usize) < s.in_w;
@@ -211,7 +211,7 @@ fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvSh
                 }
             });
             for ch in (0..c).step_by(LANES) {
-                let d: [L; XI] = std::array::from_fn(|p| L::load(&rows[p][ch..]));
+                let d: [L; XI] = array(L::zero(), #[inline(always)] |p| L::load(&rows[p][ch..]));
                 // B^T d (rows), then times B (columns).
                 let mut r = [L::zero(); XI];
                 for col in 0..4 {
@@ -242,7 +242,7 @@ fn transform_output<L: Lanes>(m: &[f32], y: &mut [f32], bias: &[f32], s: &ConvSh
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
             for o in (0..co).step_by(LANES) {
-                let mv: [L; XI] = std::array::from_fn(|p| L::load(&m[(p * t + tile) * co + o..]));
+                let mv: [L; XI] = array(L::zero(), #[inline(always)] |p| L::load(&m[(p * t + tile) * co + o..]));
                 let b = L::load(&bias[o..]);
                 // A^T m (two rows), then times A (two columns), plus bias.
                 let mut r = [[L::zero(); 4]; 2];
