@@ -81,11 +81,6 @@ impl Kernel for Forward<'_> {
             self.oy = oy;
             for_each_block::<L, _>(&mut self, s.out_w, s.out_c);
         }
-        if self.relu {
-            for v in &mut self.y[..s.out_len()] {
-                *v = v.max(0.0);
-            }
-        }
     }
 }
 
@@ -121,7 +116,7 @@ fn forward_block<L: Lanes, const P: usize, const V: usize>(k: &mut Forward, Bloc
     for (i, px) in acc.iter().enumerate() {
         let at = ((oy * s.out_w) + ox + i) * oc + o0;
         for (j, a) in px.iter().enumerate() {
-            a.store(&mut k.y[at + j * LANES..]);
+            (if k.relu { a.relu() } else { *a }).store(&mut k.y[at + j * LANES..]);
         }
     }
 }

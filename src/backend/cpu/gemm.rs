@@ -90,9 +90,9 @@ pub fn add_bias_activate(rows: &mut [f32], bias: &[f32], relu: bool) {
 }
 
 /// Splits 0..total into REDUCTION_SPLITS ranges (some may be empty).
-fn split_ranges(total: usize) -> Vec<(usize, usize)> {
+fn split_ranges(total: usize) -> [(usize, usize); REDUCTION_SPLITS] {
     let per = total.div_ceil(REDUCTION_SPLITS).max(1);
-    (0..REDUCTION_SPLITS).map(|i| ((i * per).min(total), ((i + 1) * per).min(total))).collect()
+    std::array::from_fn(|i| ((i * per).min(total), ((i + 1) * per).min(total)))
 }
 
 /// Filter gradients as fixed partial sums: 0..items is cut into REDUCTION_SPLITS ranges,
@@ -109,7 +109,7 @@ pub fn reduce_in_fixed_splits(
 ) {
     partials.resize(REDUCTION_SPLITS * (len + cols), 0.0);
     let ranges = split_ranges(items);
-    partials.par_chunks_mut(len + cols).zip(ranges.par_iter()).for_each(|(part, &range)| {
+    partials.par_chunks_mut(len + cols).zip(ranges[..].par_iter()).for_each(|(part, &range)| {
         part.fill(0.0);
         let (pw, pb) = part.split_at_mut(len);
         partial(range, pw, pb);
