@@ -49,7 +49,7 @@ impl Kernel for Gemm<'_> {
     type Output = ();
     #[inline(always)]
     fn run<L: Lanes>(mut self) {
-        assert!(self.n % LANES == 0 && self.c.len() >= self.m * self.n, "gemm: c too short or n not whole vectors");
+        assert!(self.n.is_multiple_of(LANES) && self.c.len() >= self.m * self.n, "gemm: c too short or n not whole vectors");
         assert!(self.m == 0 || self.a.len() >= (self.m - 1) * self.lda + self.k, "gemm: a too short");
         let (m, n) = (self.m, self.n);
         for_each_block::<L, _>(&mut self, m, n);

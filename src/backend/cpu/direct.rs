@@ -18,7 +18,7 @@ pub fn suits(s: &ConvShape) -> bool {
 
 /// The kernels handle output channels in whole 8-lane vectors.
 pub fn can_run(s: &ConvShape) -> bool {
-    s.out_c % LANES == 0
+    s.out_c.is_multiple_of(LANES)
 }
 
 /// Height and width of the zero-padded input that the outputs read.

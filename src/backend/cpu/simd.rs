@@ -54,8 +54,8 @@ impl Lanes for Portable {
     #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {
         let mut r = self.0;
-        for i in 0..LANES {
-            r[i] = a.0[i].mul_add(b.0[i], r[i]);
+        for ((r, a), b) in r.iter_mut().zip(a.0).zip(b.0) {
+            *r = a.mul_add(b, *r);
         }
         Portable(r)
     }

@@ -50,7 +50,7 @@ fn multiplies(s: &ConvShape) -> usize {
 /// F(2x2, 3x3) computes 3x3 stride-1 convs (pads above 2 would make the input gradient's pad
 /// negative), here on whole 8-lane vectors of channels.
 pub fn can_run(s: &ConvShape) -> bool {
-    s.k_h == 3 && s.k_w == 3 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top <= 2 && s.pad_left <= 2 && s.in_c % LANES == 0 && s.out_c % LANES == 0
+    s.k_h == 3 && s.k_w == 3 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top <= 2 && s.pad_left <= 2 && s.in_c.is_multiple_of(LANES) && s.out_c.is_multiple_of(LANES)
 }
 
 /// The conv whose forward pass is `s`'s input gradient: dy (out_h, out_w, out_c) in,

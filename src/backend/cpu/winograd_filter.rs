@@ -113,15 +113,14 @@ fn inverse_transform(m: &[f32], dw: &mut [f32], s: &ConvShape) {
     for i in 0..ci {
         for o in 0..co {
             let at = |p: usize| m[(p * ci + i) * co + o];
-            // A^T m: three rows of four.
-            let mut r = [[0.0f32; 4]; 3];
-            for c in 0..4 {
+            // A^T m, column by column: cols[c][row].
+            let col = |c: usize| {
                 let (m0, m1, m2, m3) = (at(c), at(4 + c), at(8 + c), at(12 + c));
-                r[0][c] = m0 + m1 + m2;
-                r[1][c] = m1 - m2;
-                r[2][c] = m1 + m2 - m3;
-            }
-            for (ky, [a0, a1, a2, a3]) in r.into_iter().enumerate() {
+                [m0 + m1 + m2, m1 - m2, m1 + m2 - m3]
+            };
+            let cols = [col(0), col(1), col(2), col(3)];
+            for ky in 0..3 {
+                let (a0, a1, a2, a3) = (cols[0][ky], cols[1][ky], cols[2][ky], cols[3][ky]);
                 for (kx, val) in [a0 + a1 + a2, a1 - a2, a1 + a2 - a3].into_iter().enumerate() {
                     dw[((ky * 3 + kx) * ci + i) * co + o] = val;
                 }
