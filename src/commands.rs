@@ -424,7 +424,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let device = backend.describe();
     let mut net = Network::new(backend, model, args.batch_size.max(1), 0)?;
     net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
-    let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len())?;
+    let test = net.backend.upload_image_set(&ds.test)?;
     let m = net.evaluate(&test, ds.test.len())?;
     // Metrics first: a report that cannot be written must not hide them.
     let headline = format!("{} {split_name} images of {}: loss: {:.4} - accuracy: {:.4}", m.count, ds.name, m.loss, m.accuracy);

@@ -49,9 +49,8 @@ fn format_metrics(m: &Metrics) -> String {
 /// Trains `net` on `ds` until `opts.epochs` epochs are done; `history` holds the epochs
 /// already done (a resumed run). Returns the whole history.
 pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, mut history: Vec<EpochRecord>) -> Result<Vec<EpochRecord>> {
-    let image_len = ds.train.image_len();
-    let train = net.backend.upload_images(&ds.train.images, &ds.train.labels, image_len).context("putting the training set on the device")?;
-    let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len()).context("putting the test set on the device")?;
+    let train = net.backend.upload_image_set(&ds.train).context("putting the training set on the device")?;
+    let test = net.backend.upload_image_set(&ds.test).context("putting the test set on the device")?;
     if let Some(dir) = &opts.out_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
     }

@@ -184,6 +184,12 @@ pub trait Backend {
     fn download_indices(&self, t: &Self::Indices) -> Result<Vec<u32>>;
     /// Puts a data set on the device. `images.len() == labels.len() * image_len`.
     fn upload_images(&self, images: &[u8], labels: &[u8], image_len: usize) -> Result<Self::Images>;
+    /// Puts an image set on the device: `upload_images` of its pixels and labels, except where
+    /// the backend can share the set's pixels (the CPU backend holds the same Arc instead of a
+    /// second copy: CIFAR-10's 184 MB once, not twice).
+    fn upload_image_set(&self, set: &crate::data::ImageSet) -> Result<Self::Images> {
+        self.upload_images(&set.images, &set.labels, set.image_len())
+    }
 
     /// x[i] = images[idx[i]] / 255 as f32, labels_out[i] = labels[idx[i]], for i < n. With
     /// `augment`, row i is first moved by its transform (flip, shift with zero fill): every

@@ -334,9 +334,10 @@ fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -
     }
     let gather = |positions: &[usize]| {
         let mut set = ImageSet { height, width, channels, ..Default::default() };
-        set.images.reserve(positions.len() * image_len);
+        let images = std::sync::Arc::make_mut(&mut set.images);
+        images.reserve(positions.len() * image_len);
         for &p in positions {
-            set.images.extend_from_slice(&decoded.pixels[p * image_len..][..image_len]);
+            images.extend_from_slice(&decoded.pixels[p * image_len..][..image_len]);
             set.labels.push(listing.files[decoded.kept[p] as usize].label);
         }
         set

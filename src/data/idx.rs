@@ -115,7 +115,7 @@ fn load_split(dir: &Path, prefix: &str, classes: usize) -> Result<ImageSet> {
     if labels.len() != n {
         bail!("{} has {n} images but {} has {} labels", image_path.display(), label_path.display(), labels.len());
     }
-    Ok(ImageSet { images, labels, height: rows, width: cols, channels: 1 })
+    Ok(ImageSet { images: images.into(), labels, height: rows, width: cols, channels: 1 })
 }
 
 /// Loads train-* and t10k-* from a folder.

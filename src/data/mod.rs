@@ -8,11 +8,13 @@ pub mod synthetic;
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Images (N, H, W, C) as u8 and one u8 label each.
+/// Images (N, H, W, C) as u8 and one u8 label each. The pixels are shared (Arc) so that a
+/// backend whose device memory is the host's keeps this copy instead of making a second one.
 #[derive(Clone, Debug, Default)]
 pub struct ImageSet {
-    pub images: Vec<u8>,
+    pub images: Arc<Vec<u8>>,
     pub labels: Vec<u8>,
     pub height: usize,
     pub width: usize,
@@ -37,7 +39,8 @@ impl ImageSet {
     pub fn truncate(&mut self, n: usize) {
         if n < self.len() {
             self.labels.truncate(n);
-            self.images.truncate(n * self.image_len());
+            let len = n * self.image_len();
+            Arc::make_mut(&mut self.images).truncate(len);
         }
     }
 }

@@ -25,7 +25,8 @@ fn make_split(spec: &SyntheticSpec, n: usize, rng: &mut Rng) -> ImageSet {
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let side = (h.min(w) / 4).max(1);
     let mut set = ImageSet { height: h, width: w, channels: c, ..Default::default() };
-    set.images.reserve(n * h * w * c);
+    let images = std::sync::Arc::make_mut(&mut set.images);
+    images.reserve(n * h * w * c);
     for _ in 0..n {
         let label = rng.below(spec.classes as u64) as usize;
         // The class's square sits on a ring of places; jitter by up to 2 pixels.
@@ -38,7 +39,7 @@ fn make_split(spec: &SyntheticSpec, n: usize, rng: &mut Rng) -> ImageSet {
                 for ch in 0..c {
                     let noise = rng.below(80) as u8;
                     let bright = 150 + ((label * 37 + ch * 53) % 100) as u8;
-                    set.images.push(if inside { bright.saturating_add(noise / 4) } else { noise });
+                    images.push(if inside { bright.saturating_add(noise / 4) } else { noise });
                 }
             }
         }

@@ -96,7 +96,7 @@ pub fn report_network<B: crate::backend::Backend>(
     settings: Vec<(String, String)>,
     dir: &Path,
 ) -> Result<Confusion> {
-    let data = net.backend.upload_images(&test.images, &test.labels, test.image_len()).context("putting the test set on the device")?;
+    let data = net.backend.upload_image_set(test).context("putting the test set on the device")?;
     let probs = crate::predict::probabilities(net, &data, test.len())?;
     write_run_report(dir, &RunReport { title, settings, class_names, history, test, probs: &probs })
 }

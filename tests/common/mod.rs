@@ -89,9 +89,15 @@ macro_rules! gpu_test {
     };
 }
 
+/// The gpu-cnn binary the CLI tests run: the one cargo built, or GPU_CNN_TEST_BIN's (test
+/// executables copied to another machine, as scripts/device-check.sh does).
+pub fn cli_binary() -> std::ffi::OsString {
+    std::env::var_os("GPU_CNN_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_gpu-cnn").into())
+}
+
 /// Runs the gpu-cnn binary; returns (exit success, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn")).args(args).output().expect("run gpu-cnn");
+    let out = std::process::Command::new(cli_binary()).args(args).output().expect("run gpu-cnn");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -128,7 +134,7 @@ pub fn gpu_backend() -> Option<gpu_cnn::backend::gpu::GpuBackend> {
 
 /// Runs the gpu-cnn binary with extra environment variables; returns (exit success, stdout, stderr).
 pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn"));
+    let mut cmd = std::process::Command::new(cli_binary());
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);

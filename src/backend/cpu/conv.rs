@@ -1,0 +1,128 @@
+//! Which algorithm runs each convolution pass on the CPU, chosen in one place per pass by a
+//! rule on the shape (the bench's per-layer rows justify each rule), and the calls into it.
+
+use super::gemm::{reduce_in_fixed_splits, with_scratch};
+use super::{direct, im2col, winograd, winograd_filter};
+use crate::backend::ConvShape;
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// im2col of a cache-sized block of images, then one GEMM (any shape).
+    Im2colGemm,
+    /// Register-blocked direct loops (few taps per output: the first layer).
+    Direct,
+    /// Winograd F(2x2, 3x3) (3x3 stride-1 kernels between layers of 16+ channels).
+    Winograd,
+}
+
+impl ConvAlgo {
+    pub const ALL: [ConvAlgo; 3] = [ConvAlgo::Im2colGemm, ConvAlgo::Direct, ConvAlgo::Winograd];
+
+    /// Whether this algorithm can run `s` at all (fast or not): the tests run every one that can.
+    pub fn can_run(self, s: &ConvShape) -> bool {
+        match self {
+            ConvAlgo::Im2colGemm => true,
+            ConvAlgo::Direct => direct::can_run(s),
+            ConvAlgo::Winograd => winograd::can_run(s),
+        }
+    }
+}
+
+pub fn forward_algo(s: &ConvShape) -> ConvAlgo {
+    if direct::suits(s) {
+        ConvAlgo::Direct
+    } else if winograd::suits(s) {
+        ConvAlgo::Winograd
+    } else {
+        ConvAlgo::Im2colGemm
+    }
+}
+
+pub fn backward_input_algo(s: &ConvShape) -> ConvAlgo {
+    if winograd::suits_input_gradient(s) {
+        ConvAlgo::Winograd
+    } else {
+        ConvAlgo::Im2colGemm
+    }
+}
+
+pub fn backward_filter_algo(s: &ConvShape) -> ConvAlgo {
+    if direct::suits(s) {
+        ConvAlgo::Direct
+    } else if winograd::suits(s) {
+        ConvAlgo::Winograd
+    } else {
+        ConvAlgo::Im2colGemm
+    }
+}
+
+/// y (n, out_h, out_w, out_c) = conv(x) + b, then ReLU; `kernel` is scratch for a
+/// transformed kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], s: &ConvShape, n: usize, relu: bool, kernel: &mut Vec<f32>) {
+    forward_with(forward_algo(s), x, w, b, y, s, n, relu, kernel)
+}
+
+/// `forward` by the given algorithm (it must `can_run` s): for tests and the bench.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with(algo: ConvAlgo, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], s: &ConvShape, n: usize, relu: bool, kernel: &mut Vec<f32>) {
+    assert!(algo.can_run(s), "{algo:?} cannot run {s:?}");
+    let y = &mut y[..n * s.out_len()];
+    match algo {
+        ConvAlgo::Direct => y.par_chunks_mut(s.out_len()).zip(x[..n * s.in_len()].par_chunks(s.in_len())).for_each(|(yi, xi)| {
+            with_scratch(direct::padded_len(s), 0, |xp, _| direct::forward_image(xi, w, b, yi, s, relu, xp));
+        }),
+        ConvAlgo::Winograd => {
+            kernel.resize(winograd::kernel_len(s), 0.0);
+            winograd::transform_kernel(w, s, false, kernel);
+            winograd::forward(x, kernel, Some(b), y, s, n, relu);
+        }
+        ConvAlgo::Im2colGemm => im2col::forward(x, w, b, y, s, n, relu),
+    }
+}
+
+/// dx (n, in_h, in_w, in_c) from dy (n, out_h, out_w, out_c).
+pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], s: &ConvShape, n: usize, kernel: &mut Vec<f32>) {
+    backward_input_with(backward_input_algo(s), dy, w, dx, s, n, kernel)
+}
+
+/// `backward_input` by the given algorithm (Winograd or Im2colGemm).
+pub fn backward_input_with(algo: ConvAlgo, dy: &[f32], w: &[f32], dx: &mut [f32], s: &ConvShape, n: usize, kernel: &mut Vec<f32>) {
+    assert!(algo != ConvAlgo::Direct && algo.can_run(s), "{algo:?} cannot run the input gradient of {s:?}");
+    match algo {
+        ConvAlgo::Winograd => {
+            let t = winograd::input_gradient_shape(s);
+            kernel.resize(winograd::kernel_len(&t), 0.0);
+            winograd::transform_kernel(w, &t, true, kernel);
+            winograd::forward(dy, kernel, None, dx, &t, n, false);
+        }
+        _ => im2col::backward_input(dy, w, dx, s, n),
+    }
+}
+
+/// dw (k_h, k_w, in_c, out_c) and db (out_c) summed over the batch in REDUCTION_SPLITS fixed
+/// ranges added in order, so the result does not depend on the thread count; `kernel` is
+/// scratch for a transformed gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_filter(x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], s: &ConvShape, n: usize, partials: &mut Vec<f32>, kernel: &mut Vec<f32>) {
+    backward_filter_with(backward_filter_algo(s), x, dy, dw, db, s, n, partials, kernel)
+}
+
+/// `backward_filter` by the given algorithm.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_filter_with(algo: ConvAlgo, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], s: &ConvShape, n: usize, partials: &mut Vec<f32>, kernel: &mut Vec<f32>) {
+    assert!(algo.can_run(s), "{algo:?} cannot run the filter gradient of {s:?}");
+    if algo == ConvAlgo::Winograd {
+        kernel.resize(winograd_filter::transformed_len(s), 0.0);
+        return winograd_filter::backward_filter(x, dy, dw, db, s, n, kernel, partials);
+    }
+    reduce_in_fixed_splits(n, (s.kernel_len(), s.out_c), dw, db, partials, |(i0, i1), pw, pb| match algo {
+        ConvAlgo::Direct => with_scratch(direct::padded_len(s), 0, |xp, _| {
+            for i in i0..i1 {
+                direct::backward_filter_image(&x[i * s.in_len()..][..s.in_len()], &dy[i * s.out_len()..][..s.out_len()], pw, pb, s, xp);
+            }
+        }),
+        _ => im2col::backward_filter_range(x, dy, (i0, i1), pw, pb, s),
+    });
+}

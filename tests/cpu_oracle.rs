@@ -1,0 +1,298 @@
+//! The optimised CPU backend against a tiny plain-loop oracle (llm.c's idea): convolution,
+//! max-pool and dense layers, forward and backward, written as the textbook sums in f64, on
+//! shapes chosen so that every CPU convolution algorithm (direct, Winograd, im2col + GEMM) runs,
+//! with odd sizes, padding, strides and partial blocks.
+//!
+//! Tolerance: each output is compared with |got - want| <= rtol * mag, where mag is the sum of
+//! the absolute values of the terms the output adds up (so the bound scales with what was
+//! summed, not with the result, which may cancel to near zero). With u = 2^-24 (f32's unit
+//! roundoff), an f32 sum of n terms errs by at most n * u * mag in any order, and typically
+//! (random signs) by about sqrt(n) * u * mag: for our largest sums (n <= 600 terms) that is
+//! 1.5e-6 * mag. RTOL = 2e-6 sits just above that typical worst case; Winograd F(2x2, 3x3)
+//! multiplies the magnitudes its transforms add by up to 4 * 2.25 * 9 = 81 (see
+//! src/backend/cpu/winograd.rs), of which we allow 10x. Measured: the worst element uses under
+//! a quarter of its tolerance (printed with --nocapture). A wrong or dropped tap errs by about
+//! mag / n >= 1.6e-3 * mag: hundreds of times the tolerance. Max-pool is exact.
+
+mod common;
+use common::random_vec;
+use gpu_cnn::backend::cpu::conv::{self, backward_filter_algo, backward_input_algo, forward_algo, ConvAlgo};
+use gpu_cnn::backend::cpu::simd::has_fast_fma;
+use gpu_cnn::backend::cpu::CpuBackend;
+use gpu_cnn::backend::{Backend, ConvShape, DenseShape, PoolShape};
+
+/// Sums done in f32 in a fixed blocked order (GEMM, direct kernels): see the module comment.
+const RTOL: f64 = 2e-6;
+/// Winograd F(2x2, 3x3): RTOL times 10 of its growth factor's 81 (the worst case is reached
+/// only when every term has the same sign and magnitude).
+const RTOL_WINOGRAD: f64 = 2e-5;
+
+/// A value with the magnitude of what it sums.
+#[derive(Clone, Copy, Default)]
+struct Sum {
+    value: f64,
+    mag: f64,
+}
+
+impl Sum {
+    fn add(&mut self, a: f32, b: f32) {
+        let t = a as f64 * b as f64;
+        self.value += t;
+        self.mag += t.abs();
+    }
+}
+
+fn check(what: &str, got: &[f32], want: &[Sum], rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = 0.0f64;
+    for (i, (&g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w.value).abs();
+        let tol = rtol * w.mag + 1e-30;
+        assert!(err <= tol, "{what}[{i}]: got {g}, plain loops {} (|terms| sum {}, tolerance {tol})", w.value, w.mag);
+        worst = worst.max(err / tol);
+    }
+    eprintln!("{what}: worst error {:.3} of the tolerance", worst);
+}
+
+/// Calls `f(image, out_index, in_index, kernel_index)` for every term of the convolution:
+/// y[out] += x[in] * w[kernel] (taps that fall in the padding are skipped).
+fn for_each_term(s: &ConvShape, n: usize, mut f: impl FnMut(usize, usize, usize)) {
+    for img in 0..n {
+        for oy in 0..s.out_h {
+            for ox in 0..s.out_w {
+                for ky in 0..s.k_h {
+                    for kx in 0..s.k_w {
+                        let iy = (oy * s.stride_h + ky) as isize - s.pad_top as isize;
+                        let ix = (ox * s.stride_w + kx) as isize - s.pad_left as isize;
+                        if iy < 0 || ix < 0 || iy >= s.in_h as isize || ix >= s.in_w as isize {
+                            continue;
+                        }
+                        for ci in 0..s.in_c {
+                            for co in 0..s.out_c {
+                                let out = img * s.out_len() + (oy * s.out_w + ox) * s.out_c + co;
+                                let inp = img * s.in_len() + (iy as usize * s.in_w + ix as usize) * s.in_c + ci;
+                                let ker = ((ky * s.k_w + kx) * s.in_c + ci) * s.out_c + co;
+                                f(out, inp, ker);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct ConvCase {
+    shape: ConvShape,
+    /// The algorithms the CPU backend should pick (forward, backward input, backward filter)
+    /// on a CPU with fused multiply-add; the test fails if a rule change drops a path from it.
+    algos: (ConvAlgo, ConvAlgo, ConvAlgo),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(in_hw: (usize, usize), in_c: usize, out_c: usize, k: usize, stride: usize, same: bool, algos: (ConvAlgo, ConvAlgo, ConvAlgo)) -> ConvCase {
+    let (in_h, in_w) = in_hw;
+    let (out_h, out_w, pad_top, pad_left) = if same {
+        let (oh, ow) = (in_h.div_ceil(stride), in_w.div_ceil(stride));
+        let pad = |o: usize, i: usize| ((o - 1) * stride + k).saturating_sub(i) / 2;
+        (oh, ow, pad(oh, in_h), pad(ow, in_w))
+    } else {
+        ((in_h - k) / stride + 1, (in_w - k) / stride + 1, 0, 0)
+    };
+    let shape = ConvShape { in_h, in_w, in_c, out_h, out_w, out_c, k_h: k, k_w: k, stride_h: stride, stride_w: stride, pad_top, pad_left };
+    ConvCase { shape, algos }
+}
+
+fn conv_cases() -> Vec<ConvCase> {
+    use ConvAlgo::*;
+    vec![
+        // The seed model's first layer, smaller: 3 channels in (direct), 7x9 outputs (a partial
+        // block of 6 pixels per row), 32 and 24 channels out (a half vector block).
+        conv((9, 11), 3, 32, 3, 1, false, (Direct, Im2colGemm, Direct)),
+        conv((9, 11), 3, 24, 3, 1, false, (Direct, Im2colGemm, Direct)),
+        // Direct with stride 2 and "same" padding.
+        conv((10, 9), 3, 16, 3, 2, true, (Direct, Im2colGemm, Direct)),
+        // Winograd: odd output (7x5: tiles hang off the edge; its 9x7 input gradient needs too
+        // many tiles), then "same" padding, then conv2d_2's shape (a 4x4 output).
+        conv((9, 7), 16, 24, 3, 1, false, (Winograd, Im2colGemm, Winograd)),
+        conv((8, 8), 16, 16, 3, 1, true, (Winograd, Winograd, Winograd)),
+        conv((6, 6), 16, 16, 3, 1, false, (Winograd, Im2colGemm, Winograd)),
+        // The seed model's conv2d_1 shape: three images per Winograd block, so 4 images make a
+        // partial block.
+        conv((15, 15), 32, 64, 3, 1, false, (Winograd, Winograd, Winograd)),
+        // im2col + GEMM: a 5x5 kernel (100 taps), and a stride-2 3x3 with 16 channels.
+        conv((9, 8), 4, 8, 5, 1, true, (Im2colGemm, Im2colGemm, Im2colGemm)),
+        conv((11, 11), 16, 16, 3, 2, false, (Im2colGemm, Im2colGemm, Im2colGemm)),
+    ]
+}
+
+fn tolerance(algo: ConvAlgo) -> f64 {
+    if algo == ConvAlgo::Winograd {
+        RTOL_WINOGRAD
+    } else {
+        RTOL
+    }
+}
+
+#[test]
+fn convolution_passes_match_plain_loops() {
+    let cpu = CpuBackend::new();
+    let n = 4;
+    for (k, case) in conv_cases().iter().enumerate() {
+        let s = &case.shape;
+        let algos = (forward_algo(s), backward_input_algo(s), backward_filter_algo(s));
+        if has_fast_fma() {
+            assert_eq!(algos, case.algos, "{s:?}: the algorithms the test means to cover");
+        }
+        let x = random_vec(n * s.in_len(), 100 + k as u64);
+        let w = random_vec(s.kernel_len(), 200 + k as u64);
+        let b = random_vec(s.out_c, 300 + k as u64);
+        let dy = random_vec(n * s.out_len(), 400 + k as u64);
+
+        let mut y_want = vec![Sum::default(); n * s.out_len()];
+        let mut dx_want = vec![Sum::default(); n * s.in_len()];
+        let mut dw_want = vec![Sum::default(); s.kernel_len()];
+        for_each_term(s, n, |out, inp, ker| {
+            y_want[out].add(x[inp], w[ker]);
+            dx_want[inp].add(dy[out], w[ker]);
+            dw_want[ker].add(x[inp], dy[out]);
+        });
+        for (i, y) in y_want.iter_mut().enumerate() {
+            y.value += b[i % s.out_c] as f64;
+            y.mag += (b[i % s.out_c] as f64).abs();
+        }
+        let mut db_want = vec![Sum::default(); s.out_c];
+        for (i, &d) in dy.iter().enumerate() {
+            db_want[i % s.out_c].add(d, 1.0);
+        }
+
+        let up = |data: &[f32]| {
+            let mut t = cpu.tensor(data.len()).unwrap();
+            cpu.upload(&mut t, data);
+            t
+        };
+        // Through the backend (the algorithm it picks).
+        let (xt, wt, bt, dyt) = (up(&x), up(&w), up(&b), up(&dy));
+        let mut y = cpu.tensor(n * s.out_len()).unwrap();
+        cpu.conv2d_forward(&xt, &wt, &bt, &mut y, s, n, false);
+        check(&format!("conv {k} {:?} forward", algos.0), &y, &y_want, tolerance(algos.0));
+        let mut dx = cpu.tensor(n * s.in_len()).unwrap();
+        cpu.conv2d_backward_input(&dyt, &wt, &mut dx, s, n);
+        check(&format!("conv {k} {:?} backward input", algos.1), &dx, &dx_want, tolerance(algos.1));
+        let (mut dw, mut db) = (cpu.tensor(s.kernel_len()).unwrap(), cpu.tensor(s.out_c).unwrap());
+        cpu.conv2d_backward_filter(&xt, &dyt, &mut dw, &mut db, s, n);
+        check(&format!("conv {k} {:?} backward filter", algos.2), &dw, &dw_want, tolerance(algos.2));
+        check(&format!("conv {k} bias gradient"), &db, &db_want, RTOL);
+
+        // Every algorithm that can run the shape, picked or not.
+        let relu_want: Vec<Sum> = y_want.iter().map(|v| Sum { value: v.value.max(0.0), mag: v.mag }).collect();
+        let (mut kernel, mut partials) = (Vec::new(), Vec::new());
+        for algo in ConvAlgo::ALL.into_iter().filter(|a| a.can_run(s)) {
+            conv::forward_with(algo, &x, &w, &b, &mut y, s, n, true, &mut kernel);
+            check(&format!("conv {k} {algo:?} forward + relu"), &y, &relu_want, tolerance(algo));
+            if algo != ConvAlgo::Direct {
+                conv::backward_input_with(algo, &dy, &w, &mut dx, s, n, &mut kernel);
+                check(&format!("conv {k} {algo:?} backward input"), &dx, &dx_want, tolerance(algo));
+            }
+            conv::backward_filter_with(algo, &x, &dy, &mut dw, &mut db, s, n, &mut partials, &mut kernel);
+            check(&format!("conv {k} {algo:?} backward filter"), &dw, &dw_want, tolerance(algo));
+            check(&format!("conv {k} {algo:?} bias gradient"), &db, &db_want, RTOL);
+        }
+    }
+}
+
+#[test]
+fn maxpool_matches_plain_loops_exactly() {
+    let cpu = CpuBackend::new();
+    let n = 2;
+    // 2x2 stride 2 on an odd map (the last row/column dropped), and overlapping 3x3 stride 2
+    // windows (dx sums several dy).
+    let shapes = [
+        PoolShape { in_h: 7, in_w: 5, c: 3, out_h: 3, out_w: 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2 },
+        PoolShape { in_h: 7, in_w: 7, c: 2, out_h: 3, out_w: 3, size_h: 3, size_w: 3, stride_h: 2, stride_w: 2 },
+    ];
+    for (k, s) in shapes.iter().enumerate() {
+        // Values on a coarse grid so that windows hold ties (the first max must win).
+        let x: Vec<f32> = random_vec(n * s.in_len(), 500 + k as u64).iter().map(|v| (v * 4.0).round()).collect();
+        let dy = random_vec(n * s.out_len(), 600 + k as u64);
+        let mut y_want = vec![0.0f32; n * s.out_len()];
+        let mut at_want = vec![0u32; n * s.out_len()];
+        let mut dx_want = vec![0.0f32; n * s.in_len()];
+        for img in 0..n {
+            for oy in 0..s.out_h {
+                for ox in 0..s.out_w {
+                    for ch in 0..s.c {
+                        let mut best: Option<(f32, usize)> = None;
+                        for ky in 0..s.size_h {
+                            for kx in 0..s.size_w {
+                                let i = img * s.in_len() + ((oy * s.stride_h + ky) * s.in_w + ox * s.stride_w + kx) * s.c + ch;
+                                if best.is_none_or(|(v, _)| x[i] > v) {
+                                    best = Some((x[i], i));
+                                }
+                            }
+                        }
+                        let o = img * s.out_len() + (oy * s.out_w + ox) * s.c + ch;
+                        let (v, i) = best.unwrap();
+                        (y_want[o], at_want[o]) = (v, i as u32);
+                    }
+                }
+            }
+        }
+        // dx in the order the outputs are visited (overlapping windows add in that order).
+        for (o, &i) in at_want.iter().enumerate() {
+            dx_want[i as usize] += dy[o];
+        }
+        let mut xt = cpu.tensor(x.len()).unwrap();
+        cpu.upload(&mut xt, &x);
+        let (mut y, mut at) = (cpu.tensor(n * s.out_len()).unwrap(), cpu.indices(n * s.out_len()).unwrap());
+        cpu.maxpool_forward(&xt, &mut y, &mut at, s, n);
+        assert_eq!(y, y_want, "pool {k} y");
+        assert_eq!(at, at_want, "pool {k} argmax");
+        let mut dyt = cpu.tensor(dy.len()).unwrap();
+        cpu.upload(&mut dyt, &dy);
+        let mut dx = cpu.tensor(n * s.in_len()).unwrap();
+        cpu.maxpool_backward(&dyt, &at, &mut dx, s, n);
+        assert_eq!(dx, dx_want, "pool {k} dx");
+    }
+}
+
+#[test]
+fn dense_passes_match_plain_loops() {
+    let cpu = CpuBackend::new();
+    // A batch of 5; and a batch large enough for the GEMM to split its rows over the cores.
+    for (k, (n, s)) in [(5, DenseShape { inputs: 37, units: 11 }), (300, DenseShape { inputs: 256, units: 64 })].into_iter().enumerate() {
+        let x = random_vec(n * s.inputs, 700 + k as u64);
+        let w = random_vec(s.inputs * s.units, 800 + k as u64);
+        let b = random_vec(s.units, 900 + k as u64);
+        let dy = random_vec(n * s.units, 1000 + k as u64);
+        let mut y_want = vec![Sum::default(); n * s.units];
+        let mut dx_want = vec![Sum::default(); n * s.inputs];
+        let mut dw_want = vec![Sum::default(); s.inputs * s.units];
+        let mut db_want = vec![Sum::default(); s.units];
+        for r in 0..n {
+            for i in 0..s.inputs {
+                for u in 0..s.units {
+                    y_want[r * s.units + u].add(x[r * s.inputs + i], w[i * s.units + u]);
+                    dx_want[r * s.inputs + i].add(dy[r * s.units + u], w[i * s.units + u]);
+                    dw_want[i * s.units + u].add(x[r * s.inputs + i], dy[r * s.units + u]);
+                }
+            }
+            for u in 0..s.units {
+                y_want[r * s.units + u].add(b[u], 1.0);
+                db_want[u].add(dy[r * s.units + u], 1.0);
+            }
+        }
+        let relu_want: Vec<Sum> = y_want.iter().map(|v| Sum { value: v.value.max(0.0), mag: v.mag }).collect();
+        let (xt, wt, bt, dyt) = (x.clone(), w.clone(), b.clone(), dy.clone());
+        let mut y = cpu.tensor(n * s.units).unwrap();
+        cpu.dense_forward(&xt, &wt, &bt, &mut y, &s, n, true);
+        check(&format!("dense {k} forward + relu"), &y, &relu_want, RTOL);
+        let mut dx = cpu.tensor(n * s.inputs).unwrap();
+        cpu.dense_backward_input(&dyt, &wt, &mut dx, &s, n);
+        check(&format!("dense {k} backward input"), &dx, &dx_want, RTOL);
+        let (mut dw, mut db) = (cpu.tensor(s.inputs * s.units).unwrap(), cpu.tensor(s.units).unwrap());
+        cpu.dense_backward_filter(&xt, &dyt, &mut dw, &mut db, &s, n);
+        check(&format!("dense {k} backward filter"), &dw, &dw_want, RTOL);
+        check(&format!("dense {k} bias gradient"), &db, &db_want, RTOL);
+    }
+}
