@@ -89,3 +89,23 @@ fn bad_files_are_named_in_errors() {
     let e = classifier.probabilities(&[0u8; 10]).err().expect("a partial image fails");
     assert!(format!("{e:#}").contains("3072-byte images"), "{e:#}");
 }
+
+/// The classifier on a wgpu adapter (lavapipe in CI) answers as on the CPU backend. Tolerance
+/// 1e-4 on probabilities: the GPU's tiled sums run in another order than the CPU's, which moves
+/// the scores by a few 1e-6 through this small model.
+#[test]
+fn classifier_on_the_gpu_matches_the_cpu() {
+    if common::gpu_backend().is_none() {
+        return; // said why; with GPU_CNN_REQUIRE_GPU=1 gpu_backend() fails the test instead
+    }
+    let data = generate(&SyntheticSpec { train: 64, test: 16, ..Default::default() }, 2);
+    let test = data.test.clone();
+    let trained = Trainer::new(gpu_cnn::model::seed_layers(), data, TrainConfig { epochs: 1, device: Device::Cpu, ..Default::default() }).fit().unwrap();
+    let cpu = trained.classifier(Device::Cpu).unwrap();
+    let gpu = trained.classifier(Device::Gpu).unwrap();
+    assert_ne!(cpu.device(), gpu.device());
+    let pixels = &test.images[..8 * test.image_len()];
+    let (a, b) = (cpu.probabilities(pixels).unwrap(), gpu.probabilities(pixels).unwrap());
+    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-4, "GPU vs CPU max difference {max_diff}");
+}
