@@ -1,6 +1,7 @@
 //! The device thread: gathers prepared images from concurrent requests into batches (up to
-//! `max_batch` images, or whatever arrived within `max_wait` of the first) and runs each batch
-//! through the classifier. The queue in front of it is bounded: a full queue is the caller's
+//! `max_batch` images, or whatever arrived within `max_wait` of the first, or sooner once every
+//! request in flight has an image in the batch: a lone client waits for nobody) and runs each
+//! batch through the classifier. The queue in front of it is bounded: a full queue is the caller's
 //! cue to answer 503.
 
 use crate::classifier::Classifier;
@@ -30,9 +31,10 @@ pub struct QueueFull;
 
 impl Batcher {
     /// Starts the device thread with room for `capacity` waiting images.
-    pub fn start(classifier: Arc<Classifier>, max_batch: usize, max_wait: Duration, capacity: usize) -> std::io::Result<(Batcher, JoinHandle<()>)> {
+    /// `requests_in_flight` counts the requests that may still add images.
+    pub fn start(classifier: Arc<Classifier>, max_batch: usize, max_wait: Duration, capacity: usize, requests_in_flight: impl Fn() -> usize + Send + 'static) -> std::io::Result<(Batcher, JoinHandle<()>)> {
         let (tx, rx) = sync_channel(capacity.max(1));
-        let thread = std::thread::Builder::new().name("gpu-cnn-device".into()).spawn(move || work(rx, &classifier, max_batch.max(1), max_wait))?;
+        let thread = std::thread::Builder::new().name("gpu-cnn-device".into()).spawn(move || work(rx, &classifier, max_batch.max(1), max_wait, requests_in_flight))?;
         Ok((Batcher { tx }, thread))
     }
 
@@ -46,11 +48,18 @@ impl Batcher {
     }
 }
 
-fn work(rx: Receiver<Job>, classifier: &Classifier, max_batch: usize, max_wait: Duration) {
+fn work(rx: Receiver<Job>, classifier: &Classifier, max_batch: usize, max_wait: Duration, requests_in_flight: impl Fn() -> usize) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         let deadline = Instant::now() + max_wait;
         while jobs.len() < max_batch {
+            if let Ok(job) = rx.try_recv() {
+                jobs.push(job);
+                continue;
+            }
+            if jobs.len() >= requests_in_flight() {
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(job) => jobs.push(job),

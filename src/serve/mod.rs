@@ -82,9 +82,9 @@ struct AppState {
 }
 
 /// The routes, limits and logging around one classifier; `Batcher` feeds its device thread.
-fn router(classifier: Arc<Classifier>, batcher: Batcher, opts: ServeOptions) -> Router {
+fn router(classifier: Arc<Classifier>, batcher: Batcher, in_flight: Arc<Semaphore>, opts: ServeOptions) -> Router {
     let model_info = model_json(&classifier, &opts);
-    let state = Arc::new(AppState { in_flight: Arc::new(Semaphore::new(opts.max_queue.max(1))), classifier, batcher, opts: opts.clone(), model_info });
+    let state = Arc::new(AppState { in_flight, classifier, batcher, opts: opts.clone(), model_info });
     let mut app = Router::new()
         .route("/v1/classify", post(classify))
         .route("/v1/model", get(|State(s): State<Arc<AppState>>| async move { Json(s.model_info.clone()) }))
@@ -155,9 +155,16 @@ async fn serve_on(listener: tokio::net::TcpListener, classifier: Arc<Classifier>
     let addr = listener.local_addr()?;
     // Room for every image of every admitted request, so only the in-flight cap refuses work.
     let capacity = opts.max_queue.saturating_mul(opts.max_files).min(1 << 16);
-    let (batcher, device_thread) = Batcher::start(classifier.clone(), opts.max_batch, opts.max_wait, capacity)?;
+    let max_queue = opts.max_queue.max(1);
+    let in_flight = Arc::new(Semaphore::new(max_queue));
+    // A batch stops waiting once it holds an image from every request in flight.
+    let requests = {
+        let in_flight = in_flight.clone();
+        move || max_queue - in_flight.available_permits()
+    };
+    let (batcher, device_thread) = Batcher::start(classifier.clone(), opts.max_batch, opts.max_wait, capacity, requests)?;
     eprintln!("gpu-cnn serve: {} on {}; listening on http://{addr}", classifier.meta().dataset, classifier.device());
-    let app = router(classifier, batcher, opts);
+    let app = router(classifier, batcher, in_flight, opts);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop).await.context("serving")?;
     // The router (and with it the last Batcher) is gone: the device thread ends.
     let _ = tokio::task::spawn_blocking(move || device_thread.join()).await;
