@@ -49,6 +49,10 @@ enum Command {
     Bench(BenchCli),
     /// Classify image files (JPEG, PNG, WebP, BMP, GIF) with a checkpoint: the top classes of each.
     Predict(PredictCli),
+    /// Write a checkpoint as an ONNX model (opset 17) for other runtimes.
+    Export(ExportCli),
+    /// Serve a checkpoint over HTTP: POST /v1/classify, GET /v1/model, GET /healthz.
+    Serve(ServeCli),
     /// Save a 5x5 grid of training images (a seeded sample spread over the classes), each
     /// named by its class.
     Show {
@@ -110,6 +114,72 @@ struct PredictCli {
     /// Print one JSON object per image and line (JSON Lines) instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ExportCli {
+    /// The checkpoint (.safetensors) to export.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The output format (onnx is the only one).
+    #[arg(long, value_enum, default_value = "onnx")]
+    format: ExportFormat,
+    /// The file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// What the graph takes: float (NHWC float32, pixel / 255, as training saw it) or uint8
+    /// (NHWC raw pixels; the graph casts and divides by 255).
+    #[arg(long, value_enum, default_value = "float")]
+    input: ExportInput,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Onnx,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportInput {
+    Float,
+    Uint8,
+}
+
+#[derive(Args)]
+struct ServeCli {
+    /// The checkpoint (.safetensors) to serve.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Address to listen on. Loopback by default; 0.0.0.0:8080 listens on every interface (in a
+    /// container, behind a proxy).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: String,
+    /// Where to compute: auto, cpu, gpu, vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Most images per forward pass (concurrent requests are gathered into batches).
+    #[arg(long, default_value_t = 64)]
+    max_batch: usize,
+    /// How long a batch waits for more images after its first, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    max_wait_ms: u64,
+    /// Largest request body (e.g. 20MB, 512KB, 1MiB).
+    #[arg(long, default_value = "20MB", value_parser = gpu_cnn::serve::parse_size)]
+    max_body: usize,
+    /// Largest image in pixels (width x height), checked before decoding.
+    #[arg(long, default_value_t = 40_000_000)]
+    max_pixels: u64,
+    /// Most requests in flight; beyond it, 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Seconds a request may take before it is answered 503.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Classes per image in the answer.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// No access log lines on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -369,6 +439,32 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("error: {} of {} could not be read", result.errors.len(), gpu_cnn::report::plural(result.errors.len() + result.predicted, "image"));
                 std::process::exit(1);
             }
+        }
+        Command::Export(x) => {
+            let ExportFormat::Onnx = x.format;
+            let input = match x.input {
+                ExportInput::Float => gpu_cnn::export::onnx::OnnxInput::Float,
+                ExportInput::Uint8 => gpu_cnn::export::onnx::OnnxInput::Uint8,
+            };
+            eprintln!("{}", gpu_cnn::export::onnx::export_file(&x.checkpoint, &x.out, input)?);
+        }
+        Command::Serve(s) => {
+            if !(s.timeout > 0.0 && s.timeout.is_finite()) {
+                anyhow::bail!("--timeout must be a positive number of seconds");
+            }
+            let opts = gpu_cnn::serve::ServeOptions {
+                bind: s.bind,
+                max_batch: s.max_batch.max(1),
+                max_wait: std::time::Duration::from_millis(s.max_wait_ms),
+                max_body: s.max_body,
+                max_pixels: s.max_pixels,
+                max_queue: s.max_queue.max(1),
+                timeout: std::time::Duration::from_secs_f64(s.timeout),
+                top: s.top.max(1),
+                access_log: !s.quiet,
+                ..Default::default()
+            };
+            gpu_cnn::serve::serve_checkpoint(&s.checkpoint, &s.device, opts)?;
         }
         Command::Show { data, out, seed } => {
             commands::show(&data.options(), &out, seed)?;

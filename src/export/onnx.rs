@@ -1,0 +1,213 @@
+//! `gpu-cnn export --format onnx`: a checkpoint as an ONNX model (opset 17) that any ONNX runtime
+//! runs with the probabilities gpu-cnn computes.
+//!
+//! The graph's input is NHWC `[N, H, W, C]` like our tensors: float32 scaled to [0, 1] as training
+//! saw it, or (with `OnnxInput::Uint8`) raw u8 pixels with the cast and /255 inside the graph. ONNX
+//! convolutions are NCHW, so the graph transposes to NCHW before the first Conv/MaxPool and back
+//! to NHWC before Flatten, so Dense kernels keep their Keras (NHWC-flatten) row order. The output
+//! `probabilities` is `[N, classes]`: the softmax that predict applies to the last layer.
+//! Each layer is one arm of `emit_layer`: a new layer kind adds one arm.
+
+use super::onnx_proto::*;
+use crate::checkpoint::Checkpoint;
+use crate::model::{Activation, Layer, LayerOp};
+use crate::network::HostTensor;
+use anyhow::{anyhow, bail, Context, Result};
+use prost::Message;
+
+/// The opset the graph is written for (operators as defined there).
+pub const OPSET: i64 = 17;
+/// IR version 8 is the one that goes with opset 17.
+const IR_VERSION: i64 = 8;
+/// The graph's input and output names.
+pub const INPUT_NAME: &str = "input";
+pub const OUTPUT_NAME: &str = "probabilities";
+
+/// What the exported graph takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnnxInput {
+    /// float32 in [0, 1] (the pixel / 255), NHWC.
+    Float,
+    /// uint8 pixels 0..=255, NHWC; the graph casts and divides by 255.
+    Uint8,
+}
+
+/// The ONNX model's bytes for a checkpoint's weights and architecture.
+pub fn export_onnx(ck: &Checkpoint, input: OnnxInput) -> Result<Vec<u8>> {
+    let model = ck.model().context("the checkpoint's architecture")?;
+    let (h, w, c) = model.input;
+    let mut g = Graph::default();
+    let (elem_type, mut x) = match input {
+        OnnxInput::Float => (FLOAT, INPUT_NAME.to_string()),
+        OnnxInput::Uint8 => {
+            let cast = g.node("Cast", "input_cast", &[INPUT_NAME], vec![attr_int("to", FLOAT as i64)]);
+            let scale = g.constant("input_scale", vec![], &[255.0]);
+            (UINT8, g.node("Div", "input_scaled", &[&cast, &scale], vec![]))
+        }
+    };
+    let mut nchw = false;
+    for layer in &model.layers {
+        x = emit_layer(&mut g, layer, &x, &mut nchw, &ck.tensors).with_context(|| format!("exporting layer {}", layer.name))?;
+    }
+    // predict's softmax over the last layer's scores (Softmax at opset 13+ works along one axis).
+    g.node("Softmax", OUTPUT_NAME, &[&x], vec![attr_int("axis", -1)]);
+    let batch = || Dimension { value: Some(DimValue::DimParam("N".into())) };
+    let fixed = |n: usize| Dimension { value: Some(DimValue::DimValue(n as i64)) };
+    let graph = GraphProto {
+        node: g.nodes,
+        name: Some("gpu_cnn".into()),
+        initializer: g.initializers,
+        input: vec![value_info(INPUT_NAME, elem_type, vec![batch(), fixed(h), fixed(w), fixed(c)])],
+        output: vec![value_info(OUTPUT_NAME, FLOAT, vec![batch(), fixed(model.classes())])],
+    };
+    let meta = &ck.meta;
+    let props = [
+        ("class_names", serde_json::to_string(&meta.class_names)?),
+        ("preprocessing", crate::classifier::preprocessing_json(meta, input == OnnxInput::Uint8).to_string()),
+        ("architecture", meta.arch.clone()),
+        ("dataset", meta.dataset.clone()),
+        ("epochs", meta.epoch.to_string()),
+    ];
+    let doc = match input {
+        OnnxInput::Float => format!("gpu-cnn classifier. input: float32 [N, {h}, {w}, {c}] (NHWC), pixel values / 255; output: probabilities [N, {}]", model.classes()),
+        OnnxInput::Uint8 => format!("gpu-cnn classifier. input: uint8 [N, {h}, {w}, {c}] (NHWC) pixels; output: probabilities [N, {}]", model.classes()),
+    };
+    let proto = ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+        producer_name: Some("gpu-cnn".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        doc_string: Some(doc),
+        graph: Some(graph),
+        metadata_props: props.into_iter().map(|(k, v)| StringStringEntryProto { key: Some(k.into()), value: Some(v) }).collect(),
+    };
+    Ok(proto.encode_to_vec())
+}
+
+/// Appends the nodes of one layer reading `x`; returns the name of its output.
+fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &[HostTensor]) -> Result<String> {
+    let name = layer.name.as_str();
+    Ok(match &layer.op {
+        LayerOp::Conv { shape: s, relu } => {
+            let x = to_layout(g, x, nchw, true);
+            let hwio = weight(tensors, &format!("{name}.kernel"), &[s.k_h, s.k_w, s.in_c, s.out_c])?;
+            let kernel = g.constant(&format!("{name}.kernel"), vec![s.out_c, s.in_c, s.k_h, s.k_w], &hwio_to_oihw(hwio, s.k_h, s.k_w, s.in_c, s.out_c));
+            let bias = g.constant(&format!("{name}.bias"), vec![s.out_c], weight(tensors, &format!("{name}.bias"), &[s.out_c])?);
+            // ONNX pads are [top, left, bottom, right]; the end pads are whatever the output needs.
+            let pad_end = |out: usize, stride: usize, k: usize, input: usize, begin: usize| ((out - 1) * stride + k).saturating_sub(input + begin);
+            let pads = [s.pad_top, s.pad_left, pad_end(s.out_h, s.stride_h, s.k_h, s.in_h, s.pad_top), pad_end(s.out_w, s.stride_w, s.k_w, s.in_w, s.pad_left)];
+            let attrs = vec![attr_ints("kernel_shape", &[s.k_h, s.k_w]), attr_ints("strides", &[s.stride_h, s.stride_w]), attr_ints("pads", &pads)];
+            let y = g.node("Conv", name, &[&x, &kernel, &bias], attrs);
+            if *relu { g.node("Relu", &format!("{name}_relu"), &[&y], vec![]) } else { y }
+        }
+        LayerOp::Pool { shape: s } => {
+            let x = to_layout(g, x, nchw, true);
+            g.node("MaxPool", name, &[&x], vec![attr_ints("kernel_shape", &[s.size_h, s.size_w]), attr_ints("strides", &[s.stride_h, s.stride_w])])
+        }
+        LayerOp::Flatten => {
+            let x = to_layout(g, x, nchw, false);
+            g.node("Flatten", name, &[&x], vec![attr_int("axis", 1)])
+        }
+        LayerOp::Dense { shape: s, activation } => {
+            let kernel = g.constant(&format!("{name}.kernel"), vec![s.inputs, s.units], weight(tensors, &format!("{name}.kernel"), &[s.inputs, s.units])?);
+            let bias = g.constant(&format!("{name}.bias"), vec![s.units], weight(tensors, &format!("{name}.bias"), &[s.units])?);
+            let y = g.node("Gemm", name, &[x, &kernel, &bias], vec![]);
+            match activation {
+                Activation::Relu => g.node("Relu", &format!("{name}_relu"), &[&y], vec![]),
+                // Softmax (the last layer) is the graph's final node.
+                Activation::None | Activation::Softmax => y,
+            }
+        }
+    })
+}
+
+/// Transposes `x` to NCHW (`want_nchw`) or back to NHWC when it is not in that layout already.
+fn to_layout(g: &mut Graph, x: &str, nchw: &mut bool, want_nchw: bool) -> String {
+    if *nchw == want_nchw {
+        return x.to_string();
+    }
+    *nchw = want_nchw;
+    let perm: [usize; 4] = if want_nchw { [0, 3, 1, 2] } else { [0, 2, 3, 1] };
+    let name = format!("{x}_{}", if want_nchw { "nchw" } else { "nhwc" });
+    g.node("Transpose", &name, &[x], vec![attr_ints("perm", &perm)])
+}
+
+/// The checkpoint's tensor `name`, which must have shape `dims`.
+fn weight<'a>(tensors: &'a [HostTensor], name: &str, dims: &[usize]) -> Result<&'a [f32]> {
+    let t = tensors.iter().find(|t| t.name == name).ok_or_else(|| anyhow!("tensor '{name}' is missing from the checkpoint"))?;
+    if t.dims != dims || t.data.len() != dims.iter().product::<usize>() {
+        bail!("tensor '{name}' has shape {:?}, the architecture needs {dims:?}", t.dims);
+    }
+    Ok(&t.data)
+}
+
+/// Keras's conv kernel layout (kh, kw, in, out) to ONNX's (out, in, kh, kw).
+fn hwio_to_oihw(hwio: &[f32], kh: usize, kw: usize, cin: usize, cout: usize) -> Vec<f32> {
+    let mut oihw = vec![0.0; hwio.len()];
+    for y in 0..kh {
+        for x in 0..kw {
+            for i in 0..cin {
+                for o in 0..cout {
+                    oihw[((o * cin + i) * kh + y) * kw + x] = hwio[((y * kw + x) * cin + i) * cout + o];
+                }
+            }
+        }
+    }
+    oihw
+}
+
+/// Nodes and initializers in the order they are added (already topologically sorted).
+#[derive(Default)]
+struct Graph {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+impl Graph {
+    /// Adds a node whose output tensor is named after it; returns that name.
+    fn node(&mut self, op: &str, output: &str, inputs: &[&str], attribute: Vec<AttributeProto>) -> String {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            name: Some(output.to_string()),
+            op_type: Some(op.to_string()),
+            attribute,
+        });
+        output.to_string()
+    }
+
+    /// A float32 initializer; returns its name.
+    fn constant(&mut self, name: &str, dims: Vec<usize>, data: &[f32]) -> String {
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(FLOAT),
+            name: Some(name.to_string()),
+            raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        });
+        name.to_string()
+    }
+}
+
+fn attr_int(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), i: Some(i), r#type: Some(ATTR_INT), ..Default::default() }
+}
+
+fn attr_ints(name: &str, values: &[usize]) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), ints: values.iter().map(|&v| v as i64).collect(), r#type: Some(ATTR_INTS), ..Default::default() }
+}
+
+fn value_info(name: &str, elem_type: i32, dim: Vec<Dimension>) -> ValueInfoProto {
+    let tensor = TensorTypeProto { elem_type: Some(elem_type), shape: Some(TensorShapeProto { dim }) };
+    ValueInfoProto { name: Some(name.into()), r#type: Some(TypeProto { value: Some(TypeValue::TensorType(tensor)) }) }
+}
+
+/// `gpu-cnn export --format onnx`: reads a checkpoint and writes the ONNX model (atomically).
+/// Returns a one-line description of what was written.
+pub fn export_file(checkpoint: &std::path::Path, out: &std::path::Path, input: OnnxInput) -> Result<String> {
+    let ck = crate::checkpoint::load(checkpoint)?;
+    let bytes = export_onnx(&ck, input).with_context(|| checkpoint.display().to_string())?;
+    crate::atomic_file::write_atomically(out, &bytes)?;
+    let (h, w, c) = ck.meta.input;
+    let dtype = if input == OnnxInput::Uint8 { "uint8 pixels" } else { "float32 pixels / 255" };
+    Ok(format!("Wrote {} ({} bytes, opset {OPSET}): input '{INPUT_NAME}' [N, {h}, {w}, {c}] {dtype}, NHWC; output '{OUTPUT_NAME}' [N, {}]", out.display(), bytes.len(), ck.model()?.classes()))
+}

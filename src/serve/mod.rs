@@ -1,0 +1,331 @@
+//! `gpu-cnn serve`: a classifier behind HTTP (axum on tokio).
+//!
+//! - `POST /v1/classify`: an image as the raw body, or multipart/form-data with one or more
+//!   image files -> `{"predictions": [{"file", "top": [{"class", "index", "probability"}]}]}`.
+//! - `GET /v1/model`: architecture, classes, input, preprocessing, training metrics.
+//! - `GET /healthz`: `{"status": "ok"}`.
+//!
+//! Requests are decoded on tokio's blocking threads, then their images join one queue that a
+//! single device thread empties in batches (batcher.rs). Limits: body size, pixels per image,
+//! files per request, requests in flight (503 + Retry-After beyond it), a per-request timeout.
+
+mod batcher;
+pub mod client;
+mod images;
+
+pub use batcher::Batcher;
+pub use images::{prepare_upload, ApiError};
+
+use crate::classifier::Classifier;
+use anyhow::{Context, Result};
+use axum::body::{to_bytes, Body};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The server's settings (the CLI's flags).
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on; loopback by default (use 0.0.0.0:PORT in a container).
+    pub bind: String,
+    /// Images per forward pass.
+    pub max_batch: usize,
+    /// How long the device thread waits for more images after the first of a batch.
+    pub max_wait: Duration,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+    /// Largest image in pixels (width x height), checked before decoding.
+    pub max_pixels: u64,
+    /// Most files in one multipart request.
+    pub max_files: usize,
+    /// Requests in flight at once; more get 503 with Retry-After.
+    pub max_queue: usize,
+    /// A request taking longer (reading, decoding, waiting, computing) gets 503.
+    pub timeout: Duration,
+    /// Classes per image in the answer.
+    pub top: usize,
+    /// One line per request on stderr.
+    pub access_log: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            bind: "127.0.0.1:8080".into(),
+            max_batch: 64,
+            max_wait: Duration::from_millis(5),
+            max_body: 20 * 1000 * 1000,
+            max_pixels: 40_000_000,
+            max_files: 64,
+            max_queue: 256,
+            timeout: Duration::from_secs(30),
+            top: 5,
+            access_log: true,
+        }
+    }
+}
+
+struct AppState {
+    classifier: Arc<Classifier>,
+    batcher: Batcher,
+    in_flight: Arc<Semaphore>,
+    opts: ServeOptions,
+    model_info: Value,
+}
+
+/// The routes, limits and logging around one classifier; `Batcher` feeds its device thread.
+fn router(classifier: Arc<Classifier>, batcher: Batcher, in_flight: Arc<Semaphore>, opts: ServeOptions) -> Router {
+    let model_info = model_json(&classifier, &opts);
+    let state = Arc::new(AppState { in_flight, classifier, batcher, opts: opts.clone(), model_info });
+    let mut app = Router::new()
+        .route("/v1/classify", post(classify))
+        .route("/v1/model", get(|State(s): State<Arc<AppState>>| async move { Json(s.model_info.clone()) }))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route: use POST /v1/classify, GET /v1/model or GET /healthz") })
+        .layer(DefaultBodyLimit::max(opts.max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), with_timeout))
+        .with_state(state);
+    if opts.access_log {
+        app = app.layer(middleware::from_fn(access_log));
+    }
+    app
+}
+
+/// A server running on its own thread (tests, benchmarks, embedding in a program).
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Server {
+    /// Stops accepting, finishes the requests in flight, and waits for the device thread.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_and_join()
+    }
+    fn stop_and_join(&mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| anyhow::anyhow!("the server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+/// Binds `opts.bind` and serves on a background thread until [`Server::shutdown`].
+pub fn start(classifier: Arc<Classifier>, opts: ServeOptions) -> Result<Server> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(&opts.bind)).with_context(|| format!("cannot listen on {}", opts.bind))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new().name("gpu-cnn-serve".into()).spawn(move || {
+        runtime.block_on(serve_on(listener, classifier, opts, async {
+            let _ = stopped.await;
+        }))
+    })?;
+    Ok(Server { addr, stop: Some(stop), thread: Some(thread) })
+}
+
+/// `gpu-cnn serve`: serves until SIGINT or SIGTERM, then finishes the requests in flight.
+pub fn run(classifier: Arc<Classifier>, opts: ServeOptions) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&opts.bind).await.with_context(|| format!("cannot listen on {}", opts.bind))?;
+        serve_on(listener, classifier, opts, shutdown_signal()).await
+    })
+}
+
+async fn serve_on(listener: tokio::net::TcpListener, classifier: Arc<Classifier>, opts: ServeOptions, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    let addr = listener.local_addr()?;
+    // Room for every image of every admitted request, so only the in-flight cap refuses work.
+    let capacity = opts.max_queue.saturating_mul(opts.max_files).min(1 << 16);
+    let max_queue = opts.max_queue.max(1);
+    let in_flight = Arc::new(Semaphore::new(max_queue));
+    // A batch stops waiting once it holds an image from every request in flight.
+    let requests = {
+        let in_flight = in_flight.clone();
+        move || max_queue - in_flight.available_permits()
+    };
+    let (batcher, device_thread) = Batcher::start(classifier.clone(), opts.max_batch, opts.max_wait, capacity, requests)?;
+    eprintln!("gpu-cnn serve: {} on {}; listening on http://{addr}", classifier.meta().dataset, classifier.device());
+    let app = router(classifier, batcher, in_flight, opts);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop).await.context("serving")?;
+    // The router (and with it the last Batcher) is gone: the device thread ends.
+    let _ = tokio::task::spawn_blocking(move || device_thread.join()).await;
+    eprintln!("gpu-cnn serve: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    eprintln!("gpu-cnn serve: shutting down (finishing the requests in flight)");
+}
+
+async fn with_timeout(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(s.opts.timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::busy(format!("the request took longer than {:.1} s", s.opts.timeout.as_secs_f64())).into_response(),
+    }
+}
+
+/// One line per request: client, method, path, status, milliseconds.
+async fn access_log(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or("-".to_string(), |c| c.0.to_string());
+    let line = format!("{client} \"{} {}\"", req.method(), req.uri().path());
+    let response = next.run(req).await;
+    eprintln!("{line} {} {:.1}ms", response.status().as_u16(), started.elapsed().as_secs_f64() * 1000.0);
+    response
+}
+
+async fn classify(State(s): State<Arc<AppState>>, req: Request) -> Result<Json<Value>, ApiError> {
+    let _permit = s.in_flight.clone().try_acquire_owned().map_err(|_| ApiError::busy(format!("busy: {} requests in flight; retry later", s.opts.max_queue)))?;
+    let uploads = read_uploads(&s, req).await?;
+    let mut waiting = Vec::with_capacity(uploads.len());
+    for (name, bytes) in uploads {
+        let state = s.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare_upload(&bytes, &state.classifier, state.opts.max_pixels))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding failed: {e}")))?;
+        let pixels = prepared.map_err(|e| match &name {
+            Some(n) => e.about(n),
+            None => e,
+        })?;
+        let reply = s.batcher.submit(pixels).map_err(|_| ApiError::busy("busy: the device queue is full; retry later"))?;
+        waiting.push((name, reply));
+    }
+    let mut predictions = Vec::with_capacity(waiting.len());
+    for (name, reply) in waiting {
+        let probs = reply
+            .await
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the device thread stopped"))?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the device failed: {e}")))?;
+        let mut top = s.classifier.top(&probs);
+        top.truncate(s.opts.top.max(1));
+        predictions.push(match name {
+            Some(file) => json!({"file": file, "top": top}),
+            None => json!({"top": top}),
+        });
+    }
+    Ok(Json(json!({ "predictions": predictions })))
+}
+
+/// The request's images: the raw body (no name), or each file of a multipart body (named).
+async fn read_uploads(s: &AppState, req: Request) -> Result<Vec<(Option<String>, Vec<u8>)>, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over this server's cap of {} bytes", s.opts.max_body));
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.opts.max_body as u64) {
+        return Err(too_large());
+    }
+    let multipart = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
+    if !multipart {
+        let body: Body = req.into_body();
+        let bytes = to_bytes(body, s.opts.max_body).await.map_err(|e| {
+            if format!("{e:#}").contains("length limit") { too_large() } else { ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")) }
+        })?;
+        return Ok(vec![(None, bytes.to_vec())]);
+    }
+    let mut form = Multipart::from_request(req, &()).await.map_err(|e| ApiError::new(e.status(), format!("bad multipart body: {}", e.body_text())))?;
+    let mut files = Vec::new();
+    while let Some(field) = form.next_field().await.map_err(|e| multipart_error(e, &too_large))? {
+        if files.len() == s.opts.max_files {
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("more than {} files in one request", s.opts.max_files)));
+        }
+        let name = field.file_name().or(field.name()).map_or_else(|| format!("file {}", files.len() + 1), str::to_string);
+        let bytes = field.bytes().await.map_err(|e| multipart_error(e, &too_large))?;
+        files.push((Some(name), bytes.to_vec()));
+    }
+    if files.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "the multipart body has no files"));
+    }
+    Ok(files)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, too_large: &dyn Fn() -> ApiError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large()
+    } else {
+        ApiError::new(e.status(), format!("bad multipart body: {}", e.body_text()))
+    }
+}
+
+/// `GET /v1/model`.
+fn model_json(c: &Classifier, opts: &ServeOptions) -> Value {
+    let meta = c.meta();
+    let (h, w, ch) = c.input_shape();
+    let layers: Vec<Value> = c.model().layers.iter().map(|l| json!({"name": l.name, "output": l.output, "parameters": l.param_count()})).collect();
+    json!({
+        "architecture": meta.arch,
+        "layers": layers,
+        "parameters": c.model().param_count(),
+        "classes": meta.class_names,
+        "input": {"height": h, "width": w, "channels": ch, "accepts": "JPEG, PNG, WebP, BMP or GIF files of any size"},
+        "preprocessing": crate::classifier::preprocessing_json(meta, false),
+        "training": {"dataset": meta.dataset, "epochs": meta.epoch, "steps": meta.step, "seed": meta.seed, "batch_size": meta.batch_size, "learning_rate": meta.learning_rate, "history": meta.history},
+        "device": c.device(),
+        "limits": {"max_batch": opts.max_batch, "max_wait_ms": opts.max_wait.as_millis() as u64, "max_body": opts.max_body, "max_pixels": opts.max_pixels, "max_files": opts.max_files, "max_queue": opts.max_queue, "timeout_s": opts.timeout.as_secs_f64()},
+    })
+}
+
+/// `gpu-cnn serve --checkpoint X`: loads the classifier on `device` and serves until a signal.
+pub fn serve_checkpoint(checkpoint: &std::path::Path, device: &str, opts: ServeOptions) -> Result<()> {
+    let device: crate::Device = device.parse().expect("infallible");
+    let classifier = Classifier::load_with_batch(checkpoint, device, opts.max_batch.max(1))?;
+    run(Arc::new(classifier), opts)
+}
+
+/// A byte count as people write it: `20MB` (10^6), `512KB`, `1MiB` (2^20), `1GB`, or plain bytes.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1048576.0,
+        "gib" => 1073741824.0,
+        other => return Err(format!("'{text}': unknown unit '{other}' (use B, KB, MB, GB, KiB, MiB or GiB)")),
+    };
+    let n: f64 = number.parse().map_err(|_| format!("'{text}' is not a size like 20MB"))?;
+    let bytes = n * scale;
+    if !(bytes >= 1.0 && bytes < usize::MAX as f64) {
+        return Err(format!("'{text}': the size must be at least 1 byte"));
+    }
+    Ok(bytes as usize)
+}

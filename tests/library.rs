@@ -1,0 +1,111 @@
+//! The Rust library API: `Trainer` with its epoch callback, `Classifier` (Send + Sync, batch and
+//! single answers agree, the same answers as `gpu-cnn predict`), clear errors for bad input.
+
+mod common;
+
+use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
+use gpu_cnn::image::{DynamicImage, ImageFormat, RgbImage};
+use gpu_cnn::{Classifier, Device, TrainConfig, Trainer};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// The same weights on the same CPU backend: only rounding from a different batch split can
+/// differ, far below 1e-6 on probabilities.
+const TOLERANCE: f32 = 1e-6;
+
+fn assert_send_sync<T: Send + Sync>() {}
+
+#[test]
+fn classifier_is_send_and_sync() {
+    assert_send_sync::<Classifier>();
+}
+
+#[test]
+fn trainer_reports_every_epoch_and_its_classifier_matches_predict() {
+    let dir = common::temp_dir("library");
+    let data = generate(&SyntheticSpec { train: 256, test: 64, ..Default::default() }, 1);
+    let test = data.test.clone();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let config = TrainConfig { epochs: 2, device: Device::Cpu, out_dir: Some(dir.clone()), ..Default::default() };
+    let trained = Trainer::new(gpu_cnn::model::seed_layers(), data, config)
+        .on_epoch({
+            let seen = seen.clone();
+            move |record| seen.borrow_mut().push(record.clone())
+        })
+        .fit()
+        .unwrap();
+    assert_eq!(*seen.borrow(), trained.history, "the callback saw each epoch's record");
+    assert_eq!(trained.history.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1, 2]);
+
+    // Images as files, classified three ways: from the trained weights in memory, from the
+    // checkpoint file, and by the predict command.
+    let mut files = Vec::new();
+    let mut images = Vec::new();
+    for i in 0..6 {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_raw(32, 32, test.image(i).to_vec()).unwrap());
+        let path = dir.join(format!("img{i}.png"));
+        img.save_with_format(&path, ImageFormat::Png).unwrap();
+        files.push(path);
+        images.push(img);
+    }
+    let in_memory = trained.classifier(Device::Cpu).unwrap();
+    let from_file = Classifier::load(dir.join("last.safetensors"), Device::Cpu).unwrap();
+    let batch = from_file.classify_batch(&images).unwrap();
+    assert_eq!(batch.len(), 6);
+    let (ok, stdout, stderr) = common::run_cli(&["predict", "--checkpoint", dir.join("last.safetensors").to_str().unwrap(), "--device", "cpu", "--json", "--top", "5", dir.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let predicted: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for (i, path) in files.iter().enumerate() {
+        let single = from_file.classify_path(path).unwrap();
+        let memory = in_memory.classify(&images[i]).unwrap();
+        let cli = &predicted["predictions"][i]["top"];
+        assert_eq!(single.len(), 5);
+        for (k, p) in single.iter().enumerate() {
+            assert_eq!(p.class, batch[i][k].class);
+            assert_eq!(p.class, memory[k].class);
+            assert_eq!(cli[k]["class"].as_str(), Some(p.class.as_str()), "image {i}, rank {k}");
+            assert!((p.probability - batch[i][k].probability).abs() < TOLERANCE);
+            assert!((p.probability - memory[k].probability).abs() < TOLERANCE);
+            assert!((p.probability - cli[k]["probability"].as_f64().unwrap() as f32).abs() < TOLERANCE);
+        }
+    }
+    assert!(from_file.classify_batch(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn bad_files_are_named_in_errors() {
+    let dir = common::temp_dir("library-bad");
+    let missing = dir.join("missing.safetensors");
+    let e = Classifier::load(&missing, Device::Cpu).err().expect("a missing checkpoint fails");
+    assert!(format!("{e:#}").contains("missing.safetensors"), "{e:#}");
+
+    let data = generate(&SyntheticSpec { train: 64, test: 16, ..Default::default() }, 1);
+    let trained = Trainer::new(gpu_cnn::model::seed_layers(), data, TrainConfig { epochs: 1, device: Device::Cpu, ..Default::default() }).fit().unwrap();
+    let classifier = trained.classifier(Device::Cpu).unwrap();
+    let junk = dir.join("junk.jpg");
+    std::fs::write(&junk, b"not a jpeg").unwrap();
+    let e = classifier.classify_path(&junk).err().expect("junk fails");
+    assert!(format!("{e:#}").contains("junk.jpg"), "{e:#}");
+    let e = classifier.probabilities(&[0u8; 10]).err().expect("a partial image fails");
+    assert!(format!("{e:#}").contains("3072-byte images"), "{e:#}");
+}
+
+/// The classifier on a wgpu adapter (lavapipe in CI) answers as on the CPU backend. Tolerance
+/// 1e-4 on probabilities: the GPU's tiled sums run in another order than the CPU's, which moves
+/// the scores by a few 1e-6 through this small model.
+#[test]
+fn classifier_on_the_gpu_matches_the_cpu() {
+    if common::gpu_backend().is_none() {
+        return; // said why; with GPU_CNN_REQUIRE_GPU=1 gpu_backend() fails the test instead
+    }
+    let data = generate(&SyntheticSpec { train: 64, test: 16, ..Default::default() }, 2);
+    let test = data.test.clone();
+    let trained = Trainer::new(gpu_cnn::model::seed_layers(), data, TrainConfig { epochs: 1, device: Device::Cpu, ..Default::default() }).fit().unwrap();
+    let cpu = trained.classifier(Device::Cpu).unwrap();
+    let gpu = trained.classifier(Device::Gpu).unwrap();
+    assert_ne!(cpu.device(), gpu.device());
+    let pixels = &test.images[..8 * test.image_len()];
+    let (a, b) = (cpu.probabilities(pixels).unwrap(), gpu.probabilities(pixels).unwrap());
+    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-4, "GPU vs CPU max difference {max_diff}");
+}

@@ -1,0 +1,264 @@
+//! `gpu-cnn serve` end to end over loopback: the mixed 200-request test against the real binary
+//! (memory measured on its process, SIGTERM shutdown), and the routes, limits and multipart
+//! uploads against an in-process server. Every request goes to 127.0.0.1 only.
+
+mod common;
+
+use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
+use gpu_cnn::image::{DynamicImage, ImageFormat, RgbImage};
+use gpu_cnn::serve::client::{multipart, request, HttpResponse};
+use gpu_cnn::serve::{start, ServeOptions};
+use gpu_cnn::{Classifier, Device, TrainConfig, Trainer};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// Same CPU backend and weights as the server: only batch composition differs, which does not
+/// change a row's arithmetic beyond rounding (1e-5 is far above f32 rounding of a softmax).
+const PROB_TOLERANCE: f32 = 1e-5;
+
+/// A seed-model checkpoint trained for one epoch on synthetic data (CPU), saved in `dir`.
+fn checkpoint(dir: &Path) -> PathBuf {
+    let data = generate(&SyntheticSpec { train: 256, test: 64, ..Default::default() }, 5);
+    let config = TrainConfig { epochs: 1, device: Device::Cpu, out_dir: Some(dir.to_path_buf()), ..Default::default() };
+    Trainer::new(gpu_cnn::model::seed_layers(), data, config).fit().unwrap();
+    dir.join("last.safetensors")
+}
+
+/// Good uploads: synthetic test images as PNG (32x32) and as JPEG resized to 48x40, with the
+/// classifier's own answer for each (computed from the same encoded bytes).
+fn good_images(classifier: &Classifier, n: usize) -> Vec<(Vec<u8>, String, f32)> {
+    let test = generate(&SyntheticSpec { train: 1, test: n, ..Default::default() }, 9).test;
+    (0..n)
+        .map(|i| {
+            let rgb = RgbImage::from_raw(32, 32, test.image(i).to_vec()).unwrap();
+            let img = DynamicImage::ImageRgb8(rgb);
+            let (img, format) = if i % 2 == 0 { (img, ImageFormat::Png) } else { (img.resize_exact(48, 40, gpu_cnn::image::imageops::FilterType::Triangle), ImageFormat::Jpeg) };
+            let mut bytes = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut bytes), format).unwrap();
+            let top = classifier.classify(&gpu_cnn::image::load_from_memory(&bytes).unwrap()).unwrap();
+            (bytes, top[0].class.clone(), top[0].probability)
+        })
+        .collect()
+}
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    DynamicImage::ImageRgb8(RgbImage::new(width, height)).write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Png).unwrap();
+    bytes
+}
+
+/// What one request of the mixed test sends and expects.
+enum Case {
+    Good { body: Vec<u8>, class: String, probability: f32 },
+    Bad { body: Vec<u8>, status: u16, says: &'static str },
+}
+
+fn check(case: &Case, r: &HttpResponse) {
+    match case {
+        Case::Good { class, probability, .. } => {
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            let top = &r.json()["predictions"][0]["top"][0];
+            assert_eq!(top["class"].as_str(), Some(class.as_str()), "{}", r.json());
+            let p = top["probability"].as_f64().unwrap() as f32;
+            assert!((p - probability).abs() < PROB_TOLERANCE, "probability {p} vs {probability}");
+        }
+        Case::Bad { status, says, .. } => {
+            assert_eq!(r.status, *status, "{}", String::from_utf8_lossy(&r.body));
+            let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+            assert!(error.contains(says), "error '{error}' does not say '{says}'");
+        }
+    }
+}
+
+/// Kills the server if the test fails before it is stopped by SIGTERM.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn vm_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap()
+}
+
+/// The real binary: 200 concurrent requests (good PNG/JPEG, garbage, truncated, empty,
+/// oversized bodies, images over the pixel cap). Every good one gets the right class, every
+/// bad one its 4xx; the server's peak memory stays far below what buffering the oversized
+/// bodies would take; SIGTERM stops it cleanly.
+#[test]
+fn mixed_200_concurrent_requests_against_the_binary() {
+    let dir = common::temp_dir("serve-mixed");
+    let ck = checkpoint(&dir);
+    let classifier = Classifier::load(&ck, Device::Cpu).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn"))
+        .args(["serve", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--bind", "127.0.0.1:0", "--max-body", "256KiB", "--max-pixels", "1000000", "--max-queue", "250", "--max-wait-ms", "10"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let pid = child.0.id();
+    // Keep reading stderr (the access log) so the server never blocks on a full pipe.
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let reader = {
+        let log = log.clone();
+        let stderr = child.0.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.split("listening on http://").nth(1) {
+                    let _ = addr_tx.send(at.trim().parse::<SocketAddr>().unwrap());
+                }
+                log.lock().unwrap().push(line);
+            }
+        })
+    };
+    let addr = addr_rx.recv_timeout(Duration::from_secs(60)).expect("the server says where it listens");
+    assert!(addr.ip().is_loopback());
+
+    let goods = good_images(&classifier, 8);
+    let mut truncated = goods[0].0.clone();
+    truncated.truncate(truncated.len() / 2);
+    let huge = vec![0x42u8; 4 * 1000 * 1000];
+    let over_pixel_cap = png(1001, 1000);
+    let mut cases = Vec::new();
+    for i in 0..200 {
+        cases.push(match i % 10 {
+            0..=4 => {
+                let (body, class, probability) = goods[i % goods.len()].clone();
+                Case::Good { body, class, probability }
+            }
+            5 => Case::Bad { body: b"GIF89a\x10\x00\x10\x00 says 16x16 but is no image".to_vec(), status: 400, says: "cannot decode" },
+            6 => Case::Bad { body: (0..1000u32).map(|v| (v * 7 + 3) as u8).collect(), status: 415, says: "not a JPEG, PNG" },
+            7 => Case::Bad { body: Vec::new(), status: 400, says: "empty body" },
+            8 => Case::Bad { body: if i % 20 == 8 { huge.clone() } else { truncated.clone() }, status: if i % 20 == 8 { 413 } else { 400 }, says: if i % 20 == 8 { "over this server's cap" } else { "cannot decode" } },
+            _ => Case::Bad { body: over_pixel_cap.clone(), status: 413, says: "pixels, over this server's cap" },
+        });
+    }
+    // Warm up, then take the baseline memory.
+    assert_eq!(request(addr, "POST", "/v1/classify", None, &goods[0].0, TIMEOUT).unwrap().status, 200);
+    let baseline_kib = vm_kib(pid, "VmRSS:");
+
+    let started = Instant::now();
+    let barrier = Arc::new(Barrier::new(cases.len()));
+    let cases = Arc::new(cases);
+    let threads: Vec<_> = (0..cases.len())
+        .map(|i| {
+            let (cases, barrier) = (cases.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let body = match &cases[i] {
+                    Case::Good { body, .. } | Case::Bad { body, .. } => body,
+                };
+                barrier.wait();
+                request(addr, "POST", "/v1/classify", None, body, TIMEOUT)
+            })
+        })
+        .collect();
+    let responses: Vec<HttpResponse> = threads.into_iter().map(|t| t.join().unwrap().expect("every request is answered")).collect();
+    eprintln!("200 mixed requests in {:.2} s", started.elapsed().as_secs_f64());
+    for (case, r) in cases.iter().zip(&responses) {
+        check(case, r);
+    }
+    // Buffering the 10 oversized bodies (4 MB each) and decoding the 20 images over the pixel
+    // cap (3 MB each) would add 100 MB; the caps must keep the growth under 40 MB.
+    let peak_kib = vm_kib(pid, "VmHWM:");
+    eprintln!("server memory: {baseline_kib} KiB after warm-up, peak {peak_kib} KiB");
+    assert!(peak_kib < baseline_kib + 40 * 1024, "peak {peak_kib} KiB vs baseline {baseline_kib} KiB");
+    assert_eq!(request(addr, "GET", "/healthz", None, b"", TIMEOUT).unwrap().status, 200, "still serving");
+
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    reader.join().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let log = log.lock().unwrap();
+    assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
+    let logged = log.iter().filter(|l| l.contains("\"POST /v1/classify\"")).count();
+    assert_eq!(logged, 201, "one access-log line per request");
+    assert!(log.iter().any(|l| l.contains("\"POST /v1/classify\" 413")), "access lines carry the status");
+}
+
+fn in_process(dir: &Path, opts: ServeOptions) -> (gpu_cnn::serve::Server, Arc<Classifier>) {
+    let classifier = Arc::new(Classifier::load(checkpoint(dir), Device::Cpu).unwrap());
+    let server = start(classifier.clone(), ServeOptions { bind: "127.0.0.1:0".into(), access_log: false, ..opts }).unwrap();
+    (server, classifier)
+}
+
+#[test]
+fn routes_multipart_and_model_description() {
+    let dir = common::temp_dir("serve-routes");
+    let (server, classifier) = in_process(&dir, ServeOptions { top: 3, ..Default::default() });
+    let addr = server.addr;
+    let health = request(addr, "GET", "/healthz", None, b"", TIMEOUT).unwrap();
+    assert_eq!((health.status, health.json()["status"].as_str()), (200, Some("ok")));
+
+    let model = request(addr, "GET", "/v1/model", None, b"", TIMEOUT).unwrap().json();
+    assert_eq!(model["classes"].as_array().unwrap().len(), 10);
+    assert_eq!(model["input"]["height"], 32);
+    assert_eq!(model["preprocessing"]["resize"], "stretch");
+    assert_eq!(model["training"]["epochs"], 1);
+    assert_eq!(model["parameters"], 122_570);
+
+    let goods = good_images(&classifier, 3);
+    let files: Vec<(&str, &[u8])> = vec![("a.png", &goods[0].0), ("b.jpg", &goods[1].0), ("c.png", &goods[2].0)];
+    let (content_type, body) = multipart(&files);
+    let r = request(addr, "POST", "/v1/classify", Some(&content_type), &body, TIMEOUT).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let predictions = r.json()["predictions"].as_array().unwrap().clone();
+    assert_eq!(predictions.len(), 3);
+    for (p, (name, good)) in predictions.iter().zip(["a.png", "b.jpg", "c.png"].iter().zip(&goods)) {
+        assert_eq!(p["file"], *name);
+        assert_eq!(p["top"].as_array().unwrap().len(), 3, "--top 3");
+        assert_eq!(p["top"][0]["class"].as_str(), Some(good.1.as_str()));
+    }
+    // A bad file in a multipart request is named in the error.
+    let (content_type, body) = multipart(&[("fine.png", &goods[0].0), ("broken.png", b"\x89PNG\r\n\x1a\nbroken")]);
+    let r = request(addr, "POST", "/v1/classify", Some(&content_type), &body, TIMEOUT).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().starts_with("broken.png: "), "{}", r.json());
+
+    let missing = request(addr, "GET", "/v2/nothing", None, b"", TIMEOUT).unwrap();
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"].as_str().unwrap().contains("/v1/classify"));
+    server.shutdown().unwrap();
+}
+
+/// A client that sends half its body and stalls holds the only slot: the next request gets
+/// 503 with Retry-After at once, and the stalled one gets 503 when the timeout passes.
+#[test]
+fn full_queue_answers_503_with_retry_after_and_stalled_requests_time_out() {
+    use std::io::{Read, Write};
+    let dir = common::temp_dir("serve-busy");
+    let (server, classifier) = in_process(&dir, ServeOptions { max_queue: 1, timeout: Duration::from_millis(1500), ..Default::default() });
+    let addr = server.addr;
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    stalled.write_all(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1000\r\n\r\nhalf").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = request(addr, "POST", "/v1/classify", None, &good_images(&classifier, 1)[0].0, TIMEOUT).unwrap();
+    assert_eq!(busy.status, 503, "{}", String::from_utf8_lossy(&busy.body));
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    stalled.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("longer than 1.5 s"), "{answer}");
+    // The slot is free again.
+    let ok = request(addr, "POST", "/v1/classify", None, &good_images(&classifier, 1)[0].0, TIMEOUT).unwrap();
+    assert_eq!(ok.status, 200);
+    server.shutdown().unwrap();
+}
