@@ -3,6 +3,7 @@
 use crate::augment::Augmentation;
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint};
+use crate::class_weight::{balanced_weights, class_counts, ClassWeight};
 use crate::data::{self, Dataset, DatasetKind};
 use crate::image_pipeline::{Background, ColorMode, Interpolation, Preprocessing, ResizeMode};
 use crate::model::{format_arch, parse_arch, summary_table, with_classes, Model, SEED_ARCH};
@@ -176,6 +177,8 @@ pub struct TrainArgs {
     pub progress: bool,
     /// None: the checkpoint's when resuming, else no augmentation.
     pub augment: Option<Augmentation>,
+    /// None: the checkpoint's when resuming, else unweighted.
+    pub class_weight: Option<ClassWeight>,
     /// Replace the files of an earlier run in the run directory.
     pub overwrite: bool,
 }
@@ -248,6 +251,16 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     eprintln!("Data: {} ({} training, {} test images of {}x{}x{}, {} classes)", ds.name, ds.train.len(), ds.test.len(), model.input.0, model.input.1, model.input.2, ds.class_names.len());
     let mut net = Network::new(backend, model, batch_size, seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
     net.adam.learning_rate = learning_rate;
+    let class_weight = args.class_weight.unwrap_or(match resume.as_ref().and_then(|c| c.meta.class_weights.as_ref()) {
+        Some(_) => ClassWeight::Balanced,
+        None => ClassWeight::None,
+    });
+    let train_counts = class_counts(&ds.train.labels, ds.class_names.len());
+    let class_weights = match class_weight {
+        ClassWeight::Balanced => Some(balanced_weights(&train_counts, &ds.class_names)?),
+        ClassWeight::None => None,
+    };
+    net.set_class_weights(class_weights.as_deref())?;
     let mut history = Vec::new();
     if let Some(ck) = &resume {
         let path = args.resume.as_ref().unwrap();
@@ -292,6 +305,10 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     if !augment.is_none() {
         eprintln!("Augmentation: {} (training batches only)", augment.name());
     }
+    if let Some(w) = &class_weights {
+        let list: Vec<String> = ds.class_names.iter().zip(w).map(|(n, w)| format!("{n} {w:.4}")).collect();
+        eprintln!("Class weights (balanced, training loss only): {}", list.join(", "));
+    }
     let opts = TrainOptions {
         epochs: args.epochs,
         batch_size,
@@ -307,7 +324,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let settings = report_settings(&ds.name, &arch_text, net.model.input, &history, batch_size, learning_rate, seed, augment, &net.backend.describe());
     let title = format!("gpu-cnn training run: {}", ds.name);
     let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &history, title, settings, &out)?;
-    eprint!("\n{}\n{}\n", conf.per_class_text(), conf.matrix_text());
+    eprint!("\n{}\n{}\n", conf.per_class_text_with_training(&train_counts, class_weights.as_deref()), conf.matrix_text());
     eprintln!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
     if let Some(last) = history.last() {
         let best = history.iter().fold(last, |b, r| if r.val_accuracy > b.val_accuracy { r } else { b });

@@ -5,6 +5,7 @@ pub mod augment;
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod class_weight;
 pub mod commands;
 pub mod data;
 pub mod device;

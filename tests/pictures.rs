@@ -182,6 +182,7 @@ fn predict_output_is_stable_for_a_known_checkpoint_and_input() {
         history: vec![],
         preprocessing: None,
         data_source: None,
+        class_weights: None,
     };
     let tensors = [HostTensor { name: "dense.kernel".into(), dims: vec![4, 3], data: kernel.clone() }, HostTensor { name: "dense.bias".into(), dims: vec![3], data: bias.clone() }];
     let ck = dir.join("known.safetensors");
