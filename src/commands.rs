@@ -126,14 +126,21 @@ pub fn load_data(opts: &DataOptions, seed: u64) -> Result<Dataset> {
 
 /// As `load_data`; `base` (a checkpoint's pipeline) gives the folder settings not given as flags.
 pub fn load_data_for(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>) -> Result<Dataset> {
-    let mut ds = match &opts.images {
+    Ok(load_data_with_files(opts, seed, base)?.0)
+}
+
+/// As `load_data_for`, with the file of each test image for a folder data set (the report's
+/// top losses name them).
+pub fn load_data_with_files(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>) -> Result<(Dataset, Option<Vec<PathBuf>>)> {
+    let (mut ds, mut test_files) = match &opts.images {
         Some(images) => {
             if let Some(s) = images.image_size.filter(|&s| s == 0 || s > MAX_IMAGE_SIZE) {
                 bail!("--image-size {s} is out of range: 1 to {MAX_IMAGE_SIZE}");
             }
-            data::folder::load(&images.dir, &folder_options(images, seed, base)?)?
+            let folder = data::folder::load_with_files(&images.dir, &folder_options(images, seed, base)?)?;
+            (folder.dataset, Some(folder.test_files))
         }
-        None => data::load_with(opts.dataset, opts.data_dir.as_deref(), seed, opts.offline)?,
+        None => (data::load_with(opts.dataset, opts.data_dir.as_deref(), seed, opts.offline)?, None),
     };
     if let Some(n) = opts.limit_train {
         ds.train.truncate(n);
@@ -141,10 +148,13 @@ pub fn load_data_for(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>
     if let Some(n) = opts.limit_test {
         ds.test.truncate(n);
     }
+    if let Some(files) = &mut test_files {
+        files.truncate(ds.test.len());
+    }
     if ds.train.is_empty() || ds.test.is_empty() {
         bail!("{}: the training or test split is empty", ds.name);
     }
-    Ok(ds)
+    Ok((ds, test_files))
 }
 
 pub fn dataset_kind_by_name(name: &str) -> Option<DatasetKind> {
@@ -225,7 +235,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         }
     }
     let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
-    let ds = load_data_for(&args.data, seed, base.as_ref())?;
+    let (ds, test_files) = load_data_with_files(&args.data, seed, base.as_ref())?;
     // `dense classes` takes its units from the data; the checkpoint stores the resolved text.
     let arch_text = format_arch(&with_classes(&parse_arch(&given_arch)?, ds.class_names.len())?);
     if let (Some(ck), Some(path)) = (&resume, &args.arch) {
@@ -323,7 +333,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let history = train::fit(&mut net, &ds, &opts, history)?;
     let settings = report_settings(&ds.name, &arch_text, net.model.input, &history, batch_size, learning_rate, seed, augment, &net.backend.describe());
     let title = format!("gpu-cnn training run: {}", ds.name);
-    let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &history, title, settings, &out)?;
+    let conf = report::report_network(&mut net, &ds.test, test_files.as_deref(), &ds.class_names, &history, title, settings, &out)?;
     eprint!("\n{}\n{}\n", conf.per_class_text_with_training(&train_counts, class_weights.as_deref()), conf.matrix_text());
     eprintln!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
     if let Some(last) = history.last() {
@@ -429,7 +439,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         None => "test",
     };
     let data = DataOptions { dataset: kind, data_dir: args.data_dir.clone(), limit_train: Some(1), limit_test: args.limit_test, offline: args.offline, images: folder.as_ref().map(|f| f.0.clone()) };
-    let ds = load_data_for(&data, seed, Some(&base))?;
+    let (ds, test_files) = load_data_with_files(&data, seed, Some(&base))?;
     if folder.is_some() && ds.class_names != ck.meta.class_names {
         bail!("{}: trained on the classes {:?} but {} has {:?}", args.checkpoint.display(), ck.meta.class_names, ds.name, ds.class_names);
     }
@@ -451,7 +461,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let out = args.out.clone().unwrap_or_else(|| args.checkpoint.parent().map(Path::to_path_buf).unwrap_or_default().join("evaluate"));
     let settings = report_settings(&ds.name, &ck.meta.arch, ck.meta.input, &ck.meta.history, ck.meta.batch_size, ck.meta.learning_rate, ck.meta.seed, ck.meta.augment, &device);
     let title = format!("gpu-cnn evaluation: {} on {}", args.checkpoint.display(), ds.name);
-    let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &ck.meta.history, title, settings, &out)?;
+    let conf = report::report_network(&mut net, &ds.test, test_files.as_deref(), &ds.class_names, &ck.meta.history, title, settings, &out)?;
     Ok(if args.json {
         serde_json::to_string_pretty(&serde_json::json!({
             "checkpoint": args.checkpoint.display().to_string(),

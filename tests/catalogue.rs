@@ -231,6 +231,11 @@ fn class_weight_balanced_weights_an_imbalanced_catalogue_and_resume_keeps_it() {
     }
     let meta = gpu_cnn::checkpoint::load_meta(&run.join("last.safetensors")).unwrap();
     assert_eq!(meta.class_weights, Some(vec![0.5, 1.5, 3.0]));
+    // A folder run's report has the top-losses grid: all 3 validation images, 5 to a row.
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("<h2 id=\"top-losses\">Top losses</h2>") && html.contains("<img alt=\"top losses\" src=\"data:image/png;base64,"), "no top-losses section");
+    let grid = image::open(run.join("top_losses.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), gpu_cnn::report::grid::grid_size(3, 5));
     // --resume with no flag keeps the weighting.
     let last = run.join("last.safetensors");
     let (ok, _, err) = run_cli_env(&["train", "--resume", last.to_str().unwrap(), "--data", d, "--image-size", "8", "--epochs", "2", "--device", "cpu"], &env);
