@@ -97,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         history: vec![],
         preprocessing: Some(gpu_cnn::image_pipeline::Preprocessing::new((32, 32, 3))?),
         data_source: None,
+        class_weights: None,
     };
     gpu_cnn::checkpoint::save(&ck, &meta, &net.weights()?)?;
     println!("machine: {}", gpu_cnn::system_info::machine_name());

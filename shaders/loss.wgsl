@@ -16,42 +16,47 @@ const THREADS: u32 = 256u;
 var<workgroup> loss_part: array<f32, 256>;
 var<workgroup> correct_part: array<f32, 256>;
 
-// logits (n, classes), labels (n) -> dlogits (n, classes) = out0 = (softmax - onehot) / n;
-// metrics[0] += sum of -log softmax[label], metrics[1] += argmax hits, metrics[2] += n.
-// Dispatch exactly one workgroup; invocation t handles rows t, t + 256, ...
-@compute @workgroup_size(256)
-fn softmax_xent(@builtin(local_invocation_index) lid: u32) {
-    var loss = 0.0;
-    var correct = 0.0;
-    for (var row = lid; row < p.n; row += THREADS) {
-        let base = row * p.classes;
-        let label = labels[row];
-        var max_v = logits[base];
-        var argmax = 0u;
-        for (var c = 1u; c < p.classes; c++) {
-            let v = logits[base + c];
-            if (v > max_v) {
-                max_v = v;
-                argmax = c;
-            }
-        }
-        var sum = 0.0;
-        for (var c = 0u; c < p.classes; c++) {
-            sum += exp(logits[base + c] - max_v);
-        }
-        if (label < p.classes) {
-            loss += log(sum) - (logits[base + label] - max_v);
-        }
-        if (argmax == label) {
-            correct += 1.0;
-        }
-        for (var c = 0u; c < p.classes; c++) {
-            var onehot = 0.0;
-            if (c == label) { onehot = 1.0; }
-            let prob = exp(logits[base + c] - max_v) / sum;
-            out0[base + c] = (prob - onehot) / f32(p.n);
+@group(0) @binding(5) var<storage, read> class_weights: array<f32>;
+
+// One row of softmax_xent weighted by w: writes dlogits row = w * (softmax - onehot) / n and
+// returns (w * -log softmax[label], 1 if argmax hits the label). A w of exactly 1.0 changes no
+// bit, so the unweighted kernel computes what it did before class weights.
+fn xent_row(row: u32, w: f32) -> vec2<f32> {
+    let base = row * p.classes;
+    let label = labels[row];
+    var max_v = logits[base];
+    var argmax = 0u;
+    for (var c = 1u; c < p.classes; c++) {
+        let v = logits[base + c];
+        if (v > max_v) {
+            max_v = v;
+            argmax = c;
         }
     }
+    var sum = 0.0;
+    for (var c = 0u; c < p.classes; c++) {
+        sum += exp(logits[base + c] - max_v);
+    }
+    var loss = 0.0;
+    if (label < p.classes) {
+        loss = w * (log(sum) - (logits[base + label] - max_v));
+    }
+    var correct = 0.0;
+    if (argmax == label) {
+        correct = 1.0;
+    }
+    for (var c = 0u; c < p.classes; c++) {
+        var onehot = 0.0;
+        if (c == label) { onehot = 1.0; }
+        let prob = exp(logits[base + c] - max_v) / sum;
+        out0[base + c] = (prob - onehot) * w / f32(p.n);
+    }
+    return vec2<f32>(loss, correct);
+}
+
+// Adds one invocation's sums into the metrics: a fixed-order tree over the workgroup, then
+// one invocation writes.
+fn add_metrics(lid: u32, loss: f32, correct: f32) {
     loss_part[lid] = loss;
     correct_part[lid] = correct;
     workgroupBarrier();
@@ -67,6 +72,31 @@ fn softmax_xent(@builtin(local_invocation_index) lid: u32) {
         metrics[1] += correct_part[0];
         metrics[2] += f32(p.n);
     }
+}
+
+// logits (n, classes), labels (n) -> dlogits (n, classes) = out0 = (softmax - onehot) / n;
+// metrics[0] += sum of -log softmax[label], metrics[1] += argmax hits, metrics[2] += n.
+// Dispatch exactly one workgroup; invocation t handles rows t, t + 256, ...
+@compute @workgroup_size(256)
+fn softmax_xent(@builtin(local_invocation_index) lid: u32) {
+    var sums = vec2<f32>(0.0, 0.0);
+    for (var row = lid; row < p.n; row += THREADS) {
+        sums += xent_row(row, 1.0);
+    }
+    add_metrics(lid, sums.x, sums.y);
+}
+
+// softmax_xent with row i weighted by class_weights[label_i] (loss and gradient; the hit
+// count stays unweighted).
+@compute @workgroup_size(256)
+fn softmax_xent_weighted(@builtin(local_invocation_index) lid: u32) {
+    var sums = vec2<f32>(0.0, 0.0);
+    for (var row = lid; row < p.n; row += THREADS) {
+        var w = 1.0;
+        if (labels[row] < p.classes) { w = class_weights[labels[row]]; }
+        sums += xent_row(row, w);
+    }
+    add_metrics(lid, sums.x, sums.y);
 }
 
 // logits (n, classes) -> probs (n, classes) = out0, row by row. One invocation per row.

@@ -38,6 +38,9 @@ pub struct CheckpointMeta {
     /// Where the training data came from when it was a folder (`--data`), so `evaluate` can
     /// score exactly the split training held out.
     pub data_source: Option<DataSource>,
+    /// `--class-weight balanced`'s per-class loss weights; None (also in checkpoints from
+    /// before it existed) for an unweighted loss.
+    pub class_weights: Option<Vec<f32>>,
 }
 
 /// A folder data set as training read it.
@@ -104,6 +107,9 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Resul
     if let Some(d) = &meta.data_source {
         info.insert("data_source".to_string(), serde_json::to_string(d)?);
     }
+    if let Some(w) = &meta.class_weights {
+        info.insert("class_weights".to_string(), serde_json::to_string(w)?);
+    }
     let data = safetensors::serialize(views, &Some(info)).map_err(|e| anyhow!("serialising checkpoint: {e:?}"))?;
     write_atomically(path, &data)
 }
@@ -140,7 +146,13 @@ fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMe
         history: serde_json::from_str(get("history")?).with_context(|| format!("{}: metadata history", path.display()))?,
         preprocessing: info.get("preprocessing").map(|t| serde_json::from_str(t)).transpose().with_context(|| format!("{}: metadata preprocessing", path.display()))?,
         data_source: info.get("data_source").map(|t| serde_json::from_str(t)).transpose().with_context(|| format!("{}: metadata data_source", path.display()))?,
+        class_weights: info.get("class_weights").map(|t| serde_json::from_str(t)).transpose().with_context(|| format!("{}: metadata class_weights", path.display()))?,
     };
+    if let Some(w) = &meta.class_weights {
+        if w.len() != meta.class_names.len() || !w.iter().all(|v| v.is_finite() && *v > 0.0) {
+            bail!("{}: metadata class_weights must be {} positive numbers, one per class; the checkpoint is damaged", path.display(), meta.class_names.len());
+        }
+    }
     if meta.step > MAX_STEP {
         bail!("{}: metadata step {} is not a plausible Adam step count (over 2^48); the checkpoint is damaged", path.display(), meta.step);
     }

@@ -3,6 +3,7 @@
 use crate::augment::Augmentation;
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint};
+use crate::class_weight::{balanced_weights, class_counts, ClassWeight};
 use crate::data::{self, Dataset, DatasetKind};
 use crate::image_pipeline::{Background, ColorMode, Interpolation, Preprocessing, ResizeMode};
 use crate::model::{format_arch, parse_arch, summary_table, with_classes, Model, SEED_ARCH};
@@ -125,14 +126,21 @@ pub fn load_data(opts: &DataOptions, seed: u64) -> Result<Dataset> {
 
 /// As `load_data`; `base` (a checkpoint's pipeline) gives the folder settings not given as flags.
 pub fn load_data_for(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>) -> Result<Dataset> {
-    let mut ds = match &opts.images {
+    Ok(load_data_with_files(opts, seed, base)?.0)
+}
+
+/// As `load_data_for`, with the file of each test image for a folder data set (the report's
+/// top losses name them).
+pub fn load_data_with_files(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>) -> Result<(Dataset, Option<Vec<PathBuf>>)> {
+    let (mut ds, mut test_files) = match &opts.images {
         Some(images) => {
             if let Some(s) = images.image_size.filter(|&s| s == 0 || s > MAX_IMAGE_SIZE) {
                 bail!("--image-size {s} is out of range: 1 to {MAX_IMAGE_SIZE}");
             }
-            data::folder::load(&images.dir, &folder_options(images, seed, base)?)?
+            let folder = data::folder::load_with_files(&images.dir, &folder_options(images, seed, base)?)?;
+            (folder.dataset, Some(folder.test_files))
         }
-        None => data::load_with(opts.dataset, opts.data_dir.as_deref(), seed, opts.offline)?,
+        None => (data::load_with(opts.dataset, opts.data_dir.as_deref(), seed, opts.offline)?, None),
     };
     if let Some(n) = opts.limit_train {
         ds.train.truncate(n);
@@ -140,10 +148,13 @@ pub fn load_data_for(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>
     if let Some(n) = opts.limit_test {
         ds.test.truncate(n);
     }
+    if let Some(files) = &mut test_files {
+        files.truncate(ds.test.len());
+    }
     if ds.train.is_empty() || ds.test.is_empty() {
         bail!("{}: the training or test split is empty", ds.name);
     }
-    Ok(ds)
+    Ok((ds, test_files))
 }
 
 pub fn dataset_kind_by_name(name: &str) -> Option<DatasetKind> {
@@ -176,6 +187,8 @@ pub struct TrainArgs {
     pub progress: bool,
     /// None: the checkpoint's when resuming, else no augmentation.
     pub augment: Option<Augmentation>,
+    /// None: the checkpoint's when resuming, else unweighted.
+    pub class_weight: Option<ClassWeight>,
     /// Replace the files of an earlier run in the run directory.
     pub overwrite: bool,
 }
@@ -226,7 +239,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         }
     }
     let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
-    let ds = load_data_for(&args.data, seed, base.as_ref())?;
+    let (ds, test_files) = load_data_with_files(&args.data, seed, base.as_ref())?;
     // `dense classes` takes its units from the data; the checkpoint stores the resolved text.
     let arch_text = format_arch(&with_classes(&parse_arch(&given_arch)?, ds.class_names.len())?);
     if let (Some(ck), Some(path)) = (&resume, &args.arch) {
@@ -252,6 +265,16 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     eprintln!("Data: {} ({} training, {} test images of {}x{}x{}, {} classes)", ds.name, ds.train.len(), ds.test.len(), model.input.0, model.input.1, model.input.2, ds.class_names.len());
     let mut net = Network::new(backend, model, batch_size, seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
     net.adam.learning_rate = learning_rate;
+    let class_weight = args.class_weight.unwrap_or(match resume.as_ref().and_then(|c| c.meta.class_weights.as_ref()) {
+        Some(_) => ClassWeight::Balanced,
+        None => ClassWeight::None,
+    });
+    let train_counts = class_counts(&ds.train.labels, ds.class_names.len());
+    let class_weights = match class_weight {
+        ClassWeight::Balanced => Some(balanced_weights(&train_counts, &ds.class_names)?),
+        ClassWeight::None => None,
+    };
+    net.set_class_weights(class_weights.as_deref())?;
     let mut history = Vec::new();
     if let Some(ck) = &resume {
         let path = args.resume.as_ref().unwrap();
@@ -295,6 +318,10 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     if !augment.is_none() {
         eprintln!("Augmentation: {} (training batches only)", augment.name());
     }
+    if let Some(w) = &class_weights {
+        let list: Vec<String> = ds.class_names.iter().zip(w).map(|(n, w)| format!("{n} {w:.4}")).collect();
+        eprintln!("Class weights (balanced, training loss only): {}", list.join(", "));
+    }
     let opts = TrainOptions {
         epochs: args.epochs,
         batch_size,
@@ -309,8 +336,8 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let history = train::fit(&mut net, &ds, &opts, history)?;
     let settings = report_settings(&ds.name, &arch_text, net.model.input, &history, batch_size, learning_rate, seed, augment, &net.backend.describe());
     let title = format!("gpu-cnn training run: {}", ds.name);
-    let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &history, title, settings, &out)?;
-    eprint!("\n{}\n{}\n", conf.per_class_text(), conf.matrix_text());
+    let conf = report::report_network(&mut net, &ds.test, test_files.as_deref(), &ds.class_names, &history, title, settings, &out)?;
+    eprint!("\n{}\n{}\n", conf.per_class_text_with_training(&train_counts, class_weights.as_deref()), conf.matrix_text());
     eprintln!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
     if let Some(last) = history.last() {
         let best = history.iter().fold(last, |b, r| if r.val_accuracy > b.val_accuracy { r } else { b });
@@ -415,7 +442,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         None => "test",
     };
     let data = DataOptions { dataset: kind, data_dir: args.data_dir.clone(), limit_train: Some(1), limit_test: args.limit_test, offline: args.offline, images: folder.as_ref().map(|f| f.0.clone()) };
-    let ds = load_data_for(&data, seed, Some(&base))?;
+    let (ds, test_files) = load_data_with_files(&data, seed, Some(&base))?;
     if folder.is_some() && ds.class_names != ck.meta.class_names {
         bail!("{}: trained on the classes {:?} but {} has {:?}", args.checkpoint.display(), ck.meta.class_names, ds.name, ds.class_names);
     }
@@ -437,7 +464,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let out = args.out.clone().unwrap_or_else(|| args.checkpoint.parent().map(Path::to_path_buf).unwrap_or_default().join("evaluate"));
     let settings = report_settings(&ds.name, &ck.meta.arch, ck.meta.input, &ck.meta.history, ck.meta.batch_size, ck.meta.learning_rate, ck.meta.seed, ck.meta.augment, &device);
     let title = format!("gpu-cnn evaluation: {} on {}", args.checkpoint.display(), ds.name);
-    let conf = report::report_network(&mut net, &ds.test, &ds.class_names, &ck.meta.history, title, settings, &out)?;
+    let conf = report::report_network(&mut net, &ds.test, test_files.as_deref(), &ds.class_names, &ck.meta.history, title, settings, &out)?;
     Ok(if args.json {
         serde_json::to_string_pretty(&serde_json::json!({
             "checkpoint": args.checkpoint.display().to_string(),

@@ -37,6 +37,7 @@ pub mod augment;
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod class_weight;
 pub mod classifier;
 pub mod commands;
 pub mod data;

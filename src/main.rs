@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use gpu_cnn::augment::Augmentation;
+use gpu_cnn::class_weight::ClassWeight;
 use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, ImageFolderArgs, TrainArgs};
 use gpu_cnn::data::DatasetKind;
 use gpu_cnn::image_pipeline::{Background, ColorMode, Interpolation, ResizeMode};
@@ -309,6 +310,11 @@ struct TrainCli {
     /// checkpoint's when resuming].
     #[arg(long, value_name = "LIST", value_parser = Augmentation::parse)]
     augment: Option<Augmentation>,
+    /// Weight the training loss per class: balanced (Keras's n_samples / (n_classes * n_c)
+    /// from the training split's counts, for imbalanced catalogues) or none [default: none,
+    /// or the checkpoint's when resuming].
+    #[arg(long, value_name = "MODE", value_parser = ClassWeight::parse)]
+    class_weight: Option<ClassWeight>,
     /// Let a fresh run replace the files of an earlier run in --out (its checkpoints and
     /// history); without it a non-empty run directory is refused.
     #[arg(long)]
@@ -399,6 +405,7 @@ fn run(cli: Cli) -> Result<()> {
                 resume: t.resume,
                 progress: std::io::stderr().is_terminal(),
                 augment: t.augment,
+                class_weight: t.class_weight,
                 overwrite: t.overwrite,
             };
             commands::train(&args, &t.device)?;

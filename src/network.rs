@@ -61,6 +61,10 @@ pub struct Network<B: Backend> {
     labels: B::Indices,
     metrics: B::Tensor,
     probs: B::Tensor,
+    /// Per-class loss weights (`--class-weight`); None trains unweighted.
+    class_weights: Option<B::Tensor>,
+    /// The same weights on the host, for checkpoints.
+    class_weight_values: Option<Vec<f32>>,
 }
 
 /// Whether a layer with weights applies ReLU to its output (its backward then masks dy first).
@@ -135,6 +139,8 @@ impl<B: Backend> Network<B> {
             labels: backend.indices(max_batch)?,
             metrics: backend.tensor(METRICS_LEN)?,
             probs: backend.tensor(max_batch * classes)?,
+            class_weights: None,
+            class_weight_values: None,
             backend,
             model,
             max_batch,
@@ -208,7 +214,10 @@ impl<B: Backend> Network<B> {
     fn backward(&mut self, n: usize) {
         let b = &self.backend;
         let last = *self.slot_out.last().unwrap();
-        b.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, n, self.model.classes());
+        match &self.class_weights {
+            Some(w) => b.softmax_xent_weighted(&self.acts[last], &self.labels, w, &mut self.grads[last], &mut self.metrics, n, self.model.classes()),
+            None => b.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, n, self.model.classes()),
+        }
         for (i, layer) in self.model.layers.iter().enumerate().rev() {
             let (a, o) = (self.slot_in[i], self.slot_out[i]);
             if a == o {
@@ -304,6 +313,29 @@ impl<B: Backend> Network<B> {
         let last = *self.slot_out.last().unwrap();
         self.backend.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, indices.len(), self.model.classes());
         self.backend.flush()
+    }
+
+    /// Weights the training loss per class (None: unweighted). Validation loss stays
+    /// unweighted, as Keras applies `class_weight` to the training data only.
+    pub fn set_class_weights(&mut self, weights: Option<&[f32]>) -> Result<()> {
+        self.class_weights = match weights {
+            Some(w) => {
+                if w.len() != self.model.classes() {
+                    bail!("{} class weights for a model with {} classes", w.len(), self.model.classes());
+                }
+                let mut t = self.backend.tensor(w.len())?;
+                self.backend.upload(&mut t, w);
+                Some(t)
+            }
+            None => None,
+        };
+        self.class_weight_values = weights.map(<[f32]>::to_vec);
+        Ok(())
+    }
+
+    /// The per-class loss weights set with `set_class_weights`.
+    pub fn class_weights(&self) -> Option<&[f32]> {
+        self.class_weight_values.as_deref()
     }
 
     /// Class probabilities (n, classes) of the images at `indices`.

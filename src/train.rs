@@ -122,6 +122,7 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
                 history: history.clone(),
                 preprocessing: opts.preprocessing,
                 data_source: opts.data_source.clone(),
+                class_weights: net.class_weights().map(<[f32]>::to_vec),
             };
             let mut tensors = net.weights()?;
             tensors.extend(net.optimizer_state()?);

@@ -139,6 +139,7 @@ impl Trainer {
             history: history.clone(),
             preprocessing,
             data_source: None,
+            class_weights: None,
         };
         let tensors: Vec<HostTensor> = net.weights()?;
         Ok(TrainedModel { history, checkpoint: Checkpoint { meta, tensors }, device: net.backend.describe() })

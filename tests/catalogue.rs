@@ -198,3 +198,53 @@ fn a_headless_start_prints_no_xdg_runtime_dir_lines() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Vulkan"), "{}", String::from_utf8_lossy(&out.stdout));
     }
 }
+
+#[test]
+fn class_weight_balanced_weights_an_imbalanced_catalogue_and_resume_keeps_it() {
+    let dir = temp_dir("catalogue-class-weight");
+    let data = dir.join("photos");
+    // Training counts 12, 4, 2 of 18: Keras's balanced weights 18 / (3 * n_c) = 0.5, 1.5, 3.
+    for (c, (name, count)) in [("bags", 12), ("caps", 4), ("mugs", 2)].iter().enumerate() {
+        for (split, n, offset) in [("train", *count, 0), ("test", 1, 1000)] {
+            let folder = data.join(split).join(name);
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..n {
+                write_photo(&folder, c, offset + i);
+            }
+        }
+    }
+    let arch = dir.join("arch.txt");
+    std::fs::write(&arch, "flatten\ndense classes softmax\n").unwrap();
+    let cache = dir.join("cache");
+    let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
+    let run = dir.join("run");
+    let (d, a, r) = (data.to_str().unwrap(), arch.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, _, err) = run_cli_env(&["train", "--data", d, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r, "--class-weight", "balanced"], &env);
+    assert!(ok, "{err}");
+    assert!(err.contains("Class weights (balanced, training loss only): bags 0.5000, caps 1.5000, mugs 3.0000"), "{err}");
+    // The per-class table after training shows the training counts and weights.
+    let table_row = |name: &str| err.lines().find(|l| l.starts_with(name) && l.contains("  ")).unwrap_or_else(|| panic!("no {name} row: {err}")).to_string();
+    assert!(err.contains("training") && err.contains("weight"), "{err}");
+    for (name, count, weight) in [("bags", "12", "0.5000"), ("caps", "4", "1.5000"), ("mugs", "2", "3.0000")] {
+        let cells: Vec<String> = table_row(name).split_whitespace().map(str::to_string).collect();
+        assert_eq!(&cells[cells.len() - 2..], &[count.to_string(), weight.to_string()], "{name}: {err}");
+    }
+    let meta = gpu_cnn::checkpoint::load_meta(&run.join("last.safetensors")).unwrap();
+    assert_eq!(meta.class_weights, Some(vec![0.5, 1.5, 3.0]));
+    // A folder run's report has the top-losses grid: all 3 validation images, 5 to a row.
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("<h2 id=\"top-losses\">Top losses</h2>") && html.contains("<img alt=\"top losses\" src=\"data:image/png;base64,"), "no top-losses section");
+    let grid = image::open(run.join("top_losses.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), gpu_cnn::report::grid::grid_size(3, 5));
+    // --resume with no flag keeps the weighting.
+    let last = run.join("last.safetensors");
+    let (ok, _, err) = run_cli_env(&["train", "--resume", last.to_str().unwrap(), "--data", d, "--image-size", "8", "--epochs", "2", "--device", "cpu"], &env);
+    assert!(ok, "{err}");
+    assert!(err.contains("Class weights (balanced"), "{err}");
+    assert_eq!(gpu_cnn::checkpoint::load_meta(&last).unwrap().class_weights, Some(vec![0.5, 1.5, 3.0]));
+    // Without the flag nothing is stored (and old checkpoints load as unweighted).
+    let plain = dir.join("plain");
+    let (ok, _, err) = run_cli_env(&["train", "--data", d, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", plain.to_str().unwrap()], &env);
+    assert!(ok && !err.contains("Class weights"), "{err}");
+    assert_eq!(gpu_cnn::checkpoint::load_meta(&plain.join("last.safetensors")).unwrap().class_weights, None);
+}

@@ -52,6 +52,9 @@ fn trained(arch: &str, spec: SyntheticSpec) -> (Checkpoint, ImageSet, Vec<f32>) 
         learning_rate: 3e-3,
         augment: gpu_cnn::augment::Augmentation::NONE,
         history: Vec::new(),
+        preprocessing: None,
+        data_source: None,
+        class_weights: None,
     };
     (Checkpoint { meta, tensors: net.weights().unwrap() }, test, probs)
 }

@@ -81,6 +81,7 @@ fn checkpoint_seeds() -> Vec<Vec<u8>> {
         history: Vec::new(),
         preprocessing: None,
         data_source: None,
+        class_weights: None,
     };
     let path = dir.join("seed.safetensors");
     checkpoint::save(&path, &meta, &tensors).unwrap();

@@ -355,6 +355,45 @@ gpu_test! {
     }
 }
 
+fn weighted_loss_run<B: Backend>(b: &B, logits: &[f32], labels: &[u32], weights: &[f32], n: usize, classes: usize) -> (Vec<f32>, Vec<f32>) {
+    let (lt, lab, w) = (up(b, logits), up_indices(b, labels), up(b, weights));
+    let mut d = b.tensor(n * classes).unwrap();
+    let mut metrics = up(b, &[1.5, 2.0, 3.0]); // adds to what is there
+    b.softmax_xent_weighted(&lt, &lab, &w, &mut d, &mut metrics, n, classes);
+    b.flush().unwrap();
+    (b.download(&d).unwrap(), b.download(&metrics).unwrap())
+}
+
+gpu_test! {
+    fn weighted_softmax_xent_matches_cpu(gpu: &GpuBackend) {
+        let cpu = CpuBackend::new();
+        let mut rng = Rng::new(0x5eed_0016);
+        // Awkward shapes: more rows than the 256 invocations (rows wrap), a prime class count,
+        // one class.
+        for (n, classes) in [(301, 7), (3, 1), (5, 13)] {
+            let logits: Vec<f32> = uniform_vec(&mut rng, n * classes).into_iter().map(|v| v * 8.0).collect();
+            let labels: Vec<u32> = (0..n).map(|_| rng.below(classes as u64) as u32).collect();
+            let weights: Vec<f32> = (0..classes).map(|c| 0.25 + c as f32 * 0.7).collect();
+            let want = weighted_loss_run(&cpu, &logits, &labels, &weights, n, classes);
+            let got = weighted_loss_run(gpu, &logits, &labels, &weights, n, classes);
+            // As unweighted: exp/log on the GPU are a few ulps off (Vulkan's precision rules);
+            // 1e-5 of the largest gradient, weights only scale rows.
+            assert_close(&format!("weighted dlogits n={n} classes={classes}"), &got.0, &want.0, 1e-5 * max_abs(&want.0) as f64, 0.0);
+            // n weighted terms summed in a tree order on the GPU, in row order on the CPU: 1e-4 relative.
+            assert_close("weighted loss sum", &got.1[METRIC_LOSS_SUM..=METRIC_LOSS_SUM], &want.1[METRIC_LOSS_SUM..=METRIC_LOSS_SUM], 0.0, 1e-4);
+            assert_eq!(got.1[METRIC_CORRECT], want.1[METRIC_CORRECT], "correct is not weighted");
+            assert_eq!(got.1[METRIC_COUNT], want.1[METRIC_COUNT], "count is not weighted");
+        }
+        // Weights of exactly 1.0 give the unweighted kernel's results bit for bit.
+        let (n, classes) = (260, 10);
+        let logits: Vec<f32> = uniform_vec(&mut rng, n * classes).into_iter().map(|v| v * 8.0).collect();
+        let labels: Vec<u32> = (0..n).map(|_| rng.below(classes as u64) as u32).collect();
+        let ones = weighted_loss_run(gpu, &logits, &labels, &vec![1.0; classes], n, classes);
+        let plain = loss_run(gpu, &logits, &labels, n, classes);
+        assert_eq!((ones.0, ones.1), (plain.0, plain.1), "weights of 1.0 change nothing");
+    }
+}
+
 /// Adam's defaults with learning rate `lr`, at step `step`.
 fn adam_step(lr: f32, step: u64) -> gpu_cnn::backend::AdamStep {
     AdamConfig { learning_rate: lr, ..AdamConfig::default() }.at_step(step)

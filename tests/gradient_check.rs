@@ -151,6 +151,49 @@ fn softmax_xent_gradient_matches_finite_differences() {
 }
 
 #[test]
+fn weighted_softmax_xent_is_keras_sum_over_batch_size() {
+    let cpu = CpuBackend::new();
+    let (n, classes) = (5, 3);
+    let logits: Vec<f32> = random_vec(n * classes, 21).iter().map(|v| v * 3.0).collect();
+    let labels: Vec<u32> = vec![0, 2, 2, 1, 0];
+    let weights = vec![0.5f32, 2.0, 1.25];
+    // Hand-computed in f64: loss = sum_i w[y_i] * -log softmax_i[y_i] / n.
+    let want_loss: f64 = (0..n)
+        .map(|i| {
+            let z: Vec<f64> = logits[i * classes..][..classes].iter().map(|&v| v as f64).collect();
+            let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
+            weights[labels[i] as usize] as f64 * (lse - z[labels[i] as usize])
+        })
+        .sum::<f64>()
+        / n as f64;
+    let loss = |z: &[f32]| {
+        let (mut g, mut m) = (vec![0.0; n * classes], vec![0.0; 3]);
+        cpu.softmax_xent_weighted(&z.to_vec(), &labels, &weights, &mut g, &mut m, n, classes);
+        m[0] as f64 / n as f64
+    };
+    let (mut g, mut m) = (vec![0.0; n * classes], vec![0.0; 3]);
+    cpu.softmax_xent_weighted(&logits, &labels, &weights, &mut g, &mut m, n, classes);
+    // f32 sums of 5 terms of size ~5: 1e-5 relative.
+    assert!((m[0] as f64 / n as f64 - want_loss).abs() < 1e-5 * want_loss, "loss {} vs {want_loss}", m[0] / n as f32);
+    // Accuracy and count are not weighted.
+    assert_eq!(m[2], n as f32);
+    let hits = (0..n).filter(|&i| {
+        let z = &logits[i * classes..][..classes];
+        let argmax = (0..classes).fold(0, |a, c| if z[c] > z[a] { c } else { a });
+        argmax == labels[i] as usize
+    });
+    assert_eq!(m[1], hits.count() as f32);
+    // Same finite-difference tolerance as the unweighted check (weights <= 2 scale both sides).
+    assert_close("weighted softmax_xent", &g, &numeric_grad(&logits, 0.01, loss), 1e-3, 1e-2);
+    // Weights of exactly 1.0 reproduce the unweighted kernel bit for bit.
+    let (mut g1, mut m1) = (vec![0.0; n * classes], vec![0.0; 3]);
+    cpu.softmax_xent_weighted(&logits, &labels, &vec![1.0; classes], &mut g1, &mut m1, n, classes);
+    let (mut g0, mut m0) = (vec![0.0; n * classes], vec![0.0; 3]);
+    cpu.softmax_xent(&logits, &labels, &mut g0, &mut m0, n, classes);
+    assert_eq!((g1, m1), (g0, m0));
+}
+
+#[test]
 fn whole_network_gradients_match_finite_differences() {
     use gpu_cnn::model::{parse_arch, Model};
     use gpu_cnn::network::Network;

@@ -47,6 +47,7 @@ fn write_checkpoint(path: &Path, arch: &str, input: (usize, usize, usize), with_
         history: Vec::new(),
         preprocessing: None,
         data_source: None,
+        class_weights: None,
     };
     let tensors = if with_weights { common::constant_weights(&Model::new(&parse_arch(arch).unwrap(), input).unwrap(), 0.0) } else { Vec::new() };
     checkpoint::save(path, &meta, &tensors).unwrap();

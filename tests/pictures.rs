@@ -182,6 +182,7 @@ fn predict_output_is_stable_for_a_known_checkpoint_and_input() {
         history: vec![],
         preprocessing: None,
         data_source: None,
+        class_weights: None,
     };
     let tensors = [HostTensor { name: "dense.kernel".into(), dims: vec![4, 3], data: kernel.clone() }, HostTensor { name: "dense.bias".into(), dims: vec![3], data: bias.clone() }];
     let ck = dir.join("known.safetensors");
@@ -294,4 +295,64 @@ fn grid_captions_fit_and_long_names_are_clipped() {
     let long = "a very long class name indeed";
     assert!(gpu_cnn::report::draw::text_width(&gpu_cnn::report::draw::clip_text(long, grid::CELL_WIDTH - 4, 1), 1) <= grid::CELL_WIDTH - 4);
     assert_eq!(gpu_cnn::report::draw::fitting_scale("automobile", grid::CELL_WIDTH - 4, 2), 2);
+}
+
+fn record(epoch: usize, loss: f64, val_loss: f64, acc: f64) -> gpu_cnn::history::EpochRecord {
+    gpu_cnn::history::EpochRecord { epoch, loss, accuracy: acc, val_loss, val_accuracy: acc, seconds: 1.0 }
+}
+
+/// Whether any pixel inside (x, y, w, h), borders excluded, has `colour`.
+fn colour_inside(img: &RgbImage, (x, y, w, h): (u32, u32, u32, u32), colour: image::Rgb<u8>) -> bool {
+    (y + 1..y + h).any(|py| (x + 1..x + w).any(|px| *img.get_pixel(px, py) == colour))
+}
+
+#[test]
+fn legends_sit_outside_the_plotted_area() {
+    use gpu_cnn::report::draw::{BLUE, ORANGE};
+    // No finite values: no curve is drawn, so any blue or orange pixel is the legend's.
+    let history = [record(1, f64::NAN, f64::NAN, f64::NAN), record(2, f64::NAN, f64::NAN, f64::NAN)];
+    let img = plot::curves(&history);
+    let panel_w = plot::CURVES_SIZE.0 / 2;
+    for x0 in [0, panel_w] {
+        let rect = plot::plot_rect(x0);
+        assert!(!colour_inside(&img, rect, BLUE) && !colour_inside(&img, rect, ORANGE), "legend pixels inside the plot of the panel at x={x0}");
+        let panel = image::imageops::crop_imm(&img, x0, 0, panel_w, plot::CURVES_SIZE.1).to_image();
+        assert!(has_colour(&panel, BLUE.0) && has_colour(&panel, ORANGE.0), "the legend is drawn in the panel at x={x0}");
+    }
+}
+
+#[test]
+fn a_diverged_loss_gets_a_log_axis_and_stays_readable() {
+    // Spanning 1000x (2000 down to 2): log scale over whole decades.
+    let diverged = [2000.0, 40.0, 2.0, 2.5];
+    assert_eq!(plot::loss_axis(&diverged), plot::Axis::Log { lo: 0, hi: 4 });
+    // Under 100x (and non-finite values ignored): linear from 0 to a round number.
+    assert_eq!(plot::loss_axis(&[2.3, 0.5, 0.04, f64::INFINITY]), plot::Axis::Linear { hi: 2.5 });
+    // On the log axis the late epochs (2.0 vs 2.5 after 2000) are visibly apart: their points
+    // land more than 5 pixel rows apart, where a linear axis would put both in the same row.
+    let history: Vec<_> = diverged.iter().enumerate().map(|(i, &l)| record(i + 1, l, l, 0.5)).collect();
+    let img = plot::curves(&history);
+    let (x, y, w, h) = plot::plot_rect(0);
+    // val_loss (orange) is drawn last, over the equal train loss.
+    let rows: Vec<u32> = (y + 1..y + h).filter(|&py| (x + w * 2 / 3..x + w).any(|px| *img.get_pixel(px, py) == gpu_cnn::report::draw::ORANGE)).collect();
+    let spread = rows.last().unwrap() - rows.first().unwrap();
+    assert!(spread > 5, "the last epochs' points span {spread} rows");
+}
+
+#[test]
+fn prediction_grid_labels_are_all_one_size() {
+    use gpu_cnn::report::draw::{GREEN, RED};
+    let tile = RgbImage::from_pixel(4, 4, image::Rgb([128, 128, 128]));
+    let cells = vec![
+        grid::Cell { image: tile.clone(), caption: vec![("bag".into(), GREEN)] },
+        grid::Cell { image: tile, caption: vec![("a-much-longer-class-name".into(), RED)] },
+    ];
+    // The long name only fits at scale 1, so every label is drawn at 1.
+    assert_eq!(grid::caption_scale(&cells), 1);
+    let img = grid::captioned_grid(&cells, 2);
+    let green_rows: Vec<u32> = (0..img.height()).filter(|&y| (0..grid::CELL_WIDTH).any(|x| *img.get_pixel(x, y) == GREEN)).collect();
+    let height = green_rows.last().unwrap() - green_rows.first().unwrap() + 1;
+    assert!(height <= 8, "'bag' is {height} px tall: not at the grid's one scale (1)");
+    // Names that all fit keep scale 2.
+    assert_eq!(grid::caption_scale(&cells[..1]), 2);
 }

@@ -276,6 +276,21 @@ pub trait Backend {
         n: usize,
         classes: usize,
     );
+    /// `softmax_xent` with a weight per class (`--class-weight`, Keras's `class_weight`): row i
+    /// counts w = class_weights[label_i] times, so dlogits = w * (softmax - onehot) / n and
+    /// metrics[LOSS_SUM] += sum of w * -log softmax[label] (Keras's "sum_over_batch_size").
+    /// CORRECT and COUNT stay unweighted. A separate path, so unweighted runs do not change.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent_weighted(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Indices,
+        class_weights: &Self::Tensor,
+        dlogits: &mut Self::Tensor,
+        metrics: &mut Self::Tensor,
+        n: usize,
+        classes: usize,
+    );
     /// probs = softmax(logits) row by row (for predict).
     fn softmax(&self, logits: &Self::Tensor, probs: &mut Self::Tensor, n: usize, classes: usize);
 
@@ -395,6 +410,9 @@ impl<B: Backend> Backend for &B {
     }
     fn softmax_xent(&self, logits: &Self::Tensor, labels: &Self::Indices, dlogits: &mut Self::Tensor, metrics: &mut Self::Tensor, n: usize, classes: usize) {
         (**self).softmax_xent(logits, labels, dlogits, metrics, n, classes)
+    }
+    fn softmax_xent_weighted(&self, logits: &Self::Tensor, labels: &Self::Indices, class_weights: &Self::Tensor, dlogits: &mut Self::Tensor, metrics: &mut Self::Tensor, n: usize, classes: usize) {
+        (**self).softmax_xent_weighted(logits, labels, class_weights, dlogits, metrics, n, classes)
     }
     fn softmax(&self, logits: &Self::Tensor, probs: &mut Self::Tensor, n: usize, classes: usize) {
         (**self).softmax(logits, probs, n, classes)

@@ -65,11 +65,35 @@ impl Confusion {
 
     /// Per-class precision, recall and support, as a table.
     pub fn per_class_text(&self) -> String {
+        self.per_class_table(None, None)
+    }
+
+    /// The per-class table after training: also each class's training images and, with
+    /// `--class-weight`, its loss weight.
+    pub fn per_class_text_with_training(&self, train_counts: &[usize], weights: Option<&[f32]>) -> String {
+        self.per_class_table(Some(train_counts), weights)
+    }
+
+    fn per_class_table(&self, train_counts: Option<&[usize]>, weights: Option<&[f32]>) -> String {
         let name_w = self.class_names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(10);
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-        let mut s = format!("{:<name_w$}  {:>9}  {:>9}  {:>7}\n", "class", "precision", "recall", "images");
+        let mut s = format!("{:<name_w$}  {:>9}  {:>9}  {:>7}", "class", "precision", "recall", "images");
+        if train_counts.is_some() {
+            s += &format!("  {:>8}", "training");
+        }
+        if weights.is_some() {
+            s += &format!("  {:>7}", "weight");
+        }
+        s += "\n";
         for (c, name) in self.class_names.iter().enumerate() {
-            s += &format!("{name:<name_w$}  {:>9}  {:>9}  {:>7}\n", fmt(self.precision(c)), fmt(self.recall(c)), self.counts[c].iter().sum::<usize>());
+            s += &format!("{name:<name_w$}  {:>9}  {:>9}  {:>7}", fmt(self.precision(c)), fmt(self.recall(c)), self.counts[c].iter().sum::<usize>());
+            if let Some(t) = train_counts {
+                s += &format!("  {:>8}", t.get(c).copied().unwrap_or(0));
+            }
+            if let Some(w) = weights {
+                s += &format!("  {:>7.4}", w.get(c).copied().unwrap_or(f32::NAN));
+            }
+            s += "\n";
         }
         s
     }

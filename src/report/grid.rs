@@ -47,18 +47,24 @@ pub struct Cell {
 pub fn captioned_grid(cells: &[Cell], cols: usize) -> RgbImage {
     let (w, h) = grid_size(cells.len(), cols);
     let mut img = draw::canvas(w, h);
+    let scale = caption_scale(cells);
     for (i, cell) in cells.iter().enumerate() {
         let (x0, y0) = ((i % cols) as u32 * CELL_WIDTH, (i / cols) as u32 * CELL_HEIGHT);
         let tile = imageops::resize(&cell.image, TILE, TILE, imageops::FilterType::Nearest);
         imageops::replace(&mut img, &tile, (x0 + SIDE) as i64, (y0 + PAD) as i64);
         for (line, (text, color)) in cell.caption.iter().take(CAPTION_LINES as usize).enumerate() {
-            let scale = draw::fitting_scale(text, CELL_WIDTH - 4, 2);
             let text = draw::clip_text(text, CELL_WIDTH - 4, scale);
             let y = y0 + PAD + TILE + 4 + line as u32 * LINE_HEIGHT + (2 - scale) * 4;
             draw::text_centered(&mut img, (x0 + CELL_WIDTH / 2) as i64, y as i64, &text, scale, *color);
         }
     }
     img
+}
+
+/// The one text scale of every caption in the grid: 2 when every line fits at 2, else 1
+/// (longer names are clipped), so no label looks more important than another.
+pub fn caption_scale(cells: &[Cell]) -> u32 {
+    cells.iter().flat_map(|c| c.caption.iter().take(CAPTION_LINES as usize)).map(|(t, _)| draw::fitting_scale(t, CELL_WIDTH - 4, 2)).min().unwrap_or(2)
 }
 
 /// What salts the preview sample, so it depends only on the seed.

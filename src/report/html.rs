@@ -36,6 +36,8 @@ pub struct Page<'a> {
     pub curves_png: &'a [u8],
     pub confusion_png: &'a [u8],
     pub predictions_png: &'a [u8],
+    /// Folder data sets only: the images with the highest loss, named by file.
+    pub top_losses_png: Option<&'a [u8]>,
 }
 
 fn img(alt: &str, png: &[u8]) -> String {
@@ -66,6 +68,12 @@ pub fn render(p: &Page) -> String {
     }
     h += &format!("</table>\n<pre>{}</pre>\n", escape(&c.matrix_text()));
     h += &format!("<h2>Predictions on the first test images</h2>\n<p>Green: right; red: wrong, with the true class.</p>\n{}\n", img("prediction grid", p.predictions_png));
+    if let Some(png) = p.top_losses_png {
+        h += &format!(
+            "<h2 id=\"top-losses\">Top losses</h2>\n<p>The validation images the model disagrees with most (highest loss first): file name, then predicted class, its probability / true class. Mislabelled photos show up here first; <code>gpu-cnn review</code> lists them all.</p>\n{}\n",
+            img("top losses", png)
+        );
+    }
     h += "<h2>History</h2>\n<table id=\"history\">\n<tr><th>epoch</th><th>loss</th><th>accuracy</th><th>val_loss</th><th>val_accuracy</th><th>seconds</th></tr>\n";
     for r in p.history {
         h += &format!(

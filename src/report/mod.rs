@@ -56,6 +56,29 @@ pub struct RunReport<'a> {
     pub test: &'a ImageSet,
     /// Class probabilities (test.len(), classes) of the test images.
     pub probs: &'a [f32],
+    /// The file of each test image (folder data sets): adds the top-losses grid.
+    pub test_files: Option<&'a [std::path::PathBuf]>,
+}
+
+/// The top-losses grid shows this many images.
+pub const TOP_LOSSES: usize = 10;
+
+/// fastai's `plot_top_losses`: the test images the model disagrees with most (review.rs's
+/// ranking), captioned with the file name and "predicted (p) / true".
+pub fn top_losses_grid(test: &ImageSet, files: &[std::path::PathBuf], class_names: &[String], probs: &[f32]) -> RgbImage {
+    let losses = crate::review::top_losses(files, &test.labels[..files.len()], probs, class_names.len());
+    let cells: Vec<grid::Cell> = losses
+        .iter()
+        .take(TOP_LOSSES)
+        .map(|l| {
+            let index = files.iter().position(|f| *f == l.file).unwrap_or(0);
+            let name = l.file.file_name().map_or_else(|| l.file.display().to_string(), |n| n.to_string_lossy().into_owned());
+            let colour = if l.predicted == l.truth { draw::GREEN } else { draw::RED };
+            let verdict = format!("{} {:.2} / {}", grid::class_name(class_names, l.predicted), l.p_predicted, grid::class_name(class_names, l.truth));
+            grid::Cell { image: grid::to_rgb(test, index), caption: vec![(name, draw::BLACK), (verdict, colour)] }
+        })
+        .collect();
+    grid::captioned_grid(&cells, GRID_COLUMNS)
 }
 
 /// Writes predictions.png, curves.png, confusion.png, confusion.json and report.html into
@@ -72,6 +95,14 @@ pub fn write_run_report(dir: &Path, r: &RunReport) -> Result<Confusion> {
     write_file(dir, "curves.png", &curves_png)?;
     write_file(dir, "confusion.png", &confusion_png)?;
     write_file(dir, "confusion.json", serde_json::to_string_pretty(&conf.to_json())?.as_bytes())?;
+    let top_losses_png = match r.test_files {
+        Some(files) if files.len() == r.test.len() && !files.is_empty() => {
+            let png = png_bytes(&top_losses_grid(r.test, files, r.class_names, r.probs))?;
+            write_file(dir, "top_losses.png", &png)?;
+            Some(png)
+        }
+        _ => None,
+    };
     let page = html::Page {
         title: &r.title,
         settings: &r.settings,
@@ -80,6 +111,7 @@ pub fn write_run_report(dir: &Path, r: &RunReport) -> Result<Confusion> {
         curves_png: &curves_png,
         confusion_png: &confusion_png,
         predictions_png: &predictions_png,
+        top_losses_png: top_losses_png.as_deref(),
     };
     write_file(dir, "report.html", html::render(&page).as_bytes())?;
     Ok(conf)
@@ -87,9 +119,11 @@ pub fn write_run_report(dir: &Path, r: &RunReport) -> Result<Confusion> {
 
 /// Predicts every test image with `net` and writes the run's pictures and report.html into
 /// `dir` (used after `train` and by `evaluate`). Returns the confusion matrix.
+#[allow(clippy::too_many_arguments)]
 pub fn report_network<B: crate::backend::Backend>(
     net: &mut crate::network::Network<B>,
     test: &ImageSet,
+    test_files: Option<&[std::path::PathBuf]>,
     class_names: &[String],
     history: &[EpochRecord],
     title: String,
@@ -98,5 +132,5 @@ pub fn report_network<B: crate::backend::Backend>(
 ) -> Result<Confusion> {
     let data = net.backend.upload_image_set(test).context("putting the test set on the device")?;
     let probs = crate::predict::probabilities(net, &data, test.len())?;
-    write_run_report(dir, &RunReport { title, settings, class_names, history, test, probs: &probs })
+    write_run_report(dir, &RunReport { title, settings, class_names, history, test, probs: &probs, test_files })
 }

@@ -215,33 +215,13 @@ impl Backend for CpuBackend {
     }
 
     fn softmax_xent(&self, logits: &Vec<f32>, labels: &Vec<u32>, dlogits: &mut Vec<f32>, metrics: &mut Vec<f32>, n: usize, classes: usize) {
-        let mut loss_sum = 0.0f32;
-        let mut correct = 0.0f32;
-        for i in 0..n {
-            let z = &logits[i * classes..][..classes];
-            let g = &mut dlogits[i * classes..][..classes];
-            let label = labels[i] as usize;
-            let (mut max, mut argmax) = (z[0], 0);
-            for (c, &v) in z.iter().enumerate() {
-                if v > max {
-                    max = v;
-                    argmax = c;
-                }
-            }
-            let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
-            let log_sum = sum.ln();
-            loss_sum += log_sum - (z[label] - max);
-            if argmax == label {
-                correct += 1.0;
-            }
-            for c in 0..classes {
-                let p = (z[c] - max).exp() / sum;
-                g[c] = (p - if c == label { 1.0 } else { 0.0 }) / n as f32;
-            }
-        }
-        metrics[METRIC_LOSS_SUM] += loss_sum;
-        metrics[METRIC_CORRECT] += correct;
-        metrics[METRIC_COUNT] += n as f32;
+        // A weight of exactly 1.0 leaves every product unchanged: the unweighted path is
+        // bit for bit what it was before class weights existed.
+        softmax_xent_rows(logits, labels, |_| 1.0, dlogits, metrics, n, classes);
+    }
+
+    fn softmax_xent_weighted(&self, logits: &Vec<f32>, labels: &Vec<u32>, class_weights: &Vec<f32>, dlogits: &mut Vec<f32>, metrics: &mut Vec<f32>, n: usize, classes: usize) {
+        softmax_xent_rows(logits, labels, |label| class_weights[label], dlogits, metrics, n, classes);
     }
 
     fn softmax(&self, logits: &Vec<f32>, probs: &mut Vec<f32>, n: usize, classes: usize) {
@@ -269,6 +249,40 @@ impl Backend for CpuBackend {
             },
         );
     }
+}
+
+/// Softmax + cross-entropy + gradient, each row weighted by `weight(label)`:
+/// loss_i = w * -log softmax[label], dlogits_i = w * (softmax - onehot) / n.
+#[allow(clippy::too_many_arguments)]
+fn softmax_xent_rows(logits: &[f32], labels: &[u32], weight: impl Fn(usize) -> f32, dlogits: &mut [f32], metrics: &mut [f32], n: usize, classes: usize) {
+    let mut loss_sum = 0.0f32;
+    let mut correct = 0.0f32;
+    for i in 0..n {
+        let z = &logits[i * classes..][..classes];
+        let g = &mut dlogits[i * classes..][..classes];
+        let label = labels[i] as usize;
+        let w = weight(label);
+        let (mut max, mut argmax) = (z[0], 0);
+        for (c, &v) in z.iter().enumerate() {
+            if v > max {
+                max = v;
+                argmax = c;
+            }
+        }
+        let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+        let log_sum = sum.ln();
+        loss_sum += w * (log_sum - (z[label] - max));
+        if argmax == label {
+            correct += 1.0;
+        }
+        for c in 0..classes {
+            let p = (z[c] - max).exp() / sum;
+            g[c] = (p - if c == label { 1.0 } else { 0.0 }) * w / n as f32;
+        }
+    }
+    metrics[METRIC_LOSS_SUM] += loss_sum;
+    metrics[METRIC_CORRECT] += correct;
+    metrics[METRIC_COUNT] += n as f32;
 }
 
 #[cfg(test)]

@@ -17,6 +17,17 @@ impl GpuBackend {
         self.moved(n * classes + n + 3, n * classes + 3);
     }
 
+    // softmax_xent with each row weighted by class_weights[label] (classes floats).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_softmax_xent_weighted(&self, logits: &GpuTensor, labels: &GpuIndices, class_weights: &GpuTensor, dlogits: &mut GpuTensor, metrics: &mut GpuTensor, n: usize, classes: usize) {
+        if n == 0 || classes == 0 {
+            return;
+        }
+        let params = LossParams { n: u32_of(n), classes: u32_of(classes), ..Default::default() };
+        let bound = [logits.at(1), labels.at(2), dlogits.at(3), metrics.at(4), class_weights.at(5)];
+        self.dispatch(&self.pipelines.softmax_xent_weighted, &params, &bound, [1, 1, 1]);
+    }
+
     // logits (n, classes) -> probs (n, classes).
     pub(super) fn record_softmax(&self, logits: &GpuTensor, probs: &mut GpuTensor, n: usize, classes: usize) {
         if classes == 0 {

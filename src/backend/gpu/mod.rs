@@ -359,6 +359,10 @@ impl Backend for GpuBackend {
     fn softmax_xent(&self, logits: &GpuTensor, labels: &GpuIndices, dlogits: &mut GpuTensor, metrics: &mut GpuTensor, n: usize, classes: usize) {
         self.record_softmax_xent(logits, labels, dlogits, metrics, n, classes);
     }
+
+    fn softmax_xent_weighted(&self, logits: &GpuTensor, labels: &GpuIndices, class_weights: &GpuTensor, dlogits: &mut GpuTensor, metrics: &mut GpuTensor, n: usize, classes: usize) {
+        self.record_softmax_xent_weighted(logits, labels, class_weights, dlogits, metrics, n, classes);
+    }
     fn softmax(&self, logits: &GpuTensor, probs: &mut GpuTensor, n: usize, classes: usize) {
         self.record_softmax(logits, probs, n, classes);
     }
