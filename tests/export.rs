@@ -26,7 +26,7 @@ const TOLERANCE: f32 = 1e-5;
 /// and the probabilities are not uniform), the 200 test images and our CPU probabilities.
 fn trained(arch: &str, spec: SyntheticSpec) -> (Checkpoint, ImageSet, Vec<f32>) {
     let ds = generate(&spec, 3);
-    let layers = parse_arch(arch).unwrap();
+    let layers = gpu_cnn::model::with_classes(&parse_arch(arch).unwrap(), ds.class_names.len()).unwrap();
     let model = Model::new(&layers, ds.input_shape()).unwrap();
     let mut net = Network::new(CpuBackend::new(), model, 32, 11).unwrap();
     net.adam.learning_rate = 3e-3;

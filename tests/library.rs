@@ -54,11 +54,12 @@ fn trainer_reports_every_epoch_and_its_classifier_matches_predict() {
     assert_eq!(batch.len(), 6);
     let (ok, stdout, stderr) = common::run_cli(&["predict", "--checkpoint", dir.join("last.safetensors").to_str().unwrap(), "--device", "cpu", "--json", "--top", "5", dir.to_str().unwrap()]);
     assert!(ok, "{stderr}");
-    let predicted: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // predict --json prints one JSON object per file and line, in input order.
+    let predicted: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for (i, path) in files.iter().enumerate() {
         let single = from_file.classify_path(path).unwrap();
         let memory = in_memory.classify(&images[i]).unwrap();
-        let cli = &predicted["predictions"][i]["top"];
+        let cli = &predicted[i]["top"];
         assert_eq!(single.len(), 5);
         for (k, p) in single.iter().enumerate() {
             assert_eq!(p.class, batch[i][k].class);

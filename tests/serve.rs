@@ -39,7 +39,10 @@ fn good_images(classifier: &Classifier, n: usize) -> Vec<(Vec<u8>, String, f32)>
             let (img, format) = if i % 2 == 0 { (img, ImageFormat::Png) } else { (img.resize_exact(48, 40, gpu_cnn::image::imageops::FilterType::Triangle), ImageFormat::Jpeg) };
             let mut bytes = Vec::new();
             img.write_to(&mut std::io::Cursor::new(&mut bytes), format).unwrap();
-            let top = classifier.classify(&gpu_cnn::image::load_from_memory(&bytes).unwrap()).unwrap();
+            // Expected through the one image pipeline, as the server decodes (its JPEG decoder
+            // differs from image::load_from_memory's in the last bits).
+            let img = gpu_cnn::image_pipeline::decode(&bytes, classifier.preprocessing()).unwrap();
+            let top = classifier.top(&classifier.probabilities(&classifier.prepare(&img).unwrap()).unwrap());
             (bytes, top[0].class.clone(), top[0].probability)
         })
         .collect()
