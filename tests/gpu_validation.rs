@@ -24,11 +24,12 @@ fn validation_available() -> bool {
     false
 }
 
-fn train_args(out: &str) -> Vec<String> {
-    ["train", "--dataset", "synthetic", "--device", "vulkan", "--epochs", "1", "--limit-train", "96", "--limit-test", "32", "--out", out]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+/// A short training run on the Vulkan adapter into `dir/name`, with extra environment variables.
+fn train(dir: &std::path::Path, name: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = dir.join(name);
+    let out = out.to_str().unwrap();
+    let args = ["train", "--dataset", "synthetic", "--device", "vulkan", "--epochs", "1", "--limit-train", "96", "--limit-test", "32", "--out", out];
+    run_cli_env(&args, env)
 }
 
 #[test]
@@ -37,13 +38,10 @@ fn a_clean_run_under_validation_reports_nothing() {
         return;
     }
     let dir = common::temp_dir("validation-clean");
-    let out = dir.join("run");
-    let args = train_args(out.to_str().unwrap());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, _, stderr) = run_cli_env(&args, &[("GPU_CNN_VALIDATION", "1")]);
+    let (ok, _, stderr) = train(&dir, "run", &[("GPU_CNN_VALIDATION", "1")]);
     assert!(ok, "a clean run failed under validation:\n{stderr}");
     assert!(!stderr.contains("validation message"), "{stderr}");
-    assert!(out.join("last.safetensors").exists());
+    assert!(dir.join("run").join("last.safetensors").exists());
 }
 
 #[test]
@@ -52,18 +50,12 @@ fn a_validation_message_fails_the_run() {
         return;
     }
     let dir = common::temp_dir("validation-misuse");
-    let out = dir.join("run");
-    let args = train_args(out.to_str().unwrap());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, _, stderr) = run_cli_env(&args, &[("GPU_CNN_VALIDATION", "1"), ("GPU_CNN_TEST_MISUSE", "zero-size-buffer")]);
+    let (ok, _, stderr) = train(&dir, "run", &[("GPU_CNN_VALIDATION", "1"), ("GPU_CNN_TEST_MISUSE", "zero-size-buffer")]);
     assert!(!ok, "the misuse went unnoticed:\n{stderr}");
     assert!(stderr.contains("validation message"), "{stderr}");
     // The layer names the rule the zero-sized buffer breaks.
     assert!(stderr.contains("VUID-VkBufferCreateInfo-size"), "{stderr}");
     // Without validation the same misuse is not caught: the failure above came from the layer.
-    let out2 = dir.join("run2");
-    let args = train_args(out2.to_str().unwrap());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, _, stderr) = run_cli_env(&args, &[("GPU_CNN_TEST_MISUSE", "zero-size-buffer")]);
+    let (ok, _, stderr) = train(&dir, "run2", &[("GPU_CNN_TEST_MISUSE", "zero-size-buffer")]);
     assert!(ok, "{stderr}");
 }

@@ -47,14 +47,9 @@ pub fn backward_input_algo(s: &ConvShape) -> ConvAlgo {
     }
 }
 
+/// The filter gradient follows the forward pass's rule: both kernels win on the same shapes.
 pub fn backward_filter_algo(s: &ConvShape) -> ConvAlgo {
-    if direct::suits(s) {
-        ConvAlgo::Direct
-    } else if winograd::suits(s) {
-        ConvAlgo::Winograd
-    } else {
-        ConvAlgo::Im2colGemm
-    }
+    forward_algo(s)
 }
 
 /// y (n, out_h, out_w, out_c) = conv(x) + b, then ReLU; `kernel` is scratch for a
