@@ -98,6 +98,11 @@ fn row_set(layer: &str, s: &ConvShape, n: usize, peak: f64) {
         print("backward_input", algo, conv::backward_input_algo(s), time(|| conv::backward_input_with(algo, &dy, &w, &mut dx, s, n, &mut kernel)));
     }
     for algo in ConvAlgo::ALL.into_iter().filter(|a| a.can_run(s) && wanted(a)) {
-        print("backward_filter", algo, conv::backward_filter_algo(s), time(|| conv::backward_filter_with(algo, &x, &dy, &mut dw, &mut db, s, n, &mut partials, &mut kernel)));
+        print(
+            "backward_filter",
+            algo,
+            conv::backward_filter_algo(s),
+            time(|| conv::backward_filter_with(algo, &x, &dy, &mut dw, &mut db, s, n, &mut partials, &mut kernel)),
+        );
     }
 }

@@ -52,7 +52,13 @@ fn main() -> anyhow::Result<()> {
     eprintln!("{n} JPEG files, {:.1} MB ({:.1} KB each)", bytes as f64 / 1e6, bytes as f64 / n as f64 / 1e3);
     let cache = dir.join("cache");
     let _ = std::fs::remove_dir_all(&cache);
-    let opts = FolderOptions { preprocessing: gpu_cnn::image_pipeline::Preprocessing::new((32, 32, 3))?, val_split: 0.2, seed: 0, skip_bad: false, cache_dir: Some(cache) };
+    let opts = FolderOptions {
+        preprocessing: gpu_cnn::image_pipeline::Preprocessing::new((32, 32, 3))?,
+        val_split: 0.2,
+        seed: 0,
+        skip_bad: false,
+        cache_dir: Some(cache),
+    };
     let t = Instant::now();
     let ds = folder::load(&photos, &opts)?;
     let first = t.elapsed().as_secs_f64();
@@ -61,7 +67,11 @@ fn main() -> anyhow::Result<()> {
     let second = t.elapsed().as_secs_f64();
     assert_eq!(ds.train.images, again.train.images);
     println!("machine: {}", gpu_cnn::system_info::machine_name());
-    println!("first load (list + decode + resize to 32x32 + write cache): {first:.2} s, {:.0} images/s on {} threads", n as f64 / first, rayon::current_num_threads());
+    println!(
+        "first load (list + decode + resize to 32x32 + write cache): {first:.2} s, {:.0} images/s on {} threads",
+        n as f64 / first,
+        rayon::current_num_threads()
+    );
     println!("second load (list + stat + read cache): {second:.3} s");
     Ok(())
 }

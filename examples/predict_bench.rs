@@ -116,7 +116,16 @@ fn main() -> anyhow::Result<()> {
 
         // After: the library call `gpu-cnn predict --device cpu` makes.
         let (t, cpu) = (Instant::now(), cpu_seconds());
-        let args = gpu_cnn::predict::PredictArgs { checkpoint: ck.clone(), inputs: vec![photos.clone()], top: 3, batch_size: 64, json: false, threshold: None, max_pixels: None, progress: false };
+        let args = gpu_cnn::predict::PredictArgs {
+            checkpoint: ck.clone(),
+            inputs: vec![photos.clone()],
+            top: 3,
+            batch_size: 64,
+            json: false,
+            threshold: None,
+            max_pixels: None,
+            progress: false,
+        };
         let summary = gpu_cnn::predict::predict_on(CpuBackend::new(), &args, &mut std::io::sink(), &mut std::io::sink())?;
         let (after_wall, after_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
         assert_eq!(summary.predicted, count);

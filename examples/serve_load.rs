@@ -44,7 +44,8 @@ fn main() -> Result<()> {
         None => {
             let dir = std::env::temp_dir().join(format!("gpu-cnn-serve-load-{}", std::process::id()));
             let data = generate(&SyntheticSpec { train: 512, test: 64, ..Default::default() }, 0);
-            Trainer::new(gpu_cnn::model::seed_layers(), data, TrainConfig { epochs: 1, device: Device::Cpu, out_dir: Some(dir.clone()), ..Default::default() }).fit()?;
+            Trainer::new(gpu_cnn::model::seed_layers(), data, TrainConfig { epochs: 1, device: Device::Cpu, out_dir: Some(dir.clone()), ..Default::default() })
+                .fit()?;
             dir.join("last.safetensors")
         }
     };
@@ -83,7 +84,13 @@ fn main() -> Result<()> {
     let batch_rate = done as f64 / started.elapsed().as_secs_f64();
     println!("batch (no HTTP, batches of {}): {batch_rate:.0} images/s", args.max_batch);
 
-    let opts = ServeOptions { bind: "127.0.0.1:0".into(), max_batch: args.max_batch, max_wait: Duration::from_millis(args.max_wait_ms), access_log: false, ..Default::default() };
+    let opts = ServeOptions {
+        bind: "127.0.0.1:0".into(),
+        max_batch: args.max_batch,
+        max_wait: Duration::from_millis(args.max_wait_ms),
+        access_log: false,
+        ..Default::default()
+    };
     let server = start(classifier.clone(), opts)?;
     let addr = server.addr;
     println!("| clients | requests/s | vs batch | p50 ms | p99 ms | failed |");

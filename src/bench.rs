@@ -44,7 +44,15 @@ impl BenchOptions {
     /// A short run at small batches (under a minute on lavapipe); the shapes are still the
     /// seed model's, only the batch is smaller.
     pub fn quick(per_submit: usize) -> Self {
-        BenchOptions { kernel_batches: vec![8], train_batches: vec![8], scaling_batches: vec![4, 8], inference_batch: 16, repeats: 3, min_seconds: 0.2, per_submit: per_submit.min(3) }
+        BenchOptions {
+            kernel_batches: vec![8],
+            train_batches: vec![8],
+            scaling_batches: vec![4, 8],
+            inference_batch: 16,
+            repeats: 3,
+            min_seconds: 0.2,
+            per_submit: per_submit.min(3),
+        }
     }
 }
 
@@ -147,10 +155,28 @@ struct Recorder<'a> {
 impl Recorder<'_> {
     fn compute(&mut self, kernel: &str, (seconds, timed_by): (f64, &'static str), flops: f64) {
         let gflops = flops / seconds / 1e9;
-        self.out.push(KernelTiming { kernel: kernel.into(), layer: self.layer.into(), batch: self.batch, median_ms: seconds * 1e3, gflops: Some(gflops), gbytes_per_s: None, fraction_of_peak: Some(gflops / self.peak), timed_by });
+        self.out.push(KernelTiming {
+            kernel: kernel.into(),
+            layer: self.layer.into(),
+            batch: self.batch,
+            median_ms: seconds * 1e3,
+            gflops: Some(gflops),
+            gbytes_per_s: None,
+            fraction_of_peak: Some(gflops / self.peak),
+            timed_by,
+        });
     }
     fn memory(&mut self, kernel: &str, (seconds, timed_by): (f64, &'static str), bytes: f64) {
-        self.out.push(KernelTiming { kernel: kernel.into(), layer: self.layer.into(), batch: self.batch, median_ms: seconds * 1e3, gflops: None, gbytes_per_s: Some(bytes / seconds / 1e9), fraction_of_peak: None, timed_by });
+        self.out.push(KernelTiming {
+            kernel: kernel.into(),
+            layer: self.layer.into(),
+            batch: self.batch,
+            median_ms: seconds * 1e3,
+            gflops: None,
+            gbytes_per_s: Some(bytes / seconds / 1e9),
+            fraction_of_peak: None,
+            timed_by,
+        });
     }
 }
 
@@ -357,7 +383,13 @@ pub fn format_table(r: &DeviceBench) -> String {
         let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
         out += &format!(
             "{:<24} {:<16} {:>5} {:>10.3} {:>10} {:>8} {:>8}\n",
-            k.kernel, k.layer, k.batch, k.median_ms, opt(k.gflops, 1), opt(k.fraction_of_peak.map(|f| f * 100.0), 0).replace('-', "-") + if k.fraction_of_peak.is_some() { "%" } else { "" }, opt(k.gbytes_per_s, 2)
+            k.kernel,
+            k.layer,
+            k.batch,
+            k.median_ms,
+            opt(k.gflops, 1),
+            opt(k.fraction_of_peak.map(|f| f * 100.0), 0).replace('-', "-") + if k.fraction_of_peak.is_some() { "%" } else { "" },
+            opt(k.gbytes_per_s, 2)
         );
     }
     out += "\ntraining (seed model, 32x32x3):\n";

@@ -3,12 +3,12 @@
 //! facts (architecture text, input shape, class names, epoch, step, seed, augmentation, history)
 //! as string metadata. Written to a temporary file and renamed, so a crash never leaves half a file.
 
+use crate::atomic_file::write_atomically;
 use crate::augment::Augmentation;
+use crate::history::EpochRecord;
 use crate::image_pipeline::Preprocessing;
 use crate::model::{parse_arch, parse_input_shape, Model};
 use crate::network::HostTensor;
-use crate::atomic_file::write_atomically;
-use crate::history::EpochRecord;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -124,7 +124,8 @@ pub const MAX_STEP: u64 = 1 << 48;
 
 /// Reads a checkpoint's facts from its metadata, checking each.
 fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMeta> {
-    let get = |key: &str| -> Result<&String> { info.get(key).ok_or_else(|| anyhow!("{}: metadata '{key}' is missing (not a gpu-cnn checkpoint?)", path.display())) };
+    let get =
+        |key: &str| -> Result<&String> { info.get(key).ok_or_else(|| anyhow!("{}: metadata '{key}' is missing (not a gpu-cnn checkpoint?)", path.display())) };
     if get("format")? != FORMAT {
         bail!("{}: checkpoint format '{}' is not {FORMAT}", path.display(), get("format")?);
     }
@@ -144,9 +145,21 @@ fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMe
             None => Augmentation::NONE,
         },
         history: serde_json::from_str(get("history")?).with_context(|| format!("{}: metadata history", path.display()))?,
-        preprocessing: info.get("preprocessing").map(|t| serde_json::from_str(t)).transpose().with_context(|| format!("{}: metadata preprocessing", path.display()))?,
-        data_source: info.get("data_source").map(|t| serde_json::from_str(t)).transpose().with_context(|| format!("{}: metadata data_source", path.display()))?,
-        class_weights: info.get("class_weights").map(|t| serde_json::from_str(t)).transpose().with_context(|| format!("{}: metadata class_weights", path.display()))?,
+        preprocessing: info
+            .get("preprocessing")
+            .map(|t| serde_json::from_str(t))
+            .transpose()
+            .with_context(|| format!("{}: metadata preprocessing", path.display()))?,
+        data_source: info
+            .get("data_source")
+            .map(|t| serde_json::from_str(t))
+            .transpose()
+            .with_context(|| format!("{}: metadata data_source", path.display()))?,
+        class_weights: info
+            .get("class_weights")
+            .map(|t| serde_json::from_str(t))
+            .transpose()
+            .with_context(|| format!("{}: metadata class_weights", path.display()))?,
     };
     if let Some(w) = &meta.class_weights {
         if w.len() != meta.class_names.len() || !w.iter().all(|v| v.is_finite() && *v > 0.0) {

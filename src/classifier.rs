@@ -246,7 +246,14 @@ impl Drop for Classifier {
 
 /// The device thread: builds the network, says it is ready (or why not), then answers jobs
 /// in arrival order until the classifier is dropped.
-fn serve_jobs<B: Backend>(backend: B, model: Model, ck: &Checkpoint, max_batch: usize, ready: &mpsc::Sender<Result<String>>, queue: mpsc::Receiver<Job>) -> std::result::Result<(), mpsc::SendError<Result<String>>> {
+fn serve_jobs<B: Backend>(
+    backend: B,
+    model: Model,
+    ck: &Checkpoint,
+    max_batch: usize,
+    ready: &mpsc::Sender<Result<String>>,
+    queue: mpsc::Receiver<Job>,
+) -> std::result::Result<(), mpsc::SendError<Result<String>>> {
     let device = backend.describe();
     let mut net = match Network::new(backend, model, max_batch, 0).and_then(|mut net| {
         net.load_state(&ck.tensors, false).context("its weights do not match its architecture")?;

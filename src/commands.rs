@@ -9,8 +9,8 @@ use crate::image_pipeline::{Background, ColorMode, Interpolation, Preprocessing,
 use crate::model::{format_arch, parse_arch, summary_table, with_classes, Model, SEED_ARCH};
 use crate::network::Network;
 use crate::report;
-use crate::train::{self, TrainOptions};
 use crate::report::plural;
+use crate::train::{self, TrainOptions};
 use crate::with_backend;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -234,7 +234,9 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     }
     if !(learning_rate > 0.0 && learning_rate.is_finite()) {
         match (&args.learning_rate, &args.resume) {
-            (None, Some(path)) => bail!("{}: its learning rate {learning_rate} is not a positive number (a damaged checkpoint?); give --learning-rate to resume", path.display()),
+            (None, Some(path)) => {
+                bail!("{}: its learning rate {learning_rate} is not a positive number (a damaged checkpoint?); give --learning-rate to resume", path.display())
+            }
             _ => bail!("--learning-rate must be a positive number"),
         }
     }
@@ -262,7 +264,16 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let model = Model::new(&parse_arch(&arch_text)?, ds.input_shape()).context("the architecture does not fit the data")?;
     check_model_fits_data(&model, &ds, "the model")?;
     eprintln!("Device: {}", backend.describe());
-    eprintln!("Data: {} ({} training, {} test images of {}x{}x{}, {} classes)", ds.name, ds.train.len(), ds.test.len(), model.input.0, model.input.1, model.input.2, ds.class_names.len());
+    eprintln!(
+        "Data: {} ({} training, {} test images of {}x{}x{}, {} classes)",
+        ds.name,
+        ds.train.len(),
+        ds.test.len(),
+        model.input.0,
+        model.input.1,
+        model.input.2,
+        ds.class_names.len()
+    );
     let mut net = Network::new(backend, model, batch_size, seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
     net.adam.learning_rate = learning_rate;
     let class_weight = args.class_weight.unwrap_or(match resume.as_ref().and_then(|c| c.meta.class_weights.as_ref()) {
@@ -411,7 +422,11 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         Some(k) => k,
         // Not used: the folder replaces the data set.
         None if folder.is_some() => DatasetKind::Synthetic,
-        None => bail!("{}: trained on '{}'; say which data set to evaluate on with --dataset, or --data DIR for a folder of images", args.checkpoint.display(), ck.meta.dataset),
+        None => bail!(
+            "{}: trained on '{}'; say which data set to evaluate on with --dataset, or --data DIR for a folder of images",
+            args.checkpoint.display(),
+            ck.meta.dataset
+        ),
     };
     let seed = folder.as_ref().map_or(ck.meta.seed, |f| f.1);
     let split_name = match &folder {
@@ -424,7 +439,11 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
             } else {
                 match trained {
                     Some(t) if t.folder == images.dir.canonicalize().unwrap_or_default() && t.val_split == split && t.seed == seed => {
-                        eprintln!("Evaluating on the validation split training held out: {} of each class of {} (seed {seed})", percent(split), images.dir.display())
+                        eprintln!(
+                            "Evaluating on the validation split training held out: {} of each class of {} (seed {seed})",
+                            percent(split),
+                            images.dir.display()
+                        )
                     }
                     Some(t) => eprintln!(
                         "note: evaluating on a {} split of {} (seed {seed}); training held out {} of {} (seed {}), so these images may include training images",
@@ -441,7 +460,14 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         }
         None => "test",
     };
-    let data = DataOptions { dataset: kind, data_dir: args.data_dir.clone(), limit_train: Some(1), limit_test: args.limit_test, offline: args.offline, images: folder.as_ref().map(|f| f.0.clone()) };
+    let data = DataOptions {
+        dataset: kind,
+        data_dir: args.data_dir.clone(),
+        limit_train: Some(1),
+        limit_test: args.limit_test,
+        offline: args.offline,
+        images: folder.as_ref().map(|f| f.0.clone()),
+    };
     let (ds, test_files) = load_data_with_files(&data, seed, Some(&base))?;
     if folder.is_some() && ds.class_names != ck.meta.class_names {
         bail!("{}: trained on the classes {:?} but {} has {:?}", args.checkpoint.display(), ck.meta.class_names, ds.name, ds.class_names);
@@ -462,7 +488,17 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     }
     // Its own folder: never the training run's report.html and pictures.
     let out = args.out.clone().unwrap_or_else(|| args.checkpoint.parent().map(Path::to_path_buf).unwrap_or_default().join("evaluate"));
-    let settings = report_settings(&ds.name, &ck.meta.arch, ck.meta.input, &ck.meta.history, ck.meta.batch_size, ck.meta.learning_rate, ck.meta.seed, ck.meta.augment, &device);
+    let settings = report_settings(
+        &ds.name,
+        &ck.meta.arch,
+        ck.meta.input,
+        &ck.meta.history,
+        ck.meta.batch_size,
+        ck.meta.learning_rate,
+        ck.meta.seed,
+        ck.meta.augment,
+        &device,
+    );
     let title = format!("gpu-cnn evaluation: {} on {}", args.checkpoint.display(), ds.name);
     let conf = report::report_network(&mut net, &ds.test, test_files.as_deref(), &ds.class_names, &ck.meta.history, title, settings, &out)?;
     Ok(if args.json {
@@ -512,10 +548,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         eprintln!("benchmarking {device} ...");
         let report = match crate::device::open(device)? {
             crate::device::Device::Cpu(_) => bench_device(&|| Ok(crate::backend::cpu::CpuBackend::new()), &opts)?,
-            crate::device::Device::Gpu(_) => bench_device(&|| match crate::device::open(device)? {
-                crate::device::Device::Gpu(g) => Ok(*g),
-                crate::device::Device::Cpu(_) => bail!("device {device} went away"),
-            }, &opts)?,
+            crate::device::Device::Gpu(_) => bench_device(
+                &|| match crate::device::open(device)? {
+                    crate::device::Device::Gpu(g) => Ok(*g),
+                    crate::device::Device::Cpu(_) => bail!("device {device} went away"),
+                },
+                &opts,
+            )?,
         };
         println!("{}", format_table(&report));
         reports.push(report);
@@ -529,7 +568,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 
 /// The settings a run's report shows first.
 #[allow(clippy::too_many_arguments)]
-fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), history: &[crate::history::EpochRecord], batch_size: usize, learning_rate: f32, seed: u64, augment: Augmentation, device: &str) -> Vec<(String, String)> {
+fn report_settings(
+    dataset: &str,
+    arch: &str,
+    input: (usize, usize, usize),
+    history: &[crate::history::EpochRecord],
+    batch_size: usize,
+    learning_rate: f32,
+    seed: u64,
+    augment: Augmentation,
+    device: &str,
+) -> Vec<(String, String)> {
     [
         ("data set", dataset.to_string()),
         ("input", format!("{}x{}x{}", input.0, input.1, input.2)),
@@ -547,7 +596,12 @@ fn report_settings(dataset: &str, arch: &str, input: (usize, usize, usize), hist
 }
 
 /// `gpu-cnn predict`: see predict.rs.
-pub fn predict(args: &crate::predict::PredictArgs, device: &str, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write) -> Result<crate::predict::PredictSummary> {
+pub fn predict(
+    args: &crate::predict::PredictArgs,
+    device: &str,
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> Result<crate::predict::PredictSummary> {
     with_backend!(device, backend => crate::predict::predict_on(backend, args, out, err))
 }
 

@@ -145,11 +145,22 @@ impl Preprocessing {
     }
     /// Bytes of one prepared image.
     pub fn image_len(&self) -> Result<usize> {
-        self.height.checked_mul(self.width).and_then(|n| n.checked_mul(self.channels())).ok_or_else(|| anyhow!("image size {}x{} is too large", self.height, self.width))
+        self.height
+            .checked_mul(self.width)
+            .and_then(|n| n.checked_mul(self.channels()))
+            .ok_or_else(|| anyhow!("image size {}x{} is too large", self.height, self.width))
     }
     /// One line for logs and reports: "32x32 rgb, stretch, bilinear, alpha over white".
     pub fn describe(&self) -> String {
-        format!("{}x{} {}, {}, {}, alpha over {}", self.height, self.width, word(self.color), word(self.resize), word(self.interpolation), word(self.background))
+        format!(
+            "{}x{} {}, {}, {}, alpha over {}",
+            self.height,
+            self.width,
+            word(self.color),
+            word(self.resize),
+            word(self.interpolation),
+            word(self.background)
+        )
     }
     fn check(&self) -> Result<()> {
         if self.height == 0 || self.width == 0 {
@@ -200,7 +211,11 @@ fn check_pixels(width: u64, height: u64, max_pixels: u64) -> Result<()> {
         bail!("the image is {width}x{height}: it has no pixels");
     }
     if width * height > max_pixels {
-        bail!("the image is {width}x{height} ({:.1} megapixels), over the limit of {:.1} megapixels (raise it with --max-pixels)", (width * height) as f64 / 1e6, max_pixels as f64 / 1e6);
+        bail!(
+            "the image is {width}x{height} ({:.1} megapixels), over the limit of {:.1} megapixels (raise it with --max-pixels)",
+            (width * height) as f64 / 1e6,
+            max_pixels as f64 / 1e6
+        );
     }
     Ok(())
 }

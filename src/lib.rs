@@ -59,6 +59,6 @@ pub mod train;
 pub mod trainer;
 
 pub use classifier::{Classifier, Device, Prediction};
-pub use trainer::{TrainConfig, TrainedModel, Trainer};
 /// The `image` crate gpu-cnn decodes with, so callers build `DynamicImage`s of the same version.
 pub use image;
+pub use trainer::{TrainConfig, TrainedModel, Trainer};

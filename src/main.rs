@@ -425,7 +425,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", commands::evaluate(&args, &e.device)?);
         }
         Command::Review(r) => {
-            let args = gpu_cnn::review::ReviewArgs { checkpoint: r.checkpoint, images: r.images.args(), split: r.split, top: r.top, batch_size: r.batch_size, json: r.json };
+            let args = gpu_cnn::review::ReviewArgs {
+                checkpoint: r.checkpoint,
+                images: r.images.args(),
+                split: r.split,
+                top: r.top,
+                batch_size: r.batch_size,
+                json: r.json,
+            };
             print!("{}", commands::review(&args, &r.device)?);
         }
         Command::Devices => print!("{}", gpu_cnn::device::describe_devices()),

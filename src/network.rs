@@ -376,11 +376,7 @@ impl<B: Backend> Network<B> {
         if count == 0 {
             return Ok(Metrics::default());
         }
-        Ok(Metrics {
-            loss: m[crate::backend::METRIC_LOSS_SUM] as f64 / count as f64,
-            accuracy: m[crate::backend::METRIC_CORRECT] as f64 / count as f64,
-            count,
-        })
+        Ok(Metrics { loss: m[crate::backend::METRIC_LOSS_SUM] as f64 / count as f64, accuracy: m[crate::backend::METRIC_CORRECT] as f64 / count as f64, count })
     }
 
     /// The weights as named host tensors, in layer order (kernel, bias, ...).
@@ -434,7 +430,11 @@ fn check_memory(model: &Model, batch: usize, host_memory: bool) -> Result<()> {
     match (model.memory_bytes(batch), crate::system_info::usable_memory_bytes().filter(|_| host_memory)) {
         (None, _) => bail!("batch size {batch}: the model's buffers for that many images would exceed the address space; use a smaller batch size"),
         (Some(need), Some(total)) if need as u64 > total => {
-            bail!("batch size {batch}: the model's buffers need {:.1} GB, more than the {:.1} GB of memory this process may use; use a smaller batch size", gb(need as u64), gb(total))
+            bail!(
+                "batch size {batch}: the model's buffers need {:.1} GB, more than the {:.1} GB of memory this process may use; use a smaller batch size",
+                gb(need as u64),
+                gb(total)
+            )
         }
         _ => Ok(()),
     }

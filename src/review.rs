@@ -63,7 +63,12 @@ pub fn top_losses(files: &[PathBuf], labels: &[u8], probs: &[f32], classes: usiz
 
 /// Off-diagonal cells of the confusion matrix, largest first: (true, predicted, images).
 pub fn most_confused(conf: &Confusion) -> Vec<(usize, usize, usize)> {
-    let mut pairs: Vec<(usize, usize, usize)> = conf.counts.iter().enumerate().flat_map(|(t, row)| row.iter().enumerate().filter(move |&(p, &n)| p != t && n > 0).map(move |(p, &n)| (t, p, n))).collect();
+    let mut pairs: Vec<(usize, usize, usize)> = conf
+        .counts
+        .iter()
+        .enumerate()
+        .flat_map(|(t, row)| row.iter().enumerate().filter(move |&(p, &n)| p != t && n > 0).map(move |(p, &n)| (t, p, n)))
+        .collect();
     pairs.sort_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
     pairs
 }
@@ -112,7 +117,9 @@ pub fn review_on<B: Backend>(backend: B, args: &ReviewArgs) -> Result<String> {
             .map(|l| json!({"file": l.file.display().to_string(), "true": name(l.truth), "predicted": name(l.predicted), "probability": l.p_predicted, "true_probability": l.p_true, "loss": l.loss}))
             .collect();
         let confused: Vec<_> = pairs.iter().map(|&(t, p, n)| json!({"true": name(t), "predicted": name(p), "images": n})).collect();
-        return Ok(serde_json::to_string_pretty(&json!({"checkpoint": args.checkpoint.display().to_string(), "split": split, "images": set.len(), "top_losses": rows, "most_confused": confused}))?);
+        return Ok(serde_json::to_string_pretty(
+            &json!({"checkpoint": args.checkpoint.display().to_string(), "split": split, "images": set.len(), "top_losses": rows, "most_confused": confused}),
+        )?);
     }
     let mut out = format!("Top losses: {} of the {} {split} images, the ones the model disagrees with most first\n", shown.len(), set.len());
     out += "    loss  p(predicted)  p(true)  true -> predicted  file\n";

@@ -106,7 +106,14 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
                 val.loss
             );
         }
-        history.push(EpochRecord { epoch: epoch + 1, loss: train_metrics.loss, accuracy: train_metrics.accuracy, val_loss: val.loss, val_accuracy: val.accuracy, seconds });
+        history.push(EpochRecord {
+            epoch: epoch + 1,
+            loss: train_metrics.loss,
+            accuracy: train_metrics.accuracy,
+            val_loss: val.loss,
+            val_accuracy: val.accuracy,
+            seconds,
+        });
         if let Some(dir) = &opts.out_dir {
             let meta = CheckpointMeta {
                 arch: opts.arch_text.clone(),
@@ -153,10 +160,6 @@ fn progress_bar(steps: usize, show: bool) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{pos:>5}/{len} {bar:20.green/dim} {elapsed} {msg}")
-            .expect("valid template")
-            .progress_chars("━━━"),
-    );
+    bar.set_style(indicatif::ProgressStyle::with_template("{pos:>5}/{len} {bar:20.green/dim} {elapsed} {msg}").expect("valid template").progress_chars("━━━"));
     bar
 }

@@ -5,9 +5,9 @@ use crate::backend::Backend;
 use crate::checkpoint::{Checkpoint, CheckpointMeta};
 use crate::classifier::{Classifier, Device};
 use crate::data::Dataset;
+use crate::history::EpochRecord;
 use crate::model::{format_arch, LayerSpec, Model};
 use crate::network::{HostTensor, Network};
-use crate::history::EpochRecord;
 use crate::train::{self, TrainOptions};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -30,7 +30,16 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch_size: 32, learning_rate: 1e-3, seed: 0, augment: Augmentation::NONE, device: Device::Auto, out_dir: None, progress_bar: false }
+        TrainConfig {
+            epochs: 10,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            seed: 0,
+            augment: Augmentation::NONE,
+            device: Device::Auto,
+            out_dir: None,
+            progress_bar: false,
+        }
     }
 }
 

@@ -99,7 +99,8 @@ fn crop_equals_pad_then_crop() {
         for dx in -CROP_PAD..=CROP_PAD {
             let (x, _) = gather(&cpu, &data, &[0], &[SampleTransform { flip: false, dy, dx }]);
             let (oy, ox) = ((dy + CROP_PAD) as usize, (dx + CROP_PAD) as usize);
-            let want: Vec<f32> = (0..h).flat_map(|y| (0..w).flat_map(move |xx| (0..ch).map(move |c| ((y + oy) * pw + xx + ox) * ch + c))).map(|i| padded[i]).collect();
+            let want: Vec<f32> =
+                (0..h).flat_map(|y| (0..w).flat_map(move |xx| (0..ch).map(move |c| ((y + oy) * pw + xx + ox) * ch + c))).map(|i| padded[i]).collect();
             assert_eq!(x, want, "offset ({dy}, {dx})");
         }
     }
@@ -113,7 +114,8 @@ fn gpu_gather_augments_exactly_as_the_cpu() {
     let (images, labels) = random_images(10, 3);
     // 7 images, repeats included; the extremes of each shift and random ones.
     let idx = [9, 0, 4, 4, 7, 2, 5];
-    let mut transforms: Vec<SampleTransform> = Augmentation { flip: true, crop: true }.batch_transforms(7, 4, 0, 0).into_iter().map(SampleTransform::unpack).collect();
+    let mut transforms: Vec<SampleTransform> =
+        Augmentation { flip: true, crop: true }.batch_transforms(7, 4, 0, 0).into_iter().map(SampleTransform::unpack).collect();
     transforms[0] = SampleTransform { flip: true, dy: -CROP_PAD, dx: CROP_PAD };
     transforms[1] = SampleTransform { flip: false, dy: CROP_PAD, dx: -CROP_PAD };
     transforms[2] = SampleTransform::default();
@@ -158,7 +160,17 @@ fn small_data() -> Dataset {
 }
 
 fn options(epochs: usize, out: Option<&Path>, augment: Augmentation) -> TrainOptions {
-    TrainOptions { epochs, batch_size: 32, seed: 5, out_dir: out.map(Path::to_path_buf), arch_text: format_arch(&parse_arch(ARCH).unwrap()), progress: false, augment, preprocessing: None, data_source: None }
+    TrainOptions {
+        epochs,
+        batch_size: 32,
+        seed: 5,
+        out_dir: out.map(Path::to_path_buf),
+        arch_text: format_arch(&parse_arch(ARCH).unwrap()),
+        progress: false,
+        augment,
+        preprocessing: None,
+        data_source: None,
+    }
 }
 
 fn new_net(ds: &Dataset, seed: u64) -> Network<CpuBackend> {
@@ -207,7 +219,25 @@ fn cli_train(device: &str, run: &Path, extra: &[&str]) -> String {
     let dir = run.parent().unwrap();
     let arch = dir.join("tiny.arch");
     std::fs::write(&arch, "conv2d 4 3 relu\nmaxpool 2\nflatten\ndense 10 softmax\n").unwrap();
-    let args = [&["train", "--device", device, "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--limit-train", "200", "--limit-test", "100", "--out", run.to_str().unwrap()][..], extra].concat();
+    let args = [
+        &[
+            "train",
+            "--device",
+            device,
+            "--dataset",
+            "synthetic",
+            "--arch",
+            arch.to_str().unwrap(),
+            "--limit-train",
+            "200",
+            "--limit-test",
+            "100",
+            "--out",
+            run.to_str().unwrap(),
+        ][..],
+        extra,
+    ]
+    .concat();
     let (ok, _, err) = common::run_cli(&args);
     assert!(ok, "{err}");
     for f in ["history.json", "last.safetensors", "best.safetensors"] {

@@ -15,7 +15,19 @@ fn check_device(d: &serde_json::Value) {
     }
     let kernels = d["kernels"].as_array().unwrap();
     let names: std::collections::HashSet<&str> = kernels.iter().map(|k| k["kernel"].as_str().unwrap()).collect();
-    for name in ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_filter", "maxpool_forward", "maxpool_backward", "dense_forward", "dense_backward_input", "dense_backward_filter", "softmax_xent", "adam_update", "gather_batch"] {
+    for name in [
+        "conv2d_forward",
+        "conv2d_backward_input",
+        "conv2d_backward_filter",
+        "maxpool_forward",
+        "maxpool_backward",
+        "dense_forward",
+        "dense_backward_input",
+        "dense_backward_filter",
+        "softmax_xent",
+        "adam_update",
+        "gather_batch",
+    ] {
         assert!(names.contains(name), "kernel {name} missing");
     }
     // 3 convs x 3 + 2 pools x 2 + 2 dense x 3 + loss + Adam + gather, per batch size.

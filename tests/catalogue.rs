@@ -15,12 +15,12 @@ fn on_shape(class: usize, x: f32, y: f32, cx: f32, cy: f32, r: f32) -> bool {
     let (dx, dy) = (x - cx, y - cy);
     let d = (dx * dx + dy * dy).sqrt();
     match class % 7 {
-        0 => d < r,                                  // disc
-        1 => dx.abs() < r * 0.8 && dy.abs() < r * 0.8, // square
-        2 => d < r && d > r * 0.55,                  // ring
-        3 => dx.abs() < r * 0.25 || dy.abs() < r * 0.25, // cross (clipped below)
-        4 => dy.abs() < r * 0.3,                     // horizontal bar
-        5 => dx.abs() < r * 0.3,                     // vertical bar
+        0 => d < r,                                          // disc
+        1 => dx.abs() < r * 0.8 && dy.abs() < r * 0.8,       // square
+        2 => d < r && d > r * 0.55,                          // ring
+        3 => dx.abs() < r * 0.25 || dy.abs() < r * 0.25,     // cross (clipped below)
+        4 => dy.abs() < r * 0.3,                             // horizontal bar
+        5 => dx.abs() < r * 0.3,                             // vertical bar
         _ => dy > -r && dy < r && dx.abs() < (dy + r) * 0.5, // triangle
     }
 }
@@ -40,12 +40,26 @@ fn write_photo(dir: &Path, class: usize, i: usize) -> PathBuf {
     let shade = |v: u8, x: u32, y: u32| v.saturating_add(((x + y) % 16) as u8);
     let path = dir.join(format!("{i:03}.{}", if i % 2 == 1 { "jpg" } else { "png" }));
     match i % 4 {
-        0 => RgbaImage::from_fn(w, h, |x, y| if inside(x, y) { Rgba([shade(colour[0], x, y), shade(colour[1], x, y), shade(colour[2], x, y), 255]) } else { Rgba([0, 0, 0, 0]) }).save(&path),
+        0 => RgbaImage::from_fn(w, h, |x, y| {
+            if inside(x, y) {
+                Rgba([shade(colour[0], x, y), shade(colour[1], x, y), shade(colour[2], x, y), 255])
+            } else {
+                Rgba([0, 0, 0, 0])
+            }
+        })
+        .save(&path),
         2 => {
             let mut noise = Rng::derive(12, class as u64, i as u64);
             RgbImage::from_fn(w, h, |x, y| if inside(x, y) { Rgb(colour) } else { Rgb([0, 1, 2].map(|_| 200 + (noise.unit_f32() * 50.0) as u8)) }).save(&path)
         }
-        _ => RgbImage::from_fn(w, h, |x, y| if inside(x, y) { Rgb([shade(colour[0], x, y), shade(colour[1], x, y), shade(colour[2], x, y)]) } else { Rgb([255, 255, 255]) }).save(&path),
+        _ => RgbImage::from_fn(w, h, |x, y| {
+            if inside(x, y) {
+                Rgb([shade(colour[0], x, y), shade(colour[1], x, y), shade(colour[2], x, y)])
+            } else {
+                Rgb([255, 255, 255])
+            }
+        })
+        .save(&path),
     }
     .unwrap();
     path
@@ -93,7 +107,8 @@ fn train_evaluate_predict(classes: &[&str], with_mislabelled: bool) {
     assert!(ckpt.meta.arch.ends_with(&format!("dense {} softmax\n", classes.len())), "{}", ckpt.meta.arch);
     assert_eq!(ckpt.meta.preprocessing.unwrap().background, gpu_cnn::image_pipeline::Background::White);
     // evaluate with no data flags: the folder and split recorded in the checkpoint.
-    let (ok, out, err) = run_cli_env(&["evaluate", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--json", "--out", dir.join("eval").to_str().unwrap()], &env);
+    let (ok, out, err) =
+        run_cli_env(&["evaluate", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--json", "--out", dir.join("eval").to_str().unwrap()], &env);
     assert!(ok, "{err}");
     let eval: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(eval["images"].as_u64().unwrap() as usize, test_files.len());
@@ -161,7 +176,24 @@ fn an_explicit_class_count_that_disagrees_with_the_data_says_what_to_write() {
     std::fs::write(&arch, "flatten\ndense 10 softmax\n").unwrap();
     let env = [("GPU_CNN_DATA", dir.join("cache").to_str().unwrap().to_string())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (ok, _, err) = run_cli_env(&["train", "--data", data.to_str().unwrap(), "--image-size", "8", "--arch", arch.to_str().unwrap(), "--epochs", "1", "--device", "cpu", "--out", dir.join("run").to_str().unwrap()], &env);
+    let (ok, _, err) = run_cli_env(
+        &[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--image-size",
+            "8",
+            "--arch",
+            arch.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            dir.join("run").to_str().unwrap(),
+        ],
+        &env,
+    );
     assert!(!ok && err.contains("dense classes softmax") && err.contains("3 classes") && !err.contains("panicked"), "{err}");
     // summary --classes fills in `dense classes`; the seed model on 10 classes is unchanged.
     let (ok, out, _) = run_cli_env(&["summary", "--classes", "5"], &env);
@@ -189,7 +221,8 @@ fn previews_are_a_seeded_sample_spread_over_the_classes() {
 
 #[test]
 fn a_headless_start_prints_no_xdg_runtime_dir_lines() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn")).arg("devices").env_remove("XDG_RUNTIME_DIR").env_remove("WAYLAND_DISPLAY").output().unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn")).arg("devices").env_remove("XDG_RUNTIME_DIR").env_remove("WAYLAND_DISPLAY").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
@@ -219,7 +252,10 @@ fn class_weight_balanced_weights_an_imbalanced_catalogue_and_resume_keeps_it() {
     let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
     let run = dir.join("run");
     let (d, a, r) = (data.to_str().unwrap(), arch.to_str().unwrap(), run.to_str().unwrap());
-    let (ok, _, err) = run_cli_env(&["train", "--data", d, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r, "--class-weight", "balanced"], &env);
+    let (ok, _, err) = run_cli_env(
+        &["train", "--data", d, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r, "--class-weight", "balanced"],
+        &env,
+    );
     assert!(ok, "{err}");
     assert!(err.contains("Class weights (balanced, training loss only): bags 0.5000, caps 1.5000, mugs 3.0000"), "{err}");
     // The per-class table after training shows the training counts and weights.
@@ -233,7 +269,10 @@ fn class_weight_balanced_weights_an_imbalanced_catalogue_and_resume_keeps_it() {
     assert_eq!(meta.class_weights, Some(vec![0.5, 1.5, 3.0]));
     // A folder run's report has the top-losses grid: all 3 validation images, 5 to a row.
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
-    assert!(html.contains("<h2 id=\"top-losses\">Top losses</h2>") && html.contains("<img alt=\"top losses\" src=\"data:image/png;base64,"), "no top-losses section");
+    assert!(
+        html.contains("<h2 id=\"top-losses\">Top losses</h2>") && html.contains("<img alt=\"top losses\" src=\"data:image/png;base64,"),
+        "no top-losses section"
+    );
     let grid = image::open(run.join("top_losses.png")).unwrap();
     assert_eq!((grid.width(), grid.height()), gpu_cnn::report::grid::grid_size(3, 5));
     // --resume with no flag keeps the weighting.
@@ -244,7 +283,8 @@ fn class_weight_balanced_weights_an_imbalanced_catalogue_and_resume_keeps_it() {
     assert_eq!(gpu_cnn::checkpoint::load_meta(&last).unwrap().class_weights, Some(vec![0.5, 1.5, 3.0]));
     // Without the flag nothing is stored (and old checkpoints load as unweighted).
     let plain = dir.join("plain");
-    let (ok, _, err) = run_cli_env(&["train", "--data", d, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", plain.to_str().unwrap()], &env);
+    let (ok, _, err) =
+        run_cli_env(&["train", "--data", d, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", plain.to_str().unwrap()], &env);
     assert!(ok && !err.contains("Class weights"), "{err}");
     assert_eq!(gpu_cnn::checkpoint::load_meta(&plain.join("last.safetensors")).unwrap().class_weights, None);
 }

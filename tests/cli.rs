@@ -72,9 +72,15 @@ fn bad_input_gets_clear_errors_not_panics() {
     std::fs::write(&arch, "conv2d 32 3 relu\nconv2d sixty-four 3\n").unwrap();
     expect_failure(&["summary", "--arch", arch.to_str().unwrap()], &["bad.arch", "line 2"]);
     std::fs::write(&arch, "maxpool 2\nmaxpool 2\nmaxpool 2\nmaxpool 2\nmaxpool 2\nmaxpool 2\nflatten\ndense 10 softmax\n").unwrap();
-    expect_failure(&["train", "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--out", dir.join("r").to_str().unwrap()], &["max_pooling2d_5", "dimension of 0"]);
+    expect_failure(
+        &["train", "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--out", dir.join("r").to_str().unwrap()],
+        &["max_pooling2d_5", "dimension of 0"],
+    );
     std::fs::write(&arch, "flatten\ndense 3 softmax\n").unwrap();
-    expect_failure(&["train", "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--out", dir.join("r").to_str().unwrap()], &["3 class scores", "10 classes"]);
+    expect_failure(
+        &["train", "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--out", dir.join("r").to_str().unwrap()],
+        &["3 class scores", "10 classes"],
+    );
     let junk = dir.join("junk.safetensors");
     std::fs::write(&junk, b"this is not a checkpoint").unwrap();
     expect_failure(&["evaluate", "--checkpoint", junk.to_str().unwrap()], &["junk.safetensors", "not a valid safetensors"]);
@@ -87,12 +93,16 @@ fn bad_input_gets_clear_errors_not_panics() {
 fn resuming_with_another_architecture_is_refused() {
     let dir = temp_dir("cli-arch-mismatch");
     let run = dir.join("run");
-    let (ok, _, err) = run_cli(&["train", "--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--epochs", "1", "--out", run.to_str().unwrap()]);
+    let (ok, _, err) =
+        run_cli(&["train", "--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--epochs", "1", "--out", run.to_str().unwrap()]);
     assert!(ok, "{err}");
     let arch = dir.join("other.arch");
     std::fs::write(&arch, "conv2d 4 3 relu\nflatten\ndense 10 softmax\n").unwrap();
     let last = run.join("last.safetensors");
     let before = std::fs::read(&last).unwrap();
-    expect_failure(&["train", "--dataset", "synthetic", "--epochs", "2", "--resume", last.to_str().unwrap(), "--arch", arch.to_str().unwrap()], &["different architecture"]);
+    expect_failure(
+        &["train", "--dataset", "synthetic", "--epochs", "2", "--resume", last.to_str().unwrap(), "--arch", arch.to_str().unwrap()],
+        &["different architecture"],
+    );
     assert_eq!(std::fs::read(&last).unwrap(), before, "the saved checkpoint must be untouched");
 }

@@ -43,7 +43,8 @@ fn serve(files: HashMap<String, Vec<u8>>) -> Server {
                 let line = String::from_utf8_lossy(&request).lines().next().unwrap_or("").to_string();
                 let path = line.split(' ').nth(1).unwrap_or("/");
                 let (mode, name) = path.trim_start_matches('/').split_once('/').unwrap_or(("", ""));
-                let head = |len: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n");
+                let head =
+                    |len: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n");
                 let _ = match (mode, files.get(name)) {
                     ("ok", Some(body)) => stream.write_all(head(body.len()).as_bytes()).and_then(|_| stream.write_all(body)),
                     ("corrupt", Some(body)) => {
@@ -53,8 +54,12 @@ fn serve(files: HashMap<String, Vec<u8>>) -> Server {
                         stream.write_all(head(bad.len()).as_bytes()).and_then(|_| stream.write_all(&bad))
                     }
                     ("truncated", Some(body)) => stream.write_all(head(body.len()).as_bytes()).and_then(|_| stream.write_all(&body[..body.len() / 2])),
-                    ("redirect", _) => stream.write_all(b"HTTP/1.1 302 Found\r\nLocation: http://192.0.2.2:9/elsewhere\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
-                    ("loop", _) => stream.write_all(format!("HTTP/1.1 302 Found\r\nLocation: {path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()),
+                    ("redirect", _) => {
+                        stream.write_all(b"HTTP/1.1 302 Found\r\nLocation: http://192.0.2.2:9/elsewhere\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    }
+                    ("loop", _) => {
+                        stream.write_all(format!("HTTP/1.1 302 Found\r\nLocation: {path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+                    }
                     ("endless", Some(_)) => stream
                         .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
                         .and_then(|_| (0..).try_for_each(|_: u64| stream.write_all(&[0u8; 1 << 16]))),
@@ -175,7 +180,8 @@ fn cifar10_tarball_is_checked_and_unpacked() {
     let sums = test_checksums(&tarball);
     let env = [("GPU_CNN_DATA", cache.to_str().unwrap()), ("GPU_CNN_MIRROR", mirror.as_str()), ("GPU_CNN_TEST_CHECKSUMS", sums.as_str())];
     let arch = tiny_arch(&dir);
-    let (ok, _, err) = run_cli_env(&["train", "--dataset", "cifar10", "--arch", &arch, "--epochs", "1", "--device", "cpu", "--out", dir.join("run").to_str().unwrap()], &env);
+    let (ok, _, err) =
+        run_cli_env(&["train", "--dataset", "cifar10", "--arch", &arch, "--epochs", "1", "--device", "cpu", "--out", dir.join("run").to_str().unwrap()], &env);
     assert!(ok, "{err}");
     assert!(err.contains("20 training, 4 test images of 32x32x3, 10 classes"), "{err}");
     let unpacked = cache.join("cifar10").join("cifar-10-batches-bin");
@@ -238,7 +244,10 @@ fn no_server_says_which_url_failed_and_how_to_place_the_files() {
     let (ok, _, err) = run_cli_env(&["train", "--dataset", "mnist", "--device", "cpu", "--out", dir.join("run").to_str().unwrap()], &env);
     assert!(!ok && !err.contains("panicked"), "{err}");
     assert!(err.contains(&format!("{mirror}/mnist/train-images-idx3-ubyte.gz")) && err.contains("cannot download"), "{err}");
-    assert!(err.contains("place the files by hand") && err.contains(cache.join("mnist").to_str().unwrap()) && err.contains("f68b3c2dcbeaaa9fbdd348bbdeb94873"), "{err}");
+    assert!(
+        err.contains("place the files by hand") && err.contains(cache.join("mnist").to_str().unwrap()) && err.contains("f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        "{err}"
+    );
     assert!(entries(&cache).is_empty(), "{:?}", entries(&cache));
 }
 
@@ -262,7 +271,9 @@ fn test_checksums_are_refused_unless_the_mirror_is_this_machine() {
     let cache = dir.join("cache");
     let sums = "train-images-idx3-ubyte.gz=00000000000000000000000000000000";
     // The last two put "localhost" where a naive parser sees a host, not where HTTP does.
-    for mirror in ["http://example.invalid/data", "http://127.0.0.1.example.invalid/", "", "http://192.0.2.2:8766?@localhost", "http://192.0.2.2:8766#@localhost"] {
+    for mirror in
+        ["http://example.invalid/data", "http://127.0.0.1.example.invalid/", "", "http://192.0.2.2:8766?@localhost", "http://192.0.2.2:8766#@localhost"]
+    {
         let env = [("GPU_CNN_DATA", cache.to_str().unwrap()), ("GPU_CNN_MIRROR", mirror), ("GPU_CNN_TEST_CHECKSUMS", sums)];
         let (ok, _, err) = run_cli_env(&["train", "--dataset", "mnist", "--device", "cpu", "--out", dir.join("run").to_str().unwrap()], &env);
         assert!(!ok && err.contains("GPU_CNN_TEST_CHECKSUMS") && err.contains("127.0.0.1 only"), "mirror '{mirror}': {err}");

@@ -61,7 +61,13 @@ fn trained(arch: &str, spec: SyntheticSpec) -> (Checkpoint, ImageSet, Vec<f32>) 
 
 /// Runs the ONNX bytes with tract on an NHWC batch (shape given), returns the flat output.
 fn run_tract(onnx: &[u8], input: Tensor) -> Vec<f32> {
-    let model = tract_onnx::onnx().model_for_read(&mut &onnx[..]).expect("tract reads the model").into_optimized().expect("tract optimises it").into_runnable().expect("runnable");
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut &onnx[..])
+        .expect("tract reads the model")
+        .into_optimized()
+        .expect("tract optimises it")
+        .into_runnable()
+        .expect("runnable");
     let out = model.run(tvec!(input.into())).expect("tract runs it");
     out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
 }
@@ -112,7 +118,8 @@ fn model_carries_opset_class_names_and_preprocessing() {
     let (ck, _, _) = trained(SEED_ARCH, SyntheticSpec { train: 256, test: IMAGES, ..Default::default() });
     let proto = ModelProto::decode(&export_onnx(&ck, OnnxInput::Float).unwrap()[..]).unwrap();
     assert_eq!(proto.opset_import[0].version, Some(17));
-    let prop = |key: &str| proto.metadata_props.iter().find(|p| p.key.as_deref() == Some(key)).and_then(|p| p.value.clone()).unwrap_or_else(|| panic!("no {key}"));
+    let prop =
+        |key: &str| proto.metadata_props.iter().find(|p| p.key.as_deref() == Some(key)).and_then(|p| p.value.clone()).unwrap_or_else(|| panic!("no {key}"));
     let names: Vec<String> = serde_json::from_str(&prop("class_names")).unwrap();
     assert_eq!(names, ck.meta.class_names);
     let pre: serde_json::Value = serde_json::from_str(&prop("preprocessing")).unwrap();

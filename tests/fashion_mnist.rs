@@ -7,10 +7,7 @@ mod common;
 #[test]
 fn one_epoch_of_the_seed_model_on_fashion_mnist_reaches_85_percent() {
     let dir = gpu_cnn::data::FASHION_MNIST_SYSTEM_DIR;
-    assert!(
-        std::path::Path::new(dir).exists(),
-        "{dir} is missing: install it with `apt-get install dataset-fashion-mnist` (.ci/run does)"
-    );
+    assert!(std::path::Path::new(dir).exists(), "{dir} is missing: install it with `apt-get install dataset-fashion-mnist` (.ci/run does)");
     let out = common::temp_dir("fashion");
     let (ok, _, err) = common::run_cli(&["train", "--dataset", "fashion-mnist", "--epochs", "1", "--device", "cpu", "--out", out.to_str().unwrap()]);
     assert!(ok, "{err}");

@@ -25,7 +25,9 @@ fn write_image(dir: &Path, class: usize, i: usize) {
         0 => RgbImage::from_pixel(w, h, Rgb([shade(r), shade(g), shade(b)])).save(path("png")).unwrap(),
         1 => GrayImage::from_pixel(w, h, Luma([shade(grey)])).save(path("png")).unwrap(),
         2 => RgbaImage::from_pixel(w, h, Rgba([shade(r), shade(g), shade(b), 128])).save(path("png")).unwrap(),
-        3 => RgbImage::from_fn(w, h, |x, y| Rgb([shade(r), shade(g).wrapping_add((x % 3) as u8), shade(b).wrapping_add((y % 5) as u8)])).save(path("jpg")).unwrap(),
+        3 => RgbImage::from_fn(w, h, |x, y| Rgb([shade(r), shade(g).wrapping_add((x % 3) as u8), shade(b).wrapping_add((y % 5) as u8)]))
+            .save(path("jpg"))
+            .unwrap(),
         4 => GrayImage::from_pixel(w, h, Luma([shade(grey)])).save(path("jpeg")).unwrap(),
         5 => GrayAlphaImage::from_pixel(w, h, LumaA([shade(grey), 200])).save(path("png")).unwrap(),
         6 => ImageBuffer::<Luma<u16>, Vec<u16>>::from_pixel(w, h, Luma([shade(grey) as u16 * 257])).save(path("PNG")).unwrap(),
@@ -81,7 +83,10 @@ fn folder_tree_trains_end_to_end_and_the_cache_is_reused_and_rebuilt() {
     assert_eq!(ck.meta.input, (12, 12, 3));
 
     // Evaluate takes the image size from the checkpoint and the same seeded split.
-    let (ok, out, err) = run_cli_env(&["evaluate", "--checkpoint", run.join("last.safetensors").to_str().unwrap(), "--data", photos.to_str().unwrap(), "--skip-bad", "--json"], &env);
+    let (ok, out, err) = run_cli_env(
+        &["evaluate", "--checkpoint", run.join("last.safetensors").to_str().unwrap(), "--data", photos.to_str().unwrap(), "--skip-bad", "--json"],
+        &env,
+    );
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["images"], 6);

@@ -38,7 +38,13 @@ fn time(gpu: &GpuBackend, name: &str, flops: f64, reps: usize, sync: &gpu_cnn::b
     let secs = start.elapsed().as_secs_f64() / reps as f64;
     let cpu = (cpu_seconds() - cpu_start) / reps as f64;
     let per_cpu = flops / cpu / 1e9;
-    println!("{name:<44} {:>8.1} ms {:>6.2} GFLOP/s wall {:>6.2} GFLOP/cpu-s  {:>5.2} x reference", secs * 1e3, flops / secs / 1e9, per_cpu, per_cpu / reference);
+    println!(
+        "{name:<44} {:>8.1} ms {:>6.2} GFLOP/s wall {:>6.2} GFLOP/cpu-s  {:>5.2} x reference",
+        secs * 1e3,
+        flops / secs / 1e9,
+        per_cpu,
+        per_cpu / reference
+    );
 }
 
 /// GFLOP/s of tests/reference_matmul.wgsl (plain 128 x 128 tiles) at n = 1024: the yardstick.
@@ -50,11 +56,30 @@ fn matmul_shader_gflops(gpu: &GpuBackend, source: &str, name: &str, reps: usize,
     let device = gpu.device();
     let n = 1024u32;
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(source.into()) });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor { label: None, layout: None, module: &module, entry_point: Some("main"), compilation_options: Default::default(), cache: None });
-    let storage = |bytes: u64| device.create_buffer(&wgpu::BufferDescriptor { label: None, size: bytes, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: None,
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let storage = |bytes: u64| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
     let bytes = (n * n * 4) as u64;
     let (a, b, c) = (storage(bytes), storage(bytes), storage(bytes));
-    let dims = device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 16, usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+    let dims = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
     gpu.queue().write_buffer(&dims, 0, bytemuck::cast_slice(&[n, 0, 0, 0]));
     let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
@@ -107,7 +132,8 @@ fn gemm_kernels_gflops() {
     let d = DenseShape { inputs: 1024, units: 1024 };
     let n = 1024;
     let (x, w, b, dy) = (filled(&gpu, n * d.inputs), filled(&gpu, d.inputs * d.units), filled(&gpu, d.units), filled(&gpu, n * d.units));
-    let (mut y, mut dx, mut dw, mut db) = (gpu.tensor(n * d.units).unwrap(), gpu.tensor(n * d.inputs).unwrap(), gpu.tensor(d.inputs * d.units).unwrap(), gpu.tensor(d.units).unwrap());
+    let (mut y, mut dx, mut dw, mut db) =
+        (gpu.tensor(n * d.units).unwrap(), gpu.tensor(n * d.inputs).unwrap(), gpu.tensor(d.inputs * d.units).unwrap(), gpu.tensor(d.units).unwrap());
     let flops = 2.0 * (n * d.inputs * d.units) as f64;
     time(&gpu, "dense forward 1024x1024x1024", flops, 1, &b, &mut || gpu.dense_forward(&x, &w, &b, &mut y, &d, n, true));
     time(&gpu, "dense backward input 1024x1024x1024", flops, 1, &b, &mut || gpu.dense_backward_input(&dy, &w, &mut dx, &d, n));
@@ -115,16 +141,27 @@ fn gemm_kernels_gflops() {
 
     // The seed model's convolutions (CIFAR-10 32x32x3 input).
     let convs = [
-        ("conv2d   32x32x3 -> 30x30x32", ConvShape { in_h: 32, in_w: 32, in_c: 3, out_h: 30, out_w: 30, out_c: 32, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 }),
-        ("conv2d_1 15x15x32 -> 13x13x64", ConvShape { in_h: 15, in_w: 15, in_c: 32, out_h: 13, out_w: 13, out_c: 64, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 }),
-        ("conv2d_2 6x6x64 -> 4x4x64", ConvShape { in_h: 6, in_w: 6, in_c: 64, out_h: 4, out_w: 4, out_c: 64, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 }),
+        (
+            "conv2d   32x32x3 -> 30x30x32",
+            ConvShape { in_h: 32, in_w: 32, in_c: 3, out_h: 30, out_w: 30, out_c: 32, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 },
+        ),
+        (
+            "conv2d_1 15x15x32 -> 13x13x64",
+            ConvShape { in_h: 15, in_w: 15, in_c: 32, out_h: 13, out_w: 13, out_c: 64, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 },
+        ),
+        (
+            "conv2d_2 6x6x64 -> 4x4x64",
+            ConvShape { in_h: 6, in_w: 6, in_c: 64, out_h: 4, out_w: 4, out_c: 64, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 },
+        ),
     ];
     // GPU_CNN_BENCH_BATCHES: a comma-separated list (default 32,128).
-    let batches: Vec<usize> = std::env::var("GPU_CNN_BENCH_BATCHES").unwrap_or_else(|_| "32,128".into()).split(',').filter_map(|b| b.trim().parse().ok()).collect();
+    let batches: Vec<usize> =
+        std::env::var("GPU_CNN_BENCH_BATCHES").unwrap_or_else(|_| "32,128".into()).split(',').filter_map(|b| b.trim().parse().ok()).collect();
     for (name, s) in batches.iter().flat_map(|&n| convs.iter().map(move |(name, s)| (format!("{name} batch {n}"), (*s, n)))) {
         let (s, n) = s;
         let (x, w, b, dy) = (filled(&gpu, n * s.in_len()), filled(&gpu, s.kernel_len()), filled(&gpu, s.out_c), filled(&gpu, n * s.out_len()));
-        let (mut y, mut dx, mut dw, mut db) = (gpu.tensor(n * s.out_len()).unwrap(), gpu.tensor(n * s.in_len()).unwrap(), gpu.tensor(s.kernel_len()).unwrap(), gpu.tensor(s.out_c).unwrap());
+        let (mut y, mut dx, mut dw, mut db) =
+            (gpu.tensor(n * s.out_len()).unwrap(), gpu.tensor(n * s.in_len()).unwrap(), gpu.tensor(s.kernel_len()).unwrap(), gpu.tensor(s.out_c).unwrap());
         let flops = 2.0 * (n * s.out_h * s.out_w * s.out_c * s.patch_len()) as f64;
         time(&gpu, &format!("{name} forward"), flops, 10, &b, &mut || gpu.conv2d_forward(&x, &w, &b, &mut y, &s, n, true));
         time(&gpu, &format!("{name} backward input"), flops, 10, &b, &mut || gpu.conv2d_backward_input(&dy, &w, &mut dx, &s, n));
@@ -187,7 +224,20 @@ fn seed_model_step_time() {
 
     fn step_ms<B: Backend>(b: &B) -> f64 {
         let n = 32;
-        let conv = |in_h: usize, in_c: usize, out_c: usize| ConvShape { in_h, in_w: in_h, in_c, out_h: in_h - 2, out_w: in_h - 2, out_c, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 };
+        let conv = |in_h: usize, in_c: usize, out_c: usize| ConvShape {
+            in_h,
+            in_w: in_h,
+            in_c,
+            out_h: in_h - 2,
+            out_w: in_h - 2,
+            out_c,
+            k_h: 3,
+            k_w: 3,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+        };
         let pool = |in_h: usize, c: usize| PoolShape { in_h, in_w: in_h, c, out_h: in_h / 2, out_w: in_h / 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2 };
         let (c1, p1, c2, p2, c3) = (conv(32, 3, 32), pool(30, 32), conv(15, 32, 64), pool(13, 64), conv(6, 64, 64));
         let (d1, d2) = (DenseShape { inputs: 1024, units: 64 }, DenseShape { inputs: 64, units: 10 });
@@ -196,15 +246,19 @@ fn seed_model_step_time() {
             b.upload(&mut t, &(0..len).map(|i| ((i * 7919) % 1000) as f32 / 5000.0 - 0.1).collect::<Vec<_>>());
             t
         };
-        let (x, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5) = (t(n * c1.in_len()), t(c1.kernel_len()), t(32), t(c2.kernel_len()), t(64), t(c3.kernel_len()), t(64), t(1024 * 64), t(64), t(640), t(10));
-        let (mut y1, mut q1, mut y2, mut q2, mut y3, mut h, mut z) = (t(n * c1.out_len()), t(n * p1.out_len()), t(n * c2.out_len()), t(n * p2.out_len()), t(n * c3.out_len()), t(n * 64), t(n * 10));
+        let (x, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5) =
+            (t(n * c1.in_len()), t(c1.kernel_len()), t(32), t(c2.kernel_len()), t(64), t(c3.kernel_len()), t(64), t(1024 * 64), t(64), t(640), t(10));
+        let (mut y1, mut q1, mut y2, mut q2, mut y3, mut h, mut z) =
+            (t(n * c1.out_len()), t(n * p1.out_len()), t(n * c2.out_len()), t(n * p2.out_len()), t(n * c3.out_len()), t(n * 64), t(n * 10));
         let (mut a1, mut a2) = (b.indices(n * p1.out_len()).unwrap(), b.indices(n * p2.out_len()).unwrap());
         let mut labels = b.indices(n).unwrap();
         b.upload_indices(&mut labels, &(0..n as u32).map(|i| i % 10).collect::<Vec<_>>());
-        let (mut dz, mut dh, mut dy3, mut dq2, mut dy2, mut dq1, mut dy1, mut metrics) = (t(n * 10), t(n * 64), t(n * c3.out_len()), t(n * p2.out_len()), t(n * c2.out_len()), t(n * p1.out_len()), t(n * c1.out_len()), t(3));
+        let (mut dz, mut dh, mut dy3, mut dq2, mut dy2, mut dq1, mut dy1, mut metrics) =
+            (t(n * 10), t(n * 64), t(n * c3.out_len()), t(n * p2.out_len()), t(n * c2.out_len()), t(n * p1.out_len()), t(n * c1.out_len()), t(3));
         let mut grads = [t(c1.kernel_len()), t(32), t(c2.kernel_len()), t(64), t(c3.kernel_len()), t(64), t(1024 * 64), t(64), t(640), t(10)];
         let mut params = [w1, b1, w2, b2, w3, b3, w4, b4, w5, b5];
-        let lens: Vec<usize> = params.iter().enumerate().map(|(i, _)| [c1.kernel_len(), 32, c2.kernel_len(), 64, c3.kernel_len(), 64, 1024 * 64, 64, 640, 10][i]).collect();
+        let lens: Vec<usize> =
+            params.iter().enumerate().map(|(i, _)| [c1.kernel_len(), 32, c2.kernel_len(), 64, c3.kernel_len(), 64, 1024 * 64, 64, 640, 10][i]).collect();
         let mut m: Vec<_> = lens.iter().map(|&l| b.tensor(l).unwrap()).collect();
         let mut v: Vec<_> = lens.iter().map(|&l| b.tensor(l).unwrap()).collect();
         let profile = std::env::var("GPU_CNN_BENCH_PROFILE").is_ok();

@@ -93,7 +93,21 @@ gpu_test! {
 fn auto_uses_the_cpu_backend_when_only_software_adapters_exist() {
     let adapters = gpu_cnn::backend::gpu::list_adapters();
     let only_software = adapters.iter().all(|a| a.device_type == wgpu::DeviceType::Cpu);
-    let (ok, _, err) = common::run_cli(&["train", "--device", "auto", "--dataset", "synthetic", "--limit-train", "32", "--limit-test", "16", "--epochs", "1", "--out", common::temp_dir("auto").join("r").to_str().unwrap()]);
+    let (ok, _, err) = common::run_cli(&[
+        "train",
+        "--device",
+        "auto",
+        "--dataset",
+        "synthetic",
+        "--limit-train",
+        "32",
+        "--limit-test",
+        "16",
+        "--epochs",
+        "1",
+        "--out",
+        common::temp_dir("auto").join("r").to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     if only_software {
         assert!(err.contains("using the CPU backend") && err.contains("Device: CPU backend"), "{err}");

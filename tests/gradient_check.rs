@@ -103,10 +103,7 @@ fn relu_backward_matches_finite_differences() {
 fn maxpool_backward_matches_finite_differences() {
     let cpu = CpuBackend::new();
     // Overlapping 3x3 windows with stride 2 on 7x5, and 2x2 windows that drop the last row.
-    let shapes = [
-        pool_shape((7, 5, 2), (3, 3), (2, 2)).unwrap(),
-        pool_shape((5, 4, 3), (2, 2), (2, 2)).unwrap(),
-    ];
+    let shapes = [pool_shape((7, 5, 2), (3, 3), (2, 2)).unwrap(), pool_shape((5, 4, 3), (2, 2), (2, 2)).unwrap()];
     for s in shapes {
         let n = 2;
         // Distinct values 0.01 apart, shuffled: no near ties, so a 0.001 step keeps every argmax.

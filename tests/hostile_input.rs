@@ -96,12 +96,18 @@ fn checkpoints_describing_huge_models_are_refused_before_allocating() {
 #[test]
 fn absurd_sizes_in_flags_and_arch_files_get_clear_errors() {
     let dir = temp_dir("hostile-flags");
-    refused(&["train", "--device", "cpu", "--dataset", "synthetic", "--batch-size", "1000000000", "--epochs", "1", "--out", dir.join("a").to_str().unwrap()], &["batch size 1000000000"]);
+    refused(
+        &["train", "--device", "cpu", "--dataset", "synthetic", "--batch-size", "1000000000", "--epochs", "1", "--out", dir.join("a").to_str().unwrap()],
+        &["batch size 1000000000"],
+    );
     let photos = dir.join("photos");
     for class in ["a", "b"] {
         std::fs::create_dir_all(photos.join(class)).unwrap();
     }
-    refused(&["train", "--device", "cpu", "--data", photos.to_str().unwrap(), "--image-size", "100000", "--epochs", "1", "--out", dir.join("b").to_str().unwrap()], &["--image-size 100000", "8192"]);
+    refused(
+        &["train", "--device", "cpu", "--data", photos.to_str().unwrap(), "--image-size", "100000", "--epochs", "1", "--out", dir.join("b").to_str().unwrap()],
+        &["--image-size 100000", "8192"],
+    );
     let ck = dir.join("ok.safetensors");
     write_checkpoint(&ck, "conv2d 4 3 relu\nflatten\ndense 10 softmax\n", (8, 8, 3), true);
     let img = image(&dir);
@@ -112,7 +118,10 @@ fn absurd_sizes_in_flags_and_arch_files_get_clear_errors() {
     let arch = dir.join("huge.arch");
     std::fs::write(&arch, "flatten\ndense 9223372036854775808 relu\ndense 10 softmax\n").unwrap();
     refused(&["summary", "--arch", arch.to_str().unwrap()], &["layer 2 (dense)", "too large"]);
-    refused(&["train", "--device", "cpu", "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--out", dir.join("c").to_str().unwrap()], &["too large"]);
+    refused(
+        &["train", "--device", "cpu", "--dataset", "synthetic", "--arch", arch.to_str().unwrap(), "--out", dir.join("c").to_str().unwrap()],
+        &["too large"],
+    );
     // summary refuses inputs whose totals would wrap, instead of printing them.
     refused(&["summary", "--input", "100000x100000x3"], &["the input of 100000x100000x3 is too large"]);
     refused(&["summary", "--input", "20000x20000x3"], &["layer 1 (conv2d): the output of 19998x19998x32 is too large"]);
@@ -160,15 +169,33 @@ fn idx_headers_that_overflow_and_gzip_bombs_are_refused_and_multi_member_gzip_lo
     let data_dir = dir.to_str().unwrap();
     // 4 x 2^31 x 2^31 bytes: the product overflows 64 bits.
     std::fs::write(&images, gzip_members(&[&idx_header(0x803, &[4, 1 << 31, 1 << 31])])).unwrap();
-    refused(&["show", "--dataset", "mnist", "--data-dir", data_dir, "--out", dir.join("g.png").to_str().unwrap()], &["train-images-idx3-ubyte.gz", "more than the limit"]);
-    refused(&["train", "--device", "cpu", "--dataset", "mnist", "--data-dir", data_dir, "--out", dir.join("r").to_str().unwrap()], &["train-images-idx3-ubyte.gz", "more than the limit"]);
+    refused(
+        &["show", "--dataset", "mnist", "--data-dir", data_dir, "--out", dir.join("g.png").to_str().unwrap()],
+        &["train-images-idx3-ubyte.gz", "more than the limit"],
+    );
+    refused(
+        &["train", "--device", "cpu", "--dataset", "mnist", "--data-dir", data_dir, "--out", dir.join("r").to_str().unwrap()],
+        &["train-images-idx3-ubyte.gz", "more than the limit"],
+    );
     // 30 images declared, 256 MiB of zeros behind them in a 256 KB file: reading stops at the
     // declared size, so it fails cleanly under a 300 MB address-space limit (which a full
     // decompression into memory would exceed; show on the real Fashion-MNIST fits in it).
     let zeros = vec![0u8; 256 << 20];
     std::fs::write(&images, gzip_members(&[&idx_header(0x803, &[30, 28, 28]), &zeros])).unwrap();
     let out = Command::new("/usr/bin/env")
-        .args(["prlimit", "--as=300000000", "--", env!("CARGO_BIN_EXE_gpu-cnn"), "show", "--dataset", "mnist", "--data-dir", data_dir, "--out", dir.join("g.png").to_str().unwrap()])
+        .args([
+            "prlimit",
+            "--as=300000000",
+            "--",
+            env!("CARGO_BIN_EXE_gpu-cnn"),
+            "show",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            data_dir,
+            "--out",
+            dir.join("g.png").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

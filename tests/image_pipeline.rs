@@ -51,12 +51,25 @@ fn write_every_kind(dir: &Path) -> Vec<PathBuf> {
     let rgb = pattern(60, 80, 1);
     RgbaImage::from_fn(60, 80, |x, y| {
         let Rgb([r, g, b]) = *rgb.get_pixel(x, y);
-        Rgba([r, g, b, if (x as i32 - 30).pow(2) + (y as i32 - 40).pow(2) < 600 { 255 } else if x < 5 { 100 } else { 0 }])
+        Rgba([
+            r,
+            g,
+            b,
+            if (x as i32 - 30).pow(2) + (y as i32 - 40).pow(2) < 600 {
+                255
+            } else if x < 5 {
+                100
+            } else {
+                0
+            },
+        ])
     })
     .save(p("a-rgba-cutout.png"))
     .unwrap();
     image::GrayImage::from_fn(33, 47, |x, y| Luma([((x * 9 + y * 4) % 256) as u8])).save(p("b-grey.png")).unwrap();
-    ImageBuffer::<Rgba<u16>, Vec<u16>>::from_fn(40, 30, |x, y| Rgba([(x * 1500) as u16, (y * 2000) as u16, 40000, if x > 20 { 65535 } else { 20000 }])).save(p("c-16bit-rgba.png")).unwrap();
+    ImageBuffer::<Rgba<u16>, Vec<u16>>::from_fn(40, 30, |x, y| Rgba([(x * 1500) as u16, (y * 2000) as u16, 40000, if x > 20 { 65535 } else { 20000 }]))
+        .save(p("c-16bit-rgba.png"))
+        .unwrap();
     ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(25, 25, |x, y| Luma([(x * 2600 + y * 7) as u16])).save(p("d-16bit-grey.png")).unwrap();
     write_palette_png(&p("e-palette.png"), 50, 20);
     pattern(90, 120, 2).save(p("f-photo.jpg")).unwrap();
@@ -138,7 +151,17 @@ fn crop_and_pad_keep_the_aspect_ratio() {
     let dir = temp_dir("pipeline-aspect");
     let file = dir.join("wide.png");
     // 40x10: left quarter red, middle half green, right quarter blue.
-    RgbImage::from_fn(40, 10, |x, _| if x < 10 { Rgb([255, 0, 0]) } else if x < 30 { Rgb([0, 255, 0]) } else { Rgb([0, 0, 255]) }).save(&file).unwrap();
+    RgbImage::from_fn(40, 10, |x, _| {
+        if x < 10 {
+            Rgb([255, 0, 0])
+        } else if x < 30 {
+            Rgb([0, 255, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    })
+    .save(&file)
+    .unwrap();
     let p = Preprocessing { interpolation: image_pipeline::Interpolation::Nearest, ..Preprocessing::new((10, 10, 3)).unwrap() };
     let px = |v: &[u8], x: usize, y: usize| v[(y * 10 + x) * 3..][..3].to_vec();
     // Crop: the centred 10x10 is all green.

@@ -52,7 +52,17 @@ fn trainer_reports_every_epoch_and_its_classifier_matches_predict() {
     let from_file = Classifier::load(dir.join("last.safetensors"), Device::Cpu).unwrap();
     let batch = from_file.classify_batch(&images).unwrap();
     assert_eq!(batch.len(), 6);
-    let (ok, stdout, stderr) = common::run_cli(&["predict", "--checkpoint", dir.join("last.safetensors").to_str().unwrap(), "--device", "cpu", "--json", "--top", "5", dir.to_str().unwrap()]);
+    let (ok, stdout, stderr) = common::run_cli(&[
+        "predict",
+        "--checkpoint",
+        dir.join("last.safetensors").to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+        "--top",
+        "5",
+        dir.to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
     // predict --json prints one JSON object per file and line, in input order.
     let predicted: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -16,7 +16,21 @@ fn trained_run() -> &'static PathBuf {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
         let run = temp_dir("pictures-run").join("run");
-        let args = ["train", "--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--epochs", "2", "--device", "cpu", "--out", run.to_str().unwrap()];
+        let args = [
+            "train",
+            "--dataset",
+            "synthetic",
+            "--limit-train",
+            "200",
+            "--limit-test",
+            "100",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            run.to_str().unwrap(),
+        ];
         let (ok, _, err) = run_cli(&args);
         assert!(ok, "{err}");
         assert!(err.contains("Confusion matrix") && err.contains("precision") && err.contains("report.html"), "the log lacks the confusion matrix: {err}");
@@ -85,13 +99,15 @@ fn evaluate_prints_per_class_metrics_and_writes_the_report_to_out() {
     let run = trained_run();
     let out = temp_dir("pictures-eval");
     let ck = run.join("last.safetensors");
-    let (ok, text, err) = run_cli(&["evaluate", "--checkpoint", ck.to_str().unwrap(), "--limit-test", "100", "--device", "cpu", "--out", out.to_str().unwrap()]);
+    let (ok, text, err) =
+        run_cli(&["evaluate", "--checkpoint", ck.to_str().unwrap(), "--limit-test", "100", "--device", "cpu", "--out", out.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(text.contains("precision") && text.contains("recall") && text.contains("Confusion matrix") && text.contains("class 9"), "{text}");
     for f in ["predictions.png", "curves.png", "confusion.png", "confusion.json", "report.html"] {
         assert!(out.join(f).exists(), "{f} missing from --out");
     }
-    let (ok, json, err) = run_cli(&["evaluate", "--checkpoint", ck.to_str().unwrap(), "--limit-test", "100", "--device", "cpu", "--out", out.to_str().unwrap(), "--json"]);
+    let (ok, json, err) =
+        run_cli(&["evaluate", "--checkpoint", ck.to_str().unwrap(), "--limit-test", "100", "--device", "cpu", "--out", out.to_str().unwrap(), "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let per_class = v["confusion"]["per_class"].as_array().unwrap();
@@ -126,7 +142,8 @@ fn predict_reads_png_jpeg_grey_and_rgba_files_and_reports_broken_ones() {
     std::fs::write(&broken, b"\x89PNG\r\n\x1a\n not really a png").unwrap();
     // The folder holds all five; a folder and an explicit file may be mixed.
     // --batch-size 3: the four good images take two forward passes.
-    let (ok, out, err) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--top", "3", "--batch-size", "3", "--json", dir.to_str().unwrap()]);
+    let (ok, out, err) =
+        run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--top", "3", "--batch-size", "3", "--json", dir.to_str().unwrap()]);
     assert!(!ok, "a file that does not decode makes the exit code non-zero");
     assert!(err.contains("e-broken.png") && !err.contains("panicked"), "{err}");
     // JSON Lines: one object per file, streamed batch by batch, in input order.
@@ -156,7 +173,8 @@ fn predict_reads_png_jpeg_grey_and_rgba_files_and_reports_broken_ones() {
     // JPEG is lossy: the same class is expected, not the same probability.
     assert_eq!(rows[1]["top"][0]["index"], rows[0]["top"][0]["index"], "JPEG copy of the same image");
     // Text output: one line per good file, and success when every file decodes.
-    let (ok, out, err) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--top", "2", files[2].to_str().unwrap(), files[3].to_str().unwrap()]);
+    let (ok, out, err) =
+        run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--top", "2", files[2].to_str().unwrap(), files[3].to_str().unwrap()]);
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.lines().all(|l| l.matches("class ").count() == 2), "{out}");
@@ -184,7 +202,10 @@ fn predict_output_is_stable_for_a_known_checkpoint_and_input() {
         data_source: None,
         class_weights: None,
     };
-    let tensors = [HostTensor { name: "dense.kernel".into(), dims: vec![4, 3], data: kernel.clone() }, HostTensor { name: "dense.bias".into(), dims: vec![3], data: bias.clone() }];
+    let tensors = [
+        HostTensor { name: "dense.kernel".into(), dims: vec![4, 3], data: kernel.clone() },
+        HostTensor { name: "dense.bias".into(), dims: vec![3], data: bias.clone() },
+    ];
     let ck = dir.join("known.safetensors");
     checkpoint::save(&ck, &meta, &tensors).unwrap();
     let pixels = [0u8, 51, 153, 255];
@@ -212,10 +233,12 @@ fn predict_output_is_stable_for_a_known_checkpoint_and_input() {
     let (_, again, _) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", img.to_str().unwrap()]);
     assert_eq!(text, again);
     // --threshold: below it the answer is `unknown` (the scores still shown); at or above, the class.
-    let (ok, text, _) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--threshold", "0.7", "--top", "1", img.to_str().unwrap()]);
+    let (ok, text, _) =
+        run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--threshold", "0.7", "--top", "1", img.to_str().unwrap()]);
     assert!(ok);
     assert_eq!(text, format!("{}: unknown (bird 0.6782)\n", img.display()));
-    let (_, text, _) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--threshold", "0.6", "--top", "1", "--json", img.to_str().unwrap()]);
+    let (_, text, _) =
+        run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--threshold", "0.6", "--top", "1", "--json", img.to_str().unwrap()]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(text.trim_end()).unwrap()["prediction"], "bird");
     let (ok, _, err) = run_cli(&["predict", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--threshold", "1.5", img.to_str().unwrap()]);
     assert!(!ok && err.contains("--threshold"), "{err}");

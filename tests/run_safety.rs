@@ -66,7 +66,8 @@ fn checkpoints_with_null_or_nan_history_still_load_and_absurd_steps_are_refused(
     });
     let ck = checkpoint::load(&nulled).unwrap();
     assert!(ck.meta.history[0].loss.is_nan());
-    let (code, out, err) = run(&["evaluate", "--checkpoint", nulled.to_str().unwrap(), "--limit-test", "50", "--device", "cpu", "--out", dir.join("ev").to_str().unwrap()]);
+    let (code, out, err) =
+        run(&["evaluate", "--checkpoint", nulled.to_str().unwrap(), "--limit-test", "50", "--device", "cpu", "--out", dir.join("ev").to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("accuracy"), "{out}");
     // A NaN written as the string "NaN" round-trips through save and load.
@@ -80,7 +81,19 @@ fn checkpoints_with_null_or_nan_history_still_load_and_absurd_steps_are_refused(
     with_metadata(&last, &wrapped, |m| {
         m.insert("step".into(), u64::MAX.to_string());
     });
-    let (code, _, err) = run(&["train", "--epochs", "3", "--resume", wrapped.to_str().unwrap(), "--out", dir.join("r2").to_str().unwrap(), "--dataset", "synthetic", "--device", "cpu"]);
+    let (code, _, err) = run(&[
+        "train",
+        "--epochs",
+        "3",
+        "--resume",
+        wrapped.to_str().unwrap(),
+        "--out",
+        dir.join("r2").to_str().unwrap(),
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+    ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("step.safetensors") && err.contains("not a plausible Adam step count"), "{err}");
 
@@ -89,10 +102,40 @@ fn checkpoints_with_null_or_nan_history_still_load_and_absurd_steps_are_refused(
     with_metadata(&last, &bad_lr, |m| {
         m.insert("learning_rate".into(), "NaN".into());
     });
-    let (code, _, err) = run(&["train", "--epochs", "3", "--resume", bad_lr.to_str().unwrap(), "--out", dir.join("r3").to_str().unwrap(), "--dataset", "synthetic", "--device", "cpu"]);
+    let (code, _, err) = run(&[
+        "train",
+        "--epochs",
+        "3",
+        "--resume",
+        bad_lr.to_str().unwrap(),
+        "--out",
+        dir.join("r3").to_str().unwrap(),
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+    ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("lr.safetensors: its learning rate NaN is not a positive number") && err.contains("give --learning-rate"), "{err}");
-    let (code, _, err) = run(&["train", "--epochs", "2", "--resume", bad_lr.to_str().unwrap(), "--learning-rate", "0.001", "--out", dir.join("r4").to_str().unwrap(), "--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--device", "cpu"]);
+    let (code, _, err) = run(&[
+        "train",
+        "--epochs",
+        "2",
+        "--resume",
+        bad_lr.to_str().unwrap(),
+        "--learning-rate",
+        "0.001",
+        "--out",
+        dir.join("r4").to_str().unwrap(),
+        "--dataset",
+        "synthetic",
+        "--limit-train",
+        "200",
+        "--limit-test",
+        "100",
+        "--device",
+        "cpu",
+    ]);
     assert_eq!(code, 0, "a given --learning-rate replaces the damaged one: {err}");
 }
 
@@ -246,7 +289,8 @@ fn evaluate_writes_its_own_folder_and_prints_metrics_before_a_failed_write() {
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o555)).unwrap();
         None
     };
-    let (code, out, err) = run(&["evaluate", "--checkpoint", last.to_str().unwrap(), "--limit-test", "50", "--device", "cpu", "--out", target.to_str().unwrap()]);
+    let (code, out, err) =
+        run(&["evaluate", "--checkpoint", last.to_str().unwrap(), "--limit-test", "50", "--device", "cpu", "--out", target.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(out.contains("50 test images of synthetic: loss:") && out.contains("accuracy"), "metrics first: {out}");
     assert!(err.contains(target.to_str().unwrap()), "{err}");
@@ -279,7 +323,19 @@ fn epochs_zero_and_mismatched_resumes_get_clear_messages() {
     with_metadata(&run_dir.join("last.safetensors"), &other, |m| {
         m.insert("class_names".into(), r#"["a","b","c"]"#.into());
     });
-    let (code, _, err) = run(&["train", "--epochs", "3", "--resume", other.to_str().unwrap(), "--dataset", "synthetic", "--device", "cpu", "--out", dir.join("o").to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "train",
+        "--epochs",
+        "3",
+        "--resume",
+        other.to_str().unwrap(),
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+        "--out",
+        dir.join("o").to_str().unwrap(),
+    ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("in 3 classes") && err.contains("in 10 classes"), "{err}");
 }

@@ -36,7 +36,11 @@ fn good_images(classifier: &Classifier, n: usize) -> Vec<(Vec<u8>, String, f32)>
         .map(|i| {
             let rgb = RgbImage::from_raw(32, 32, test.image(i).to_vec()).unwrap();
             let img = DynamicImage::ImageRgb8(rgb);
-            let (img, format) = if i % 2 == 0 { (img, ImageFormat::Png) } else { (img.resize_exact(48, 40, gpu_cnn::image::imageops::FilterType::Triangle), ImageFormat::Jpeg) };
+            let (img, format) = if i % 2 == 0 {
+                (img, ImageFormat::Png)
+            } else {
+                (img.resize_exact(48, 40, gpu_cnn::image::imageops::FilterType::Triangle), ImageFormat::Jpeg)
+            };
             let mut bytes = Vec::new();
             img.write_to(&mut std::io::Cursor::new(&mut bytes), format).unwrap();
             // Expected through the one image pipeline, as the server decodes (its JPEG decoder
@@ -104,7 +108,23 @@ fn mixed_200_concurrent_requests_against_the_binary() {
     let ck = checkpoint(&dir);
     let classifier = Classifier::load(&ck, Device::Cpu).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn"))
-        .args(["serve", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--bind", "127.0.0.1:0", "--max-body", "256KiB", "--max-pixels", "1000000", "--max-queue", "250", "--max-wait-ms", "10"])
+        .args([
+            "serve",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--bind",
+            "127.0.0.1:0",
+            "--max-body",
+            "256KiB",
+            "--max-pixels",
+            "1000000",
+            "--max-queue",
+            "250",
+            "--max-wait-ms",
+            "10",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -143,7 +163,11 @@ fn mixed_200_concurrent_requests_against_the_binary() {
             5 => Case::Bad { body: b"GIF89a\x10\x00\x10\x00 says 16x16 but is no image".to_vec(), status: 400, says: "cannot decode" },
             6 => Case::Bad { body: (0..1000u32).map(|v| (v * 7 + 3) as u8).collect(), status: 415, says: "not a JPEG, PNG" },
             7 => Case::Bad { body: Vec::new(), status: 400, says: "empty body" },
-            8 => Case::Bad { body: if i % 20 == 8 { huge.clone() } else { truncated.clone() }, status: if i % 20 == 8 { 413 } else { 400 }, says: if i % 20 == 8 { "over this server's cap" } else { "cannot decode" } },
+            8 => Case::Bad {
+                body: if i % 20 == 8 { huge.clone() } else { truncated.clone() },
+                status: if i % 20 == 8 { 413 } else { 400 },
+                says: if i % 20 == 8 { "over this server's cap" } else { "cannot decode" },
+            },
             _ => Case::Bad { body: over_pixel_cap.clone(), status: 413, says: "pixels, over this server's cap" },
         });
     }

@@ -7,9 +7,9 @@ use gpu_cnn::backend::cpu::CpuBackend;
 use gpu_cnn::checkpoint;
 use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
 use gpu_cnn::data::Dataset;
+use gpu_cnn::history::EpochRecord;
 use gpu_cnn::model::{format_arch, parse_arch, Model};
 use gpu_cnn::network::{HostTensor, Network};
-use gpu_cnn::history::EpochRecord;
 use gpu_cnn::train::{fit, TrainOptions};
 use std::path::Path;
 
@@ -25,7 +25,17 @@ fn new_net(ds: &Dataset, batch: usize, seed: u64) -> Network<CpuBackend> {
 }
 
 fn options(epochs: usize, out: Option<&Path>) -> TrainOptions {
-    TrainOptions { epochs, batch_size: 32, seed: 5, out_dir: out.map(Path::to_path_buf), arch_text: format_arch(&parse_arch(ARCH).unwrap()), progress: false, augment: Augmentation::NONE, preprocessing: None, data_source: None }
+    TrainOptions {
+        epochs,
+        batch_size: 32,
+        seed: 5,
+        out_dir: out.map(Path::to_path_buf),
+        arch_text: format_arch(&parse_arch(ARCH).unwrap()),
+        progress: false,
+        augment: Augmentation::NONE,
+        preprocessing: None,
+        data_source: None,
+    }
 }
 
 fn train(epochs: usize, out: Option<&Path>) -> (Vec<HostTensor>, Vec<EpochRecord>) {

@@ -206,28 +206,11 @@ pub trait Backend {
 
     /// y (n, out_h, out_w, out_c) = conv(x (n, in_h, in_w, in_c), w HWIO) + b, then ReLU if `relu`.
     #[allow(clippy::too_many_arguments)]
-    fn conv2d_forward(
-        &self,
-        x: &Self::Tensor,
-        w: &Self::Tensor,
-        b: &Self::Tensor,
-        y: &mut Self::Tensor,
-        s: &ConvShape,
-        n: usize,
-        relu: bool,
-    );
+    fn conv2d_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &mut Self::Tensor, s: &ConvShape, n: usize, relu: bool);
     /// dx (n, in_h, in_w, in_c) = gradient of the conv's input given dy (n, out_h, out_w, out_c).
     fn conv2d_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor, dx: &mut Self::Tensor, s: &ConvShape, n: usize);
     /// dw (HWIO) and db (out_c) = gradients summed over the batch (overwritten, not accumulated).
-    fn conv2d_backward_filter(
-        &self,
-        x: &Self::Tensor,
-        dy: &Self::Tensor,
-        dw: &mut Self::Tensor,
-        db: &mut Self::Tensor,
-        s: &ConvShape,
-        n: usize,
-    );
+    fn conv2d_backward_filter(&self, x: &Self::Tensor, dy: &Self::Tensor, dw: &mut Self::Tensor, db: &mut Self::Tensor, s: &ConvShape, n: usize);
     /// dy[i] = 0 where y[i] <= 0 (y is the ReLU's output), for i < len.
     fn relu_backward(&self, y: &Self::Tensor, dy: &mut Self::Tensor, len: usize);
 
@@ -239,43 +222,18 @@ pub trait Backend {
 
     /// y (n, units) = x (n, inputs) * w (inputs, units) + b, then ReLU if `relu`.
     #[allow(clippy::too_many_arguments)]
-    fn dense_forward(
-        &self,
-        x: &Self::Tensor,
-        w: &Self::Tensor,
-        b: &Self::Tensor,
-        y: &mut Self::Tensor,
-        s: &DenseShape,
-        n: usize,
-        relu: bool,
-    );
+    fn dense_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &mut Self::Tensor, s: &DenseShape, n: usize, relu: bool);
     /// dx (n, inputs) = dy (n, units) * w^T.
     fn dense_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor, dx: &mut Self::Tensor, s: &DenseShape, n: usize);
     /// dw = x^T * dy, db = column sums of dy (overwritten).
     #[allow(clippy::too_many_arguments)]
-    fn dense_backward_filter(
-        &self,
-        x: &Self::Tensor,
-        dy: &Self::Tensor,
-        dw: &mut Self::Tensor,
-        db: &mut Self::Tensor,
-        s: &DenseShape,
-        n: usize,
-    );
+    fn dense_backward_filter(&self, x: &Self::Tensor, dy: &Self::Tensor, dw: &mut Self::Tensor, db: &mut Self::Tensor, s: &DenseShape, n: usize);
 
     /// Fused softmax + sparse categorical cross-entropy over n rows of `classes` logits:
     /// dlogits = (softmax - onehot) / n (the gradient of the batch-mean loss), and
     /// metrics[LOSS_SUM] += sum of -log softmax[label], metrics[CORRECT] += argmax hits,
     /// metrics[COUNT] += n. Stable: log-softmax via the row max.
-    fn softmax_xent(
-        &self,
-        logits: &Self::Tensor,
-        labels: &Self::Indices,
-        dlogits: &mut Self::Tensor,
-        metrics: &mut Self::Tensor,
-        n: usize,
-        classes: usize,
-    );
+    fn softmax_xent(&self, logits: &Self::Tensor, labels: &Self::Indices, dlogits: &mut Self::Tensor, metrics: &mut Self::Tensor, n: usize, classes: usize);
     /// `softmax_xent` with a weight per class (`--class-weight`, Keras's `class_weight`): row i
     /// counts w = class_weights[label_i] times, so dlogits = w * (softmax - onehot) / n and
     /// metrics[LOSS_SUM] += sum of w * -log softmax[label] (Keras's "sum_over_batch_size").
@@ -295,15 +253,7 @@ pub trait Backend {
     fn softmax(&self, logits: &Self::Tensor, probs: &mut Self::Tensor, n: usize, classes: usize);
 
     /// One Adam update of `len` parameters in place.
-    fn adam_update(
-        &self,
-        param: &mut Self::Tensor,
-        grad: &Self::Tensor,
-        m: &mut Self::Tensor,
-        v: &mut Self::Tensor,
-        len: usize,
-        h: &AdamStep,
-    );
+    fn adam_update(&self, param: &mut Self::Tensor, grad: &Self::Tensor, m: &mut Self::Tensor, v: &mut Self::Tensor, len: usize, h: &AdamStep);
 
     /// Bytes this backend has allocated on its device so far, where it has a device of its own
     /// (None for the CPU backend, whose memory is the process's).
@@ -378,7 +328,15 @@ impl<B: Backend> Backend for &B {
     fn upload_images(&self, images: &[u8], labels: &[u8], image_len: usize) -> Result<Self::Images> {
         (**self).upload_images(images, labels, image_len)
     }
-    fn gather_batch(&self, data: &Self::Images, idx: &Self::Indices, n: usize, x: &mut Self::Tensor, labels: &mut Self::Indices, augment: Option<GatherAugment<'_, Self::Indices>>) {
+    fn gather_batch(
+        &self,
+        data: &Self::Images,
+        idx: &Self::Indices,
+        n: usize,
+        x: &mut Self::Tensor,
+        labels: &mut Self::Indices,
+        augment: Option<GatherAugment<'_, Self::Indices>>,
+    ) {
         (**self).gather_batch(data, idx, n, x, labels, augment)
     }
     fn conv2d_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &mut Self::Tensor, s: &ConvShape, n: usize, relu: bool) {
@@ -411,7 +369,16 @@ impl<B: Backend> Backend for &B {
     fn softmax_xent(&self, logits: &Self::Tensor, labels: &Self::Indices, dlogits: &mut Self::Tensor, metrics: &mut Self::Tensor, n: usize, classes: usize) {
         (**self).softmax_xent(logits, labels, dlogits, metrics, n, classes)
     }
-    fn softmax_xent_weighted(&self, logits: &Self::Tensor, labels: &Self::Indices, class_weights: &Self::Tensor, dlogits: &mut Self::Tensor, metrics: &mut Self::Tensor, n: usize, classes: usize) {
+    fn softmax_xent_weighted(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Indices,
+        class_weights: &Self::Tensor,
+        dlogits: &mut Self::Tensor,
+        metrics: &mut Self::Tensor,
+        n: usize,
+        classes: usize,
+    ) {
         (**self).softmax_xent_weighted(logits, labels, class_weights, dlogits, metrics, n, classes)
     }
     fn softmax(&self, logits: &Self::Tensor, probs: &mut Self::Tensor, n: usize, classes: usize) {

@@ -31,7 +31,10 @@ pub fn parse_batch(bytes: &[u8], path: &Path, classes: usize, into: &mut ImageSe
             bail!("{}: record {i} has label {label}, not below the number of classes ({classes})", path.display());
         }
         let images = std::sync::Arc::make_mut(&mut into.images);
-        into.labels.try_reserve(1).and_then(|_| images.try_reserve(3 * PLANE)).map_err(|_| anyhow::anyhow!("{}: out of memory reading record {i}", path.display()))?;
+        into.labels
+            .try_reserve(1)
+            .and_then(|_| images.try_reserve(3 * PLANE))
+            .map_err(|_| anyhow::anyhow!("{}: out of memory reading record {i}", path.display()))?;
         into.labels.push(label);
         let planes = &rec[1..];
         for p in 0..PLANE {

@@ -282,11 +282,7 @@ fn fetch_checked(agent: &ureq::Agent, url: &str, file: &RemoteFile, path: &Path)
         Some(t) => indicatif::ProgressBar::new(t),
         None => indicatif::ProgressBar::no_length(),
     };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
+    bar.set_style(indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}").unwrap().progress_chars("=> "));
     let mut out = std::fs::File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
     // The body reader's own cap is 10 MB by default; ours is the file's.
     let mut reader = response.body_mut().with_config().limit(limit + 1).reader();
@@ -304,7 +300,11 @@ fn fetch_checked(agent: &ureq::Agent, url: &str, file: &RemoteFile, path: &Path)
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut || e.to_string().contains("timeout") => {
                 bar.abandon();
-                bail!("{url}: too slow: {received} bytes before the deadline of {} s (at least {} KiB/s is needed)", deadline(limit).as_secs(), MIN_BYTES_PER_SECOND >> 10);
+                bail!(
+                    "{url}: too slow: {received} bytes before the deadline of {} s (at least {} KiB/s is needed)",
+                    deadline(limit).as_secs(),
+                    MIN_BYTES_PER_SECOND >> 10
+                );
             }
             Err(e) => {
                 bar.abandon();
@@ -347,7 +347,10 @@ fn untar(archive: &Path, dest: &Path, max_total: u64) -> Result<()> {
         if !(kind.is_file() || kind.is_dir()) {
             bail!("entry '{name}' is a {kind:?}, not a regular file or folder (refused: a link could point outside the cache)");
         }
-        total = total.checked_add(entry.header().size()?).filter(|&t| t <= max_total).with_context(|| format!("entry '{name}': the unpacked archive would exceed {max_total} bytes"))?;
+        total = total
+            .checked_add(entry.header().size()?)
+            .filter(|&t| t <= max_total)
+            .with_context(|| format!("entry '{name}': the unpacked archive would exceed {max_total} bytes"))?;
         if !entry.unpack_in(dest)? {
             bail!("entry '{name}' would land outside the cache folder");
         }

@@ -145,7 +145,11 @@ struct Decoded {
 }
 
 fn decode_all(listing: &Listing, opts: &FolderOptions) -> Result<Decoded> {
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { indicatif::ProgressBar::new(listing.files.len() as u64) } else { indicatif::ProgressBar::hidden() };
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(listing.files.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(indicatif::ProgressStyle::with_template("Decoding {pos}/{len} [{bar:30}] {per_sec} eta {eta}").unwrap().progress_chars("=> "));
     let results: Vec<Result<Vec<u8>, String>> = listing
         .files
@@ -348,4 +352,3 @@ fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -
     let dataset = Dataset { name, class_names: listing.class_names, train: gather(&train_positions), test: gather(&test_positions) };
     Ok(FolderData { dataset, train_files, test_files })
 }
-

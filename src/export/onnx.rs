@@ -69,7 +69,9 @@ pub fn export_onnx(ck: &Checkpoint, input: OnnxInput) -> Result<Vec<u8>> {
         ("epochs", meta.epoch.to_string()),
     ];
     let doc = match input {
-        OnnxInput::Float => format!("gpu-cnn classifier. input: float32 [N, {h}, {w}, {c}] (NHWC), pixel values / 255; output: probabilities [N, {}]", model.classes()),
+        OnnxInput::Float => {
+            format!("gpu-cnn classifier. input: float32 [N, {h}, {w}, {c}] (NHWC), pixel values / 255; output: probabilities [N, {}]", model.classes())
+        }
         OnnxInput::Uint8 => format!("gpu-cnn classifier. input: uint8 [N, {h}, {w}, {c}] (NHWC) pixels; output: probabilities [N, {}]", model.classes()),
     };
     let proto = ModelProto {
@@ -98,7 +100,11 @@ fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &
             let pads = [s.pad_top, s.pad_left, pad_end(s.out_h, s.stride_h, s.k_h, s.in_h, s.pad_top), pad_end(s.out_w, s.stride_w, s.k_w, s.in_w, s.pad_left)];
             let attrs = vec![attr_ints("kernel_shape", &[s.k_h, s.k_w]), attr_ints("strides", &[s.stride_h, s.stride_w]), attr_ints("pads", &pads)];
             let y = g.node("Conv", name, &[&x, &kernel, &bias], attrs);
-            if *relu { g.node("Relu", &format!("{name}_relu"), &[&y], vec![]) } else { y }
+            if *relu {
+                g.node("Relu", &format!("{name}_relu"), &[&y], vec![])
+            } else {
+                y
+            }
         }
         LayerOp::Pool { shape: s } => {
             let x = to_layout(g, x, nchw, true);
@@ -209,5 +215,10 @@ pub fn export_file(checkpoint: &std::path::Path, out: &std::path::Path, input: O
     crate::atomic_file::write_atomically(out, &bytes)?;
     let (h, w, c) = ck.meta.input;
     let dtype = if input == OnnxInput::Uint8 { "uint8 pixels" } else { "float32 pixels / 255" };
-    Ok(format!("Wrote {} ({} bytes, opset {OPSET}): input '{INPUT_NAME}' [N, {h}, {w}, {c}] {dtype}, NHWC; output '{OUTPUT_NAME}' [N, {}]", out.display(), bytes.len(), ck.model()?.classes()))
+    Ok(format!(
+        "Wrote {} ({} bytes, opset {OPSET}): input '{INPUT_NAME}' [N, {h}, {w}, {c}] {dtype}, NHWC; output '{OUTPUT_NAME}' [N, {}]",
+        out.display(),
+        bytes.len(),
+        ck.model()?.classes()
+    ))
 }

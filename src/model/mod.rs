@@ -169,7 +169,20 @@ pub fn conv_shape(input: (usize, usize, usize), filters: usize, kernel: (usize, 
     let (h, w, c) = input;
     let (oh, pt) = conv_out(h, kernel.0, stride.0, padding)?;
     let (ow, pl) = conv_out(w, kernel.1, stride.1, padding)?;
-    Some(ConvShape { in_h: h, in_w: w, in_c: c, out_h: oh, out_w: ow, out_c: filters, k_h: kernel.0, k_w: kernel.1, stride_h: stride.0, stride_w: stride.1, pad_top: pt, pad_left: pl })
+    Some(ConvShape {
+        in_h: h,
+        in_w: w,
+        in_c: c,
+        out_h: oh,
+        out_w: ow,
+        out_c: filters,
+        k_h: kernel.0,
+        k_w: kernel.1,
+        stride_h: stride.0,
+        stride_w: stride.1,
+        pad_top: pt,
+        pad_left: pl,
+    })
 }
 
 /// A Keras MaxPooling2D's geometry ("valid": windows that do not fit are dropped); None when

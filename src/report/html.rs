@@ -64,10 +64,19 @@ pub fn render(p: &Page) -> String {
     h += "<table id=\"per-class\">\n<tr><th class=\"l\">class</th><th>precision</th><th>recall</th><th>images</th></tr>\n";
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     for (i, name) in c.class_names.iter().enumerate() {
-        h += &format!("<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n", escape(name), fmt(c.precision(i)), fmt(c.recall(i)), c.counts[i].iter().sum::<usize>());
+        h += &format!(
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(name),
+            fmt(c.precision(i)),
+            fmt(c.recall(i)),
+            c.counts[i].iter().sum::<usize>()
+        );
     }
     h += &format!("</table>\n<pre>{}</pre>\n", escape(&c.matrix_text()));
-    h += &format!("<h2>Predictions on the first test images</h2>\n<p>Green: right; red: wrong, with the true class.</p>\n{}\n", img("prediction grid", p.predictions_png));
+    h += &format!(
+        "<h2>Predictions on the first test images</h2>\n<p>Green: right; red: wrong, with the true class.</p>\n{}\n",
+        img("prediction grid", p.predictions_png)
+    );
     if let Some(png) = p.top_losses_png {
         h += &format!(
             "<h2 id=\"top-losses\">Top losses</h2>\n<p>The validation images the model disagrees with most (highest loss first): file name, then predicted class, its probability / true class. Mislabelled photos show up here first; <code>gpu-cnn review</code> lists them all.</p>\n{}\n",

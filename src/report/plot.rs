@@ -16,9 +16,14 @@ pub const CURVES_SIZE: (u32, u32) = (2 * PANEL_W, PANEL_H);
 /// How a panel's y axis maps values: linear from 0, or log10 over whole decades.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Axis {
-    Linear { hi: f64 },
+    Linear {
+        hi: f64,
+    },
     /// 10^lo to 10^hi.
-    Log { lo: i32, hi: i32 },
+    Log {
+        lo: i32,
+        hi: i32,
+    },
 }
 
 impl Axis {
@@ -74,7 +79,10 @@ pub fn curves(history: &[EpochRecord]) -> RgbImage {
     let axis = loss_axis(&all);
     let title = if matches!(axis, Axis::Log { .. }) { "Loss (log scale)" } else { "Loss" };
     panel(&mut img, 0, title, &epochs, &loss, axis);
-    let acc = [("accuracy", history.iter().map(|r| r.accuracy).collect::<Vec<_>>(), BLUE), ("val_accuracy", history.iter().map(|r| r.val_accuracy).collect(), ORANGE)];
+    let acc = [
+        ("accuracy", history.iter().map(|r| r.accuracy).collect::<Vec<_>>(), BLUE),
+        ("val_accuracy", history.iter().map(|r| r.val_accuracy).collect(), ORANGE),
+    ];
     panel(&mut img, PANEL_W, "Accuracy", &epochs, &acc, Axis::Linear { hi: 1.0 });
     img
 }

@@ -32,9 +32,16 @@ pub struct QueueFull;
 impl Batcher {
     /// Starts the device thread with room for `capacity` waiting images.
     /// `requests_in_flight` counts the requests that may still add images.
-    pub fn start(classifier: Arc<Classifier>, max_batch: usize, max_wait: Duration, capacity: usize, requests_in_flight: impl Fn() -> usize + Send + 'static) -> std::io::Result<(Batcher, JoinHandle<()>)> {
+    pub fn start(
+        classifier: Arc<Classifier>,
+        max_batch: usize,
+        max_wait: Duration,
+        capacity: usize,
+        requests_in_flight: impl Fn() -> usize + Send + 'static,
+    ) -> std::io::Result<(Batcher, JoinHandle<()>)> {
         let (tx, rx) = sync_channel(capacity.max(1));
-        let thread = std::thread::Builder::new().name("gpu-cnn-device".into()).spawn(move || work(rx, &classifier, max_batch.max(1), max_wait, requests_in_flight))?;
+        let thread =
+            std::thread::Builder::new().name("gpu-cnn-device".into()).spawn(move || work(rx, &classifier, max_batch.max(1), max_wait, requests_in_flight))?;
         Ok((Batcher { tx }, thread))
     }
 

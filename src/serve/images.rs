@@ -47,7 +47,10 @@ const FORMATS: &str = "JPEG, PNG, WebP, BMP or GIF";
 /// Decodes one uploaded image (by its content) and prepares it for the model.
 pub fn prepare_upload(bytes: &[u8], classifier: &Classifier, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("empty body: send a {FORMATS} image as the body, or as files of a multipart/form-data body")));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("empty body: send a {FORMATS} image as the body, or as files of a multipart/form-data body"),
+        ));
     }
     let guessed = ImageReader::new(Cursor::new(bytes)).with_guessed_format().expect("reading from memory cannot fail");
     let Some(format) = guessed.format() else {
@@ -57,12 +60,16 @@ pub fn prepare_upload(bytes: &[u8], classifier: &Classifier, max_pixels: u64) ->
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| decode_error(format, e))?;
     let pixels = width as u64 * height as u64;
     if pixels > max_pixels {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the image is {width}x{height} = {pixels} pixels, over this server's cap of {max_pixels}")));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the image is {width}x{height} = {pixels} pixels, over this server's cap of {max_pixels}"),
+        ));
     }
     // The one image pipeline, as predict: truncated files are errors, large JPEGs DCT-scaled.
     let mut p = *classifier.preprocessing();
     p.max_pixels = max_pixels;
-    let img = crate::image_pipeline::decode(bytes, &p).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot decode the {format:?} image: {e:#}")))?;
+    let img =
+        crate::image_pipeline::decode(bytes, &p).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot decode the {format:?} image: {e:#}")))?;
     classifier.prepare(&img).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))
 }
 

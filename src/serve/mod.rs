@@ -151,7 +151,12 @@ pub fn run(classifier: Arc<Classifier>, opts: ServeOptions) -> Result<()> {
     })
 }
 
-async fn serve_on(listener: tokio::net::TcpListener, classifier: Arc<Classifier>, opts: ServeOptions, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    classifier: Arc<Classifier>,
+    opts: ServeOptions,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let addr = listener.local_addr()?;
     // Room for every image of every admitted request, so only the in-flight cap refuses work.
     let capacity = opts.max_queue.saturating_mul(opts.max_files).min(1 << 16);
@@ -254,7 +259,11 @@ async fn read_uploads(s: &AppState, req: Request) -> Result<Vec<(Option<String>,
     if !multipart {
         let body: Body = req.into_body();
         let bytes = to_bytes(body, s.opts.max_body).await.map_err(|e| {
-            if format!("{e:#}").contains("length limit") { too_large() } else { ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")) }
+            if format!("{e:#}").contains("length limit") {
+                too_large()
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))
+            }
         })?;
         return Ok(vec![(None, bytes.to_vec())]);
     }

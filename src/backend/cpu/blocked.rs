@@ -23,7 +23,11 @@ pub fn multiply_accumulate<L: Lanes, const P: usize, const V: usize>(acc: &mut [
     assert!(b.len() >= (k - 1) * ldb + V * LANES, "multiply_accumulate: b too short");
     for t in 0..k {
         // SAFETY: the asserts above bound t * ldb + V * LANES <= b.len() and t < a[i].len().
-        let bv: [L; V] = array(L::zero(), #[inline(always)] |j| unsafe { L::load_ptr(b.as_ptr().add(t * ldb + j * LANES)) });
+        let bv: [L; V] = array(
+            L::zero(),
+            #[inline(always)]
+            |j| unsafe { L::load_ptr(b.as_ptr().add(t * ldb + j * LANES)) },
+        );
         for (i, acc_row) in acc.iter_mut().enumerate() {
             let av = L::splat(unsafe { *a[i].get_unchecked(t) });
             for (r, &bj) in acc_row.iter_mut().zip(&bv) {
@@ -104,7 +108,11 @@ pub fn for_each_block<L: Lanes, F: BlockFn<L>>(f: &mut F, rows: usize, cols: usi
 #[inline(always)]
 fn gemm_block<L: Lanes, const P: usize, const V: usize>(g: &mut Gemm, r0: usize, o0: usize) {
     let mut acc = [[L::zero(); V]; P];
-    let a: [&[f32]; P] = array(&[], #[inline(always)] |i| &g.a[(r0 + i) * g.lda..][..g.k]);
+    let a: [&[f32]; P] = array(
+        &[],
+        #[inline(always)]
+        |i| &g.a[(r0 + i) * g.lda..][..g.k],
+    );
     multiply_accumulate(&mut acc, a, &g.b[o0..], g.n, g.k);
     for (i, row) in acc.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {

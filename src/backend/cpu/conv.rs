@@ -106,7 +106,17 @@ pub fn backward_filter(x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], s:
 
 /// `backward_filter` by the given algorithm.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_filter_with(algo: ConvAlgo, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], s: &ConvShape, n: usize, partials: &mut Vec<f32>, kernel: &mut Vec<f32>) {
+pub fn backward_filter_with(
+    algo: ConvAlgo,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    s: &ConvShape,
+    n: usize,
+    partials: &mut Vec<f32>,
+    kernel: &mut Vec<f32>,
+) {
     assert!(algo.can_run(s), "{algo:?} cannot run the filter gradient of {s:?}");
     if algo == ConvAlgo::Winograd {
         kernel.resize(winograd_filter::transformed_len(s), 0.0);

@@ -8,7 +8,6 @@ use super::blocked::{for_each_block, multiply_accumulate, BlockFn};
 use super::simd::{array, dispatch, has_fast_fma, Kernel, Lanes, LANES};
 use crate::backend::ConvShape;
 
-
 /// Whether the direct kernels should run this shape: few taps per output (an im2col GEMM with
 /// K <= 32 runs at a quarter of the GEMM library's rate), whole 8-lane vectors of output
 /// channels, and a CPU with fused multiply-add.
@@ -107,10 +106,18 @@ fn forward_block<L: Lanes, const P: usize, const V: usize>(k: &mut Forward, Bloc
     let (c, oc) = (s.in_c, s.out_c);
     let pw = padded_dims(s).1;
     let row_len = s.k_w * c;
-    let mut acc: [[L; V]; P] = [array(L::zero(), #[inline(always)] |j| L::load(&k.b[o0 + j * LANES..])); P];
+    let mut acc: [[L; V]; P] = [array(
+        L::zero(),
+        #[inline(always)]
+        |j| L::load(&k.b[o0 + j * LANES..]),
+    ); P];
     for ky in 0..s.k_h {
         let x_row = (oy * s.stride_h + ky) * pw;
-        let a: [&[f32]; P] = array(&[], #[inline(always)] |i| &k.xp[(x_row + (ox + i) * s.stride_w) * c..][..row_len]);
+        let a: [&[f32]; P] = array(
+            &[],
+            #[inline(always)]
+            |i| &k.xp[(x_row + (ox + i) * s.stride_w) * c..][..row_len],
+        );
         multiply_accumulate(&mut acc, a, &k.w[ky * row_len * oc + o0..], oc, row_len);
     }
     for (i, px) in acc.iter().enumerate() {
@@ -161,10 +168,14 @@ fn filter_block<L: Lanes, const G: usize, const V: usize>(k: &mut Filter, t0: us
     let pw = padded_dims(s).1;
     let row_len = s.k_w * c;
     // Offset of each tap from its pixel's window corner in the padded image.
-    let tap_at: [usize; G] = array(0, #[inline(always)] |g| {
-        let t = t0 + g;
-        (t / row_len) * pw * c + t % row_len
-    });
+    let tap_at: [usize; G] = array(
+        0,
+        #[inline(always)]
+        |g| {
+            let t = t0 + g;
+            (t / row_len) * pw * c + t % row_len
+        },
+    );
     let mut acc = [[L::zero(); V]; G];
     for (g, tap) in acc.iter_mut().enumerate() {
         for (j, a) in tap.iter_mut().enumerate() {
@@ -180,7 +191,11 @@ fn filter_block<L: Lanes, const G: usize, const V: usize>(k: &mut Filter, t0: us
             let corner = (oy * s.stride_h * pw + ox * s.stride_w) * c;
             let d_at = (oy * s.out_w + ox) * oc + o0;
             // SAFETY: within the bounds asserted above.
-            let dv: [L; V] = array(L::zero(), #[inline(always)] |j| unsafe { L::load_ptr(k.dy.as_ptr().add(d_at + j * LANES)) });
+            let dv: [L; V] = array(
+                L::zero(),
+                #[inline(always)]
+                |j| unsafe { L::load_ptr(k.dy.as_ptr().add(d_at + j * LANES)) },
+            );
             for (g, tap) in acc.iter_mut().enumerate() {
                 let xv = L::splat(unsafe { *k.xp.get_unchecked(corner + tap_at[g]) });
                 for (a, &d) in tap.iter_mut().zip(&dv) {

@@ -143,7 +143,14 @@ pub fn sum_outer_products(a: &[f32], dy: &[f32], (m, rows_k, cols): (usize, usiz
         if r1 > r0 {
             // pw (rows_k, cols) += a[r0..r1]^T (rows_k, rows) * dy[r0..r1] (rows, cols)
             let rows = r1 - r0;
-            gemm(Threads::Serial, (rows_k, rows, cols), Mat::transposed(&a[r0 * rows_k..r1 * rows_k], rows_k), Mat::rows(&dy[r0 * cols..r1 * cols], cols), pw, 1.0);
+            gemm(
+                Threads::Serial,
+                (rows_k, rows, cols),
+                Mat::transposed(&a[r0 * rows_k..r1 * rows_k], rows_k),
+                Mat::rows(&dy[r0 * cols..r1 * cols], cols),
+                pw,
+                1.0,
+            );
             add_rows(pb, &dy[r0 * cols..r1 * cols]);
         }
     });

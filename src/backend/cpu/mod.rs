@@ -13,13 +13,13 @@ pub mod simd;
 mod winograd;
 mod winograd_filter;
 
-use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape, METRIC_COUNT, METRIC_CORRECT, METRIC_LOSS_SUM};
+use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM};
 use crate::augment::SampleTransform;
 use crate::data::ImageSet;
 use anyhow::Result;
 use gemm::{add_bias_activate, gemm, sum_outer_products, Mat, Threads};
-use simd::vectorized;
 use rayon::prelude::*;
+use simd::vectorized;
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -140,13 +140,16 @@ impl Backend for CpuBackend {
 
     fn relu_backward(&self, y: &Vec<f32>, dy: &mut Vec<f32>, len: usize) {
         dy[..len].par_chunks_mut(4096).zip(y[..len].par_chunks(4096)).for_each(|(d, y)| {
-            vectorized(#[inline(always)] || {
-                for (d, &y) in d.iter_mut().zip(y) {
-                    if y <= 0.0 {
-                        *d = 0.0;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (d, &y) in d.iter_mut().zip(y) {
+                        if y <= 0.0 {
+                            *d = 0.0;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     }
 
@@ -155,38 +158,43 @@ impl Backend for CpuBackend {
     // channels: a loop the compiler vectorises.
     fn maxpool_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>, argmax: &mut Vec<u32>, s: &PoolShape, n: usize) {
         let (in_len, out_len, c) = (s.in_len(), s.out_len(), s.c);
-        y[..n * out_len].par_chunks_mut(out_len).zip(argmax[..n * out_len].par_chunks_mut(out_len)).enumerate().for_each(|(img, (y, am))| vectorized(#[inline(always)] || {
-            let base = img * in_len;
-            let x = &x[base..base + in_len];
-            for oy in 0..s.out_h {
-                for ox in 0..s.out_w {
-                    let o = (oy * s.out_w + ox) * c;
-                    let (best, best_at) = (&mut y[o..o + c], &mut am[o..o + c]);
-                    for ky in 0..s.size_h {
-                        for kx in 0..s.size_w {
-                            let at = ((oy * s.stride_h + ky) * s.in_w + ox * s.stride_w + kx) * c;
-                            let row = &x[at..at + c];
-                            if ky == 0 && kx == 0 {
-                                best.copy_from_slice(row);
-                                for (i, a) in best_at.iter_mut().enumerate() {
-                                    *a = (base + at + i) as u32;
-                                }
-                            } else {
-                                // Strictly greater: the first max wins ties.
-                                let first = (base + at) as u32;
-                                // Masks rather than branches: on real data the comparison is
-                                // a coin flip, and this form vectorises.
-                                for (i, ((b, a), &v)) in best.iter_mut().zip(best_at.iter_mut()).zip(row).enumerate() {
-                                    let mask = 0u32.wrapping_sub((v > *b) as u32);
-                                    *a = (*a & !mask) | ((first + i as u32) & mask);
-                                    *b = f32::from_bits((b.to_bits() & !mask) | (v.to_bits() & mask));
+        y[..n * out_len].par_chunks_mut(out_len).zip(argmax[..n * out_len].par_chunks_mut(out_len)).enumerate().for_each(|(img, (y, am))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let base = img * in_len;
+                    let x = &x[base..base + in_len];
+                    for oy in 0..s.out_h {
+                        for ox in 0..s.out_w {
+                            let o = (oy * s.out_w + ox) * c;
+                            let (best, best_at) = (&mut y[o..o + c], &mut am[o..o + c]);
+                            for ky in 0..s.size_h {
+                                for kx in 0..s.size_w {
+                                    let at = ((oy * s.stride_h + ky) * s.in_w + ox * s.stride_w + kx) * c;
+                                    let row = &x[at..at + c];
+                                    if ky == 0 && kx == 0 {
+                                        best.copy_from_slice(row);
+                                        for (i, a) in best_at.iter_mut().enumerate() {
+                                            *a = (base + at + i) as u32;
+                                        }
+                                    } else {
+                                        // Strictly greater: the first max wins ties.
+                                        let first = (base + at) as u32;
+                                        // Masks rather than branches: on real data the comparison is
+                                        // a coin flip, and this form vectorises.
+                                        for (i, ((b, a), &v)) in best.iter_mut().zip(best_at.iter_mut()).zip(row).enumerate() {
+                                            let mask = 0u32.wrapping_sub((v > *b) as u32);
+                                            *a = (*a & !mask) | ((first + i as u32) & mask);
+                                            *b = f32::from_bits((b.to_bits() & !mask) | (v.to_bits() & mask));
+                                        }
+                                    }
                                 }
                             }
                         }
                     }
-                }
-            }
-        }));
+                },
+            )
+        });
     }
 
     fn maxpool_backward(&self, dy: &Vec<f32>, argmax: &Vec<u32>, dx: &mut Vec<f32>, s: &PoolShape, n: usize) {
@@ -220,7 +228,16 @@ impl Backend for CpuBackend {
         softmax_xent_rows(logits, labels, |_| 1.0, dlogits, metrics, n, classes);
     }
 
-    fn softmax_xent_weighted(&self, logits: &Vec<f32>, labels: &Vec<u32>, class_weights: &Vec<f32>, dlogits: &mut Vec<f32>, metrics: &mut Vec<f32>, n: usize, classes: usize) {
+    fn softmax_xent_weighted(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<u32>,
+        class_weights: &Vec<f32>,
+        dlogits: &mut Vec<f32>,
+        metrics: &mut Vec<f32>,
+        n: usize,
+        classes: usize,
+    ) {
         softmax_xent_rows(logits, labels, |label| class_weights[label], dlogits, metrics, n, classes);
     }
 
@@ -239,13 +256,16 @@ impl Backend for CpuBackend {
         let (b1, b2, eps) = (h.config.beta1, h.config.beta2, h.config.epsilon);
         param[..len].par_chunks_mut(4096).zip(grad[..len].par_chunks(4096)).zip(m[..len].par_chunks_mut(4096)).zip(v[..len].par_chunks_mut(4096)).for_each(
             |(((p, g), m), v)| {
-                vectorized(#[inline(always)] || {
-                    for i in 0..p.len() {
-                        m[i] += (g[i] - m[i]) * (1.0 - b1);
-                        v[i] += (g[i] * g[i] - v[i]) * (1.0 - b2);
-                        p[i] -= alpha * m[i] / (v[i].sqrt() + eps);
-                    }
-                })
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for i in 0..p.len() {
+                            m[i] += (g[i] - m[i]) * (1.0 - b1);
+                            v[i] += (g[i] * g[i] - v[i]) * (1.0 - b2);
+                            p[i] -= alpha * m[i] / (v[i].sqrt() + eps);
+                        }
+                    },
+                )
             },
         );
     }

@@ -50,7 +50,14 @@ fn multiplies(s: &ConvShape) -> usize {
 /// F(2x2, 3x3) computes 3x3 stride-1 convs (pads above 2 would make the input gradient's pad
 /// negative), here on whole 8-lane vectors of channels.
 pub fn can_run(s: &ConvShape) -> bool {
-    s.k_h == 3 && s.k_w == 3 && s.stride_h == 1 && s.stride_w == 1 && s.pad_top <= 2 && s.pad_left <= 2 && s.in_c.is_multiple_of(LANES) && s.out_c.is_multiple_of(LANES)
+    s.k_h == 3
+        && s.k_w == 3
+        && s.stride_h == 1
+        && s.stride_w == 1
+        && s.pad_top <= 2
+        && s.pad_left <= 2
+        && s.in_c.is_multiple_of(LANES)
+        && s.out_c.is_multiple_of(LANES)
 }
 
 /// The conv whose forward pass is `s`'s input gradient: dy (out_h, out_w, out_c) in,
@@ -200,18 +207,26 @@ pub(super) fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32],
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
             // The 16 input rows of channels (zeros off the image).
-            let rows: [&[f32]; XI] = array(&[], #[inline(always)] |p| {
-                let iy = (2 * ty + p / 4) as isize - s.pad_top as isize;
-                let ix = (2 * tx + p % 4) as isize - s.pad_left as isize;
-                let inside = iy >= 0 && ix >= 0 && (iy as usize) < s.in_h && (ix as usize) < s.in_w;
-                if inside {
-                    &x[(iy as usize * s.in_w + ix as usize) * c..][..c]
-                } else {
-                    &zeros[..c]
-                }
-            });
+            let rows: [&[f32]; XI] = array(
+                &[],
+                #[inline(always)]
+                |p| {
+                    let iy = (2 * ty + p / 4) as isize - s.pad_top as isize;
+                    let ix = (2 * tx + p % 4) as isize - s.pad_left as isize;
+                    let inside = iy >= 0 && ix >= 0 && (iy as usize) < s.in_h && (ix as usize) < s.in_w;
+                    if inside {
+                        &x[(iy as usize * s.in_w + ix as usize) * c..][..c]
+                    } else {
+                        &zeros[..c]
+                    }
+                },
+            );
             for ch in (0..c).step_by(LANES) {
-                let d: [L; XI] = array(L::zero(), #[inline(always)] |p| L::load(&rows[p][ch..]));
+                let d: [L; XI] = array(
+                    L::zero(),
+                    #[inline(always)]
+                    |p| L::load(&rows[p][ch..]),
+                );
                 // B^T d (rows), then times B (columns).
                 let mut r = [L::zero(); XI];
                 for col in 0..4 {
@@ -242,7 +257,11 @@ fn transform_output<L: Lanes>(m: &[f32], y: &mut [f32], bias: &[f32], s: &ConvSh
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
             for o in (0..co).step_by(LANES) {
-                let mv: [L; XI] = array(L::zero(), #[inline(always)] |p| L::load(&m[(p * t + tile) * co + o..]));
+                let mv: [L; XI] = array(
+                    L::zero(),
+                    #[inline(always)]
+                    |p| L::load(&m[(p * t + tile) * co + o..]),
+                );
                 let b = L::load(&bias[o..]);
                 // A^T m (two rows), then times A (two columns), plus bias.
                 let mut r = [[L::zero(); 4]; 2];

@@ -85,18 +85,27 @@ fn transform_gradient<L: Lanes>(dy: &[f32], d: &mut [f32], zeros: &[f32], s: &Co
     for ty in 0..th {
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
-            let rows: [&[f32]; 4] = array(&[], #[inline(always)] |q| {
-                let (oy, ox) = (2 * ty + q / 2, 2 * tx + q % 2);
-                if oy < s.out_h && ox < s.out_w {
-                    &dy[(oy * s.out_w + ox) * co..][..co]
-                } else {
-                    &zeros[..co]
-                }
-            });
+            let rows: [&[f32]; 4] = array(
+                &[],
+                #[inline(always)]
+                |q| {
+                    let (oy, ox) = (2 * ty + q / 2, 2 * tx + q % 2);
+                    if oy < s.out_h && ox < s.out_w {
+                        &dy[(oy * s.out_w + ox) * co..][..co]
+                    } else {
+                        &zeros[..co]
+                    }
+                },
+            );
             for o in (0..co).step_by(LANES) {
-                let g: [L; 4] = array(L::zero(), #[inline(always)] |q| L::load(&rows[q][o..]));
+                let g: [L; 4] = array(
+                    L::zero(),
+                    #[inline(always)]
+                    |q| L::load(&rows[q][o..]),
+                );
                 // G g: four rows of two, then times G^T: four columns.
-                let gg = [[g[0], g[1]], [g[0].add(g[2]).mul(half), g[1].add(g[3]).mul(half)], [g[0].sub(g[2]).mul(half), g[1].sub(g[3]).mul(half)], [g[2], g[3]]];
+                let gg =
+                    [[g[0], g[1]], [g[0].add(g[2]).mul(half), g[1].add(g[3]).mul(half)], [g[0].sub(g[2]).mul(half), g[1].sub(g[3]).mul(half)], [g[2], g[3]]];
                 for (r, [a0, a1]) in gg.into_iter().enumerate() {
                     for (c, val) in [a0, a0.add(a1).mul(half), a0.sub(a1).mul(half), a1].into_iter().enumerate() {
                         val.store(&mut d[((r * 4 + c) * t + tile) * co + o..]);

@@ -139,7 +139,9 @@ pub fn choose_adapter(request: DeviceRequest) -> Result<Option<wgpu::Adapter>> {
         }
         DeviceRequest::Gpu => match best(adapters) {
             Some(a) => Ok(Some(a)),
-            None => bail!("--device gpu: wgpu found no adapter (no Vulkan/Metal/DX12/GL driver; on Debian, `apt-get install mesa-vulkan-drivers` gives a software one)"),
+            None => bail!(
+                "--device gpu: wgpu found no adapter (no Vulkan/Metal/DX12/GL driver; on Debian, `apt-get install mesa-vulkan-drivers` gives a software one)"
+            ),
         },
         DeviceRequest::Backend(backend) => {
             let of_backend: Vec<_> = adapters.into_iter().filter(|a| a.get_info().backend == backend).collect();

@@ -1,7 +1,7 @@
 //! The device and queue of one adapter, and the errors wgpu reports outside any error scope.
 
-use anyhow::{anyhow, bail, Context as _, Result};
 use super::shader_check::error_chain;
+use anyhow::{anyhow, bail, Context as _, Result};
 use std::sync::{Arc, Mutex};
 
 pub struct GpuContext {
@@ -86,13 +86,17 @@ impl GpuContext {
         if bytes > self.limits.max_buffer_size {
             bail!(
                 "{what} needs {bytes} bytes, over max_buffer_size = {} of {} ({:?}); use a smaller batch or layer",
-                self.limits.max_buffer_size, info.name, info.backend
+                self.limits.max_buffer_size,
+                info.name,
+                info.backend
             );
         }
         if bytes > self.limits.max_storage_buffer_binding_size {
             bail!(
                 "{what} needs {bytes} bytes, over max_storage_buffer_binding_size = {} of {} ({:?}); use a smaller batch or layer",
-                self.limits.max_storage_buffer_binding_size, info.name, info.backend
+                self.limits.max_storage_buffer_binding_size,
+                info.name,
+                info.backend
             );
         }
         Ok(())

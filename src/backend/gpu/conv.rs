@@ -112,7 +112,16 @@ impl GpuBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn record_conv2d_backward_input_col2im(&self, dy: &GpuTensor, w: &GpuTensor, relu_y: Option<&GpuTensor>, dx: &mut GpuTensor, s: &ConvShape, n: usize, params: &ConvParams) {
+    fn record_conv2d_backward_input_col2im(
+        &self,
+        dy: &GpuTensor,
+        w: &GpuTensor,
+        relu_y: Option<&GpuTensor>,
+        dx: &mut GpuTensor,
+        s: &ConvShape,
+        n: usize,
+        params: &ConvParams,
+    ) {
         let windows = n * s.out_h * s.out_w;
         let Some(dcol) = self.scratch(windows * s.patch_len()) else { return };
         // dcol (windows, patch) = dy (windows, out_c) * w^T; w is stored (patch, out_c).

@@ -65,7 +65,15 @@ impl GpuBackend {
     // idx (n) -> x (n, image_len) = images[idx] / 255, labels (n) = labels[idx]; with
     // `augment`, each row moved by its transform. One dispatch per chunk; each fills the rows
     // whose image lies in it (a transform only moves pixels within one image).
-    pub(super) fn record_gather_batch(&self, data: &GpuImages, idx: &GpuIndices, n: usize, x: &mut GpuTensor, labels: &mut GpuIndices, augment: Option<GatherAugment<'_, GpuIndices>>) {
+    pub(super) fn record_gather_batch(
+        &self,
+        data: &GpuImages,
+        idx: &GpuIndices,
+        n: usize,
+        x: &mut GpuTensor,
+        labels: &mut GpuIndices,
+        augment: Option<GatherAugment<'_, GpuIndices>>,
+    ) {
         let groups = linear_grid(n * data.image_len, self.max_per_dim());
         let ((h, w, c), transforms) = match &augment {
             Some(a) => {

@@ -66,12 +66,8 @@ impl GpuBackend {
         let rows = s.inputs + 1; // + the ones row that yields db
         let (per, splits) = split_k(n, rows * s.units);
         let Some(scratch) = self.scratch(splits * rows * s.units) else { return };
-        let params = MatmulParams {
-            k_per_split: u32_of(per),
-            ones_row: 1,
-            splits: u32_of(splits),
-            ..MatmulParams::product(s.inputs, s.units, n, Transpose::Left)
-        };
+        let params =
+            MatmulParams { k_per_split: u32_of(per), ones_row: 1, splits: u32_of(splits), ..MatmulParams::product(s.inputs, s.units, n, Transpose::Left) };
         let tile = Tile::for_gemm(rows, s.units, 128);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::MatmulSplitPartials, tile);
         let groups = [s.units.div_ceil(tile.tn as usize) as u32, rows.div_ceil(tile.tm as usize) as u32, splits as u32];

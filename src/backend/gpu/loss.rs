@@ -6,7 +6,15 @@ use super::{GpuBackend, GpuIndices, GpuTensor};
 
 impl GpuBackend {
     // logits (n, classes), labels (n) -> dlogits (n, classes); metrics (3) += loss, hits, n.
-    pub(super) fn record_softmax_xent(&self, logits: &GpuTensor, labels: &GpuIndices, dlogits: &mut GpuTensor, metrics: &mut GpuTensor, n: usize, classes: usize) {
+    pub(super) fn record_softmax_xent(
+        &self,
+        logits: &GpuTensor,
+        labels: &GpuIndices,
+        dlogits: &mut GpuTensor,
+        metrics: &mut GpuTensor,
+        n: usize,
+        classes: usize,
+    ) {
         if n == 0 || classes == 0 {
             return;
         }
@@ -19,7 +27,16 @@ impl GpuBackend {
 
     // softmax_xent with each row weighted by class_weights[label] (classes floats).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn record_softmax_xent_weighted(&self, logits: &GpuTensor, labels: &GpuIndices, class_weights: &GpuTensor, dlogits: &mut GpuTensor, metrics: &mut GpuTensor, n: usize, classes: usize) {
+    pub(super) fn record_softmax_xent_weighted(
+        &self,
+        logits: &GpuTensor,
+        labels: &GpuIndices,
+        class_weights: &GpuTensor,
+        dlogits: &mut GpuTensor,
+        metrics: &mut GpuTensor,
+        n: usize,
+        classes: usize,
+    ) {
         if n == 0 || classes == 0 {
             return;
         }

@@ -308,7 +308,15 @@ impl Backend for GpuBackend {
         self.upload_images_in_chunks(images, labels, image_len, limit)
     }
 
-    fn gather_batch(&self, data: &GpuImages, idx: &GpuIndices, n: usize, x: &mut GpuTensor, labels: &mut GpuIndices, augment: Option<GatherAugment<'_, GpuIndices>>) {
+    fn gather_batch(
+        &self,
+        data: &GpuImages,
+        idx: &GpuIndices,
+        n: usize,
+        x: &mut GpuTensor,
+        labels: &mut GpuIndices,
+        augment: Option<GatherAugment<'_, GpuIndices>>,
+    ) {
         self.record_gather_batch(data, idx, n, x, labels, augment);
     }
 
@@ -360,7 +368,16 @@ impl Backend for GpuBackend {
         self.record_softmax_xent(logits, labels, dlogits, metrics, n, classes);
     }
 
-    fn softmax_xent_weighted(&self, logits: &GpuTensor, labels: &GpuIndices, class_weights: &GpuTensor, dlogits: &mut GpuTensor, metrics: &mut GpuTensor, n: usize, classes: usize) {
+    fn softmax_xent_weighted(
+        &self,
+        logits: &GpuTensor,
+        labels: &GpuIndices,
+        class_weights: &GpuTensor,
+        dlogits: &mut GpuTensor,
+        metrics: &mut GpuTensor,
+        n: usize,
+        classes: usize,
+    ) {
         self.record_softmax_xent_weighted(logits, labels, class_weights, dlogits, metrics, n, classes);
     }
     fn softmax(&self, logits: &GpuTensor, probs: &mut GpuTensor, n: usize, classes: usize) {

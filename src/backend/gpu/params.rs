@@ -99,10 +99,8 @@ mod tests {
                 _ => None,
             })
             .unwrap_or_else(|| panic!("{file} has no struct {struct_name}"));
-        let fields = members
-            .iter()
-            .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize, module.types[m.ty].inner.size(module.to_ctx()) as usize))
-            .collect();
+        let fields =
+            members.iter().map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize, module.types[m.ty].inner.size(module.to_ctx()) as usize)).collect();
         (fields, span as usize)
     }
 

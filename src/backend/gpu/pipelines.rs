@@ -27,7 +27,15 @@ impl Tile {
     /// padding), with columns capped at `max_cols`. 16 to 256 invocations; workgroup memory at
     /// most 16 KiB (see `tile_fits_the_shaders` for what the shaders need of a tile).
     pub fn for_gemm(rows: usize, cols: usize, max_cols: u32) -> Tile {
-        let side = |len: usize| if len <= 32 { 32 } else if len <= 64 { 64 } else { 128 };
+        let side = |len: usize| {
+            if len <= 32 {
+                32
+            } else if len <= 64 {
+                64
+            } else {
+                128
+            }
+        };
         Tile { tm: side(rows), tn: side(cols).min(max_cols) }
     }
 }

@@ -106,7 +106,15 @@ impl Recorder {
     }
 
     /// Records one dispatch of `pipeline` with `params` as its uniform at binding 0.
-    pub fn dispatch<P: KernelParams>(&self, device: &wgpu::Device, registry: &BufferRegistry, pipeline: &Pipeline, params: &P, bound: &[Bound], groups: [u32; 3]) {
+    pub fn dispatch<P: KernelParams>(
+        &self,
+        device: &wgpu::Device,
+        registry: &BufferRegistry,
+        pipeline: &Pipeline,
+        params: &P,
+        bound: &[Bound],
+        groups: [u32; 3],
+    ) {
         if groups.contains(&0) {
             return;
         }
@@ -147,7 +155,11 @@ impl Recorder {
                 // A full query set stops timing; the caller then sees too few timestamps.
                 (*next + 2 <= set.count()).then(|| {
                     *next += 2;
-                    wgpu::ComputePassTimestampWrites { query_set: &*set, beginning_of_pass_write_index: Some(*next - 2), end_of_pass_write_index: Some(*next - 1) }
+                    wgpu::ComputePassTimestampWrites {
+                        query_set: &*set,
+                        beginning_of_pass_write_index: Some(*next - 2),
+                        end_of_pass_write_index: Some(*next - 1),
+                    }
                 })
             });
             let mut encoder = self.encoder.borrow_mut();

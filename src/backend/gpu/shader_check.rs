@@ -38,11 +38,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn check_wgsl(source: &str) -> Result<(), ShaderError> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| {
         let at = e.location(source);
-        ShaderError {
-            line: at.map_or(0, |l| l.line_number),
-            column: at.map_or(0, |l| l.line_position),
-            message: error_chain(&e),
-        }
+        ShaderError { line: at.map_or(0, |l| l.line_number), column: at.map_or(0, |l| l.line_position), message: error_chain(&e) }
     })?;
     let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty());
     validator.validate(&module).map_err(|e| {
