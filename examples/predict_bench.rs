@@ -1,10 +1,12 @@
 //! How fast `predict` sorts large product photos: generates 120 photo-like JPEGs of 2400x3200
-//! (once), saves a seed-model checkpoint for 32x32x3 inputs, then classifies all of them
+//! (once), saves a seed-model checkpoint for 32x32x3 inputs, then classifies all of them:
+//!
 //! 1. "before": as `predict` did before the one image pipeline (kept here as the baseline): each
 //!    file decoded in full by the image crate, one after another, converted to RGBA, composited,
 //!    resized with the image crate's Triangle filter;
 //! 2. "after": through `gpu_cnn::predict::predict_on`, as `gpu-cnn predict --device cpu` does:
 //!    parallel decode, JPEG DCT-scaled decoding, SIMD resize, streamed output.
+//!
 //! Prints wall seconds and CPU seconds (user + sys, this process): the machine may be shared,
 //! and CPU seconds show the work done whatever else runs.
 //!

@@ -388,7 +388,7 @@ pub fn format_table(r: &DeviceBench) -> String {
             k.batch,
             k.median_ms,
             opt(k.gflops, 1),
-            opt(k.fraction_of_peak.map(|f| f * 100.0), 0).replace('-', "-") + if k.fraction_of_peak.is_some() { "%" } else { "" },
+            opt(k.fraction_of_peak.map(|f| f * 100.0), 0) + if k.fraction_of_peak.is_some() { "%" } else { "" },
             opt(k.gbytes_per_s, 2)
         );
     }

@@ -180,7 +180,7 @@ impl Classifier {
     /// [`input_len`](Classifier::input_len) bytes, as [`prepare`](Classifier::prepare) makes them).
     pub fn probabilities(&self, pixels: &[u8]) -> Result<Vec<f32>> {
         let len = self.model.input_len();
-        if pixels.is_empty() || pixels.len() % len != 0 {
+        if pixels.is_empty() || !pixels.len().is_multiple_of(len) {
             bail!("{} bytes are not a whole number of {len}-byte images", pixels.len());
         }
         let n = pixels.len() / len;

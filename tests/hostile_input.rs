@@ -63,7 +63,9 @@ fn image(dir: &Path) -> String {
 fn checkpoints_describing_huge_models_are_refused_before_allocating() {
     let dir = temp_dir("hostile-ck");
     let img = image(&dir);
-    let cases: [(&str, &str, (usize, usize, usize), bool, &[&str]); 4] = [
+    // (name, arch, input, valid tensors, what the error names)
+    type Case<'a> = (&'a str, &'a str, (usize, usize, usize), bool, &'a [&'a str]);
+    let cases: [Case; 4] = [
         ("wide-conv", "conv2d 100000000 3 relu\nflatten\ndense 10 softmax\n", (32, 32, 3), false, &["wide-conv.safetensors", "too large"]),
         ("wide-dense", "flatten\ndense 2000000000 relu\ndense 10 softmax\n", (32, 32, 3), false, &["wide-dense.safetensors", "too large"]),
         ("huge-kernel", "conv2d 4 100000 relu padding=same\nflatten\ndense 10 softmax\n", (32, 32, 3), false, &["huge-kernel.safetensors", "too large"]),

@@ -95,9 +95,9 @@ fn bad_files_are_named_in_errors() {
     let classifier = trained.classifier(Device::Cpu).unwrap();
     let junk = dir.join("junk.jpg");
     std::fs::write(&junk, b"not a jpeg").unwrap();
-    let e = classifier.classify_path(&junk).err().expect("junk fails");
+    let e = classifier.classify_path(&junk).expect_err("junk fails");
     assert!(format!("{e:#}").contains("junk.jpg"), "{e:#}");
-    let e = classifier.probabilities(&[0u8; 10]).err().expect("a partial image fails");
+    let e = classifier.probabilities(&[0u8; 10]).expect_err("a partial image fails");
     assert!(format!("{e:#}").contains("3072-byte images"), "{e:#}");
 }
 

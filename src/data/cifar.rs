@@ -22,7 +22,7 @@ pub fn read_batch(path: &Path, classes: usize, into: &mut ImageSet) -> Result<()
 
 /// Parses one batch file's bytes (`path` names it in errors).
 pub fn parse_batch(bytes: &[u8], path: &Path, classes: usize, into: &mut ImageSet) -> Result<()> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         bail!("{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)", path.display(), bytes.len());
     }
     for (i, rec) in bytes.chunks(RECORD).enumerate() {

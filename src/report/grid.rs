@@ -68,7 +68,7 @@ pub fn caption_scale(cells: &[Cell]) -> u32 {
 }
 
 /// What salts the preview sample, so it depends only on the seed.
-const PREVIEW_PURPOSE: u64 = 0x9E71_E3;
+const PREVIEW_PURPOSE: u64 = 0x009E_71E3;
 
 /// `count` image indices of `labels` spread over the classes: each class's images in a seeded
 /// random order, taken round-robin (class 0, 1, ..., then again), so a folder sorted by class

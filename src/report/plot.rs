@@ -89,7 +89,8 @@ pub fn curves(history: &[EpochRecord]) -> RgbImage {
 
 /// A round number at or above `v` (1, 2 or 5 times a power of ten), so ticks read well.
 fn nice_ceiling(v: f64) -> f64 {
-    if !(v > 0.0) {
+    // Also NaN, which compares false.
+    if v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
