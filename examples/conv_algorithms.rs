@@ -10,7 +10,7 @@
 
 use gpu_cnn::backend::cpu::conv::{self, ConvAlgo};
 use gpu_cnn::backend::ConvShape;
-use gpu_cnn::model::{seed_layers, LayerOp, Model};
+use gpu_cnn::model::{seed_layers, LayerSpec, Model};
 use std::time::Instant;
 
 /// Seconds this thread has run on a CPU (Linux: CLOCK_THREAD_CPUTIME_ID; elsewhere the wall
@@ -71,7 +71,8 @@ fn main() {
         let model = Model::new(&seed_layers(), (32, 32, 3)).unwrap();
         for &n in &batches {
             for layer in &model.layers {
-                let LayerOp::Conv { shape: s, .. } = layer.op else { continue };
+                let LayerSpec::Conv2D(conv) = &layer.spec else { continue };
+                let s = conv.shape(&layer.input);
                 row_set(&layer.name, &s, n, peak);
             }
         }

@@ -4,7 +4,7 @@
 
 use crate::backend::{AdamConfig, Backend, ConvShape, DenseShape, PoolShape, RecordCounts};
 use crate::data::synthetic::{generate, SyntheticSpec};
-use crate::model::{seed_layers, LayerOp, Model};
+use crate::model::{seed_layers, LayerSpec, Model};
 use crate::network::Network;
 use crate::system_info::peak_rss_bytes;
 use anyhow::Result;
@@ -242,11 +242,11 @@ pub fn kernel_timings<B: Backend>(b: &B, n: usize, peak: f64, o: &BenchOptions) 
     let mut r = Recorder { out: Vec::new(), peak, batch: n, layer: "" };
     for layer in &model.layers {
         r.layer = &layer.name;
-        match &layer.op {
-            LayerOp::Conv { shape, .. } => conv_kernels(b, &mut r, shape, n, o)?,
-            LayerOp::Pool { shape } => pool_kernels(b, &mut r, shape, n, o)?,
-            LayerOp::Dense { shape, .. } => dense_kernels(b, &mut r, shape, n, o)?,
-            LayerOp::Flatten => {}
+        match &layer.spec {
+            LayerSpec::Conv2D(conv) => conv_kernels(b, &mut r, &conv.shape(&layer.input), n, o)?,
+            LayerSpec::MaxPooling2D(pool) => pool_kernels(b, &mut r, &pool.shape(&layer.input), n, o)?,
+            LayerSpec::Dense(dense) => dense_kernels(b, &mut r, &dense.shape(&layer.input), n, o)?,
+            LayerSpec::Flatten(_) => {}
         }
     }
     let sync = b.tensor(1)?;
@@ -259,7 +259,7 @@ pub fn kernel_timings<B: Backend>(b: &B, n: usize, peak: f64, o: &BenchOptions) 
     let t = time_op(b, &sync, o, || b.softmax_xent(&logits, &labels, &mut dl, &mut metrics, n, classes))?;
     r.memory("softmax_xent", t, 4.0 * (2 * n * classes + n) as f64);
     r.layer = "all";
-    let len = model.param_count();
+    let len = model.trainable_count();
     let (mut p, g, mut m, mut v) = (random_tensor(b, len, 14)?, random_tensor(b, len, 15)?, b.tensor(len)?, b.tensor(len)?);
     let h = AdamConfig::default().at_step(1);
     let t = time_op(b, &sync, o, || b.adam_update(&mut p, &g, &mut m, &mut v, len, &h))?;

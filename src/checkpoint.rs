@@ -1,5 +1,5 @@
-//! Checkpoints as safetensors: weights named `<layer>.kernel` / `<layer>.bias` in Keras layouts
-//! (conv HWIO, dense (in, out)), Adam's moments as `<param>.adam_m` / `.adam_v`, and the run's
+//! Checkpoints as safetensors: every layer's tensors (its ParamSpecs, trainable or not) named
+//! `<layer>.<suffix>` (`conv2d.kernel`, `dense.bias`) in Keras layouts (conv HWIO, dense (in, out)), Adam's moments as `<param>.adam_m` / `.adam_v`, and the run's
 //! facts (architecture text, input shape, class names, epoch, step, seed, augmentation, history)
 //! as string metadata. Written to a temporary file and renamed, so a crash never leaves half a file.
 
@@ -175,13 +175,13 @@ fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMe
     Ok(meta)
 }
 
-/// The names and shapes a checkpoint of `model` holds: each weight, and optionally its moments.
-fn expected_tensors(model: &Model) -> Vec<(String, Vec<usize>)> {
+/// The names, shapes and trainability of the tensors a checkpoint of `model` holds (every
+/// layer's ParamSpecs, non-trainable ones included); trainable ones may also have moments.
+fn expected_tensors(model: &Model) -> Vec<(String, Vec<usize>, bool)> {
     let mut out = Vec::new();
     for layer in &model.layers {
-        if let (Some(kernel), Some((_, bias))) = (layer.kernel_dims(), layer.param_lens()) {
-            out.push((format!("{}.kernel", layer.name), kernel));
-            out.push((format!("{}.bias", layer.name), vec![bias]));
+        for spec in layer.params() {
+            out.push((crate::network::param_name(layer, &spec), spec.dims, spec.trainable));
         }
     }
     out
@@ -209,14 +209,18 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         if view.dtype() != Dtype::F32 {
             bail!("{}: tensor '{name}' is {:?}, expected F32", path.display(), view.dtype());
         }
-        let weight = name.strip_suffix(".adam_m").or_else(|| name.strip_suffix(".adam_v")).unwrap_or(name);
-        match expected.iter().find(|(n, _)| n == weight) {
-            Some((_, dims)) if dims.as_slice() == view.shape() => {}
-            Some((_, dims)) => bail!("{}: tensor '{name}' has shape {:?}, but its architecture needs {dims:?}", path.display(), view.shape()),
+        let moment_of = name.strip_suffix(".adam_m").or_else(|| name.strip_suffix(".adam_v"));
+        let weight = moment_of.unwrap_or(name);
+        match expected.iter().find(|(n, _, _)| n == weight) {
+            Some((_, _, false)) if moment_of.is_some() => {
+                bail!("{}: tensor '{name}' is optimizer state of '{weight}', which is not trainable", path.display())
+            }
+            Some((_, dims, _)) if dims.as_slice() == view.shape() => {}
+            Some((_, dims, _)) => bail!("{}: tensor '{name}' has shape {:?}, but its architecture needs {dims:?}", path.display(), view.shape()),
             None => bail!("{}: tensor '{name}' is not a weight of its architecture", path.display()),
         }
     }
-    if let Some((missing, _)) = expected.iter().find(|(n, _)| names.binary_search(n).is_err()) {
+    if let Some((missing, _, _)) = expected.iter().find(|(n, _, _)| names.binary_search(n).is_err()) {
         bail!("{}: tensor '{missing}' is missing (its architecture has {} weight tensors)", path.display(), expected.len());
     }
     let mut tensors = Vec::new();

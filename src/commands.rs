@@ -242,10 +242,11 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     }
     let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
     let (ds, test_files) = load_data_with_files(&args.data, seed, base.as_ref())?;
-    // `dense classes` takes its units from the data; the checkpoint stores the resolved text.
+    // `Dense(classes)` takes its units from the data; the checkpoint stores the resolved text.
     let arch_text = format_arch(&with_classes(&parse_arch(&given_arch)?, ds.class_names.len())?);
     if let (Some(ck), Some(path)) = (&resume, &args.arch) {
-        if arch_text != ck.meta.arch {
+        // Compared as layers: older checkpoints store the classic text form.
+        if parse_arch(&arch_text)? != parse_arch(&ck.meta.arch)? {
             bail!("{} was trained with a different architecture than {}:\n{}", args.resume.as_ref().unwrap().display(), path.display(), ck.meta.arch);
         }
     }

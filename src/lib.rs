@@ -46,6 +46,7 @@ pub mod export;
 pub mod fallible;
 pub mod history;
 pub mod image_pipeline;
+pub mod layers;
 pub mod model;
 pub mod network;
 pub mod predict;

@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Print the model's layers, output shapes and parameter counts, like Keras's model.summary().
     Summary {
-        /// Architecture file (one layer a line, see README); default: the seed model.
+        /// Architecture file (Keras layer calls, e.g. `Conv2D(32, 3, activation="relu") MaxPooling2D(2)`; see README); default: the seed model (archs/seed.txt).
         #[arg(long)]
         arch: Option<PathBuf>,
         /// Input shape as HxWxC.
@@ -278,7 +278,7 @@ impl ImagesCli {
 struct TrainCli {
     #[command(flatten)]
     data: DataCli,
-    /// Architecture file (one layer a line, see README); default: the seed model.
+    /// Architecture file (Keras layer calls, e.g. `Conv2D(32, 3, activation="relu") MaxPooling2D(2)`; see README); default: the seed model (archs/seed.txt).
     #[arg(long)]
     arch: Option<PathBuf>,
     /// Total number of epochs (a resumed run continues until this many are done).

@@ -4,7 +4,8 @@
 
 pub use crate::backend::AdamConfig;
 use crate::backend::{Backend, GatherAugment, METRICS_LEN};
-use crate::model::{Activation, LayerOp, Model};
+use crate::layers::{Backward, Forward, Init, ParamSpec, Scratch};
+use crate::model::{Layer, Model};
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 
@@ -16,15 +17,38 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
-/// One parameter tensor with its gradient and Adam moments.
-struct Param<T> {
-    name: String,
-    dims: Vec<usize>,
-    len: usize,
-    value: T,
-    grad: T,
-    m: T,
-    v: T,
+/// One layer's tensors on the device: its ParamSpecs' values (in their order), the gradients
+/// and Adam moments of the trainable ones (in the same order, trainable only), its scratch.
+struct LayerState<B: Backend> {
+    specs: Vec<ParamSpec>,
+    values: Vec<B::Tensor>,
+    grads: Vec<B::Tensor>,
+    /// (m, v) of each trainable tensor.
+    moments: Vec<(B::Tensor, B::Tensor)>,
+    scratch: Vec<Scratch<B>>,
+}
+
+impl<B: Backend> LayerState<B> {
+    fn new(backend: &B, layer: &Layer, max_batch: usize) -> Result<Self> {
+        let specs = layer.params();
+        let mut state = LayerState { specs: Vec::new(), values: Vec::new(), grads: Vec::new(), moments: Vec::new(), scratch: Vec::new() };
+        for spec in &specs {
+            state.values.push(backend.tensor(spec.len())?);
+            if spec.trainable {
+                state.grads.push(backend.tensor(spec.len())?);
+                state.moments.push((backend.tensor(spec.len())?, backend.tensor(spec.len())?));
+            }
+        }
+        state.specs = specs;
+        for s in layer.scratch() {
+            state.scratch.push(Scratch::alloc(backend, &s, max_batch)?);
+        }
+        Ok(state)
+    }
+    /// (value index, spec) of each trainable tensor, in the order of `grads` and `moments`.
+    fn trainable(&self) -> impl Iterator<Item = (usize, &ParamSpec)> {
+        self.specs.iter().enumerate().filter(|(_, s)| s.trainable)
+    }
 }
 
 /// Metrics read back from the device: mean loss and accuracy over `count` samples.
@@ -42,8 +66,10 @@ pub struct Network<B: Backend> {
     pub adam: AdamConfig,
     /// Adam steps taken so far (Keras's `optimizer.iterations`).
     pub step: u64,
-    /// params[2*i], params[2*i+1]: kernel and bias of the i-th layer with weights.
-    params: Vec<Param<B::Tensor>>,
+    /// The run's seed (random draws in layers, e.g. dropout masks, come from seed and step).
+    pub seed: u64,
+    /// Each layer's tensors, gradients, moments and scratch, in layer order.
+    state: Vec<LayerState<B>>,
     /// acts[0] is the input batch; layer i writes acts[slot_out[i]]. Flatten writes nothing:
     /// in NHWC its output is its input, so it shares the slot.
     acts: Vec<B::Tensor>,
@@ -52,9 +78,6 @@ pub struct Network<B: Backend> {
     slot_out: Vec<usize>,
     /// Whether the layer writing each slot applies ReLU (its gradient then needs masking).
     relu_slot: Vec<bool>,
-    /// Index into params of each layer's kernel.
-    param_of: Vec<Option<usize>>,
-    argmax: Vec<Option<B::Indices>>,
     batch_idx: B::Indices,
     /// The augmented training batch's packed transforms (src/augment.rs).
     batch_transforms: B::Indices,
@@ -65,15 +88,6 @@ pub struct Network<B: Backend> {
     class_weights: Option<B::Tensor>,
     /// The same weights on the host, for checkpoints.
     class_weight_values: Option<Vec<f32>>,
-}
-
-/// Whether a layer with weights applies ReLU to its output (its backward then masks dy first).
-fn has_relu(op: &LayerOp) -> bool {
-    match op {
-        LayerOp::Conv { relu, .. } => *relu,
-        LayerOp::Dense { activation, .. } => *activation == Activation::Relu,
-        LayerOp::Pool { .. } | LayerOp::Flatten => false,
-    }
 }
 
 /// Splits a slice into one shared and one mutable element (a != b).
@@ -89,41 +103,29 @@ fn pair_mut<T>(v: &mut [T], a: usize, b: usize) -> (&T, &mut T) {
 }
 
 impl<B: Backend> Network<B> {
-    /// Allocates every buffer for batches up to `max_batch` and initialises the weights as
-    /// Keras does: glorot_uniform kernels, zero biases, seeded.
+    /// Allocates every buffer for batches up to `max_batch` and initialises the tensors as
+    /// Keras does (each ParamSpec's `Init`: glorot_uniform kernels, zero biases), seeded.
     pub fn new(backend: B, model: Model, max_batch: usize, seed: u64) -> Result<Self> {
         if max_batch == 0 {
             bail!("batch size must be at least 1");
         }
         check_memory(&model, max_batch, backend.tensors_in_host_memory())?;
-        let mut params = Vec::new();
+        let mut state = Vec::new();
         let mut slot_in = Vec::new();
         let mut slot_out = Vec::new();
-        let mut param_of = Vec::new();
-        let mut argmax = Vec::new();
         let mut slot_lens = vec![model.input_len()];
         let mut relu_slot = vec![false];
         for layer in &model.layers {
             let input = *slot_out.last().unwrap_or(&0);
             slot_in.push(input);
-            if layer.op == LayerOp::Flatten {
+            if layer.spec.is_view() {
                 slot_out.push(input);
             } else {
                 slot_lens.push(layer.output_len());
-                relu_slot.push(has_relu(&layer.op));
+                relu_slot.push(layer.spec.output_relu());
                 slot_out.push(slot_lens.len() - 1);
             }
-            argmax.push(match layer.op {
-                LayerOp::Pool { shape } => Some(backend.indices(max_batch * shape.out_len())?),
-                _ => None,
-            });
-            param_of.push(match layer.param_lens() {
-                Some((k, b)) => {
-                    param_of_push(&backend, &mut params, &layer.name, layer.kernel_dims().unwrap(), k, b)?;
-                    Some(params.len() - 2)
-                }
-                None => None,
-            });
+            state.push(LayerState::new(&backend, layer, max_batch)?);
         }
         let mut acts = Vec::new();
         let mut grads = Vec::new();
@@ -146,39 +148,40 @@ impl<B: Backend> Network<B> {
             max_batch,
             adam: AdamConfig::default(),
             step: 0,
-            params,
+            seed,
+            state,
             acts,
             grads,
             slot_in,
             slot_out,
             relu_slot,
-            param_of,
-            argmax,
         };
         net.init_weights(seed);
         Ok(net)
     }
 
-    /// glorot_uniform: U(-l, l) with l = sqrt(6 / (fan_in + fan_out)); biases zero.
+    /// Every tensor from its ParamSpec's `Init`; zero Adam moments. Glorot draws come from one
+    /// stream per layer (seed, INIT_WEIGHTS, layer index), in the layer's tensor order.
     pub fn init_weights(&mut self, seed: u64) {
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let Some(p) = self.param_of[i] else { continue };
-            let (fan_in, fan_out) = match layer.op {
-                LayerOp::Conv { shape: s, .. } => (s.k_h * s.k_w * s.in_c, s.k_h * s.k_w * s.out_c),
-                LayerOp::Dense { shape: s, .. } => (s.inputs, s.units),
-                _ => unreachable!(),
-            };
-            let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+        self.seed = seed;
+        for (i, state) in self.state.iter_mut().enumerate() {
             let mut rng = Rng::derive(seed, crate::rng::purpose::INIT_WEIGHTS, i as u64);
-            let kernel: Vec<f32> = (0..self.params[p].len).map(|_| (rng.unit_f32() * 2.0 - 1.0) * limit).collect();
-            self.backend.upload(&mut self.params[p].value, &kernel);
-            let zeros = vec![0.0; self.params[p + 1].len];
-            self.backend.upload(&mut self.params[p + 1].value, &zeros);
-        }
-        for p in &mut self.params {
-            let zeros = vec![0.0; p.len];
-            self.backend.upload(&mut p.m, &zeros);
-            self.backend.upload(&mut p.v, &zeros);
+            for (spec, value) in state.specs.iter().zip(&mut state.values) {
+                let data: Vec<f32> = match spec.init {
+                    Init::GlorotUniform { fan_in, fan_out } => {
+                        let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+                        (0..spec.len()).map(|_| (rng.unit_f32() * 2.0 - 1.0) * limit).collect()
+                    }
+                    Init::Zeros => vec![0.0; spec.len()],
+                    Init::Ones => vec![1.0; spec.len()],
+                };
+                self.backend.upload(value, &data);
+            }
+            for (spec, (m, v)) in state.specs.iter().filter(|s| s.trainable).zip(&mut state.moments) {
+                let zeros = vec![0.0; spec.len()];
+                self.backend.upload(m, &zeros);
+                self.backend.upload(v, &zeros);
+            }
         }
         self.step = 0;
     }
@@ -187,26 +190,28 @@ impl<B: Backend> Network<B> {
         self.model.classes()
     }
 
-    fn forward(&mut self, n: usize) {
-        let b = &self.backend;
+    /// Every layer's forward; `training` is false in evaluate and predict.
+    fn forward(&mut self, n: usize, training: bool) {
         for (i, layer) in self.model.layers.iter().enumerate() {
             let (a, o) = (self.slot_in[i], self.slot_out[i]);
             if a == o {
-                continue; // Flatten
+                continue; // a view (Flatten)
             }
             let (x, y) = pair_mut(&mut self.acts, a, o);
-            match &layer.op {
-                LayerOp::Conv { shape, relu } => {
-                    let p = self.param_of[i].unwrap();
-                    b.conv2d_forward(x, &self.params[p].value, &self.params[p + 1].value, y, shape, n, *relu);
-                }
-                LayerOp::Pool { shape } => b.maxpool_forward(x, y, self.argmax[i].as_mut().unwrap(), shape, n),
-                LayerOp::Dense { shape, activation } => {
-                    let p = self.param_of[i].unwrap();
-                    b.dense_forward(x, &self.params[p].value, &self.params[p + 1].value, y, shape, n, *activation == Activation::Relu);
-                }
-                LayerOp::Flatten => {}
-            }
+            let state = &mut self.state[i];
+            let f = Forward {
+                backend: &self.backend,
+                n,
+                training,
+                seed: self.seed,
+                step: self.step,
+                input: &layer.input,
+                x,
+                y,
+                params: &mut state.values,
+                scratch: &mut state.scratch,
+            };
+            layer.spec.forward(f);
         }
     }
 
@@ -223,55 +228,49 @@ impl<B: Backend> Network<B> {
             if a == o {
                 continue;
             }
-            // A ReLU'd activation's gradient is masked by the op that produces it (fused on the
-            // GPU): `relu_y` is dx's activation when the layer that made it applied ReLU.
-            let relu_y = (a != 0 && self.relu_slot[a]).then(|| &self.acts[a]);
-            match &layer.op {
-                LayerOp::Conv { .. } | LayerOp::Dense { .. } => {
-                    // Only the loss's gradient reaches a layer unmasked.
-                    if has_relu(&layer.op) && o == last {
-                        b.relu_backward(&self.acts[o], &mut self.grads[o], n * layer.output_len());
-                    }
-                    let p = self.param_of[i].unwrap();
-                    let (kernel, bias) = self.params.split_at_mut(p + 1);
-                    let (kernel, bias) = (&mut kernel[p], &mut bias[0]);
-                    match &layer.op {
-                        LayerOp::Conv { shape, .. } => b.conv2d_backward_filter(&self.acts[a], &self.grads[o], &mut kernel.grad, &mut bias.grad, shape, n),
-                        LayerOp::Dense { shape, .. } => b.dense_backward_filter(&self.acts[a], &self.grads[o], &mut kernel.grad, &mut bias.grad, shape, n),
-                        _ => unreachable!(),
-                    }
-                    // The input needs no gradient.
-                    if a != 0 {
-                        let (dy, dx) = pair_mut(&mut self.grads, o, a);
-                        match (&layer.op, relu_y) {
-                            (LayerOp::Conv { shape, .. }, None) => b.conv2d_backward_input(dy, &kernel.value, dx, shape, n),
-                            (LayerOp::Conv { shape, .. }, Some(y)) => b.conv2d_backward_input_relu(dy, &kernel.value, y, dx, shape, n),
-                            (LayerOp::Dense { shape, .. }, None) => b.dense_backward_input(dy, &kernel.value, dx, shape, n),
-                            (LayerOp::Dense { shape, .. }, Some(y)) => b.dense_backward_input_relu(dy, &kernel.value, y, dx, shape, n),
-                            _ => unreachable!(),
-                        }
-                    }
-                }
-                LayerOp::Pool { shape } => {
-                    if a != 0 {
-                        let (dy, dx) = pair_mut(&mut self.grads, o, a);
-                        let argmax = self.argmax[i].as_ref().unwrap();
-                        match relu_y {
-                            None => b.maxpool_backward(dy, argmax, dx, shape, n),
-                            Some(y) => b.maxpool_backward_relu(dy, argmax, y, dx, shape, n),
-                        }
-                    }
-                }
-                LayerOp::Flatten => {}
+            // A ReLU'd activation's gradient is masked by the layer that consumes it (fused on
+            // the GPU); only the loss's gradient reaches a layer unmasked.
+            if layer.spec.output_relu() && o == last {
+                b.relu_backward(&self.acts[o], &mut self.grads[o], n * layer.output_len());
             }
+            // `relu_y` is dx's activation when the layer that made it applied ReLU.
+            let relu_y = (a != 0 && self.relu_slot[a]).then(|| &self.acts[a]);
+            // The input needs no gradient.
+            let (dy, dx) = if a == 0 {
+                (&self.grads[o], None)
+            } else {
+                let (dy, dx) = pair_mut(&mut self.grads, o, a);
+                (&*dy, Some(dx))
+            };
+            let state = &mut self.state[i];
+            let back = Backward {
+                backend: b,
+                n,
+                seed: self.seed,
+                step: self.step,
+                input: &layer.input,
+                x: &self.acts[a],
+                y: &self.acts[o],
+                dy,
+                dx,
+                relu_y,
+                params: &state.values,
+                grads: &mut state.grads,
+                scratch: &mut state.scratch,
+            };
+            layer.spec.backward(back);
         }
     }
 
     fn adam_update(&mut self) {
         self.step += 1;
         let h = self.adam.at_step(self.step);
-        for p in &mut self.params {
-            self.backend.adam_update(&mut p.value, &p.grad, &mut p.m, &mut p.v, p.len, &h);
+        for state in &mut self.state {
+            let trainable: Vec<usize> = state.trainable().map(|(i, _)| i).collect();
+            for ((&i, grad), (m, v)) in trainable.iter().zip(&state.grads).zip(&mut state.moments) {
+                let len = state.specs[i].len();
+                self.backend.adam_update(&mut state.values[i], grad, m, v, len, &h);
+            }
         }
     }
 
@@ -300,7 +299,7 @@ impl<B: Backend> Network<B> {
     /// `augment::SampleTransform` per index (see `Augmentation::batch_transforms`).
     pub fn train_step_augmented(&mut self, data: &B::Images, indices: &[u32], transforms: Option<&[u32]>) -> Result<()> {
         self.gather(data, indices, transforms);
-        self.forward(indices.len());
+        self.forward(indices.len(), true);
         self.backward(indices.len());
         self.adam_update();
         self.backend.flush()
@@ -309,7 +308,7 @@ impl<B: Backend> Network<B> {
     /// Forward and loss only (the loss gradient is computed and ignored). Adds to the metrics.
     pub fn eval_step(&mut self, data: &B::Images, indices: &[u32]) -> Result<()> {
         self.gather(data, indices, None);
-        self.forward(indices.len());
+        self.forward(indices.len(), false);
         let last = *self.slot_out.last().unwrap();
         self.backend.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, indices.len(), self.model.classes());
         self.backend.flush()
@@ -341,7 +340,7 @@ impl<B: Backend> Network<B> {
     /// Class probabilities (n, classes) of the images at `indices`.
     pub fn predict_step(&mut self, data: &B::Images, indices: &[u32]) -> Result<Vec<f32>> {
         self.gather(data, indices, None);
-        self.forward(indices.len());
+        self.forward(indices.len(), false);
         let last = *self.slot_out.last().unwrap();
         let classes = self.model.classes();
         self.backend.softmax(&self.acts[last], &mut self.probs, indices.len(), classes);
@@ -379,28 +378,45 @@ impl<B: Backend> Network<B> {
         Ok(Metrics { loss: m[crate::backend::METRIC_LOSS_SUM] as f64 / count as f64, accuracy: m[crate::backend::METRIC_CORRECT] as f64 / count as f64, count })
     }
 
-    /// The weights as named host tensors, in layer order (kernel, bias, ...).
+    /// Every layer's tensors (trainable or not) as named host tensors, in layer order and each
+    /// layer's Keras `get_weights()` order.
     pub fn weights(&self) -> Result<Vec<HostTensor>> {
-        self.params.iter().map(|p| Ok(HostTensor { name: p.name.clone(), dims: p.dims.clone(), data: self.backend.download(&p.value)? })).collect()
-    }
-
-    /// Adam's first and second moments, named "<param>.adam_m" and "<param>.adam_v".
-    pub fn optimizer_state(&self) -> Result<Vec<HostTensor>> {
         let mut out = Vec::new();
-        for p in &self.params {
-            out.push(HostTensor { name: format!("{}.adam_m", p.name), dims: p.dims.clone(), data: self.backend.download(&p.m)? });
-            out.push(HostTensor { name: format!("{}.adam_v", p.name), dims: p.dims.clone(), data: self.backend.download(&p.v)? });
+        for (layer, state) in self.model.layers.iter().zip(&self.state) {
+            for (spec, value) in state.specs.iter().zip(&state.values) {
+                out.push(HostTensor { name: param_name(layer, spec), dims: spec.dims.clone(), data: self.backend.download(value)? });
+            }
         }
         Ok(out)
     }
 
-    /// The last computed gradients (for tests comparing backends).
-    pub fn gradients(&self) -> Result<Vec<HostTensor>> {
-        self.params.iter().map(|p| Ok(HostTensor { name: p.name.clone(), dims: p.dims.clone(), data: self.backend.download(&p.grad)? })).collect()
+    /// Adam's first and second moments of the trainable tensors, named "<param>.adam_m" and
+    /// "<param>.adam_v".
+    pub fn optimizer_state(&self) -> Result<Vec<HostTensor>> {
+        let mut out = Vec::new();
+        for (layer, state) in self.model.layers.iter().zip(&self.state) {
+            for ((_, spec), (m, v)) in state.trainable().zip(&state.moments) {
+                let name = param_name(layer, spec);
+                out.push(HostTensor { name: format!("{name}.adam_m"), dims: spec.dims.clone(), data: self.backend.download(m)? });
+                out.push(HostTensor { name: format!("{name}.adam_v"), dims: spec.dims.clone(), data: self.backend.download(v)? });
+            }
+        }
+        Ok(out)
     }
 
-    /// Loads weights (and, when given, Adam moments) by name; every parameter must be present
-    /// with the right shape.
+    /// The last computed gradients of the trainable tensors (for tests comparing backends).
+    pub fn gradients(&self) -> Result<Vec<HostTensor>> {
+        let mut out = Vec::new();
+        for (layer, state) in self.model.layers.iter().zip(&self.state) {
+            for ((_, spec), grad) in state.trainable().zip(&state.grads) {
+                out.push(HostTensor { name: param_name(layer, spec), dims: spec.dims.clone(), data: self.backend.download(grad)? });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads every tensor (and, when asked, the trainable ones' Adam moments) by name; each
+    /// must be present with the right shape.
     pub fn load_state(&mut self, tensors: &[HostTensor], with_optimizer: bool) -> Result<()> {
         let find = |name: &str, dims: &[usize]| -> Result<&HostTensor> {
             let t = tensors.iter().find(|t| t.name == name).ok_or_else(|| anyhow::anyhow!("tensor '{name}' is missing"))?;
@@ -409,19 +425,28 @@ impl<B: Backend> Network<B> {
             }
             Ok(t)
         };
-        for i in 0..self.params.len() {
-            let (name, dims) = (self.params[i].name.clone(), self.params[i].dims.clone());
-            let value = find(&name, &dims)?.data.clone();
-            self.backend.upload(&mut self.params[i].value, &value);
-            if with_optimizer {
-                let m = find(&format!("{name}.adam_m"), &dims)?.data.clone();
-                let v = find(&format!("{name}.adam_v"), &dims)?.data.clone();
-                self.backend.upload(&mut self.params[i].m, &m);
-                self.backend.upload(&mut self.params[i].v, &v);
+        for (layer, state) in self.model.layers.iter().zip(&mut self.state) {
+            let mut moments = state.moments.iter_mut();
+            for (spec, value) in state.specs.iter().zip(&mut state.values) {
+                let name = param_name(layer, spec);
+                self.backend.upload(value, &find(&name, &spec.dims)?.data);
+                if !spec.trainable {
+                    continue;
+                }
+                let (m, v) = moments.next().expect("one pair of moments per trainable tensor");
+                if with_optimizer {
+                    self.backend.upload(m, &find(&format!("{name}.adam_m"), &spec.dims)?.data);
+                    self.backend.upload(v, &find(&format!("{name}.adam_v"), &spec.dims)?.data);
+                }
             }
         }
         Ok(())
     }
+}
+
+/// A tensor's checkpoint name: "<layer>.<suffix>" ("conv2d.kernel").
+pub fn param_name(layer: &Layer, spec: &ParamSpec) -> String {
+    format!("{}.{}", layer.name, spec.suffix)
 }
 
 /// Refuses a batch size (or model) whose buffers could never fit this machine, before allocating.
@@ -438,19 +463,4 @@ fn check_memory(model: &Model, batch: usize, host_memory: bool) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-fn param_of_push<B: Backend>(backend: &B, params: &mut Vec<Param<B::Tensor>>, layer: &str, kernel_dims: Vec<usize>, k: usize, b: usize) -> Result<()> {
-    for (suffix, dims, len) in [("kernel", kernel_dims, k), ("bias", vec![b], b)] {
-        params.push(Param {
-            name: format!("{layer}.{suffix}"),
-            dims,
-            len,
-            value: backend.tensor(len)?,
-            grad: backend.tensor(len)?,
-            m: backend.tensor(len)?,
-            v: backend.tensor(len)?,
-        });
-    }
-    Ok(())
 }

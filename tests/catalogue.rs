@@ -104,7 +104,7 @@ fn train_evaluate_predict(classes: &[&str], with_mislabelled: bool) {
     assert!(err.contains(&format!("{} classes", classes.len())), "{err}");
     let ck = run.join("best.safetensors");
     let ckpt = gpu_cnn::checkpoint::load(&ck).unwrap();
-    assert!(ckpt.meta.arch.ends_with(&format!("dense {} softmax\n", classes.len())), "{}", ckpt.meta.arch);
+    assert!(ckpt.meta.arch.ends_with(&format!("Dense({}, activation=\"softmax\")\n", classes.len())), "{}", ckpt.meta.arch);
     assert_eq!(ckpt.meta.preprocessing.unwrap().background, gpu_cnn::image_pipeline::Background::White);
     // evaluate with no data flags: the folder and split recorded in the checkpoint.
     let (ok, out, err) =
@@ -194,7 +194,7 @@ fn an_explicit_class_count_that_disagrees_with_the_data_says_what_to_write() {
         ],
         &env,
     );
-    assert!(!ok && err.contains("dense classes softmax") && err.contains("3 classes") && !err.contains("panicked"), "{err}");
+    assert!(!ok && err.contains("Dense(classes, activation=\"softmax\")") && err.contains("3 classes") && !err.contains("panicked"), "{err}");
     // summary --classes fills in `dense classes`; the seed model on 10 classes is unchanged.
     let (ok, out, _) = run_cli_env(&["summary", "--classes", "5"], &env);
     assert!(ok && out.contains("(None, 5)") && out.contains("122,245"), "{out}");

@@ -65,7 +65,8 @@ fn conv_and_pool_geometry_follow_keras() {
     assert!(conv_shape((2, 6, 2), 3, (3, 3), (1, 1), Padding::Valid).is_none(), "a valid kernel larger than its input");
     // Model::new uses the same rule.
     let model = Model::new(&parse_arch("conv2d 7 3 relu stride=2 padding=same\nflatten\ndense 2 softmax").unwrap(), (13, 13, 5)).unwrap();
-    assert_eq!(model.layers[0].op, gpu_cnn::model::LayerOp::Conv { shape: conv_shape((13, 13, 5), 7, (3, 3), (2, 2), Padding::Same).unwrap(), relu: true });
+    let gpu_cnn::model::LayerSpec::Conv2D(conv) = &model.layers[0].spec else { panic!("{:?}", model.layers[0].spec) };
+    assert_eq!(conv.shape(&model.layers[0].input), conv_shape((13, 13, 5), 7, (3, 3), (2, 2), Padding::Same).unwrap());
     let p = pool_shape((13, 13, 5), (2, 2), (2, 2)).unwrap();
     assert_eq!((p.out_h, p.out_w), (6, 6));
     assert!(pool_shape((1, 5, 1), (2, 2), (2, 2)).is_none());

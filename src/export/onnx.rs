@@ -10,7 +10,7 @@
 
 use super::onnx_proto::*;
 use crate::checkpoint::Checkpoint;
-use crate::model::{Activation, Layer, LayerOp};
+use crate::model::{Activation, Layer, LayerSpec};
 use crate::network::HostTensor;
 use anyhow::{anyhow, bail, Context, Result};
 use prost::Message;
@@ -89,8 +89,9 @@ pub fn export_onnx(ck: &Checkpoint, input: OnnxInput) -> Result<Vec<u8>> {
 /// Appends the nodes of one layer reading `x`; returns the name of its output.
 fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &[HostTensor]) -> Result<String> {
     let name = layer.name.as_str();
-    Ok(match &layer.op {
-        LayerOp::Conv { shape: s, relu } => {
+    Ok(match &layer.spec {
+        LayerSpec::Conv2D(conv) => {
+            let s = &conv.shape(&layer.input);
             let x = to_layout(g, x, nchw, true);
             let hwio = weight(tensors, &format!("{name}.kernel"), &[s.k_h, s.k_w, s.in_c, s.out_c])?;
             let kernel = g.constant(&format!("{name}.kernel"), vec![s.out_c, s.in_c, s.k_h, s.k_w], &hwio_to_oihw(hwio, s.k_h, s.k_w, s.in_c, s.out_c));
@@ -100,25 +101,27 @@ fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &
             let pads = [s.pad_top, s.pad_left, pad_end(s.out_h, s.stride_h, s.k_h, s.in_h, s.pad_top), pad_end(s.out_w, s.stride_w, s.k_w, s.in_w, s.pad_left)];
             let attrs = vec![attr_ints("kernel_shape", &[s.k_h, s.k_w]), attr_ints("strides", &[s.stride_h, s.stride_w]), attr_ints("pads", &pads)];
             let y = g.node("Conv", name, &[&x, &kernel, &bias], attrs);
-            if *relu {
+            if conv.activation == Activation::Relu {
                 g.node("Relu", &format!("{name}_relu"), &[&y], vec![])
             } else {
                 y
             }
         }
-        LayerOp::Pool { shape: s } => {
+        LayerSpec::MaxPooling2D(pool) => {
+            let s = &pool.shape(&layer.input);
             let x = to_layout(g, x, nchw, true);
             g.node("MaxPool", name, &[&x], vec![attr_ints("kernel_shape", &[s.size_h, s.size_w]), attr_ints("strides", &[s.stride_h, s.stride_w])])
         }
-        LayerOp::Flatten => {
+        LayerSpec::Flatten(_) => {
             let x = to_layout(g, x, nchw, false);
             g.node("Flatten", name, &[&x], vec![attr_int("axis", 1)])
         }
-        LayerOp::Dense { shape: s, activation } => {
+        LayerSpec::Dense(dense) => {
+            let s = &dense.shape(&layer.input);
             let kernel = g.constant(&format!("{name}.kernel"), vec![s.inputs, s.units], weight(tensors, &format!("{name}.kernel"), &[s.inputs, s.units])?);
             let bias = g.constant(&format!("{name}.bias"), vec![s.units], weight(tensors, &format!("{name}.bias"), &[s.units])?);
             let y = g.node("Gemm", name, &[x, &kernel, &bias], vec![]);
-            match activation {
+            match dense.activation {
                 Activation::Relu => g.node("Relu", &format!("{name}_relu"), &[&y], vec![]),
                 // Softmax (the last layer) is the graph's final node.
                 Activation::None | Activation::Softmax => y,

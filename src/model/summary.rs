@@ -1,6 +1,6 @@
 //! The Keras-style `model.summary()` table.
 
-use super::{LayerSpec, Model};
+use super::Model;
 
 fn thousands(n: usize) -> String {
     let digits = n.to_string();
@@ -19,12 +19,7 @@ pub fn summary_table(model: &Model) -> String {
         .layers
         .iter()
         .map(|l| {
-            let kind = match l.spec {
-                LayerSpec::Conv2D { .. } => "Conv2D",
-                LayerSpec::MaxPool2D { .. } => "MaxPooling2D",
-                LayerSpec::Flatten => "Flatten",
-                LayerSpec::Dense { .. } => "Dense",
-            };
+            let kind = l.spec.class();
             let dims: Vec<String> = l.output.iter().map(|d| d.to_string()).collect();
             [format!("{} ({kind})", l.name), format!("(None, {})", dims.join(", ")), thousands(l.param_count())]
         })
@@ -45,10 +40,10 @@ pub fn summary_table(model: &Model) -> String {
         }
     }
     out += &line("━");
-    let params = model.param_count();
-    out += &format!(" Total params: {} ({})\n", thousands(params), human_bytes(params * 4));
-    out += &format!(" Trainable params: {} ({})\n", thousands(params), human_bytes(params * 4));
-    out += " Non-trainable params: 0 (0.00 B)\n";
+    let (total, trainable) = (model.param_count(), model.trainable_count());
+    for (what, count) in [("Total", total), ("Trainable", trainable), ("Non-trainable", total - trainable)] {
+        out += &format!(" {what} params: {} ({})\n", thousands(count), human_bytes(count * 4));
+    }
     out
 }
 
@@ -58,6 +53,6 @@ fn human_bytes(bytes: usize) -> String {
     } else if bytes >= 1 << 10 {
         format!("{:.2} KB", bytes as f64 / 1024.0)
     } else {
-        format!("{bytes:.2} B")
+        format!("{:.2} B", bytes as f64)
     }
 }

@@ -148,9 +148,8 @@ pub fn constant_weights(model: &gpu_cnn::model::Model, value: f32) -> Vec<gpu_cn
     use gpu_cnn::network::HostTensor;
     let mut tensors = Vec::new();
     for layer in &model.layers {
-        if let (Some(dims), Some((k, b))) = (layer.kernel_dims(), layer.param_lens()) {
-            tensors.push(HostTensor { name: format!("{}.kernel", layer.name), dims, data: vec![value; k] });
-            tensors.push(HostTensor { name: format!("{}.bias", layer.name), dims: vec![b], data: vec![value; b] });
+        for spec in layer.params() {
+            tensors.push(HostTensor { name: gpu_cnn::network::param_name(layer, &spec), data: vec![value; spec.len()], dims: spec.dims });
         }
     }
     tensors

@@ -1,0 +1,108 @@
+//! The layer framework's arch text: Keras call syntax and the classic words, round trips,
+//! errors that name the line, Keras auto-names and the summary's counts.
+
+use gpu_cnn::model::{format_arch, parse_arch, seed_layers, summary_table, Activation, LayerSpec, Model, Padding, SEED_ARCH};
+
+#[test]
+fn keras_call_syntax_parses_with_several_layers_a_line() {
+    let text = "Conv2D(32, (3,3), strides=2, activation=\"relu\") conv2d(8, 3, padding='same') MaxPooling2D(2)\n\
+                maxpooling2d(pool_size=(3, 2), strides=[1, 2]) FLATTEN Dense(64, relu) Dense(10, activation=\"softmax\")\n";
+    let layers = parse_arch(text).unwrap();
+    let classes: Vec<&str> = layers.iter().map(|l| l.class()).collect();
+    assert_eq!(classes, ["Conv2D", "Conv2D", "MaxPooling2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]);
+    let LayerSpec::Conv2D(c) = &layers[0] else { panic!() };
+    assert_eq!((c.filters, c.kernel, c.strides, c.padding, c.activation), (32, (3, 3), (2, 2), Padding::Valid, Activation::Relu));
+    let LayerSpec::Conv2D(c) = &layers[1] else { panic!() };
+    assert_eq!((c.filters, c.kernel, c.strides, c.padding, c.activation), (8, (3, 3), (1, 1), Padding::Same, Activation::None));
+    let LayerSpec::MaxPooling2D(p) = &layers[2] else { panic!() };
+    assert_eq!((p.pool_size, p.strides), ((2, 2), (2, 2)), "strides default to the pool size");
+    let LayerSpec::MaxPooling2D(p) = &layers[3] else { panic!() };
+    assert_eq!((p.pool_size, p.strides), ((3, 2), (1, 2)));
+    let LayerSpec::Dense(d) = &layers[5] else { panic!() };
+    assert_eq!((d.units, d.activation), (64, Activation::Relu), "Keras's second positional argument of Dense is its activation");
+    // Keras's positional order for Conv2D: filters, kernel_size, strides, padding.
+    let layers = parse_arch("Conv2D(4, 3, 2, \"same\") Flatten Dense(classes, softmax)").unwrap();
+    let LayerSpec::Conv2D(c) = &layers[0] else { panic!() };
+    assert_eq!((c.strides, c.padding), ((2, 2), Padding::Same));
+}
+
+#[test]
+fn classic_and_keras_text_give_the_same_layers_and_round_trip() {
+    let classic = "conv2d 32 3 relu\nmaxpool 2\nconv2d 16 3x5 stride=2 padding=same\nmaxpool 3 stride=2\nflatten\ndense 64 relu\ndense classes softmax\n";
+    let keras = "Conv2D(32, 3, activation=\"relu\") MaxPooling2D(2)\n\
+                 Conv2D(16, (3, 5), strides=2, padding=\"same\") MaxPooling2D(3, strides=2)\n\
+                 Flatten Dense(64, activation=\"relu\") Dense(classes, activation=\"softmax\")";
+    let layers = parse_arch(classic).unwrap();
+    assert_eq!(parse_arch(keras).unwrap(), layers);
+    let text = format_arch(&layers);
+    assert_eq!(parse_arch(&text).unwrap(), layers);
+    assert_eq!(
+        text,
+        "Conv2D(32, 3, activation=\"relu\")\nMaxPooling2D(2)\nConv2D(16, (3, 5), strides=2, padding=\"same\")\nMaxPooling2D(3, strides=2)\nFlatten\n\
+         Dense(64, activation=\"relu\")\nDense(classes, activation=\"softmax\")\n"
+    );
+}
+
+#[test]
+fn the_seed_arch_file_is_the_seed_model() {
+    assert_eq!(SEED_ARCH, include_str!("../archs/seed.txt"));
+    let seed = Model::new(&seed_layers(), (32, 32, 3)).unwrap();
+    assert_eq!((seed.param_count(), seed.trainable_count()), (122_570, 122_570));
+    // The same layers as the classic text the seed model was written in before.
+    let classic = "conv2d 32 3 relu\nmaxpool 2\nconv2d 64 3 relu\nmaxpool 2\nconv2d 64 3 relu\nflatten\ndense 64 relu\ndense classes softmax\n";
+    assert_eq!(parse_arch(SEED_ARCH).unwrap(), parse_arch(classic).unwrap());
+}
+
+#[test]
+fn errors_name_the_line_and_the_problem() {
+    let err = |text: &str| parse_arch(text).unwrap_err().to_string();
+    let e = err("Flatten\nConv2D(8, 3) Pool(2)\n");
+    assert!(e.contains("line 2") && e.contains("unknown layer 'Pool'") && e.contains("MaxPooling2D"), "{e}");
+    let e = err("Conv2D(8, 3, dilation=2)");
+    assert!(e.contains("line 1") && e.contains("Conv2D has no argument 'dilation'") && e.contains("strides"), "{e}");
+    let e = err("Conv2D(8)");
+    assert!(e.contains("needs filters and a kernel size"), "{e}");
+    let e = err("Conv2D(8, 3, padding=\"full\")");
+    assert!(e.contains("padding 'full' is not valid or same"), "{e}");
+    let e = err("Dense(10, activation=\"swishy\")");
+    assert!(e.contains("unknown activation 'swishy'"), "{e}");
+    let e = err("Dense(10, units=5)");
+    assert!(e.contains("'units' is given both"), "{e}");
+    let e = err("Conv2D(8, 3, strides=2, strides=1)");
+    assert!(e.contains("'strides' is given twice"), "{e}");
+    let e = err("MaxPooling2D(2, 2, 2)");
+    assert!(e.contains("at most 2 positional"), "{e}");
+    let e = err("Conv2D(8, (3, 3)");
+    assert!(e.contains("')' is missing") || e.contains("expected"), "{e}");
+    let e = err("Dense(strides=2, 10)");
+    assert!(e.contains("positional argument 10 after a keyword"), "{e}");
+    let e = err("Conv2D(8, (((((3))))))");
+    assert!(e.contains("nested"), "{e}");
+    let e = err("Conv2D(-8, 3)");
+    assert!(e.contains("filters '-8' is not a positive whole number"), "{e}");
+    let e = err("Flatten(1)");
+    assert!(e.contains("Flatten takes at most 0"), "{e}");
+    let e = err("# nothing\n\n");
+    assert!(e.contains("no layers"), "{e}");
+}
+
+#[test]
+fn auto_names_count_per_class_as_keras_does() {
+    let layers = parse_arch("Conv2D(4, 3) MaxPooling2D(2) Conv2D(4, 3) Conv2D(4, 3, padding=\"same\") MaxPooling2D(1) Flatten Dense(8) Dense(3)").unwrap();
+    let model = Model::new(&layers, (16, 16, 1)).unwrap();
+    let names: Vec<&str> = model.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["conv2d", "max_pooling2d", "conv2d_1", "conv2d_2", "max_pooling2d_1", "flatten", "dense", "dense_1"]);
+    // Checkpoint names are <layer>.<suffix> in Keras get_weights() order.
+    let tensors: Vec<String> = model.layers.iter().flat_map(|l| l.params().into_iter().map(move |p| format!("{}.{}", l.name, p.suffix))).collect();
+    assert_eq!(tensors[..4], ["conv2d.kernel", "conv2d.bias", "conv2d_1.kernel", "conv2d_1.bias"]);
+    assert_eq!(tensors.len(), 10);
+}
+
+#[test]
+fn summary_counts_total_trainable_and_non_trainable() {
+    let table = summary_table(&Model::new(&seed_layers(), (32, 32, 3)).unwrap());
+    assert!(table.contains("conv2d_2 (Conv2D)") && table.contains("max_pooling2d_1 (MaxPooling2D)") && table.contains("flatten (Flatten)"), "{table}");
+    assert!(table.contains("Total params: 122,570 (478.79 KB)"), "{table}");
+    assert!(table.contains("Trainable params: 122,570 (478.79 KB)"), "{table}");
+    assert!(table.contains("Non-trainable params: 0 (0.00 B)"), "{table}");
+}
