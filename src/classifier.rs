@@ -37,6 +37,25 @@ impl Device {
     }
 }
 
+impl Device {
+    /// The parsed request (an error for an unknown word in `Named`).
+    pub fn request(&self) -> Result<crate::backend::gpu::DeviceRequest> {
+        self.spec().parse()
+    }
+}
+
+impl From<crate::backend::gpu::DeviceRequest> for Device {
+    fn from(request: crate::backend::gpu::DeviceRequest) -> Device {
+        use crate::backend::gpu::DeviceRequest as R;
+        match request {
+            R::Auto => Device::Auto,
+            R::Cpu => Device::Cpu,
+            R::Gpu => Device::Gpu,
+            other => Device::Named(other.to_string()),
+        }
+    }
+}
+
 impl std::str::FromStr for Device {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
@@ -111,12 +130,12 @@ impl Classifier {
         let preprocessing = ck.preprocessing().context("its preprocessing")?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready, started) = mpsc::channel::<Result<String>>();
-        let spec = device.spec().to_string();
+        let request = device.request()?;
         let net_model = model.clone();
         let thread = std::thread::Builder::new()
             .name("gpu-cnn-classifier".into())
             .spawn(move || {
-                let opened = crate::device::open(&spec);
+                let opened = crate::device::open(request);
                 let _ = match opened {
                     Ok(crate::device::Device::Cpu(b)) => serve_jobs(b, net_model, &ck, max_batch, &ready, queue),
                     Ok(crate::device::Device::Gpu(b)) => serve_jobs(*b, net_model, &ck, max_batch, &ready, queue),

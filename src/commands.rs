@@ -1,19 +1,21 @@
 //! What each CLI subcommand does, given its already-parsed options. main.rs only parses.
 
-use crate::augment::Augmentation;
+use crate::backend::gpu::DeviceRequest;
 use crate::backend::Backend;
-use crate::checkpoint::{self, Checkpoint};
-use crate::class_weight::{balanced_weights, class_counts, ClassWeight};
+use crate::checkpoint::{self, Checkpoint, CheckpointMeta};
 use crate::data::{self, Dataset, DatasetKind};
 use crate::image_pipeline::{Background, ColorMode, Interpolation, Preprocessing, ResizeMode};
 use crate::model::{format_arch, parse_arch, summary_table, with_classes, Model, SEED_ARCH};
 use crate::network::Network;
 use crate::report;
 use crate::report::plural;
-use crate::train::{self, TrainOptions};
+use crate::train;
 use crate::with_backend;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+use train_settings::TrainSettings;
+
+pub mod train_settings;
 
 /// The largest architecture file read (1 MiB: tens of thousands of layers).
 pub const MAX_ARCH_BYTES: u64 = 1 << 20;
@@ -174,96 +176,36 @@ fn check_model_fits_data(model: &Model, ds: &Dataset, what: &str) -> Result<()> 
     Ok(())
 }
 
-#[derive(Clone, Debug)]
-pub struct TrainArgs {
-    pub data: DataOptions,
-    pub arch: Option<PathBuf>,
-    pub epochs: usize,
-    pub batch_size: Option<usize>,
-    pub learning_rate: Option<f32>,
-    pub seed: Option<u64>,
-    pub out: Option<PathBuf>,
-    pub resume: Option<PathBuf>,
-    pub progress: bool,
-    /// None: the checkpoint's when resuming, else no augmentation.
-    pub augment: Option<Augmentation>,
-    /// None: the checkpoint's when resuming, else unweighted.
-    pub class_weight: Option<ClassWeight>,
-    /// Replace the files of an earlier run in the run directory.
-    pub overwrite: bool,
-}
+pub use train_settings::TrainArgs;
 
-/// A fresh run directory: runs/<dataset>, then runs/<dataset>-2, -3, ... so nothing saved
-/// by an earlier run is overwritten.
-fn fresh_run_dir(dataset: &str) -> PathBuf {
-    let base = PathBuf::from("runs");
-    (1..).map(|i| if i == 1 { base.join(dataset) } else { base.join(format!("{dataset}-{i}")) }).find(|p| !p.exists()).unwrap()
-}
-
-pub fn train(args: &TrainArgs, device: &str) -> Result<()> {
+pub fn train(args: &TrainArgs, device: DeviceRequest) -> Result<()> {
     with_backend!(device, backend => train_on(backend, args))
 }
 
-/// The folder a file is in ("." for a bare file name).
-fn folder_of(file: &Path) -> PathBuf {
-    file.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
-
-/// True when resuming from `checkpoint` into `out` continues that run: the checkpoint is the
-/// folder's own last.safetensors.
-fn continues_run(checkpoint: &Path, out: &Path) -> bool {
-    checkpoint.file_name().is_some_and(|n| n == "last.safetensors")
-        && folder_of(checkpoint).canonicalize().is_ok_and(|f| out.canonicalize().is_ok_and(|o| o == f))
-}
-
+/// `train`: resolves the settings (flags + the resumed checkpoint + the data), then runs them.
 pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     if args.epochs == 0 {
         bail!("--epochs 0 would train nothing; give the total number of epochs (at least 1)");
     }
     let resume: Option<Checkpoint> = args.resume.as_deref().map(checkpoint::load).transpose()?;
-    let given_arch = match (&resume, &args.arch) {
-        (Some(ck), None) => ck.meta.arch.clone(),
-        (_, arch) => read_arch(arch.as_deref())?,
-    };
-    let seed = args.seed.or(resume.as_ref().map(|c| c.meta.seed)).unwrap_or(0);
-    let batch_size = args.batch_size.or(resume.as_ref().map(|c| c.meta.batch_size)).unwrap_or(32);
-    let learning_rate = args.learning_rate.or(resume.as_ref().map(|c| c.meta.learning_rate)).unwrap_or(1e-3);
-    let augment = args.augment.or(resume.as_ref().map(|c| c.meta.augment)).unwrap_or(Augmentation::NONE);
-    if batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    if !(learning_rate > 0.0 && learning_rate.is_finite()) {
-        match (&args.learning_rate, &args.resume) {
-            (None, Some(path)) => {
-                bail!("{}: its learning rate {learning_rate} is not a positive number (a damaged checkpoint?); give --learning-rate to resume", path.display())
-            }
-            _ => bail!("--learning-rate must be a positive number"),
-        }
-    }
     let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
-    let (ds, test_files) = load_data_with_files(&args.data, seed, base.as_ref())?;
-    // `Dense(classes)` takes its units from the data; the checkpoint stores the resolved text.
-    let arch_text = format_arch(&with_classes(&parse_arch(&given_arch)?, ds.class_names.len())?);
-    if let (Some(ck), Some(path)) = (&resume, &args.arch) {
-        // Compared as layers: older checkpoints store the classic text form.
-        if parse_arch(&arch_text)? != parse_arch(&ck.meta.arch)? {
-            bail!("{} was trained with a different architecture than {}:\n{}", args.resume.as_ref().unwrap().display(), path.display(), ck.meta.arch);
-        }
-    }
-    let (preprocessing, data_source) = match &args.data.images {
-        Some(images) => {
-            let source = checkpoint::DataSource {
-                folder: images.dir.canonicalize().unwrap_or_else(|_| images.dir.clone()),
-                val_split: images.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
-                seed,
-                skip_bad: images.skip_bad,
-            };
-            (folder_preprocessing(images, base.as_ref())?, Some(source))
-        }
-        None => (dataset_preprocessing(&ds)?, None),
-    };
-    let model = Model::new(&parse_arch(&arch_text)?, ds.input_shape()).context("the architecture does not fit the data")?;
-    check_model_fits_data(&model, &ds, "the model")?;
+    let (ds, test_files) = load_data_with_files(&args.data, train_settings::resolved_seed(args, resume.as_ref()), base.as_ref())?;
+    let settings = train_settings::resolve(args, resume.as_ref(), &ds)?;
+    run_training(backend, &settings, &ds, test_files.as_deref(), resume.as_ref().map(|ck| (ck, args.resume.as_deref().unwrap())))
+}
+
+/// Runs resolved settings: builds the network (from the checkpoint when resuming), trains,
+/// then writes the report.
+fn run_training<B: Backend>(
+    backend: B,
+    settings: &TrainSettings,
+    ds: &Dataset,
+    test_files: Option<&[PathBuf]>,
+    resume: Option<(&Checkpoint, &Path)>,
+) -> Result<()> {
+    let opts = &settings.options;
+    let model = Model::new(&parse_arch(&opts.arch_text)?, ds.input_shape()).context("the architecture does not fit the data")?;
+    check_model_fits_data(&model, ds, "the model")?;
     eprintln!("Device: {}", backend.describe());
     eprintln!(
         "Data: {} ({} training, {} test images of {}x{}x{}, {} classes)",
@@ -275,81 +217,35 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         model.input.2,
         ds.class_names.len()
     );
-    let mut net = Network::new(backend, model, batch_size, seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
-    net.adam.learning_rate = learning_rate;
-    let class_weight = args.class_weight.unwrap_or(match resume.as_ref().and_then(|c| c.meta.class_weights.as_ref()) {
-        Some(_) => ClassWeight::Balanced,
-        None => ClassWeight::None,
-    });
-    let train_counts = class_counts(&ds.train.labels, ds.class_names.len());
-    let class_weights = match class_weight {
-        ClassWeight::Balanced => Some(balanced_weights(&train_counts, &ds.class_names)?),
-        ClassWeight::None => None,
-    };
-    net.set_class_weights(class_weights.as_deref())?;
+    let batch_size = opts.batch_size;
+    let mut net = Network::new(backend, model, batch_size, opts.seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
+    net.adam.learning_rate = settings.learning_rate;
+    net.set_class_weights(settings.class_weights.as_deref())?;
     let mut history = Vec::new();
-    if let Some(ck) = &resume {
-        let path = args.resume.as_ref().unwrap();
-        if ck.meta.input != ds.input_shape() || ck.meta.class_names.len() != ds.class_names.len() {
-            let (a, b) = (ck.meta.input, ds.input_shape());
-            bail!(
-                "{}: trained on {}x{}x{} images in {} classes ({}), but the data here are {}x{}x{} images in {} classes ({})",
-                path.display(),
-                a.0,
-                a.1,
-                a.2,
-                ck.meta.class_names.len(),
-                ck.meta.dataset,
-                b.0,
-                b.1,
-                b.2,
-                ds.class_names.len(),
-                ds.name
-            );
-        }
+    if let Some((ck, path)) = resume {
         net.load_state(&ck.tensors, true).with_context(|| format!("{}: does not match the model", path.display()))?;
         net.step = ck.meta.step;
         history = ck.meta.history.clone();
-        if history.len() >= args.epochs {
-            bail!("{} has already done {} epochs; ask for more with --epochs (the total)", path.display(), history.len());
-        }
         eprintln!("Resuming from {} after epoch {} (step {})", path.display(), ck.meta.epoch, ck.meta.step);
     }
-    // A resume continues its folder only from that folder's last.safetensors; from any other
-    // checkpoint (best.safetensors) it would replace a later last, so it gets a new folder.
-    let out = match (&args.out, &args.resume) {
-        (Some(o), _) => o.clone(),
-        (None, Some(r)) if continues_run(r, &folder_of(r)) => folder_of(r),
-        (None, _) => fresh_run_dir(&ds.name),
-    };
-    let _lock = crate::run_dir::lock(&out)?;
-    if !args.resume.as_deref().is_some_and(|r| continues_run(r, &out)) {
-        crate::run_dir::prepare_fresh(&out, args.overwrite)?;
+    let out = &settings.out;
+    let _lock = crate::run_dir::lock(out)?;
+    if !settings.continues_folder {
+        crate::run_dir::prepare_fresh(out, settings.overwrite)?;
     }
     eprintln!("Run directory: {}", out.display());
-    if !augment.is_none() {
-        eprintln!("Augmentation: {} (training batches only)", augment.name());
+    if !opts.augment.is_none() {
+        eprintln!("Augmentation: {} (training batches only)", opts.augment.name());
     }
-    if let Some(w) = &class_weights {
+    if let Some(w) = &settings.class_weights {
         let list: Vec<String> = ds.class_names.iter().zip(w).map(|(n, w)| format!("{n} {w:.4}")).collect();
         eprintln!("Class weights (balanced, training loss only): {}", list.join(", "));
     }
-    let opts = TrainOptions {
-        epochs: args.epochs,
-        batch_size,
-        seed,
-        out_dir: Some(out.clone()),
-        arch_text: arch_text.clone(),
-        progress: args.progress,
-        augment,
-        preprocessing: Some(preprocessing),
-        data_source,
-    };
-    let history = train::fit(&mut net, &ds, &opts, history)?;
-    let settings = report_settings(&ds.name, &arch_text, net.model.input, &history, batch_size, learning_rate, seed, augment, &net.backend.describe());
+    let history = train::fit(&mut net, ds, opts, history)?;
+    let report = report_settings(&opts.checkpoint_meta(&net, ds, &history), &net.backend.describe());
     let title = format!("gpu-cnn training run: {}", ds.name);
-    let conf = report::report_network(&mut net, &ds.test, test_files.as_deref(), &ds.class_names, &history, title, settings, &out)?;
-    eprint!("\n{}\n{}\n", conf.per_class_text_with_training(&train_counts, class_weights.as_deref()), conf.matrix_text());
+    let conf = report::report_network(&mut net, &ds.test, test_files, &ds.class_names, &history, title, report, out)?;
+    eprint!("\n{}\n{}\n", conf.per_class_text_with_training(&settings.train_counts, settings.class_weights.as_deref()), conf.matrix_text());
     eprintln!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
     if let Some(last) = history.last() {
         let best = history.iter().fold(last, |b, r| if r.val_accuracy > b.val_accuracy { r } else { b });
@@ -383,7 +279,7 @@ pub struct EvaluateArgs {
     pub images: Option<ImageFolderArgs>,
 }
 
-pub fn evaluate(args: &EvaluateArgs, device: &str) -> Result<String> {
+pub fn evaluate(args: &EvaluateArgs, device: DeviceRequest) -> Result<String> {
     with_backend!(device, backend => evaluate_on(backend, args))
 }
 
@@ -489,17 +385,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     }
     // Its own folder: never the training run's report.html and pictures.
     let out = args.out.clone().unwrap_or_else(|| args.checkpoint.parent().map(Path::to_path_buf).unwrap_or_default().join("evaluate"));
-    let settings = report_settings(
-        &ds.name,
-        &ck.meta.arch,
-        ck.meta.input,
-        &ck.meta.history,
-        ck.meta.batch_size,
-        ck.meta.learning_rate,
-        ck.meta.seed,
-        ck.meta.augment,
-        &device,
-    );
+    let settings = report_settings(&ck.meta, &device);
     let title = format!("gpu-cnn evaluation: {} on {}", args.checkpoint.display(), ds.name);
     let conf = report::report_network(&mut net, &ds.test, test_files.as_deref(), &ds.class_names, &ck.meta.history, title, settings, &out)?;
     Ok(if args.json {
@@ -522,7 +408,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
 #[derive(Clone, Debug)]
 pub struct BenchArgs {
     /// Devices to measure; empty: every device there is.
-    pub devices: Vec<String>,
+    pub devices: Vec<DeviceRequest>,
     pub quick: bool,
     /// Batch sizes for the kernel table (replaces the defaults).
     pub batches: Vec<usize>,
@@ -530,9 +416,9 @@ pub struct BenchArgs {
 }
 
 /// Every device `bench` measures when none is named: the CPU backend and each adapter.
-fn all_devices() -> Vec<String> {
-    let mut devices = vec!["cpu".to_string()];
-    devices.extend(crate::backend::gpu::list_adapters().iter().map(|a| a.index.to_string()));
+fn all_devices() -> Vec<DeviceRequest> {
+    let mut devices = vec![DeviceRequest::Cpu];
+    devices.extend(crate::backend::gpu::list_adapters().iter().map(|a| DeviceRequest::Index(a.index)));
     devices
 }
 
@@ -540,8 +426,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     use crate::bench::{bench_device, format_table, BenchOptions};
     let devices = if args.devices.is_empty() { all_devices() } else { args.devices.clone() };
     let mut reports = Vec::new();
-    for device in &devices {
-        let per_submit = if device == "cpu" { 1 } else { 10 };
+    for &device in &devices {
+        let per_submit = if device == DeviceRequest::Cpu { 1 } else { 10 };
         let mut opts = if args.quick { BenchOptions::quick(per_submit) } else { BenchOptions::full(per_submit) };
         if !args.batches.is_empty() {
             opts.kernel_batches = args.batches.clone();
@@ -567,28 +453,18 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The settings a run's report shows first.
-#[allow(clippy::too_many_arguments)]
-fn report_settings(
-    dataset: &str,
-    arch: &str,
-    input: (usize, usize, usize),
-    history: &[crate::history::EpochRecord],
-    batch_size: usize,
-    learning_rate: f32,
-    seed: u64,
-    augment: Augmentation,
-    device: &str,
-) -> Vec<(String, String)> {
+/// The settings a run's report shows first, from its checkpoint metadata.
+fn report_settings(meta: &CheckpointMeta, device: &str) -> Vec<(String, String)> {
+    let (h, w, c) = meta.input;
     [
-        ("data set", dataset.to_string()),
-        ("input", format!("{}x{}x{}", input.0, input.1, input.2)),
-        ("architecture", arch.trim_end().to_string()),
-        ("epochs done", history.len().to_string()),
-        ("batch size", batch_size.to_string()),
-        ("learning rate", learning_rate.to_string()),
-        ("seed", seed.to_string()),
-        ("augmentation", augment.name()),
+        ("data set", meta.dataset.clone()),
+        ("input", format!("{h}x{w}x{c}")),
+        ("architecture", meta.arch.trim_end().to_string()),
+        ("epochs done", meta.history.len().to_string()),
+        ("batch size", meta.batch_size.to_string()),
+        ("learning rate", meta.learning_rate.to_string()),
+        ("seed", meta.seed.to_string()),
+        ("augmentation", meta.augment.name()),
         ("device", device.to_string()),
     ]
     .into_iter()
@@ -599,7 +475,7 @@ fn report_settings(
 /// `gpu-cnn predict`: see predict.rs.
 pub fn predict(
     args: &crate::predict::PredictArgs,
-    device: &str,
+    device: DeviceRequest,
     out: &mut dyn std::io::Write,
     err: &mut dyn std::io::Write,
 ) -> Result<crate::predict::PredictSummary> {
@@ -620,6 +496,6 @@ fn percent(fraction: f32) -> String {
 }
 
 /// `gpu-cnn review`: see review.rs.
-pub fn review(args: &crate::review::ReviewArgs, device: &str) -> Result<String> {
+pub fn review(args: &crate::review::ReviewArgs, device: DeviceRequest) -> Result<String> {
     with_backend!(device, backend => crate::review::review_on(backend, args))
 }

@@ -10,10 +10,10 @@ pub enum Device {
     Gpu(Box<GpuBackend>),
 }
 
-/// Opens the device `spec` names (`auto|cpu|gpu|vulkan|metal|dx12|gl|N`). `auto` falls back to
-/// the CPU backend, saying why in one line, when wgpu finds only a software adapter or none.
-pub fn open(spec: &str) -> Result<Device> {
-    let request: DeviceRequest = spec.parse()?;
+/// Opens the device `request` names (`auto|cpu|gpu|vulkan|metal|dx12|gl|N`, parsed once where
+/// the word was read). `auto` falls back to the CPU backend, saying why in one line, when wgpu
+/// finds only a software adapter or none.
+pub fn open(request: DeviceRequest) -> Result<Device> {
     match choose_adapter(request)? {
         Some(adapter) => {
             let info = adapter.get_info();
@@ -48,12 +48,12 @@ pub fn quiet_vulkan_layers() {
     }
 }
 
-/// Opens the device `$spec` names and runs `$body` with the backend bound to `$b`, whichever
+/// Opens the device `$request` (a `DeviceRequest`) names and runs `$body` with the backend bound to `$b`, whichever
 /// kind it is (the body is compiled once per backend).
 #[macro_export]
 macro_rules! with_backend {
-    ($spec:expr, $b:ident => $body:expr) => {{
-        match $crate::device::open($spec)? {
+    ($request:expr, $b:ident => $body:expr) => {{
+        match $crate::device::open($request)? {
             $crate::device::Device::Cpu($b) => $body,
             $crate::device::Device::Gpu(gpu) => {
                 let $b = *gpu;

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use gpu_cnn::augment::Augmentation;
+use gpu_cnn::backend::gpu::DeviceRequest;
 use gpu_cnn::class_weight::ClassWeight;
 use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, ImageFolderArgs, TrainArgs};
 use gpu_cnn::data::DatasetKind;
@@ -70,9 +71,10 @@ enum Command {
 
 #[derive(Args)]
 struct BenchCli {
-    /// Device to measure (repeat for several); default: every device there is.
+    /// Device to measure, a --device word (repeat for several); default: the CPU backend and
+    /// every adapter there is.
     #[arg(long)]
-    device: Vec<String>,
+    device: Vec<DeviceRequest>,
     /// A short run (fewer batch sizes and repeats; under a minute on a software GPU).
     #[arg(long)]
     quick: bool,
@@ -105,14 +107,29 @@ struct PredictCli {
     /// How many of the most probable classes to print per image.
     #[arg(long, default_value_t = 3)]
     top: usize,
-    /// Images per forward pass; results are printed as each batch finishes.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    #[command(flatten)]
+    run: InferenceCli,
+}
+
+/// `--device`, parsed once into a `DeviceRequest`.
+#[derive(Args)]
+struct DeviceCli {
     /// Where to compute: auto (a real GPU if there is one, else the CPU), cpu, gpu (any wgpu
     /// adapter, software ones too), vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
     #[arg(long, default_value = "auto")]
-    device: String,
-    /// Print one JSON object per image and line (JSON Lines) instead of text.
+    device: DeviceRequest,
+}
+
+/// The options every command that runs a checkpoint over images shares.
+#[derive(Args)]
+struct InferenceCli {
+    #[command(flatten)]
+    device: DeviceCli,
+    /// Images per forward pass [default: 64 for predict (its results print as each batch
+    /// finishes), 256 for evaluate and review].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Print JSON instead of text (predict: one object per image and line, JSON Lines).
     #[arg(long)]
     json: bool,
 }
@@ -154,9 +171,8 @@ struct ServeCli {
     /// container, behind a proxy).
     #[arg(long, default_value = "127.0.0.1:8080")]
     bind: String,
-    /// Where to compute: auto, cpu, gpu, vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceCli,
     /// Most images per forward pass (concurrent requests are gathered into batches).
     #[arg(long, default_value_t = 64)]
     max_batch: usize,
@@ -293,10 +309,8 @@ struct TrainCli {
     /// Seed for the initial weights and the shuffles [default: 0, or the checkpoint's].
     #[arg(long)]
     seed: Option<u64>,
-    /// Where to compute: auto (a real GPU if there is one, else the CPU), cpu, gpu (any wgpu
-    /// adapter, software ones too), vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceCli,
     /// Run directory [default: runs/<dataset>, or runs/<dataset>-N if that exists; when
     /// resuming from a run's last.safetensors, that run's folder]. A fresh run refuses a
     /// non-empty one (see --overwrite); one run at a time may write into it.
@@ -332,15 +346,8 @@ struct ReviewCli {
     /// How many images (and confused pairs) to list.
     #[arg(long, default_value_t = 20)]
     top: usize,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
-    /// Where to compute: auto, cpu, gpu, vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: InferenceCli,
     #[command(flatten)]
     images: ImagesCli,
 }
@@ -359,16 +366,8 @@ struct EvaluateCli {
     /// Use only the first N test images.
     #[arg(long, value_name = "N")]
     limit_test: Option<usize>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
-    /// Where to compute: auto (a real GPU if there is one, else the CPU), cpu, gpu (any wgpu
-    /// adapter, software ones too), vulkan, metal, dx12, gl, or N from `gpu-cnn devices`.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: InferenceCli,
     /// Folder for predictions.png, curves.png, confusion.png/.json and report.html
     /// [default: evaluate/ in the checkpoint's folder].
     #[arg(long)]
@@ -408,7 +407,7 @@ fn run(cli: Cli) -> Result<()> {
                 class_weight: t.class_weight,
                 overwrite: t.overwrite,
             };
-            commands::train(&args, &t.device)?;
+            commands::train(&args, t.device.device)?;
         }
         Command::Evaluate(e) => {
             let args = EvaluateArgs {
@@ -416,13 +415,13 @@ fn run(cli: Cli) -> Result<()> {
                 dataset: e.dataset,
                 data_dir: e.data_dir,
                 limit_test: e.limit_test,
-                batch_size: e.batch_size,
-                json: e.json,
+                batch_size: e.run.batch_size.unwrap_or(256),
+                json: e.run.json,
                 offline: e.offline,
                 images: e.images.args(),
                 out: e.out,
             };
-            println!("{}", commands::evaluate(&args, &e.device)?);
+            println!("{}", commands::evaluate(&args, e.run.device.device)?);
         }
         Command::Review(r) => {
             let args = gpu_cnn::review::ReviewArgs {
@@ -430,10 +429,10 @@ fn run(cli: Cli) -> Result<()> {
                 images: r.images.args(),
                 split: r.split,
                 top: r.top,
-                batch_size: r.batch_size,
-                json: r.json,
+                batch_size: r.run.batch_size.unwrap_or(256),
+                json: r.run.json,
             };
-            print!("{}", commands::review(&args, &r.device)?);
+            print!("{}", commands::review(&args, r.run.device.device)?);
         }
         Command::Devices => print!("{}", gpu_cnn::device::describe_devices()),
         Command::Bench(b) => commands::bench(&commands::BenchArgs { devices: b.device, quick: b.quick, batches: b.batch, json: b.json })?,
@@ -442,13 +441,13 @@ fn run(cli: Cli) -> Result<()> {
                 checkpoint: p.checkpoint,
                 inputs: p.inputs,
                 top: p.top,
-                batch_size: p.batch_size,
-                json: p.json,
+                batch_size: p.run.batch_size.unwrap_or(64),
+                json: p.run.json,
                 threshold: p.threshold,
                 max_pixels: p.max_pixels,
                 progress: std::io::stderr().is_terminal(),
             };
-            let result = commands::predict(&args, &p.device, &mut std::io::stdout().lock(), &mut std::io::stderr())?;
+            let result = commands::predict(&args, p.run.device.device, &mut std::io::stdout().lock(), &mut std::io::stderr())?;
             if !result.errors.is_empty() {
                 eprintln!("error: {} of {} could not be read", result.errors.len(), gpu_cnn::report::plural(result.errors.len() + result.predicted, "image"));
                 std::process::exit(1);
@@ -478,7 +477,7 @@ fn run(cli: Cli) -> Result<()> {
                 access_log: !s.quiet,
                 ..Default::default()
             };
-            gpu_cnn::serve::serve_checkpoint(&s.checkpoint, &s.device, opts)?;
+            gpu_cnn::serve::serve_checkpoint(&s.checkpoint, s.device.device.into(), opts)?;
         }
         Command::Show { data, out, seed } => {
             commands::show(&data.options(), &out, seed)?;

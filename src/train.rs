@@ -46,6 +46,28 @@ fn format_metrics(m: &Metrics) -> String {
     format!("accuracy: {:.4} - loss: {:.4}", m.accuracy, m.loss)
 }
 
+impl TrainOptions {
+    /// The checkpoint metadata of `net` after the epochs in `history`.
+    pub fn checkpoint_meta<B: Backend>(&self, net: &Network<B>, ds: &Dataset, history: &[EpochRecord]) -> CheckpointMeta {
+        CheckpointMeta {
+            arch: self.arch_text.clone(),
+            input: net.model.input,
+            class_names: ds.class_names.clone(),
+            dataset: ds.name.clone(),
+            epoch: history.len(),
+            step: net.step,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            learning_rate: net.adam.learning_rate,
+            augment: self.augment,
+            history: history.to_vec(),
+            preprocessing: self.preprocessing,
+            data_source: self.data_source.clone(),
+            class_weights: net.class_weights().map(<[f32]>::to_vec),
+        }
+    }
+}
+
 /// Trains `net` on `ds` until `opts.epochs` epochs are done; `history` holds the epochs
 /// already done (a resumed run). Returns the whole history.
 pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, mut history: Vec<EpochRecord>) -> Result<Vec<EpochRecord>> {
@@ -54,7 +76,6 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
     if let Some(dir) = &opts.out_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
     }
-    let steps = ds.train.len().div_ceil(opts.batch_size);
     let mut best = history.iter().map(|r| r.val_accuracy).fold(f64::NEG_INFINITY, f64::max);
     if let Some(dir) = &opts.out_dir {
         best = best.max(existing_best(dir)?);
@@ -62,28 +83,11 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
     for epoch in history.len()..opts.epochs {
         eprintln!("Epoch {}/{}", epoch + 1, opts.epochs);
         let started = Instant::now();
-        let order = epoch_order(ds.train.len(), opts.seed, epoch);
-        net.reset_metrics();
-        let bar = progress_bar(steps, opts.progress);
-        let mut last_update = Instant::now();
-        for (step, batch) in order.chunks(opts.batch_size).enumerate() {
-            let transforms = (!opts.augment.is_none()).then(|| opts.augment.batch_transforms(batch.len(), opts.seed, epoch, step));
-            net.train_step_augmented(&train, batch, transforms.as_deref()).with_context(|| format!("epoch {} step {}", epoch + 1, step + 1))?;
-            if last_update.elapsed() > Duration::from_millis(250) || step + 1 == steps {
-                last_update = Instant::now();
-                if !bar.is_hidden() {
-                    let m = net.read_metrics()?;
-                    let ms = started.elapsed().as_secs_f64() * 1000.0 / (step + 1) as f64;
-                    bar.set_position(step as u64 + 1);
-                    bar.set_message(format!("{ms:.0}ms/step - {}", format_metrics(&m)));
-                }
-            }
-        }
-        let train_metrics = net.read_metrics()?;
+        let train_metrics = train_epoch(net, &train, ds, opts, epoch, started)?;
         let train_seconds = started.elapsed().as_secs_f64();
         let val = net.evaluate(&test, ds.test.len())?;
         let seconds = started.elapsed().as_secs_f64();
-        bar.finish_and_clear();
+        let steps = ds.train.len().div_ceil(opts.batch_size);
         eprintln!(
             "{steps}/{steps} - {:.0}s {:.0}ms/step - {} - val_accuracy: {:.4} - val_loss: {:.4} ({:.0} images/s)",
             seconds,
@@ -93,19 +97,7 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
             val.loss,
             ds.train.len() as f64 / train_seconds
         );
-        if !(train_metrics.loss.is_finite() && val.loss.is_finite()) {
-            let kept = match &opts.out_dir {
-                Some(dir) if epoch > 0 => format!("; {} still holds epoch {epoch}", dir.join("last.safetensors").display()),
-                _ => String::new(),
-            };
-            bail!(
-                "epoch {}: the loss became {} (training loss {}, validation loss {}): training diverged and was stopped before saving{kept}; try a smaller --learning-rate",
-                epoch + 1,
-                if train_metrics.loss.is_nan() || val.loss.is_nan() { "NaN" } else { "infinite" },
-                train_metrics.loss,
-                val.loss
-            );
-        }
+        check_finite(&train_metrics, &val, epoch, opts.out_dir.as_deref())?;
         history.push(EpochRecord {
             epoch: epoch + 1,
             loss: train_metrics.loss,
@@ -115,33 +107,68 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
             seconds,
         });
         if let Some(dir) = &opts.out_dir {
-            let meta = CheckpointMeta {
-                arch: opts.arch_text.clone(),
-                input: net.model.input,
-                class_names: ds.class_names.clone(),
-                dataset: ds.name.clone(),
-                epoch: epoch + 1,
-                step: net.step,
-                seed: opts.seed,
-                batch_size: opts.batch_size,
-                learning_rate: net.adam.learning_rate,
-                augment: opts.augment,
-                history: history.clone(),
-                preprocessing: opts.preprocessing,
-                data_source: opts.data_source.clone(),
-                class_weights: net.class_weights().map(<[f32]>::to_vec),
-            };
-            let mut tensors = net.weights()?;
-            tensors.extend(net.optimizer_state()?);
-            checkpoint::save(&dir.join("last.safetensors"), &meta, &tensors)?;
-            if val.accuracy > best {
-                best = val.accuracy;
-                checkpoint::save(&dir.join("best.safetensors"), &meta, &tensors)?;
-            }
-            write_history(dir, &history, &net.backend.describe(), &ds.name)?;
+            let improved = val.accuracy > best;
+            best = best.max(val.accuracy);
+            save_epoch(net, ds, opts, &history, dir, improved)?;
         }
     }
     Ok(history)
+}
+
+/// One epoch's training steps in the seeded order, with the live progress bar; returns the
+/// epoch's training metrics.
+fn train_epoch<B: Backend>(net: &mut Network<B>, train: &B::Images, ds: &Dataset, opts: &TrainOptions, epoch: usize, started: Instant) -> Result<Metrics> {
+    let steps = ds.train.len().div_ceil(opts.batch_size);
+    let order = epoch_order(ds.train.len(), opts.seed, epoch);
+    net.reset_metrics();
+    let bar = progress_bar(steps, opts.progress);
+    let mut last_update = Instant::now();
+    for (step, batch) in order.chunks(opts.batch_size).enumerate() {
+        let transforms = (!opts.augment.is_none()).then(|| opts.augment.batch_transforms(batch.len(), opts.seed, epoch, step));
+        net.train_step_augmented(train, batch, transforms.as_deref()).with_context(|| format!("epoch {} step {}", epoch + 1, step + 1))?;
+        if last_update.elapsed() > Duration::from_millis(250) || step + 1 == steps {
+            last_update = Instant::now();
+            if !bar.is_hidden() {
+                let m = net.read_metrics()?;
+                let ms = started.elapsed().as_secs_f64() * 1000.0 / (step + 1) as f64;
+                bar.set_position(step as u64 + 1);
+                bar.set_message(format!("{ms:.0}ms/step - {}", format_metrics(&m)));
+            }
+        }
+    }
+    let metrics = net.read_metrics()?;
+    bar.finish_and_clear();
+    Ok(metrics)
+}
+
+/// A non-finite loss stops the run before anything is saved over the last good epoch.
+fn check_finite(train: &Metrics, val: &Metrics, epoch: usize, out_dir: Option<&Path>) -> Result<()> {
+    if train.loss.is_finite() && val.loss.is_finite() {
+        return Ok(());
+    }
+    let kept = match out_dir {
+        Some(dir) if epoch > 0 => format!("; {} still holds epoch {epoch}", dir.join("last.safetensors").display()),
+        _ => String::new(),
+    };
+    bail!(
+        "epoch {}: the loss became {} (training loss {}, validation loss {}): training diverged and was stopped before saving{kept}; try a smaller --learning-rate",
+        epoch + 1,
+        if train.loss.is_nan() || val.loss.is_nan() { "NaN" } else { "infinite" },
+        train.loss,
+        val.loss
+    );
+}
+
+/// Writes last.safetensors (and best.safetensors when `improved`) and history.json.
+fn save_epoch<B: Backend>(net: &Network<B>, ds: &Dataset, opts: &TrainOptions, history: &[EpochRecord], dir: &Path, improved: bool) -> Result<()> {
+    let meta = opts.checkpoint_meta(net, ds, history);
+    let mut tensors = net.weights()?;
+    tensors.extend(net.optimizer_state()?);
+    checkpoint::save(&dir.join("last.safetensors"), &meta, &tensors)?;
+    if improved {
+        checkpoint::save(&dir.join("best.safetensors"), &meta, &tensors)?;
+    }
+    write_history(dir, history, &net.backend.describe(), &ds.name)
 }
 
 /// The validation accuracy of the run directory's best.safetensors (its last epoch), so a run

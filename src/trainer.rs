@@ -2,7 +2,7 @@
 
 use crate::augment::Augmentation;
 use crate::backend::Backend;
-use crate::checkpoint::{Checkpoint, CheckpointMeta};
+use crate::checkpoint::Checkpoint;
 use crate::classifier::{Classifier, Device};
 use crate::data::Dataset;
 use crate::history::EpochRecord;
@@ -84,8 +84,8 @@ impl Trainer {
 
     /// Trains for `config.epochs` epochs.
     pub fn fit(self) -> Result<TrainedModel> {
-        let spec = self.config.device.spec().to_string();
-        crate::with_backend!(&spec, backend => self.fit_on(backend))
+        let request = self.config.device.request()?;
+        crate::with_backend!(request, backend => self.fit_on(backend))
     }
 
     fn fit_on<B: Backend>(mut self, backend: B) -> Result<TrainedModel> {
@@ -106,19 +106,17 @@ impl Trainer {
         }
         let mut net = Network::new(backend, model, c.batch_size, c.seed)?;
         net.adam.learning_rate = c.learning_rate;
-        let arch_text = format_arch(&self.layers);
         // A data set handed over in memory has no files: the pipeline is the one `predict`
         // should use on photos for it (the built-in data sets' rule), and no folder source.
-        let preprocessing = Some(crate::commands::dataset_preprocessing(ds)?);
         let mut opts = TrainOptions {
             epochs: c.epochs,
             batch_size: c.batch_size,
             seed: c.seed,
             out_dir: c.out_dir.clone(),
-            arch_text: arch_text.clone(),
+            arch_text: format_arch(&self.layers),
             progress: c.progress_bar,
             augment: c.augment,
-            preprocessing,
+            preprocessing: Some(crate::commands::dataset_preprocessing(ds)?),
             data_source: None,
         };
         let mut history = Vec::new();
@@ -134,22 +132,7 @@ impl Trainer {
                 }
             }
         }
-        let meta = CheckpointMeta {
-            arch: arch_text,
-            input: net.model.input,
-            class_names: ds.class_names.clone(),
-            dataset: ds.name.clone(),
-            epoch: history.len(),
-            step: net.step,
-            seed: c.seed,
-            batch_size: c.batch_size,
-            learning_rate: c.learning_rate,
-            augment: c.augment,
-            history: history.clone(),
-            preprocessing,
-            data_source: None,
-            class_weights: None,
-        };
+        let meta = opts.checkpoint_meta(&net, ds, &history);
         let tensors: Vec<HostTensor> = net.weights()?;
         Ok(TrainedModel { history, checkpoint: Checkpoint { meta, tensors }, device: net.backend.describe() })
     }

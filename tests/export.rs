@@ -41,20 +41,11 @@ fn trained(arch: &str, spec: SyntheticSpec) -> (Checkpoint, ImageSet, Vec<f32>) 
     let data = net.backend.upload_images(&test.images, &test.labels, test.image_len()).unwrap();
     let probs = gpu_cnn::predict::probabilities(&mut net, &data, IMAGES).unwrap();
     let meta = CheckpointMeta {
-        arch: format_arch(&layers),
-        input: ds.input_shape(),
-        class_names: ds.class_names.clone(),
         dataset: ds.name.clone(),
-        epoch: 0,
         step: net.step,
         seed: 11,
-        batch_size: 32,
         learning_rate: 3e-3,
-        augment: gpu_cnn::augment::Augmentation::NONE,
-        history: Vec::new(),
-        preprocessing: None,
-        data_source: None,
-        class_weights: None,
+        ..common::checkpoint_meta(&format_arch(&layers), ds.input_shape(), &ds.class_names)
     };
     (Checkpoint { meta, tensors: net.weights().unwrap() }, test, probs)
 }

@@ -4,7 +4,6 @@
 //! Ok or an error, never a panic. The mutations are seeded, so a failure repeats exactly.
 
 mod common;
-use gpu_cnn::augment::Augmentation;
 use gpu_cnn::checkpoint::{self, CheckpointMeta};
 use gpu_cnn::data::{cifar, idx, ImageSet};
 use gpu_cnn::model::{parse_arch, summary_table, Model, SEED_ARCH};
@@ -67,22 +66,7 @@ fn checkpoint_seeds() -> Vec<Vec<u8>> {
     let arch = "conv2d 2 3 relu\nmaxpool 2\nflatten\ndense 3 softmax\n";
     let model = Model::new(&parse_arch(arch).unwrap(), (6, 6, 1)).unwrap();
     let tensors = common::constant_weights(&model, 0.5);
-    let meta = CheckpointMeta {
-        arch: arch.into(),
-        input: (6, 6, 1),
-        class_names: vec!["a".into(), "b".into(), "c".into()],
-        dataset: "synthetic".into(),
-        epoch: 0,
-        step: 3,
-        seed: 1,
-        batch_size: 4,
-        learning_rate: 1e-3,
-        augment: Augmentation::NONE,
-        history: Vec::new(),
-        preprocessing: None,
-        data_source: None,
-        class_weights: None,
-    };
+    let meta = CheckpointMeta { step: 3, seed: 1, batch_size: 4, ..common::checkpoint_meta(arch, (6, 6, 1), &["a", "b", "c"]) };
     let path = dir.join("seed.safetensors");
     checkpoint::save(&path, &meta, &tensors).unwrap();
     let bytes = std::fs::read(&path).unwrap();

@@ -5,7 +5,6 @@
 
 mod common;
 use common::temp_dir;
-use gpu_cnn::augment::Augmentation;
 use gpu_cnn::checkpoint::{self, CheckpointMeta};
 use gpu_cnn::model::{parse_arch, Model};
 use std::io::Write;
@@ -33,22 +32,8 @@ fn refused(args: &[&str], needles: &[&str]) {
 
 /// A checkpoint of `arch` for `input`: zero weights of the right shapes when `with_weights`.
 fn write_checkpoint(path: &Path, arch: &str, input: (usize, usize, usize), with_weights: bool) {
-    let meta = CheckpointMeta {
-        arch: arch.to_string(),
-        input,
-        class_names: (0..10).map(|i| i.to_string()).collect(),
-        dataset: "synthetic".into(),
-        epoch: 1,
-        step: 10,
-        seed: 0,
-        batch_size: 32,
-        learning_rate: 1e-3,
-        augment: Augmentation::NONE,
-        history: Vec::new(),
-        preprocessing: None,
-        data_source: None,
-        class_weights: None,
-    };
+    let names: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    let meta = CheckpointMeta { epoch: 1, step: 10, ..common::checkpoint_meta(arch, input, &names) };
     let tensors = if with_weights { common::constant_weights(&Model::new(&parse_arch(arch).unwrap(), input).unwrap(), 0.0) } else { Vec::new() };
     checkpoint::save(path, &meta, &tensors).unwrap();
 }

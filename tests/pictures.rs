@@ -187,20 +187,9 @@ fn predict_output_is_stable_for_a_known_checkpoint_and_input() {
     let kernel = vec![1.0, 0.0, -1.0, 0.0, 2.0, 0.0, -1.0, 1.0, 0.5, 0.5, -0.5, 1.0];
     let bias = vec![0.1, -0.2, 0.3];
     let meta = CheckpointMeta {
-        arch: "flatten\ndense 3 softmax\n".into(),
-        input: (2, 2, 1),
-        class_names: vec!["cat".into(), "dog".into(), "bird".into()],
         dataset: "hand-made".into(),
-        epoch: 0,
-        step: 0,
-        seed: 0,
         batch_size: 1,
-        learning_rate: 1e-3,
-        augment: gpu_cnn::augment::Augmentation::NONE,
-        history: vec![],
-        preprocessing: None,
-        data_source: None,
-        class_weights: None,
+        ..common::checkpoint_meta("flatten\ndense 3 softmax\n", (2, 2, 1), &["cat", "dog", "bird"])
     };
     let tensors = [
         HostTensor { name: "dense.kernel".into(), dims: vec![4, 3], data: kernel.clone() },

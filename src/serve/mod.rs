@@ -310,8 +310,7 @@ fn model_json(c: &Classifier, opts: &ServeOptions) -> Value {
 }
 
 /// `gpu-cnn serve --checkpoint X`: loads the classifier on `device` and serves until a signal.
-pub fn serve_checkpoint(checkpoint: &std::path::Path, device: &str, opts: ServeOptions) -> Result<()> {
-    let device: crate::Device = device.parse().expect("infallible");
+pub fn serve_checkpoint(checkpoint: &std::path::Path, device: crate::Device, opts: ServeOptions) -> Result<()> {
     let classifier = Classifier::load_with_batch(checkpoint, device, opts.max_batch.max(1))?;
     run(Arc::new(classifier), opts)
 }

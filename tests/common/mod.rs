@@ -154,3 +154,26 @@ pub fn constant_weights(model: &gpu_cnn::model::Model, value: f32) -> Vec<gpu_cn
     }
     tensors
 }
+
+/// Checkpoint metadata for tests that write their own checkpoints: `arch`, `input` and
+/// `class_names` as given, every other field a fresh run's (no history, no pipeline, no data
+/// source, unweighted, seed 0, step 0, batch 32, rate 1e-3). Change fields with
+/// `CheckpointMeta { step: 3, ..checkpoint_meta(..) }`.
+pub fn checkpoint_meta<S: AsRef<str>>(arch: &str, input: (usize, usize, usize), class_names: &[S]) -> gpu_cnn::checkpoint::CheckpointMeta {
+    gpu_cnn::checkpoint::CheckpointMeta {
+        arch: arch.to_string(),
+        input,
+        class_names: class_names.iter().map(|c| c.as_ref().to_string()).collect(),
+        dataset: "synthetic".into(),
+        epoch: 0,
+        step: 0,
+        seed: 0,
+        batch_size: 32,
+        learning_rate: 1e-3,
+        augment: gpu_cnn::augment::Augmentation::NONE,
+        history: Vec::new(),
+        preprocessing: None,
+        data_source: None,
+        class_weights: None,
+    }
+}

@@ -38,6 +38,23 @@ impl FromStr for DeviceRequest {
     }
 }
 
+/// The `--device` word for the request (what `from_str` reads back).
+impl std::fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceRequest::Auto => f.write_str("auto"),
+            DeviceRequest::Cpu => f.write_str("cpu"),
+            DeviceRequest::Gpu => f.write_str("gpu"),
+            DeviceRequest::Backend(wgpu::Backend::Vulkan) => f.write_str("vulkan"),
+            DeviceRequest::Backend(wgpu::Backend::Metal) => f.write_str("metal"),
+            DeviceRequest::Backend(wgpu::Backend::Dx12) => f.write_str("dx12"),
+            DeviceRequest::Backend(wgpu::Backend::Gl) => f.write_str("gl"),
+            DeviceRequest::Backend(other) => write!(f, "{other:?}"),
+            DeviceRequest::Index(i) => write!(f, "{i}"),
+        }
+    }
+}
+
 /// One adapter as `gpu-cnn devices` shows it.
 #[derive(Clone, Debug)]
 pub struct AdapterInfoRow {

@@ -1,0 +1,186 @@
+//! What `gpu-cnn train` will do, resolved once from its flags and the checkpoint it resumes:
+//! a plain [`TrainSettings`] the running code (commands::train_on, train::fit) only reads. Each
+//! flag not given takes the checkpoint's value when resuming, else its default.
+
+use super::{dataset_preprocessing, folder_preprocessing, read_arch, DataOptions, DEFAULT_VAL_SPLIT};
+use crate::augment::Augmentation;
+use crate::checkpoint::{self, Checkpoint};
+use crate::class_weight::{balanced_weights, class_counts, ClassWeight};
+use crate::data::Dataset;
+use crate::model::{format_arch, parse_arch, with_classes};
+use crate::train::TrainOptions;
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// `gpu-cnn train`'s flags as given (None: not given).
+#[derive(Clone, Debug)]
+pub struct TrainArgs {
+    pub data: DataOptions,
+    pub arch: Option<PathBuf>,
+    pub epochs: usize,
+    pub batch_size: Option<usize>,
+    pub learning_rate: Option<f32>,
+    pub seed: Option<u64>,
+    pub out: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub progress: bool,
+    /// None: the checkpoint's when resuming, else no augmentation.
+    pub augment: Option<Augmentation>,
+    /// None: the checkpoint's when resuming, else unweighted.
+    pub class_weight: Option<ClassWeight>,
+    /// Replace the files of an earlier run in the run directory.
+    pub overwrite: bool,
+}
+
+/// Everything a training run will do, resolved before any device work.
+#[derive(Clone, Debug)]
+pub struct TrainSettings {
+    /// What the loop reads: epochs, batch size, seed, architecture text, augmentation, the
+    /// pipeline and data source stored in checkpoints, the run directory.
+    pub options: TrainOptions,
+    /// Adam's base learning rate.
+    pub learning_rate: f32,
+    /// `--class-weight balanced`'s per-class loss weights (None: unweighted).
+    pub class_weights: Option<Vec<f32>>,
+    /// Training images per class (the report shows them beside the per-class scores).
+    pub train_counts: Vec<usize>,
+    /// The run directory.
+    pub out: PathBuf,
+    /// True when the run continues the folder it resumes from (no fresh-directory check).
+    pub continues_folder: bool,
+    /// `--overwrite`: a fresh run may replace an earlier run's files in `out`.
+    pub overwrite: bool,
+}
+
+/// The seed: the flag, else the checkpoint's, else 0 (needed before the data loads: it seeds
+/// a folder's validation split).
+pub fn resolved_seed(args: &TrainArgs, resume: Option<&Checkpoint>) -> u64 {
+    args.seed.or(resume.map(|c| c.meta.seed)).unwrap_or(0)
+}
+
+/// Resolves the flags against the checkpoint being resumed (if any) and the loaded data set;
+/// every inconsistency is an error naming the flag or the file.
+pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset) -> Result<TrainSettings> {
+    if args.epochs == 0 {
+        bail!("--epochs 0 would train nothing; give the total number of epochs (at least 1)");
+    }
+    let resume_path = args.resume.as_deref().unwrap_or(Path::new("checkpoint"));
+    let seed = resolved_seed(args, resume);
+    let batch_size = args.batch_size.or(resume.map(|c| c.meta.batch_size)).unwrap_or(32);
+    let learning_rate = args.learning_rate.or(resume.map(|c| c.meta.learning_rate)).unwrap_or(1e-3);
+    let augment = args.augment.or(resume.map(|c| c.meta.augment)).unwrap_or(Augmentation::NONE);
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if !(learning_rate > 0.0 && learning_rate.is_finite()) {
+        match (&args.learning_rate, resume) {
+            (None, Some(_)) => bail!(
+                "{}: its learning rate {learning_rate} is not a positive number (a damaged checkpoint?); give --learning-rate to resume",
+                resume_path.display()
+            ),
+            _ => bail!("--learning-rate must be a positive number"),
+        }
+    }
+    let given_arch = match (resume, &args.arch) {
+        (Some(ck), None) => ck.meta.arch.clone(),
+        (_, arch) => read_arch(arch.as_deref())?,
+    };
+    // `Dense(classes)` takes its units from the data; the checkpoint stores the resolved text.
+    let arch_text = format_arch(&with_classes(&parse_arch(&given_arch)?, ds.class_names.len())?);
+    if let (Some(ck), Some(path)) = (resume, &args.arch) {
+        // Compared as layers: older checkpoints store the classic text form.
+        if parse_arch(&arch_text)? != parse_arch(&ck.meta.arch)? {
+            bail!("{} was trained with a different architecture than {}:\n{}", resume_path.display(), path.display(), ck.meta.arch);
+        }
+    }
+    if let Some(ck) = resume {
+        check_resume_fits_data(ck, resume_path, ds, args.epochs)?;
+    }
+    let base = resume.map(Checkpoint::preprocessing).transpose()?;
+    let (preprocessing, data_source) = match &args.data.images {
+        Some(images) => {
+            let source = checkpoint::DataSource {
+                folder: images.dir.canonicalize().unwrap_or_else(|_| images.dir.clone()),
+                val_split: images.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
+                seed,
+                skip_bad: images.skip_bad,
+            };
+            (folder_preprocessing(images, base.as_ref())?, Some(source))
+        }
+        None => (dataset_preprocessing(ds)?, None),
+    };
+    let class_weight = args.class_weight.unwrap_or(match resume.and_then(|c| c.meta.class_weights.as_ref()) {
+        Some(_) => ClassWeight::Balanced,
+        None => ClassWeight::None,
+    });
+    let train_counts = class_counts(&ds.train.labels, ds.class_names.len());
+    let class_weights = match class_weight {
+        ClassWeight::Balanced => Some(balanced_weights(&train_counts, &ds.class_names)?),
+        ClassWeight::None => None,
+    };
+    // A resume continues its folder only from that folder's last.safetensors; from any other
+    // checkpoint (best.safetensors) it would replace a later last, so it gets a new folder.
+    let out = match (&args.out, &args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) if continues_run(r, &folder_of(r)) => folder_of(r),
+        (None, _) => fresh_run_dir(&ds.name),
+    };
+    let continues_folder = args.resume.as_deref().is_some_and(|r| continues_run(r, &out));
+    let options = TrainOptions {
+        epochs: args.epochs,
+        batch_size,
+        seed,
+        out_dir: Some(out.clone()),
+        arch_text,
+        progress: args.progress,
+        augment,
+        preprocessing: Some(preprocessing),
+        data_source,
+    };
+    Ok(TrainSettings { options, learning_rate, class_weights, train_counts, out, continues_folder, overwrite: args.overwrite })
+}
+
+/// A resumed checkpoint must have been trained on data of this shape and class count, and
+/// have epochs left to do.
+fn check_resume_fits_data(ck: &Checkpoint, path: &Path, ds: &Dataset, epochs: usize) -> Result<()> {
+    if ck.meta.input != ds.input_shape() || ck.meta.class_names.len() != ds.class_names.len() {
+        let (a, b) = (ck.meta.input, ds.input_shape());
+        bail!(
+            "{}: trained on {}x{}x{} images in {} classes ({}), but the data here are {}x{}x{} images in {} classes ({})",
+            path.display(),
+            a.0,
+            a.1,
+            a.2,
+            ck.meta.class_names.len(),
+            ck.meta.dataset,
+            b.0,
+            b.1,
+            b.2,
+            ds.class_names.len(),
+            ds.name
+        );
+    }
+    if ck.meta.history.len() >= epochs {
+        bail!("{} has already done {} epochs; ask for more with --epochs (the total)", path.display(), ck.meta.history.len());
+    }
+    Ok(())
+}
+
+/// A fresh run directory: runs/<dataset>, then runs/<dataset>-2, -3, ... so nothing saved
+/// by an earlier run is overwritten.
+fn fresh_run_dir(dataset: &str) -> PathBuf {
+    let base = PathBuf::from("runs");
+    (1..).map(|i| if i == 1 { base.join(dataset) } else { base.join(format!("{dataset}-{i}")) }).find(|p| !p.exists()).unwrap()
+}
+
+/// The folder a file is in ("." for a bare file name).
+fn folder_of(file: &Path) -> PathBuf {
+    file.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// True when resuming from `checkpoint` into `out` continues that run: the checkpoint is the
+/// folder's own last.safetensors.
+fn continues_run(checkpoint: &Path, out: &Path) -> bool {
+    checkpoint.file_name().is_some_and(|n| n == "last.safetensors")
+        && folder_of(checkpoint).canonicalize().is_ok_and(|f| out.canonicalize().is_ok_and(|o| o == f))
+}
