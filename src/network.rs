@@ -198,7 +198,7 @@ impl<B: Backend> Network<B> {
             match &layer.op {
                 LayerOp::Conv { shape, relu } => {
                     let p = self.param_of[i].unwrap();
-                    b.conv2d_forward(x, &self.params[p].value, &self.params[p + 1].value, y, shape, n, *relu);
+                    b.conv2d_forward(x, &self.params[p].value, Some(&self.params[p + 1].value), y, shape, n, *relu);
                 }
                 LayerOp::Pool { shape } => b.maxpool_forward(x, y, self.argmax[i].as_mut().unwrap(), shape, n),
                 LayerOp::Dense { shape, activation } => {
@@ -236,7 +236,9 @@ impl<B: Backend> Network<B> {
                     let (kernel, bias) = self.params.split_at_mut(p + 1);
                     let (kernel, bias) = (&mut kernel[p], &mut bias[0]);
                     match &layer.op {
-                        LayerOp::Conv { shape, .. } => b.conv2d_backward_filter(&self.acts[a], &self.grads[o], &mut kernel.grad, &mut bias.grad, shape, n),
+                        LayerOp::Conv { shape, .. } => {
+                            b.conv2d_backward_filter(&self.acts[a], &self.grads[o], &mut kernel.grad, Some(&mut bias.grad), shape, n)
+                        }
                         LayerOp::Dense { shape, .. } => b.dense_backward_filter(&self.acts[a], &self.grads[o], &mut kernel.grad, &mut bias.grad, shape, n),
                         _ => unreachable!(),
                     }
