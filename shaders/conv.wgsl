@@ -1,5 +1,6 @@
 // 2-D convolution as implicit GEMM: the im2col matrix is never stored; each tile load works out
 // which input pixel (or zero pad) a (row, column) of it stands for. NHWC activations, HWIO kernels.
+// Tap (ky, kx) sits ky * dilation_h rows and kx * dilation_w columns into its window.
 // One workgroup computes a TM x TN tile of the output GEMM, each invocation RM x RN of it,
 // walking K in slabs of TK held in workgroup memory.
 // No integer division per loaded element (it is slow on GPUs and emulated on CPU drivers): each
@@ -12,6 +13,7 @@ struct ConvParams {
     out_h: u32, out_w: u32, out_c: u32, k_h: u32,
     k_w: u32, stride_h: u32, stride_w: u32, pad_top: u32,
     pad_left: u32, relu: u32, k_per_split: u32, relu_mask: u32,
+    dilation_h: u32, dilation_w: u32, bias: u32, unused: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
@@ -36,7 +38,7 @@ fn patch_len() -> u32 {
 }
 
 // One row of the GEMM's A, decoded once: forward (oy*sh - pt, ox*sw - pl, img*in_h);
-// backward input (iy + pt, ix + pl, img*out_h); backward filter (ky - pt, kx - pl, ci or
+// backward input (iy + pt, ix + pl, img*out_h); backward filter (ky*dh - pt, kx*dw - pl, ci or
 // ONES_ROW). A row past the matrix gets y = NO_ROW, which fails every bounds check.
 struct Row {
     y: i32,
@@ -62,7 +64,7 @@ fn decode_row(mode: u32, m: u32) -> Row {
         row = Row(0, 0, ONES_ROW);
     } else if (m < patch_len()) {
         let tap = m / p.in_c;
-        row = Row(i32(tap / p.k_w) - i32(p.pad_top), i32(tap % p.k_w) - i32(p.pad_left), m % p.in_c);
+        row = Row(i32((tap / p.k_w) * p.dilation_h) - i32(p.pad_top), i32((tap % p.k_w) * p.dilation_w) - i32(p.pad_left), m % p.in_c);
     }
     return row;
 }
@@ -76,8 +78,8 @@ fn decode_row(mode: u32, m: u32) -> Row {
 
 // x at tap (ky, kx), channel ci of one forward row's window, 0 in the padding.
 fn forward_elem(row: Row, ky: u32, kx: u32, ci: u32) -> f32 {
-    let iy = row.y + i32(ky);
-    let ix = row.x + i32(kx);
+    let iy = row.y + i32(ky * p.dilation_h);
+    let ix = row.x + i32(kx * p.dilation_w);
     if (iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w)) {
         return in0[((row.base + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
     }
@@ -134,8 +136,8 @@ fn load_forward(lid: u32, rows: ptr<function, array<Row, 4>>, n0: u32, k0: u32) 
 // dy at channel oc of the output pixel whose window puts tap (ky, kx) on one backward-input
 // row's pixel, 0 when none does.
 fn input_elem(row: Row, ky: u32, kx: u32, oc: u32) -> f32 {
-    let ty = row.y - i32(ky);
-    let tx = row.x - i32(kx);
+    let ty = row.y - i32(ky * p.dilation_h);
+    let tx = row.x - i32(kx * p.dilation_w);
     if (ty < 0 || tx < 0) { return 0.0; }
     var oy = u32(ty);
     var ox = u32(tx);
@@ -278,7 +280,8 @@ fn gemm_tile(mode: u32, lid: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32) ->
 }
 
 // x (n, in_h, in_w, in_c) = in0, w (k_h, k_w, in_c, out_c) = in1, b (out_c) = in2
-//   -> y (n, out_h, out_w, out_c) = out0, ReLU'd when p.relu != 0.
+//   -> y (n, out_h, out_w, out_c) = out0, ReLU'd when p.relu != 0; no bias when p.bias == 0
+//   (in2 is then bound but not read).
 // Grid: x = out_c tiles, y (+ z * num_y) = row tiles.
 @compute @workgroup_size(THREADS)
 fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
@@ -286,8 +289,9 @@ fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     let m0 = (wg.y + wg.z * nwg.y) * TM;
     let n0 = wg.x * TN;
     let acc = gemm_tile(MODE_FORWARD, lid, m0, n0, 0u, patch_len());
-    let bias = block_bias(lid, n0, p.out_c);
-    store_block(acc, lid, m0, n0, p.n * p.out_h * p.out_w, p.out_c, 0u, bias, true, p.relu != 0u);
+    var bias = NO_BIAS;
+    if (p.bias != 0u) { bias = block_bias(lid, n0, p.out_c); }
+    store_block(acc, lid, m0, n0, p.n * p.out_h * p.out_w, p.out_c, 0u, bias, p.bias != 0u, p.relu != 0u);
 }
 
 // dy (n, out_h, out_w, out_c) = in0, w = in1 -> dx (n, in_h, in_w, in_c) = out0; with
@@ -319,7 +323,7 @@ fn conv2d_backward_filter(@builtin(local_invocation_index) lid: u32, @builtin(wo
     store_block(acc, lid, m0, n0, rows, p.out_c, wg.z * rows, NO_BIAS, false, false);
 }
 
-// Which output row (or column) puts kernel tap offset t = i + pad - k on input i: t / stride
+// Which output row (or column) puts kernel tap offset t = i + pad - k * dilation on input i: t / stride
 // when stride divides t and the result is inside the output, else -1.
 fn window_of(t: i32, stride: u32, limit: u32) -> i32 {
     if (t < 0) { return -1; }
@@ -351,10 +355,10 @@ fn conv2d_col2im(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     let patch_width = patch_len();
     var sum = 0.0;
     for (var ky = 0u; ky < p.k_h; ky++) {
-        let oy = window_of(i32(iy + p.pad_top) - i32(ky), p.stride_h, p.out_h);
+        let oy = window_of(i32(iy + p.pad_top) - i32(ky * p.dilation_h), p.stride_h, p.out_h);
         if (oy < 0) { continue; }
         for (var kx = 0u; kx < p.k_w; kx++) {
-            let ox = window_of(i32(ix + p.pad_left) - i32(kx), p.stride_w, p.out_w);
+            let ox = window_of(i32(ix + p.pad_left) - i32(kx * p.dilation_w), p.stride_w, p.out_w);
             if (ox < 0) { continue; }
             sum += in0[((img * p.out_h + u32(oy)) * p.out_w + u32(ox)) * patch_width + (ky * p.k_w + kx) * p.in_c + ci];
         }

@@ -93,7 +93,8 @@ fn matmul_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(wor
 }
 
 // partials in0 (splits, m + 1, n) -> out0 (m, n) = rows 0..m summed over the splits in order,
-// out1 (n) = row m summed likewise (the bias gradient). Fixed order: deterministic.
+// out1 (n) = row m summed likewise (the bias gradient; not written when p.bias == 0: a layer
+// without bias). Fixed order: deterministic.
 // One invocation per element of (m + 1, n); grid x (+ y * num_x) of 256.
 @compute @workgroup_size(LINEAR_GROUP)
 fn sum_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
@@ -108,7 +109,7 @@ fn sum_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(workgr
     let row = id / p.n;
     if (row < p.m) {
         out0[id] = sum;
-    } else {
+    } else if (p.bias != 0u) {
         out1[id - p.m * p.n] = sum;
     }
 }

@@ -198,11 +198,11 @@ fn conv_kernels<B: Backend>(b: &B, r: &mut Recorder, s: &ConvShape, n: usize, o:
     let (mut y, mut dx, mut dw, mut db) = (b.tensor(n * s.out_len())?, b.tensor(n * s.in_len())?, b.tensor(s.kernel_len())?, b.tensor(s.out_c)?);
     let sync = b.tensor(1)?;
     let flops = 2.0 * (n * s.out_h * s.out_w * s.out_c * s.patch_len()) as f64;
-    let t = time_op(b, &sync, o, || b.conv2d_forward(&x, &w, &bias, &mut y, s, n, true))?;
+    let t = time_op(b, &sync, o, || b.conv2d_forward(&x, &w, Some(&bias), &mut y, s, n, true))?;
     r.compute("conv2d_forward", t, flops);
     let t = time_op(b, &sync, o, || b.conv2d_backward_input(&dy, &w, &mut dx, s, n))?;
     r.compute("conv2d_backward_input", t, flops);
-    let t = time_op(b, &sync, o, || b.conv2d_backward_filter(&x, &dy, &mut dw, &mut db, s, n))?;
+    let t = time_op(b, &sync, o, || b.conv2d_backward_filter(&x, &dy, &mut dw, Some(&mut db), s, n))?;
     r.compute("conv2d_backward_filter", t, flops);
     Ok(())
 }

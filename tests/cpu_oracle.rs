@@ -99,7 +99,22 @@ fn conv(in_hw: (usize, usize), in_c: usize, out_c: usize, k: usize, stride: usiz
     } else {
         ((in_h - k) / stride + 1, (in_w - k) / stride + 1, 0, 0)
     };
-    let shape = ConvShape { in_h, in_w, in_c, out_h, out_w, out_c, k_h: k, k_w: k, stride_h: stride, stride_w: stride, pad_top, pad_left };
+    let shape = ConvShape {
+        in_h,
+        in_w,
+        in_c,
+        out_h,
+        out_w,
+        out_c,
+        k_h: k,
+        k_w: k,
+        stride_h: stride,
+        stride_w: stride,
+        pad_top,
+        pad_left,
+        dilation_h: 1,
+        dilation_w: 1,
+    };
     ConvCase { shape, algos }
 }
 
@@ -174,13 +189,13 @@ fn convolution_passes_match_plain_loops() {
         // Through the backend (the algorithm it picks).
         let (xt, wt, bt, dyt) = (up(&x), up(&w), up(&b), up(&dy));
         let mut y = cpu.tensor(n * s.out_len()).unwrap();
-        cpu.conv2d_forward(&xt, &wt, &bt, &mut y, s, n, false);
+        cpu.conv2d_forward(&xt, &wt, Some(&bt), &mut y, s, n, false);
         check(&format!("conv {k} {:?} forward", algos.0), &y, &y_want, tolerance(algos.0));
         let mut dx = cpu.tensor(n * s.in_len()).unwrap();
         cpu.conv2d_backward_input(&dyt, &wt, &mut dx, s, n);
         check(&format!("conv {k} {:?} backward input", algos.1), &dx, &dx_want, tolerance(algos.1));
         let (mut dw, mut db) = (cpu.tensor(s.kernel_len()).unwrap(), cpu.tensor(s.out_c).unwrap());
-        cpu.conv2d_backward_filter(&xt, &dyt, &mut dw, &mut db, s, n);
+        cpu.conv2d_backward_filter(&xt, &dyt, &mut dw, Some(&mut db), s, n);
         check(&format!("conv {k} {:?} backward filter", algos.2), &dw, &dw_want, tolerance(algos.2));
         check(&format!("conv {k} bias gradient"), &db, &db_want, RTOL);
 

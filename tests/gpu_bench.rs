@@ -143,15 +143,60 @@ fn gemm_kernels_gflops() {
     let convs = [
         (
             "conv2d   32x32x3 -> 30x30x32",
-            ConvShape { in_h: 32, in_w: 32, in_c: 3, out_h: 30, out_w: 30, out_c: 32, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 },
+            ConvShape {
+                in_h: 32,
+                in_w: 32,
+                in_c: 3,
+                out_h: 30,
+                out_w: 30,
+                out_c: 32,
+                k_h: 3,
+                k_w: 3,
+                stride_h: 1,
+                stride_w: 1,
+                pad_top: 0,
+                pad_left: 0,
+                dilation_h: 1,
+                dilation_w: 1,
+            },
         ),
         (
             "conv2d_1 15x15x32 -> 13x13x64",
-            ConvShape { in_h: 15, in_w: 15, in_c: 32, out_h: 13, out_w: 13, out_c: 64, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 },
+            ConvShape {
+                in_h: 15,
+                in_w: 15,
+                in_c: 32,
+                out_h: 13,
+                out_w: 13,
+                out_c: 64,
+                k_h: 3,
+                k_w: 3,
+                stride_h: 1,
+                stride_w: 1,
+                pad_top: 0,
+                pad_left: 0,
+                dilation_h: 1,
+                dilation_w: 1,
+            },
         ),
         (
             "conv2d_2 6x6x64 -> 4x4x64",
-            ConvShape { in_h: 6, in_w: 6, in_c: 64, out_h: 4, out_w: 4, out_c: 64, k_h: 3, k_w: 3, stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0 },
+            ConvShape {
+                in_h: 6,
+                in_w: 6,
+                in_c: 64,
+                out_h: 4,
+                out_w: 4,
+                out_c: 64,
+                k_h: 3,
+                k_w: 3,
+                stride_h: 1,
+                stride_w: 1,
+                pad_top: 0,
+                pad_left: 0,
+                dilation_h: 1,
+                dilation_w: 1,
+            },
         ),
     ];
     // GPU_CNN_BENCH_BATCHES: a comma-separated list (default 32,128).
@@ -163,9 +208,9 @@ fn gemm_kernels_gflops() {
         let (mut y, mut dx, mut dw, mut db) =
             (gpu.tensor(n * s.out_len()).unwrap(), gpu.tensor(n * s.in_len()).unwrap(), gpu.tensor(s.kernel_len()).unwrap(), gpu.tensor(s.out_c).unwrap());
         let flops = 2.0 * (n * s.out_h * s.out_w * s.out_c * s.patch_len()) as f64;
-        time(&gpu, &format!("{name} forward"), flops, 10, &b, &mut || gpu.conv2d_forward(&x, &w, &b, &mut y, &s, n, true));
+        time(&gpu, &format!("{name} forward"), flops, 10, &b, &mut || gpu.conv2d_forward(&x, &w, Some(&b), &mut y, &s, n, true));
         time(&gpu, &format!("{name} backward input"), flops, 10, &b, &mut || gpu.conv2d_backward_input(&dy, &w, &mut dx, &s, n));
-        time(&gpu, &format!("{name} backward filter"), flops, 10, &b, &mut || gpu.conv2d_backward_filter(&x, &dy, &mut dw, &mut db, &s, n));
+        time(&gpu, &format!("{name} backward filter"), flops, 10, &b, &mut || gpu.conv2d_backward_filter(&x, &dy, &mut dw, Some(&mut db), &s, n));
     }
     // Again at the end: the machine's load changes while the bench runs.
     reference_matmul_gflops(&gpu, 3, true);
@@ -237,6 +282,8 @@ fn seed_model_step_time() {
             stride_w: 1,
             pad_top: 0,
             pad_left: 0,
+            dilation_h: 1,
+            dilation_w: 1,
         };
         let pool = |in_h: usize, c: usize| PoolShape { in_h, in_w: in_h, c, out_h: in_h / 2, out_w: in_h / 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2 };
         let (c1, p1, c2, p2, c3) = (conv(32, 3, 32), pool(30, 32), conv(15, 32, 64), pool(13, 64), conv(6, 64, 64));
@@ -276,11 +323,11 @@ fn seed_model_step_time() {
             }};
         }
         let mut run = |step: u64| {
-            op!("conv2d_forward", b.conv2d_forward(&x, &params[0], &params[1], &mut y1, &c1, n, true));
+            op!("conv2d_forward", b.conv2d_forward(&x, &params[0], Some(&params[1]), &mut y1, &c1, n, true));
             op!("maxpool_forward", b.maxpool_forward(&y1, &mut q1, &mut a1, &p1, n));
-            op!("conv2d_forward", b.conv2d_forward(&q1, &params[2], &params[3], &mut y2, &c2, n, true));
+            op!("conv2d_forward", b.conv2d_forward(&q1, &params[2], Some(&params[3]), &mut y2, &c2, n, true));
             op!("maxpool_forward", b.maxpool_forward(&y2, &mut q2, &mut a2, &p2, n));
-            op!("conv2d_forward", b.conv2d_forward(&q2, &params[4], &params[5], &mut y3, &c3, n, true));
+            op!("conv2d_forward", b.conv2d_forward(&q2, &params[4], Some(&params[5]), &mut y3, &c3, n, true));
             op!("dense_forward", b.dense_forward(&y3, &params[6], &params[7], &mut h, &d1, n, true));
             op!("dense_forward", b.dense_forward(&h, &params[8], &params[9], &mut z, &d2, n, false));
             op!("softmax_xent", b.softmax_xent(&z, &labels, &mut dz, &mut metrics, n, 10));
@@ -291,15 +338,15 @@ fn seed_model_step_time() {
             op!("dense_backward_filter", b.dense_backward_filter(&y3, &dh, g4, g4b, &d1, n));
             op!("dense_backward_input", b.dense_backward_input(&dh, &params[6], &mut dy3, &d1, n));
             op!("relu_backward", b.relu_backward(&y3, &mut dy3, n * c3.out_len()));
-            op!("conv2d_backward_filter", b.conv2d_backward_filter(&q2, &dy3, g3, g3b, &c3, n));
+            op!("conv2d_backward_filter", b.conv2d_backward_filter(&q2, &dy3, g3, Some(g3b), &c3, n));
             op!("conv2d_backward_input", b.conv2d_backward_input(&dy3, &params[4], &mut dq2, &c3, n));
             op!("maxpool_backward", b.maxpool_backward(&dq2, &a2, &mut dy2, &p2, n));
             op!("relu_backward", b.relu_backward(&y2, &mut dy2, n * c2.out_len()));
-            op!("conv2d_backward_filter", b.conv2d_backward_filter(&q1, &dy2, g2, g2b, &c2, n));
+            op!("conv2d_backward_filter", b.conv2d_backward_filter(&q1, &dy2, g2, Some(g2b), &c2, n));
             op!("conv2d_backward_input", b.conv2d_backward_input(&dy2, &params[2], &mut dq1, &c2, n));
             op!("maxpool_backward", b.maxpool_backward(&dq1, &a1, &mut dy1, &p1, n));
             op!("relu_backward", b.relu_backward(&y1, &mut dy1, n * c1.out_len()));
-            op!("conv2d_backward_filter", b.conv2d_backward_filter(&x, &dy1, g1, g1b, &c1, n)); // no input gradient for layer 1
+            op!("conv2d_backward_filter", b.conv2d_backward_filter(&x, &dy1, g1, Some(g1b), &c1, n)); // no input gradient for layer 1
             let h = AdamConfig::default().at_step(step);
             for i in 0..10 {
                 op!("adam_update", b.adam_update(&mut params[i], &grads[i], &mut m[i], &mut v[i], lens[i], &h));

@@ -56,9 +56,9 @@ fn conv_run<B: Backend>(b: &B, s: &ConvShape, n: usize, relu: bool, x: &[f32], w
     let mut dx = b.tensor(n * s.in_len()).unwrap();
     let mut dw = b.tensor(s.kernel_len()).unwrap();
     let mut db = b.tensor(s.out_c).unwrap();
-    b.conv2d_forward(&xt, &wt, &bt, &mut y, s, n, relu);
+    b.conv2d_forward(&xt, &wt, Some(&bt), &mut y, s, n, relu);
     b.conv2d_backward_input(&dyt, &wt, &mut dx, s, n);
-    b.conv2d_backward_filter(&xt, &dyt, &mut dw, &mut db, s, n);
+    b.conv2d_backward_filter(&xt, &dyt, &mut dw, Some(&mut db), s, n);
     b.flush().unwrap();
     [b.download(&y).unwrap(), b.download(&dx).unwrap(), b.download(&dw).unwrap(), b.download(&db).unwrap()]
 }
@@ -121,7 +121,7 @@ backend_test! {
         fn forward_prefix<B: Backend>(b: &B, s: &ConvShape, x: &[f32], w: &[f32], bias: &[f32], sentinel: &[f32]) -> Vec<f32> {
             let (xt, wt, bt) = (up(b, x), up(b, w), up(b, bias));
             let mut y = up(b, sentinel);
-            b.conv2d_forward(&xt, &wt, &bt, &mut y, s, 4, true);
+            b.conv2d_forward(&xt, &wt, Some(&bt), &mut y, s, 4, true);
             b.download(&y).unwrap()
         }
         let got = forward_prefix(b, &s, &x, &w, &bias, &sentinel);
@@ -514,7 +514,7 @@ fn two_training_steps<B: Backend>(b: &B, seed: u64) -> Vec<Vec<f32>> {
         let batch: Vec<u32> = (0..n).map(|_| rng.below(count as u64) as u32).collect();
         b.upload_indices(&mut idx, &batch);
         b.gather_batch(&data, &idx, n, &mut x, &mut batch_labels, None);
-        b.conv2d_forward(&x, &params[0], &params[1], &mut y, &s, n, true);
+        b.conv2d_forward(&x, &params[0], Some(&params[1]), &mut y, &s, n, true);
         b.maxpool_forward(&y, &mut pooled, &mut argmax, &p, n);
         b.dense_forward(&pooled, &params[2], &params[3], &mut logits, &d, n, false);
         b.softmax_xent(&logits, &batch_labels, &mut dlogits, &mut metrics, n, 10);
@@ -524,7 +524,7 @@ fn two_training_steps<B: Backend>(b: &B, seed: u64) -> Vec<Vec<f32>> {
             b.dense_backward_input(&dlogits, &params[2], &mut dpooled, &d, n);
             b.maxpool_backward(&dpooled, &argmax, &mut dy, &p, n);
             b.relu_backward(&y, &mut dy, n * s.out_len());
-            b.conv2d_backward_filter(&x, &dy, gw, gb, &s, n);
+            b.conv2d_backward_filter(&x, &dy, gw, Some(gb), &s, n);
         }
         for i in 0..4 {
             b.adam_update(&mut params[i], &grads[i], &mut moments[i], &mut velocities[i], lens[i], &adam_step(1e-2, step));

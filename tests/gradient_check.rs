@@ -51,13 +51,13 @@ fn conv2d_backward_matches_finite_differences() {
         let r = random_vec(n * s.out_len(), 40 + k as u64);
         let forward = |x: &[f32], w: &[f32], b: &[f32]| {
             let mut y = vec![0.0; n * s.out_len()];
-            cpu.conv2d_forward(&x.to_vec(), &w.to_vec(), &b.to_vec(), &mut y, s, n, false);
+            cpu.conv2d_forward(&x.to_vec(), &w.to_vec(), Some(&b.to_vec()), &mut y, s, n, false);
             dot(&y, &r)
         };
         let mut dx = vec![0.0; n * s.in_len()];
         cpu.conv2d_backward_input(&r, &w, &mut dx, s, n);
         let (mut dw, mut db) = (vec![0.0; s.kernel_len()], vec![0.0; s.out_c]);
-        cpu.conv2d_backward_filter(&x, &r, &mut dw, &mut db, s, n);
+        cpu.conv2d_backward_filter(&x, &r, &mut dw, Some(&mut db), s, n);
         assert_close("conv dx", &dx, &numeric_grad(&x, 0.01, |x| forward(x, &w, &b)), 2e-3, 1e-3);
         assert_close("conv dw", &dw, &numeric_grad(&w, 0.01, |w| forward(&x, w, &b)), 2e-3, 1e-3);
         assert_close("conv db", &db, &numeric_grad(&b, 0.01, |b| forward(&x, &w, b)), 2e-3, 1e-3);

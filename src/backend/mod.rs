@@ -16,6 +16,8 @@ use anyhow::Result;
 
 /// A 2-D convolution's geometry. Padding is given as the top/left pad; the bottom/right pad is
 /// whatever the output size implies (Keras "same" puts the odd pixel at the bottom/right).
+/// Tap (ky, kx) of output (oy, ox) reads input (oy*stride_h + ky*dilation_h - pad_top, ...):
+/// a dilated kernel spans (k - 1) * dilation + 1 pixels (Keras's `dilation_rate`; 1 is a plain conv).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvShape {
     pub in_h: usize,
@@ -30,9 +32,15 @@ pub struct ConvShape {
     pub stride_w: usize,
     pub pad_top: usize,
     pub pad_left: usize,
+    pub dilation_h: usize,
+    pub dilation_w: usize,
 }
 
 impl ConvShape {
+    /// Whether every tap is next to the last (dilation 1): the fast CPU algorithms need it.
+    pub fn undilated(&self) -> bool {
+        self.dilation_h == 1 && self.dilation_w == 1
+    }
     pub fn in_len(&self) -> usize {
         self.in_h * self.in_w * self.in_c
     }
@@ -45,6 +53,67 @@ impl ConvShape {
     }
     pub fn kernel_len(&self) -> usize {
         self.patch_len() * self.out_c
+    }
+}
+
+/// A depthwise convolution's geometry (Keras DepthwiseConv2D): each input channel c is convolved
+/// with its own `multiplier` filters, giving output channels c * multiplier + m. The kernel is
+/// Keras's `depthwise_kernel` (k_h, k_w, channels, multiplier), i.e. (taps, out_c) row-major.
+/// Padding, stride and dilation as in ConvShape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DepthwiseShape {
+    pub in_h: usize,
+    pub in_w: usize,
+    pub channels: usize,
+    pub multiplier: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub k_h: usize,
+    pub k_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub dilation_h: usize,
+    pub dilation_w: usize,
+}
+
+impl DepthwiseShape {
+    /// The depthwise conv with the geometry of `conv` (whose out_c must be in_c * multiplier),
+    /// so one Keras padding rule (model::conv_shape) serves both layers.
+    pub fn from_conv(conv: &ConvShape, multiplier: usize) -> DepthwiseShape {
+        assert_eq!(conv.out_c, conv.in_c * multiplier, "a depthwise conv has in_c * multiplier outputs");
+        DepthwiseShape {
+            in_h: conv.in_h,
+            in_w: conv.in_w,
+            channels: conv.in_c,
+            multiplier,
+            out_h: conv.out_h,
+            out_w: conv.out_w,
+            k_h: conv.k_h,
+            k_w: conv.k_w,
+            stride_h: conv.stride_h,
+            stride_w: conv.stride_w,
+            pad_top: conv.pad_top,
+            pad_left: conv.pad_left,
+            dilation_h: conv.dilation_h,
+            dilation_w: conv.dilation_w,
+        }
+    }
+    pub fn out_c(&self) -> usize {
+        self.channels * self.multiplier
+    }
+    pub fn in_len(&self) -> usize {
+        self.in_h * self.in_w * self.channels
+    }
+    pub fn out_len(&self) -> usize {
+        self.out_h * self.out_w * self.out_c()
+    }
+    pub fn taps(&self) -> usize {
+        self.k_h * self.k_w
+    }
+    pub fn kernel_len(&self) -> usize {
+        self.taps() * self.out_c()
     }
 }
 
@@ -205,12 +274,42 @@ pub trait Backend {
     );
 
     /// y (n, out_h, out_w, out_c) = conv(x (n, in_h, in_w, in_c), w HWIO) + b, then ReLU if `relu`.
+    /// `b` None: no bias (Keras's `use_bias=False`), nothing is added.
     #[allow(clippy::too_many_arguments)]
-    fn conv2d_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &mut Self::Tensor, s: &ConvShape, n: usize, relu: bool);
+    fn conv2d_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: Option<&Self::Tensor>, y: &mut Self::Tensor, s: &ConvShape, n: usize, relu: bool);
     /// dx (n, in_h, in_w, in_c) = gradient of the conv's input given dy (n, out_h, out_w, out_c).
     fn conv2d_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor, dx: &mut Self::Tensor, s: &ConvShape, n: usize);
     /// dw (HWIO) and db (out_c) = gradients summed over the batch (overwritten, not accumulated).
-    fn conv2d_backward_filter(&self, x: &Self::Tensor, dy: &Self::Tensor, dw: &mut Self::Tensor, db: &mut Self::Tensor, s: &ConvShape, n: usize);
+    /// `db` None: a conv without bias, no bias gradient is written.
+    fn conv2d_backward_filter(&self, x: &Self::Tensor, dy: &Self::Tensor, dw: &mut Self::Tensor, db: Option<&mut Self::Tensor>, s: &ConvShape, n: usize);
+
+    /// Depthwise conv (Keras DepthwiseConv2D): y (n, out_h, out_w, channels * multiplier) at
+    /// channel c * multiplier + m = sum over taps of x (n, in_h, in_w, channels) at channel c times
+    /// w (k_h, k_w, channels, multiplier) at (tap, c, m), + b (out_c) if any, then ReLU if `relu`.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_conv2d_forward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+        y: &mut Self::Tensor,
+        s: &DepthwiseShape,
+        n: usize,
+        relu: bool,
+    );
+    /// dx (n, in_h, in_w, channels) = gradient of the depthwise conv's input given dy.
+    fn depthwise_conv2d_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor, dx: &mut Self::Tensor, s: &DepthwiseShape, n: usize);
+    /// dw (k_h, k_w, channels, multiplier) and db (out_c, unless None) summed over the batch in a
+    /// fixed order (overwritten, not accumulated).
+    fn depthwise_conv2d_backward_filter(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        dw: &mut Self::Tensor,
+        db: Option<&mut Self::Tensor>,
+        s: &DepthwiseShape,
+        n: usize,
+    );
     /// dy[i] = 0 where y[i] <= 0 (y is the ReLU's output), for i < len.
     fn relu_backward(&self, y: &Self::Tensor, dy: &mut Self::Tensor, len: usize);
 
@@ -339,14 +438,40 @@ impl<B: Backend> Backend for &B {
     ) {
         (**self).gather_batch(data, idx, n, x, labels, augment)
     }
-    fn conv2d_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &mut Self::Tensor, s: &ConvShape, n: usize, relu: bool) {
+    fn conv2d_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: Option<&Self::Tensor>, y: &mut Self::Tensor, s: &ConvShape, n: usize, relu: bool) {
         (**self).conv2d_forward(x, w, b, y, s, n, relu)
     }
     fn conv2d_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor, dx: &mut Self::Tensor, s: &ConvShape, n: usize) {
         (**self).conv2d_backward_input(dy, w, dx, s, n)
     }
-    fn conv2d_backward_filter(&self, x: &Self::Tensor, dy: &Self::Tensor, dw: &mut Self::Tensor, db: &mut Self::Tensor, s: &ConvShape, n: usize) {
+    fn conv2d_backward_filter(&self, x: &Self::Tensor, dy: &Self::Tensor, dw: &mut Self::Tensor, db: Option<&mut Self::Tensor>, s: &ConvShape, n: usize) {
         (**self).conv2d_backward_filter(x, dy, dw, db, s, n)
+    }
+    fn depthwise_conv2d_forward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+        y: &mut Self::Tensor,
+        s: &DepthwiseShape,
+        n: usize,
+        relu: bool,
+    ) {
+        (**self).depthwise_conv2d_forward(x, w, b, y, s, n, relu)
+    }
+    fn depthwise_conv2d_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor, dx: &mut Self::Tensor, s: &DepthwiseShape, n: usize) {
+        (**self).depthwise_conv2d_backward_input(dy, w, dx, s, n)
+    }
+    fn depthwise_conv2d_backward_filter(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        dw: &mut Self::Tensor,
+        db: Option<&mut Self::Tensor>,
+        s: &DepthwiseShape,
+        n: usize,
+    ) {
+        (**self).depthwise_conv2d_backward_filter(x, dy, dw, db, s, n)
     }
     fn relu_backward(&self, y: &Self::Tensor, dy: &mut Self::Tensor, len: usize) {
         (**self).relu_backward(y, dy, len)

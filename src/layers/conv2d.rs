@@ -99,13 +99,13 @@ impl LayerKind for Conv2D {
 
     fn forward<B: Backend>(&self, f: Forward<'_, B>) {
         let s = self.shape(f.input);
-        f.backend.conv2d_forward(f.x, &f.params[0], &f.params[1], f.y, &s, f.n, self.activation.is_fused_relu());
+        f.backend.conv2d_forward(f.x, &f.params[0], Some(&f.params[1]), f.y, &s, f.n, self.activation.is_fused_relu());
     }
 
     fn backward<B: Backend>(&self, b: Backward<'_, B>) {
         let s = self.shape(b.input);
         let [dw, db] = b.grads else { unreachable!("Conv2D has two trainable tensors") };
-        b.backend.conv2d_backward_filter(b.x, b.dy, dw, db, &s, b.n);
+        b.backend.conv2d_backward_filter(b.x, b.dy, dw, Some(db), &s, b.n);
         if let Some(dx) = b.dx {
             match b.relu_y {
                 None => b.backend.conv2d_backward_input(b.dy, &b.params[0], dx, &s, b.n),

@@ -71,6 +71,8 @@ pub fn conv_shape(input: (usize, usize, usize), filters: usize, kernel: (usize, 
         stride_w: stride.1,
         pad_top: pt,
         pad_left: pl,
+        dilation_h: 1,
+        dilation_w: 1,
     })
 }
 

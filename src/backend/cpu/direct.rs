@@ -15,9 +15,9 @@ pub fn suits(s: &ConvShape) -> bool {
     s.patch_len() <= 32 && can_run(s) && has_fast_fma()
 }
 
-/// The kernels handle output channels in whole 8-lane vectors.
+/// The kernels handle output channels in whole 8-lane vectors, taps next to each other.
 pub fn can_run(s: &ConvShape) -> bool {
-    s.out_c.is_multiple_of(LANES)
+    s.out_c.is_multiple_of(LANES) && s.undilated()
 }
 
 /// Height and width of the zero-padded input that the outputs read.
@@ -220,7 +220,22 @@ mod tests {
     /// multiply-add once, in the same order (on a CPU without AVX2 both runs are portable).
     #[test]
     fn simd_and_portable_lanes_agree_bit_for_bit() {
-        let s = ConvShape { in_h: 8, in_w: 13, in_c: 3, out_h: 4, out_w: 7, out_c: 24, k_h: 3, k_w: 3, stride_h: 2, stride_w: 2, pad_top: 0, pad_left: 1 };
+        let s = ConvShape {
+            in_h: 8,
+            in_w: 13,
+            in_c: 3,
+            out_h: 4,
+            out_w: 7,
+            out_c: 24,
+            k_h: 3,
+            k_w: 3,
+            stride_h: 2,
+            stride_w: 2,
+            pad_top: 0,
+            pad_left: 1,
+            dilation_h: 1,
+            dilation_w: 1,
+        };
         let mut rng = crate::rng::Rng::new(5);
         let mut random = |len: usize| (0..len).map(|_| rng.unit_f32() - 0.5).collect::<Vec<f32>>();
         let (x, w, b, dy) = (random(s.in_len()), random(s.kernel_len()), random(s.out_c), random(s.out_len()));

@@ -1,5 +1,5 @@
 //! Convolution as GEMM over an im2col of a block of images small enough to stay in cache: the
-//! general path, for any kernel size, stride and padding.
+//! general path, for any kernel size, stride, padding and dilation.
 
 use super::gemm::{add_bias_activate, add_rows, gemm, with_scratch, Mat, Threads};
 use crate::backend::ConvShape;
@@ -18,9 +18,9 @@ fn im2col(x: &[f32], col: &mut [f32], s: &ConvShape) {
         for ox in 0..s.out_w {
             let row = &mut col[(oy * s.out_w + ox) * patch..][..patch];
             for ky in 0..s.k_h {
-                let iy = (oy * s.stride_h + ky) as isize - s.pad_top as isize;
+                let iy = (oy * s.stride_h + ky * s.dilation_h) as isize - s.pad_top as isize;
                 for kx in 0..s.k_w {
-                    let ix = (ox * s.stride_w + kx) as isize - s.pad_left as isize;
+                    let ix = (ox * s.stride_w + kx * s.dilation_w) as isize - s.pad_left as isize;
                     let dst = &mut row[(ky * s.k_w + kx) * s.in_c..][..s.in_c];
                     if iy < 0 || ix < 0 || iy >= s.in_h as isize || ix >= s.in_w as isize {
                         dst.fill(0.0);
@@ -42,12 +42,12 @@ fn col2im(col: &[f32], dx: &mut [f32], s: &ConvShape) {
         for ox in 0..s.out_w {
             let row = &col[(oy * s.out_w + ox) * patch..][..patch];
             for ky in 0..s.k_h {
-                let iy = (oy * s.stride_h + ky) as isize - s.pad_top as isize;
+                let iy = (oy * s.stride_h + ky * s.dilation_h) as isize - s.pad_top as isize;
                 if iy < 0 || iy >= s.in_h as isize {
                     continue;
                 }
                 for kx in 0..s.k_w {
-                    let ix = (ox * s.stride_w + kx) as isize - s.pad_left as isize;
+                    let ix = (ox * s.stride_w + kx * s.dilation_w) as isize - s.pad_left as isize;
                     if ix < 0 || ix >= s.in_w as isize {
                         continue;
                     }

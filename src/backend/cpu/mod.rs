@@ -6,6 +6,7 @@
 
 mod blocked;
 pub mod conv;
+mod depthwise;
 mod direct;
 mod gemm;
 mod im2col;
@@ -13,7 +14,7 @@ pub mod simd;
 mod winograd;
 mod winograd_filter;
 
-use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM};
+use super::{AdamStep, Backend, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM};
 use crate::augment::SampleTransform;
 use crate::data::ImageSet;
 use anyhow::Result;
@@ -28,6 +29,9 @@ pub struct CpuBackend {
     partials: RefCell<Vec<f32>>,
     /// A transformed (Winograd) kernel, reused likewise.
     kernel: RefCell<Vec<f32>>,
+    /// Stands in for a layer without bias: zeros added by the conv algorithms (which all take a
+    /// bias), or the bias gradient nobody reads.
+    no_bias: RefCell<Vec<f32>>,
 }
 
 pub struct CpuImages {
@@ -39,7 +43,23 @@ pub struct CpuImages {
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend { partials: RefCell::new(Vec::new()), kernel: RefCell::new(Vec::new()) }
+        CpuBackend { partials: RefCell::new(Vec::new()), kernel: RefCell::new(Vec::new()), no_bias: RefCell::new(Vec::new()) }
+    }
+}
+
+impl CpuBackend {
+    /// Runs `f` on `bias`, or on `len` zeros where there is none (the zeros are rewritten
+    /// each call: the filter gradient's stand-in writes them).
+    fn with_bias<R>(&self, bias: Option<&mut Vec<f32>>, len: usize, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+        match bias {
+            Some(b) => f(b),
+            None => {
+                let mut zeros = self.no_bias.borrow_mut();
+                zeros.clear();
+                zeros.resize(len, 0.0);
+                f(&mut zeros)
+            }
+        }
     }
 }
 
@@ -126,16 +146,33 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn conv2d_forward(&self, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>, s: &ConvShape, n: usize, relu: bool) {
-        conv::forward(x, w, b, y, s, n, relu, &mut self.kernel.borrow_mut());
+    fn conv2d_forward(&self, x: &Vec<f32>, w: &Vec<f32>, b: Option<&Vec<f32>>, y: &mut Vec<f32>, s: &ConvShape, n: usize, relu: bool) {
+        // Without a bias every algorithm adds zeros: the same values as adding nothing.
+        match b {
+            Some(b) => conv::forward(x, w, b, y, s, n, relu, &mut self.kernel.borrow_mut()),
+            None => self.with_bias(None, s.out_c, |zeros| conv::forward(x, w, zeros, y, s, n, relu, &mut self.kernel.borrow_mut())),
+        }
     }
 
     fn conv2d_backward_input(&self, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>, s: &ConvShape, n: usize) {
         conv::backward_input(dy, w, dx, s, n, &mut self.kernel.borrow_mut());
     }
 
-    fn conv2d_backward_filter(&self, x: &Vec<f32>, dy: &Vec<f32>, dw: &mut Vec<f32>, db: &mut Vec<f32>, s: &ConvShape, n: usize) {
-        conv::backward_filter(x, dy, dw, db, s, n, &mut self.partials.borrow_mut(), &mut self.kernel.borrow_mut());
+    fn conv2d_backward_filter(&self, x: &Vec<f32>, dy: &Vec<f32>, dw: &mut Vec<f32>, db: Option<&mut Vec<f32>>, s: &ConvShape, n: usize) {
+        // dw does not depend on db: without a bias its gradient goes to a stand-in.
+        self.with_bias(db, s.out_c, |db| conv::backward_filter(x, dy, dw, db, s, n, &mut self.partials.borrow_mut(), &mut self.kernel.borrow_mut()));
+    }
+
+    fn depthwise_conv2d_forward(&self, x: &Vec<f32>, w: &Vec<f32>, b: Option<&Vec<f32>>, y: &mut Vec<f32>, s: &DepthwiseShape, n: usize, relu: bool) {
+        depthwise::forward(x, w, b.map(|b| &b[..]), y, s, n, relu);
+    }
+
+    fn depthwise_conv2d_backward_input(&self, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>, s: &DepthwiseShape, n: usize) {
+        depthwise::backward_input(dy, w, dx, s, n);
+    }
+
+    fn depthwise_conv2d_backward_filter(&self, x: &Vec<f32>, dy: &Vec<f32>, dw: &mut Vec<f32>, db: Option<&mut Vec<f32>>, s: &DepthwiseShape, n: usize) {
+        self.with_bias(db, s.out_c(), |db| depthwise::backward_filter(x, dy, dw, db, s, n, &mut self.partials.borrow_mut()));
     }
 
     fn relu_backward(&self, y: &Vec<f32>, dy: &mut Vec<f32>, len: usize) {

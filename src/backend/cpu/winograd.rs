@@ -47,10 +47,11 @@ fn multiplies(s: &ConvShape) -> usize {
     16 * th * tw
 }
 
-/// F(2x2, 3x3) computes 3x3 stride-1 convs (pads above 2 would make the input gradient's pad
-/// negative), here on whole 8-lane vectors of channels.
+/// F(2x2, 3x3) computes 3x3 stride-1 undilated convs (pads above 2 would make the input
+/// gradient's pad negative), here on whole 8-lane vectors of channels.
 pub fn can_run(s: &ConvShape) -> bool {
-    s.k_h == 3
+    s.undilated()
+        && s.k_h == 3
         && s.k_w == 3
         && s.stride_h == 1
         && s.stride_w == 1
@@ -76,6 +77,8 @@ pub fn input_gradient_shape(s: &ConvShape) -> ConvShape {
         stride_w: 1,
         pad_top: 2 - s.pad_top,
         pad_left: 2 - s.pad_left,
+        dilation_h: 1,
+        dilation_w: 1,
     }
 }
 

@@ -76,20 +76,26 @@ fn conv_params(s: &ConvShape, n: usize, relu: bool, k_per_split: usize) -> ConvP
         relu: relu as u32,
         k_per_split: u32_of(k_per_split),
         relu_mask: 0,
+        dilation_h: u32_of(s.dilation_h),
+        dilation_w: u32_of(s.dilation_w),
+        bias: 0,
+        unused: 0,
     }
 }
 
 impl GpuBackend {
-    // x (n, in_h, in_w, in_c), w HWIO, b (out_c) -> y (n, out_h, out_w, out_c).
+    // x (n, in_h, in_w, in_c), w HWIO, b (out_c) or none -> y (n, out_h, out_w, out_c).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn record_conv2d_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &ConvShape, n: usize, relu: bool) {
+    pub(super) fn record_conv2d_forward(&self, x: &GpuTensor, w: &GpuTensor, b: Option<&GpuTensor>, y: &mut GpuTensor, s: &ConvShape, n: usize, relu: bool) {
         let rows = n * s.out_h * s.out_w;
         let tile = Tile::for_gemm(rows, s.out_c, CONV_MAX_COLS);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dForward, tile);
         let groups = tile_grid(s.out_c.div_ceil(tile.tn as usize), rows.div_ceil(tile.tm as usize), self.max_per_dim());
-        let bound = [x.at(1), w.at(2), b.at(3), y.at(4)];
-        self.dispatch(&pipeline, &conv_params(s, n, relu, 0), &bound, groups);
-        self.moved(n * s.in_len() + s.kernel_len() + s.out_c, n * s.out_len());
+        // Without a bias the kernel does not read binding 3, but it must be bound: w stands in.
+        let bound = [x.at(1), w.at(2), b.unwrap_or(w).at(3), y.at(4)];
+        let params = ConvParams { bias: b.is_some() as u32, ..conv_params(s, n, relu, 0) };
+        self.dispatch(&pipeline, &params, &bound, groups);
+        self.moved(n * s.in_len() + s.kernel_len() + b.map_or(0, |_| s.out_c), n * s.out_len());
     }
 
     // dy (n, out_h, out_w, out_c), w HWIO -> dx (n, in_h, in_w, in_c), by ConvInputGradAlgo::choose;
@@ -140,9 +146,10 @@ impl GpuBackend {
         self.moved(windows * s.patch_len() + relu_y.map_or(0, |_| n * s.in_len()), n * s.in_len());
     }
 
-    // x (n, in_h, in_w, in_c), dy (n, out_h, out_w, out_c) -> dw HWIO, db (out_c), overwritten.
-    // Split-k partial GEMMs into the scratch buffer, then a fixed-order sum of the splits.
-    pub(super) fn record_conv2d_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &ConvShape, n: usize) {
+    // x (n, in_h, in_w, in_c), dy (n, out_h, out_w, out_c) -> dw HWIO, db (out_c) unless None,
+    // overwritten. Split-k partial GEMMs into the scratch buffer, then a fixed-order sum of the
+    // splits. (Without a bias the ones row is still computed, just not written out.)
+    pub(super) fn record_conv2d_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: Option<&mut GpuTensor>, s: &ConvShape, n: usize) {
         let depth = n * s.out_h * s.out_w;
         let rows = s.patch_len() + 1; // + the ones row that yields db
         let (per, splits) = split_k(depth, rows * s.out_c);
@@ -156,12 +163,23 @@ impl GpuBackend {
         self.record_sum_split_partials(&scratch, dw, db, s.patch_len(), s.out_c, splits);
     }
 
-    /// partials (splits, rows + 1, cols) -> dw (rows, cols) and db (cols), splits added in order.
-    pub(super) fn record_sum_split_partials(&self, partials: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, rows: usize, cols: usize, splits: usize) {
-        let params = MatmulParams { m: u32_of(rows), n: u32_of(cols), splits: u32_of(splits), ..Default::default() };
-        let bound = [partials.at(1), dw.at(4), db.at(5)];
+    /// partials (splits, rows + 1, cols) -> dw (rows, cols) and db (cols) unless None, splits
+    /// added in order.
+    pub(super) fn record_sum_split_partials(
+        &self,
+        partials: &GpuTensor,
+        dw: &mut GpuTensor,
+        db: Option<&mut GpuTensor>,
+        rows: usize,
+        cols: usize,
+        splits: usize,
+    ) {
+        let params = MatmulParams { m: u32_of(rows), n: u32_of(cols), splits: u32_of(splits), bias: db.is_some() as u32, ..Default::default() };
+        let written = (rows + db.is_some() as usize) * cols;
+        // Without a bias the kernel does not write binding 5, but it must be bound: dw stands in.
+        let bound = [partials.at(1), dw.at(4), db.as_deref().unwrap_or(&*dw).at(5)];
         let groups = linear_grid((rows + 1) * cols, self.max_per_dim());
         self.dispatch(&self.pipelines.sum_split_partials, &params, &bound, groups);
-        self.moved(splits * (rows + 1) * cols, (rows + 1) * cols);
+        self.moved(splits * (rows + 1) * cols, written);
     }
 }

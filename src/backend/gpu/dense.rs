@@ -74,6 +74,6 @@ impl GpuBackend {
         let bound = [x.at(1), dy.at(2), scratch.at(4)];
         self.dispatch(&pipeline, &params, &bound, groups);
         self.moved(n * (s.inputs + s.units), splits * rows * s.units);
-        self.record_sum_split_partials(&scratch, dw, db, s.inputs, s.units, splits);
+        self.record_sum_split_partials(&scratch, dw, Some(db), s.inputs, s.units, splits);
     }
 }

@@ -25,6 +25,7 @@ mod context;
 mod conv;
 mod data;
 mod dense;
+mod depthwise;
 mod loss;
 mod params;
 mod pipelines;
@@ -43,7 +44,7 @@ pub use dense::Transpose;
 pub use pipelines::ALL_SHADERS;
 pub use recorder::CacheSizes;
 
-use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape, RecordCounts};
+use super::{AdamStep, Backend, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RecordCounts};
 use anyhow::{Context as _, Result};
 use buffer::{Bound, BufferRegistry};
 use context::GpuContext;
@@ -320,7 +321,7 @@ impl Backend for GpuBackend {
         self.record_gather_batch(data, idx, n, x, labels, augment);
     }
 
-    fn conv2d_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &ConvShape, n: usize, relu: bool) {
+    fn conv2d_forward(&self, x: &GpuTensor, w: &GpuTensor, b: Option<&GpuTensor>, y: &mut GpuTensor, s: &ConvShape, n: usize, relu: bool) {
         self.record_conv2d_forward(x, w, b, y, s, n, relu);
     }
     fn conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
@@ -329,8 +330,17 @@ impl Backend for GpuBackend {
     fn conv2d_backward_input_relu(&self, dy: &GpuTensor, w: &GpuTensor, relu_y: &GpuTensor, dx: &mut GpuTensor, s: &ConvShape, n: usize) {
         self.record_conv2d_backward_input(dy, w, Some(relu_y), dx, s, n);
     }
-    fn conv2d_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &ConvShape, n: usize) {
+    fn conv2d_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: Option<&mut GpuTensor>, s: &ConvShape, n: usize) {
         self.record_conv2d_backward_filter(x, dy, dw, db, s, n);
+    }
+    fn depthwise_conv2d_forward(&self, x: &GpuTensor, w: &GpuTensor, b: Option<&GpuTensor>, y: &mut GpuTensor, s: &DepthwiseShape, n: usize, relu: bool) {
+        self.record_depthwise_forward(x, w, b, y, s, n, relu);
+    }
+    fn depthwise_conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, dx: &mut GpuTensor, s: &DepthwiseShape, n: usize) {
+        self.record_depthwise_backward_input(dy, w, dx, s, n);
+    }
+    fn depthwise_conv2d_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: Option<&mut GpuTensor>, s: &DepthwiseShape, n: usize) {
+        self.record_depthwise_backward_filter(x, dy, dw, db, s, n);
     }
 
     // y (len) = ReLU output, dy (len) zeroed where y <= 0.

@@ -38,6 +38,15 @@ kernel_params! {
         out_h: u32, out_w: u32, out_c: u32, k_h: u32,
         k_w: u32, stride_h: u32, stride_w: u32, pad_top: u32,
         pad_left: u32, relu: u32, k_per_split: u32, relu_mask: u32,
+        dilation_h: u32, dilation_w: u32, bias: u32, unused: u32,
+    }
+    /// A depthwise convolution's geometry (depthwise.wgsl).
+    DepthwiseParams in "depthwise.wgsl" {
+        n: u32, in_h: u32, in_w: u32, channels: u32,
+        multiplier: u32, out_h: u32, out_w: u32, k_h: u32,
+        k_w: u32, stride_h: u32, stride_w: u32, pad_top: u32,
+        pad_left: u32, dilation_h: u32, dilation_w: u32, bias: u32,
+        relu: u32, k_per_split: u32, unused0: u32, unused1: u32,
     }
     /// A strided GEMM c (m, n) = a (m, k) * b (k, n) and its epilogue (matmul.wgsl).
     MatmulParams in "matmul.wgsl" {
@@ -115,6 +124,7 @@ mod tests {
     #[test]
     fn every_params_struct_matches_its_wgsl_struct() {
         check::<ConvParams>();
+        check::<DepthwiseParams>();
         check::<MatmulParams>();
         check::<PoolParams>();
         check::<GatherParams>();
@@ -129,6 +139,9 @@ mod tests {
         use crate::backend::gpu::recorder::LINEAR_GROUP_SIZE;
         let linear = [
             ("conv.wgsl", "conv2d_col2im"),
+            ("depthwise.wgsl", "depthwise_forward"),
+            ("depthwise.wgsl", "depthwise_backward_input"),
+            ("depthwise.wgsl", "depthwise_backward_filter"),
             ("matmul.wgsl", "sum_split_partials"),
             ("pool.wgsl", "maxpool_forward"),
             ("pool.wgsl", "maxpool_backward"),

@@ -76,6 +76,9 @@ pub struct Pipelines {
     next_id: Cell<u32>,
     pub sum_split_partials: Pipeline,
     pub conv2d_col2im: Pipeline,
+    pub depthwise_forward: Pipeline,
+    pub depthwise_backward_input: Pipeline,
+    pub depthwise_backward_filter: Pipeline,
     pub maxpool_forward: Pipeline,
     pub maxpool_backward: Pipeline,
     pub relu_backward: Pipeline,
@@ -94,6 +97,7 @@ impl Pipelines {
         let module = |name: &str| module(name, shader(name));
         let conv = module("conv.wgsl");
         let matmul = module("matmul.wgsl");
+        let depthwise = module("depthwise.wgsl");
         let pool = module("pool.wgsl");
         let elementwise = module("elementwise.wgsl");
         let loss = module("loss.wgsl");
@@ -107,6 +111,9 @@ impl Pipelines {
         Pipelines {
             sum_split_partials: make(&matmul, "sum_split_partials"),
             conv2d_col2im: make(&conv, "conv2d_col2im"),
+            depthwise_forward: make(&depthwise, "depthwise_forward"),
+            depthwise_backward_input: make(&depthwise, "depthwise_backward_input"),
+            depthwise_backward_filter: make(&depthwise, "depthwise_backward_filter"),
             maxpool_forward: make(&pool, "maxpool_forward"),
             maxpool_backward: make(&pool, "maxpool_backward"),
             relu_backward: make(&elementwise, "relu_backward"),

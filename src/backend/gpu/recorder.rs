@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 /// Most bytes a kernel's parameter uniform holds, and most buffers one dispatch binds.
-const MAX_PARAM_BYTES: usize = 64;
+const MAX_PARAM_BYTES: usize = 80;
 const MAX_BOUND: usize = 6;
 
 /// Invocations per workgroup of the linear kernels (LINEAR_GROUP in common/linear_index.wgsl).

@@ -9,6 +9,7 @@ use std::path::Path;
 pub const SHADERS: &[(&str, &[&str])] = &[
     ("conv.wgsl", &["common/linear_index.wgsl", "common/gemm_tile.wgsl"]),
     ("matmul.wgsl", &["common/linear_index.wgsl", "common/gemm_tile.wgsl"]),
+    ("depthwise.wgsl", &["common/linear_index.wgsl"]),
     ("pool.wgsl", &["common/linear_index.wgsl"]),
     ("elementwise.wgsl", &["common/linear_index.wgsl"]),
     ("loss.wgsl", &["common/linear_index.wgsl"]),
