@@ -35,6 +35,7 @@
 pub mod atomic_file;
 pub mod augment;
 pub mod backend;
+pub mod batchnorm_fold;
 pub mod bench;
 pub mod checkpoint;
 pub mod class_weight;

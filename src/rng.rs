@@ -12,8 +12,10 @@ pub mod purpose {
     pub const AUGMENT: u64 = 3;
     /// The stratified validation split of an image folder; index = the class.
     pub const VAL_SPLIT: u64 = 0x5A11_7E57;
+    /// Dropout masks (backend/dropout.rs step_key); index = the training step over the run.
+    pub const DROPOUT: u64 = 0xD20F_0000;
     /// All of them, for the test that keeps them distinct.
-    pub const ALL: [u64; 4] = [INIT_WEIGHTS, SHUFFLE, AUGMENT, VAL_SPLIT];
+    pub const ALL: [u64; 5] = [INIT_WEIGHTS, SHUFFLE, AUGMENT, VAL_SPLIT, DROPOUT];
 }
 
 #[derive(Clone, Debug)]

@@ -6,30 +6,11 @@
 //! steps on inputs built so that no max-pool window has a near tie and no ReLU input is near 0.
 
 mod common;
+use common::finite_diff::{dot, numeric_grad};
 use common::{assert_close, random_vec};
 use gpu_cnn::backend::cpu::CpuBackend;
 use gpu_cnn::backend::{Backend, ConvShape, DenseShape};
 use gpu_cnn::model::{conv_shape, pool_shape, Padding};
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
-}
-
-/// Central differences of `loss` with respect to every element of `x`.
-fn numeric_grad(x: &[f32], h: f32, mut loss: impl FnMut(&[f32]) -> f64) -> Vec<f64> {
-    let mut x = x.to_vec();
-    (0..x.len())
-        .map(|i| {
-            let keep = x[i];
-            x[i] = keep + h;
-            let up = loss(&x);
-            x[i] = keep - h;
-            let down = loss(&x);
-            x[i] = keep;
-            (up - down) / (2.0 * h as f64)
-        })
-        .collect()
-}
 
 fn conv_shapes() -> Vec<ConvShape> {
     vec![

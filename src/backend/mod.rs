@@ -10,6 +10,7 @@
 //! (in, out), all f32.
 
 pub mod cpu;
+pub mod dropout;
 pub mod gpu;
 
 use anyhow::Result;
@@ -145,6 +146,44 @@ impl PoolShape {
 pub struct DenseShape {
     pub inputs: usize,
     pub units: usize,
+}
+
+/// A BatchNormalization's geometry: normalised over the last axis (`channels`), with
+/// `positions` values of each channel per sample (h * w of an NHWC tensor, 1 of a (n, units)
+/// one). Statistics run over the n * positions values of a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BatchNormShape {
+    pub positions: usize,
+    pub channels: usize,
+}
+
+impl BatchNormShape {
+    /// Values per sample.
+    pub fn len(&self) -> usize {
+        self.positions * self.channels
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Floats of the layer's `saved` scratch tensor: the batch mean and 1/sqrt(var + epsilon)
+    /// the training forward writes, and two per-channel terms the backward writes between its
+    /// two passes (see `Backend::batchnorm_backward`).
+    pub fn saved_len(&self) -> usize {
+        4 * self.channels
+    }
+}
+
+/// Keras's BatchNormalization hyper-parameters (its defaults: momentum 0.99, epsilon 1e-3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormConfig {
+    pub momentum: f32,
+    pub epsilon: f32,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        BatchNormConfig { momentum: 0.99, epsilon: 1e-3 }
+    }
 }
 
 /// Adam's hyper-parameters (Keras defaults), Keras's formulation:
@@ -351,6 +390,68 @@ pub trait Backend {
     /// probs = softmax(logits) row by row (for predict).
     fn softmax(&self, logits: &Self::Tensor, probs: &mut Self::Tensor, n: usize, classes: usize);
 
+    /// BatchNormalization's training forward over the last axis of x (n, positions, channels):
+    /// per channel the batch mean and the biased variance (divided by m = n * positions, as
+    /// Keras 3's `ops.moments`), xhat = (x - mean) / sqrt(var + epsilon), y = gamma * xhat +
+    /// beta. Writes saved[0..c] = mean and saved[c..2c] = 1 / sqrt(var + epsilon) for the
+    /// backward, and updates moving_mean = moving_mean * momentum + mean * (1 - momentum), and
+    /// moving_variance likewise with the same biased variance (Keras 3 does both). Sums in a
+    /// fixed order on every backend.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward_train(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        moving_mean: &mut Self::Tensor,
+        moving_variance: &mut Self::Tensor,
+        saved: &mut Self::Tensor,
+        y: &mut Self::Tensor,
+        s: &BatchNormShape,
+        n: usize,
+        h: &BatchNormConfig,
+    );
+    /// BatchNormalization's inference forward (evaluate, predict): the training forward's
+    /// formula with the moving statistics in place of the batch's. Writes saved[0..2c] (the
+    /// moving mean and 1 / sqrt(moving_variance + epsilon)) on the way; nothing else changes.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward_infer(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        moving_mean: &Self::Tensor,
+        moving_variance: &Self::Tensor,
+        saved: &mut Self::Tensor,
+        y: &mut Self::Tensor,
+        s: &BatchNormShape,
+        n: usize,
+        epsilon: f32,
+    );
+    /// The training forward's gradients, given its input x, dy and the `saved` it wrote:
+    /// dbeta = sum of dy, dgamma = sum of dy * xhat per channel (overwritten), and
+    /// dx = gamma * inv_std * (dy - dbeta / m - xhat * dgamma / m). Writes saved[2c..4c]
+    /// (dgamma / m and dbeta / m) between its two passes.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        gamma: &Self::Tensor,
+        saved: &mut Self::Tensor,
+        dx: &mut Self::Tensor,
+        dgamma: &mut Self::Tensor,
+        dbeta: &mut Self::Tensor,
+        s: &BatchNormShape,
+        n: usize,
+    );
+
+    /// Inverted dropout of `len` values: y[i] = x[i] / (1 - rate) where element i is kept,
+    /// else 0, the mask drawn by `dropout::keeps` from the step's key (2 u32 on the device, see
+    /// `dropout::step_key`) and the layer's index. The backward is the same call on dy -> dx
+    /// with the same key and mask: the gradient of y[i] = keep[i] * scale * x[i].
+    fn dropout(&self, x: &Self::Tensor, y: &mut Self::Tensor, len: usize, key: &Self::Indices, mask: &dropout::DropoutMask);
+
     /// One Adam update of `len` parameters in place.
     fn adam_update(&self, param: &mut Self::Tensor, grad: &Self::Tensor, m: &mut Self::Tensor, v: &mut Self::Tensor, len: usize, h: &AdamStep);
 
@@ -508,6 +609,53 @@ impl<B: Backend> Backend for &B {
     }
     fn softmax(&self, logits: &Self::Tensor, probs: &mut Self::Tensor, n: usize, classes: usize) {
         (**self).softmax(logits, probs, n, classes)
+    }
+    fn batchnorm_forward_train(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        moving_mean: &mut Self::Tensor,
+        moving_variance: &mut Self::Tensor,
+        saved: &mut Self::Tensor,
+        y: &mut Self::Tensor,
+        s: &BatchNormShape,
+        n: usize,
+        h: &BatchNormConfig,
+    ) {
+        (**self).batchnorm_forward_train(x, gamma, beta, moving_mean, moving_variance, saved, y, s, n, h)
+    }
+    fn batchnorm_forward_infer(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        moving_mean: &Self::Tensor,
+        moving_variance: &Self::Tensor,
+        saved: &mut Self::Tensor,
+        y: &mut Self::Tensor,
+        s: &BatchNormShape,
+        n: usize,
+        epsilon: f32,
+    ) {
+        (**self).batchnorm_forward_infer(x, gamma, beta, moving_mean, moving_variance, saved, y, s, n, epsilon)
+    }
+    fn batchnorm_backward(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        gamma: &Self::Tensor,
+        saved: &mut Self::Tensor,
+        dx: &mut Self::Tensor,
+        dgamma: &mut Self::Tensor,
+        dbeta: &mut Self::Tensor,
+        s: &BatchNormShape,
+        n: usize,
+    ) {
+        (**self).batchnorm_backward(x, dy, gamma, saved, dx, dgamma, dbeta, s, n)
+    }
+    fn dropout(&self, x: &Self::Tensor, y: &mut Self::Tensor, len: usize, key: &Self::Indices, mask: &dropout::DropoutMask) {
+        (**self).dropout(x, y, len, key, mask)
     }
     fn adam_update(&self, param: &mut Self::Tensor, grad: &Self::Tensor, m: &mut Self::Tensor, v: &mut Self::Tensor, len: usize, h: &AdamStep) {
         (**self).adam_update(param, grad, m, v, len, h)

@@ -3,6 +3,8 @@
 //! with a stated atol/rtol, and every random input comes from the crate's own Rng.
 #![allow(dead_code, unused_macros)]
 
+pub mod finite_diff;
+
 use std::path::PathBuf;
 
 /// A fresh empty folder under the system temp dir, unique to this test.

@@ -4,6 +4,7 @@
 //! products through `matrixmultiply`'s sgemm; rayon splits the work over the cores. Every split
 //! is by a fixed rule and every sum runs in a fixed order, so a seeded run repeats bit for bit.
 
+mod batchnorm;
 mod blocked;
 pub mod conv;
 mod depthwise;
@@ -14,7 +15,10 @@ pub mod simd;
 mod winograd;
 mod winograd_filter;
 
-use super::{AdamStep, Backend, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM};
+use super::dropout::{keeps, DropoutMask};
+use super::{
+    AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
+};
 use crate::augment::SampleTransform;
 use crate::data::ImageSet;
 use anyhow::Result;
@@ -286,6 +290,63 @@ impl Backend for CpuBackend {
                 *p = (v - max).exp() / sum;
             }
         }
+    }
+
+    fn batchnorm_forward_train(
+        &self,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        moving_mean: &mut Vec<f32>,
+        moving_variance: &mut Vec<f32>,
+        saved: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+        s: &BatchNormShape,
+        n: usize,
+        h: &BatchNormConfig,
+    ) {
+        batchnorm::forward_train(x, gamma, beta, moving_mean, moving_variance, saved, y, s, n, h);
+    }
+
+    fn batchnorm_forward_infer(
+        &self,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        moving_mean: &Vec<f32>,
+        moving_variance: &Vec<f32>,
+        saved: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+        s: &BatchNormShape,
+        n: usize,
+        epsilon: f32,
+    ) {
+        batchnorm::forward_infer(x, gamma, beta, moving_mean, moving_variance, saved, y, s, n, epsilon);
+    }
+
+    fn batchnorm_backward(
+        &self,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        gamma: &Vec<f32>,
+        saved: &mut Vec<f32>,
+        dx: &mut Vec<f32>,
+        dgamma: &mut Vec<f32>,
+        dbeta: &mut Vec<f32>,
+        s: &BatchNormShape,
+        n: usize,
+    ) {
+        batchnorm::backward(x, dy, gamma, saved, dx, dgamma, dbeta, s, n);
+    }
+
+    fn dropout(&self, x: &Vec<f32>, y: &mut Vec<f32>, len: usize, key: &Vec<u32>, mask: &DropoutMask) {
+        let key = [key[0], key[1]];
+        y[..len].par_chunks_mut(4096).zip(x[..len].par_chunks(4096)).enumerate().for_each(|(chunk, (y, x))| {
+            for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                let i = (chunk * 4096 + j) as u32;
+                *y = if keeps(key, mask, i) { x * mask.scale } else { 0.0 };
+            }
+        });
     }
 
     fn adam_update(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, len: usize, h: &AdamStep) {

@@ -20,12 +20,14 @@
 
 mod adam;
 mod adapter_choice;
+mod batchnorm;
 mod buffer;
 mod context;
 mod conv;
 mod data;
 mod dense;
 mod depthwise;
+mod dropout;
 mod loss;
 mod params;
 mod pipelines;
@@ -44,7 +46,8 @@ pub use dense::Transpose;
 pub use pipelines::ALL_SHADERS;
 pub use recorder::CacheSizes;
 
-use super::{AdamStep, Backend, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RecordCounts};
+use super::dropout::DropoutMask;
+use super::{AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RecordCounts};
 use anyhow::{Context as _, Result};
 use buffer::{Bound, BufferRegistry};
 use context::GpuContext;
@@ -392,6 +395,54 @@ impl Backend for GpuBackend {
     }
     fn softmax(&self, logits: &GpuTensor, probs: &mut GpuTensor, n: usize, classes: usize) {
         self.record_softmax(logits, probs, n, classes);
+    }
+
+    fn batchnorm_forward_train(
+        &self,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        moving_mean: &mut GpuTensor,
+        moving_variance: &mut GpuTensor,
+        saved: &mut GpuTensor,
+        y: &mut GpuTensor,
+        s: &BatchNormShape,
+        n: usize,
+        h: &BatchNormConfig,
+    ) {
+        self.record_batchnorm_forward_train(x, gamma, beta, moving_mean, moving_variance, saved, y, s, n, h);
+    }
+    fn batchnorm_forward_infer(
+        &self,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        moving_mean: &GpuTensor,
+        moving_variance: &GpuTensor,
+        saved: &mut GpuTensor,
+        y: &mut GpuTensor,
+        s: &BatchNormShape,
+        n: usize,
+        epsilon: f32,
+    ) {
+        self.record_batchnorm_forward_infer(x, gamma, beta, moving_mean, moving_variance, saved, y, s, n, epsilon);
+    }
+    fn batchnorm_backward(
+        &self,
+        x: &GpuTensor,
+        dy: &GpuTensor,
+        gamma: &GpuTensor,
+        saved: &mut GpuTensor,
+        dx: &mut GpuTensor,
+        dgamma: &mut GpuTensor,
+        dbeta: &mut GpuTensor,
+        s: &BatchNormShape,
+        n: usize,
+    ) {
+        self.record_batchnorm_backward(x, dy, gamma, saved, dx, dgamma, dbeta, s, n);
+    }
+    fn dropout(&self, x: &GpuTensor, y: &mut GpuTensor, len: usize, key: &GpuIndices, mask: &DropoutMask) {
+        self.record_dropout(x, y, len, key, mask);
     }
 
     fn adam_update(&self, param: &mut GpuTensor, grad: &GpuTensor, m: &mut GpuTensor, v: &mut GpuTensor, len: usize, h: &AdamStep) {

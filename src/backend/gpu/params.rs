@@ -79,6 +79,14 @@ kernel_params! {
     AdamShape in "adam.wgsl" {
         len: u32, unused0: u32, unused1: u32, unused2: u32,
     }
+    /// A BatchNormalization's rows (n * positions), channels and hyper-parameters (batchnorm.wgsl).
+    BatchNormParams in "batchnorm.wgsl" {
+        rows: u32, channels: u32, momentum: f32, epsilon: f32,
+    }
+    /// One Dropout layer's fixed mask parameters (dropout.wgsl); the step's key is a buffer.
+    DropoutParams in "dropout.wgsl" {
+        len: u32, layer: u32, threshold: u32, scale: f32,
+    }
     /// One step's Adam scalars (adam.wgsl): written with the queue each step, not cached.
     AdamScalars in "adam.wgsl" {
         alpha: f32, beta1: f32, beta2: f32, epsilon: f32,
@@ -132,6 +140,8 @@ mod tests {
         check::<ElementwiseParams>();
         check::<AdamShape>();
         check::<AdamScalars>();
+        check::<BatchNormParams>();
+        check::<DropoutParams>();
     }
 
     #[test]
@@ -149,6 +159,10 @@ mod tests {
             ("loss.wgsl", "softmax"),
             ("adam.wgsl", "adam_update"),
             ("data.wgsl", "gather_batch"),
+            ("batchnorm.wgsl", "batchnorm_moving_stats"),
+            ("batchnorm.wgsl", "batchnorm_normalize"),
+            ("batchnorm.wgsl", "batchnorm_backward_input"),
+            ("dropout.wgsl", "dropout"),
         ];
         for (file, entry) in linear {
             let source = ALL_SHADERS.iter().find(|(name, _)| *name == file).unwrap().1;

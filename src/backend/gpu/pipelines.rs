@@ -87,6 +87,12 @@ pub struct Pipelines {
     pub softmax: Pipeline,
     pub adam_update: Pipeline,
     pub gather_batch: Pipeline,
+    pub batchnorm_batch_stats: Pipeline,
+    pub batchnorm_moving_stats: Pipeline,
+    pub batchnorm_normalize: Pipeline,
+    pub batchnorm_backward_sums: Pipeline,
+    pub batchnorm_backward_input: Pipeline,
+    pub dropout: Pipeline,
 }
 
 impl Pipelines {
@@ -103,6 +109,8 @@ impl Pipelines {
         let loss = module("loss.wgsl");
         let adam = module("adam.wgsl");
         let data = module("data.wgsl");
+        let batchnorm = module("batchnorm.wgsl");
+        let dropout = module("dropout.wgsl");
         let mut next_id = 0;
         let mut make = |module: &wgpu::ShaderModule, entry: &str| {
             next_id += 1;
@@ -122,6 +130,12 @@ impl Pipelines {
             softmax: make(&loss, "softmax"),
             adam_update: make(&adam, "adam_update"),
             gather_batch: make(&data, "gather_batch"),
+            batchnorm_batch_stats: make(&batchnorm, "batchnorm_batch_stats"),
+            batchnorm_moving_stats: make(&batchnorm, "batchnorm_moving_stats"),
+            batchnorm_normalize: make(&batchnorm, "batchnorm_normalize"),
+            batchnorm_backward_sums: make(&batchnorm, "batchnorm_backward_sums"),
+            batchnorm_backward_input: make(&batchnorm, "batchnorm_backward_input"),
+            dropout: make(&dropout, "dropout"),
             conv,
             matmul,
             gemm: RefCell::new(HashMap::new()),

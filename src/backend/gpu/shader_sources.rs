@@ -15,6 +15,8 @@ pub const SHADERS: &[(&str, &[&str])] = &[
     ("loss.wgsl", &["common/linear_index.wgsl"]),
     ("adam.wgsl", &["common/linear_index.wgsl"]),
     ("data.wgsl", &["common/linear_index.wgsl"]),
+    ("batchnorm.wgsl", &["common/linear_index.wgsl"]),
+    ("dropout.wgsl", &["common/linear_index.wgsl"]),
 ];
 
 /// A composed shader: its text and, for mapping a line back, the file each run of lines came from.
