@@ -129,9 +129,11 @@ impl Augmentation {
                         bail!("unknown augmentation '{item}' in '{text}': {ACCEPTED}");
                     };
                     let Some(value) = value else { bail!("augmentation '{item}' in '{text}': {name} needs a value, as {name}=F ({meaning}); {ACCEPTED}") };
-                    let v: f32 = value.parse().ok().filter(|v: &f32| v.is_finite()).ok_or_else(|| {
-                        anyhow::anyhow!("augmentation '{item}' in '{text}': '{value}' is not a number ({name} is {meaning})")
-                    })?;
+                    let v: f32 = value
+                        .parse()
+                        .ok()
+                        .filter(|v: &f32| v.is_finite())
+                        .ok_or_else(|| anyhow::anyhow!("augmentation '{item}' in '{text}': '{value}' is not a number ({name} is {meaning})"))?;
                     ensure!(
                         v == 0.0 || (MIN_FACTOR..=max).contains(&v),
                         "augmentation '{item}' in '{text}': {name} must be 0 (off) or in [{MIN_FACTOR}, {max}] ({meaning})"

@@ -47,7 +47,8 @@ pub struct SampleDraw {
 }
 
 impl SampleDraw {
-    pub const IDENTITY: SampleDraw = SampleDraw { shift: SampleTransform { flip: false, dy: 0, dx: 0 }, degrees: 0.0, zoom: 1.0, contrast: 1.0, brightness: 0.0 };
+    pub const IDENTITY: SampleDraw =
+        SampleDraw { shift: SampleTransform { flip: false, dy: 0, dx: 0 }, degrees: 0.0, zoom: 1.0, contrast: 1.0, brightness: 0.0 };
 }
 
 /// One image's packed transform. Output element (y, x, c) is computed as:
