@@ -1,7 +1,8 @@
 // Batch gather from a u8 data set kept on the GPU, packed four bytes to a u32 (WGSL has no u8).
 // The set may be split into chunks of whole images (one storage binding is often limited to
 // 128 MiB); one dispatch per chunk fills the batch rows whose image lies in that chunk.
-// Training batches may be augmented on the way: each row has a packed transform (flip, shift).
+// Training batches may be augmented on the way: each row has a packed transform, one word
+// (flip, shift: p.augmented == 1) or AFFINE_WORDS (affine + contrast + brightness: 2).
 
 struct GatherParams {
     n: u32, image_len: u32, first_image: u32, chunk_images: u32,
@@ -15,8 +16,11 @@ struct GatherParams {
 @group(0) @binding(3) var<storage, read> labels_packed: array<u32>;
 @group(0) @binding(4) var<storage, read_write> x: array<f32>;
 @group(0) @binding(5) var<storage, read_write> labels_out: array<u32>;
-// One transform per row (src/augment.rs SampleTransform::pack); read only when p.augmented.
+// One transform per row (src/augment.rs SampleTransform::pack, or AFFINE_WORDS from
+// src/augment/affine.rs AffineTransform::pack); read only when p.augmented > 0.
 @group(0) @binding(6) var<storage, read> transforms: array<u32>;
+
+const AFFINE_WORDS: u32 = 12u;
 
 fn byte_at(word: u32, byte: u32) -> u32 {
     return (word >> (8u * byte)) & 0xffu;
@@ -62,6 +66,45 @@ fn transformed_offset(j: u32, code: u32) -> i32 {
     return (sy * i32(p.width) + sx) * i32(p.channels) + i32(c);
 }
 
+// Source byte (yy, xx, c) of the image starting at byte `base` of the chunk, times `weight`;
+// 0 outside the image (zero fill).
+fn weighted_byte(base: u32, yy: i32, xx: i32, c: u32, weight: u32) -> u32 {
+    if (yy < 0 || xx < 0 || yy >= i32(p.height) || xx >= i32(p.width)) {
+        return 0u;
+    }
+    let at = base + (u32(yy) * p.width + u32(xx)) * p.channels + c;
+    return byte_at(chunk[at / 4u], at % 4u) * weight;
+}
+
+// Element j of row `row` under its affine transform, as AffineTransform::sample in
+// src/augment/affine.rs: the same integer geometry (16.16 matrix, position rounded to 1/256,
+// 8-bit bilinear weights; the weighted sum < 2^24 is exact), then the same float operations in
+// the same order, none a multiply feeding an add (so nothing can be fused into an FMA).
+fn affine_sample(row: u32, j: u32, base: u32) -> f32 {
+    let t = row * AFFINE_WORDS;
+    let c = j % p.channels;
+    let pixel = j / p.channels;
+    let y = i32(pixel / p.width);
+    let x = i32(pixel % p.width);
+    let sx = bitcast<i32>(transforms[t]) * x + bitcast<i32>(transforms[t + 1u]) * y + bitcast<i32>(transforms[t + 2u]);
+    let sy = bitcast<i32>(transforms[t + 3u]) * x + bitcast<i32>(transforms[t + 4u]) * y + bitcast<i32>(transforms[t + 5u]);
+    let sx8 = (sx + 128) >> 8u; // 16 fraction bits -> 8, rounded
+    let sy8 = (sy + 128) >> 8u;
+    let x0 = sx8 >> 8u;         // floor
+    let y0 = sy8 >> 8u;
+    let fx = u32(sx8 & 255);
+    let fy = u32(sy8 & 255);
+    let sum = weighted_byte(base, y0, x0, c, (256u - fy) * (256u - fx))
+        + weighted_byte(base, y0, x0 + 1, c, (256u - fy) * fx)
+        + weighted_byte(base, y0 + 1, x0, c, fy * (256u - fx))
+        + weighted_byte(base, y0 + 1, x0 + 1, c, fy * fx);
+    let scale = bitcast<f32>(transforms[t + 6u]);
+    let brightness = bitcast<f32>(transforms[t + 7u]);
+    let offset = bitcast<f32>(transforms[t + 8u + c]);
+    let v = min(max((f32(sum) + offset) * scale, 0.0), 1.0);
+    return min(max(v + brightness, 0.0), 1.0);
+}
+
 // idx (n) -> x (n, image_len) = images[idx] / 255 (moved by the row's transform when
 // augmented), labels_out (n) = labels[idx], for the rows whose image is in
 // [first_image, first_image + chunk_images). One invocation per element of x.
@@ -80,7 +123,9 @@ fn gather_batch(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     if (p.augmented == 1u) {
         offset = transformed_offset(j, transforms[row]);
     }
-    if (offset < 0) {
+    if (p.augmented == 2u) {
+        x[id] = affine_sample(row, j, (image - p.first_image) * p.image_len);
+    } else if (offset < 0) {
         x[id] = 0.0;
     } else {
         let at = (image - p.first_image) * p.image_len + u32(offset);

@@ -319,9 +319,16 @@ struct TrainCli {
     /// Continue from a checkpoint (weights, Adam state, step, history) until --epochs are done.
     #[arg(long, value_name = "CHECKPOINT")]
     resume: Option<PathBuf>,
-    /// Augment the training batches: none, or a comma list of flip (random horizontal flip) and
-    /// crop (random crop after 4-pixel zero padding); seeded [default: none, or the
-    /// checkpoint's when resuming].
+    /// Augment the training batches: none, or a comma list of flip (random horizontal flip),
+    /// crop (random crop after 4-pixel zero padding), rotate=DEG (Keras's RandomRotation, a
+    /// uniform angle in [-DEG, DEG] degrees, DEG <= 180), zoom=F (RandomZoom(F): scale about
+    /// the centre by a uniform 1-F..1+F, above 1 zooming out), contrast=F (RandomContrast(F):
+    /// (x - mean) * c + mean per channel, c uniform in [1-F, 1+F], clipped to [0, 1]) and
+    /// brightness=F (RandomBrightness(F): x + delta, delta uniform in [-F, F], clipped), each F
+    /// in [0.001, 1]; e.g. flip,crop,rotate=10,zoom=0.1. Rotation and zoom sample bilinearly
+    /// and fill with zeros (Keras's fill_mode="constant"; its default is "reflect"); contrast
+    /// and brightness apply after the geometry. Seeded [default: none, or the checkpoint's
+    /// when resuming].
     #[arg(long, value_name = "LIST", value_parser = Augmentation::parse)]
     augment: Option<Augmentation>,
     /// Weight the training loss per class: balanced (Keras's n_samples / (n_classes * n_c)

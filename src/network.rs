@@ -137,7 +137,7 @@ impl<B: Backend> Network<B> {
         let classes = model.classes();
         let mut net = Network {
             batch_idx: backend.indices(max_batch)?,
-            batch_transforms: backend.indices(max_batch)?,
+            batch_transforms: backend.indices(max_batch * crate::augment::AFFINE_WORDS)?,
             labels: backend.indices(max_batch)?,
             metrics: backend.tensor(METRICS_LEN)?,
             probs: backend.tensor(max_batch * classes)?,
@@ -274,16 +274,17 @@ impl<B: Backend> Network<B> {
         }
     }
 
-    /// Builds the input batch; `transforms` (one packed SampleTransform per index) augments it.
+    /// Builds the input batch; `transforms` (each index's packed transform: one SampleTransform
+    /// word, or AFFINE_WORDS) augments it.
     fn gather(&mut self, data: &B::Images, indices: &[u32], transforms: Option<&[u32]>) {
         let n = indices.len();
         assert!(n > 0 && n <= self.max_batch, "batch of {n} outside 1..={}", self.max_batch);
         self.backend.upload_indices(&mut self.batch_idx, indices);
         let augment = match transforms {
             Some(t) => {
-                assert_eq!(t.len(), n, "one transform per image");
+                let layout = crate::augment::TransformLayout::of_batch(t.len(), n);
                 self.backend.upload_indices(&mut self.batch_transforms, t);
-                Some(GatherAugment { transforms: &self.batch_transforms, shape: self.model.input })
+                Some(GatherAugment { transforms: &self.batch_transforms, shape: self.model.input, layout })
             }
             None => None,
         };
@@ -295,8 +296,8 @@ impl<B: Backend> Network<B> {
         self.train_step_augmented(data, indices, None)
     }
 
-    /// A training step on augmented images: `transforms` holds one packed
-    /// `augment::SampleTransform` per index (see `Augmentation::batch_transforms`).
+    /// A training step on augmented images: `transforms` holds each index's packed transform
+    /// (see `Augmentation::step_transforms`).
     pub fn train_step_augmented(&mut self, data: &B::Images, indices: &[u32], transforms: Option<&[u32]>) -> Result<()> {
         self.gather(data, indices, transforms);
         self.forward(indices.len(), true);

@@ -25,7 +25,8 @@ pub struct TrainOptions {
     pub arch_text: String,
     /// Show the live progress bar (when stderr is a terminal).
     pub progress: bool,
-    /// Random flips / crops of the training batches (never of the test set).
+    /// Random flips, crops, rotations, zooms, contrast and brightness of the training batches
+    /// (never of the test set).
     pub augment: Augmentation,
     /// Stored in checkpoints: how files become inputs, and where folder data came from.
     pub preprocessing: Option<crate::image_pipeline::Preprocessing>,
@@ -71,6 +72,7 @@ impl TrainOptions {
 /// Trains `net` on `ds` until `opts.epochs` epochs are done; `history` holds the epochs
 /// already done (a resumed run). Returns the whole history.
 pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, mut history: Vec<EpochRecord>) -> Result<Vec<EpochRecord>> {
+    opts.augment.check_input(net.model.input)?;
     let train = net.backend.upload_image_set(&ds.train).context("putting the training set on the device")?;
     let test = net.backend.upload_image_set(&ds.test).context("putting the test set on the device")?;
     if let Some(dir) = &opts.out_dir {
@@ -124,7 +126,7 @@ fn train_epoch<B: Backend>(net: &mut Network<B>, train: &B::Images, ds: &Dataset
     let bar = progress_bar(steps, opts.progress);
     let mut last_update = Instant::now();
     for (step, batch) in order.chunks(opts.batch_size).enumerate() {
-        let transforms = (!opts.augment.is_none()).then(|| opts.augment.batch_transforms(batch.len(), opts.seed, epoch, step));
+        let transforms = (!opts.augment.is_none()).then(|| opts.augment.step_transforms(&ds.train, batch, opts.seed, epoch, step));
         net.train_step_augmented(train, batch, transforms.as_deref()).with_context(|| format!("epoch {} step {}", epoch + 1, step + 1))?;
         if last_update.elapsed() > Duration::from_millis(250) || step + 1 == steps {
             last_update = Instant::now();

@@ -3,17 +3,14 @@
 //! training, a resumed augmented run equals an uninterrupted one, and the CLI runs with it on
 //! both devices. Tolerance everywhere: exact equality (the batch is u8 / 255 on both sides).
 
+mod augment_run;
 mod common;
-use gpu_cnn::augment::{Augmentation, SampleTransform, CROP_PAD};
+use augment_run::{resume, same_bits, train};
+use gpu_cnn::augment::{Augmentation, SampleTransform, TransformLayout, CROP_PAD};
 use gpu_cnn::backend::cpu::CpuBackend;
 use gpu_cnn::backend::{Backend, GatherAugment};
 use gpu_cnn::checkpoint;
-use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
-use gpu_cnn::data::Dataset;
-use gpu_cnn::model::{format_arch, parse_arch, Model};
-use gpu_cnn::network::{HostTensor, Network};
 use gpu_cnn::rng::Rng;
-use gpu_cnn::train::{fit, TrainOptions};
 use std::path::Path;
 
 /// 13x11x3: odd sizes, and 429-byte images that straddle u32 words on the GPU.
@@ -34,7 +31,7 @@ fn gather<B: Backend>(b: &B, data: &B::Images, idx: &[u32], transforms: &[Sample
     b.upload_indices(&mut tt, &transforms.iter().map(SampleTransform::pack).collect::<Vec<_>>());
     let mut x = b.tensor(idx.len() * image_len).unwrap();
     let mut labels = b.indices(idx.len()).unwrap();
-    b.gather_batch(data, &it, idx.len(), &mut x, &mut labels, Some(GatherAugment { transforms: &tt, shape: SHAPE }));
+    b.gather_batch(data, &it, idx.len(), &mut x, &mut labels, Some(GatherAugment { transforms: &tt, shape: SHAPE, layout: TransformLayout::Shift }));
     b.flush().unwrap();
     (b.download(&x).unwrap(), b.download_indices(&labels).unwrap())
 }
@@ -115,7 +112,7 @@ fn gpu_gather_augments_exactly_as_the_cpu() {
     // 7 images, repeats included; the extremes of each shift and random ones.
     let idx = [9, 0, 4, 4, 7, 2, 5];
     let mut transforms: Vec<SampleTransform> =
-        Augmentation { flip: true, crop: true }.batch_transforms(7, 4, 0, 0).into_iter().map(SampleTransform::unpack).collect();
+        Augmentation { flip: true, crop: true, ..Augmentation::NONE }.batch_transforms(7, 4, 0, 0).into_iter().map(SampleTransform::unpack).collect();
     transforms[0] = SampleTransform { flip: true, dy: -CROP_PAD, dx: CROP_PAD };
     transforms[1] = SampleTransform { flip: false, dy: CROP_PAD, dx: -CROP_PAD };
     transforms[2] = SampleTransform::default();
@@ -153,66 +150,25 @@ fn gpu_scales_every_byte_value_exactly_as_the_cpu() {
     }
 }
 
-const ARCH: &str = "conv2d 8 3 relu\nmaxpool 2\nconv2d 8 3 relu\nflatten\ndense 16 relu\ndense 4 softmax\n";
-
-fn small_data() -> Dataset {
-    generate(&SyntheticSpec { train: 200, test: 60, height: 12, width: 12, channels: 3, classes: 4 }, 1)
-}
-
-fn options(epochs: usize, out: Option<&Path>, augment: Augmentation) -> TrainOptions {
-    TrainOptions {
-        epochs,
-        batch_size: 32,
-        seed: 5,
-        out_dir: out.map(Path::to_path_buf),
-        arch_text: format_arch(&parse_arch(ARCH).unwrap()),
-        progress: false,
-        augment,
-        preprocessing: None,
-        data_source: None,
-    }
-}
-
-fn new_net(ds: &Dataset, seed: u64) -> Network<CpuBackend> {
-    let model = Model::new(&parse_arch(ARCH).unwrap(), ds.input_shape()).unwrap();
-    Network::new(CpuBackend::new(), model, 32, seed).unwrap()
-}
-
-fn train(epochs: usize, out: Option<&Path>, augment: Augmentation) -> Vec<HostTensor> {
-    let ds = small_data();
-    let mut net = new_net(&ds, 5);
-    fit(&mut net, &ds, &options(epochs, out, augment), Vec::new()).unwrap();
-    net.weights().unwrap()
-}
-
-fn same_bits(a: &[HostTensor], b: &[HostTensor]) -> bool {
-    a.iter().zip(b).all(|(x, y)| x.name == y.name && x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits()))
-}
-
 #[test]
 fn augmentation_changes_the_training_and_repeats_when_seeded() {
-    let both = Augmentation { flip: true, crop: true };
+    let both = Augmentation { flip: true, crop: true, ..Augmentation::NONE };
     let plain = train(1, None, Augmentation::NONE);
     let augmented = train(1, None, both);
     assert!(!same_bits(&plain, &augmented), "augmentation left the weights unchanged");
-    assert!(!same_bits(&train(1, None, Augmentation { flip: true, crop: false }), &augmented), "crop changed nothing");
+    assert!(!same_bits(&train(1, None, Augmentation { flip: true, crop: false, ..Augmentation::NONE }), &augmented), "crop changed nothing");
     assert!(same_bits(&augmented, &train(1, None, both)), "a seeded augmented run must repeat exactly");
 }
 
 #[test]
 fn resumed_augmented_run_equals_an_uninterrupted_one_bit_for_bit() {
-    let both = Augmentation { flip: true, crop: true };
+    let both = Augmentation { flip: true, crop: true, ..Augmentation::NONE };
     let dir = common::temp_dir("augment-resume");
     let straight = train(3, None, both);
     train(2, Some(&dir), both);
-    let ck = checkpoint::load(&dir.join("last.safetensors")).unwrap();
-    assert_eq!(ck.meta.augment, both, "the checkpoint records the augmentation");
-    let ds = small_data();
-    let mut net = new_net(&ds, 123); // a different init: everything must come from the checkpoint
-    net.load_state(&ck.tensors, true).unwrap();
-    net.step = ck.meta.step;
-    fit(&mut net, &ds, &options(3, Some(&dir), ck.meta.augment), ck.meta.history.clone()).unwrap();
-    assert!(same_bits(&straight, &net.weights().unwrap()), "the resumed augmented run differs");
+    let (stored, resumed) = resume(&dir, 3);
+    assert_eq!(stored, both, "the checkpoint records the augmentation");
+    assert!(same_bits(&straight, &resumed), "the resumed augmented run differs");
 }
 
 fn cli_train(device: &str, run: &Path, extra: &[&str]) -> String {
@@ -253,11 +209,11 @@ fn cli_trains_with_augment_on_the_cpu_and_resume_keeps_it() {
     let err = cli_train("cpu", &run, &["--epochs", "1", "--augment", "flip,crop"]);
     assert!(err.contains("Augmentation: flip,crop"), "{err}");
     let last = run.join("last.safetensors");
-    assert_eq!(checkpoint::load(&last).unwrap().meta.augment, Augmentation { flip: true, crop: true });
+    assert_eq!(checkpoint::load(&last).unwrap().meta.augment, Augmentation { flip: true, crop: true, ..Augmentation::NONE });
     // Resumed without --augment: the checkpoint's is used, and stored again.
     let err = cli_train("cpu", &run, &["--epochs", "2", "--resume", last.to_str().unwrap()]);
     assert!(err.contains("Resuming") && err.contains("Augmentation: flip,crop") && err.contains("Epoch 2/2"), "{err}");
-    assert_eq!(checkpoint::load(&last).unwrap().meta.augment, Augmentation { flip: true, crop: true });
+    assert_eq!(checkpoint::load(&last).unwrap().meta.augment, Augmentation { flip: true, crop: true, ..Augmentation::NONE });
     // A bad list is refused with the accepted words.
     let (ok, _, err) = common::run_cli(&["train", "--dataset", "synthetic", "--augment", "flip,rotate", "--out", dir.join("bad").to_str().unwrap()]);
     assert!(!ok && err.contains("rotate") && err.contains("flip and crop"), "{err}");
@@ -272,5 +228,5 @@ fn cli_trains_with_augment_on_the_gpu() {
     let run = dir.join("run");
     let err = cli_train("gpu", &run, &["--epochs", "1", "--augment", "flip,crop"]);
     assert!(err.contains("Augmentation: flip,crop") && !err.contains("Device: CPU backend"), "{err}");
-    assert_eq!(checkpoint::load(&run.join("last.safetensors")).unwrap().meta.augment, Augmentation { flip: true, crop: true });
+    assert_eq!(checkpoint::load(&run.join("last.safetensors")).unwrap().meta.augment, Augmentation { flip: true, crop: true, ..Augmentation::NONE });
 }

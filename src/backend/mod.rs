@@ -259,11 +259,13 @@ impl RecordCounts {
     }
 }
 
-/// Per-sample augmentation for `gather_batch`: one packed `crate::augment::SampleTransform` per
-/// batch row, and the (height, width, channels) of the images it moves pixels in.
+/// Per-sample augmentation for `gather_batch`: each batch row's packed transform, laid out as
+/// `layout` says (one `crate::augment::SampleTransform` word, or an `AffineTransform`'s
+/// `AFFINE_WORDS`), and the (height, width, channels) of the images it moves pixels in.
 pub struct GatherAugment<'a, I> {
     pub transforms: &'a I,
     pub shape: (usize, usize, usize),
+    pub layout: crate::augment::TransformLayout,
 }
 
 pub trait Backend {
@@ -300,8 +302,9 @@ pub trait Backend {
     }
 
     /// x[i] = images[idx[i]] / 255 as f32, labels_out[i] = labels[idx[i]], for i < n. With
-    /// `augment`, row i is first moved by its transform (flip, shift with zero fill): every
-    /// backend gives bit-identical rows.
+    /// `augment`, row i is first transformed (flip and shift with zero fill; or the affine
+    /// transform: bilinear with zero fill, contrast, brightness): every backend gives
+    /// bit-identical rows.
     fn gather_batch(
         &self,
         data: &Self::Images,

@@ -19,7 +19,7 @@ use super::dropout::{keeps, DropoutMask};
 use super::{
     AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
 };
-use crate::augment::SampleTransform;
+use crate::augment::{AffineTransform, SampleTransform, TransformLayout};
 use crate::data::ImageSet;
 use anyhow::Result;
 use gemm::{add_bias_activate, gemm, sum_outer_products, Mat, Threads};
@@ -92,6 +92,16 @@ fn gather_transformed(src: &[u8], dst: &mut [f32], t: SampleTransform, (h, w, c)
     }
 }
 
+/// One image (h, w, c) of u8 -> dst with the affine transform applied (bilinear, zero fill,
+/// contrast, brightness: see `AffineTransform::sample`).
+fn gather_affine(src: &[u8], dst: &mut [f32], t: &AffineTransform, (h, w, c): (usize, usize, usize)) {
+    assert_eq!(h * w * c, src.len(), "augment shape {h}x{w}x{c} does not match the image length");
+    for (j, d) in dst.iter_mut().enumerate() {
+        let (pixel, ch) = (j / c, j % c);
+        *d = t.sample(src, pixel / w, pixel % w, ch, (h, w, c));
+    }
+}
+
 impl Backend for CpuBackend {
     type Tensor = Vec<f32>;
     type Indices = Vec<u32>;
@@ -142,7 +152,10 @@ impl Backend for CpuBackend {
                         *d = s as f32 / 255.0;
                     }
                 }
-                Some(a) => gather_transformed(src, dst, SampleTransform::unpack(a.transforms[row]), a.shape),
+                Some(a) => match a.layout {
+                    TransformLayout::Shift => gather_transformed(src, dst, SampleTransform::unpack(a.transforms[row]), a.shape),
+                    TransformLayout::Affine => gather_affine(src, dst, &AffineTransform::unpack(&a.transforms[row * a.layout.words()..]), a.shape),
+                },
             }
         });
         for (l, &i) in labels[..n].iter_mut().zip(&idx[..n]) {

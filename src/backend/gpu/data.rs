@@ -5,6 +5,7 @@ use super::buffer::GpuBuffer;
 use super::params::{u32_of, GatherParams};
 use super::recorder::linear_grid;
 use super::{GpuBackend, GpuIndices, GpuTensor};
+use crate::augment::TransformLayout;
 use crate::backend::GatherAugment;
 use anyhow::{ensure, Result};
 
@@ -75,14 +76,20 @@ impl GpuBackend {
         augment: Option<GatherAugment<'_, GpuIndices>>,
     ) {
         let groups = linear_grid(n * data.image_len, self.max_per_dim());
-        let ((h, w, c), transforms) = match &augment {
+        let ((h, w, c), transforms, mode, words) = match &augment {
             Some(a) => {
                 assert_eq!(a.shape.0 * a.shape.1 * a.shape.2, data.image_len, "augment shape does not match the image length");
-                assert!(a.transforms.len() >= n, "{} transforms for a batch of {n}", a.transforms.len());
-                (a.shape, a.transforms)
+                let words = a.layout.words();
+                assert!(a.transforms.len() >= n * words, "{} transform words for a batch of {n}", a.transforms.len());
+                // The kernel's modes: 1 flip/shift (one word a row), 2 affine.
+                let mode = match a.layout {
+                    TransformLayout::Shift => 1,
+                    TransformLayout::Affine => 2,
+                };
+                (a.shape, a.transforms, mode, words)
             }
             // The binding must hold some buffer; the kernel does not read it.
-            None => ((0, 0, 0), idx),
+            None => ((0, 0, 0), idx, 0, 0),
         };
         for chunk in &data.chunks {
             let params = GatherParams {
@@ -91,7 +98,7 @@ impl GpuBackend {
                 first_image: u32_of(chunk.first_image),
                 chunk_images: u32_of(chunk.images),
                 total_images: u32_of(data.count),
-                augmented: augment.is_some() as u32,
+                augmented: mode,
                 height: u32_of(h),
                 width: u32_of(w),
                 channels: u32_of(c),
@@ -101,7 +108,8 @@ impl GpuBackend {
             self.dispatch(&self.pipelines.gather_batch, &params, &bound, groups);
         }
         // Indices (and transforms), the images' bytes and labels; the rows and labels written.
-        let transforms_read = if augment.is_some() { 4 * n } else { 0 };
+        // (An affine row reads up to 4 source bytes per element; counted once, as a plain one.)
+        let transforms_read = 4 * n * words;
         self.recorder.count_traffic(4 * n + transforms_read + n * data.image_len + n, 4 * n * data.image_len + 4 * n);
     }
 }
