@@ -223,8 +223,8 @@ fn maxpool_matches_plain_loops_exactly() {
     // 2x2 stride 2 on an odd map (the last row/column dropped), and overlapping 3x3 stride 2
     // windows (dx sums several dy).
     let shapes = [
-        PoolShape { in_h: 7, in_w: 5, c: 3, out_h: 3, out_w: 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2 },
-        PoolShape { in_h: 7, in_w: 7, c: 2, out_h: 3, out_w: 3, size_h: 3, size_w: 3, stride_h: 2, stride_w: 2 },
+        PoolShape { in_h: 7, in_w: 5, c: 3, out_h: 3, out_w: 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2, pad_top: 0, pad_left: 0 },
+        PoolShape { in_h: 7, in_w: 7, c: 2, out_h: 3, out_w: 3, size_h: 3, size_w: 3, stride_h: 2, stride_w: 2, pad_top: 0, pad_left: 0 },
     ];
     for (k, s) in shapes.iter().enumerate() {
         // Values on a coarse grid so that windows hold ties (the first max must win).

@@ -9,6 +9,7 @@
 //! Layouts follow Keras: activations NHWC, conv kernels HWIO (kh, kw, in, out), dense kernels
 //! (in, out), all f32.
 
+pub mod activation;
 pub mod cpu;
 pub mod dropout;
 pub mod gpu;
@@ -119,6 +120,10 @@ impl DepthwiseShape {
 }
 
 /// A max-pool's geometry ("valid": windows that do not fit are dropped, as in Keras).
+/// A pooling window's geometry (max or average), NHWC. Window (oy, ox) covers input rows
+/// `oy * stride_h - pad_top ..` (size_h of them) and likewise columns; cells outside the input
+/// are padding, which never wins a max and is not counted in an average (Keras). Build it with
+/// `valid`, `same` or `global`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PoolShape {
     pub in_h: usize,
@@ -130,6 +135,8 @@ pub struct PoolShape {
     pub size_w: usize,
     pub stride_h: usize,
     pub stride_w: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
 }
 
 impl PoolShape {
@@ -139,6 +146,77 @@ impl PoolShape {
     pub fn out_len(&self) -> usize {
         self.out_h * self.out_w * self.c
     }
+
+    /// Keras padding="valid" on an (h, w, c) input: windows that do not fit are dropped; None
+    /// when none fits or a size/stride is 0.
+    pub fn valid(input: (usize, usize, usize), size: (usize, usize), stride: (usize, usize)) -> Option<PoolShape> {
+        let (h, w, c) = input;
+        if size.0 == 0 || size.1 == 0 || stride.0 == 0 || stride.1 == 0 || h < size.0 || w < size.1 {
+            return None;
+        }
+        let (out_h, out_w) = ((h - size.0) / stride.0 + 1, (w - size.1) / stride.1 + 1);
+        Some(PoolShape { in_h: h, in_w: w, c, out_h, out_w, size_h: size.0, size_w: size.1, stride_h: stride.0, stride_w: stride.1, pad_top: 0, pad_left: 0 })
+    }
+
+    /// Keras padding="same": ceil(in / stride) windows per side, padded by
+    /// max((out - 1) * stride + size - in, 0) with the odd pixel at the bottom/right (TF's
+    /// rule). Every window keeps at least one real cell (the padding is under `size`). None
+    /// when a size/stride or an input side is 0.
+    pub fn same(input: (usize, usize, usize), size: (usize, usize), stride: (usize, usize)) -> Option<PoolShape> {
+        let (h, w, c) = input;
+        if size.0 == 0 || size.1 == 0 || stride.0 == 0 || stride.1 == 0 || h == 0 || w == 0 {
+            return None;
+        }
+        let side = |len: usize, size: usize, stride: usize| {
+            let out = len.div_ceil(stride);
+            let pad_total = ((out - 1) * stride + size).saturating_sub(len);
+            (out, pad_total / 2)
+        };
+        let ((out_h, pad_top), (out_w, pad_left)) = (side(h, size.0, stride.0), side(w, size.1, stride.1));
+        Some(PoolShape { in_h: h, in_w: w, c, out_h, out_w, size_h: size.0, size_w: size.1, stride_h: stride.0, stride_w: stride.1, pad_top, pad_left })
+    }
+
+    /// GlobalMaxPooling2D / GlobalAveragePooling2D: one window over the whole (h, w) image,
+    /// (n, h, w, c) -> (n, 1, 1, c), the same memory as (n, c).
+    pub fn global(input: (usize, usize, usize)) -> Option<PoolShape> {
+        PoolShape::valid(input, (input.0, input.1), (1, 1))
+    }
+
+    /// The input rows window row `oy` covers, clipped to the input: `lo..hi`, never empty for a
+    /// shape built by `valid`, `same` or `global`.
+    pub fn rows(&self, oy: usize) -> (usize, usize) {
+        clipped_window(oy * self.stride_h, self.pad_top, self.size_h, self.in_h)
+    }
+    /// The input columns window column `ox` covers, clipped likewise.
+    pub fn cols(&self, ox: usize) -> (usize, usize) {
+        clipped_window(ox * self.stride_w, self.pad_left, self.size_w, self.in_w)
+    }
+}
+
+/// A window starting at padded coordinate `start`, as input coordinates `lo..hi` within `len`.
+fn clipped_window(start: usize, pad: usize, size: usize, len: usize) -> (usize, usize) {
+    (start.saturating_sub(pad), (start + size).saturating_sub(pad).min(len))
+}
+
+/// An element-wise activation (Keras 3's keras/src/activations/activations.py), forward
+/// y = f(x) and backward dx = dy * f'(x); the formulas live in activation.rs. Softmax is not
+/// here: it stays fused with the loss.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ActivationFn {
+    /// max(x, 0).
+    Relu,
+    /// x if x > 0 else negative_slope * x (Keras: 0.3 in the LeakyReLU layer, 0.2 in
+    /// keras.activations.leaky_relu).
+    LeakyRelu { negative_slope: f32 },
+    /// x if x > 0 else alpha * (exp(x) - 1) (Keras default alpha 1).
+    Elu { alpha: f32 },
+    /// 0.5 x (1 + erf(x / sqrt 2)) (Keras's approximate=False), erf as in `activation::erf`.
+    Gelu,
+    /// 1 / (1 + exp(-x)).
+    Sigmoid,
+    Tanh,
+    /// swish / silu: x * sigmoid(x).
+    Swish,
 }
 
 /// A dense layer's geometry: x (n, inputs) * kernel (inputs, units) + bias (units).
@@ -355,11 +433,25 @@ pub trait Backend {
     /// dy[i] = 0 where y[i] <= 0 (y is the ReLU's output), for i < len.
     fn relu_backward(&self, y: &Self::Tensor, dy: &mut Self::Tensor, len: usize);
 
-    /// y = max over each window; argmax[i] = index into x (within the whole batch) of the max,
-    /// the first one on ties.
+    /// y = max over each window's real cells (padding never wins); argmax[i] = index into x
+    /// (within the whole batch) of the max, the first one on ties (in window order, rows then
+    /// columns). With `PoolShape::global` this is GlobalMaxPooling2D.
     fn maxpool_forward(&self, x: &Self::Tensor, y: &mut Self::Tensor, argmax: &mut Self::Indices, s: &PoolShape, n: usize);
     /// dx = 0, then dx[argmax[i]] += dy[i].
     fn maxpool_backward(&self, dy: &Self::Tensor, argmax: &Self::Indices, dx: &mut Self::Tensor, s: &PoolShape, n: usize);
+    /// y = mean of each window's real cells (padding is not counted: Keras/TF "same" average
+    /// pooling). With `PoolShape::global` this is GlobalAveragePooling2D.
+    fn avgpool_forward(&self, x: &Self::Tensor, y: &mut Self::Tensor, s: &PoolShape, n: usize);
+    /// dx[i] = sum over the windows w covering i of dy[w] / (real cells of w), windows in
+    /// increasing order (overwritten, not accumulated).
+    fn avgpool_backward(&self, dy: &Self::Tensor, dx: &mut Self::Tensor, s: &PoolShape, n: usize);
+
+    /// y[i] = f(x[i]) for i < len.
+    fn activation_forward(&self, x: &Self::Tensor, y: &mut Self::Tensor, len: usize, f: ActivationFn);
+    /// dy[i] *= f'(x[i]) for i < len, in place (dy becomes the gradient of x): `x` is the
+    /// activation's input and `y` its output (f(x)); each function reads whichever gives its
+    /// derivative exactly and cheaply (see activation.rs).
+    fn activation_backward(&self, x: &Self::Tensor, y: &Self::Tensor, dy: &mut Self::Tensor, len: usize, f: ActivationFn);
 
     /// y (n, units) = x (n, inputs) * w (inputs, units) + b, then ReLU if `relu`.
     #[allow(clippy::too_many_arguments)]
@@ -585,6 +677,18 @@ impl<B: Backend> Backend for &B {
     }
     fn maxpool_backward(&self, dy: &Self::Tensor, argmax: &Self::Indices, dx: &mut Self::Tensor, s: &PoolShape, n: usize) {
         (**self).maxpool_backward(dy, argmax, dx, s, n)
+    }
+    fn avgpool_forward(&self, x: &Self::Tensor, y: &mut Self::Tensor, s: &PoolShape, n: usize) {
+        (**self).avgpool_forward(x, y, s, n)
+    }
+    fn avgpool_backward(&self, dy: &Self::Tensor, dx: &mut Self::Tensor, s: &PoolShape, n: usize) {
+        (**self).avgpool_backward(dy, dx, s, n)
+    }
+    fn activation_forward(&self, x: &Self::Tensor, y: &mut Self::Tensor, len: usize, f: ActivationFn) {
+        (**self).activation_forward(x, y, len, f)
+    }
+    fn activation_backward(&self, x: &Self::Tensor, y: &Self::Tensor, dy: &mut Self::Tensor, len: usize, f: ActivationFn) {
+        (**self).activation_backward(x, y, dy, len, f)
     }
     fn dense_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &mut Self::Tensor, s: &DenseShape, n: usize, relu: bool) {
         (**self).dense_forward(x, w, b, y, s, n, relu)

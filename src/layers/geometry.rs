@@ -79,12 +79,7 @@ pub fn conv_shape(input: (usize, usize, usize), filters: usize, kernel: (usize, 
 /// A Keras MaxPooling2D's geometry ("valid": windows that do not fit are dropped); None when
 /// no window fits.
 pub fn pool_shape(input: (usize, usize, usize), size: (usize, usize), stride: (usize, usize)) -> Option<PoolShape> {
-    let (h, w, c) = input;
-    if h < size.0 || w < size.1 {
-        return None;
-    }
-    let (oh, ow) = ((h - size.0) / stride.0 + 1, (w - size.1) / stride.1 + 1);
-    Some(PoolShape { in_h: h, in_w: w, c, out_h: oh, out_w: ow, size_h: size.0, size_w: size.1, stride_h: stride.0, stride_w: stride.1 })
+    PoolShape::valid(input, size, stride)
 }
 
 /// An (h, w, c) input shape, or an error naming the layer class that needs one.

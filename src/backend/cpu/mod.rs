@@ -11,13 +11,14 @@ mod depthwise;
 mod direct;
 mod gemm;
 mod im2col;
+mod pool;
 pub mod simd;
 mod winograd;
 mod winograd_filter;
 
 use super::dropout::{keeps, DropoutMask};
 use super::{
-    AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
+    activation, ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
 };
 use crate::augment::{AffineTransform, SampleTransform, TransformLayout};
 use crate::data::ImageSet;
@@ -207,57 +208,30 @@ impl Backend for CpuBackend {
         });
     }
 
-    // x (n, in_h, in_w, c) -> y (n, out_h, out_w, c), argmax = flat index into x of each max.
-    // Channels are innermost (NHWC), so each window position is compared as a whole row of
-    // channels: a loop the compiler vectorises.
     fn maxpool_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>, argmax: &mut Vec<u32>, s: &PoolShape, n: usize) {
-        let (in_len, out_len, c) = (s.in_len(), s.out_len(), s.c);
-        y[..n * out_len].par_chunks_mut(out_len).zip(argmax[..n * out_len].par_chunks_mut(out_len)).enumerate().for_each(|(img, (y, am))| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let base = img * in_len;
-                    let x = &x[base..base + in_len];
-                    for oy in 0..s.out_h {
-                        for ox in 0..s.out_w {
-                            let o = (oy * s.out_w + ox) * c;
-                            let (best, best_at) = (&mut y[o..o + c], &mut am[o..o + c]);
-                            for ky in 0..s.size_h {
-                                for kx in 0..s.size_w {
-                                    let at = ((oy * s.stride_h + ky) * s.in_w + ox * s.stride_w + kx) * c;
-                                    let row = &x[at..at + c];
-                                    if ky == 0 && kx == 0 {
-                                        best.copy_from_slice(row);
-                                        for (i, a) in best_at.iter_mut().enumerate() {
-                                            *a = (base + at + i) as u32;
-                                        }
-                                    } else {
-                                        // Strictly greater: the first max wins ties.
-                                        let first = (base + at) as u32;
-                                        // Masks rather than branches: on real data the comparison is
-                                        // a coin flip, and this form vectorises.
-                                        for (i, ((b, a), &v)) in best.iter_mut().zip(best_at.iter_mut()).zip(row).enumerate() {
-                                            let mask = 0u32.wrapping_sub((v > *b) as u32);
-                                            *a = (*a & !mask) | ((first + i as u32) & mask);
-                                            *b = f32::from_bits((b.to_bits() & !mask) | (v.to_bits() & mask));
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                },
-            )
-        });
+        pool::maxpool_forward(x, y, argmax, s, n);
+    }
+    fn maxpool_backward(&self, dy: &Vec<f32>, argmax: &Vec<u32>, dx: &mut Vec<f32>, s: &PoolShape, n: usize) {
+        pool::maxpool_backward(dy, argmax, dx, s, n);
+    }
+    fn avgpool_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>, s: &PoolShape, n: usize) {
+        pool::avgpool_forward(x, y, s, n);
+    }
+    fn avgpool_backward(&self, dy: &Vec<f32>, dx: &mut Vec<f32>, s: &PoolShape, n: usize) {
+        pool::avgpool_backward(dy, dx, s, n);
     }
 
-    fn maxpool_backward(&self, dy: &Vec<f32>, argmax: &Vec<u32>, dx: &mut Vec<f32>, s: &PoolShape, n: usize) {
-        let (in_len, out_len) = (s.in_len(), s.out_len());
-        dx[..n * in_len].par_chunks_mut(in_len).enumerate().for_each(|(img, dx)| {
-            dx.fill(0.0);
-            let base = img * in_len;
-            for o in img * out_len..(img + 1) * out_len {
-                dx[argmax[o] as usize - base] += dy[o];
+    fn activation_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>, len: usize, f: ActivationFn) {
+        y[..len].par_chunks_mut(4096).zip(x[..len].par_chunks(4096)).for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = activation::forward(f, x);
+            }
+        });
+    }
+    fn activation_backward(&self, x: &Vec<f32>, y: &Vec<f32>, dy: &mut Vec<f32>, len: usize, f: ActivationFn) {
+        dy[..len].par_chunks_mut(4096).zip(x[..len].par_chunks(4096).zip(y[..len].par_chunks(4096))).for_each(|(d, (x, y))| {
+            for ((d, &x), &y) in d.iter_mut().zip(x).zip(y) {
+                *d *= activation::derivative(f, x, y);
             }
         });
     }

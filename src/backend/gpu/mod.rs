@@ -18,6 +18,7 @@
 //! `list_adapters()` gives the rows of `gpu-cnn devices`. Errors wgpu raises while ops are
 //! recorded come back from the next `flush()` or download.
 
+mod activation;
 mod adam;
 mod adapter_choice;
 mod batchnorm;
@@ -47,7 +48,7 @@ pub use pipelines::ALL_SHADERS;
 pub use recorder::CacheSizes;
 
 use super::dropout::DropoutMask;
-use super::{AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RecordCounts};
+use super::{ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RecordCounts};
 use anyhow::{Context as _, Result};
 use buffer::{Bound, BufferRegistry};
 use context::GpuContext;
@@ -362,6 +363,19 @@ impl Backend for GpuBackend {
     }
     fn maxpool_backward_relu(&self, dy: &GpuTensor, argmax: &GpuIndices, relu_y: &GpuTensor, dx: &mut GpuTensor, s: &PoolShape, n: usize) {
         self.record_maxpool_backward(dy, argmax, Some(relu_y), dx, s, n);
+    }
+    fn avgpool_forward(&self, x: &GpuTensor, y: &mut GpuTensor, s: &PoolShape, n: usize) {
+        self.record_avgpool_forward(x, y, s, n);
+    }
+    fn avgpool_backward(&self, dy: &GpuTensor, dx: &mut GpuTensor, s: &PoolShape, n: usize) {
+        self.record_avgpool_backward(dy, dx, s, n);
+    }
+
+    fn activation_forward(&self, x: &GpuTensor, y: &mut GpuTensor, len: usize, f: ActivationFn) {
+        self.record_activation_forward(x, y, len, f);
+    }
+    fn activation_backward(&self, x: &GpuTensor, y: &GpuTensor, dy: &mut GpuTensor, len: usize, f: ActivationFn) {
+        self.record_activation_backward(x, y, dy, len, f);
     }
 
     fn dense_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor, y: &mut GpuTensor, s: &DenseShape, n: usize, relu: bool) {

@@ -55,11 +55,17 @@ kernel_params! {
         relu: u32, k_per_split: u32, ones_row: u32, splits: u32,
         relu_mask: u32, unused0: u32, unused1: u32, unused2: u32,
     }
-    /// A max-pool's geometry (pool.wgsl).
+    /// A max- or average-pool's geometry (pool.wgsl).
     PoolParams in "pool.wgsl" {
         n: u32, in_h: u32, in_w: u32, c: u32,
         out_h: u32, out_w: u32, size_h: u32, size_w: u32,
-        stride_h: u32, stride_w: u32, relu_mask: u32, unused: u32,
+        stride_h: u32, stride_w: u32, relu_mask: u32, pad_top: u32,
+        pad_left: u32, unused0: u32, unused1: u32, unused2: u32,
+    }
+    /// An element-wise activation: its length, function (ActivationFn as a number) and slope
+    /// or alpha (activation.wgsl).
+    ActivationParams in "activation.wgsl" {
+        len: u32, kind: u32, alpha: f32, unused: u32,
     }
     /// One batch gather from one chunk of the data set (data.wgsl).
     GatherParams in "data.wgsl" {
@@ -135,6 +141,7 @@ mod tests {
         check::<DepthwiseParams>();
         check::<MatmulParams>();
         check::<PoolParams>();
+        check::<ActivationParams>();
         check::<GatherParams>();
         check::<LossParams>();
         check::<ElementwiseParams>();
@@ -155,6 +162,10 @@ mod tests {
             ("matmul.wgsl", "sum_split_partials"),
             ("pool.wgsl", "maxpool_forward"),
             ("pool.wgsl", "maxpool_backward"),
+            ("pool.wgsl", "avgpool_forward"),
+            ("pool.wgsl", "avgpool_backward"),
+            ("activation.wgsl", "activation_forward"),
+            ("activation.wgsl", "activation_backward"),
             ("elementwise.wgsl", "relu_backward"),
             ("loss.wgsl", "softmax"),
             ("adam.wgsl", "adam_update"),

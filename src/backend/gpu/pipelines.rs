@@ -81,6 +81,10 @@ pub struct Pipelines {
     pub depthwise_backward_filter: Pipeline,
     pub maxpool_forward: Pipeline,
     pub maxpool_backward: Pipeline,
+    pub avgpool_forward: Pipeline,
+    pub avgpool_backward: Pipeline,
+    pub activation_forward: Pipeline,
+    pub activation_backward: Pipeline,
     pub relu_backward: Pipeline,
     pub softmax_xent: Pipeline,
     pub softmax_xent_weighted: Pipeline,
@@ -106,6 +110,7 @@ impl Pipelines {
         let depthwise = module("depthwise.wgsl");
         let pool = module("pool.wgsl");
         let elementwise = module("elementwise.wgsl");
+        let activation = module("activation.wgsl");
         let loss = module("loss.wgsl");
         let adam = module("adam.wgsl");
         let data = module("data.wgsl");
@@ -124,6 +129,10 @@ impl Pipelines {
             depthwise_backward_filter: make(&depthwise, "depthwise_backward_filter"),
             maxpool_forward: make(&pool, "maxpool_forward"),
             maxpool_backward: make(&pool, "maxpool_backward"),
+            avgpool_forward: make(&pool, "avgpool_forward"),
+            avgpool_backward: make(&pool, "avgpool_backward"),
+            activation_forward: make(&activation, "activation_forward"),
+            activation_backward: make(&activation, "activation_backward"),
             relu_backward: make(&elementwise, "relu_backward"),
             softmax_xent: make(&loss, "softmax_xent"),
             softmax_xent_weighted: make(&loss, "softmax_xent_weighted"),

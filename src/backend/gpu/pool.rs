@@ -1,4 +1,4 @@
-//! Max-pooling ops (shaders/pool.wgsl).
+//! Max- and average-pooling ops, any padding, global pooling included (shaders/pool.wgsl).
 
 use super::params::{u32_of, PoolParams};
 use super::recorder::linear_grid;
@@ -17,6 +17,8 @@ fn pool_params(s: &PoolShape, n: usize) -> PoolParams {
         size_w: u32_of(s.size_w),
         stride_h: u32_of(s.stride_h),
         stride_w: u32_of(s.stride_w),
+        pad_top: u32_of(s.pad_top),
+        pad_left: u32_of(s.pad_left),
         ..Default::default()
     }
 }
@@ -39,5 +41,21 @@ impl GpuBackend {
         let groups = linear_grid(n * s.in_len(), self.max_per_dim());
         self.dispatch(&self.pipelines.maxpool_backward, &params, &bound, groups);
         self.moved(2 * n * s.out_len() + relu_y.map_or(0, |_| n * s.in_len()), n * s.in_len());
+    }
+
+    // x (n, in_h, in_w, c) -> y (n, out_h, out_w, c), the mean of each window's real cells.
+    pub(super) fn record_avgpool_forward(&self, x: &GpuTensor, y: &mut GpuTensor, s: &PoolShape, n: usize) {
+        let bound = [x.at(1), y.at(3)];
+        let groups = linear_grid(n * s.out_len(), self.max_per_dim());
+        self.dispatch(&self.pipelines.avgpool_forward, &pool_params(s, n), &bound, groups);
+        self.moved(n * s.in_len(), n * s.out_len());
+    }
+
+    // dy (n, out_h, out_w, c) -> dx (n, in_h, in_w, c).
+    pub(super) fn record_avgpool_backward(&self, dy: &GpuTensor, dx: &mut GpuTensor, s: &PoolShape, n: usize) {
+        let bound = [dy.at(1), dx.at(3)];
+        let groups = linear_grid(n * s.in_len(), self.max_per_dim());
+        self.dispatch(&self.pipelines.avgpool_backward, &pool_params(s, n), &bound, groups);
+        self.moved(n * s.out_len(), n * s.in_len());
     }
 }

@@ -12,6 +12,7 @@ pub const SHADERS: &[(&str, &[&str])] = &[
     ("depthwise.wgsl", &["common/linear_index.wgsl"]),
     ("pool.wgsl", &["common/linear_index.wgsl"]),
     ("elementwise.wgsl", &["common/linear_index.wgsl"]),
+    ("activation.wgsl", &["common/linear_index.wgsl"]),
     ("loss.wgsl", &["common/linear_index.wgsl"]),
     ("adam.wgsl", &["common/linear_index.wgsl"]),
     ("data.wgsl", &["common/linear_index.wgsl"]),

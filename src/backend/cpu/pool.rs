@@ -1,0 +1,136 @@
+//! Max and average pooling on the CPU, NHWC, any padding (`PoolShape`): the readable reference
+//! for shaders/pool.wgsl. Channels are innermost, so each window cell is a whole row of
+//! channels and every inner loop runs along it (loops the compiler vectorises). Each image is
+//! independent: rayon splits the batch.
+
+use super::simd::vectorized;
+use crate::backend::PoolShape;
+use rayon::prelude::*;
+
+// x (n, in_h, in_w, c) -> y (n, out_h, out_w, c), argmax = flat index into x of each max: the
+// first real cell of the window starts the max, later cells replace it only when strictly
+// greater (the first max wins ties; padding is never looked at, so it never wins).
+pub fn maxpool_forward(x: &[f32], y: &mut [f32], argmax: &mut [u32], s: &PoolShape, n: usize) {
+    let (in_len, out_len, c) = (s.in_len(), s.out_len(), s.c);
+    y[..n * out_len].par_chunks_mut(out_len).zip(argmax[..n * out_len].par_chunks_mut(out_len)).enumerate().for_each(|(img, (y, am))| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let base = img * in_len;
+                let x = &x[base..base + in_len];
+                for oy in 0..s.out_h {
+                    let (y0, y1) = s.rows(oy);
+                    for ox in 0..s.out_w {
+                        let (x0, x1) = s.cols(ox);
+                        let o = (oy * s.out_w + ox) * c;
+                        let (best, best_at) = (&mut y[o..o + c], &mut am[o..o + c]);
+                        for iy in y0..y1 {
+                            for ix in x0..x1 {
+                                let at = (iy * s.in_w + ix) * c;
+                                let row = &x[at..at + c];
+                                if iy == y0 && ix == x0 {
+                                    best.copy_from_slice(row);
+                                    for (i, a) in best_at.iter_mut().enumerate() {
+                                        *a = (base + at + i) as u32;
+                                    }
+                                } else {
+                                    let first = (base + at) as u32;
+                                    // Masks rather than branches: on real data the comparison is
+                                    // a coin flip, and this form vectorises.
+                                    for (i, ((b, a), &v)) in best.iter_mut().zip(best_at.iter_mut()).zip(row).enumerate() {
+                                        let mask = 0u32.wrapping_sub((v > *b) as u32);
+                                        *a = (*a & !mask) | ((first + i as u32) & mask);
+                                        *b = f32::from_bits((b.to_bits() & !mask) | (v.to_bits() & mask));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    });
+}
+
+// dy (n, out_h, out_w, c), argmax -> dx (n, in_h, in_w, c): dx = 0, then dx[argmax[o]] += dy[o]
+// in increasing o (the order the shader sums in).
+pub fn maxpool_backward(dy: &[f32], argmax: &[u32], dx: &mut [f32], s: &PoolShape, n: usize) {
+    let (in_len, out_len) = (s.in_len(), s.out_len());
+    dx[..n * in_len].par_chunks_mut(in_len).enumerate().for_each(|(img, dx)| {
+        dx.fill(0.0);
+        let base = img * in_len;
+        for o in img * out_len..(img + 1) * out_len {
+            dx[argmax[o] as usize - base] += dy[o];
+        }
+    });
+}
+
+// x (n, in_h, in_w, c) -> y (n, out_h, out_w, c): each window's real cells summed from 0 in
+// row-then-column order, then divided by their count (padding is not counted: Keras's
+// "same" average, keras/src/backend/jax/nn.py average_pool divides by the window counts; TF's
+// avg_pool likewise).
+pub fn avgpool_forward(x: &[f32], y: &mut [f32], s: &PoolShape, n: usize) {
+    let (in_len, out_len, c) = (s.in_len(), s.out_len(), s.c);
+    y[..n * out_len].par_chunks_mut(out_len).enumerate().for_each(|(img, y)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let x = &x[img * in_len..(img + 1) * in_len];
+                for oy in 0..s.out_h {
+                    let (y0, y1) = s.rows(oy);
+                    for ox in 0..s.out_w {
+                        let (x0, x1) = s.cols(ox);
+                        let o = (oy * s.out_w + ox) * c;
+                        let sum = &mut y[o..o + c];
+                        sum.fill(0.0);
+                        for iy in y0..y1 {
+                            for ix in x0..x1 {
+                                let at = (iy * s.in_w + ix) * c;
+                                for (acc, &v) in sum.iter_mut().zip(&x[at..at + c]) {
+                                    *acc += v;
+                                }
+                            }
+                        }
+                        let count = ((y1 - y0) * (x1 - x0)) as f32;
+                        for acc in sum.iter_mut() {
+                            *acc /= count;
+                        }
+                    }
+                }
+            },
+        )
+    });
+}
+
+// dy (n, out_h, out_w, c) -> dx (n, in_h, in_w, c): dx = 0, then every window in increasing
+// order adds dy / count to each of its real cells (the shader gathers the same terms per cell
+// in the same order, so the sums round alike).
+pub fn avgpool_backward(dy: &[f32], dx: &mut [f32], s: &PoolShape, n: usize) {
+    let (in_len, out_len, c) = (s.in_len(), s.out_len(), s.c);
+    dx[..n * in_len].par_chunks_mut(in_len).enumerate().for_each(|(img, dx)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                dx.fill(0.0);
+                let dy = &dy[img * out_len..(img + 1) * out_len];
+                for oy in 0..s.out_h {
+                    let (y0, y1) = s.rows(oy);
+                    for ox in 0..s.out_w {
+                        let (x0, x1) = s.cols(ox);
+                        let count = ((y1 - y0) * (x1 - x0)) as f32;
+                        let o = (oy * s.out_w + ox) * c;
+                        let g = &dy[o..o + c];
+                        for iy in y0..y1 {
+                            for ix in x0..x1 {
+                                let at = (iy * s.in_w + ix) * c;
+                                for (d, &g) in dx[at..at + c].iter_mut().zip(g) {
+                                    *d += g / count;
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    });
+}
