@@ -127,6 +127,27 @@ fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &
                 Activation::None | Activation::Softmax => y,
             }
         }
+        LayerSpec::BatchNormalization(bn) => {
+            // ONNX normalises over axis 1: NCHW for images, (N, C) as is for flat inputs.
+            let x = if layer.input.len() == 3 { to_layout(g, x, nchw, true) } else { x.to_string() };
+            let c = *layer.input.last().unwrap_or(&0);
+            let mut inputs = vec![x];
+            for suffix in ["gamma", "beta", "moving_mean", "moving_variance"] {
+                let t = format!("{name}.{suffix}");
+                inputs.push(g.constant(&t, vec![c], weight(tensors, &t, &[c])?));
+            }
+            let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            g.node("BatchNormalization", name, &inputs, vec![attr_float("epsilon", bn.epsilon)])
+        }
+        // Inference: dropout is the identity.
+        LayerSpec::Dropout(_) => x.to_string(),
+        LayerSpec::ReLU(_) => g.node("Relu", name, &[x], vec![]),
+        LayerSpec::GlobalAveragePooling2D(_) => {
+            let x = to_layout(g, x, nchw, true);
+            let pooled = g.node("GlobalAveragePool", &format!("{name}_nc11"), &[&x], vec![]);
+            *nchw = false;
+            g.node("Flatten", name, &[&pooled], vec![attr_int("axis", 1)])
+        }
     })
 }
 
@@ -195,6 +216,10 @@ impl Graph {
         });
         name.to_string()
     }
+}
+
+fn attr_float(name: &str, f: f32) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), f: Some(f), r#type: Some(ATTR_FLOAT), ..Default::default() }
 }
 
 fn attr_int(name: &str, i: i64) -> AttributeProto {

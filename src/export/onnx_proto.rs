@@ -10,6 +10,7 @@ pub const FLOAT: i32 = 1;
 pub const UINT8: i32 = 2;
 
 /// `AttributeProto.AttributeType` values used here.
+pub const ATTR_FLOAT: i32 = 1;
 pub const ATTR_INT: i32 = 2;
 pub const ATTR_INTS: i32 = 7;
 

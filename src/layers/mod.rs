@@ -10,21 +10,29 @@
 
 pub mod activation;
 pub mod args;
+pub mod batch_normalization;
 pub mod conv2d;
 pub mod dense;
+pub mod dropout;
 pub mod flatten;
 pub mod geometry;
+pub mod global_average_pooling2d;
 pub mod max_pooling2d;
+pub mod re_lu;
 #[cfg(test)]
 mod probe;
 
 pub use activation::Activation;
 pub use args::{Args, Value};
+pub use batch_normalization::BatchNormalization;
 pub use conv2d::Conv2D;
 pub use dense::{Dense, UNITS_FROM_CLASSES};
+pub use dropout::Dropout;
 pub use flatten::Flatten;
+pub use global_average_pooling2d::GlobalAveragePooling2D;
 pub use geometry::{conv_shape, pool_shape, tensor_values, Padding, MAX_TENSOR_VALUES};
 pub use max_pooling2d::MaxPooling2D;
+pub use re_lu::ReLU;
 
 use crate::backend::Backend;
 use anyhow::{bail, Result};
@@ -153,6 +161,8 @@ pub struct Forward<'a, B: Backend> {
     /// all a counter-based random draw (a dropout mask) needs to repeat on resume.
     pub seed: u64,
     pub step: u64,
+    /// The layer's index in the model (what tells two Dropout layers' masks apart).
+    pub layer: usize,
     /// The per-image input shape (h, w, c) or (features); the output is `Layer::output`.
     pub input: &'a [usize],
     pub x: &'a B::Tensor,
@@ -170,6 +180,7 @@ pub struct Backward<'a, B: Backend> {
     pub n: usize,
     pub seed: u64,
     pub step: u64,
+    pub layer: usize,
     pub input: &'a [usize],
     pub x: &'a B::Tensor,
     pub y: &'a B::Tensor,
@@ -232,6 +243,10 @@ pub enum LayerSpec {
     MaxPooling2D(MaxPooling2D),
     Flatten(Flatten),
     Dense(Dense),
+    BatchNormalization(BatchNormalization),
+    Dropout(Dropout),
+    ReLU(ReLU),
+    GlobalAveragePooling2D(GlobalAveragePooling2D),
     /// A test-only layer with a non-trainable tensor (src/layers/probe.rs).
     #[cfg(test)]
     Probe(probe::Probe),
@@ -246,6 +261,10 @@ macro_rules! with_layer {
             LayerSpec::MaxPooling2D($l) => $body,
             LayerSpec::Flatten($l) => $body,
             LayerSpec::Dense($l) => $body,
+            LayerSpec::BatchNormalization($l) => $body,
+            LayerSpec::Dropout($l) => $body,
+            LayerSpec::ReLU($l) => $body,
+            LayerSpec::GlobalAveragePooling2D($l) => $body,
             #[cfg(test)]
             LayerSpec::Probe($l) => $body,
         }
@@ -259,6 +278,12 @@ const CLASSES: &[(&str, &str, &[&str], ParseFn)] = &[
     (MaxPooling2D::CLASS, MaxPooling2D::BASE, MaxPooling2D::ALIASES, |a| Ok(LayerSpec::MaxPooling2D(MaxPooling2D::from_args(a)?))),
     (Flatten::CLASS, Flatten::BASE, Flatten::ALIASES, |a| Ok(LayerSpec::Flatten(Flatten::from_args(a)?))),
     (Dense::CLASS, Dense::BASE, Dense::ALIASES, |a| Ok(LayerSpec::Dense(Dense::from_args(a)?))),
+    (BatchNormalization::CLASS, BatchNormalization::BASE, BatchNormalization::ALIASES, |a| Ok(LayerSpec::BatchNormalization(BatchNormalization::from_args(a)?))),
+    (Dropout::CLASS, Dropout::BASE, Dropout::ALIASES, |a| Ok(LayerSpec::Dropout(Dropout::from_args(a)?))),
+    (ReLU::CLASS, ReLU::BASE, ReLU::ALIASES, |a| Ok(LayerSpec::ReLU(ReLU::from_args(a)?))),
+    (GlobalAveragePooling2D::CLASS, GlobalAveragePooling2D::BASE, GlobalAveragePooling2D::ALIASES, |a| {
+        Ok(LayerSpec::GlobalAveragePooling2D(GlobalAveragePooling2D::from_args(a)?))
+    }),
     #[cfg(test)]
     (probe::Probe::CLASS, probe::Probe::BASE, probe::Probe::ALIASES, |a| Ok(LayerSpec::Probe(probe::Probe::from_args(a)?))),
 ];
