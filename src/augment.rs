@@ -375,8 +375,9 @@ mod tests {
         let shifts: Vec<SampleTransform> = draws.iter().map(|d| d.shift).collect();
         let plain: Vec<SampleTransform> = FLIP_CROP.batch_draws(400, 3, 1, 2).iter().map(|d| d.shift).collect();
         assert_eq!(shifts, plain);
-        let fields: [(fn(&SampleDraw) -> f64, f64, f64); 4] =
-            [(|d| d.degrees, 0.0, 20.0), (|d| d.zoom, 1.0, 0.25), (|d| d.contrast, 1.0, 0.5), (|d| d.brightness, 0.0, 0.125)];
+        // (which draw, its centre, its half-width)
+        type Field = (fn(&SampleDraw) -> f64, f64, f64);
+        let fields: [Field; 4] = [(|d| d.degrees, 0.0, 20.0), (|d| d.zoom, 1.0, 0.25), (|d| d.contrast, 1.0, 0.5), (|d| d.brightness, 0.0, 0.125)];
         for (get, centre, half) in fields {
             let v: Vec<f64> = draws.iter().map(get).collect();
             assert!(v.iter().all(|&x| (x - centre).abs() <= half), "outside {centre} +- {half}");

@@ -241,7 +241,7 @@ impl<B: Backend> Network<B> {
                 (&self.grads[o], None)
             } else {
                 let (dy, dx) = pair_mut(&mut self.grads, o, a);
-                (&*dy, Some(dx))
+                (dy, Some(dx))
             };
             let state = &mut self.state[i];
             let back = Backward {

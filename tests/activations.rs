@@ -131,8 +131,8 @@ fn erf_approximation_is_within_its_stated_error() {
     assert!(worst_rel <= 4e-7, "erf max relative error near 0 {worst_rel:e}");
 }
 
-/// Forward and derivative of every function against the f64 definition. Tolerance atol 1e-6
-/// + rtol 1e-6: f32 evaluation of exp, one division and a few products costs a few ulp
+/// Forward and derivative of every function against the f64 definition. Tolerance atol 1e-6 plus
+/// rtol 1e-6: f32 evaluation of exp, one division and a few products costs a few ulp
 /// (rtol), and near 0 the exp-based forms (tanh, sigmoid's 1 - y) lose up to ~1e-7 absolute
 /// to the rounding of numbers near 1 (atol); the erf approximation's 4e-7 enters GELU times
 /// |x| / 2 only while |x| / sqrt 2 < 4 (erf is then exactly 1); an f32 simulation of GELU on this

@@ -11,6 +11,7 @@
 //! atol 1e-6 (8 ulps of 1.0) states that; the sampling positions in these cases are exact.
 
 mod augment_run;
+#[macro_use]
 mod common;
 use augment_run::{resume, same_bits, train, ARCH};
 use gpu_cnn::augment::{AffineTransform, Augmentation, SampleDraw, SampleTransform, TransformLayout, AFFINE_WORDS};
@@ -231,8 +232,8 @@ fn gpu_gather_applies_every_transform_bit_for_bit_as_the_cpu() {
     }
     let want = gather(&cpu, &cpu.upload_image_set(&set).unwrap(), &set, &idx, &words);
     // Every transform did something: no row is the plain scaled image.
-    for row in 0..7 {
-        let plain: Vec<f32> = set.image(idx[row] as usize).iter().map(|&v| v as f32 / 255.0).collect();
+    for (row, &image) in idx.iter().enumerate().take(7) {
+        let plain: Vec<f32> = set.image(image as usize).iter().map(|&v| v as f32 / 255.0).collect();
         assert!(want.0[row * set.image_len()..][..set.image_len()].iter().zip(&plain).any(|(a, b)| (a - b).abs() > 0.01), "row {row} unchanged");
     }
     let whole = gpu.upload_image_set(&set).unwrap();

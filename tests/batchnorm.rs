@@ -165,13 +165,13 @@ fn backward_matches_finite_differences() {
     }
 }
 
-/// The GPU against the CPU on every shape, with two samples of huge values past the batch
-/// (which must not be read). The GPU sums each channel in f32 (a run of <= 5 values per
-/// invocation, then an 8-level tree), the CPU in f64; for the <= 1,183 values of a channel
-/// here that leaves the statistics within ~1e-6 relative. Outputs of size ~1-5 then agree to
-/// 2e-5 absolute + 1e-4 relative; dgamma/dbeta (sums of ~1,000 terms of size ~1, which f32
-/// tree rounding moves by up to ~13 levels x 6e-8 x sum|terms| ~ 1e-3) to 2e-3 absolute; dx
-/// (a difference of per-channel terms of size ~1) to 1e-4 absolute + 1e-4 relative.
+// The GPU against the CPU on every shape, with two samples of huge values past the batch
+// (which must not be read). The GPU sums each channel in f32 (a run of <= 5 values per
+// invocation, then an 8-level tree), the CPU in f64; for the <= 1,183 values of a channel
+// here that leaves the statistics within ~1e-6 relative. Outputs of size ~1-5 then agree to
+// 2e-5 absolute + 1e-4 relative; dgamma/dbeta (sums of ~1,000 terms of size ~1, which f32
+// tree rounding moves by up to ~13 levels x 6e-8 x sum|terms| ~ 1e-3) to 2e-3 absolute; dx
+// (a difference of per-channel terms of size ~1) to 1e-4 absolute + 1e-4 relative.
 gpu_test! {
     fn gpu_matches_cpu_on_awkward_shapes(gpu: &GpuBackend) {
         for (k, (s, n)) in shapes().into_iter().enumerate() {
@@ -190,8 +190,8 @@ gpu_test! {
     }
 }
 
-/// More channels than the per-dimension workgroup limit a test sets: the per-channel grid folds
-/// into 2-D and every channel is still reduced (same tolerances as above).
+// More channels than the per-dimension workgroup limit a test sets: the per-channel grid folds
+// into 2-D and every channel is still reduced (same tolerances as above).
 gpu_test! {
     fn gpu_per_channel_grid_folds_past_the_limit(gpu: &GpuBackend) {
         let (s, n) = (BatchNormShape { positions: 3, channels: 11 }, 5);
@@ -205,7 +205,7 @@ gpu_test! {
     }
 }
 
-/// Fixed-order reductions: the same inputs give the same bits, run after run, on each backend.
+// Fixed-order reductions: the same inputs give the same bits, run after run, on each backend.
 backend_test! {
     fn batchnorm_repeats_bit_for_bit<B>(b: &B) {
         let (s, n) = (BatchNormShape { positions: 13 * 13, channels: 5 }, 7);
@@ -225,10 +225,10 @@ backend_test! {
     }
 }
 
-/// Training mode normalises by the batch's statistics, inference by the moving ones: on a batch
-/// of mean ~2 and std ~2 with fresh moving statistics (0 and 1) the two differ by ~1 per value.
-/// After 1,500 training steps on that same batch the moving statistics are the batch's but for
-/// 0.99^1500 ~ 3e-7 of their initial distance, so inference then equals training to 1e-4.
+// Training mode normalises by the batch's statistics, inference by the moving ones: on a batch
+// of mean ~2 and std ~2 with fresh moving statistics (0 and 1) the two differ by ~1 per value.
+// After 1,500 training steps on that same batch the moving statistics are the batch's but for
+// 0.99^1500 ~ 3e-7 of their initial distance, so inference then equals training to 1e-4.
 backend_test! {
     fn inference_uses_the_moving_statistics<B>(b: &B) {
         let (s, n) = (BatchNormShape { positions: 9, channels: 3 }, 4);
@@ -282,12 +282,12 @@ fn folding_into_the_conv_before_is_exact_enough() {
     for with_bias in [true, false] {
         let b0 = if with_bias { bias.clone() } else { vec![0.0; 5] };
         let mut z = vec![0.0; n * s.out_len()];
-        cpu.conv2d_forward(&x, &kernel, &b0, &mut z, &s, n, false);
+        cpu.conv2d_forward(&x, &kernel, Some(&b0), &mut z, &s, n, false);
         let (mut saved, mut y) = (vec![0.0; bn_shape.saved_len()], vec![0.0; z.len()]);
         cpu.batchnorm_forward_infer(&z, &gamma, &beta, &mean, &variance, &mut saved, &mut y, &bn_shape, n, 1e-3);
         let (folded_kernel, folded_bias) = fold_batchnorm(&kernel, with_bias.then_some(&bias[..]), &bn).unwrap();
         let mut folded = vec![0.0; z.len()];
-        cpu.conv2d_forward(&x, &folded_kernel, &folded_bias, &mut folded, &s, n, false);
+        cpu.conv2d_forward(&x, &folded_kernel, Some(&folded_bias), &mut folded, &s, n, false);
         assert_close(&format!("folded conv (bias {with_bias})"), &folded, &y, 1e-5 * max_abs(&y) as f64, 0.0);
     }
     // Dense (in, out) kernels end in the output axis too.

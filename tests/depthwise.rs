@@ -9,6 +9,7 @@
 //! any summation order (the GPU adds split partial sums, the CPU image ranges). A wrong or
 //! dropped term errs by about mag / n >= 8e-4 * mag, 80 times the tolerance.
 
+#[macro_use]
 mod common;
 use common::{assert_close, assert_same_bits, max_abs, random_vec};
 use gpu_cnn::backend::cpu::conv::{backward_filter_algo, backward_input_algo, forward_algo, ConvAlgo};

@@ -30,9 +30,9 @@ fn kept(y: &[f32]) -> Vec<bool> {
     y.iter().map(|v| *v != 0.0).collect()
 }
 
-/// The GPU's mask is the CPU's, element for element, and so are the values (one f32 multiply
-/// each, correctly rounded on both): bit-equal outputs, on 7x13x13x5 values, on 300,007 values
-/// (1,172 workgroups and an odd tail) and at a step past 2^32.
+// The GPU's mask is the CPU's, element for element, and so are the values (one f32 multiply
+// each, correctly rounded on both): bit-equal outputs, on 7x13x13x5 values, on 300,007 values
+// (1,172 workgroups and an odd tail) and at a step past 2^32.
 gpu_test! {
     fn masks_are_equal_on_both_backends(gpu: &GpuBackend) {
         let cpu = CpuBackend::new();
@@ -54,11 +54,11 @@ backend_test! {
     }
 }
 
-/// The kept count K of L elements at rate r is Binomial(L, 1 - r) if the hash is a fair coin:
-/// sd = sqrt(L r (1 - r)) = 145 for L = 100,000, r = 0.3. Allowing 6 sd (a false failure once in
-/// ~5e8) bounds |K / L - 0.7| by 0.0087; a biased threshold (e.g. rate misread as 1 - rate, or
-/// off by 1%) is far outside. Kept values are x / (1 - rate) exactly: one f32 multiply by the
-/// f32 scale.
+// The kept count K of L elements at rate r is Binomial(L, 1 - r) if the hash is a fair coin:
+// sd = sqrt(L r (1 - r)) = 145 for L = 100,000, r = 0.3. Allowing 6 sd (a false failure once in
+// ~5e8) bounds |K / L - 0.7| by 0.0087; a biased threshold (e.g. rate misread as 1 - rate, or
+// off by 1%) is far outside. Kept values are x / (1 - rate) exactly: one f32 multiply by the
+// f32 scale.
 backend_test! {
     fn the_kept_fraction_is_one_minus_rate<B>(b: &B) {
         let len = 100_000;
@@ -77,8 +77,8 @@ backend_test! {
     }
 }
 
-/// The backward is the same op on dy with the same key: dx is dy * scale exactly where the
-/// forward kept x, and 0 where it dropped it.
+// The backward is the same op on dy with the same key: dx is dy * scale exactly where the
+// forward kept x, and 0 where it dropped it.
 backend_test! {
     fn the_backward_drops_the_forwards_elements<B>(b: &B) {
         let len = 7 * 13 * 13 * 3;
@@ -91,10 +91,10 @@ backend_test! {
     }
 }
 
-/// The mask is a function of (seed, step, layer): the same three give the same mask (a resumed
-/// run, on a fresh backend, redraws it), changing any one gives an unrelated mask. Two
-/// independent masks at rate 0.5 disagree on half the elements: on 20,000 that is 10,000 +- 71
-/// (sd); 40%-60% is 28 sd wide, and a mask that ignored the step would disagree on none.
+// The mask is a function of (seed, step, layer): the same three give the same mask (a resumed
+// run, on a fresh backend, redraws it), changing any one gives an unrelated mask. Two
+// independent masks at rate 0.5 disagree on half the elements: on 20,000 that is 10,000 +- 71
+// (sd); 40%-60% is 28 sd wide, and a mask that ignored the step would disagree on none.
 backend_test! {
     fn the_mask_depends_on_seed_step_and_layer<B>(b: &B) {
         let len = 20_000;

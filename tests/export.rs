@@ -105,6 +105,15 @@ fn strides_same_padding_linear_layers_and_uint8_input_match_tract() {
 }
 
 #[test]
+fn modern_arch_with_batch_normalization_dropout_and_global_pooling_matches_tract() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/archs/modern.txt")).unwrap();
+    let spec = SyntheticSpec { train: 256, test: IMAGES, height: 28, width: 28, channels: 1, classes: 10 };
+    let (ck, test, ours) = trained(&text, spec);
+    let onnx = export_onnx(&ck, OnnxInput::Float).unwrap();
+    assert_matches(&ours, &run_tract(&onnx, float_input(&test, IMAGES)), 10);
+}
+
+#[test]
 fn model_carries_opset_class_names_and_preprocessing() {
     let (ck, _, _) = trained(SEED_ARCH, SyntheticSpec { train: 256, test: IMAGES, ..Default::default() });
     let proto = ModelProto::decode(&export_onnx(&ck, OnnxInput::Float).unwrap()[..]).unwrap();

@@ -285,7 +285,19 @@ fn seed_model_step_time() {
             dilation_h: 1,
             dilation_w: 1,
         };
-        let pool = |in_h: usize, c: usize| PoolShape { in_h, in_w: in_h, c, out_h: in_h / 2, out_w: in_h / 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2, pad_top: 0, pad_left: 0 };
+        let pool = |in_h: usize, c: usize| PoolShape {
+            in_h,
+            in_w: in_h,
+            c,
+            out_h: in_h / 2,
+            out_w: in_h / 2,
+            size_h: 2,
+            size_w: 2,
+            stride_h: 2,
+            stride_w: 2,
+            pad_top: 0,
+            pad_left: 0,
+        };
         let (c1, p1, c2, p2, c3) = (conv(32, 3, 32), pool(30, 32), conv(15, 32, 64), pool(13, 64), conv(6, 64, 64));
         let (d1, d2) = (DenseShape { inputs: 1024, units: 64 }, DenseShape { inputs: 64, units: 10 });
         let t = |len: usize| {

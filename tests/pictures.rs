@@ -271,7 +271,7 @@ fn report_html_renders_in_headless_chromium_with_its_images() {
     let run = trained_run();
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script"), "self-contained, no scripts");
-    for needle in ["Settings", "synthetic", "conv2d", "class 9", "<table id=\"history\">", "data:image/png;base64,"] {
+    for needle in ["Settings", "synthetic", "Conv2D", "class 9", "<table id=\"history\">", "data:image/png;base64,"] {
         assert!(html.contains(needle), "report.html lacks {needle}");
     }
     assert_eq!(html.matches("<img ").count(), 3, "curves, confusion matrix, predictions");

@@ -164,7 +164,11 @@ impl AffineTransform {
             + byte(y0, x0 + 1) * (WEIGHT_ONE - fy) * fx
             + byte(y0 + 1, x0) * fy * (WEIGHT_ONE - fx)
             + byte(y0 + 1, x0 + 1) * fy * fx;
+        // max then min, in WGSL's order (clamp treats -0.0 and NaN its own way).
+        #[allow(clippy::manual_clamp)]
         let v = ((sum as f32 + self.offset[c]) * self.scale).max(0.0).min(1.0);
-        (v + self.brightness).max(0.0).min(1.0)
+        #[allow(clippy::manual_clamp)]
+        let out = (v + self.brightness).max(0.0).min(1.0);
+        out
     }
 }

@@ -207,9 +207,13 @@ pub enum ActivationFn {
     Relu,
     /// x if x > 0 else negative_slope * x (Keras: 0.3 in the LeakyReLU layer, 0.2 in
     /// keras.activations.leaky_relu).
-    LeakyRelu { negative_slope: f32 },
+    LeakyRelu {
+        negative_slope: f32,
+    },
     /// x if x > 0 else alpha * (exp(x) - 1) (Keras default alpha 1).
-    Elu { alpha: f32 },
+    Elu {
+        alpha: f32,
+    },
     /// 0.5 x (1 + erf(x / sqrt 2)) (Keras's approximate=False), erf as in `activation::erf`.
     Gelu,
     /// 1 / (1 + exp(-x)).

@@ -141,6 +141,8 @@ fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &
         }
         // Inference: dropout is the identity.
         LayerSpec::Dropout(_) => x.to_string(),
+        #[cfg(test)]
+        LayerSpec::Probe(_) => bail!("the test-only probe layer has no ONNX form"),
         LayerSpec::ReLU(_) => g.node("Relu", name, &[x], vec![]),
         LayerSpec::GlobalAveragePooling2D(_) => {
             let x = to_layout(g, x, nchw, true);

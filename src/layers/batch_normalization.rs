@@ -39,7 +39,7 @@ impl LayerKind for BatchNormalization {
         if !(0.0..1.0).contains(&momentum) {
             bail!("BatchNormalization: momentum {momentum} is not in [0, 1)");
         }
-        if !(epsilon > 0.0) {
+        if epsilon.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             bail!("BatchNormalization: epsilon {epsilon} is not positive");
         }
         Ok(BatchNormalization { momentum, epsilon })
@@ -58,7 +58,7 @@ impl LayerKind for BatchNormalization {
     }
 
     fn output_shape(&self, input: &[usize], _is_last: bool) -> Result<Vec<usize>> {
-        if input.is_empty() || input.iter().any(|&d| d == 0) {
+        if input.is_empty() || input.contains(&0) {
             bail!("BatchNormalization needs a non-empty input, got {input:?}");
         }
         Ok(input.to_vec())

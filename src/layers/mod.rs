@@ -18,9 +18,9 @@ pub mod flatten;
 pub mod geometry;
 pub mod global_average_pooling2d;
 pub mod max_pooling2d;
-pub mod re_lu;
 #[cfg(test)]
 mod probe;
+pub mod re_lu;
 
 pub use activation::Activation;
 pub use args::{Args, Value};
@@ -29,8 +29,8 @@ pub use conv2d::Conv2D;
 pub use dense::{Dense, UNITS_FROM_CLASSES};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
-pub use global_average_pooling2d::GlobalAveragePooling2D;
 pub use geometry::{conv_shape, pool_shape, tensor_values, Padding, MAX_TENSOR_VALUES};
+pub use global_average_pooling2d::GlobalAveragePooling2D;
 pub use max_pooling2d::MaxPooling2D;
 pub use re_lu::ReLU;
 
@@ -278,7 +278,9 @@ const CLASSES: &[(&str, &str, &[&str], ParseFn)] = &[
     (MaxPooling2D::CLASS, MaxPooling2D::BASE, MaxPooling2D::ALIASES, |a| Ok(LayerSpec::MaxPooling2D(MaxPooling2D::from_args(a)?))),
     (Flatten::CLASS, Flatten::BASE, Flatten::ALIASES, |a| Ok(LayerSpec::Flatten(Flatten::from_args(a)?))),
     (Dense::CLASS, Dense::BASE, Dense::ALIASES, |a| Ok(LayerSpec::Dense(Dense::from_args(a)?))),
-    (BatchNormalization::CLASS, BatchNormalization::BASE, BatchNormalization::ALIASES, |a| Ok(LayerSpec::BatchNormalization(BatchNormalization::from_args(a)?))),
+    (BatchNormalization::CLASS, BatchNormalization::BASE, BatchNormalization::ALIASES, |a| {
+        Ok(LayerSpec::BatchNormalization(BatchNormalization::from_args(a)?))
+    }),
     (Dropout::CLASS, Dropout::BASE, Dropout::ALIASES, |a| Ok(LayerSpec::Dropout(Dropout::from_args(a)?))),
     (ReLU::CLASS, ReLU::BASE, ReLU::ALIASES, |a| Ok(LayerSpec::ReLU(ReLU::from_args(a)?))),
     (GlobalAveragePooling2D::CLASS, GlobalAveragePooling2D::BASE, GlobalAveragePooling2D::ALIASES, |a| {

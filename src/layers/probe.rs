@@ -42,6 +42,7 @@ impl LayerKind for Probe {
 #[cfg(test)]
 mod tests {
     use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
     use crate::checkpoint::{self, CheckpointMeta};
     use crate::model::{parse_arch, summary_table, Model};
     use crate::network::{HostTensor, Network};

@@ -18,7 +18,8 @@ mod winograd_filter;
 
 use super::dropout::{keeps, DropoutMask};
 use super::{
-    activation, ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
+    activation, ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape,
+    METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
 };
 use crate::augment::{AffineTransform, SampleTransform, TransformLayout};
 use crate::data::ImageSet;

@@ -1,0 +1,164 @@
+//! The modern layers wired into whole networks (BatchNormalization, ReLU, Dropout,
+//! GlobalAveragePooling2D): archs/modern.txt has Keras's parameter counts, training agrees
+//! between the GPU and the CPU and repeats bit for bit, inference uses the moving statistics
+//! and no dropout (evaluate agrees with predict), and the ONNX export runs in tract.
+
+#[macro_use]
+mod common;
+use gpu_cnn::backend::cpu::CpuBackend;
+use gpu_cnn::backend::Backend;
+use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
+use gpu_cnn::data::Dataset;
+use gpu_cnn::model::{parse_arch, summary_table, with_classes, Model};
+use gpu_cnn::network::{HostTensor, Network};
+
+/// Every new layer, on awkward shapes: 13x13x3 input, odd channel counts, batch 7.
+const ARCH: &str = "Conv2D(8, 3, padding=\"same\") BatchNormalization ReLU MaxPooling2D(2) Dropout(0.25)\n\
+                    Conv2D(5, 3) BatchNormalization ReLU GlobalAveragePooling2D Dropout(0.5) Dense(4, softmax)\n";
+const BATCH: usize = 7;
+
+fn data() -> Dataset {
+    generate(&SyntheticSpec { train: 70, test: 21, height: 13, width: 13, channels: 3, classes: 4 }, 5)
+}
+
+fn network_on<B: Backend>(backend: B) -> (Network<B>, Dataset) {
+    let ds = data();
+    let model = Model::new(&parse_arch(ARCH).unwrap(), ds.input_shape()).unwrap();
+    (Network::new(backend, model, BATCH, 3).unwrap(), ds)
+}
+
+/// `steps` training steps of BATCH; the tensors (moving statistics included) and the metrics.
+fn run<B: Backend>(backend: B, steps: usize) -> (Vec<HostTensor>, gpu_cnn::network::Metrics) {
+    let (mut net, ds) = network_on(backend);
+    let images = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len()).unwrap();
+    let order = gpu_cnn::train::epoch_order(ds.train.len(), 3, 0);
+    for batch in order.chunks(BATCH).take(steps) {
+        net.train_step(&images, batch).unwrap();
+    }
+    (net.weights().unwrap(), net.read_metrics().unwrap())
+}
+
+#[test]
+fn modern_arch_has_kerass_parameter_counts_and_names() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/archs/modern.txt")).unwrap();
+    let model = Model::new(&with_classes(&parse_arch(&text).unwrap(), 10).unwrap(), (28, 28, 1)).unwrap();
+    // Keras 2.21's model.summary() of the same model: 132,042 in all, of which the four
+    // BatchNormalization layers' moving statistics (2 x (32 + 64 + 64 + 128)) are not trainable.
+    assert_eq!(model.param_count(), 132_042);
+    let table = summary_table(&model);
+    for line in ["Total params: 132,042", "Trainable params: 131,466", "Non-trainable params: 576"] {
+        assert!(table.contains(line), "summary lacks '{line}':\n{table}");
+    }
+    let names: Vec<&str> = model.layers.iter().map(|l| l.name.as_str()).collect();
+    for name in ["batch_normalization_3", "re_lu_3", "dropout_2", "global_average_pooling2d", "max_pooling2d_1", "dense"] {
+        assert!(names.contains(&name), "no layer named {name}: {names:?}");
+    }
+}
+
+#[test]
+fn batch_normalization_keeps_kerass_tensor_names_and_starts() {
+    let (net, _) = network_on(CpuBackend::new());
+    let w = net.weights().unwrap();
+    let find = |name: &str| w.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no tensor {name}"));
+    assert!(find("batch_normalization.gamma").data.iter().all(|&v| v == 1.0));
+    assert!(find("batch_normalization.beta").data.iter().all(|&v| v == 0.0));
+    assert!(find("batch_normalization.moving_mean").data.iter().all(|&v| v == 0.0));
+    assert!(find("batch_normalization_1.moving_variance").data.iter().all(|&v| v == 1.0));
+    assert_eq!(find("batch_normalization_1.gamma").dims, vec![5]);
+    // Optimizer state only for the trainable ones.
+    let state = net.optimizer_state().unwrap();
+    assert!(state.iter().any(|t| t.name == "batch_normalization.gamma.adam_m"));
+    assert!(!state.iter().any(|t| t.name.starts_with("batch_normalization.moving_mean")));
+}
+
+backend_test! {
+    /// Training updates the moving statistics, and two seeded runs give the same bits (fixed-
+    /// order BN sums, dropout masks from a counter hash).
+    fn a_seeded_run_with_the_new_layers_repeats_exactly<B>(backend: &B) {
+        let (a, ma) = run(backend, 6);
+        let (b, mb) = run(backend, 6);
+        for (x, y) in a.iter().zip(&b) {
+            common::assert_same_bits(&format!("{} of two seeded runs", x.name), &x.data, &y.data);
+        }
+        assert_eq!(ma, mb);
+        let mean = a.iter().find(|t| t.name == "batch_normalization.moving_mean").unwrap();
+        assert!(mean.data.iter().any(|&v| v != 0.0), "training moved the moving mean");
+    }
+}
+
+gpu_test! {
+    fn gpu_training_with_the_new_layers_agrees_with_the_cpu(gpu: &GpuBackend) {
+        let (gw, gm) = run(gpu, 8);
+        let (cw, cm) = run(CpuBackend::new(), 8);
+        // Summation orders differ (GEMM blocking, BN's per-channel sums: the CPU adds in f64, the
+        // GPU in an f32 tree), so each step's gradients differ in the last bits; BN divides by a
+        // batch deviation, which amplifies that a little. After 8 Adam steps of lr 1e-3 a wrong
+        // gradient or mask would move a weight by ~1e-3; rounding moves them by < 1e-5.
+        // A conv's bias right before a BatchNormalization has a zero gradient in exact arithmetic
+        // (BN subtracts the batch mean), so its gradient is rounding noise, which Adam scales to
+        // +-lr steps of either sign on each backend: those biases are only bounded (8 steps of
+        // lr 1e-3) and change nothing downstream.
+        let before_bn = ["conv2d.bias", "conv2d_1.bias"];
+        for (g, c) in gw.iter().zip(&cw) {
+            assert_eq!(g.name, c.name);
+            if before_bn.contains(&g.name.as_str()) {
+                assert!(g.data.iter().chain(&c.data).all(|v| v.abs() <= 8.0e-3 + 1e-6), "{}: {:?} / {:?}", g.name, g.data, c.data);
+            } else {
+                common::assert_close(&g.name, &g.data, &c.data, 5e-5, 1e-4);
+            }
+        }
+        assert_eq!(gm.count, cm.count);
+        assert!((gm.loss - cm.loss).abs() < 1e-3, "loss {} vs {}", gm.loss, cm.loss);
+    }
+}
+
+#[test]
+fn inference_uses_moving_statistics_and_no_dropout() {
+    let (mut net, ds) = network_on(CpuBackend::new());
+    let images = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len()).unwrap();
+    let order = gpu_cnn::train::epoch_order(ds.train.len(), 3, 0);
+    for batch in order.chunks(BATCH) {
+        net.train_step(&images, batch).unwrap();
+    }
+    let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len()).unwrap();
+    // Inference is deterministic (no dropout, no batch statistics): twice the same bits, and
+    // the same probabilities whatever the batch split (batch statistics would depend on it).
+    let a = gpu_cnn::predict::probabilities(&mut net, &test, ds.test.len()).unwrap();
+    let b = gpu_cnn::predict::probabilities(&mut net, &test, ds.test.len()).unwrap();
+    common::assert_same_bits("two predictions", &a, &b);
+    let mut one_by_one = Vec::new();
+    for i in 0..ds.test.len() as u32 {
+        one_by_one.extend(net.predict_step(&test, &[i]).unwrap());
+    }
+    // Per-image vs per-batch GEMMs may split sums differently: f32 rounding only.
+    common::assert_close("batch of 1 vs batch of 7", &one_by_one, &a, 1e-6, 1e-5);
+    // evaluate scores the same probabilities.
+    let m = net.evaluate(&test, ds.test.len()).unwrap();
+    let correct = a.chunks(4).zip(&ds.test.labels).filter(|(p, &l)| (0..4).max_by(|&x, &y| p[x].total_cmp(&p[y])) == Some(l as usize)).count();
+    assert_eq!((m.accuracy * ds.test.len() as f64).round() as usize, correct);
+}
+
+#[test]
+fn resume_with_batch_normalization_and_dropout_is_bit_exact_on_the_cpu() {
+    let dir = common::temp_dir("modern-resume");
+    let arch = dir.join("arch.txt");
+    std::fs::write(&arch, ARCH.replace("Dense(4, softmax)", "Dense(classes, softmax)")).unwrap();
+    let arch = arch.to_str().unwrap();
+    let common_args = ["train", "--dataset", "synthetic", "--limit-train", "70", "--limit-test", "14", "--batch-size", "7", "--device", "cpu", "--arch", arch];
+    let straight = dir.join("straight");
+    let (ok, _, err) = common::run_cli(&[&common_args[..], &["--epochs", "2", "--out", straight.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let halves = dir.join("halves");
+    let (ok, _, err) = common::run_cli(&[&common_args[..], &["--epochs", "1", "--out", halves.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let last = halves.join("last.safetensors");
+    let (ok, _, err) = common::run_cli(&[&common_args[..], &["--epochs", "2", "--resume", last.to_str().unwrap(), "--out", halves.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let a = gpu_cnn::checkpoint::load(&straight.join("last.safetensors")).unwrap();
+    let b = gpu_cnn::checkpoint::load(&halves.join("last.safetensors")).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (x, y) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!(x.name, y.name);
+        common::assert_same_bits(&x.name, &x.data, &y.data);
+    }
+}
