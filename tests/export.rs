@@ -114,6 +114,17 @@ fn modern_arch_with_batch_normalization_dropout_and_global_pooling_matches_tract
 }
 
 #[test]
+fn pooling_kinds_and_activations_match_tract() {
+    let arch = "Conv2D(6, 3, padding=\"same\") LeakyReLU MaxPooling2D(3, strides=2, padding=\"same\")\n\
+                Conv2D(5, 3) Activation(\"gelu\") AveragePooling2D(2, padding=\"same\") Conv2D(4, 1) Activation(\"swish\")\n\
+                GlobalMaxPooling2D Dense(7) Activation(\"elu\") Dense(6) Activation(\"tanh\") Dense(5) Activation(\"sigmoid\") Dense(classes, softmax)\n";
+    let spec = SyntheticSpec { train: 256, test: IMAGES, height: 13, width: 13, channels: 3, classes: 10 };
+    let (ck, test, ours) = trained(arch, spec);
+    let onnx = export_onnx(&ck, OnnxInput::Float).unwrap();
+    assert_matches(&ours, &run_tract(&onnx, float_input(&test, IMAGES)), 10);
+}
+
+#[test]
 fn model_carries_opset_class_names_and_preprocessing() {
     let (ck, _, _) = trained(SEED_ARCH, SyntheticSpec { train: 256, test: IMAGES, ..Default::default() });
     let proto = ModelProto::decode(&export_onnx(&ck, OnnxInput::Float).unwrap()[..]).unwrap();

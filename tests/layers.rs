@@ -15,9 +15,9 @@ fn keras_call_syntax_parses_with_several_layers_a_line() {
     let LayerSpec::Conv2D(c) = &layers[1] else { panic!() };
     assert_eq!((c.filters, c.kernel, c.strides, c.padding, c.activation), (8, (3, 3), (1, 1), Padding::Same, Activation::None));
     let LayerSpec::MaxPooling2D(p) = &layers[2] else { panic!() };
-    assert_eq!((p.pool_size, p.strides), ((2, 2), (2, 2)), "strides default to the pool size");
+    assert_eq!((p.pool.pool_size, p.pool.strides), ((2, 2), (2, 2)), "strides default to the pool size");
     let LayerSpec::MaxPooling2D(p) = &layers[3] else { panic!() };
-    assert_eq!((p.pool_size, p.strides), ((3, 2), (1, 2)));
+    assert_eq!((p.pool.pool_size, p.pool.strides), ((3, 2), (1, 2)));
     let LayerSpec::Dense(d) = &layers[5] else { panic!() };
     assert_eq!((d.units, d.activation), (64, Activation::Relu), "Keras's second positional argument of Dense is its activation");
     // Keras's positional order for Conv2D: filters, kernel_size, strides, padding.
@@ -70,8 +70,11 @@ fn errors_name_the_line_and_the_problem() {
     assert!(e.contains("'units' is given both"), "{e}");
     let e = err("Conv2D(8, 3, strides=2, strides=1)");
     assert!(e.contains("'strides' is given twice"), "{e}");
+    // Keras's positional order for pooling: pool_size, strides, padding.
     let e = err("MaxPooling2D(2, 2, 2)");
-    assert!(e.contains("at most 2 positional"), "{e}");
+    assert!(e.contains("padding '2' is not valid or same"), "{e}");
+    let e = err("MaxPooling2D(2, 2, \"same\", 1)");
+    assert!(e.contains("at most 3 positional"), "{e}");
     let e = err("Conv2D(8, (3, 3)");
     assert!(e.contains("')' is missing") || e.contains("expected"), "{e}");
     let e = err("Dense(strides=2, 10)");

@@ -15,6 +15,11 @@ use gpu_cnn::network::{HostTensor, Network};
 /// Every new layer, on awkward shapes: 13x13x3 input, odd channel counts, batch 7.
 const ARCH: &str = "Conv2D(8, 3, padding=\"same\") BatchNormalization ReLU MaxPooling2D(2) Dropout(0.25)\n\
                     Conv2D(5, 3) BatchNormalization ReLU GlobalAveragePooling2D Dropout(0.5) Dense(4, softmax)\n";
+/// The other new layers: padded max and average pooling, global max pooling, LeakyReLU and
+/// element-wise activations after convs and dense layers.
+const ARCH_MORE: &str = "Conv2D(6, 3, padding=\"same\") LeakyReLU MaxPooling2D(3, strides=2, padding=\"same\")\n\
+                         Conv2D(5, 3) Activation(\"gelu\") AveragePooling2D(2, padding=\"same\") Conv2D(4, 1) Activation(\"swish\")\n\
+                         GlobalMaxPooling2D Dense(7) Activation(\"elu\") Dense(6) Activation(\"tanh\") Dense(5) Activation(\"sigmoid\") Dense(4, softmax)\n";
 const BATCH: usize = 7;
 
 fn data() -> Dataset {
@@ -22,14 +27,22 @@ fn data() -> Dataset {
 }
 
 fn network_on<B: Backend>(backend: B) -> (Network<B>, Dataset) {
+    network_of(ARCH, backend)
+}
+
+fn network_of<B: Backend>(arch: &str, backend: B) -> (Network<B>, Dataset) {
     let ds = data();
-    let model = Model::new(&parse_arch(ARCH).unwrap(), ds.input_shape()).unwrap();
+    let model = Model::new(&parse_arch(arch).unwrap(), ds.input_shape()).unwrap();
     (Network::new(backend, model, BATCH, 3).unwrap(), ds)
 }
 
 /// `steps` training steps of BATCH; the tensors (moving statistics included) and the metrics.
 fn run<B: Backend>(backend: B, steps: usize) -> (Vec<HostTensor>, gpu_cnn::network::Metrics) {
-    let (mut net, ds) = network_on(backend);
+    run_arch(ARCH, backend, steps)
+}
+
+fn run_arch<B: Backend>(arch: &str, backend: B, steps: usize) -> (Vec<HostTensor>, gpu_cnn::network::Metrics) {
+    let (mut net, ds) = network_of(arch, backend);
     let images = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len()).unwrap();
     let order = gpu_cnn::train::epoch_order(ds.train.len(), 3, 0);
     for batch in order.chunks(BATCH).take(steps) {
@@ -160,5 +173,55 @@ fn resume_with_batch_normalization_and_dropout_is_bit_exact_on_the_cpu() {
     for (x, y) in a.tensors.iter().zip(&b.tensors) {
         assert_eq!(x.name, y.name);
         common::assert_same_bits(&x.name, &x.data, &y.data);
+    }
+}
+
+backend_test! {
+    fn a_seeded_run_with_pooling_kinds_and_activations_repeats_exactly<B>(backend: &B) {
+        let (a, ma) = run_arch(ARCH_MORE, backend, 6);
+        let (b, mb) = run_arch(ARCH_MORE, backend, 6);
+        for (x, y) in a.iter().zip(&b) {
+            common::assert_same_bits(&format!("{} of two seeded runs", x.name), &x.data, &y.data);
+        }
+        assert_eq!(ma, mb);
+    }
+}
+
+gpu_test! {
+    fn gpu_training_with_pooling_kinds_and_activations_agrees_with_the_cpu(gpu: &GpuBackend) {
+        let (gw, gm) = run_arch(ARCH_MORE, gpu, 8);
+        let (cw, cm) = run_arch(ARCH_MORE, CpuBackend::new(), 8);
+        // As above: summation orders and WGSL's exp/erf (a few ulp) differ from the CPU's, so
+        // each step's gradients differ in the last bits; 8 Adam steps of lr 1e-3 move a weight
+        // by ~1e-3 when a gradient is wrong, rounding by < 1e-5.
+        for (g, c) in gw.iter().zip(&cw) {
+            assert_eq!(g.name, c.name);
+            common::assert_close(&g.name, &g.data, &c.data, 5e-5, 1e-4);
+        }
+        assert_eq!(gm.count, cm.count);
+        assert!((gm.loss - cm.loss).abs() < 1e-3, "loss {} vs {}", gm.loss, cm.loss);
+    }
+}
+
+#[test]
+fn pooling_kinds_and_activations_parse_name_and_round_trip() {
+    let layers = parse_arch(ARCH_MORE).unwrap();
+    assert_eq!(parse_arch(&gpu_cnn::model::format_arch(&layers)).unwrap(), layers);
+    let model = Model::new(&layers, (13, 13, 3)).unwrap();
+    let names: Vec<&str> = model.layers.iter().map(|l| l.name.as_str()).collect();
+    for name in ["leaky_re_lu", "activation_3", "average_pooling2d", "global_max_pooling2d"] {
+        assert!(names.contains(&name), "no layer named {name}: {names:?}");
+    }
+    // Same padding keeps ceil(13 / 2) = 7 rows; a valid 3x3 conv then leaves 5, a same pool 3.
+    let shapes: Vec<Vec<usize>> = model.layers.iter().map(|l| l.output.clone()).collect();
+    assert_eq!(shapes[2], vec![7, 7, 6]);
+    assert_eq!(shapes[5], vec![3, 3, 5]);
+    for (bad, says) in [
+        ("Activation(\"softmax\") Dense(4, softmax)", "last Dense"),
+        ("Activation(\"mish\") Dense(4, softmax)", "unknown activation"),
+        ("AveragePooling2D(2, padding=\"full\") Dense(4, softmax)", "padding"),
+    ] {
+        let err = parse_arch(bad).map(|_| ()).unwrap_err();
+        assert!(format!("{err:#}").contains(says), "{bad}: {err:#}");
     }
 }

@@ -9,6 +9,7 @@
 //! Each layer is one arm of `emit_layer`: a new layer kind adds one arm.
 
 use super::onnx_proto::*;
+use crate::backend::{ActivationFn, PoolShape};
 use crate::checkpoint::Checkpoint;
 use crate::model::{Activation, Layer, LayerSpec};
 use crate::network::HostTensor;
@@ -110,8 +111,24 @@ fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &
         LayerSpec::MaxPooling2D(pool) => {
             let s = &pool.shape(&layer.input);
             let x = to_layout(g, x, nchw, true);
-            g.node("MaxPool", name, &[&x], vec![attr_ints("kernel_shape", &[s.size_h, s.size_w]), attr_ints("strides", &[s.stride_h, s.stride_w])])
+            g.node("MaxPool", name, &[&x], pool_attrs(s))
         }
+        LayerSpec::AveragePooling2D(pool) => {
+            let s = &pool.shape(&layer.input);
+            let x = to_layout(g, x, nchw, true);
+            // Keras does not count padding in the mean.
+            let mut attrs = pool_attrs(s);
+            attrs.push(attr_int("count_include_pad", 0));
+            g.node("AveragePool", name, &[&x], attrs)
+        }
+        LayerSpec::GlobalMaxPooling2D(_) => {
+            let x = to_layout(g, x, nchw, true);
+            let pooled = g.node("GlobalMaxPool", &format!("{name}_nc11"), &[&x], vec![]);
+            *nchw = false;
+            g.node("Flatten", name, &[&pooled], vec![attr_int("axis", 1)])
+        }
+        LayerSpec::Activation(a) => emit_activation(g, name, x, a.function),
+        LayerSpec::LeakyReLU(l) => emit_activation(g, name, x, ActivationFn::LeakyRelu { negative_slope: l.negative_slope }),
         LayerSpec::Flatten(_) => {
             let x = to_layout(g, x, nchw, false);
             g.node("Flatten", name, &[&x], vec![attr_int("axis", 1)])
@@ -151,6 +168,40 @@ fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &
             g.node("Flatten", name, &[&pooled], vec![attr_int("axis", 1)])
         }
     })
+}
+
+/// A pool's kernel, strides and pads (ONNX: [top, left, bottom, right]; the end pads are what
+/// the output size needs beyond the input).
+fn pool_attrs(s: &PoolShape) -> Vec<AttributeProto> {
+    let end = |out: usize, stride: usize, size: usize, input: usize, begin: usize| ((out - 1) * stride + size).saturating_sub(input + begin);
+    let pads = [s.pad_top, s.pad_left, end(s.out_h, s.stride_h, s.size_h, s.in_h, s.pad_top), end(s.out_w, s.stride_w, s.size_w, s.in_w, s.pad_left)];
+    vec![attr_ints("kernel_shape", &[s.size_h, s.size_w]), attr_ints("strides", &[s.stride_h, s.stride_w]), attr_ints("pads", &pads)]
+}
+
+/// An element-wise activation in opset-17 operators (Gelu as 0.5 x (1 + erf(x / sqrt 2)), swish
+/// as x * sigmoid(x)).
+fn emit_activation(g: &mut Graph, name: &str, x: &str, f: ActivationFn) -> String {
+    match f {
+        ActivationFn::Relu => g.node("Relu", name, &[x], vec![]),
+        ActivationFn::LeakyRelu { negative_slope } => g.node("LeakyRelu", name, &[x], vec![attr_float("alpha", negative_slope)]),
+        ActivationFn::Elu { alpha } => g.node("Elu", name, &[x], vec![attr_float("alpha", alpha)]),
+        ActivationFn::Sigmoid => g.node("Sigmoid", name, &[x], vec![]),
+        ActivationFn::Tanh => g.node("Tanh", name, &[x], vec![]),
+        ActivationFn::Swish => {
+            let s = g.node("Sigmoid", &format!("{name}_sigmoid"), &[x], vec![]);
+            g.node("Mul", name, &[x, &s], vec![])
+        }
+        ActivationFn::Gelu => {
+            let root2 = g.constant(&format!("{name}_sqrt2"), vec![1], &[std::f32::consts::SQRT_2]);
+            let one = g.constant(&format!("{name}_one"), vec![1], &[1.0]);
+            let half = g.constant(&format!("{name}_half"), vec![1], &[0.5]);
+            let scaled = g.node("Div", &format!("{name}_scaled"), &[x, &root2], vec![]);
+            let erf = g.node("Erf", &format!("{name}_erf"), &[&scaled], vec![]);
+            let plus = g.node("Add", &format!("{name}_plus1"), &[&erf, &one], vec![]);
+            let times = g.node("Mul", &format!("{name}_times_x"), &[x, &plus], vec![]);
+            g.node("Mul", name, &[&times, &half], vec![])
+        }
+    }
 }
 
 /// Transposes `x` to NCHW (`want_nchw`) or back to NHWC when it is not in that layout already.

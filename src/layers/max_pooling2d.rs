@@ -1,24 +1,23 @@
-//! Keras's MaxPooling2D ("valid" windows; stride defaults to the pool size). The forward keeps
-//! each output's argmax in a scratch buffer for the backward.
+//! Keras's MaxPooling2D (stride defaults to the pool size; "valid" drops windows that do not
+//! fit, "same" pads and padding never wins). The forward keeps each output's argmax in a scratch
+//! buffer for the backward.
 
-use super::geometry::{image_input, pool_shape};
-use super::{format_pair, Args, Backward, Forward, LayerKind, ScratchKind, ScratchSpec};
+use super::pooling::PoolArgs;
+use super::{Args, Backward, Forward, LayerKind, ScratchKind, ScratchSpec};
 use crate::backend::{Backend, PoolShape};
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MaxPooling2D {
-    pub pool_size: (usize, usize),
-    pub strides: (usize, usize),
+    pub pool: PoolArgs,
 }
 
-const USAGE: &str = "MaxPooling2D(SIZE, strides=SIZE)";
+const USAGE: &str = "MaxPooling2D(SIZE, strides=SIZE, padding=\"valid\"|\"same\")";
 
 impl MaxPooling2D {
     /// The geometry on a per-image input shape that `output_shape` accepted.
     pub fn shape(&self, input: &[usize]) -> PoolShape {
-        let input = image_input(input, Self::CLASS).expect("Model::new checked the input shape");
-        pool_shape(input, self.pool_size, self.strides).expect("Model::new checked the pool fits")
+        self.pool.shape(input, Self::CLASS)
     }
 }
 
@@ -28,32 +27,16 @@ impl LayerKind for MaxPooling2D {
     const ALIASES: &'static [&'static str] = &["maxpool", "maxpool2d"];
 
     fn from_args(args: &Args) -> Result<Self> {
-        args.check_keywords(&["pool_size", "strides", "stride"])?;
-        args.check_positional(2, USAGE)?;
-        let Some(size) = args.get(0, &["pool_size"])? else { bail!("MaxPooling2D needs a pool size: {USAGE}") };
-        let pool_size = size.pair("pool size")?;
-        let strides = args.get(1, &["strides", "stride"])?.map(|v| v.pair("strides")).transpose()?.unwrap_or(pool_size);
-        Ok(MaxPooling2D { pool_size, strides })
+        Ok(MaxPooling2D { pool: PoolArgs::from_args(args, USAGE)? })
     }
 
     fn to_args(&self) -> Vec<String> {
-        let mut out = vec![format_pair(self.pool_size)];
-        if self.strides != self.pool_size {
-            out.push(format!("strides={}", format_pair(self.strides)));
-        }
-        out
+        self.pool.to_args()
     }
 
     fn output_shape(&self, input: &[usize], _is_last: bool) -> Result<Vec<usize>> {
-        let (h, w, c) = image_input(input, Self::CLASS)?;
-        let (size, stride) = (self.pool_size, self.strides);
-        if size.0 == 0 || size.1 == 0 || stride.0 == 0 || stride.1 == 0 {
-            bail!("pool size and stride must be at least 1");
-        }
-        let Some(s) = pool_shape((h, w, c), size, stride) else {
-            bail!("a {}x{} pool does not fit its {h}x{w} input: the output would have a dimension of 0", size.0, size.1)
-        };
-        Ok(vec![s.out_h, s.out_w, c])
+        let s = self.pool.try_shape(input, Self::CLASS)?;
+        Ok(vec![s.out_h, s.out_w, s.c])
     }
 
     /// The argmax of each output value.
@@ -66,11 +49,17 @@ impl LayerKind for MaxPooling2D {
     }
 
     fn backward<B: Backend>(&self, b: Backward<'_, B>) {
-        let Some(dx) = b.dx else { return };
-        let (s, argmax) = (self.shape(b.input), b.scratch[0].indices());
-        match b.relu_y {
-            None => b.backend.maxpool_backward(b.dy, argmax, dx, &s, b.n),
-            Some(y) => b.backend.maxpool_backward_relu(b.dy, argmax, y, dx, &s, b.n),
-        }
+        let s = self.shape(b.input);
+        max_pool_backward(b, &s);
+    }
+}
+
+/// dx from dy through the forward's argmax (masked when x was ReLU'd).
+pub fn max_pool_backward<B: Backend>(b: Backward<'_, B>, s: &PoolShape) {
+    let Some(dx) = b.dx else { return };
+    let argmax = b.scratch[0].indices();
+    match b.relu_y {
+        None => b.backend.maxpool_backward(b.dy, argmax, dx, s, b.n),
+        Some(y) => b.backend.maxpool_backward_relu(b.dy, argmax, y, dx, s, b.n),
     }
 }

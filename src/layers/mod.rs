@@ -9,7 +9,9 @@
 //! see "How to add a layer" in docs/ARCHITECTURE.md.
 
 pub mod activation;
+pub mod activation_layer;
 pub mod args;
+pub mod average_pooling2d;
 pub mod batch_normalization;
 pub mod conv2d;
 pub mod dense;
@@ -17,13 +19,17 @@ pub mod dropout;
 pub mod flatten;
 pub mod geometry;
 pub mod global_average_pooling2d;
+pub mod global_max_pooling2d;
 pub mod max_pooling2d;
+pub mod pooling;
 #[cfg(test)]
 mod probe;
 pub mod re_lu;
 
 pub use activation::Activation;
+pub use activation_layer::{ActivationLayer, LeakyReLU};
 pub use args::{Args, Value};
+pub use average_pooling2d::AveragePooling2D;
 pub use batch_normalization::BatchNormalization;
 pub use conv2d::Conv2D;
 pub use dense::{Dense, UNITS_FROM_CLASSES};
@@ -31,6 +37,7 @@ pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use geometry::{conv_shape, pool_shape, tensor_values, Padding, MAX_TENSOR_VALUES};
 pub use global_average_pooling2d::GlobalAveragePooling2D;
+pub use global_max_pooling2d::GlobalMaxPooling2D;
 pub use max_pooling2d::MaxPooling2D;
 pub use re_lu::ReLU;
 
@@ -247,6 +254,10 @@ pub enum LayerSpec {
     Dropout(Dropout),
     ReLU(ReLU),
     GlobalAveragePooling2D(GlobalAveragePooling2D),
+    GlobalMaxPooling2D(GlobalMaxPooling2D),
+    AveragePooling2D(AveragePooling2D),
+    Activation(ActivationLayer),
+    LeakyReLU(LeakyReLU),
     /// A test-only layer with a non-trainable tensor (src/layers/probe.rs).
     #[cfg(test)]
     Probe(probe::Probe),
@@ -265,6 +276,10 @@ macro_rules! with_layer {
             LayerSpec::Dropout($l) => $body,
             LayerSpec::ReLU($l) => $body,
             LayerSpec::GlobalAveragePooling2D($l) => $body,
+            LayerSpec::GlobalMaxPooling2D($l) => $body,
+            LayerSpec::AveragePooling2D($l) => $body,
+            LayerSpec::Activation($l) => $body,
+            LayerSpec::LeakyReLU($l) => $body,
             #[cfg(test)]
             LayerSpec::Probe($l) => $body,
         }
@@ -286,6 +301,12 @@ const CLASSES: &[(&str, &str, &[&str], ParseFn)] = &[
     (GlobalAveragePooling2D::CLASS, GlobalAveragePooling2D::BASE, GlobalAveragePooling2D::ALIASES, |a| {
         Ok(LayerSpec::GlobalAveragePooling2D(GlobalAveragePooling2D::from_args(a)?))
     }),
+    (GlobalMaxPooling2D::CLASS, GlobalMaxPooling2D::BASE, GlobalMaxPooling2D::ALIASES, |a| {
+        Ok(LayerSpec::GlobalMaxPooling2D(GlobalMaxPooling2D::from_args(a)?))
+    }),
+    (AveragePooling2D::CLASS, AveragePooling2D::BASE, AveragePooling2D::ALIASES, |a| Ok(LayerSpec::AveragePooling2D(AveragePooling2D::from_args(a)?))),
+    (ActivationLayer::CLASS, ActivationLayer::BASE, ActivationLayer::ALIASES, |a| Ok(LayerSpec::Activation(ActivationLayer::from_args(a)?))),
+    (LeakyReLU::CLASS, LeakyReLU::BASE, LeakyReLU::ALIASES, |a| Ok(LayerSpec::LeakyReLU(LeakyReLU::from_args(a)?))),
     #[cfg(test)]
     (probe::Probe::CLASS, probe::Probe::BASE, probe::Probe::ALIASES, |a| Ok(LayerSpec::Probe(probe::Probe::from_args(a)?))),
 ];
