@@ -7,10 +7,11 @@ use super::{Args, Backward, Forward, LayerKind};
 use crate::backend::{ActivationFn, Backend, PoolShape};
 use anyhow::{bail, Result};
 
-/// The input as an image of one pixel per value, for the copying pool.
-fn as_pixels(input: &[usize]) -> PoolShape {
-    let c = input.iter().product::<usize>();
-    PoolShape::valid((1, 1, c), (1, 1), (1, 1)).expect("a 1x1 window fits")
+/// dx = dy for `n` images of shape `input`: a 1x1 average pool with stride 1 (dividing by 1 is
+/// exact), so element-wise layers need no copy op of their own.
+pub(super) fn copy_gradient<B: Backend>(backend: &B, dy: &B::Tensor, dx: &mut B::Tensor, input: &[usize], n: usize) {
+    let pixels = PoolShape::valid((1, 1, input.iter().product()), (1, 1), (1, 1)).expect("a 1x1 window fits");
+    backend.avgpool_backward(dy, dx, &pixels, n);
 }
 
 fn forward<B: Backend>(f: Forward<'_, B>, function: ActivationFn) {
@@ -21,7 +22,7 @@ fn forward<B: Backend>(f: Forward<'_, B>, function: ActivationFn) {
 fn backward<B: Backend>(b: Backward<'_, B>, function: ActivationFn) {
     let Some(dx) = b.dx else { return };
     let len = b.n * b.input.iter().product::<usize>();
-    b.backend.avgpool_backward(b.dy, dx, &as_pixels(b.input), b.n);
+    copy_gradient(b.backend, b.dy, dx, b.input, b.n);
     b.backend.activation_backward(b.x, b.y, dx, len, function);
     if let Some(y) = b.relu_y {
         b.backend.relu_backward(y, dx, len);

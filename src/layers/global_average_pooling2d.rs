@@ -2,6 +2,7 @@
 //! whose window is the whole image).
 
 use super::geometry::image_input;
+use super::pooling::global_shape;
 use super::{Args, Backward, Forward, LayerKind};
 use crate::backend::{Backend, PoolShape};
 use anyhow::Result;
@@ -10,8 +11,7 @@ use anyhow::Result;
 pub struct GlobalAveragePooling2D;
 
 fn shape(input: &[usize]) -> PoolShape {
-    let input = image_input(input, GlobalAveragePooling2D::CLASS).expect("Model::new checked the input shape");
-    PoolShape::global(input).expect("a whole-image window fits")
+    global_shape(input, GlobalAveragePooling2D::CLASS)
 }
 
 impl LayerKind for GlobalAveragePooling2D {

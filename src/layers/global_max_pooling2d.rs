@@ -3,6 +3,7 @@
 
 use super::geometry::image_input;
 use super::max_pooling2d::max_pool_backward;
+use super::pooling::global_shape;
 use super::{Args, Backward, Forward, LayerKind, ScratchKind, ScratchSpec};
 use crate::backend::{Backend, PoolShape};
 use anyhow::Result;
@@ -11,8 +12,7 @@ use anyhow::Result;
 pub struct GlobalMaxPooling2D;
 
 fn shape(input: &[usize]) -> PoolShape {
-    let input = image_input(input, GlobalMaxPooling2D::CLASS).expect("Model::new checked the input shape");
-    PoolShape::global(input).expect("a whole-image window fits")
+    global_shape(input, GlobalMaxPooling2D::CLASS)
 }
 
 impl LayerKind for GlobalMaxPooling2D {

@@ -7,6 +7,13 @@ use super::{format_pair, Args};
 use crate::backend::PoolShape;
 use anyhow::{bail, Result};
 
+/// GlobalAveragePooling2D's / GlobalMaxPooling2D's one window over the whole image, on an
+/// input `output_shape` accepted.
+pub fn global_shape(input: &[usize], class: &str) -> PoolShape {
+    let input = image_input(input, class).expect("Model::new checked the input shape");
+    PoolShape::global(input).expect("a whole-image window fits")
+}
+
 /// A 2-D pooling window as the arch text wrote it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolArgs {

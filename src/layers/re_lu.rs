@@ -1,19 +1,14 @@
 //! Keras's ReLU layer: y = max(x, 0). Its output counts as ReLU'd (`output_relu`), so the
 //! gradient reaching it is already masked by y > 0, which is dL/dx: the backward only moves it
-//! to dx (a 1x1 average pool with stride 1, an exact copy, keeps this to the ops every backend has).
+//! to dx.
 
+use super::activation_layer::copy_gradient;
 use super::{Args, Backward, Forward, LayerKind};
-use crate::backend::{ActivationFn, Backend, PoolShape};
+use crate::backend::{ActivationFn, Backend};
 use anyhow::Result;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReLU;
-
-/// The input as an image of one pixel per value, for the copying pool.
-fn as_pixels(input: &[usize]) -> PoolShape {
-    let c = input.iter().product::<usize>();
-    PoolShape::valid((1, 1, c), (1, 1), (1, 1)).expect("a 1x1 window fits")
-}
 
 impl LayerKind for ReLU {
     const CLASS: &'static str = "ReLU";
@@ -44,7 +39,7 @@ impl LayerKind for ReLU {
 
     fn backward<B: Backend>(&self, b: Backward<'_, B>) {
         let Some(dx) = b.dx else { return };
-        b.backend.avgpool_backward(b.dy, dx, &as_pixels(b.input), b.n);
+        copy_gradient(b.backend, b.dy, dx, b.input, b.n);
         if let Some(y) = b.relu_y {
             b.backend.relu_backward(y, dx, b.n * b.input.iter().product::<usize>());
         }
