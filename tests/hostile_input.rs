@@ -114,6 +114,9 @@ fn absurd_sizes_in_flags_and_arch_files_get_clear_errors() {
     refused(&["summary", "--input", "20000x20000x3"], &["layer 1 (conv2d): the output of 19998x19998x32 is too large"]);
     std::fs::write(&arch, "conv2d -8 3\nflatten\ndense 10 softmax\n").unwrap();
     refused(&["summary", "--arch", arch.to_str().unwrap()], &["filters '-8' is not a positive whole number"]);
+    // A pool window near usize::MAX would wrap the padded-window arithmetic.
+    std::fs::write(&arch, "MaxPooling2D(18446744073709551615, strides=1, padding=\"same\") Flatten Dense(10, softmax)\n").unwrap();
+    refused(&["summary", "--arch", arch.to_str().unwrap()], &["layer 1 (max_pooling2d)", "pool size and stride must be at most"]);
     // Devices and endless files are not read.
     refused(&["summary", "--arch", "/dev/zero"], &["/dev/zero", "not a regular file"]);
     refused(&["predict", "--device", "cpu", "--checkpoint", "/dev/zero", &img], &["/dev/zero", "not a regular file"]);

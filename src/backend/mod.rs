@@ -169,10 +169,10 @@ impl PoolShape {
         }
         let side = |len: usize, size: usize, stride: usize| {
             let out = len.div_ceil(stride);
-            let pad_total = ((out - 1) * stride + size).saturating_sub(len);
-            (out, pad_total / 2)
+            let pad_total = ((out - 1).checked_mul(stride)?.checked_add(size)?).saturating_sub(len);
+            Some((out, pad_total / 2))
         };
-        let ((out_h, pad_top), (out_w, pad_left)) = (side(h, size.0, stride.0), side(w, size.1, stride.1));
+        let ((out_h, pad_top), (out_w, pad_left)) = (side(h, size.0, stride.0)?, side(w, size.1, stride.1)?);
         Some(PoolShape { in_h: h, in_w: w, c, out_h, out_w, size_h: size.0, size_w: size.1, stride_h: stride.0, stride_w: stride.1, pad_top, pad_left })
     }
 

@@ -2,7 +2,7 @@
 //! defaulting to the pool size, `padding="valid"|"same"`) and geometry; this reads and writes
 //! them once.
 
-use super::geometry::{image_input, Padding};
+use super::geometry::{image_input, Padding, MAX_TENSOR_VALUES};
 use super::{format_pair, Args};
 use crate::backend::PoolShape;
 use anyhow::{bail, Result};
@@ -50,6 +50,10 @@ impl PoolArgs {
         let (size, stride) = (self.pool_size, self.strides);
         if size.0 == 0 || size.1 == 0 || stride.0 == 0 || stride.1 == 0 {
             bail!("pool size and stride must be at least 1");
+        }
+        // Keeps the window arithmetic (padded positions, window ends) far from overflow.
+        if [size.0, size.1, stride.0, stride.1].iter().any(|&v| v > MAX_TENSOR_VALUES) {
+            bail!("pool size and stride must be at most {MAX_TENSOR_VALUES}");
         }
         let shape = match self.padding {
             Padding::Valid => PoolShape::valid((h, w, c), size, stride),
