@@ -8,6 +8,7 @@ use crate::data::{self, Dataset, DatasetKind};
 use crate::image_pipeline::{Background, ColorMode, Interpolation, Preprocessing, ResizeMode};
 use crate::model::{format_arch, parse_arch, summary_table, with_classes, Model, SEED_ARCH};
 use crate::network::Network;
+use crate::optimizer::{check_label_smoothing, Optimizer, OptimizerFlags};
 use crate::report;
 use crate::report::plural;
 use crate::train::{self, TrainOptions};
@@ -181,6 +182,11 @@ pub struct TrainArgs {
     pub epochs: usize,
     pub batch_size: Option<usize>,
     pub learning_rate: Option<f32>,
+    /// --optimizer and its hyper-parameters (None: the checkpoint's when resuming, else
+    /// Keras's defaults).
+    pub optimizer: OptimizerFlags,
+    /// None: the checkpoint's when resuming, else 0.
+    pub label_smoothing: Option<f32>,
     pub seed: Option<u64>,
     pub out: Option<PathBuf>,
     pub resume: Option<PathBuf>,
@@ -227,7 +233,10 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     };
     let seed = args.seed.or(resume.as_ref().map(|c| c.meta.seed)).unwrap_or(0);
     let batch_size = args.batch_size.or(resume.as_ref().map(|c| c.meta.batch_size)).unwrap_or(32);
-    let learning_rate = args.learning_rate.or(resume.as_ref().map(|c| c.meta.learning_rate)).unwrap_or(1e-3);
+    let optimizer = Optimizer::from_flags(&args.optimizer, resume.as_ref().map(|c| c.meta.optimizer))?;
+    let learning_rate = args.learning_rate.or(resume.as_ref().map(|c| c.meta.learning_rate)).unwrap_or(optimizer.name().default_learning_rate());
+    let label_smoothing = args.label_smoothing.or(resume.as_ref().map(|c| c.meta.label_smoothing)).unwrap_or(0.0);
+    check_label_smoothing(label_smoothing).context("--label-smoothing")?;
     let augment = args.augment.or(resume.as_ref().map(|c| c.meta.augment)).unwrap_or(Augmentation::NONE);
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -275,7 +284,9 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         ds.class_names.len()
     );
     let mut net = Network::new(backend, model, batch_size, seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
-    net.adam.learning_rate = learning_rate;
+    net.set_optimizer(optimizer)?;
+    net.learning_rate = learning_rate;
+    net.label_smoothing = label_smoothing;
     let class_weight = args.class_weight.unwrap_or(match resume.as_ref().and_then(|c| c.meta.class_weights.as_ref()) {
         Some(_) => ClassWeight::Balanced,
         None => ClassWeight::None,
@@ -326,6 +337,10 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         crate::run_dir::prepare_fresh(&out, args.overwrite)?;
     }
     eprintln!("Run directory: {}", out.display());
+    eprintln!("Optimizer: {}, learning rate {learning_rate}", optimizer.describe());
+    if label_smoothing != 0.0 {
+        eprintln!("Label smoothing: {label_smoothing} (training and validation loss)");
+    }
     if !augment.is_none() {
         eprintln!("Augmentation: {} (training batches only)", augment.name());
     }
@@ -477,6 +492,8 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let device = backend.describe();
     let mut net = Network::new(backend, model, args.batch_size.max(1), 0)?;
     net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
+    // The loss as training reported val_loss (Keras's compiled loss, smoothing included).
+    net.label_smoothing = ck.meta.label_smoothing;
     let test = net.backend.upload_image_set(&ds.test)?;
     let m = net.evaluate(&test, ds.test.len())?;
     // Metrics first: a report that cannot be written must not hide them.

@@ -48,6 +48,7 @@ pub mod history;
 pub mod image_pipeline;
 pub mod model;
 pub mod network;
+pub mod optimizer;
 pub mod predict;
 pub mod report;
 pub mod review;

@@ -1,10 +1,11 @@
 //! A model's tensors on a backend and the three things done with them: a training step
-//! (gather, forward, loss, backward, Adam), evaluation and prediction. Generic over the
+//! (gather, forward, loss, backward, optimizer update), evaluation and prediction. Generic over the
 //! Backend, so the CPU and GPU paths run this same code.
 
 pub use crate::backend::AdamConfig;
-use crate::backend::{Backend, GatherAugment, METRICS_LEN};
+use crate::backend::{Backend, GatherAugment, RmsPropStep, SgdStep, METRICS_LEN};
 use crate::model::{Activation, LayerOp, Model};
+use crate::optimizer::Optimizer;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 
@@ -16,15 +17,15 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
-/// One parameter tensor with its gradient and Adam moments.
+/// One parameter tensor with its gradient and the optimizer's state tensors for it, one per
+/// `Optimizer::slot_names` (Adam: m, v; SGD with momentum: momentum; RMSprop: velocity).
 struct Param<T> {
     name: String,
     dims: Vec<usize>,
     len: usize,
     value: T,
     grad: T,
-    m: T,
-    v: T,
+    slots: Vec<T>,
 }
 
 /// Metrics read back from the device: mean loss and accuracy over `count` samples.
@@ -39,8 +40,13 @@ pub struct Network<B: Backend> {
     pub backend: B,
     pub model: Model,
     pub max_batch: usize,
-    pub adam: AdamConfig,
-    /// Adam steps taken so far (Keras's `optimizer.iterations`).
+    /// The optimizer (`set_optimizer` changes it and its state); Adam by default.
+    optimizer: Optimizer,
+    /// The optimizer's learning rate (a schedule may change it between steps).
+    pub learning_rate: f32,
+    /// Label smoothing of the loss (training and validation, as Keras's compiled loss); 0: none.
+    pub label_smoothing: f32,
+    /// Optimizer steps taken so far (Keras's `optimizer.iterations`).
     pub step: u64,
     /// params[2*i], params[2*i+1]: kernel and bias of the i-th layer with weights.
     params: Vec<Param<B::Tensor>>,
@@ -144,7 +150,9 @@ impl<B: Backend> Network<B> {
             backend,
             model,
             max_batch,
-            adam: AdamConfig::default(),
+            optimizer: Optimizer::default(),
+            learning_rate: AdamConfig::default().learning_rate,
+            label_smoothing: 0.0,
             step: 0,
             params,
             acts,
@@ -177,10 +185,27 @@ impl<B: Backend> Network<B> {
         }
         for p in &mut self.params {
             let zeros = vec![0.0; p.len];
-            self.backend.upload(&mut p.m, &zeros);
-            self.backend.upload(&mut p.v, &zeros);
+            for slot in &mut p.slots {
+                self.backend.upload(slot, &zeros);
+            }
         }
         self.step = 0;
+    }
+
+    pub fn optimizer(&self) -> Optimizer {
+        self.optimizer
+    }
+
+    /// Switches to `optimizer` with fresh (zero) state tensors, as Keras builds them.
+    pub fn set_optimizer(&mut self, optimizer: Optimizer) -> Result<()> {
+        for p in &mut self.params {
+            p.slots.clear();
+            for _ in optimizer.slot_names() {
+                p.slots.push(self.backend.tensor(p.len)?);
+            }
+        }
+        self.optimizer = optimizer;
+        Ok(())
     }
 
     pub fn classes(&self) -> usize {
@@ -215,6 +240,16 @@ impl<B: Backend> Network<B> {
         let b = &self.backend;
         let last = *self.slot_out.last().unwrap();
         match &self.class_weights {
+            _ if self.label_smoothing != 0.0 => b.softmax_xent_smoothed(
+                &self.acts[last],
+                &self.labels,
+                self.class_weights.as_ref(),
+                &mut self.grads[last],
+                &mut self.metrics,
+                n,
+                self.model.classes(),
+                self.label_smoothing,
+            ),
             Some(w) => b.softmax_xent_weighted(&self.acts[last], &self.labels, w, &mut self.grads[last], &mut self.metrics, n, self.model.classes()),
             None => b.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, n, self.model.classes()),
         }
@@ -267,11 +302,28 @@ impl<B: Backend> Network<B> {
         }
     }
 
-    fn adam_update(&mut self) {
+    /// One step of the optimizer over every parameter (Keras's `apply_gradients`).
+    fn optimizer_update(&mut self) {
         self.step += 1;
-        let h = self.adam.at_step(self.step);
+        let (b, lr) = (&self.backend, self.learning_rate);
         for p in &mut self.params {
-            self.backend.adam_update(&mut p.value, &p.grad, &mut p.m, &mut p.v, p.len, &h);
+            match (self.optimizer, p.slots.as_mut_slice()) {
+                (Optimizer::Adam { beta_1, beta_2, epsilon }, [m, v]) => {
+                    let h = AdamConfig { learning_rate: lr, beta1: beta_1, beta2: beta_2, epsilon }.at_step(self.step);
+                    b.adam_update(&mut p.value, &p.grad, m, v, p.len, &h)
+                }
+                (Optimizer::AdamW { beta_1, beta_2, epsilon, weight_decay }, [m, v]) => {
+                    let h = AdamConfig { learning_rate: lr, beta1: beta_1, beta2: beta_2, epsilon }.at_step(self.step);
+                    b.adamw_update(&mut p.value, &p.grad, m, v, p.len, &h, weight_decay)
+                }
+                (Optimizer::Sgd { momentum, nesterov }, slots) => {
+                    b.sgd_update(&mut p.value, &p.grad, slots.first_mut(), p.len, &SgdStep { learning_rate: lr, momentum, nesterov })
+                }
+                (Optimizer::RmsProp { rho, epsilon }, [velocity]) => {
+                    b.rmsprop_update(&mut p.value, &p.grad, velocity, p.len, &RmsPropStep { learning_rate: lr, rho, epsilon })
+                }
+                (o, slots) => unreachable!("{} with {} state tensors", o.describe(), slots.len()),
+            }
         }
     }
 
@@ -302,7 +354,7 @@ impl<B: Backend> Network<B> {
         self.gather(data, indices, transforms);
         self.forward(indices.len());
         self.backward(indices.len());
-        self.adam_update();
+        self.optimizer_update();
         self.backend.flush()
     }
 
@@ -310,8 +362,14 @@ impl<B: Backend> Network<B> {
     pub fn eval_step(&mut self, data: &B::Images, indices: &[u32]) -> Result<()> {
         self.gather(data, indices, None);
         self.forward(indices.len());
-        let last = *self.slot_out.last().unwrap();
-        self.backend.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, indices.len(), self.model.classes());
+        let (last, n, classes) = (*self.slot_out.last().unwrap(), indices.len(), self.model.classes());
+        // Keras reports the compiled loss, label smoothing included, for validation too.
+        if self.label_smoothing == 0.0 {
+            self.backend.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, n, classes);
+        } else {
+            let f = self.label_smoothing;
+            self.backend.softmax_xent_smoothed(&self.acts[last], &self.labels, None, &mut self.grads[last], &mut self.metrics, n, classes, f);
+        }
         self.backend.flush()
     }
 
@@ -384,12 +442,14 @@ impl<B: Backend> Network<B> {
         self.params.iter().map(|p| Ok(HostTensor { name: p.name.clone(), dims: p.dims.clone(), data: self.backend.download(&p.value)? })).collect()
     }
 
-    /// Adam's first and second moments, named "<param>.adam_m" and "<param>.adam_v".
+    /// The optimizer's state tensors, named "<param>.<slot>" (`Optimizer::slot_names`:
+    /// Adam's "adam_m"/"adam_v", SGD's "momentum", RMSprop's "velocity").
     pub fn optimizer_state(&self) -> Result<Vec<HostTensor>> {
         let mut out = Vec::new();
         for p in &self.params {
-            out.push(HostTensor { name: format!("{}.adam_m", p.name), dims: p.dims.clone(), data: self.backend.download(&p.m)? });
-            out.push(HostTensor { name: format!("{}.adam_v", p.name), dims: p.dims.clone(), data: self.backend.download(&p.v)? });
+            for (slot, t) in self.optimizer.slot_names().iter().zip(&p.slots) {
+                out.push(HostTensor { name: format!("{}.{slot}", p.name), dims: p.dims.clone(), data: self.backend.download(t)? });
+            }
         }
         Ok(out)
     }
@@ -399,8 +459,8 @@ impl<B: Backend> Network<B> {
         self.params.iter().map(|p| Ok(HostTensor { name: p.name.clone(), dims: p.dims.clone(), data: self.backend.download(&p.grad)? })).collect()
     }
 
-    /// Loads weights (and, when given, Adam moments) by name; every parameter must be present
-    /// with the right shape.
+    /// Loads weights (and, when given, the current optimizer's state tensors) by name; every
+    /// parameter must be present with the right shape.
     pub fn load_state(&mut self, tensors: &[HostTensor], with_optimizer: bool) -> Result<()> {
         let find = |name: &str, dims: &[usize]| -> Result<&HostTensor> {
             let t = tensors.iter().find(|t| t.name == name).ok_or_else(|| anyhow::anyhow!("tensor '{name}' is missing"))?;
@@ -414,10 +474,10 @@ impl<B: Backend> Network<B> {
             let value = find(&name, &dims)?.data.clone();
             self.backend.upload(&mut self.params[i].value, &value);
             if with_optimizer {
-                let m = find(&format!("{name}.adam_m"), &dims)?.data.clone();
-                let v = find(&format!("{name}.adam_v"), &dims)?.data.clone();
-                self.backend.upload(&mut self.params[i].m, &m);
-                self.backend.upload(&mut self.params[i].v, &v);
+                for (s, slot) in self.optimizer.slot_names().iter().enumerate() {
+                    let data = find(&format!("{name}.{slot}"), &dims)?.data.clone();
+                    self.backend.upload(&mut self.params[i].slots[s], &data);
+                }
             }
         }
         Ok(())
@@ -448,8 +508,8 @@ fn param_of_push<B: Backend>(backend: &B, params: &mut Vec<Param<B::Tensor>>, la
             len,
             value: backend.tensor(len)?,
             grad: backend.tensor(len)?,
-            m: backend.tensor(len)?,
-            v: backend.tensor(len)?,
+            // Adam's m and v (Network::new's optimizer).
+            slots: vec![backend.tensor(len)?, backend.tensor(len)?],
         });
     }
     Ok(())

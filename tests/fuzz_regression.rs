@@ -77,6 +77,8 @@ fn checkpoint_seeds() -> Vec<Vec<u8>> {
         seed: 1,
         batch_size: 4,
         learning_rate: 1e-3,
+        optimizer: gpu_cnn::optimizer::Optimizer::default(),
+        label_smoothing: 0.0,
         augment: Augmentation::NONE,
         history: Vec::new(),
         preprocessing: None,

@@ -43,6 +43,8 @@ fn write_checkpoint(path: &Path, arch: &str, input: (usize, usize, usize), with_
         seed: 0,
         batch_size: 32,
         learning_rate: 1e-3,
+        optimizer: gpu_cnn::optimizer::Optimizer::default(),
+        label_smoothing: 0.0,
         augment: Augmentation::NONE,
         history: Vec::new(),
         preprocessing: None,

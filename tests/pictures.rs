@@ -196,6 +196,8 @@ fn predict_output_is_stable_for_a_known_checkpoint_and_input() {
         seed: 0,
         batch_size: 1,
         learning_rate: 1e-3,
+        optimizer: gpu_cnn::optimizer::Optimizer::default(),
+        label_smoothing: 0.0,
         augment: gpu_cnn::augment::Augmentation::NONE,
         history: vec![],
         preprocessing: None,

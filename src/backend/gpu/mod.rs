@@ -18,7 +18,6 @@
 //! `list_adapters()` gives the rows of `gpu-cnn devices`. Errors wgpu raises while ops are
 //! recorded come back from the next `flush()` or download.
 
-mod adam;
 mod adapter_choice;
 mod buffer;
 mod context;
@@ -26,6 +25,7 @@ mod conv;
 mod data;
 mod dense;
 mod loss;
+mod optimizers;
 mod params;
 mod pipelines;
 mod pool;
@@ -43,7 +43,7 @@ pub use dense::Transpose;
 pub use pipelines::ALL_SHADERS;
 pub use recorder::CacheSizes;
 
-use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape, RecordCounts};
+use super::{AdamStep, Backend, ConvShape, DenseShape, GatherAugment, PoolShape, RecordCounts, RmsPropStep, SgdStep};
 use anyhow::{Context as _, Result};
 use buffer::{Bound, BufferRegistry};
 use context::GpuContext;
@@ -63,15 +63,15 @@ pub struct GpuBackend {
     scratch: RefCell<Option<GpuTensor>>,
     /// Host-visible buffer for read-backs, reused.
     staging: RefCell<Option<wgpu::Buffer>>,
-    /// Adam's per-step scalars (see adam.rs).
-    adam_scalars: wgpu::Buffer,
-    adam_scalars_id: u64,
-    adam_scalars_written: Cell<Option<[u32; 4]>>,
-    adam_scalars_in_encoder: Cell<Option<[u32; 4]>>,
+    /// The optimizer's per-step scalars (see optimizers.rs).
+    optimizer_scalars: wgpu::Buffer,
+    optimizer_scalars_id: u64,
+    optimizer_scalars_written: Cell<Option<optimizers::ScalarBits>>,
+    optimizer_scalars_in_encoder: Cell<Option<optimizers::ScalarBits>>,
     /// Workgroups per grid dimension that dispatches may use: the adapter's limit, or less
     /// when a test lowers it to exercise the 2-D/3-D grid folding on small inputs.
     dispatch_limit: Cell<u32>,
-    /// Bytes written from the host with queue writes (uploads, indices, Adam's scalars).
+    /// Bytes written from the host with queue writes (uploads, indices, optimizer scalars).
     written_bytes: Cell<u64>,
     /// A test forcing one way of computing conv input gradients (None: the shape decides).
     forced_conv_input_grad: Cell<Option<ConvInputGradAlgo>>,
@@ -83,9 +83,9 @@ impl GpuBackend {
         let ctx = GpuContext::new(adapter)?;
         let pipelines = Pipelines::new(&ctx.device);
         let registry = Arc::new(BufferRegistry::default());
-        let adam_scalars = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("adam scalars"),
-            size: std::mem::size_of::<params::AdamScalars>() as u64,
+        let optimizer_scalars = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("optimizer scalars"),
+            size: (4 * optimizers::SCALAR_WORDS) as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -95,11 +95,11 @@ impl GpuBackend {
             recorder: Recorder::new(),
             scratch: RefCell::new(None),
             staging: RefCell::new(None),
-            adam_scalars,
-            adam_scalars_id: registry.new_id(),
+            optimizer_scalars,
+            optimizer_scalars_id: registry.new_id(),
             registry,
-            adam_scalars_written: Cell::new(None),
-            adam_scalars_in_encoder: Cell::new(None),
+            optimizer_scalars_written: Cell::new(None),
+            optimizer_scalars_in_encoder: Cell::new(None),
             dispatch_limit: Cell::new(0),
             written_bytes: Cell::new(0),
             forced_conv_input_grad: Cell::new(None),
@@ -198,7 +198,7 @@ impl GpuBackend {
     fn submit_pending(&self) {
         if self.recorder.has_pending() {
             self.recorder.submit(&self.ctx.device, &self.ctx.queue);
-            self.adam_scalars_in_encoder.set(None);
+            self.optimizer_scalars_in_encoder.set(None);
         }
     }
 
@@ -380,12 +380,34 @@ impl Backend for GpuBackend {
     ) {
         self.record_softmax_xent_weighted(logits, labels, class_weights, dlogits, metrics, n, classes);
     }
+    fn softmax_xent_smoothed(
+        &self,
+        logits: &GpuTensor,
+        labels: &GpuIndices,
+        class_weights: Option<&GpuTensor>,
+        dlogits: &mut GpuTensor,
+        metrics: &mut GpuTensor,
+        n: usize,
+        classes: usize,
+        label_smoothing: f32,
+    ) {
+        self.record_softmax_xent_smoothed(logits, labels, class_weights, dlogits, metrics, n, classes, label_smoothing);
+    }
     fn softmax(&self, logits: &GpuTensor, probs: &mut GpuTensor, n: usize, classes: usize) {
         self.record_softmax(logits, probs, n, classes);
     }
 
     fn adam_update(&self, param: &mut GpuTensor, grad: &GpuTensor, m: &mut GpuTensor, v: &mut GpuTensor, len: usize, h: &AdamStep) {
         self.record_adam_update(param, grad, m, v, len, h);
+    }
+    fn adamw_update(&self, param: &mut GpuTensor, grad: &GpuTensor, m: &mut GpuTensor, v: &mut GpuTensor, len: usize, h: &AdamStep, weight_decay: f32) {
+        self.record_adamw_update(param, grad, m, v, len, h, weight_decay);
+    }
+    fn sgd_update(&self, param: &mut GpuTensor, grad: &GpuTensor, momentum: Option<&mut GpuTensor>, len: usize, h: &SgdStep) {
+        self.record_sgd_update(param, grad, momentum, len, h);
+    }
+    fn rmsprop_update(&self, param: &mut GpuTensor, grad: &GpuTensor, velocity: &mut GpuTensor, len: usize, h: &RmsPropStep) {
+        self.record_rmsprop_update(param, grad, velocity, len, h);
     }
 
     fn record_counts(&self) -> Option<RecordCounts> {

@@ -83,6 +83,10 @@ pub struct Pipelines {
     pub softmax_xent_weighted: Pipeline,
     pub softmax: Pipeline,
     pub adam_update: Pipeline,
+    pub adamw_update: Pipeline,
+    pub sgd_update: Pipeline,
+    pub sgd_momentum_update: Pipeline,
+    pub rmsprop_update: Pipeline,
     pub gather_batch: Pipeline,
 }
 
@@ -98,6 +102,9 @@ impl Pipelines {
         let elementwise = module("elementwise.wgsl");
         let loss = module("loss.wgsl");
         let adam = module("adam.wgsl");
+        let adamw = module("adamw.wgsl");
+        let sgd = module("sgd.wgsl");
+        let rmsprop = module("rmsprop.wgsl");
         let data = module("data.wgsl");
         let mut next_id = 0;
         let mut make = |module: &wgpu::ShaderModule, entry: &str| {
@@ -114,6 +121,10 @@ impl Pipelines {
             softmax_xent_weighted: make(&loss, "softmax_xent_weighted"),
             softmax: make(&loss, "softmax"),
             adam_update: make(&adam, "adam_update"),
+            adamw_update: make(&adamw, "adamw_update"),
+            sgd_update: make(&sgd, "sgd_update"),
+            sgd_momentum_update: make(&sgd, "sgd_momentum_update"),
+            rmsprop_update: make(&rmsprop, "rmsprop_update"),
             gather_batch: make(&data, "gather_batch"),
             conv,
             matmul,

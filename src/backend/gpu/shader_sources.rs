@@ -13,6 +13,9 @@ pub const SHADERS: &[(&str, &[&str])] = &[
     ("elementwise.wgsl", &["common/linear_index.wgsl"]),
     ("loss.wgsl", &["common/linear_index.wgsl"]),
     ("adam.wgsl", &["common/linear_index.wgsl"]),
+    ("adamw.wgsl", &["common/linear_index.wgsl"]),
+    ("sgd.wgsl", &["common/linear_index.wgsl"]),
+    ("rmsprop.wgsl", &["common/linear_index.wgsl"]),
     ("data.wgsl", &["common/linear_index.wgsl"]),
 ];
 
