@@ -95,6 +95,8 @@ fn main() -> anyhow::Result<()> {
         seed: 0,
         batch_size: 64,
         learning_rate: 1e-3,
+        optimizer: gpu_cnn::optimizer::Optimizer::default(),
+        label_smoothing: 0.0,
         augment: gpu_cnn::augment::Augmentation::NONE,
         history: vec![],
         preprocessing: Some(gpu_cnn::image_pipeline::Preprocessing::new((32, 32, 3))?),

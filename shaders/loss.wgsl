@@ -2,8 +2,10 @@
 // The metrics sums are reduced by one workgroup in a fixed tree order and added by one
 // invocation: deterministic, no float atomics.
 
+// label_smoothing F (training and validation loss, Keras's CategoricalCrossentropy): the
+// target is onehot * (1 - F) + F / classes. F = 0 runs exactly the unsmoothed code.
 struct LossParams {
-    n: u32, classes: u32, unused0: u32, unused1: u32,
+    n: u32, classes: u32, label_smoothing: f32, unused1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: LossParams;
@@ -18,8 +20,8 @@ var<workgroup> correct_part: array<f32, 256>;
 
 @group(0) @binding(5) var<storage, read> class_weights: array<f32>;
 
-// One row of softmax_xent weighted by w: writes dlogits row = w * (softmax - onehot) / n and
-// returns (w * -log softmax[label], 1 if argmax hits the label). A w of exactly 1.0 changes no
+// One row of softmax_xent weighted by w: writes dlogits row = w * (softmax - target) / n and
+// returns (w * cross-entropy against the target, 1 if argmax hits the label). A w of exactly 1.0 changes no
 // bit, so the unweighted kernel computes what it did before class weights.
 fn xent_row(row: u32, w: f32) -> vec2<f32> {
     let base = row * p.classes;
@@ -37,19 +39,35 @@ fn xent_row(row: u32, w: f32) -> vec2<f32> {
     for (var c = 0u; c < p.classes; c++) {
         sum += exp(logits[base + c] - max_v);
     }
+    let smoothing = p.label_smoothing;
     var loss = 0.0;
     if (label < p.classes) {
-        loss = w * (log(sum) - (logits[base + label] - max_v));
+        let nll = log(sum) - (logits[base + label] - max_v);
+        if (smoothing == 0.0) {
+            loss = w * nll;
+        } else {
+            // (1 - F) * -log softmax[label] + F * mean over classes of -log softmax.
+            var nll_sum = 0.0;
+            for (var c = 0u; c < p.classes; c++) {
+                nll_sum += log(sum) - (logits[base + c] - max_v);
+            }
+            loss = w * ((1.0 - smoothing) * nll + smoothing * (nll_sum / f32(p.classes)));
+        }
     }
     var correct = 0.0;
     if (argmax == label) {
         correct = 1.0;
     }
+    let off_target = smoothing / f32(p.classes);
     for (var c = 0u; c < p.classes; c++) {
-        var onehot = 0.0;
-        if (c == label) { onehot = 1.0; }
+        var want = 0.0;
+        if (c == label) { want = 1.0; }
+        if (smoothing != 0.0) {
+            want = off_target;
+            if (c == label) { want = (1.0 - smoothing) + off_target; }
+        }
         let prob = exp(logits[base + c] - max_v) / sum;
-        out0[base + c] = (prob - onehot) * w / f32(p.n);
+        out0[base + c] = (prob - want) * w / f32(p.n);
     }
     return vec2<f32>(loss, correct);
 }

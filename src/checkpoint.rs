@@ -1,7 +1,9 @@
 //! Checkpoints as safetensors: every layer's tensors (its ParamSpecs, trainable or not) named
-//! `<layer>.<suffix>` (`conv2d.kernel`, `dense.bias`) in Keras layouts (conv HWIO, dense (in, out)), Adam's moments as `<param>.adam_m` / `.adam_v`, and the run's
-//! facts (architecture text, input shape, class names, epoch, step, seed, augmentation, history)
-//! as string metadata. Written to a temporary file and renamed, so a crash never leaves half a file.
+//! `<layer>.<suffix>` (`conv2d.kernel`, `dense.bias`) in Keras layouts (conv HWIO, dense (in,
+//! out)), the optimizer's state of the trainable ones as `<param>.<slot>` (Adam/AdamW `adam_m` /
+//! `adam_v`, SGD `momentum`, RMSprop `velocity`), and the run's facts (architecture text, input
+//! shape, class names, epoch, step, seed, optimizer, augmentation, history) as string metadata.
+//! Written to a temporary file and renamed, so a crash never leaves half a file.
 
 use crate::atomic_file::write_atomically;
 use crate::augment::Augmentation;
@@ -9,6 +11,7 @@ use crate::history::EpochRecord;
 use crate::image_pipeline::Preprocessing;
 use crate::model::{parse_arch, parse_input_shape, Model};
 use crate::network::HostTensor;
+use crate::optimizer::{check_label_smoothing, Optimizer};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -24,11 +27,16 @@ pub struct CheckpointMeta {
     pub dataset: String,
     /// Epochs completed.
     pub epoch: usize,
-    /// Adam steps taken.
+    /// Optimizer steps taken.
     pub step: u64,
     pub seed: u64,
     pub batch_size: usize,
     pub learning_rate: f32,
+    /// The optimizer and its hyper-parameters (metadata `optimizer`, JSON; Adam with Keras's
+    /// defaults in checkpoints from before it was stored).
+    pub optimizer: Optimizer,
+    /// The loss's label smoothing (metadata `label_smoothing`; 0 when absent).
+    pub label_smoothing: f32,
     /// The training run's augmentation ("none" in checkpoints from before it existed).
     pub augment: Augmentation,
     pub history: Vec<EpochRecord>,
@@ -75,7 +83,7 @@ impl Checkpoint {
         Model::new(&parse_arch(&self.meta.arch)?, self.meta.input)
     }
     pub fn has_optimizer_state(&self) -> bool {
-        self.tensors.iter().any(|t| t.name.ends_with(".adam_m"))
+        self.tensors.iter().any(|t| state_tensor_weight(&t.name, &self.meta.optimizer).is_some())
     }
 }
 
@@ -99,6 +107,8 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Resul
     info.insert("seed".to_string(), meta.seed.to_string());
     info.insert("batch_size".to_string(), meta.batch_size.to_string());
     info.insert("learning_rate".to_string(), meta.learning_rate.to_string());
+    info.insert("optimizer".to_string(), meta.optimizer.to_json());
+    info.insert("label_smoothing".to_string(), meta.label_smoothing.to_string());
     info.insert("augment".to_string(), meta.augment.name());
     info.insert("history".to_string(), serde_json::to_string(&meta.history)?);
     if let Some(p) = &meta.preprocessing {
@@ -114,11 +124,16 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Resul
     write_atomically(path, &data)
 }
 
+/// The weight a state tensor `<param>.<slot>` of `optimizer` belongs to (None: not one).
+fn state_tensor_weight<'a>(name: &'a str, optimizer: &Optimizer) -> Option<&'a str> {
+    optimizer.slot_names().iter().find_map(|slot| name.strip_suffix(slot)?.strip_suffix('.'))
+}
+
 /// The largest checkpoint read (2 GiB: 500 million parameters with Adam's moments); a file
 /// past it, or one that is not a regular file (/dev/zero, a FIFO), is refused before reading.
 pub const MAX_CHECKPOINT_BYTES: u64 = 2 << 30;
 
-/// Adam steps above this are not a real run's (2^48 steps at a million steps a second take
+/// Optimizer steps above this are not a real run's (2^48 steps at a million steps a second take
 /// nine years) and would lose their bias correction to rounding or wrap around.
 pub const MAX_STEP: u64 = 1 << 48;
 
@@ -140,6 +155,18 @@ fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMe
         seed: num("seed")?,
         batch_size: num("batch_size")? as usize,
         learning_rate: get("learning_rate")?.parse().map_err(|_| anyhow!("{}: metadata learning_rate is not a number", path.display()))?,
+        optimizer: match info.get("optimizer") {
+            Some(text) => Optimizer::from_json(text).with_context(|| format!("{}: metadata optimizer", path.display()))?,
+            None => Optimizer::default(),
+        },
+        label_smoothing: match info.get("label_smoothing") {
+            Some(text) => {
+                let f: f32 = text.parse().map_err(|_| anyhow!("{}: metadata label_smoothing is not a number", path.display()))?;
+                check_label_smoothing(f).with_context(|| format!("{}: metadata label_smoothing", path.display()))?;
+                f
+            }
+            None => 0.0,
+        },
         augment: match info.get("augment") {
             Some(text) => Augmentation::parse(text).with_context(|| format!("{}: metadata augment", path.display()))?,
             None => Augmentation::NONE,
@@ -209,10 +236,10 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         if view.dtype() != Dtype::F32 {
             bail!("{}: tensor '{name}' is {:?}, expected F32", path.display(), view.dtype());
         }
-        let moment_of = name.strip_suffix(".adam_m").or_else(|| name.strip_suffix(".adam_v"));
-        let weight = moment_of.unwrap_or(name);
+        let state_of = state_tensor_weight(name, &meta.optimizer);
+        let weight = state_of.unwrap_or(name);
         match expected.iter().find(|(n, _, _)| n == weight) {
-            Some((_, _, false)) if moment_of.is_some() => {
+            Some((_, _, false)) if state_of.is_some() => {
                 bail!("{}: tensor '{name}' is optimizer state of '{weight}', which is not trainable", path.display())
             }
             Some((_, dims, _)) if dims.as_slice() == view.shape() => {}

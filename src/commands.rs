@@ -219,7 +219,9 @@ fn run_training<B: Backend>(
     );
     let batch_size = opts.batch_size;
     let mut net = Network::new(backend, model, batch_size, opts.seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
-    net.adam.learning_rate = settings.learning_rate;
+    net.set_optimizer(settings.optimizer)?;
+    net.learning_rate = settings.learning_rate;
+    net.label_smoothing = settings.label_smoothing;
     net.set_class_weights(settings.class_weights.as_deref())?;
     let mut history = Vec::new();
     if let Some((ck, path)) = resume {
@@ -234,6 +236,10 @@ fn run_training<B: Backend>(
         crate::run_dir::prepare_fresh(out, settings.overwrite)?;
     }
     eprintln!("Run directory: {}", out.display());
+    eprintln!("Optimizer: {}, learning rate {}", settings.optimizer.describe(), settings.learning_rate);
+    if settings.label_smoothing != 0.0 {
+        eprintln!("Label smoothing: {} (training and validation loss)", settings.label_smoothing);
+    }
     if !opts.augment.is_none() {
         eprintln!("Augmentation: {} (training batches only)", opts.augment.name());
     }
@@ -374,6 +380,8 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let device = backend.describe();
     let mut net = Network::new(backend, model, args.batch_size.max(1), 0)?;
     net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
+    // The loss as training reported val_loss (Keras's compiled loss, smoothing included).
+    net.label_smoothing = ck.meta.label_smoothing;
     let test = net.backend.upload_image_set(&ds.test)?;
     let m = net.evaluate(&test, ds.test.len())?;
     // Metrics first: a report that cannot be written must not hide them.

@@ -50,6 +50,7 @@ pub mod image_pipeline;
 pub mod layers;
 pub mod model;
 pub mod network;
+pub mod optimizer;
 pub mod predict;
 pub mod report;
 pub mod review;

@@ -9,6 +9,7 @@ use gpu_cnn::commands::{self, DataOptions, EvaluateArgs, ImageFolderArgs, TrainA
 use gpu_cnn::data::DatasetKind;
 use gpu_cnn::image_pipeline::{Background, ColorMode, Interpolation, ResizeMode};
 use gpu_cnn::model::parse_input_shape;
+use gpu_cnn::optimizer::{OptimizerFlags, OptimizerName};
 use gpu_cnn::predict::PredictArgs;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -303,9 +304,37 @@ struct TrainCli {
     /// Images per training step [default: 32, or the checkpoint's when resuming].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Adam's learning rate [default: 0.001, or the checkpoint's when resuming].
+    /// The optimizer's learning rate [default: Keras's, 0.01 for sgd and 0.001 for the
+    /// others, or the checkpoint's when resuming].
     #[arg(long)]
     learning_rate: Option<f32>,
+    /// The optimizer, with Keras's defaults and formulas: adam, adamw (decoupled weight decay),
+    /// sgd or rmsprop (rho 0.9, epsilon 1e-7) [default: adam, or the checkpoint's when resuming;
+    /// a resumed run cannot change it].
+    #[arg(long, value_name = "NAME", value_parser = OptimizerName::parse)]
+    optimizer: Option<OptimizerName>,
+    /// With --optimizer sgd: the momentum, 0 to 1 [default: 0, or the checkpoint's].
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// With --optimizer sgd: Nesterov momentum [default: off, or the checkpoint's].
+    #[arg(long)]
+    nesterov: bool,
+    /// With --optimizer adamw: the decoupled weight decay, p -= lr * wd * p each step, on every
+    /// weight and bias as Keras [default: 0.004, or the checkpoint's].
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// With --optimizer rmsprop: the discounting factor of the squared-gradient average
+    /// [default: 0.9, or the checkpoint's].
+    #[arg(long)]
+    rho: Option<f32>,
+    /// With --optimizer adam, adamw or rmsprop: epsilon [default: 1e-7, or the checkpoint's].
+    #[arg(long)]
+    epsilon: Option<f32>,
+    /// Keras's CategoricalCrossentropy label_smoothing: train against onehot * (1 - F) + F /
+    /// classes; the reported loss (training and validation) is the smoothed one, accuracy is
+    /// unaffected [default: 0, or the checkpoint's when resuming].
+    #[arg(long, value_name = "F")]
+    label_smoothing: Option<f32>,
     /// Seed for the initial weights and the shuffles [default: 0, or the checkpoint's].
     #[arg(long)]
     seed: Option<u64>,
@@ -316,7 +345,8 @@ struct TrainCli {
     /// non-empty one (see --overwrite); one run at a time may write into it.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue from a checkpoint (weights, Adam state, step, history) until --epochs are done.
+    /// Continue from a checkpoint (weights, optimizer and its state, step, history) until
+    /// --epochs are done.
     #[arg(long, value_name = "CHECKPOINT")]
     resume: Option<PathBuf>,
     /// Augment the training batches: none, or a comma list of flip (random horizontal flip),
@@ -406,6 +436,15 @@ fn run(cli: Cli) -> Result<()> {
                 epochs: t.epochs,
                 batch_size: t.batch_size,
                 learning_rate: t.learning_rate,
+                optimizer: OptimizerFlags {
+                    optimizer: t.optimizer,
+                    momentum: t.momentum,
+                    nesterov: t.nesterov,
+                    weight_decay: t.weight_decay,
+                    rho: t.rho,
+                    epsilon: t.epsilon,
+                },
+                label_smoothing: t.label_smoothing,
                 seed: t.seed,
                 out: t.out,
                 resume: t.resume,

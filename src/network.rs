@@ -1,11 +1,12 @@
 //! A model's tensors on a backend and the three things done with them: a training step
-//! (gather, forward, loss, backward, Adam), evaluation and prediction. Generic over the
+//! (gather, forward, loss, backward, optimizer update), evaluation and prediction. Generic over the
 //! Backend, so the CPU and GPU paths run this same code.
 
 pub use crate::backend::AdamConfig;
-use crate::backend::{Backend, GatherAugment, METRICS_LEN};
+use crate::backend::{Backend, GatherAugment, RmsPropStep, SgdStep, METRICS_LEN};
 use crate::layers::{Backward, Forward, Init, ParamSpec, Scratch};
 use crate::model::{Layer, Model};
+use crate::optimizer::Optimizer;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 
@@ -18,25 +19,26 @@ pub struct HostTensor {
 }
 
 /// One layer's tensors on the device: its ParamSpecs' values (in their order), the gradients
-/// and Adam moments of the trainable ones (in the same order, trainable only), its scratch.
+/// and optimizer state of the trainable ones (in the same order, trainable only), its scratch.
 struct LayerState<B: Backend> {
     specs: Vec<ParamSpec>,
     values: Vec<B::Tensor>,
     grads: Vec<B::Tensor>,
-    /// (m, v) of each trainable tensor.
-    moments: Vec<(B::Tensor, B::Tensor)>,
+    /// Each trainable tensor's optimizer state, one per `Optimizer::slot_names` (Adam: m, v;
+    /// SGD with momentum: momentum; RMSprop: velocity).
+    slots: Vec<Vec<B::Tensor>>,
     scratch: Vec<Scratch<B>>,
 }
 
 impl<B: Backend> LayerState<B> {
-    fn new(backend: &B, layer: &Layer, max_batch: usize) -> Result<Self> {
+    fn new(backend: &B, layer: &Layer, max_batch: usize, optimizer: &Optimizer) -> Result<Self> {
         let specs = layer.params();
-        let mut state = LayerState { specs: Vec::new(), values: Vec::new(), grads: Vec::new(), moments: Vec::new(), scratch: Vec::new() };
+        let mut state = LayerState { specs: Vec::new(), values: Vec::new(), grads: Vec::new(), slots: Vec::new(), scratch: Vec::new() };
         for spec in &specs {
             state.values.push(backend.tensor(spec.len())?);
             if spec.trainable {
                 state.grads.push(backend.tensor(spec.len())?);
-                state.moments.push((backend.tensor(spec.len())?, backend.tensor(spec.len())?));
+                state.slots.push(optimizer.slot_names().iter().map(|_| backend.tensor(spec.len())).collect::<Result<_>>()?);
             }
         }
         state.specs = specs;
@@ -45,7 +47,7 @@ impl<B: Backend> LayerState<B> {
         }
         Ok(state)
     }
-    /// (value index, spec) of each trainable tensor, in the order of `grads` and `moments`.
+    /// (value index, spec) of each trainable tensor, in the order of `grads` and `slots`.
     fn trainable(&self) -> impl Iterator<Item = (usize, &ParamSpec)> {
         self.specs.iter().enumerate().filter(|(_, s)| s.trainable)
     }
@@ -63,8 +65,13 @@ pub struct Network<B: Backend> {
     pub backend: B,
     pub model: Model,
     pub max_batch: usize,
-    pub adam: AdamConfig,
-    /// Adam steps taken so far (Keras's `optimizer.iterations`).
+    /// The optimizer (`set_optimizer` changes it and its state); Adam by default.
+    optimizer: Optimizer,
+    /// The optimizer's learning rate (a schedule may change it between steps).
+    pub learning_rate: f32,
+    /// Label smoothing of the loss (training and validation, as Keras's compiled loss); 0: none.
+    pub label_smoothing: f32,
+    /// Optimizer steps taken so far (Keras's `optimizer.iterations`).
     pub step: u64,
     /// The run's seed (random draws in layers, e.g. dropout masks, come from seed and step).
     pub seed: u64,
@@ -125,7 +132,7 @@ impl<B: Backend> Network<B> {
                 relu_slot.push(layer.spec.output_relu());
                 slot_out.push(slot_lens.len() - 1);
             }
-            state.push(LayerState::new(&backend, layer, max_batch)?);
+            state.push(LayerState::new(&backend, layer, max_batch, &Optimizer::default())?);
         }
         let mut acts = Vec::new();
         let mut grads = Vec::new();
@@ -146,7 +153,9 @@ impl<B: Backend> Network<B> {
             backend,
             model,
             max_batch,
-            adam: AdamConfig::default(),
+            optimizer: Optimizer::default(),
+            learning_rate: AdamConfig::default().learning_rate,
+            label_smoothing: 0.0,
             step: 0,
             seed,
             state,
@@ -177,13 +186,30 @@ impl<B: Backend> Network<B> {
                 };
                 self.backend.upload(value, &data);
             }
-            for (spec, (m, v)) in state.specs.iter().filter(|s| s.trainable).zip(&mut state.moments) {
+            for (spec, slots) in state.specs.iter().filter(|s| s.trainable).zip(&mut state.slots) {
                 let zeros = vec![0.0; spec.len()];
-                self.backend.upload(m, &zeros);
-                self.backend.upload(v, &zeros);
+                for slot in slots {
+                    self.backend.upload(slot, &zeros);
+                }
             }
         }
         self.step = 0;
+    }
+
+    pub fn optimizer(&self) -> Optimizer {
+        self.optimizer
+    }
+
+    /// Switches to `optimizer` with fresh (zero) state tensors, as Keras builds them.
+    pub fn set_optimizer(&mut self, optimizer: Optimizer) -> Result<()> {
+        for state in &mut self.state {
+            let lens: Vec<usize> = state.trainable().map(|(_, s)| s.len()).collect();
+            for (len, slots) in lens.into_iter().zip(&mut state.slots) {
+                *slots = optimizer.slot_names().iter().map(|_| self.backend.tensor(len)).collect::<Result<_>>()?;
+            }
+        }
+        self.optimizer = optimizer;
+        Ok(())
     }
 
     pub fn classes(&self) -> usize {
@@ -221,6 +247,16 @@ impl<B: Backend> Network<B> {
         let b = &self.backend;
         let last = *self.slot_out.last().unwrap();
         match &self.class_weights {
+            _ if self.label_smoothing != 0.0 => b.softmax_xent_smoothed(
+                &self.acts[last],
+                &self.labels,
+                self.class_weights.as_ref(),
+                &mut self.grads[last],
+                &mut self.metrics,
+                n,
+                self.model.classes(),
+                self.label_smoothing,
+            ),
             Some(w) => b.softmax_xent_weighted(&self.acts[last], &self.labels, w, &mut self.grads[last], &mut self.metrics, n, self.model.classes()),
             None => b.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, n, self.model.classes()),
         }
@@ -264,14 +300,31 @@ impl<B: Backend> Network<B> {
         }
     }
 
-    fn adam_update(&mut self) {
+    /// One step of the optimizer over every parameter (Keras's `apply_gradients`).
+    fn optimizer_update(&mut self) {
         self.step += 1;
-        let h = self.adam.at_step(self.step);
+        let (b, lr) = (&self.backend, self.learning_rate);
         for state in &mut self.state {
             let trainable: Vec<usize> = state.trainable().map(|(i, _)| i).collect();
-            for ((&i, grad), (m, v)) in trainable.iter().zip(&state.grads).zip(&mut state.moments) {
-                let len = state.specs[i].len();
-                self.backend.adam_update(&mut state.values[i], grad, m, v, len, &h);
+            for ((&i, grad), slots) in trainable.iter().zip(&state.grads).zip(&mut state.slots) {
+                let (len, value) = (state.specs[i].len(), &mut state.values[i]);
+                match (self.optimizer, slots.as_mut_slice()) {
+                    (Optimizer::Adam { beta_1, beta_2, epsilon }, [m, v]) => {
+                        let h = AdamConfig { learning_rate: lr, beta1: beta_1, beta2: beta_2, epsilon }.at_step(self.step);
+                        b.adam_update(value, grad, m, v, len, &h)
+                    }
+                    (Optimizer::AdamW { beta_1, beta_2, epsilon, weight_decay }, [m, v]) => {
+                        let h = AdamConfig { learning_rate: lr, beta1: beta_1, beta2: beta_2, epsilon }.at_step(self.step);
+                        b.adamw_update(value, grad, m, v, len, &h, weight_decay)
+                    }
+                    (Optimizer::Sgd { momentum, nesterov }, slots) => {
+                        b.sgd_update(value, grad, slots.first_mut(), len, &SgdStep { learning_rate: lr, momentum, nesterov })
+                    }
+                    (Optimizer::RmsProp { rho, epsilon }, [velocity]) => {
+                        b.rmsprop_update(value, grad, velocity, len, &RmsPropStep { learning_rate: lr, rho, epsilon })
+                    }
+                    (o, slots) => unreachable!("{} with {} state tensors", o.describe(), slots.len()),
+                }
             }
         }
     }
@@ -304,7 +357,7 @@ impl<B: Backend> Network<B> {
         self.gather(data, indices, transforms);
         self.forward(indices.len(), true);
         self.backward(indices.len());
-        self.adam_update();
+        self.optimizer_update();
         self.backend.flush()
     }
 
@@ -312,8 +365,14 @@ impl<B: Backend> Network<B> {
     pub fn eval_step(&mut self, data: &B::Images, indices: &[u32]) -> Result<()> {
         self.gather(data, indices, None);
         self.forward(indices.len(), false);
-        let last = *self.slot_out.last().unwrap();
-        self.backend.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, indices.len(), self.model.classes());
+        let (last, n, classes) = (*self.slot_out.last().unwrap(), indices.len(), self.model.classes());
+        // Keras reports the compiled loss, label smoothing included, for validation too.
+        if self.label_smoothing == 0.0 {
+            self.backend.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, n, classes);
+        } else {
+            let f = self.label_smoothing;
+            self.backend.softmax_xent_smoothed(&self.acts[last], &self.labels, None, &mut self.grads[last], &mut self.metrics, n, classes, f);
+        }
         self.backend.flush()
     }
 
@@ -393,15 +452,16 @@ impl<B: Backend> Network<B> {
         Ok(out)
     }
 
-    /// Adam's first and second moments of the trainable tensors, named "<param>.adam_m" and
-    /// "<param>.adam_v".
+    /// The optimizer's state tensors of the trainable tensors, named "<param>.<slot>"
+    /// (`Optimizer::slot_names`: Adam's "adam_m"/"adam_v", SGD's "momentum", RMSprop's "velocity").
     pub fn optimizer_state(&self) -> Result<Vec<HostTensor>> {
         let mut out = Vec::new();
         for (layer, state) in self.model.layers.iter().zip(&self.state) {
-            for ((_, spec), (m, v)) in state.trainable().zip(&state.moments) {
+            for ((_, spec), slots) in state.trainable().zip(&state.slots) {
                 let name = param_name(layer, spec);
-                out.push(HostTensor { name: format!("{name}.adam_m"), dims: spec.dims.clone(), data: self.backend.download(m)? });
-                out.push(HostTensor { name: format!("{name}.adam_v"), dims: spec.dims.clone(), data: self.backend.download(v)? });
+                for (slot, t) in self.optimizer.slot_names().iter().zip(slots) {
+                    out.push(HostTensor { name: format!("{name}.{slot}"), dims: spec.dims.clone(), data: self.backend.download(t)? });
+                }
             }
         }
         Ok(out)
@@ -429,17 +489,18 @@ impl<B: Backend> Network<B> {
             Ok(t)
         };
         for (layer, state) in self.model.layers.iter().zip(&mut self.state) {
-            let mut moments = state.moments.iter_mut();
+            let mut slots = state.slots.iter_mut();
             for (spec, value) in state.specs.iter().zip(&mut state.values) {
                 let name = param_name(layer, spec);
                 self.backend.upload(value, &find(&name, &spec.dims)?.data);
                 if !spec.trainable {
                     continue;
                 }
-                let (m, v) = moments.next().expect("one pair of moments per trainable tensor");
+                let tensors = slots.next().expect("one set of optimizer state per trainable tensor");
                 if with_optimizer {
-                    self.backend.upload(m, &find(&format!("{name}.adam_m"), &spec.dims)?.data);
-                    self.backend.upload(v, &find(&format!("{name}.adam_v"), &spec.dims)?.data);
+                    for (slot, t) in self.optimizer.slot_names().iter().zip(tensors) {
+                        self.backend.upload(t, &find(&format!("{name}.{slot}"), &spec.dims)?.data);
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@ use crate::data::Dataset;
 use crate::history::EpochRecord;
 use crate::model::{format_arch, LayerSpec, Model};
 use crate::network::{HostTensor, Network};
+use crate::optimizer::{check_label_smoothing, Optimizer};
 use crate::train::{self, TrainOptions};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -18,6 +19,10 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f32,
+    /// The optimizer (Keras's Adam by default; give SGD its own learning rate, Keras's 0.01).
+    pub optimizer: Optimizer,
+    /// Keras's CategoricalCrossentropy(label_smoothing): 0 trains on one-hot targets.
+    pub label_smoothing: f32,
     /// Seeds the initial weights, the shuffles and the augmentation.
     pub seed: u64,
     pub augment: Augmentation,
@@ -34,6 +39,8 @@ impl Default for TrainConfig {
             epochs: 10,
             batch_size: 32,
             learning_rate: 1e-3,
+            optimizer: Optimizer::default(),
+            label_smoothing: 0.0,
             seed: 0,
             augment: Augmentation::NONE,
             device: Device::Auto,
@@ -105,7 +112,11 @@ impl Trainer {
             bail!("the model ends in {} class scores but {} has {} classes", model.classes(), ds.name, ds.class_names.len());
         }
         let mut net = Network::new(backend, model, c.batch_size, c.seed)?;
-        net.adam.learning_rate = c.learning_rate;
+        c.optimizer.check()?;
+        check_label_smoothing(c.label_smoothing)?;
+        net.set_optimizer(c.optimizer)?;
+        net.learning_rate = c.learning_rate;
+        net.label_smoothing = c.label_smoothing;
         // A data set handed over in memory has no files: the pipeline is the one `predict`
         // should use on photos for it (the built-in data sets' rule), and no folder source.
         let mut opts = TrainOptions {

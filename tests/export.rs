@@ -29,7 +29,7 @@ fn trained(arch: &str, spec: SyntheticSpec) -> (Checkpoint, ImageSet, Vec<f32>) 
     let layers = gpu_cnn::model::with_classes(&parse_arch(arch).unwrap(), ds.class_names.len()).unwrap();
     let model = Model::new(&layers, ds.input_shape()).unwrap();
     let mut net = Network::new(CpuBackend::new(), model, 32, 11).unwrap();
-    net.adam.learning_rate = 3e-3;
+    net.learning_rate = 3e-3;
     let train = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len()).unwrap();
     for step in 0..8u32 {
         let batch: Vec<u32> = (step * 32..step * 32 + 32).collect();

@@ -74,9 +74,11 @@ fn checkpoints_describing_huge_models_are_refused_before_allocating() {
     // A tensor whose shape is not the architecture's.
     let shaped = dir.join("shape.safetensors");
     write_checkpoint(&shaped, "conv2d 4 3 relu\nflatten\ndense 10 softmax\n", (8, 8, 3), true);
-    let bytes = std::fs::read(&shaped).unwrap();
-    let text = String::from_utf8_lossy(&bytes).replace("[3,3,3,4]", "[3,3,4,3]");
-    std::fs::write(&shaped, text.as_bytes()).unwrap();
+    // Edited as bytes: the header's 8-byte length prefix is not text.
+    let mut bytes = std::fs::read(&shaped).unwrap();
+    let at = bytes.windows(9).position(|w| w == b"[3,3,3,4]").expect("the kernel's shape is in the header");
+    bytes[at..at + 9].copy_from_slice(b"[3,3,4,3]");
+    std::fs::write(&shaped, &bytes).unwrap();
     refused(&["predict", "--device", "cpu", "--checkpoint", shaped.to_str().unwrap(), &img], &["shape.safetensors", "conv2d.kernel", "[3, 3, 4, 3]"]);
 }
 

@@ -310,6 +310,24 @@ impl AdamStep {
     }
 }
 
+/// One SGD step (keras/src/optimizers/sgd.py): without momentum p -= g * lr; with it
+/// m = m * momentum - g * lr, then p += m, or with Nesterov p += m * momentum - g * lr.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    pub learning_rate: f32,
+    pub momentum: f32,
+    pub nesterov: bool,
+}
+
+/// One RMSprop step (keras/src/optimizers/rmsprop.py, momentum 0, centered false):
+/// v = rho * v + (1 - rho) * g^2, p -= lr * g / sqrt(v + epsilon).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RmsPropStep {
+    pub learning_rate: f32,
+    pub rho: f32,
+    pub epsilon: f32,
+}
+
 /// Layout of the metrics accumulator every backend keeps on its device: `softmax_xent` adds to
 /// it; the host reads it a few times a second and resets it each epoch.
 pub const METRIC_LOSS_SUM: usize = 0; // sum over samples of the cross-entropy
@@ -486,6 +504,22 @@ pub trait Backend {
         n: usize,
         classes: usize,
     );
+    /// `softmax_xent` (or `softmax_xent_weighted` with `class_weights`) against smoothed
+    /// targets, Keras's CategoricalCrossentropy(label_smoothing=F): t = onehot * (1 - F) + F /
+    /// classes, dlogits = w * (softmax - t) / n, metrics[LOSS_SUM] += sum of w * -sum_c t_c *
+    /// log softmax_c. A separate path, so runs without smoothing keep their bits.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent_smoothed(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Indices,
+        class_weights: Option<&Self::Tensor>,
+        dlogits: &mut Self::Tensor,
+        metrics: &mut Self::Tensor,
+        n: usize,
+        classes: usize,
+        label_smoothing: f32,
+    );
     /// probs = softmax(logits) row by row (for predict).
     fn softmax(&self, logits: &Self::Tensor, probs: &mut Self::Tensor, n: usize, classes: usize);
 
@@ -553,6 +587,24 @@ pub trait Backend {
 
     /// One Adam update of `len` parameters in place.
     fn adam_update(&self, param: &mut Self::Tensor, grad: &Self::Tensor, m: &mut Self::Tensor, v: &mut Self::Tensor, len: usize, h: &AdamStep);
+    /// One AdamW update: p = p - p * weight_decay * lr (lr = h's learning rate, Keras's
+    /// decoupled weight decay), then `adam_update`'s step.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_update(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        len: usize,
+        h: &AdamStep,
+        weight_decay: f32,
+    );
+    /// One SGD update of `len` parameters in place; `momentum` holds the velocity when
+    /// h.momentum != 0 (None: plain SGD, as Keras builds no momentum variables then).
+    fn sgd_update(&self, param: &mut Self::Tensor, grad: &Self::Tensor, momentum: Option<&mut Self::Tensor>, len: usize, h: &SgdStep);
+    /// One RMSprop update of `len` parameters in place.
+    fn rmsprop_update(&self, param: &mut Self::Tensor, grad: &Self::Tensor, velocity: &mut Self::Tensor, len: usize, h: &RmsPropStep);
 
     /// Bytes this backend has allocated on its device so far, where it has a device of its own
     /// (None for the CPU backend, whose memory is the process's).
@@ -770,6 +822,37 @@ impl<B: Backend> Backend for &B {
     }
     fn adam_update(&self, param: &mut Self::Tensor, grad: &Self::Tensor, m: &mut Self::Tensor, v: &mut Self::Tensor, len: usize, h: &AdamStep) {
         (**self).adam_update(param, grad, m, v, len, h)
+    }
+    fn softmax_xent_smoothed(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Indices,
+        class_weights: Option<&Self::Tensor>,
+        dlogits: &mut Self::Tensor,
+        metrics: &mut Self::Tensor,
+        n: usize,
+        classes: usize,
+        label_smoothing: f32,
+    ) {
+        (**self).softmax_xent_smoothed(logits, labels, class_weights, dlogits, metrics, n, classes, label_smoothing)
+    }
+    fn adamw_update(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        len: usize,
+        h: &AdamStep,
+        weight_decay: f32,
+    ) {
+        (**self).adamw_update(param, grad, m, v, len, h, weight_decay)
+    }
+    fn sgd_update(&self, param: &mut Self::Tensor, grad: &Self::Tensor, momentum: Option<&mut Self::Tensor>, len: usize, h: &SgdStep) {
+        (**self).sgd_update(param, grad, momentum, len, h)
+    }
+    fn rmsprop_update(&self, param: &mut Self::Tensor, grad: &Self::Tensor, velocity: &mut Self::Tensor, len: usize, h: &RmsPropStep) {
+        (**self).rmsprop_update(param, grad, velocity, len, h)
     }
     fn device_bytes_allocated(&self) -> Option<u64> {
         (**self).device_bytes_allocated()

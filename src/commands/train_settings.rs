@@ -8,8 +8,9 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::class_weight::{balanced_weights, class_counts, ClassWeight};
 use crate::data::Dataset;
 use crate::model::{format_arch, parse_arch, with_classes};
+use crate::optimizer::{check_label_smoothing, Optimizer, OptimizerFlags};
 use crate::train::TrainOptions;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// `gpu-cnn train`'s flags as given (None: not given).
@@ -20,6 +21,11 @@ pub struct TrainArgs {
     pub epochs: usize,
     pub batch_size: Option<usize>,
     pub learning_rate: Option<f32>,
+    /// --optimizer and its hyper-parameters (None: the checkpoint's when resuming, else
+    /// Keras's defaults).
+    pub optimizer: OptimizerFlags,
+    /// None: the checkpoint's when resuming, else 0.
+    pub label_smoothing: Option<f32>,
     pub seed: Option<u64>,
     pub out: Option<PathBuf>,
     pub resume: Option<PathBuf>,
@@ -38,8 +44,12 @@ pub struct TrainSettings {
     /// What the loop reads: epochs, batch size, seed, architecture text, augmentation, the
     /// pipeline and data source stored in checkpoints, the run directory.
     pub options: TrainOptions,
-    /// Adam's base learning rate.
+    /// The optimizer with its hyper-parameters (the checkpoint's when resuming).
+    pub optimizer: Optimizer,
+    /// The optimizer's base learning rate.
     pub learning_rate: f32,
+    /// Keras's CategoricalCrossentropy label_smoothing (0: none).
+    pub label_smoothing: f32,
     /// `--class-weight balanced`'s per-class loss weights (None: unweighted).
     pub class_weights: Option<Vec<f32>>,
     /// Training images per class (the report shows them beside the per-class scores).
@@ -67,7 +77,10 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset) -> R
     let resume_path = args.resume.as_deref().unwrap_or(Path::new("checkpoint"));
     let seed = resolved_seed(args, resume);
     let batch_size = args.batch_size.or(resume.map(|c| c.meta.batch_size)).unwrap_or(32);
-    let learning_rate = args.learning_rate.or(resume.map(|c| c.meta.learning_rate)).unwrap_or(1e-3);
+    let optimizer = Optimizer::from_flags(&args.optimizer, resume.map(|c| c.meta.optimizer))?;
+    let learning_rate = args.learning_rate.or(resume.map(|c| c.meta.learning_rate)).unwrap_or(optimizer.name().default_learning_rate());
+    let label_smoothing = args.label_smoothing.or(resume.map(|c| c.meta.label_smoothing)).unwrap_or(0.0);
+    check_label_smoothing(label_smoothing).context("--label-smoothing")?;
     let augment = args.augment.or(resume.map(|c| c.meta.augment)).unwrap_or(Augmentation::NONE);
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -137,7 +150,7 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset) -> R
         preprocessing: Some(preprocessing),
         data_source,
     };
-    Ok(TrainSettings { options, learning_rate, class_weights, train_counts, out, continues_folder, overwrite: args.overwrite })
+    Ok(TrainSettings { options, optimizer, learning_rate, label_smoothing, class_weights, train_counts, out, continues_folder, overwrite: args.overwrite })
 }
 
 /// A resumed checkpoint must have been trained on data of this shape and class count, and

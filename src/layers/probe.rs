@@ -102,6 +102,8 @@ mod tests {
             seed: 1,
             batch_size: 2,
             learning_rate: 1e-3,
+            optimizer: crate::optimizer::Optimizer::default(),
+            label_smoothing: 0.0,
             augment: crate::augment::Augmentation::NONE,
             history: Vec::new(),
             preprocessing: None,

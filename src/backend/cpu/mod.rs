@@ -11,6 +11,7 @@ mod depthwise;
 mod direct;
 mod gemm;
 mod im2col;
+mod optimizers;
 mod pool;
 pub mod simd;
 mod winograd;
@@ -18,8 +19,8 @@ mod winograd_filter;
 
 use super::dropout::{keeps, DropoutMask};
 use super::{
-    activation, ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape,
-    METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
+    activation, ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RmsPropStep,
+    SgdStep, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
 };
 use crate::augment::{AffineTransform, SampleTransform, TransformLayout};
 use crate::data::ImageSet;
@@ -254,7 +255,7 @@ impl Backend for CpuBackend {
     fn softmax_xent(&self, logits: &Vec<f32>, labels: &Vec<u32>, dlogits: &mut Vec<f32>, metrics: &mut Vec<f32>, n: usize, classes: usize) {
         // A weight of exactly 1.0 leaves every product unchanged: the unweighted path is
         // bit for bit what it was before class weights existed.
-        softmax_xent_rows(logits, labels, |_| 1.0, dlogits, metrics, n, classes);
+        softmax_xent_rows(logits, labels, |_| 1.0, dlogits, metrics, n, classes, 0.0);
     }
 
     fn softmax_xent_weighted(
@@ -267,7 +268,22 @@ impl Backend for CpuBackend {
         n: usize,
         classes: usize,
     ) {
-        softmax_xent_rows(logits, labels, |label| class_weights[label], dlogits, metrics, n, classes);
+        softmax_xent_rows(logits, labels, |label| class_weights[label], dlogits, metrics, n, classes, 0.0);
+    }
+
+    fn softmax_xent_smoothed(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<u32>,
+        class_weights: Option<&Vec<f32>>,
+        dlogits: &mut Vec<f32>,
+        metrics: &mut Vec<f32>,
+        n: usize,
+        classes: usize,
+        label_smoothing: f32,
+    ) {
+        let weight = |label: usize| class_weights.map_or(1.0, |w| w[label]);
+        softmax_xent_rows(logits, labels, weight, dlogits, metrics, n, classes, label_smoothing);
     }
 
     fn softmax(&self, logits: &Vec<f32>, probs: &mut Vec<f32>, n: usize, classes: usize) {
@@ -355,12 +371,37 @@ impl Backend for CpuBackend {
             },
         );
     }
+
+    fn adamw_update(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, len: usize, h: &AdamStep, weight_decay: f32) {
+        optimizers::weight_decay(&mut param[..len], weight_decay, h.config.learning_rate);
+        self.adam_update(param, grad, m, v, len, h);
+    }
+
+    fn sgd_update(&self, param: &mut Vec<f32>, grad: &Vec<f32>, momentum: Option<&mut Vec<f32>>, len: usize, h: &SgdStep) {
+        optimizers::sgd(&mut param[..len], &grad[..len], momentum.map(|m| &mut m[..len]), h);
+    }
+
+    fn rmsprop_update(&self, param: &mut Vec<f32>, grad: &Vec<f32>, velocity: &mut Vec<f32>, len: usize, h: &RmsPropStep) {
+        optimizers::rmsprop(&mut param[..len], &grad[..len], &mut velocity[..len], h);
+    }
 }
 
 /// Softmax + cross-entropy + gradient, each row weighted by `weight(label)`:
-/// loss_i = w * -log softmax[label], dlogits_i = w * (softmax - onehot) / n.
+/// loss_i = w * -log softmax[label], dlogits_i = w * (softmax - onehot) / n. With label
+/// smoothing F > 0 the target is t = onehot * (1 - F) + F / classes (Keras's
+/// CategoricalCrossentropy): loss_i = w * ((1 - F) * -log softmax[label] + F * mean_c -log
+/// softmax_c) and dlogits_i = w * (softmax - t) / n. F = 0 computes what it did before.
 #[allow(clippy::too_many_arguments)]
-fn softmax_xent_rows(logits: &[f32], labels: &[u32], weight: impl Fn(usize) -> f32, dlogits: &mut [f32], metrics: &mut [f32], n: usize, classes: usize) {
+fn softmax_xent_rows(
+    logits: &[f32],
+    labels: &[u32],
+    weight: impl Fn(usize) -> f32,
+    dlogits: &mut [f32],
+    metrics: &mut [f32],
+    n: usize,
+    classes: usize,
+    smoothing: f32,
+) {
     let mut loss_sum = 0.0f32;
     let mut correct = 0.0f32;
     for i in 0..n {
@@ -377,13 +418,26 @@ fn softmax_xent_rows(logits: &[f32], labels: &[u32], weight: impl Fn(usize) -> f
         }
         let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
         let log_sum = sum.ln();
-        loss_sum += w * (log_sum - (z[label] - max));
+        let nll = log_sum - (z[label] - max);
+        if smoothing == 0.0 {
+            loss_sum += w * nll;
+        } else {
+            let mean_nll = z.iter().map(|&v| log_sum - (v - max)).sum::<f32>() / classes as f32;
+            loss_sum += w * ((1.0 - smoothing) * nll + smoothing * mean_nll);
+        }
         if argmax == label {
             correct += 1.0;
         }
+        let off_target = smoothing / classes as f32;
         for c in 0..classes {
             let p = (z[c] - max).exp() / sum;
-            g[c] = (p - if c == label { 1.0 } else { 0.0 }) * w / n as f32;
+            let target = match (c == label, smoothing == 0.0) {
+                (true, true) => 1.0,
+                (false, true) => 0.0,
+                (true, false) => (1.0 - smoothing) + off_target,
+                (false, false) => off_target,
+            };
+            g[c] = (p - target) * w / n as f32;
         }
     }
     metrics[METRIC_LOSS_SUM] += loss_sum;

@@ -19,7 +19,6 @@
 //! recorded come back from the next `flush()` or download.
 
 mod activation;
-mod adam;
 mod adapter_choice;
 mod batchnorm;
 mod buffer;
@@ -30,6 +29,7 @@ mod dense;
 mod depthwise;
 mod dropout;
 mod loss;
+mod optimizers;
 mod params;
 mod pipelines;
 mod pool;
@@ -48,7 +48,10 @@ pub use pipelines::ALL_SHADERS;
 pub use recorder::CacheSizes;
 
 use super::dropout::DropoutMask;
-use super::{ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RecordCounts};
+use super::{
+    ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RecordCounts,
+    RmsPropStep, SgdStep,
+};
 use anyhow::{Context as _, Result};
 use buffer::{Bound, BufferRegistry};
 use context::GpuContext;
@@ -68,15 +71,15 @@ pub struct GpuBackend {
     scratch: RefCell<Option<GpuTensor>>,
     /// Host-visible buffer for read-backs, reused.
     staging: RefCell<Option<wgpu::Buffer>>,
-    /// Adam's per-step scalars (see adam.rs).
-    adam_scalars: wgpu::Buffer,
-    adam_scalars_id: u64,
-    adam_scalars_written: Cell<Option<[u32; 4]>>,
-    adam_scalars_in_encoder: Cell<Option<[u32; 4]>>,
+    /// The optimizer's per-step scalars (see optimizers.rs).
+    optimizer_scalars: wgpu::Buffer,
+    optimizer_scalars_id: u64,
+    optimizer_scalars_written: Cell<Option<optimizers::ScalarBits>>,
+    optimizer_scalars_in_encoder: Cell<Option<optimizers::ScalarBits>>,
     /// Workgroups per grid dimension that dispatches may use: the adapter's limit, or less
     /// when a test lowers it to exercise the 2-D/3-D grid folding on small inputs.
     dispatch_limit: Cell<u32>,
-    /// Bytes written from the host with queue writes (uploads, indices, Adam's scalars).
+    /// Bytes written from the host with queue writes (uploads, indices, optimizer scalars).
     written_bytes: Cell<u64>,
     /// A test forcing one way of computing conv input gradients (None: the shape decides).
     forced_conv_input_grad: Cell<Option<ConvInputGradAlgo>>,
@@ -88,9 +91,9 @@ impl GpuBackend {
         let ctx = GpuContext::new(adapter)?;
         let pipelines = Pipelines::new(&ctx.device);
         let registry = Arc::new(BufferRegistry::default());
-        let adam_scalars = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("adam scalars"),
-            size: std::mem::size_of::<params::AdamScalars>() as u64,
+        let optimizer_scalars = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("optimizer scalars"),
+            size: (4 * optimizers::SCALAR_WORDS) as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -100,11 +103,11 @@ impl GpuBackend {
             recorder: Recorder::new(),
             scratch: RefCell::new(None),
             staging: RefCell::new(None),
-            adam_scalars,
-            adam_scalars_id: registry.new_id(),
+            optimizer_scalars,
+            optimizer_scalars_id: registry.new_id(),
             registry,
-            adam_scalars_written: Cell::new(None),
-            adam_scalars_in_encoder: Cell::new(None),
+            optimizer_scalars_written: Cell::new(None),
+            optimizer_scalars_in_encoder: Cell::new(None),
             dispatch_limit: Cell::new(0),
             written_bytes: Cell::new(0),
             forced_conv_input_grad: Cell::new(None),
@@ -203,7 +206,7 @@ impl GpuBackend {
     fn submit_pending(&self) {
         if self.recorder.has_pending() {
             self.recorder.submit(&self.ctx.device, &self.ctx.queue);
-            self.adam_scalars_in_encoder.set(None);
+            self.optimizer_scalars_in_encoder.set(None);
         }
     }
 
@@ -407,6 +410,19 @@ impl Backend for GpuBackend {
     ) {
         self.record_softmax_xent_weighted(logits, labels, class_weights, dlogits, metrics, n, classes);
     }
+    fn softmax_xent_smoothed(
+        &self,
+        logits: &GpuTensor,
+        labels: &GpuIndices,
+        class_weights: Option<&GpuTensor>,
+        dlogits: &mut GpuTensor,
+        metrics: &mut GpuTensor,
+        n: usize,
+        classes: usize,
+        label_smoothing: f32,
+    ) {
+        self.record_softmax_xent_smoothed(logits, labels, class_weights, dlogits, metrics, n, classes, label_smoothing);
+    }
     fn softmax(&self, logits: &GpuTensor, probs: &mut GpuTensor, n: usize, classes: usize) {
         self.record_softmax(logits, probs, n, classes);
     }
@@ -461,6 +477,15 @@ impl Backend for GpuBackend {
 
     fn adam_update(&self, param: &mut GpuTensor, grad: &GpuTensor, m: &mut GpuTensor, v: &mut GpuTensor, len: usize, h: &AdamStep) {
         self.record_adam_update(param, grad, m, v, len, h);
+    }
+    fn adamw_update(&self, param: &mut GpuTensor, grad: &GpuTensor, m: &mut GpuTensor, v: &mut GpuTensor, len: usize, h: &AdamStep, weight_decay: f32) {
+        self.record_adamw_update(param, grad, m, v, len, h, weight_decay);
+    }
+    fn sgd_update(&self, param: &mut GpuTensor, grad: &GpuTensor, momentum: Option<&mut GpuTensor>, len: usize, h: &SgdStep) {
+        self.record_sgd_update(param, grad, momentum, len, h);
+    }
+    fn rmsprop_update(&self, param: &mut GpuTensor, grad: &GpuTensor, velocity: &mut GpuTensor, len: usize, h: &RmsPropStep) {
+        self.record_rmsprop_update(param, grad, velocity, len, h);
     }
 
     fn record_counts(&self) -> Option<RecordCounts> {

@@ -75,7 +75,7 @@ kernel_params! {
     }
     /// Rows and classes of the softmax kernels (loss.wgsl).
     LossParams in "loss.wgsl" {
-        n: u32, classes: u32, unused0: u32, unused1: u32,
+        n: u32, classes: u32, label_smoothing: f32, unused1: u32,
     }
     /// Elements of an element-wise op (elementwise.wgsl).
     ElementwiseParams in "elementwise.wgsl" {
@@ -96,6 +96,31 @@ kernel_params! {
     /// One step's Adam scalars (adam.wgsl): written with the queue each step, not cached.
     AdamScalars in "adam.wgsl" {
         alpha: f32, beta1: f32, beta2: f32, epsilon: f32,
+    }
+    /// Parameters of one AdamW dispatch (adamw.wgsl).
+    AdamWShape in "adamw.wgsl" {
+        len: u32, unused0: u32, unused1: u32, unused2: u32,
+    }
+    /// One step's AdamW scalars (adamw.wgsl): Adam's, the learning rate and the weight decay.
+    AdamWScalars in "adamw.wgsl" {
+        alpha: f32, beta1: f32, beta2: f32, epsilon: f32,
+        learning_rate: f32, weight_decay: f32, unused0: f32, unused1: f32,
+    }
+    /// Parameters of one SGD dispatch (sgd.wgsl).
+    SgdShape in "sgd.wgsl" {
+        len: u32, unused0: u32, unused1: u32, unused2: u32,
+    }
+    /// One step's SGD scalars (sgd.wgsl); nesterov is 0 or 1.
+    SgdScalars in "sgd.wgsl" {
+        learning_rate: f32, momentum: f32, nesterov: u32, unused0: u32,
+    }
+    /// Parameters of one RMSprop dispatch (rmsprop.wgsl).
+    RmsPropShape in "rmsprop.wgsl" {
+        len: u32, unused0: u32, unused1: u32, unused2: u32,
+    }
+    /// One step's RMSprop scalars (rmsprop.wgsl).
+    RmsPropScalars in "rmsprop.wgsl" {
+        learning_rate: f32, rho: f32, epsilon: f32, unused0: f32,
     }
 }
 
@@ -149,6 +174,12 @@ mod tests {
         check::<AdamScalars>();
         check::<BatchNormParams>();
         check::<DropoutParams>();
+        check::<AdamWShape>();
+        check::<AdamWScalars>();
+        check::<SgdShape>();
+        check::<SgdScalars>();
+        check::<RmsPropShape>();
+        check::<RmsPropScalars>();
     }
 
     #[test]
@@ -169,6 +200,10 @@ mod tests {
             ("elementwise.wgsl", "relu_backward"),
             ("loss.wgsl", "softmax"),
             ("adam.wgsl", "adam_update"),
+            ("adamw.wgsl", "adamw_update"),
+            ("sgd.wgsl", "sgd_update"),
+            ("sgd.wgsl", "sgd_momentum_update"),
+            ("rmsprop.wgsl", "rmsprop_update"),
             ("data.wgsl", "gather_batch"),
             ("batchnorm.wgsl", "batchnorm_moving_stats"),
             ("batchnorm.wgsl", "batchnorm_normalize"),

@@ -90,6 +90,10 @@ pub struct Pipelines {
     pub softmax_xent_weighted: Pipeline,
     pub softmax: Pipeline,
     pub adam_update: Pipeline,
+    pub adamw_update: Pipeline,
+    pub sgd_update: Pipeline,
+    pub sgd_momentum_update: Pipeline,
+    pub rmsprop_update: Pipeline,
     pub gather_batch: Pipeline,
     pub batchnorm_batch_stats: Pipeline,
     pub batchnorm_moving_stats: Pipeline,
@@ -113,6 +117,9 @@ impl Pipelines {
         let activation = module("activation.wgsl");
         let loss = module("loss.wgsl");
         let adam = module("adam.wgsl");
+        let adamw = module("adamw.wgsl");
+        let sgd = module("sgd.wgsl");
+        let rmsprop = module("rmsprop.wgsl");
         let data = module("data.wgsl");
         let batchnorm = module("batchnorm.wgsl");
         let dropout = module("dropout.wgsl");
@@ -138,6 +145,10 @@ impl Pipelines {
             softmax_xent_weighted: make(&loss, "softmax_xent_weighted"),
             softmax: make(&loss, "softmax"),
             adam_update: make(&adam, "adam_update"),
+            adamw_update: make(&adamw, "adamw_update"),
+            sgd_update: make(&sgd, "sgd_update"),
+            sgd_momentum_update: make(&sgd, "sgd_momentum_update"),
+            rmsprop_update: make(&rmsprop, "rmsprop_update"),
             gather_batch: make(&data, "gather_batch"),
             batchnorm_batch_stats: make(&batchnorm, "batchnorm_batch_stats"),
             batchnorm_moving_stats: make(&batchnorm, "batchnorm_moving_stats"),
