@@ -187,6 +187,11 @@ impl<B: Backend> Network<B> {
         self.model.classes()
     }
 
+    /// The learning rate of the next updates (schedules set it before every step).
+    pub fn set_learning_rate(&mut self, rate: f32) {
+        self.adam.learning_rate = rate;
+    }
+
     fn forward(&mut self, n: usize) {
         let b = &self.backend;
         for (i, layer) in self.model.layers.iter().enumerate() {

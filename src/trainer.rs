@@ -105,7 +105,6 @@ impl Trainer {
             bail!("the model ends in {} class scores but {} has {} classes", model.classes(), ds.name, ds.class_names.len());
         }
         let mut net = Network::new(backend, model, c.batch_size, c.seed)?;
-        net.adam.learning_rate = c.learning_rate;
         // A data set handed over in memory has no files: the pipeline is the one `predict`
         // should use on photos for it (the built-in data sets' rule), and no folder source.
         let mut opts = TrainOptions {
@@ -118,6 +117,8 @@ impl Trainer {
             augment: c.augment,
             preprocessing: Some(crate::commands::dataset_preprocessing(ds)?),
             data_source: None,
+            learning_rate: c.learning_rate,
+            recipe: crate::callbacks::Recipe::default(),
         };
         let mut history = Vec::new();
         match self.on_epoch.as_mut() {
@@ -132,7 +133,7 @@ impl Trainer {
                 }
             }
         }
-        let meta = opts.checkpoint_meta(&net, ds, &history);
+        let meta = opts.checkpoint_meta(&net, ds, &history, &opts.recipe);
         let tensors: Vec<HostTensor> = net.weights()?;
         Ok(TrainedModel { history, checkpoint: Checkpoint { meta, tensors }, device: net.backend.describe() })
     }

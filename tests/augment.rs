@@ -170,6 +170,8 @@ fn options(epochs: usize, out: Option<&Path>, augment: Augmentation) -> TrainOpt
         augment,
         preprocessing: None,
         data_source: None,
+        learning_rate: 1e-3,
+        recipe: Default::default(),
     }
 }
 
