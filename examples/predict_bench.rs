@@ -102,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         preprocessing: Some(gpu_cnn::image_pipeline::Preprocessing::new((32, 32, 3))?),
         data_source: None,
         class_weights: None,
+        recipe: Default::default(),
     };
     gpu_cnn::checkpoint::save(&ck, &meta, &net.weights()?)?;
     println!("machine: {}", gpu_cnn::system_info::machine_name());

@@ -7,17 +7,22 @@
 
 use crate::atomic_file::write_atomically;
 use crate::augment::Augmentation;
+use crate::callbacks::Recipe;
 use crate::history::EpochRecord;
 use crate::image_pipeline::Preprocessing;
 use crate::model::{parse_arch, parse_input_shape, Model};
 use crate::network::HostTensor;
 use crate::optimizer::{check_label_smoothing, Optimizer};
+use crate::schedule::LrSchedule;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::Path;
 
 pub const FORMAT: &str = "gpu-cnn/1";
+
+/// The suffix of EarlyStopping's best weights in a checkpoint (`dense.kernel.best_weights`).
+pub const BEST_WEIGHTS: &str = ".best_weights";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointMeta {
@@ -49,6 +54,10 @@ pub struct CheckpointMeta {
     /// `--class-weight balanced`'s per-class loss weights; None (also in checkpoints from
     /// before it existed) for an unweighted loss.
     pub class_weights: Option<Vec<f32>>,
+    /// The learning-rate schedule and the callbacks' states (metadata `lr_schedule`,
+    /// `early_stopping`, `reduce_lr_on_plateau`; EarlyStopping's best weights as
+    /// `<weight>.best_weights` tensors). Absent keys: constant rate, no callbacks.
+    pub recipe: Recipe,
 }
 
 /// A folder data set as training read it.
@@ -89,6 +98,13 @@ impl Checkpoint {
 
 /// Writes weights (and optimizer state, when given) atomically (see atomic_file.rs).
 pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Result<()> {
+    let best_weights = match &meta.recipe.early_stopping {
+        // The best epoch's weights when they are not this checkpoint's own.
+        Some(e) if e.best_epoch != meta.epoch => e.best_weights.as_deref().unwrap_or_default(),
+        _ => &[],
+    };
+    let renamed: Vec<HostTensor> = best_weights.iter().map(|t| HostTensor { name: format!("{}{BEST_WEIGHTS}", t.name), ..t.clone() }).collect();
+    let tensors: Vec<&HostTensor> = tensors.iter().chain(&renamed).collect();
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| bytemuck::cast_slice(&t.data).to_vec()).collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
@@ -119,6 +135,15 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Resul
     }
     if let Some(w) = &meta.class_weights {
         info.insert("class_weights".to_string(), serde_json::to_string(w)?);
+    }
+    if meta.recipe.schedule != LrSchedule::default() {
+        info.insert("lr_schedule".to_string(), serde_json::to_string(&meta.recipe.schedule)?);
+    }
+    if let Some(e) = &meta.recipe.early_stopping {
+        info.insert("early_stopping".to_string(), serde_json::to_string(e)?);
+    }
+    if let Some(r) = &meta.recipe.reduce_lr {
+        info.insert("reduce_lr_on_plateau".to_string(), serde_json::to_string(r)?);
     }
     let data = safetensors::serialize(views, &Some(info)).map_err(|e| anyhow!("serialising checkpoint: {e:?}"))?;
     write_atomically(path, &data)
@@ -187,7 +212,31 @@ fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMe
             .map(|t| serde_json::from_str(t))
             .transpose()
             .with_context(|| format!("{}: metadata class_weights", path.display()))?,
+        recipe: Recipe {
+            schedule: info
+                .get("lr_schedule")
+                .map(|t| serde_json::from_str(t))
+                .transpose()
+                .with_context(|| format!("{}: metadata lr_schedule", path.display()))?
+                .unwrap_or_default(),
+            early_stopping: info
+                .get("early_stopping")
+                .map(|t| serde_json::from_str(t))
+                .transpose()
+                .with_context(|| format!("{}: metadata early_stopping", path.display()))?,
+            reduce_lr: info
+                .get("reduce_lr_on_plateau")
+                .map(|t| serde_json::from_str(t))
+                .transpose()
+                .with_context(|| format!("{}: metadata reduce_lr_on_plateau", path.display()))?,
+        },
     };
+    meta.recipe.validate().with_context(|| format!("{}: metadata; the checkpoint is damaged", path.display()))?;
+    // Epochs recorded before the rate was: their rate was the constant one stored.
+    let mut meta = meta;
+    for r in meta.history.iter_mut().filter(|r| r.learning_rate.is_none()) {
+        r.learning_rate = Some(meta.learning_rate as f64);
+    }
     if let Some(w) = &meta.class_weights {
         if w.len() != meta.class_names.len() || !w.iter().all(|v| v.is_finite() && *v > 0.0) {
             bail!("{}: metadata class_weights must be {} positive numbers, one per class; the checkpoint is damaged", path.display(), meta.class_names.len());
@@ -237,7 +286,7 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
             bail!("{}: tensor '{name}' is {:?}, expected F32", path.display(), view.dtype());
         }
         let state_of = state_tensor_weight(name, &meta.optimizer);
-        let weight = state_of.unwrap_or(name);
+        let weight = state_of.or_else(|| name.strip_suffix(BEST_WEIGHTS)).unwrap_or(name);
         match expected.iter().find(|(n, _, _)| n == weight) {
             Some((_, _, false)) if state_of.is_some() => {
                 bail!("{}: tensor '{name}' is optimizer state of '{weight}', which is not trainable", path.display())
@@ -257,7 +306,27 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         data.extend(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
         tensors.push(HostTensor { name, dims: view.shape().to_vec(), data });
     }
+    let mut meta = meta;
+    if let Some(e) = &mut meta.recipe.early_stopping {
+        e.best_weights = Some(early_stopping_weights(&tensors, &expected, e.best_epoch == meta.epoch, path)?);
+    }
     Ok(Checkpoint { meta, tensors })
+}
+
+/// EarlyStopping's best weights: the checkpoint's own weights when its epoch is the best one,
+/// else its `.best_weights` tensors (all of them, or it is damaged).
+fn early_stopping_weights(tensors: &[HostTensor], expected: &[(String, Vec<usize>, bool)], own: bool, path: &Path) -> Result<Vec<HostTensor>> {
+    let suffix = if own { "" } else { BEST_WEIGHTS };
+    expected
+        .iter()
+        .map(|(name, _, _)| {
+            let stored = format!("{name}{suffix}");
+            match tensors.iter().find(|t| t.name == stored) {
+                Some(t) => Ok(HostTensor { name: name.clone(), ..t.clone() }),
+                None => bail!("{}: tensor '{stored}' is missing (early stopping's best weights)", path.display()),
+            }
+        })
+        .collect()
 }
 
 /// A checkpoint's metadata alone, read from its header (for comparing a run's best).

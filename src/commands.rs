@@ -184,13 +184,11 @@ pub fn train(args: &TrainArgs, device: DeviceRequest) -> Result<()> {
 
 /// `train`: resolves the settings (flags + the resumed checkpoint + the data), then runs them.
 pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
-    if args.epochs == 0 {
-        bail!("--epochs 0 would train nothing; give the total number of epochs (at least 1)");
-    }
     let resume: Option<Checkpoint> = args.resume.as_deref().map(checkpoint::load).transpose()?;
+    let flags = train_settings::resolve_flags(args, resume.as_ref())?;
     let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
-    let (ds, test_files) = load_data_with_files(&args.data, train_settings::resolved_seed(args, resume.as_ref()), base.as_ref())?;
-    let settings = train_settings::resolve(args, resume.as_ref(), &ds)?;
+    let (ds, test_files) = load_data_with_files(&args.data, flags.seed, base.as_ref())?;
+    let settings = train_settings::resolve(args, resume.as_ref(), &ds, flags)?;
     run_training(backend, &settings, &ds, test_files.as_deref(), resume.as_ref().map(|ck| (ck, args.resume.as_deref().unwrap())))
 }
 
@@ -220,7 +218,6 @@ fn run_training<B: Backend>(
     let batch_size = opts.batch_size;
     let mut net = Network::new(backend, model, batch_size, opts.seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
     net.set_optimizer(settings.optimizer)?;
-    net.learning_rate = settings.learning_rate;
     net.label_smoothing = settings.label_smoothing;
     net.set_class_weights(settings.class_weights.as_deref())?;
     let mut history = Vec::new();
@@ -236,7 +233,7 @@ fn run_training<B: Backend>(
         crate::run_dir::prepare_fresh(out, settings.overwrite)?;
     }
     eprintln!("Run directory: {}", out.display());
-    eprintln!("Optimizer: {}, learning rate {}", settings.optimizer.describe(), settings.learning_rate);
+    eprintln!("Optimizer: {}, learning rate {}", settings.optimizer.describe(), opts.learning_rate);
     if settings.label_smoothing != 0.0 {
         eprintln!("Label smoothing: {} (training and validation loss)", settings.label_smoothing);
     }
@@ -247,8 +244,19 @@ fn run_training<B: Backend>(
         let list: Vec<String> = ds.class_names.iter().zip(w).map(|(n, w)| format!("{n} {w:.4}")).collect();
         eprintln!("Class weights (balanced, training loss only): {}", list.join(", "));
     }
-    let history = train::fit(&mut net, ds, opts, history)?;
-    let report = report_settings(&opts.checkpoint_meta(&net, ds, &history), &net.backend.describe());
+    let recipe = &opts.recipe;
+    if !recipe.schedule.is_constant() || recipe.early_stopping.is_some() || recipe.reduce_lr.is_some() {
+        eprintln!("Learning rate: {}, {}{}", opts.learning_rate, recipe.schedule.describe(), callbacks_text(recipe));
+        if !recipe.schedule.is_constant() && recipe.schedule.epochs != opts.epochs {
+            eprintln!(
+                "note: the schedule keeps the {} epochs it was planned over (give --lr-schedule to plan it over {})",
+                recipe.schedule.epochs, opts.epochs
+            );
+        }
+    }
+    let fitted = train::run(&mut net, ds, opts, history)?;
+    let history = fitted.history;
+    let report = report_settings(&opts.checkpoint_meta(&net, ds, &history, &fitted.recipe), &net.backend.describe());
     let title = format!("gpu-cnn training run: {}", ds.name);
     let conf = report::report_network(&mut net, &ds.test, test_files, &ds.class_names, &history, title, report, out)?;
     eprint!("\n{}\n{}\n", conf.per_class_text_with_training(&settings.train_counts, settings.class_weights.as_deref()), conf.matrix_text());
@@ -461,6 +469,22 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// ", early stopping (patience 3), ReduceLROnPlateau (patience 2)" for the callbacks in use.
+fn callbacks_text(recipe: &crate::callbacks::Recipe) -> String {
+    let mut text = String::new();
+    if let Some(e) = &recipe.early_stopping {
+        text += &format!(", early stopping (patience {}", e.patience);
+        text += &match (e.stopped_epoch, e.best_epoch) {
+            (0, _) => ")".to_string(),
+            (stopped, best) => format!(": stopped at epoch {stopped}, weights of epoch {best})"),
+        };
+    }
+    if let Some(r) = &recipe.reduce_lr {
+        text += &format!(", ReduceLROnPlateau (patience {}, {} so far)", r.patience, plural(r.reductions as usize, "reduction"));
+    }
+    text
+}
+
 /// The settings a run's report shows first, from its checkpoint metadata.
 fn report_settings(meta: &CheckpointMeta, device: &str) -> Vec<(String, String)> {
     let (h, w, c) = meta.input;
@@ -470,7 +494,7 @@ fn report_settings(meta: &CheckpointMeta, device: &str) -> Vec<(String, String)>
         ("architecture", meta.arch.trim_end().to_string()),
         ("epochs done", meta.history.len().to_string()),
         ("batch size", meta.batch_size.to_string()),
-        ("learning rate", meta.learning_rate.to_string()),
+        ("learning rate", format!("{}, {}{}", meta.learning_rate, meta.recipe.schedule.describe(), callbacks_text(&meta.recipe))),
         ("seed", meta.seed.to_string()),
         ("augmentation", meta.augment.name()),
         ("device", device.to_string()),

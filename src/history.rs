@@ -22,6 +22,10 @@ pub struct EpochRecord {
     pub val_accuracy: f64,
     #[serde(with = "any_f64")]
     pub seconds: f64,
+    /// The rate of the epoch's last step (Keras's `learning_rate` in History); None in
+    /// checkpoints from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
 }
 
 /// An f64 that may be NaN or infinite, in JSON.
@@ -67,21 +71,27 @@ impl Serialize for Number {
     }
 }
 
-/// history.json: Keras's `History.history` (a list per metric) plus the epoch numbers,
-/// seconds per epoch, the device and the peak memory so far.
-pub fn write_history(dir: &Path, history: &[EpochRecord], device: &str, dataset: &str) -> Result<()> {
+/// history.json: Keras's `History.history` (a list per metric, `learning_rate` included) plus
+/// the epoch numbers, seconds per epoch, the device, the peak memory so far and, with
+/// `--early-stopping`, the epoch that stopped the run (0: none) and the epoch whose weights
+/// were restored.
+pub fn write_history(dir: &Path, history: &[EpochRecord], device: &str, dataset: &str, early_stopping: Option<(usize, usize)>) -> Result<()> {
     let list = |f: fn(&EpochRecord) -> f64| history.iter().map(|r| Number(f(r))).collect::<Vec<_>>();
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "epoch": history.iter().map(|r| r.epoch).collect::<Vec<_>>(),
         "loss": serde_json::to_value(list(|r| r.loss))?,
         "accuracy": serde_json::to_value(list(|r| r.accuracy))?,
         "val_loss": serde_json::to_value(list(|r| r.val_loss))?,
         "val_accuracy": serde_json::to_value(list(|r| r.val_accuracy))?,
         "seconds": serde_json::to_value(list(|r| r.seconds))?,
+        "learning_rate": serde_json::to_value(history.iter().map(|r| r.learning_rate.map(Number)).collect::<Vec<_>>())?,
         "device": device,
         "dataset": dataset,
         "peak_rss_bytes": peak_rss_bytes(),
     });
+    if let Some((stopped, restored)) = early_stopping {
+        json["early_stopping"] = serde_json::json!({ "stopped_epoch": stopped, "restored_epoch": restored });
+    }
     write_atomically(&dir.join("history.json"), serde_json::to_string_pretty(&json)?.as_bytes())
 }
 
@@ -91,7 +101,15 @@ mod tests {
 
     #[test]
     fn non_finite_values_round_trip_and_null_loads_as_nan() {
-        let record = EpochRecord { epoch: 1, loss: f64::NAN, accuracy: 0.5, val_loss: f64::INFINITY, val_accuracy: f64::NEG_INFINITY, seconds: 1.0 };
+        let record = EpochRecord {
+            epoch: 1,
+            loss: f64::NAN,
+            accuracy: 0.5,
+            val_loss: f64::INFINITY,
+            val_accuracy: f64::NEG_INFINITY,
+            seconds: 1.0,
+            learning_rate: None,
+        };
         let text = serde_json::to_string(&[&record]).unwrap();
         assert!(text.contains(r#""loss":"NaN""#) && text.contains(r#""val_loss":"inf""#), "{text}");
         let back: Vec<EpochRecord> = serde_json::from_str(&text).unwrap();

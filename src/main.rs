@@ -11,6 +11,7 @@ use gpu_cnn::image_pipeline::{Background, ColorMode, Interpolation, ResizeMode};
 use gpu_cnn::model::parse_input_shape;
 use gpu_cnn::optimizer::{OptimizerFlags, OptimizerName};
 use gpu_cnn::predict::PredictArgs;
+use gpu_cnn::schedule::ScheduleKind;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -335,6 +336,30 @@ struct TrainCli {
     /// unaffected [default: 0, or the checkpoint's when resuming].
     #[arg(long, value_name = "F")]
     label_smoothing: Option<f32>,
+    /// How the rate moves step by step after any warmup: constant; cosine (Keras's CosineDecay
+    /// to 0 over the remaining steps); step (x0.1 every --lr-step-epochs); onecycle (PyTorch's
+    /// OneCycleLR: up from rate/25 to the rate over the first 30% of the remaining steps, then
+    /// down to rate/25e4) [default: constant, or the checkpoint's when resuming]. Planned over
+    /// --epochs; a resumed run keeps the epochs its schedule was planned over.
+    #[arg(long, value_enum, value_name = "SCHEDULE")]
+    lr_schedule: Option<ScheduleKind>,
+    /// Raise the rate linearly from 0 to --learning-rate over the first N epochs' steps, then
+    /// run the schedule [default: 0].
+    #[arg(long, value_name = "N")]
+    warmup_epochs: Option<usize>,
+    /// With --lr-schedule step: epochs between each x0.1 [default: a third of --epochs,
+    /// rounded up, so three levels].
+    #[arg(long, value_name = "N")]
+    lr_step_epochs: Option<usize>,
+    /// Stop when val_loss has not improved for PATIENCE epochs and put back the weights of the
+    /// epoch with the lowest val_loss (Keras's EarlyStopping(restore_best_weights=True)); the
+    /// final last.safetensors holds those weights [default: off, or the checkpoint's].
+    #[arg(long, value_name = "PATIENCE")]
+    early_stopping: Option<usize>,
+    /// Multiply the rate by 0.1 when val_loss has not improved by 1e-4 for PATIENCE epochs
+    /// (Keras's ReduceLROnPlateau defaults) [default: off, or the checkpoint's].
+    #[arg(long, value_name = "PATIENCE")]
+    reduce_lr_on_plateau: Option<usize>,
     /// Seed for the initial weights and the shuffles [default: 0, or the checkpoint's].
     #[arg(long)]
     seed: Option<u64>,
@@ -452,6 +477,11 @@ fn run(cli: Cli) -> Result<()> {
                 augment: t.augment,
                 class_weight: t.class_weight,
                 overwrite: t.overwrite,
+                lr_schedule: t.lr_schedule,
+                warmup_epochs: t.warmup_epochs,
+                lr_step_epochs: t.lr_step_epochs,
+                early_stopping: t.early_stopping,
+                reduce_lr_on_plateau: t.reduce_lr_on_plateau,
             };
             commands::train(&args, t.device.device)?;
         }

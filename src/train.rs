@@ -3,6 +3,7 @@
 
 use crate::augment::Augmentation;
 use crate::backend::Backend;
+use crate::callbacks::{EarlyStop, Recipe, ReduceLrOnPlateau};
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::data::Dataset;
 use crate::history::{write_history, EpochRecord};
@@ -31,6 +32,17 @@ pub struct TrainOptions {
     /// Stored in checkpoints: how files become inputs, and where folder data came from.
     pub preprocessing: Option<crate::image_pipeline::Preprocessing>,
     pub data_source: Option<checkpoint::DataSource>,
+    /// The base learning rate (`--learning-rate`); the recipe sets each step's from it.
+    pub learning_rate: f32,
+    /// The schedule and the callbacks' states at the start (a resumed run: the checkpoint's).
+    pub recipe: Recipe,
+}
+
+/// What a run did: its whole history and the recipe's state at its end.
+#[derive(Clone, Debug)]
+pub struct Fitted {
+    pub history: Vec<EpochRecord>,
+    pub recipe: Recipe,
 }
 
 /// What salts the shuffle generator, so each epoch's order depends only on (seed, epoch).
@@ -48,8 +60,8 @@ fn format_metrics(m: &Metrics) -> String {
 }
 
 impl TrainOptions {
-    /// The checkpoint metadata of `net` after the epochs in `history`.
-    pub fn checkpoint_meta<B: Backend>(&self, net: &Network<B>, ds: &Dataset, history: &[EpochRecord]) -> CheckpointMeta {
+    /// The checkpoint metadata of `net` after the epochs in `history`, with `recipe`'s state.
+    pub fn checkpoint_meta<B: Backend>(&self, net: &Network<B>, ds: &Dataset, history: &[EpochRecord], recipe: &Recipe) -> CheckpointMeta {
         CheckpointMeta {
             arch: self.arch_text.clone(),
             input: net.model.input,
@@ -59,7 +71,7 @@ impl TrainOptions {
             step: net.step,
             seed: self.seed,
             batch_size: self.batch_size,
-            learning_rate: net.learning_rate,
+            learning_rate: self.learning_rate,
             optimizer: net.optimizer(),
             label_smoothing: net.label_smoothing,
             augment: self.augment,
@@ -67,13 +79,30 @@ impl TrainOptions {
             preprocessing: self.preprocessing,
             data_source: self.data_source.clone(),
             class_weights: net.class_weights().map(<[f32]>::to_vec),
+            recipe: recipe.clone(),
         }
+    }
+
+    fn steps_per_epoch(&self, ds: &Dataset) -> usize {
+        ds.train.len().div_ceil(self.batch_size)
     }
 }
 
 /// Trains `net` on `ds` until `opts.epochs` epochs are done; `history` holds the epochs
 /// already done (a resumed run). Returns the whole history.
-pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, mut history: Vec<EpochRecord>) -> Result<Vec<EpochRecord>> {
+pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, history: Vec<EpochRecord>) -> Result<Vec<EpochRecord>> {
+    Ok(run(net, ds, opts, history)?.history)
+}
+
+/// `fit`, returning the recipe's final state too: the epochs, then the end of training
+/// (EarlyStopping restores its best weights).
+pub fn run<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, history: Vec<EpochRecord>) -> Result<Fitted> {
+    let fitted = run_epochs(net, ds, opts, history)?;
+    finish(net, ds, opts, fitted)
+}
+
+/// The epochs alone, each saved as it ends: what an interrupted run has done when it stops.
+pub fn run_epochs<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, mut history: Vec<EpochRecord>) -> Result<Fitted> {
     opts.augment.check_input(net.model.input)?;
     let train = net.backend.upload_image_set(&ds.train).context("putting the training set on the device")?;
     let test = net.backend.upload_image_set(&ds.test).context("putting the test set on the device")?;
@@ -84,16 +113,19 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
     if let Some(dir) = &opts.out_dir {
         best = best.max(existing_best(dir)?);
     }
+    let mut recipe = opts.recipe.clone();
+    let steps = opts.steps_per_epoch(ds);
     for epoch in history.len()..opts.epochs {
         eprintln!("Epoch {}/{}", epoch + 1, opts.epochs);
         let started = Instant::now();
-        let train_metrics = train_epoch(net, &train, ds, opts, epoch, started)?;
+        let train_metrics = train_epoch(net, &train, ds, opts, &recipe, epoch, started)?;
         let train_seconds = started.elapsed().as_secs_f64();
         let val = net.evaluate(&test, ds.test.len())?;
         let seconds = started.elapsed().as_secs_f64();
-        let steps = ds.train.len().div_ceil(opts.batch_size);
+        // The rate of the epoch's last step, which Keras's History records.
+        let rate = recipe.rate(opts.learning_rate, net.step.saturating_sub(1), steps);
         eprintln!(
-            "{steps}/{steps} - {:.0}s {:.0}ms/step - {} - val_accuracy: {:.4} - val_loss: {:.4} ({:.0} images/s)",
+            "{steps}/{steps} - {:.0}s {:.0}ms/step - {} - val_accuracy: {:.4} - val_loss: {:.4} - learning_rate: {rate:.4e} ({:.0} images/s)",
             seconds,
             train_seconds * 1000.0 / steps as f64,
             format_metrics(&train_metrics),
@@ -109,25 +141,76 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
             val_loss: val.loss,
             val_accuracy: val.accuracy,
             seconds,
+            learning_rate: Some(rate as f64),
         });
+        let stop = end_of_epoch_callbacks(net, &mut recipe, epoch + 1, val.loss, rate)?;
         if let Some(dir) = &opts.out_dir {
             let improved = val.accuracy > best;
             best = best.max(val.accuracy);
-            save_epoch(net, ds, opts, &history, dir, improved)?;
+            save_epoch(net, ds, opts, &history, &recipe, dir, improved)?;
+        }
+        if stop {
+            break;
         }
     }
-    Ok(history)
+    Ok(Fitted { history, recipe })
 }
 
-/// One epoch's training steps in the seeded order, with the live progress bar; returns the
-/// epoch's training metrics.
-fn train_epoch<B: Backend>(net: &mut Network<B>, train: &B::Images, ds: &Dataset, opts: &TrainOptions, epoch: usize, started: Instant) -> Result<Metrics> {
-    let steps = ds.train.len().div_ceil(opts.batch_size);
+/// Keras's callbacks at an epoch's end, in the order given to fit: EarlyStopping (keeping a
+/// new best's weights), then ReduceLROnPlateau. True when training should stop.
+fn end_of_epoch_callbacks<B: Backend>(net: &Network<B>, recipe: &mut Recipe, epoch: usize, val_loss: f64, rate: f32) -> Result<bool> {
+    let mut stop = false;
+    if let Some(e) = &mut recipe.early_stopping {
+        match e.on_epoch_end(epoch, val_loss) {
+            EarlyStop::Improved => e.best_weights = Some(net.weights()?),
+            EarlyStop::Stop => {
+                eprintln!("Epoch {epoch}: early stopping (val_loss has not improved for {} epochs)", e.wait);
+                stop = true;
+            }
+            EarlyStop::Continue => {}
+        }
+    }
+    if let Some(r) = &mut recipe.reduce_lr {
+        if r.on_epoch_end(val_loss, rate as f64) {
+            eprintln!("Epoch {epoch}: ReduceLROnPlateau reducing the learning rate to {:.4e}.", rate as f64 * ReduceLrOnPlateau::FACTOR);
+        }
+    }
+    Ok(stop)
+}
+
+/// The end of training: EarlyStopping puts back the weights of its best epoch (Keras's
+/// restore_best_weights), and last.safetensors and history.json say so.
+pub fn finish<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, fitted: Fitted) -> Result<Fitted> {
+    let Some(e) = &fitted.recipe.early_stopping else { return Ok(fitted) };
+    let Some(best) = &e.best_weights else { return Ok(fitted) };
+    if e.best_epoch != fitted.history.len() {
+        eprintln!("Restoring model weights from the end of the best epoch: {}.", e.best_epoch);
+        net.load_state(best, false).context("restoring the best epoch's weights")?;
+        if let Some(dir) = &opts.out_dir {
+            save_epoch(net, ds, opts, &fitted.history, &fitted.recipe, dir, false)?;
+        }
+    }
+    Ok(fitted)
+}
+
+/// One epoch's training steps in the seeded order, each at the recipe's rate, with the live
+/// progress bar; returns the epoch's training metrics.
+fn train_epoch<B: Backend>(
+    net: &mut Network<B>,
+    train: &B::Images,
+    ds: &Dataset,
+    opts: &TrainOptions,
+    recipe: &Recipe,
+    epoch: usize,
+    started: Instant,
+) -> Result<Metrics> {
+    let steps = opts.steps_per_epoch(ds);
     let order = epoch_order(ds.train.len(), opts.seed, epoch);
     net.reset_metrics();
     let bar = progress_bar(steps, opts.progress);
     let mut last_update = Instant::now();
     for (step, batch) in order.chunks(opts.batch_size).enumerate() {
+        net.set_learning_rate(recipe.rate(opts.learning_rate, net.step, steps));
         let transforms = (!opts.augment.is_none()).then(|| opts.augment.step_transforms(&ds.train, batch, opts.seed, epoch, step));
         net.train_step_augmented(train, batch, transforms.as_deref()).with_context(|| format!("epoch {} step {}", epoch + 1, step + 1))?;
         if last_update.elapsed() > Duration::from_millis(250) || step + 1 == steps {
@@ -164,15 +247,24 @@ fn check_finite(train: &Metrics, val: &Metrics, epoch: usize, out_dir: Option<&P
 }
 
 /// Writes last.safetensors (and best.safetensors when `improved`) and history.json.
-fn save_epoch<B: Backend>(net: &Network<B>, ds: &Dataset, opts: &TrainOptions, history: &[EpochRecord], dir: &Path, improved: bool) -> Result<()> {
-    let meta = opts.checkpoint_meta(net, ds, history);
+fn save_epoch<B: Backend>(
+    net: &Network<B>,
+    ds: &Dataset,
+    opts: &TrainOptions,
+    history: &[EpochRecord],
+    recipe: &Recipe,
+    dir: &Path,
+    improved: bool,
+) -> Result<()> {
+    let meta = opts.checkpoint_meta(net, ds, history, recipe);
     let mut tensors = net.weights()?;
     tensors.extend(net.optimizer_state()?);
     checkpoint::save(&dir.join("last.safetensors"), &meta, &tensors)?;
     if improved {
         checkpoint::save(&dir.join("best.safetensors"), &meta, &tensors)?;
     }
-    write_history(dir, history, &net.backend.describe(), &ds.name)
+    let early_stopping = recipe.early_stopping.as_ref().map(|e| (e.stopped_epoch, e.best_epoch));
+    write_history(dir, history, &net.backend.describe(), &ds.name, early_stopping)
 }
 
 /// The validation accuracy of the run directory's best.safetensors (its last epoch), so a run

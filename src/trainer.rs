@@ -115,7 +115,6 @@ impl Trainer {
         c.optimizer.check()?;
         check_label_smoothing(c.label_smoothing)?;
         net.set_optimizer(c.optimizer)?;
-        net.learning_rate = c.learning_rate;
         net.label_smoothing = c.label_smoothing;
         // A data set handed over in memory has no files: the pipeline is the one `predict`
         // should use on photos for it (the built-in data sets' rule), and no folder source.
@@ -129,6 +128,8 @@ impl Trainer {
             augment: c.augment,
             preprocessing: Some(crate::commands::dataset_preprocessing(ds)?),
             data_source: None,
+            learning_rate: c.learning_rate,
+            recipe: crate::callbacks::Recipe::default(),
         };
         let mut history = Vec::new();
         match self.on_epoch.as_mut() {
@@ -143,7 +144,7 @@ impl Trainer {
                 }
             }
         }
-        let meta = opts.checkpoint_meta(&net, ds, &history);
+        let meta = opts.checkpoint_meta(&net, ds, &history, &opts.recipe);
         let tensors: Vec<HostTensor> = net.weights()?;
         Ok(TrainedModel { history, checkpoint: Checkpoint { meta, tensors }, device: net.backend.describe() })
     }

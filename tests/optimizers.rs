@@ -302,7 +302,8 @@ fn tiny_net(ds: &Dataset, seed: u64, optimizer: Optimizer, learning_rate: f32) -
     net
 }
 
-fn options(epochs: usize, out: &Path) -> TrainOptions {
+/// `fit` sets each step's rate from `learning_rate` (the schedule's base; constant here).
+fn options(epochs: usize, out: &Path, learning_rate: f32) -> TrainOptions {
     TrainOptions {
         epochs,
         batch_size: 16,
@@ -313,6 +314,8 @@ fn options(epochs: usize, out: &Path) -> TrainOptions {
         augment: Augmentation::NONE,
         preprocessing: None,
         data_source: None,
+        learning_rate,
+        recipe: Default::default(),
     }
 }
 
@@ -338,7 +341,7 @@ fn every_optimizers_state_round_trips_through_a_checkpoint() {
     for (optimizer, slots) in cases {
         let dir = temp_dir(&format!("optim-roundtrip-{}", optimizer.describe().replace(|c: char| !c.is_ascii_alphanumeric(), "")));
         let mut net = tiny_net(&ds, 1, optimizer, 0.01);
-        fit(&mut net, &ds, &options(1, &dir), Vec::new()).unwrap();
+        fit(&mut net, &ds, &options(1, &dir, 0.01), Vec::new()).unwrap();
         let ck = checkpoint::load(&dir.join("last.safetensors")).unwrap();
         assert_eq!(ck.meta.optimizer, optimizer);
         assert_eq!(ck.meta.learning_rate, 0.01);
@@ -363,7 +366,7 @@ fn a_damaged_optimizer_in_a_checkpoint_is_refused_clearly() {
     let dir = temp_dir("optim-damaged");
     let ds = tiny_data();
     let mut net = tiny_net(&ds, 1, Optimizer::Sgd { momentum: 0.5, nesterov: false }, 0.01);
-    fit(&mut net, &ds, &options(1, &dir), Vec::new()).unwrap();
+    fit(&mut net, &ds, &options(1, &dir, 0.01), Vec::new()).unwrap();
     let path = dir.join("last.safetensors");
     let mut ck = checkpoint::load(&path).unwrap();
     ck.meta.optimizer = Optimizer::Sgd { momentum: 7.0, nesterov: false };
@@ -384,7 +387,7 @@ fn resume_with_sgd_momentum_and_label_smoothing_equals_an_uninterrupted_run_bit_
     let run = |dir: &Path, epochs: usize| {
         let mut net = tiny_net(&ds, 3, sgd, 0.05);
         net.label_smoothing = 0.1;
-        let history = fit(&mut net, &ds, &options(epochs, dir), Vec::new()).unwrap();
+        let history = fit(&mut net, &ds, &options(epochs, dir, 0.05), Vec::new()).unwrap();
         (net.weights().unwrap(), net.optimizer_state().unwrap(), history)
     };
     let (straight, straight_state, straight_history) = run(&temp_dir("optim-straight"), 2);
@@ -397,7 +400,7 @@ fn resume_with_sgd_momentum_and_label_smoothing_equals_an_uninterrupted_run_bit_
     net.label_smoothing = ck.meta.label_smoothing;
     net.load_state(&ck.tensors, true).unwrap();
     net.step = ck.meta.step;
-    let history = fit(&mut net, &ds, &options(2, &dir), ck.meta.history.clone()).unwrap();
+    let history = fit(&mut net, &ds, &options(2, &dir, ck.meta.learning_rate), ck.meta.history.clone()).unwrap();
     same_bits(&net.weights().unwrap(), &straight);
     same_bits(&net.optimizer_state().unwrap(), &straight_state);
     assert_eq!(history[1].loss, straight_history[1].loss);

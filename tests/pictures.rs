@@ -310,7 +310,7 @@ fn grid_captions_fit_and_long_names_are_clipped() {
 }
 
 fn record(epoch: usize, loss: f64, val_loss: f64, acc: f64) -> gpu_cnn::history::EpochRecord {
-    gpu_cnn::history::EpochRecord { epoch, loss, accuracy: acc, val_loss, val_accuracy: acc, seconds: 1.0 }
+    gpu_cnn::history::EpochRecord { epoch, loss, accuracy: acc, val_loss, val_accuracy: acc, seconds: 1.0, learning_rate: None }
 }
 
 /// Whether any pixel inside (x, y, w, h), borders excluded, has `colour`.

@@ -35,6 +35,8 @@ fn options(epochs: usize, out: Option<&Path>) -> TrainOptions {
         augment: Augmentation::NONE,
         preprocessing: None,
         data_source: None,
+        learning_rate: 1e-3,
+        recipe: Default::default(),
     }
 }
 
@@ -45,8 +47,7 @@ fn train(epochs: usize, out: Option<&Path>) -> (Vec<HostTensor>, Vec<EpochRecord
 fn train_at(epochs: usize, out: Option<&Path>, learning_rate: f32) -> (Vec<HostTensor>, Vec<EpochRecord>) {
     let ds = small_data();
     let mut net = new_net(&ds, 32, 5);
-    net.learning_rate = learning_rate;
-    let history = fit(&mut net, &ds, &options(epochs, out), Vec::new()).unwrap();
+    let history = fit(&mut net, &ds, &TrainOptions { learning_rate, ..options(epochs, out) }, Vec::new()).unwrap();
     (net.weights().unwrap(), history)
 }
 

@@ -4,11 +4,13 @@
 
 use super::{dataset_preprocessing, folder_preprocessing, read_arch, DataOptions, DEFAULT_VAL_SPLIT};
 use crate::augment::Augmentation;
+use crate::callbacks::{EarlyStopping, Recipe, ReduceLrOnPlateau};
 use crate::checkpoint::{self, Checkpoint};
 use crate::class_weight::{balanced_weights, class_counts, ClassWeight};
 use crate::data::Dataset;
 use crate::model::{format_arch, parse_arch, with_classes};
 use crate::optimizer::{check_label_smoothing, Optimizer, OptimizerFlags};
+use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::train::TrainOptions;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -36,18 +38,26 @@ pub struct TrainArgs {
     pub class_weight: Option<ClassWeight>,
     /// Replace the files of an earlier run in the run directory.
     pub overwrite: bool,
+    /// `--lr-schedule`, `--warmup-epochs`, `--lr-step-epochs`: None (all three) keeps the
+    /// checkpoint's schedule when resuming, else constant.
+    pub lr_schedule: Option<ScheduleKind>,
+    pub warmup_epochs: Option<usize>,
+    pub lr_step_epochs: Option<usize>,
+    /// `--early-stopping PATIENCE`, `--reduce-lr-on-plateau PATIENCE`: None keeps the
+    /// checkpoint's callback (and its state) when resuming, else none.
+    pub early_stopping: Option<usize>,
+    pub reduce_lr_on_plateau: Option<usize>,
 }
 
 /// Everything a training run will do, resolved before any device work.
 #[derive(Clone, Debug)]
 pub struct TrainSettings {
-    /// What the loop reads: epochs, batch size, seed, architecture text, augmentation, the
-    /// pipeline and data source stored in checkpoints, the run directory.
+    /// What the loop reads: epochs, batch size, seed, architecture text, augmentation, base
+    /// learning rate and recipe (schedule, callbacks), the pipeline and data source stored in
+    /// checkpoints, the run directory.
     pub options: TrainOptions,
     /// The optimizer with its hyper-parameters (the checkpoint's when resuming).
     pub optimizer: Optimizer,
-    /// The optimizer's base learning rate.
-    pub learning_rate: f32,
     /// Keras's CategoricalCrossentropy label_smoothing (0: none).
     pub label_smoothing: f32,
     /// `--class-weight balanced`'s per-class loss weights (None: unweighted).
@@ -62,20 +72,26 @@ pub struct TrainSettings {
     pub overwrite: bool,
 }
 
-/// The seed: the flag, else the checkpoint's, else 0 (needed before the data loads: it seeds
-/// a folder's validation split).
-pub fn resolved_seed(args: &TrainArgs, resume: Option<&Checkpoint>) -> u64 {
-    args.seed.or(resume.map(|c| c.meta.seed)).unwrap_or(0)
+/// The settings that need no data, checked before any is loaded (the seed also seeds a
+/// folder's validation split).
+#[derive(Clone, Debug)]
+pub struct FlagSettings {
+    pub seed: u64,
+    pub batch_size: usize,
+    pub optimizer: Optimizer,
+    pub learning_rate: f32,
+    pub label_smoothing: f32,
+    pub augment: Augmentation,
+    pub recipe: Recipe,
 }
 
-/// Resolves the flags against the checkpoint being resumed (if any) and the loaded data set;
-/// every inconsistency is an error naming the flag or the file.
-pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset) -> Result<TrainSettings> {
+/// Resolves the flags that need no data against the checkpoint being resumed (if any).
+pub fn resolve_flags(args: &TrainArgs, resume: Option<&Checkpoint>) -> Result<FlagSettings> {
     if args.epochs == 0 {
         bail!("--epochs 0 would train nothing; give the total number of epochs (at least 1)");
     }
     let resume_path = args.resume.as_deref().unwrap_or(Path::new("checkpoint"));
-    let seed = resolved_seed(args, resume);
+    let seed = args.seed.or(resume.map(|c| c.meta.seed)).unwrap_or(0);
     let batch_size = args.batch_size.or(resume.map(|c| c.meta.batch_size)).unwrap_or(32);
     let optimizer = Optimizer::from_flags(&args.optimizer, resume.map(|c| c.meta.optimizer))?;
     let learning_rate = args.learning_rate.or(resume.map(|c| c.meta.learning_rate)).unwrap_or(optimizer.name().default_learning_rate());
@@ -94,6 +110,15 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset) -> R
             _ => bail!("--learning-rate must be a positive number"),
         }
     }
+    let recipe = resolve_recipe(args, resume, resume_path)?;
+    Ok(FlagSettings { seed, batch_size, optimizer, learning_rate, label_smoothing, augment, recipe })
+}
+
+/// Resolves everything else against the loaded data set; every inconsistency is an error
+/// naming the flag or the file.
+pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, flags: FlagSettings) -> Result<TrainSettings> {
+    let resume_path = args.resume.as_deref().unwrap_or(Path::new("checkpoint"));
+    let FlagSettings { seed, batch_size, optimizer, learning_rate, label_smoothing, augment, recipe } = flags;
     let given_arch = match (resume, &args.arch) {
         (Some(ck), None) => ck.meta.arch.clone(),
         (_, arch) => read_arch(arch.as_deref())?,
@@ -149,8 +174,43 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset) -> R
         augment,
         preprocessing: Some(preprocessing),
         data_source,
+        learning_rate,
+        recipe,
     };
-    Ok(TrainSettings { options, optimizer, learning_rate, label_smoothing, class_weights, train_counts, out, continues_folder, overwrite: args.overwrite })
+    Ok(TrainSettings { options, optimizer, label_smoothing, class_weights, train_counts, out, continues_folder, overwrite: args.overwrite })
+}
+
+/// The schedule and callbacks: the flags given, else the checkpoint's (with their state), else
+/// a constant rate and none. A schedule given anew is planned over `--epochs`; a resumed one
+/// keeps the epochs it was planned over, so an interrupted run continues exactly.
+fn resolve_recipe(args: &TrainArgs, resume: Option<&Checkpoint>, resume_path: &Path) -> Result<Recipe> {
+    let stored = resume.map(|c| c.meta.recipe.clone()).unwrap_or_default();
+    if let Some(e) = stored.early_stopping.as_ref().filter(|e| e.stopped_epoch > 0) {
+        bail!(
+            "{}: early stopping ended this run at epoch {} (val_loss had not improved since epoch {}, whose weights it holds); there is nothing to resume",
+            resume_path.display(),
+            e.stopped_epoch,
+            e.best_epoch
+        );
+    }
+    let schedule = if args.lr_schedule.is_none() && args.warmup_epochs.is_none() && args.lr_step_epochs.is_none() && resume.is_some() {
+        stored.schedule
+    } else {
+        let kind = args.lr_schedule.unwrap_or(stored.schedule.kind);
+        LrSchedule::new(kind, args.warmup_epochs.unwrap_or(0), args.lr_step_epochs, args.epochs)?
+    };
+    // A patience given on resume replaces the stored one; the callback's state carries on.
+    let early_stopping = match (args.early_stopping, stored.early_stopping) {
+        (Some(p), Some(state)) => Some(EarlyStopping { patience: p, ..state }),
+        (Some(p), None) => Some(EarlyStopping::new(p)),
+        (None, state) => state,
+    };
+    let reduce_lr = match (args.reduce_lr_on_plateau, stored.reduce_lr) {
+        (Some(p), Some(state)) => Some(ReduceLrOnPlateau { patience: p, ..state }),
+        (Some(p), None) => Some(ReduceLrOnPlateau::new(p)),
+        (None, state) => state,
+    };
+    Ok(Recipe { schedule, early_stopping, reduce_lr })
 }
 
 /// A resumed checkpoint must have been trained on data of this shape and class count, and

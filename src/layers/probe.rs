@@ -109,6 +109,7 @@ mod tests {
             preprocessing: None,
             data_source: None,
             class_weights: None,
+            recipe: Default::default(),
         };
         let dir = std::env::temp_dir().join(format!("gpu-cnn-probe-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -28,6 +28,8 @@ pub fn options(epochs: usize, out: Option<&Path>, augment: Augmentation) -> Trai
         augment,
         preprocessing: None,
         data_source: None,
+        learning_rate: 1e-3,
+        recipe: Default::default(),
     }
 }
 

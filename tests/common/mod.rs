@@ -179,5 +179,6 @@ pub fn checkpoint_meta<S: AsRef<str>>(arch: &str, input: (usize, usize, usize), 
         preprocessing: None,
         data_source: None,
         class_weights: None,
+        recipe: Default::default(),
     }
 }
