@@ -131,14 +131,13 @@ impl Classifier {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready, started) = mpsc::channel::<Result<String>>();
         let request = device.request()?;
-        let net_model = model.clone();
         let thread = std::thread::Builder::new()
             .name("gpu-cnn-classifier".into())
             .spawn(move || {
                 let opened = crate::device::open(request);
                 let _ = match opened {
-                    Ok(crate::device::Device::Cpu(b)) => serve_jobs(b, net_model, &ck, max_batch, &ready, queue),
-                    Ok(crate::device::Device::Gpu(b)) => serve_jobs(*b, net_model, &ck, max_batch, &ready, queue),
+                    Ok(crate::device::Device::Cpu(b)) => serve_jobs(b, &ck, max_batch, &ready, queue),
+                    Ok(crate::device::Device::Gpu(b)) => serve_jobs(*b, &ck, max_batch, &ready, queue),
                     Err(e) => ready.send(Err(e)),
                 };
             })
@@ -267,17 +266,13 @@ impl Drop for Classifier {
 /// in arrival order until the classifier is dropped.
 fn serve_jobs<B: Backend>(
     backend: B,
-    model: Model,
     ck: &Checkpoint,
     max_batch: usize,
     ready: &mpsc::Sender<Result<String>>,
     queue: mpsc::Receiver<Job>,
 ) -> std::result::Result<(), mpsc::SendError<Result<String>>> {
     let device = backend.describe();
-    let mut net = match Network::new(backend, model, max_batch, 0).and_then(|mut net| {
-        net.load_state(&ck.tensors, false).context("its weights do not match its architecture")?;
-        Ok(net)
-    }) {
+    let mut net = match crate::inference::inference_network(backend, ck, max_batch) {
         Ok(net) => net,
         Err(e) => return ready.send(Err(e)),
     };

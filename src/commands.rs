@@ -386,10 +386,8 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
     check_model_fits_data(&model, &ds, &format!("{}", args.checkpoint.display()))?;
     let device = backend.describe();
-    let mut net = Network::new(backend, model, args.batch_size.max(1), 0)?;
-    net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
-    // The loss as training reported val_loss (Keras's compiled loss, smoothing included).
-    net.label_smoothing = ck.meta.label_smoothing;
+    // Reports the loss as training reported val_loss (Keras's compiled loss, smoothing included).
+    let mut net = crate::inference::inference_network(backend, &ck, args.batch_size.max(1)).with_context(|| args.checkpoint.display().to_string())?;
     let test = net.backend.upload_image_set(&ds.test)?;
     let m = net.evaluate(&test, ds.test.len())?;
     // Metrics first: a report that cannot be written must not hide them.

@@ -48,6 +48,7 @@ pub mod export;
 pub mod fallible;
 pub mod history;
 pub mod image_pipeline;
+pub mod inference;
 pub mod layers;
 pub mod model;
 pub mod network;

@@ -162,7 +162,6 @@ pub fn predict_on<B: Backend>(backend: B, args: &PredictArgs, out: &mut dyn Writ
         }
     }
     let ck = checkpoint::load(&args.checkpoint)?;
-    let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
     let mut p = ck.preprocessing().with_context(|| args.checkpoint.display().to_string())?;
     if let Some(max) = args.max_pixels {
         p.max_pixels = max;
@@ -172,8 +171,7 @@ pub fn predict_on<B: Backend>(backend: B, args: &PredictArgs, out: &mut dyn Writ
         bail!("no image files found in {}", args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
     let batch = args.batch_size.clamp(1, 4096);
-    let mut net = Network::new(backend, model, batch, 0)?;
-    net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
+    let mut net = crate::inference::inference_network(backend, &ck, batch).with_context(|| args.checkpoint.display().to_string())?;
     let bar = if args.progress && files.len() > batch { indicatif::ProgressBar::new(files.len() as u64) } else { indicatif::ProgressBar::hidden() };
     if let Ok(style) = indicatif::ProgressStyle::with_template("{pos}/{len} images [{bar:30}] {per_sec} eta {eta}") {
         bar.set_style(style.progress_chars("=> "));

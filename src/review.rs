@@ -5,7 +5,6 @@
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint};
 use crate::commands::{evaluation_folder, folder_options, EvaluateArgs, ImageFolderArgs};
-use crate::network::Network;
 use crate::predict::{printable, probabilities};
 use crate::report::confusion::Confusion;
 use crate::report::{argmax_rows, plural};
@@ -99,9 +98,7 @@ pub fn review_on<B: Backend>(backend: B, args: &ReviewArgs) -> Result<String> {
         Split::Validation => (&ds.test, &folder.test_files, "validation"),
         Split::Train => (&ds.train, &folder.train_files, "training"),
     };
-    let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
-    let mut net = Network::new(backend, model, args.batch_size.clamp(1, 4096), 0)?;
-    net.load_state(&ck.tensors, false).with_context(|| format!("{}: does not match its architecture", args.checkpoint.display()))?;
+    let mut net = crate::inference::inference_network(backend, &ck, args.batch_size.clamp(1, 4096)).with_context(|| args.checkpoint.display().to_string())?;
     let data = net.backend.upload_images(&set.images, &set.labels, set.image_len())?;
     let probs = probabilities(&mut net, &data, set.len())?;
     let classes = ds.class_names.len();

@@ -1,0 +1,96 @@
+//! Inference folds BatchNormalization into the Conv2D or Dense before it (src/inference.rs):
+//! the folded network gives the unfolded one's probabilities on both backends, within a stated
+//! tolerance, with the same predicted classes; the BN layers it cannot fold stay, renamed.
+
+#[macro_use]
+mod common;
+use gpu_cnn::backend::cpu::CpuBackend;
+use gpu_cnn::backend::Backend;
+use gpu_cnn::checkpoint::Checkpoint;
+use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
+use gpu_cnn::data::Dataset;
+use gpu_cnn::inference::{fold_model, inference_network};
+use gpu_cnn::model::{format_arch, parse_arch, Activation, LayerSpec, Model};
+use gpu_cnn::network::{HostTensor, Network};
+use gpu_cnn::rng::Rng;
+
+/// Conv -> BN -> ReLU (folds, ReLU fused), Conv -> ReLU -> BN (cannot fold: the BN stays and
+/// becomes `batch_normalization`), Dense -> BN without ReLU (folds), on awkward shapes.
+const ARCH: &str = "Conv2D(8, 3, padding=\"same\") BatchNormalization ReLU MaxPooling2D(2)\n\
+                    Conv2D(5, 3) ReLU BatchNormalization GlobalAveragePooling2D Dense(7) BatchNormalization Dense(4, softmax)\n";
+
+fn data() -> Dataset {
+    generate(&SyntheticSpec { train: 7, test: 23, height: 13, width: 13, channels: 3, classes: 4 }, 8)
+}
+
+/// A checkpoint of ARCH whose BN tensors are far from their starts (gamma 0.5-1.5, beta and
+/// moving mean +-0.3, moving variance 0.2-2), as after training.
+fn checkpoint(ds: &Dataset) -> Checkpoint {
+    let model = Model::new(&parse_arch(ARCH).unwrap(), ds.input_shape()).unwrap();
+    let net = Network::new(CpuBackend::new(), model, 4, 2).unwrap();
+    let mut rng = Rng::derive(11, 0, 0);
+    let mut tensors: Vec<HostTensor> = net.weights().unwrap();
+    for t in tensors.iter_mut().filter(|t| t.name.starts_with("batch_normalization")) {
+        let (lo, hi) = match t.name.rsplit('.').next().unwrap() {
+            "gamma" => (0.5, 1.5),
+            "moving_variance" => (0.2, 2.0),
+            _ => (-0.3, 0.3),
+        };
+        t.data.iter_mut().for_each(|v| *v = lo + (hi - lo) * rng.unit_f32());
+    }
+    Checkpoint { meta: common::checkpoint_meta(&format_arch(&parse_arch(ARCH).unwrap()), ds.input_shape(), &["a", "b", "c", "d"]), tensors }
+}
+
+fn probabilities<B: Backend>(net: &mut Network<B>, ds: &Dataset) -> Vec<f32> {
+    let images = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len()).unwrap();
+    let all: Vec<u32> = (0..ds.test.len() as u32).collect();
+    all.chunks(5).flat_map(|batch| net.predict_step(&images, batch).unwrap()).collect()
+}
+
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap()
+}
+
+#[test]
+fn folding_keeps_the_unfoldable_batch_normalization_and_renames_it() {
+    let ds = data();
+    let ck = checkpoint(&ds);
+    let (folded, tensors) = fold_model(&ck.model().unwrap(), &ck.tensors).unwrap();
+    let names: Vec<&str> = folded.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["conv2d", "max_pooling2d", "conv2d_1", "re_lu", "batch_normalization", "global_average_pooling2d", "dense", "dense_1"]);
+    assert!(matches!(&folded.layers[0].spec, LayerSpec::Conv2D(c) if c.activation == Activation::Relu), "the ReLU after the folded BN is fused");
+    assert!(matches!(&folded.layers[6].spec, LayerSpec::Dense(d) if d.activation == Activation::None), "no ReLU followed that BN");
+    // The BN after the ReLU was batch_normalization_1: its tensors move to the new name unchanged.
+    let find = |ts: &[HostTensor], n: &str| ts.iter().find(|t| t.name == n).unwrap().data.clone();
+    assert_eq!(find(&tensors, "batch_normalization.moving_mean"), find(&ck.tensors, "batch_normalization_1.moving_mean"));
+    let expected: usize = folded.layers.iter().map(|l| l.params().len()).sum();
+    assert_eq!(tensors.len(), expected, "exactly the folded model's tensors");
+}
+
+/// Tolerance 2e-6 on probabilities in [0, 1]: the folded weights are computed in f64 and
+/// rounded once, so each folded output differs from conv + BN by a few f32 ulps of the terms
+/// it sums (about 1e-7 relative at these sizes); softmax passes that on at most unchanged.
+fn assert_same_predictions<B: Backend>(make: impl Fn() -> B) {
+    let ds = data();
+    let ck = checkpoint(&ds);
+    let mut plain = Network::new(make(), ck.model().unwrap(), 5, 0).unwrap();
+    plain.load_state(&ck.tensors, false).unwrap();
+    let mut folded = inference_network(make(), &ck, 5).unwrap();
+    assert!(folded.model.layers.len() < plain.model.layers.len());
+    let (want, got) = (probabilities(&mut plain, &ds), probabilities(&mut folded, &ds));
+    common::assert_close("folded vs unfolded probabilities", &got, &want, 2e-6, 0.0);
+    for (a, b) in got.chunks(4).zip(want.chunks(4)) {
+        assert_eq!(argmax(a), argmax(b));
+    }
+}
+
+#[test]
+fn folded_inference_matches_conv_plus_batchnorm_on_the_cpu() {
+    assert_same_predictions(CpuBackend::new);
+}
+
+#[test]
+fn folded_inference_matches_conv_plus_batchnorm_on_the_gpu() {
+    let Some(_) = common::gpu_backend() else { return };
+    assert_same_predictions(|| common::gpu_backend().unwrap());
+}
