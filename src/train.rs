@@ -97,12 +97,34 @@ pub fn fit<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, 
 /// `fit`, returning the recipe's final state too: the epochs, then the end of training
 /// (EarlyStopping restores its best weights).
 pub fn run<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, history: Vec<EpochRecord>) -> Result<Fitted> {
-    let fitted = run_epochs(net, ds, opts, history)?;
+    run_with(net, ds, opts, history, &mut |_| {})
+}
+
+/// `run`, calling `on_epoch` with each epoch's record once it is saved (the library's
+/// `Trainer::on_epoch`).
+pub fn run_with<B: Backend>(
+    net: &mut Network<B>,
+    ds: &Dataset,
+    opts: &TrainOptions,
+    history: Vec<EpochRecord>,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
+) -> Result<Fitted> {
+    let fitted = epochs(net, ds, opts, history, on_epoch)?;
     finish(net, ds, opts, fitted)
 }
 
 /// The epochs alone, each saved as it ends: what an interrupted run has done when it stops.
-pub fn run_epochs<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, mut history: Vec<EpochRecord>) -> Result<Fitted> {
+pub fn run_epochs<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOptions, history: Vec<EpochRecord>) -> Result<Fitted> {
+    epochs(net, ds, opts, history, &mut |_| {})
+}
+
+fn epochs<B: Backend>(
+    net: &mut Network<B>,
+    ds: &Dataset,
+    opts: &TrainOptions,
+    mut history: Vec<EpochRecord>,
+    on_epoch: &mut dyn FnMut(&EpochRecord),
+) -> Result<Fitted> {
     opts.augment.check_input(net.model.input)?;
     let train = net.backend.upload_image_set(&ds.train).context("putting the training set on the device")?;
     let test = net.backend.upload_image_set(&ds.test).context("putting the test set on the device")?;
@@ -149,6 +171,7 @@ pub fn run_epochs<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOp
             best = best.max(val.accuracy);
             save_epoch(net, ds, opts, &history, &recipe, dir, improved)?;
         }
+        on_epoch(history.last().expect("an epoch was recorded"));
         if stop {
             break;
         }

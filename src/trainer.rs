@@ -1,7 +1,9 @@
-//! [`Trainer`]: training from Rust code, a thin layer over `train::fit` (the loop the CLI runs).
+//! [`Trainer`]: training from Rust code, a thin layer over `train::run` (the loop the CLI runs),
+//! with the same optimizers, schedules and callbacks.
 
 use crate::augment::Augmentation;
 use crate::backend::Backend;
+use crate::callbacks::{EarlyStopping, Recipe, ReduceLrOnPlateau};
 use crate::checkpoint::Checkpoint;
 use crate::classifier::{Classifier, Device};
 use crate::data::Dataset;
@@ -9,6 +11,7 @@ use crate::history::EpochRecord;
 use crate::model::{format_arch, LayerSpec, Model};
 use crate::network::{HostTensor, Network};
 use crate::optimizer::{check_label_smoothing, Optimizer};
+use crate::schedule::LrSchedule;
 use crate::train::{self, TrainOptions};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -31,6 +34,13 @@ pub struct TrainConfig {
     pub out_dir: Option<PathBuf>,
     /// Show the live progress bar on stderr.
     pub progress_bar: bool,
+    /// The learning-rate schedule (`LrSchedule::new(kind, warmup_epochs, step_epochs,
+    /// epochs)`; the default is a constant rate).
+    pub schedule: LrSchedule,
+    /// Keras's EarlyStopping(monitor="val_loss", restore_best_weights=True) with this patience.
+    pub early_stopping: Option<usize>,
+    /// Keras's ReduceLROnPlateau(monitor="val_loss", factor=0.1) with this patience.
+    pub reduce_lr_on_plateau: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -46,6 +56,9 @@ impl Default for TrainConfig {
             device: Device::Auto,
             out_dir: None,
             progress_bar: false,
+            schedule: LrSchedule::default(),
+            early_stopping: None,
+            reduce_lr_on_plateau: None,
         }
     }
 }
@@ -118,7 +131,13 @@ impl Trainer {
         net.label_smoothing = c.label_smoothing;
         // A data set handed over in memory has no files: the pipeline is the one `predict`
         // should use on photos for it (the built-in data sets' rule), and no folder source.
-        let mut opts = TrainOptions {
+        c.schedule.validate()?;
+        let recipe = Recipe {
+            schedule: c.schedule,
+            early_stopping: c.early_stopping.map(EarlyStopping::new),
+            reduce_lr: c.reduce_lr_on_plateau.map(ReduceLrOnPlateau::new),
+        };
+        let opts = TrainOptions {
             epochs: c.epochs,
             batch_size: c.batch_size,
             seed: c.seed,
@@ -129,22 +148,14 @@ impl Trainer {
             preprocessing: Some(crate::commands::dataset_preprocessing(ds)?),
             data_source: None,
             learning_rate: c.learning_rate,
-            recipe: crate::callbacks::Recipe::default(),
+            recipe,
         };
-        let mut history = Vec::new();
-        match self.on_epoch.as_mut() {
-            None => history = train::fit(&mut net, ds, &opts, history)?,
-            // One fit per epoch (each continues from the history so far, as a resumed run does)
-            // so the callback sees every epoch as it ends.
-            Some(callback) => {
-                for epoch in 1..=c.epochs {
-                    opts.epochs = epoch;
-                    history = train::fit(&mut net, ds, &opts, history)?;
-                    callback(history.last().expect("an epoch was recorded"));
-                }
-            }
-        }
-        let meta = opts.checkpoint_meta(&net, ds, &history, &opts.recipe);
+        let fitted = match self.on_epoch.as_mut() {
+            None => train::run(&mut net, ds, &opts, Vec::new())?,
+            Some(callback) => train::run_with(&mut net, ds, &opts, Vec::new(), &mut |record| callback(record))?,
+        };
+        let meta = opts.checkpoint_meta(&net, ds, &fitted.history, &fitted.recipe);
+        let history = fitted.history;
         let tensors: Vec<HostTensor> = net.weights()?;
         Ok(TrainedModel { history, checkpoint: Checkpoint { meta, tensors }, device: net.backend.describe() })
     }

@@ -120,3 +120,28 @@ fn classifier_on_the_gpu_matches_the_cpu() {
     let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(max_diff < 1e-4, "GPU vs CPU max difference {max_diff}");
 }
+
+#[test]
+fn trainer_runs_a_schedule_and_callbacks_in_one_run() {
+    use gpu_cnn::schedule::{LrSchedule, ScheduleKind};
+    let data = generate(&SyntheticSpec { train: 64, test: 32, ..Default::default() }, 2);
+    let schedule = LrSchedule::new(ScheduleKind::Cosine, 0, None, 3).unwrap();
+    let config = TrainConfig { epochs: 3, device: Device::Cpu, schedule, early_stopping: Some(5), reduce_lr_on_plateau: Some(4), ..Default::default() };
+    let calls = Rc::new(RefCell::new(0));
+    let trained = Trainer::new(gpu_cnn::model::seed_layers(), data, config)
+        .on_epoch({
+            let calls = calls.clone();
+            move |_| *calls.borrow_mut() += 1
+        })
+        .fit()
+        .unwrap();
+    assert_eq!(*calls.borrow(), 3);
+    // Cosine to 0 over 3 epochs: each epoch's last rate is lower than the one before.
+    let rates: Vec<f64> = trained.history.iter().map(|r| r.learning_rate.unwrap()).collect();
+    assert!(rates[0] < 1e-3 && rates[1] < rates[0] && rates[2] < rates[1], "{rates:?}");
+    let recipe = &trained.checkpoint.meta.recipe;
+    assert_eq!(recipe.schedule, schedule);
+    // The callbacks' state went through all three epochs (one run, not one per epoch).
+    assert_eq!(recipe.early_stopping.as_ref().map(|e| e.patience), Some(5));
+    assert!(recipe.early_stopping.as_ref().unwrap().best_epoch >= 1);
+}
