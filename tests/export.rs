@@ -105,11 +105,33 @@ fn strides_same_padding_linear_layers_and_uint8_input_match_tract() {
 }
 
 #[test]
-fn modern_arch_with_batch_normalization_dropout_and_global_pooling_matches_tract() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/archs/modern.txt")).unwrap();
-    let spec = SyntheticSpec { train: 256, test: IMAGES, height: 28, width: 28, channels: 1, classes: 10 };
-    let (ck, test, ours) = trained(&text, spec);
+fn modern_and_mobilenet_archs_match_tract() {
+    // modern.txt: BatchNormalization, Dropout, global pooling; mobilenet.txt: a strided conv
+    // without bias and SeparableConv2D (two Conv nodes, the first with group = channels).
+    for (file, (height, width, channels)) in [("modern.txt", (28, 28, 1)), ("mobilenet.txt", (64, 64, 3))] {
+        let text = std::fs::read_to_string(format!("{}/archs/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let spec = SyntheticSpec { train: 256, test: IMAGES, height, width, channels, classes: 10 };
+        let (ck, test, ours) = trained(&text, spec);
+        let onnx = export_onnx(&ck, OnnxInput::Float).unwrap();
+        eprintln!("{file}:");
+        assert_matches(&ours, &run_tract(&onnx, float_input(&test, IMAGES)), 10);
+    }
+}
+
+#[test]
+fn conv_options_depthwise_separable_and_conv_activations_match_tract() {
+    // Every new conv argument and activation= (tests/common's CONV_KINDS_ARCH), 13x13x3.
+    let arch = common::CONV_KINDS_ARCH;
+    let spec = SyntheticSpec { train: 256, test: IMAGES, height: 13, width: 13, channels: 3, classes: 10 };
+    let (ck, test, ours) = trained(arch, spec);
     let onnx = export_onnx(&ck, OnnxInput::Float).unwrap();
+    let proto = ModelProto::decode(&onnx[..]).unwrap();
+    let graph = proto.graph.unwrap();
+    // No B input where the layer has no bias; the depthwise convs are grouped.
+    let conv = graph.node.iter().find(|n| n.name.as_deref() == Some("conv2d")).unwrap();
+    assert_eq!(conv.input.len(), 2, "conv2d has use_bias=False: {:?}", conv.input);
+    let groups = |name: &str| graph.node.iter().find(|n| n.name.as_deref() == Some(name)).unwrap().attribute.iter().find(|a| a.name.as_deref() == Some("group")).and_then(|a| a.i);
+    assert_eq!((groups("depthwise_conv2d"), groups("separable_conv2d_depthwise")), (Some(6), Some(12)));
     assert_matches(&ours, &run_tract(&onnx, float_input(&test, IMAGES)), 10);
 }
 

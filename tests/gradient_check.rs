@@ -171,37 +171,53 @@ fn weighted_softmax_xent_is_keras_sum_over_batch_size() {
     assert_eq!((g1, m1), (g0, m0));
 }
 
+/// Whole networks through the layer framework: the seed model's layers, and the conv kinds
+/// (no bias, dilation, DepthwiseConv2D, SeparableConv2D) with every element-wise `activation=`
+/// (fused ReLU masks reaching conv, depthwise and separable input gradients). Kinked functions
+/// (relu, leaky_relu) sit where the signal is large: after the last layers the signal is small
+/// and the biases start at 0, so a whole layer's inputs would sit at the kink, where a central
+/// difference of 1e-3 straddles it.
+const GRADIENT_ARCHS: &[&str] = &[
+    "conv2d 4 3 relu\nmaxpool 2\nconv2d 3 2 relu padding=same\nflatten\ndense 6 relu\ndense 3 softmax",
+    "Conv2D(4, 3, padding=\"same\", use_bias=False, activation=\"relu\") DepthwiseConv2D(3, padding=\"same\", depth_multiplier=2, activation=\"relu\")\n\
+     SeparableConv2D(4, 2, activation=\"leaky_relu\") Conv2D(3, 2, dilation_rate=2, activation=\"tanh\")\n\
+     SeparableConv2D(3, 3, strides=2, padding=\"same\", depth_multiplier=2, use_bias=False, activation=\"swish\")\n\
+     Flatten Dense(5, activation=\"elu\") Dense(4, activation=\"gelu\") Dense(6, activation=\"sigmoid\") Dense(3, softmax)",
+];
+
 #[test]
 fn whole_network_gradients_match_finite_differences() {
     use gpu_cnn::model::{parse_arch, Model};
     use gpu_cnn::network::Network;
-    let layers = parse_arch("conv2d 4 3 relu\nmaxpool 2\nconv2d 3 2 relu padding=same\nflatten\ndense 6 relu\ndense 3 softmax").unwrap();
-    let model = Model::new(&layers, (7, 7, 2)).unwrap();
-    let n = 5;
-    let mut rng = gpu_cnn::rng::Rng::new(99);
-    let images: Vec<u8> = (0..n * 98).map(|_| rng.below(256) as u8).collect();
-    let labels: Vec<u8> = vec![0, 1, 2, 1, 0];
-    let cpu = CpuBackend::new();
-    let data = cpu.upload_images(&images, &labels, 98).unwrap();
-    let mut net = Network::new(cpu, model, n, 3).unwrap();
-    let weights = net.weights().unwrap();
-    let idx: Vec<u32> = (0..n as u32).collect();
-    net.train_step(&data, &idx).unwrap();
-    let grads = net.gradients().unwrap();
-    // Check 6 coordinates of every parameter tensor: loss through the whole net in f32, step
-    // 1e-3; ReLU kinks and pool switches are possible but rare at this step size, and the
-    // f32 loss rounding (~3e-7 relative on a loss of ~1) over 2e-3 gives ~3e-4 error.
-    for (t, g) in grads.iter().enumerate() {
-        for j in (0..g.data.len()).step_by((g.data.len() / 6).max(1)).take(6) {
-            let mut loss_at = |delta: f32| {
-                let mut w = weights.clone();
-                w[t].data[j] += delta;
-                net.load_state(&w, false).unwrap();
-                net.evaluate(&data, n).unwrap().loss
-            };
-            let numeric = (loss_at(1e-3) - loss_at(-1e-3)) / 2e-3;
-            let a = g.data[j] as f64;
-            assert!((a - numeric).abs() <= 1e-3 + 2e-2 * numeric.abs(), "{}[{j}]: analytic {a} vs numeric {numeric}", g.name);
+    for arch in GRADIENT_ARCHS {
+        let layers = parse_arch(arch).unwrap();
+        let model = Model::new(&layers, (7, 7, 2)).unwrap();
+        let n = 5;
+        let mut rng = gpu_cnn::rng::Rng::new(99);
+        let images: Vec<u8> = (0..n * 98).map(|_| rng.below(256) as u8).collect();
+        let labels: Vec<u8> = vec![0, 1, 2, 1, 0];
+        let cpu = CpuBackend::new();
+        let data = cpu.upload_images(&images, &labels, 98).unwrap();
+        let mut net = Network::new(cpu, model, n, 3).unwrap();
+        let weights = net.weights().unwrap();
+        let idx: Vec<u32> = (0..n as u32).collect();
+        net.train_step(&data, &idx).unwrap();
+        let grads = net.gradients().unwrap();
+        // Check 6 coordinates of every parameter tensor: loss through the whole net in f32, step
+        // 1e-3; ReLU kinks and pool switches are possible but rare at this step size, and the
+        // f32 loss rounding (~3e-7 relative on a loss of ~1) over 2e-3 gives ~3e-4 error.
+        for (t, g) in grads.iter().enumerate() {
+            for j in (0..g.data.len()).step_by((g.data.len() / 6).max(1)).take(6) {
+                let mut loss_at = |delta: f32| {
+                    let mut w = weights.clone();
+                    w[t].data[j] += delta;
+                    net.load_state(&w, false).unwrap();
+                    net.evaluate(&data, n).unwrap().loss
+                };
+                let numeric = (loss_at(1e-3) - loss_at(-1e-3)) / 2e-3;
+                let a = g.data[j] as f64;
+                assert!((a - numeric).abs() <= 1e-3 + 2e-2 * numeric.abs(), "{arch}: {}[{j}]: analytic {a} vs numeric {numeric}", g.name);
+            }
         }
     }
 }

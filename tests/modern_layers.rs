@@ -20,6 +20,8 @@ const ARCH: &str = "Conv2D(8, 3, padding=\"same\") BatchNormalization ReLU MaxPo
 const ARCH_MORE: &str = "Conv2D(6, 3, padding=\"same\") LeakyReLU MaxPooling2D(3, strides=2, padding=\"same\")\n\
                          Conv2D(5, 3) Activation(\"gelu\") AveragePooling2D(2, padding=\"same\") Conv2D(4, 1) Activation(\"swish\")\n\
                          GlobalMaxPooling2D Dense(7) Activation(\"elu\") Dense(6) Activation(\"tanh\") Dense(5) Activation(\"sigmoid\") Dense(4, softmax)\n";
+/// The conv kinds and activations (tests/common's CONV_KINDS_ARCH, Dense(classes) = 4 here).
+const ARCH_CONV: &str = common::CONV_KINDS_ARCH;
 const BATCH: usize = 7;
 
 fn data() -> Dataset {
@@ -32,7 +34,7 @@ fn network_on<B: Backend>(backend: B) -> (Network<B>, Dataset) {
 
 fn network_of<B: Backend>(arch: &str, backend: B) -> (Network<B>, Dataset) {
     let ds = data();
-    let model = Model::new(&parse_arch(arch).unwrap(), ds.input_shape()).unwrap();
+    let model = Model::new(&with_classes(&parse_arch(arch).unwrap(), 4).unwrap(), ds.input_shape()).unwrap();
     (Network::new(backend, model, BATCH, 3).unwrap(), ds)
 }
 
@@ -177,30 +179,68 @@ fn resume_with_batch_normalization_and_dropout_is_bit_exact_on_the_cpu() {
 }
 
 backend_test! {
-    fn a_seeded_run_with_pooling_kinds_and_activations_repeats_exactly<B>(backend: &B) {
-        let (a, ma) = run_arch(ARCH_MORE, backend, 6);
-        let (b, mb) = run_arch(ARCH_MORE, backend, 6);
-        for (x, y) in a.iter().zip(&b) {
-            common::assert_same_bits(&format!("{} of two seeded runs", x.name), &x.data, &y.data);
+    fn a_seeded_run_with_pooling_kinds_activations_and_conv_kinds_repeats_exactly<B>(backend: &B) {
+        for arch in [ARCH_MORE, ARCH_CONV] {
+            let (a, ma) = run_arch(arch, backend, 6);
+            let (b, mb) = run_arch(arch, backend, 6);
+            for (x, y) in a.iter().zip(&b) {
+                common::assert_same_bits(&format!("{} of two seeded runs", x.name), &x.data, &y.data);
+            }
+            assert_eq!(ma, mb);
         }
-        assert_eq!(ma, mb);
     }
 }
 
 gpu_test! {
-    fn gpu_training_with_pooling_kinds_and_activations_agrees_with_the_cpu(gpu: &GpuBackend) {
-        let (gw, gm) = run_arch(ARCH_MORE, gpu, 8);
-        let (cw, cm) = run_arch(ARCH_MORE, CpuBackend::new(), 8);
-        // As above: summation orders and WGSL's exp/erf (a few ulp) differ from the CPU's, so
-        // each step's gradients differ in the last bits; 8 Adam steps of lr 1e-3 move a weight
-        // by ~1e-3 when a gradient is wrong, rounding by < 1e-5.
-        for (g, c) in gw.iter().zip(&cw) {
-            assert_eq!(g.name, c.name);
-            common::assert_close(&g.name, &g.data, &c.data, 5e-5, 1e-4);
+    fn gpu_training_with_pooling_kinds_activations_and_conv_kinds_agrees_with_the_cpu(gpu: &GpuBackend) {
+        for arch in [ARCH_MORE, ARCH_CONV] {
+            let (gw, gm) = run_arch(arch, gpu, 8);
+            let (cw, cm) = run_arch(arch, CpuBackend::new(), 8);
+            // As above: summation orders and WGSL's exp/erf (a few ulp) differ from the CPU's, so
+            // each step's gradients differ in the last bits; 8 Adam steps of lr 1e-3 move a weight
+            // by ~1e-3 when a gradient is wrong, rounding by < 1e-5. (ARCH_CONV's conv before its
+            // BatchNormalization has no bias, so no tensor there is rounding noise alone.)
+            for (g, c) in gw.iter().zip(&cw) {
+                assert_eq!(g.name, c.name);
+                common::assert_close(&g.name, &g.data, &c.data, 5e-5, 1e-4);
+            }
+            assert_eq!(gm.count, cm.count);
+            assert!((gm.loss - cm.loss).abs() < 1e-3, "loss {} vs {}", gm.loss, cm.loss);
         }
-        assert_eq!(gm.count, cm.count);
-        assert!((gm.loss - cm.loss).abs() < 1e-3, "loss {} vs {}", gm.loss, cm.loss);
     }
+}
+
+#[test]
+fn mobilenet_arch_has_kerass_parameter_counts_and_trains() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/archs/mobilenet.txt")).unwrap();
+    let layers = with_classes(&parse_arch(&text).unwrap(), 10).unwrap();
+    let model = Model::new(&layers, (64, 64, 3)).unwrap();
+    // By hand, on 64x64x3 with 10 classes: stem conv 3*3*3*32 = 864 (no bias); separable convs
+    // 3*3*32 + 32*64 = 2,336, 3*3*64 + 64*128 = 8,768, 3*3*128 + 128*128 = 17,536 (no biases);
+    // BatchNormalization 4 * (32 + 64 + 128 + 128) = 1,408, half of it moving statistics (704,
+    // not trainable); dense 128*10 + 10 = 1,290. 32,202 in all, as Keras 3.15's model.summary()
+    // of the same model says ("Trainable params: 31,498", "Non-trainable params: 704").
+    assert_eq!((model.param_count(), model.trainable_count()), (32_202, 31_498));
+    let table = summary_table(&model);
+    for line in ["Total params: 32,202", "Trainable params: 31,498", "Non-trainable params: 704", "separable_conv2d_2 (SeparableConv2D)"] {
+        assert!(table.contains(line), "summary lacks '{line}':\n{table}");
+    }
+    let shapes: Vec<Vec<usize>> = model.layers.iter().map(|l| l.output.clone()).collect();
+    assert_eq!((&shapes[0], &shapes[6], &shapes[11], &shapes[14]), (&vec![32, 32, 32], &vec![16, 16, 64], &vec![8, 8, 128], &vec![128]));
+    // A few steps on 64x64 photos of 10 classes: the loss is finite and falls.
+    let ds = generate(&SyntheticSpec { train: 48, test: 8, height: 64, width: 64, channels: 3, classes: 10 }, 9);
+    let mut net = Network::new(CpuBackend::new(), model, 8, 1).unwrap();
+    net.learning_rate = 3e-3;
+    let images = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len()).unwrap();
+    let mut losses = Vec::new();
+    for epoch in 0..3 {
+        net.reset_metrics();
+        for batch in gpu_cnn::train::epoch_order(ds.train.len(), 1, epoch).chunks(8) {
+            net.train_step(&images, batch).unwrap();
+        }
+        losses.push(net.read_metrics().unwrap().loss);
+    }
+    assert!(losses.iter().all(|l| l.is_finite()) && losses[2] < losses[0], "losses {losses:?}");
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //! Each layer is one arm of `emit_layer`: a new layer kind adds one arm.
 
 use super::onnx_proto::*;
-use crate::backend::{ActivationFn, PoolShape};
+use crate::backend::{ActivationFn, ConvShape, DepthwiseShape, PoolShape};
+use crate::layers::activation::function_name;
 use crate::checkpoint::Checkpoint;
 use crate::model::{Activation, Layer, LayerSpec};
 use crate::network::HostTensor;
@@ -96,17 +97,30 @@ fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &
             let x = to_layout(g, x, nchw, true);
             let hwio = weight(tensors, &format!("{name}.kernel"), &[s.k_h, s.k_w, s.in_c, s.out_c])?;
             let kernel = g.constant(&format!("{name}.kernel"), vec![s.out_c, s.in_c, s.k_h, s.k_w], &hwio_to_oihw(hwio, s.k_h, s.k_w, s.in_c, s.out_c));
-            let bias = g.constant(&format!("{name}.bias"), vec![s.out_c], weight(tensors, &format!("{name}.bias"), &[s.out_c])?);
-            // ONNX pads are [top, left, bottom, right]; the end pads are whatever the output needs.
-            let pad_end = |out: usize, stride: usize, k: usize, input: usize, begin: usize| ((out - 1) * stride + k).saturating_sub(input + begin);
-            let pads = [s.pad_top, s.pad_left, pad_end(s.out_h, s.stride_h, s.k_h, s.in_h, s.pad_top), pad_end(s.out_w, s.stride_w, s.k_w, s.in_w, s.pad_left)];
-            let attrs = vec![attr_ints("kernel_shape", &[s.k_h, s.k_w]), attr_ints("strides", &[s.stride_h, s.stride_w]), attr_ints("pads", &pads)];
-            let y = g.node("Conv", name, &[&x, &kernel, &bias], attrs);
-            if conv.activation == Activation::Relu {
-                g.node("Relu", &format!("{name}_relu"), &[&y], vec![])
-            } else {
-                y
-            }
+            let bias = bias_constant(g, tensors, name, conv.conv.use_bias, s.out_c)?;
+            let y = conv_node(g, name, &x, &kernel, bias.as_deref(), s, 1);
+            emit_output_activation(g, name, &y, conv.conv.activation)
+        }
+        LayerSpec::DepthwiseConv2D(layer_args) => {
+            let s = depthwise_as_conv(&layer_args.shape(&layer.input));
+            let x = to_layout(g, x, nchw, true);
+            let kernel = depthwise_kernel(g, tensors, name, &s)?;
+            let bias = bias_constant(g, tensors, name, layer_args.conv.use_bias, s.out_c)?;
+            let y = conv_node(g, name, &x, &kernel, bias.as_deref(), &s, s.in_c);
+            emit_output_activation(g, name, &y, layer_args.conv.activation)
+        }
+        LayerSpec::SeparableConv2D(sep) => {
+            let (d, p) = sep.shapes(&layer.input);
+            let d = depthwise_as_conv(&d);
+            let x = to_layout(g, x, nchw, true);
+            let kernel = depthwise_kernel(g, tensors, name, &d)?;
+            let t = conv_node(g, &format!("{name}_depthwise"), &x, &kernel, None, &d, d.in_c);
+            let pointwise_name = format!("{name}.pointwise_kernel");
+            let pointwise = weight(tensors, &pointwise_name, &[1, 1, p.in_c, p.out_c])?;
+            let pointwise = g.constant(&pointwise_name, vec![p.out_c, p.in_c, 1, 1], &hwio_to_oihw(pointwise, 1, 1, p.in_c, p.out_c));
+            let bias = bias_constant(g, tensors, name, sep.conv.use_bias, p.out_c)?;
+            let y = conv_node(g, name, &t, &pointwise, bias.as_deref(), &p, 1);
+            emit_output_activation(g, name, &y, sep.conv.activation)
         }
         LayerSpec::MaxPooling2D(pool) => {
             let s = &pool.shape(&layer.input);
@@ -138,11 +152,8 @@ fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &
             let kernel = g.constant(&format!("{name}.kernel"), vec![s.inputs, s.units], weight(tensors, &format!("{name}.kernel"), &[s.inputs, s.units])?);
             let bias = g.constant(&format!("{name}.bias"), vec![s.units], weight(tensors, &format!("{name}.bias"), &[s.units])?);
             let y = g.node("Gemm", name, &[x, &kernel, &bias], vec![]);
-            match dense.activation {
-                Activation::Relu => g.node("Relu", &format!("{name}_relu"), &[&y], vec![]),
-                // Softmax (the last layer) is the graph's final node.
-                Activation::None | Activation::Softmax => y,
-            }
+            // Softmax (the last layer) is the graph's final node.
+            emit_output_activation(g, name, &y, dense.activation)
         }
         LayerSpec::BatchNormalization(bn) => {
             // ONNX normalises over axis 1: NCHW for images, (N, C) as is for flat inputs.
@@ -168,6 +179,81 @@ fn emit_layer(g: &mut Graph, layer: &Layer, x: &str, nchw: &mut bool, tensors: &
             g.node("Flatten", name, &[&pooled], vec![attr_int("axis", 1)])
         }
     })
+}
+
+/// A Conv node (NCHW input) with the window of `s` (strides, dilations, pads: ONNX's are [top,
+/// left, bottom, right], the end pads whatever the output needs) in `group` groups; no B input
+/// without a bias.
+fn conv_node(g: &mut Graph, name: &str, x: &str, kernel: &str, bias: Option<&str>, s: &ConvShape, group: usize) -> String {
+    let extent = |k: usize, dilation: usize| (k - 1) * dilation + 1;
+    let pad_end = |out: usize, stride: usize, k: usize, input: usize, begin: usize| ((out - 1) * stride + k).saturating_sub(input + begin);
+    let pads = [
+        s.pad_top,
+        s.pad_left,
+        pad_end(s.out_h, s.stride_h, extent(s.k_h, s.dilation_h), s.in_h, s.pad_top),
+        pad_end(s.out_w, s.stride_w, extent(s.k_w, s.dilation_w), s.in_w, s.pad_left),
+    ];
+    let mut attrs = vec![
+        attr_ints("kernel_shape", &[s.k_h, s.k_w]),
+        attr_ints("strides", &[s.stride_h, s.stride_w]),
+        attr_ints("pads", &pads),
+        attr_ints("dilations", &[s.dilation_h, s.dilation_w]),
+    ];
+    if group != 1 {
+        attrs.push(attr_int("group", group as i64));
+    }
+    let mut inputs = vec![x, kernel];
+    inputs.extend(bias);
+    g.node("Conv", name, &inputs, attrs)
+}
+
+/// A depthwise conv's window as a ConvShape of in_c -> in_c * multiplier channels (a Conv with
+/// group = in_c).
+fn depthwise_as_conv(d: &DepthwiseShape) -> ConvShape {
+    ConvShape {
+        in_h: d.in_h,
+        in_w: d.in_w,
+        in_c: d.channels,
+        out_h: d.out_h,
+        out_w: d.out_w,
+        out_c: d.out_c(),
+        k_h: d.k_h,
+        k_w: d.k_w,
+        stride_h: d.stride_h,
+        stride_w: d.stride_w,
+        pad_top: d.pad_top,
+        pad_left: d.pad_left,
+        dilation_h: d.dilation_h,
+        dilation_w: d.dilation_w,
+    }
+}
+
+/// The layer's `bias` tensor as an initializer, None when the layer has none (`use_bias=False`).
+fn bias_constant(g: &mut Graph, tensors: &[HostTensor], layer: &str, use_bias: bool, len: usize) -> Result<Option<String>> {
+    if !use_bias {
+        return Ok(None);
+    }
+    let t = format!("{layer}.bias");
+    Ok(Some(g.constant(&t, vec![len], weight(tensors, &t, &[len])?)))
+}
+
+/// A `depthwise_kernel` (kh, kw, in_c, multiplier) as the kernel of a Conv with group = in_c:
+/// ONNX's (in_c * multiplier, 1, kh, kw), whose output channel c * multiplier + m is group c's.
+/// The Keras kernel is HWIO with in = 1 and out = in_c * multiplier in that order.
+fn depthwise_kernel(g: &mut Graph, tensors: &[HostTensor], layer: &str, s: &ConvShape) -> Result<String> {
+    let t = format!("{layer}.depthwise_kernel");
+    let hwio = weight(tensors, &t, &[s.k_h, s.k_w, s.in_c, s.out_c / s.in_c])?;
+    Ok(g.constant(&t, vec![s.out_c, 1, s.k_h, s.k_w], &hwio_to_oihw(hwio, s.k_h, s.k_w, 1, s.out_c)))
+}
+
+/// The activation after a layer's linear output `y` (Relu, or an element-wise function's
+/// nodes); none for softmax, which is the graph's final node.
+fn emit_output_activation(g: &mut Graph, name: &str, y: &str, activation: Activation) -> String {
+    match activation {
+        Activation::Relu => g.node("Relu", &format!("{name}_relu"), &[y], vec![]),
+        Activation::Function(f) => emit_activation(g, &format!("{name}_{}", function_name(f)), y, f),
+        Activation::None | Activation::Softmax => y.to_string(),
+    }
 }
 
 /// A pool's kernel, strides and pads (ONNX: [top, left, bottom, right]; the end pads are what

@@ -3,6 +3,7 @@
 //! stride 1, an exact copy, keeps this to the ops every backend has) and multiplies it in place
 //! by f'(x).
 
+use super::activation::{function_name, parse_function};
 use super::{Args, Backward, Forward, LayerKind};
 use crate::backend::{ActivationFn, Backend, PoolShape};
 use anyhow::{bail, Result};
@@ -26,34 +27,6 @@ fn backward<B: Backend>(b: Backward<'_, B>, function: ActivationFn) {
     b.backend.activation_backward(b.x, b.y, dx, len, function);
     if let Some(y) = b.relu_y {
         b.backend.relu_backward(y, dx, len);
-    }
-}
-
-/// Keras 3's activation function names (keras.activations), with the functions' defaults
-/// (leaky_relu's negative_slope 0.2, elu's alpha 1).
-pub fn parse_function(name: &str) -> Result<ActivationFn> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "relu" => ActivationFn::Relu,
-        "leaky_relu" => ActivationFn::LeakyRelu { negative_slope: 0.2 },
-        "elu" => ActivationFn::Elu { alpha: 1.0 },
-        "gelu" => ActivationFn::Gelu,
-        "sigmoid" => ActivationFn::Sigmoid,
-        "tanh" => ActivationFn::Tanh,
-        "swish" | "silu" => ActivationFn::Swish,
-        "softmax" => bail!("softmax is only supported as the last Dense layer's activation (it is fused into the loss)"),
-        _ => bail!("unknown activation '{name}' (relu, leaky_relu, elu, gelu, sigmoid, tanh, swish/silu)"),
-    })
-}
-
-pub fn function_name(f: ActivationFn) -> &'static str {
-    match f {
-        ActivationFn::Relu => "relu",
-        ActivationFn::LeakyRelu { .. } => "leaky_relu",
-        ActivationFn::Elu { .. } => "elu",
-        ActivationFn::Gelu => "gelu",
-        ActivationFn::Sigmoid => "sigmoid",
-        ActivationFn::Tanh => "tanh",
-        ActivationFn::Swish => "swish",
     }
 }
 

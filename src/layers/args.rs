@@ -62,6 +62,15 @@ impl Value {
         }
     }
 
+    /// Python's `True` / `False` (any case), as in `use_bias=False`.
+    pub fn boolean(&self, what: &str) -> Result<bool> {
+        match self.text().map(|t| t.to_ascii_lowercase()).as_deref() {
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            _ => bail!("{what} {self} is not True or False"),
+        }
+    }
+
     /// A finite number (a rate, a momentum).
     pub fn number(&self, what: &str) -> Result<f64> {
         self.text().and_then(|t| t.parse::<f64>().ok()).filter(|v| v.is_finite()).ok_or_else(|| anyhow!("{what} {self} is not a number"))

@@ -1,8 +1,10 @@
-//! Keras's Dense: x (n, inputs) * kernel (inputs, units) + bias, optional fused ReLU; softmax
-//! only on the last layer, where the loss applies it.
+//! Keras's Dense: x (n, inputs) * kernel (inputs, units) + bias, then its activation (ReLU
+//! fused, the other element-wise functions after the product; activation.rs); softmax only on
+//! the last layer, where the loss applies it.
 
 use super::geometry::tensor_values;
-use super::{split_activation, Activation, Args, Backward, Forward, Init, LayerKind, ParamSpec};
+use super::activation::ActivatedOutput;
+use super::{split_activation, Activation, Args, Backward, Forward, Init, LayerKind, ParamSpec, ScratchSpec};
 use crate::backend::{Backend, DenseShape};
 use anyhow::{bail, Result};
 
@@ -17,12 +19,15 @@ pub struct Dense {
     pub activation: Activation,
 }
 
-const USAGE: &str = "Dense(UNITS|classes, activation=\"relu\"|\"softmax\"|None)";
+const USAGE: &str = "Dense(UNITS|classes, activation=None|\"relu\"|\"gelu\"|...|\"softmax\")";
 
 impl Dense {
     /// The geometry on a flat input that `output_shape` accepted.
     pub fn shape(&self, input: &[usize]) -> DenseShape {
         DenseShape { inputs: input.iter().product(), units: self.units }
+    }
+    fn output(&self) -> ActivatedOutput {
+        ActivatedOutput { activation: self.activation, out_len: self.units }
     }
 }
 
@@ -72,22 +77,31 @@ impl LayerKind for Dense {
         ]
     }
 
+    /// The pre-activation and its gradient with an unfused activation.
+    fn scratch(&self, _input: &[usize]) -> Vec<ScratchSpec> {
+        self.output().scratch()
+    }
+
     fn output_relu(&self) -> bool {
         self.activation.is_fused_relu()
     }
 
     fn forward<B: Backend>(&self, f: Forward<'_, B>) {
-        f.backend.dense_forward(f.x, &f.params[0], &f.params[1], f.y, &self.shape(f.input), f.n, self.activation.is_fused_relu());
+        let s = self.shape(f.input);
+        let (kernel, bias) = (&f.params[0], &f.params[1]);
+        let (backend, x, n) = (f.backend, f.x, f.n);
+        self.output().forward(backend, n, f.y, f.scratch, |y, relu| backend.dense_forward(x, kernel, bias, y, &s, n, relu));
     }
 
     fn backward<B: Backend>(&self, b: Backward<'_, B>) {
         let s = self.shape(b.input);
+        let dy = self.output().linear_gradient(b.backend, b.n, b.y, b.dy, b.scratch);
         let [dw, db] = b.grads else { unreachable!("Dense has two trainable tensors") };
-        b.backend.dense_backward_filter(b.x, b.dy, dw, db, &s, b.n);
+        b.backend.dense_backward_filter(b.x, dy, dw, db, &s, b.n);
         if let Some(dx) = b.dx {
             match b.relu_y {
-                None => b.backend.dense_backward_input(b.dy, &b.params[0], dx, &s, b.n),
-                Some(y) => b.backend.dense_backward_input_relu(b.dy, &b.params[0], y, dx, &s, b.n),
+                None => b.backend.dense_backward_input(dy, &b.params[0], dx, &s, b.n),
+                Some(y) => b.backend.dense_backward_input_relu(dy, &b.params[0], y, dx, &s, b.n),
             }
         }
     }

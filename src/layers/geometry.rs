@@ -55,9 +55,24 @@ pub fn tensor_values(dims: &[usize], what: &str) -> Result<usize> {
 /// gives ceil(in / stride) outputs, the odd padding pixel at the bottom/right. None when a
 /// "valid" kernel does not fit. (Sizes must be at least 1; Model::new checks that first.)
 pub fn conv_shape(input: (usize, usize, usize), filters: usize, kernel: (usize, usize), stride: (usize, usize), padding: Padding) -> Option<ConvShape> {
+    dilated_conv_shape(input, filters, kernel, stride, (1, 1), padding)
+}
+
+/// `conv_shape` with Keras's `dilation_rate`: the kernel's taps are `dilation` pixels apart, so
+/// it spans (k - 1) * dilation + 1 pixels, and "valid"/"same" are worked out from that extent.
+/// None when a "valid" kernel does not fit or the extent overflows.
+pub fn dilated_conv_shape(
+    input: (usize, usize, usize),
+    filters: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    dilation: (usize, usize),
+    padding: Padding,
+) -> Option<ConvShape> {
     let (h, w, c) = input;
-    let (oh, pt) = conv_out(h, kernel.0, stride.0, padding)?;
-    let (ow, pl) = conv_out(w, kernel.1, stride.1, padding)?;
+    let extent = |k: usize, d: usize| (k.checked_sub(1)?).checked_mul(d)?.checked_add(1);
+    let (oh, pt) = conv_out(h, extent(kernel.0, dilation.0)?, stride.0, padding)?;
+    let (ow, pl) = conv_out(w, extent(kernel.1, dilation.1)?, stride.1, padding)?;
     Some(ConvShape {
         in_h: h,
         in_w: w,
@@ -71,8 +86,8 @@ pub fn conv_shape(input: (usize, usize, usize), filters: usize, kernel: (usize, 
         stride_w: stride.1,
         pad_top: pt,
         pad_left: pl,
-        dilation_h: 1,
-        dilation_w: 1,
+        dilation_h: dilation.0,
+        dilation_w: dilation.1,
     })
 }
 

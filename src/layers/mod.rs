@@ -14,7 +14,9 @@ pub mod args;
 pub mod average_pooling2d;
 pub mod batch_normalization;
 pub mod conv2d;
+pub mod convolution;
 pub mod dense;
+pub mod depthwise_conv2d;
 pub mod dropout;
 pub mod flatten;
 pub mod geometry;
@@ -25,6 +27,7 @@ pub mod pooling;
 #[cfg(test)]
 mod probe;
 pub mod re_lu;
+pub mod separable_conv2d;
 
 pub use activation::Activation;
 pub use activation_layer::{ActivationLayer, LeakyReLU};
@@ -32,14 +35,17 @@ pub use args::{Args, Value};
 pub use average_pooling2d::AveragePooling2D;
 pub use batch_normalization::BatchNormalization;
 pub use conv2d::Conv2D;
+pub use convolution::ConvArgs;
 pub use dense::{Dense, UNITS_FROM_CLASSES};
+pub use depthwise_conv2d::DepthwiseConv2D;
 pub use dropout::Dropout;
 pub use flatten::Flatten;
-pub use geometry::{conv_shape, pool_shape, tensor_values, Padding, MAX_TENSOR_VALUES};
+pub use geometry::{conv_shape, dilated_conv_shape, pool_shape, tensor_values, Padding, MAX_TENSOR_VALUES};
 pub use global_average_pooling2d::GlobalAveragePooling2D;
 pub use global_max_pooling2d::GlobalMaxPooling2D;
 pub use max_pooling2d::MaxPooling2D;
 pub use re_lu::ReLU;
+pub use separable_conv2d::SeparableConv2D;
 
 use crate::backend::Backend;
 use anyhow::{bail, Result};
@@ -258,6 +264,8 @@ pub enum LayerSpec {
     AveragePooling2D(AveragePooling2D),
     Activation(ActivationLayer),
     LeakyReLU(LeakyReLU),
+    DepthwiseConv2D(DepthwiseConv2D),
+    SeparableConv2D(SeparableConv2D),
     /// A test-only layer with a non-trainable tensor (src/layers/probe.rs).
     #[cfg(test)]
     Probe(probe::Probe),
@@ -280,6 +288,8 @@ macro_rules! with_layer {
             LayerSpec::AveragePooling2D($l) => $body,
             LayerSpec::Activation($l) => $body,
             LayerSpec::LeakyReLU($l) => $body,
+            LayerSpec::DepthwiseConv2D($l) => $body,
+            LayerSpec::SeparableConv2D($l) => $body,
             #[cfg(test)]
             LayerSpec::Probe($l) => $body,
         }
@@ -307,6 +317,8 @@ const CLASSES: &[(&str, &str, &[&str], ParseFn)] = &[
     (AveragePooling2D::CLASS, AveragePooling2D::BASE, AveragePooling2D::ALIASES, |a| Ok(LayerSpec::AveragePooling2D(AveragePooling2D::from_args(a)?))),
     (ActivationLayer::CLASS, ActivationLayer::BASE, ActivationLayer::ALIASES, |a| Ok(LayerSpec::Activation(ActivationLayer::from_args(a)?))),
     (LeakyReLU::CLASS, LeakyReLU::BASE, LeakyReLU::ALIASES, |a| Ok(LayerSpec::LeakyReLU(LeakyReLU::from_args(a)?))),
+    (DepthwiseConv2D::CLASS, DepthwiseConv2D::BASE, DepthwiseConv2D::ALIASES, |a| Ok(LayerSpec::DepthwiseConv2D(DepthwiseConv2D::from_args(a)?))),
+    (SeparableConv2D::CLASS, SeparableConv2D::BASE, SeparableConv2D::ALIASES, |a| Ok(LayerSpec::SeparableConv2D(SeparableConv2D::from_args(a)?))),
     #[cfg(test)]
     (probe::Probe::CLASS, probe::Probe::BASE, probe::Probe::ALIASES, |a| Ok(LayerSpec::Probe(probe::Probe::from_args(a)?))),
 ];

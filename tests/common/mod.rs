@@ -7,6 +7,18 @@ pub mod finite_diff;
 
 use std::path::PathBuf;
 
+/// Every new conv argument and activation= on awkward shapes (13x13x3 input, odd channel
+/// counts): Conv2D without bias and dilated, DepthwiseConv2D, SeparableConv2D, and every
+/// element-wise `activation=` on convs and dense layers (fused ReLU on the depthwise and
+/// separable outputs). tests/layers.rs checks its shapes and Keras's parameter counts.
+pub const CONV_KINDS_ARCH: &str = "Conv2D(5, 3, padding=\"same\", use_bias=False) BatchNormalization ReLU\n\
+    Conv2D(6, 3, dilation_rate=2, activation=\"gelu\")\n\
+    DepthwiseConv2D(3, padding=\"same\", depth_multiplier=2, activation=\"relu\")\n\
+    SeparableConv2D(7, 3, padding=\"same\", dilation_rate=(1, 2), activation=\"relu\")\n\
+    DepthwiseConv2D((3, 2), strides=2, use_bias=False, activation=\"leaky_relu\")\n\
+    SeparableConv2D(5, 3, strides=2, padding=\"same\", depth_multiplier=2, use_bias=False, activation=\"swish\")\n\
+    GlobalAveragePooling2D Dense(9, activation=\"elu\") Dense(8, activation=\"tanh\") Dense(6, activation=\"sigmoid\") Dense(classes, softmax)\n";
+
 /// A fresh empty folder under the system temp dir, unique to this test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gpu-cnn-test-{}-{name}", std::process::id()));
