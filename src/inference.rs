@@ -1,6 +1,6 @@
 //! The network evaluate, predict, review and the library's Classifier run: a checkpoint's model
-//! with every BatchNormalization that directly follows a Conv2D or Dense without activation
-//! folded into that layer (src/batchnorm_fold.rs), and a ReLU layer that then directly follows
+//! with every BatchNormalization that directly follows a Conv2D, DepthwiseConv2D,
+//! SeparableConv2D or Dense without activation folded into that layer (src/batchnorm_fold.rs), and a ReLU layer that then directly follows
 //! it fused into the layer's kernel as `activation="relu"`. The modern model's inference thus
 //! runs one conv pass where it ran conv, BN and ReLU passes. Only inference: training needs the
 //! batch statistics, so it never folds.
@@ -28,34 +28,54 @@ pub fn inference_network<B: Backend>(backend: B, ck: &Checkpoint, max_batch: usi
     Ok(net)
 }
 
+/// The suffix of the kernel whose output channels a following BatchNormalization scales, for a
+/// layer that can take one folded: a Conv2D, DepthwiseConv2D (its (kh, kw, in, multiplier)
+/// kernel's output channel is in * multiplier + m, the last two axes flattened), SeparableConv2D
+/// (its pointwise kernel) or Dense, without an activation.
+fn folding_kernel(spec: &LayerSpec) -> Option<&'static str> {
+    match spec {
+        LayerSpec::Conv2D(c) if c.conv.activation == Activation::None => Some("kernel"),
+        LayerSpec::DepthwiseConv2D(d) if d.conv.activation == Activation::None => Some("depthwise_kernel"),
+        LayerSpec::SeparableConv2D(s) if s.conv.activation == Activation::None => Some("pointwise_kernel"),
+        LayerSpec::Dense(d) if d.activation == Activation::None => Some("kernel"),
+        _ => None,
+    }
+}
+
+/// The layer after folding: it has a bias (use_bias=False layers gain one), and a fused ReLU
+/// when a ReLU layer followed the BN.
+fn folded_spec(spec: &LayerSpec, relu: bool) -> LayerSpec {
+    let mut spec = spec.clone();
+    let activation = if relu { Activation::Relu } else { Activation::None };
+    match &mut spec {
+        LayerSpec::Conv2D(c) => (c.conv.use_bias, c.conv.activation) = (true, activation),
+        LayerSpec::DepthwiseConv2D(d) => (d.conv.use_bias, d.conv.activation) = (true, activation),
+        LayerSpec::SeparableConv2D(s) => (s.conv.use_bias, s.conv.activation) = (true, activation),
+        LayerSpec::Dense(d) => d.activation = activation,
+        _ => unreachable!("folding_kernel admits only these"),
+    }
+    spec
+}
+
 /// `model` with its foldable BatchNormalizations folded, and `tensors` (named for `model`)
-/// rewritten for it. Every tensor `model` needs must be in `tensors`.
+/// rewritten for it. A tensor missing for an unfolded layer is left for `load_state` to name
+/// (after the model's memory check has refused an absurd one); one a fold needs is an error.
 pub fn fold_model(model: &Model, tensors: &[HostTensor]) -> Result<(Model, Vec<HostTensor>)> {
     let find = |name: String| -> Result<&HostTensor> { tensors.iter().find(|t| t.name == name).ok_or_else(|| anyhow!("tensor '{name}' is missing")) };
     let layers = &model.layers;
-    // Each layer of the folded model: the index of the unfolded layer whose tensors it takes
-    // (None: a folded layer, its tensors already in `out`) and its spec.
-    let mut kept: Vec<(Option<usize>, LayerSpec)> = Vec::new();
-    let mut out: Vec<HostTensor> = Vec::new();
+    // Each layer of the folded model: its spec and its tensors by suffix.
+    let mut kept: Vec<(LayerSpec, Vec<(String, HostTensor)>)> = Vec::new();
     let mut i = 0;
     while i < layers.len() {
         let layer = &layers[i];
-        let foldable = match &layer.spec {
-            LayerSpec::Conv2D(c) => c.activation == Activation::None,
-            LayerSpec::Dense(d) => d.activation == Activation::None,
-            _ => false,
-        };
-        let bn = match (foldable, layers.get(i + 1).map(|l| &l.spec)) {
-            (true, Some(LayerSpec::BatchNormalization(bn))) => Some((bn, &layers[i + 1].name)),
-            _ => None,
-        };
-        let Some((bn, bn_name)) = bn else {
-            kept.push((Some(i), layer.spec.clone()));
+        let own = |suffix: &str| find(format!("{}.{suffix}", layer.name));
+        let next = layers.get(i + 1).map(|l| (&l.spec, &l.name));
+        let (Some(kernel_suffix), Some((LayerSpec::BatchNormalization(bn), bn_name))) = (folding_kernel(&layer.spec), next) else {
+            let found = layer.params().into_iter().filter_map(|p| own(p.suffix).ok().map(|t| (p.suffix.to_string(), t.clone()))).collect();
+            kept.push((layer.spec.clone(), found));
             i += 1;
             continue;
         };
-        let kernel = find(format!("{}.kernel", layer.name))?;
-        let bias = find(format!("{}.bias", layer.name))?;
         let part = |suffix: &str| find(format!("{bn_name}.{suffix}"));
         let weights = BatchNormWeights {
             gamma: &part("gamma")?.data,
@@ -64,33 +84,28 @@ pub fn fold_model(model: &Model, tensors: &[HostTensor]) -> Result<(Model, Vec<H
             moving_variance: &part("moving_variance")?.data,
             epsilon: bn.epsilon,
         };
-        let (k, b) = fold_batchnorm(&kernel.data, Some(&bias.data), &weights).with_context(|| format!("folding {bn_name} into {}", layer.name))?;
-        out.push(HostTensor { data: k, ..kernel.clone() });
-        out.push(HostTensor { data: b, ..bias.clone() });
-        // A ReLU layer right after the BN becomes the layer's fused ReLU.
-        let relu_next = matches!(layers.get(i + 2).map(|l| &l.spec), Some(LayerSpec::ReLU(_)));
-        let mut spec = layer.spec.clone();
-        if relu_next {
-            match &mut spec {
-                LayerSpec::Conv2D(c) => c.activation = Activation::Relu,
-                LayerSpec::Dense(d) => d.activation = Activation::Relu,
-                _ => unreachable!("only Conv2D and Dense fold"),
+        let kernel = own(kernel_suffix)?;
+        let has_bias = layer.params().iter().any(|p| p.suffix == "bias");
+        let bias = if has_bias { Some(own("bias")?) } else { None };
+        let (k, b) = fold_batchnorm(&kernel.data, bias.map(|b| b.data.as_slice()), &weights).with_context(|| format!("folding {bn_name} into {}", layer.name))?;
+        let mut found = Vec::new();
+        for p in layer.params() {
+            match p.suffix {
+                "bias" => {}
+                s if s == kernel_suffix => found.push((s.to_string(), HostTensor { data: k.clone(), ..kernel.clone() })),
+                s => found.push((s.to_string(), own(s)?.clone())),
             }
         }
-        kept.push((None, spec));
-        i += if relu_next { 3 } else { 2 };
+        found.push(("bias".to_string(), HostTensor { name: String::new(), dims: vec![b.len()], data: b }));
+        let relu = matches!(layers.get(i + 2).map(|l| &l.spec), Some(LayerSpec::ReLU(_)));
+        kept.push((folded_spec(&layer.spec, relu), found));
+        i += if relu { 3 } else { 2 };
     }
-    let specs: Vec<LayerSpec> = kept.iter().map(|(_, s)| s.clone()).collect();
+    let specs: Vec<LayerSpec> = kept.iter().map(|(s, _)| s.clone()).collect();
     let folded = Model::new(&specs, model.input).context("the folded model")?;
-    for ((old, _), new) in kept.iter().zip(&folded.layers) {
-        let Some(old) = old.map(|i| &layers[i]) else { continue };
-        // A missing tensor is left to `load_state`, which names it after the model's memory
-        // check has refused an absurd one.
-        for spec in old.params() {
-            if let Ok(t) = find(format!("{}.{}", old.name, spec.suffix)) {
-                out.push(HostTensor { name: format!("{}.{}", new.name, spec.suffix), ..t.clone() });
-            }
-        }
+    let mut out = Vec::new();
+    for ((_, found), layer) in kept.into_iter().zip(&folded.layers) {
+        out.extend(found.into_iter().map(|(suffix, t)| HostTensor { name: format!("{}.{suffix}", layer.name), ..t }));
     }
     Ok((folded, out))
 }

@@ -14,10 +14,12 @@ use gpu_cnn::model::{format_arch, parse_arch, Activation, LayerSpec, Model};
 use gpu_cnn::network::{HostTensor, Network};
 use gpu_cnn::rng::Rng;
 
-/// Conv -> BN -> ReLU (folds, ReLU fused), Conv -> ReLU -> BN (cannot fold: the BN stays and
-/// becomes `batch_normalization`), Dense -> BN without ReLU (folds), on awkward shapes.
-const ARCH: &str = "Conv2D(8, 3, padding=\"same\") BatchNormalization ReLU MaxPooling2D(2)\n\
-                    Conv2D(5, 3) ReLU BatchNormalization GlobalAveragePooling2D Dense(7) BatchNormalization Dense(4, softmax)\n";
+/// Conv without bias -> BN -> ReLU (folds, gains a bias, ReLU fused), DepthwiseConv2D -> BN and
+/// SeparableConv2D without bias -> BN -> ReLU (fold), Conv -> ReLU -> BN (cannot fold: the BN
+/// stays and becomes `batch_normalization`), Dense -> BN without ReLU (folds), on awkward shapes.
+const ARCH: &str = "Conv2D(8, 3, padding=\"same\", use_bias=False) BatchNormalization ReLU MaxPooling2D(2)\n\
+                    DepthwiseConv2D(3, padding=\"same\", depth_multiplier=2) BatchNormalization SeparableConv2D(6, 3, use_bias=False) BatchNormalization ReLU\n\
+                    Conv2D(5, 1) ReLU BatchNormalization GlobalAveragePooling2D Dense(7) BatchNormalization Dense(4, softmax)\n";
 
 fn data() -> Dataset {
     generate(&SyntheticSpec { train: 7, test: 23, height: 13, width: 13, channels: 3, classes: 4 }, 8)
@@ -57,12 +59,18 @@ fn folding_keeps_the_unfoldable_batch_normalization_and_renames_it() {
     let ck = checkpoint(&ds);
     let (folded, tensors) = fold_model(&ck.model().unwrap(), &ck.tensors).unwrap();
     let names: Vec<&str> = folded.layers.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["conv2d", "max_pooling2d", "conv2d_1", "re_lu", "batch_normalization", "global_average_pooling2d", "dense", "dense_1"]);
-    assert!(matches!(&folded.layers[0].spec, LayerSpec::Conv2D(c) if c.activation == Activation::Relu), "the ReLU after the folded BN is fused");
-    assert!(matches!(&folded.layers[6].spec, LayerSpec::Dense(d) if d.activation == Activation::None), "no ReLU followed that BN");
-    // The BN after the ReLU was batch_normalization_1: its tensors move to the new name unchanged.
+    assert_eq!(
+        names,
+        ["conv2d", "max_pooling2d", "depthwise_conv2d", "separable_conv2d", "conv2d_1", "re_lu", "batch_normalization", "global_average_pooling2d", "dense", "dense_1"]
+    );
+    assert!(matches!(&folded.layers[0].spec, LayerSpec::Conv2D(c) if c.conv.activation == Activation::Relu && c.conv.use_bias), "bias gained, ReLU fused");
+    assert!(matches!(&folded.layers[3].spec, LayerSpec::SeparableConv2D(c) if c.conv.activation == Activation::Relu && c.conv.use_bias));
+    assert!(matches!(&folded.layers[8].spec, LayerSpec::Dense(d) if d.activation == Activation::None), "no ReLU followed that BN");
+    // The BN after the ReLU was batch_normalization_3: its tensors move to the new name unchanged.
     let find = |ts: &[HostTensor], n: &str| ts.iter().find(|t| t.name == n).unwrap().data.clone();
-    assert_eq!(find(&tensors, "batch_normalization.moving_mean"), find(&ck.tensors, "batch_normalization_1.moving_mean"));
+    assert_eq!(find(&tensors, "batch_normalization.moving_mean"), find(&ck.tensors, "batch_normalization_3.moving_mean"));
+    // The separable layer's depthwise kernel is not scaled (the BN follows its pointwise conv).
+    assert_eq!(find(&tensors, "separable_conv2d.depthwise_kernel"), find(&ck.tensors, "separable_conv2d.depthwise_kernel"));
     let expected: usize = folded.layers.iter().map(|l| l.params().len()).sum();
     assert_eq!(tensors.len(), expected, "exactly the folded model's tensors");
 }
