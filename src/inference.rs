@@ -87,7 +87,8 @@ pub fn fold_model(model: &Model, tensors: &[HostTensor]) -> Result<(Model, Vec<H
         let kernel = own(kernel_suffix)?;
         let has_bias = layer.params().iter().any(|p| p.suffix == "bias");
         let bias = if has_bias { Some(own("bias")?) } else { None };
-        let (k, b) = fold_batchnorm(&kernel.data, bias.map(|b| b.data.as_slice()), &weights).with_context(|| format!("folding {bn_name} into {}", layer.name))?;
+        let (k, b) =
+            fold_batchnorm(&kernel.data, bias.map(|b| b.data.as_slice()), &weights).with_context(|| format!("folding {bn_name} into {}", layer.name))?;
         let mut found = Vec::new();
         for p in layer.params() {
             match p.suffix {

@@ -130,7 +130,9 @@ fn conv_options_depthwise_separable_and_conv_activations_match_tract() {
     // No B input where the layer has no bias; the depthwise convs are grouped.
     let conv = graph.node.iter().find(|n| n.name.as_deref() == Some("conv2d")).unwrap();
     assert_eq!(conv.input.len(), 2, "conv2d has use_bias=False: {:?}", conv.input);
-    let groups = |name: &str| graph.node.iter().find(|n| n.name.as_deref() == Some(name)).unwrap().attribute.iter().find(|a| a.name.as_deref() == Some("group")).and_then(|a| a.i);
+    let groups = |name: &str| {
+        graph.node.iter().find(|n| n.name.as_deref() == Some(name)).unwrap().attribute.iter().find(|a| a.name.as_deref() == Some("group")).and_then(|a| a.i)
+    };
     assert_eq!((groups("depthwise_conv2d"), groups("separable_conv2d_depthwise")), (Some(6), Some(12)));
     assert_matches(&ours, &run_tract(&onnx, float_input(&test, IMAGES)), 10);
 }

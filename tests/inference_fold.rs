@@ -61,7 +61,18 @@ fn folding_keeps_the_unfoldable_batch_normalization_and_renames_it() {
     let names: Vec<&str> = folded.layers.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(
         names,
-        ["conv2d", "max_pooling2d", "depthwise_conv2d", "separable_conv2d", "conv2d_1", "re_lu", "batch_normalization", "global_average_pooling2d", "dense", "dense_1"]
+        [
+            "conv2d",
+            "max_pooling2d",
+            "depthwise_conv2d",
+            "separable_conv2d",
+            "conv2d_1",
+            "re_lu",
+            "batch_normalization",
+            "global_average_pooling2d",
+            "dense",
+            "dense_1"
+        ]
     );
     assert!(matches!(&folded.layers[0].spec, LayerSpec::Conv2D(c) if c.conv.activation == Activation::Relu && c.conv.use_bias), "bias gained, ReLU fused");
     assert!(matches!(&folded.layers[3].spec, LayerSpec::SeparableConv2D(c) if c.conv.activation == Activation::Relu && c.conv.use_bias));

@@ -10,8 +10,8 @@
 
 use super::onnx_proto::*;
 use crate::backend::{ActivationFn, ConvShape, DepthwiseShape, PoolShape};
-use crate::layers::activation::function_name;
 use crate::checkpoint::Checkpoint;
+use crate::layers::activation::function_name;
 use crate::model::{Activation, Layer, LayerSpec};
 use crate::network::HostTensor;
 use anyhow::{anyhow, bail, Context, Result};

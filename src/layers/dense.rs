@@ -2,8 +2,8 @@
 //! fused, the other element-wise functions after the product; activation.rs); softmax only on
 //! the last layer, where the loss applies it.
 
-use super::geometry::tensor_values;
 use super::activation::ActivatedOutput;
+use super::geometry::tensor_values;
 use super::{split_activation, Activation, Args, Backward, Forward, Init, LayerKind, ParamSpec, ScratchSpec};
 use crate::backend::{Backend, DenseShape};
 use anyhow::{bail, Result};

@@ -4,7 +4,9 @@
 mod arch_text;
 mod summary;
 
-pub use crate::layers::{conv_shape, dilated_conv_shape, pool_shape, tensor_values, Activation, LayerSpec, Padding, ParamSpec, ScratchSpec, MAX_TENSOR_VALUES, UNITS_FROM_CLASSES};
+pub use crate::layers::{
+    conv_shape, dilated_conv_shape, pool_shape, tensor_values, Activation, LayerSpec, Padding, ParamSpec, ScratchSpec, MAX_TENSOR_VALUES, UNITS_FROM_CLASSES,
+};
 pub use arch_text::{format_arch, parse_arch};
 pub use summary::summary_table;
 
