@@ -35,6 +35,7 @@ pub fn step_key(seed: u64, step: u64) -> [u32; 2] {
 
 /// PCG's output hash (O'Neill's RXS-M-XS on one LCG step): a bijection of u32 that mixes
 /// every input bit into every output bit. Wrapping u32 arithmetic, as WGSL's.
+#[inline(always)]
 pub fn pcg_hash(v: u32) -> u32 {
     let state = v.wrapping_mul(747796405).wrapping_add(2891336453);
     let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277803737);
@@ -43,13 +44,34 @@ pub fn pcg_hash(v: u32) -> u32 {
 
 /// The hash that decides element `i` of layer `layer` with the step's `key`.
 pub fn element_hash(key: [u32; 2], layer: u32, i: u32) -> u32 {
-    let stream = pcg_hash(key[0] ^ pcg_hash(key[1] ^ layer));
+    element_hash_in(layer_stream(key, layer), key, i)
+}
+
+/// The part of the element hash shared by a layer's elements in one step.
+pub fn layer_stream(key: [u32; 2], layer: u32) -> u32 {
+    pcg_hash(key[0] ^ pcg_hash(key[1] ^ layer))
+}
+
+/// `element_hash` given its layer's stream.
+#[inline(always)]
+pub fn element_hash_in(stream: u32, key: [u32; 2], i: u32) -> u32 {
     pcg_hash(pcg_hash(i ^ stream) ^ key[1])
 }
 
 /// True when element `i` is kept (with probability 1 - threshold / 2^32).
 pub fn keeps(key: [u32; 2], mask: &DropoutMask, i: u32) -> bool {
-    element_hash(key, mask.layer, i) >= mask.threshold
+    keeps_in_stream(layer_stream(key, mask.layer), key, mask, i)
+}
+
+/// The mask's layer stream (for `keeps_in_stream` over many elements).
+pub fn dropout_stream(key: [u32; 2], mask: &DropoutMask) -> u32 {
+    layer_stream(key, mask.layer)
+}
+
+/// `keeps` given the layer's stream.
+#[inline(always)]
+pub fn keeps_in_stream(stream: u32, key: [u32; 2], mask: &DropoutMask, i: u32) -> bool {
+    element_hash_in(stream, key, i) >= mask.threshold
 }
 
 #[cfg(test)]

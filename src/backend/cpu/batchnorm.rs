@@ -11,33 +11,37 @@
 // The per-channel formulas index up to six arrays by channel; zipping six would hide them.
 #![allow(clippy::needless_range_loop)]
 
+use super::simd::vectorized;
 use crate::backend::{BatchNormConfig, BatchNormShape};
 use rayon::prelude::*;
 
 /// Rows per partial sum (the fixed split of the reductions and of the element-wise passes).
 const ROWS_PER_CHUNK: usize = 256;
 
-/// Per channel, two sums over all rows of `term(flat index, channel)`, in f64.
-fn channel_sums(rows: usize, c: usize, term: impl Fn(usize, usize) -> [f64; 2] + Sync) -> Vec<[f64; 2]> {
-    let partials: Vec<Vec<[f64; 2]>> = (0..rows.div_ceil(ROWS_PER_CHUNK))
+/// Per channel, two sums over all rows in f64: `add_row(row, first, second)` adds one row's
+/// terms of every channel to the chunk's sums (a loop over channels, which vectorizes; each
+/// channel's sum still takes its rows in order).
+fn channel_sums(rows: usize, c: usize, add_row: impl Fn(usize, &mut [f64], &mut [f64]) + Sync) -> Vec<[f64; 2]> {
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = (0..rows.div_ceil(ROWS_PER_CHUNK))
         .into_par_iter()
         .map(|chunk| {
-            let mut sums = vec![[0.0; 2]; c];
-            for row in chunk * ROWS_PER_CHUNK..((chunk + 1) * ROWS_PER_CHUNK).min(rows) {
-                for (ch, sum) in sums.iter_mut().enumerate() {
-                    let [a, b] = term(row * c + ch, ch);
-                    sum[0] += a;
-                    sum[1] += b;
-                }
-            }
-            sums
+            let (mut first, mut second) = (vec![0.0; c], vec![0.0; c]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for row in chunk * ROWS_PER_CHUNK..((chunk + 1) * ROWS_PER_CHUNK).min(rows) {
+                        add_row(row, &mut first, &mut second);
+                    }
+                },
+            );
+            (first, second)
         })
         .collect();
     let mut total = vec![[0.0; 2]; c];
-    for partial in partials {
-        for (t, p) in total.iter_mut().zip(partial) {
-            t[0] += p[0];
-            t[1] += p[1];
+    for (first, second) in partials {
+        for ((t, a), b) in total.iter_mut().zip(first).zip(second) {
+            t[0] += a;
+            t[1] += b;
         }
     }
     total
@@ -47,11 +51,16 @@ fn channel_sums(rows: usize, c: usize, term: impl Fn(usize, usize) -> [f64; 2] +
 fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], saved: &[f32], y: &mut [f32], c: usize) {
     let (mean, inv_std) = (&saved[..c], &saved[c..2 * c]);
     y.par_chunks_mut(ROWS_PER_CHUNK * c).zip(x.par_chunks(ROWS_PER_CHUNK * c)).for_each(|(y, x)| {
-        for (y, x) in y.chunks_mut(c).zip(x.chunks(c)) {
-            for ch in 0..c {
-                y[ch] = gamma[ch] * ((x[ch] - mean[ch]) * inv_std[ch]) + beta[ch];
-            }
-        }
+        vectorized(
+            #[inline(always)]
+            || {
+                for (y, x) in y.chunks_mut(c).zip(x.chunks(c)) {
+                    for ch in 0..c {
+                        y[ch] = gamma[ch] * ((x[ch] - mean[ch]) * inv_std[ch]) + beta[ch];
+                    }
+                }
+            },
+        )
     });
 }
 
@@ -74,9 +83,25 @@ pub fn forward_train(
     }
     let x = &x[..rows * c];
     let m = rows as f64;
-    let mean: Vec<f64> = channel_sums(rows, c, |i, _| [x[i] as f64, 0.0]).iter().map(|s| s[0] / m).collect();
+    let row_of = |row: usize| &x[row * c..(row + 1) * c];
+    let mean: Vec<f64> = channel_sums(rows, c, |row, sum, _| {
+        for (s, &v) in sum.iter_mut().zip(row_of(row)) {
+            *s += v as f64;
+        }
+    })
+    .iter()
+    .map(|s| s[0] / m)
+    .collect();
     // Two passes (mean, then squared deviations): no cancellation when |mean| >> std.
-    let variance: Vec<f64> = channel_sums(rows, c, |i, ch| [(x[i] as f64 - mean[ch]).powi(2), 0.0]).iter().map(|s| s[0] / m).collect();
+    let variance: Vec<f64> = channel_sums(rows, c, |row, sum, _| {
+        for ((s, &v), &mean) in sum.iter_mut().zip(row_of(row)).zip(&mean) {
+            let d = v as f64 - mean;
+            *s += d * d;
+        }
+    })
+    .iter()
+    .map(|s| s[0] / m)
+    .collect();
     let (momentum, rest) = (h.momentum, 1.0 - h.momentum);
     for ch in 0..c {
         let (mean, variance) = (mean[ch] as f32, variance[ch] as f32);
@@ -119,9 +144,13 @@ pub fn backward(x: &[f32], dy: &[f32], gamma: &[f32], saved: &mut [f32], dx: &mu
     let m = rows as f64;
     {
         let (mean, inv_std) = (&saved[..c], &saved[c..2 * c]);
-        let sums = channel_sums(rows, c, |i, ch| {
-            let xhat = (x[i] - mean[ch]) * inv_std[ch];
-            [dy[i] as f64, dy[i] as f64 * xhat as f64]
+        let sums = channel_sums(rows, c, |row, sum_dy, sum_dy_xhat| {
+            let (x, dy) = (&x[row * c..(row + 1) * c], &dy[row * c..(row + 1) * c]);
+            for ch in 0..c {
+                let xhat = (x[ch] - mean[ch]) * inv_std[ch];
+                sum_dy[ch] += dy[ch] as f64;
+                sum_dy_xhat[ch] += dy[ch] as f64 * xhat as f64;
+            }
         });
         for (ch, [sum_dy, sum_dy_xhat]) in sums.into_iter().enumerate() {
             dbeta[ch] = sum_dy as f32;
@@ -134,11 +163,16 @@ pub fn backward(x: &[f32], dy: &[f32], gamma: &[f32], saved: &mut [f32], dx: &mu
     let (mean, inv_std, dgamma_m, dbeta_m) = (&saved[..c], &saved[c..2 * c], &saved[2 * c..3 * c], &saved[3 * c..4 * c]);
     let chunk = ROWS_PER_CHUNK * c;
     dx[..rows * c].par_chunks_mut(chunk).zip(x.par_chunks(chunk)).zip(dy.par_chunks(chunk)).for_each(|((dx, x), dy)| {
-        for ((dx, x), dy) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
-            for ch in 0..c {
-                let xhat = (x[ch] - mean[ch]) * inv_std[ch];
-                dx[ch] = gamma[ch] * inv_std[ch] * (dy[ch] - dbeta_m[ch] - xhat * dgamma_m[ch]);
-            }
-        }
+        vectorized(
+            #[inline(always)]
+            || {
+                for ((dx, x), dy) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
+                    for ch in 0..c {
+                        let xhat = (x[ch] - mean[ch]) * inv_std[ch];
+                        dx[ch] = gamma[ch] * inv_std[ch] * (dy[ch] - dbeta_m[ch] - xhat * dgamma_m[ch]);
+                    }
+                }
+            },
+        )
     });
 }
