@@ -60,6 +60,24 @@ fn format_metrics(m: &Metrics) -> String {
 }
 
 impl TrainOptions {
+    /// A run of `epochs` epochs of `arch_text` at `batch_size` with `seed`, and the defaults for
+    /// the rest: Adam's rate 1e-3, constant, no callbacks, no augmentation, nothing written.
+    pub fn new(arch_text: &str, epochs: usize, batch_size: usize, seed: u64) -> TrainOptions {
+        TrainOptions {
+            epochs,
+            batch_size,
+            seed,
+            out_dir: None,
+            arch_text: arch_text.to_string(),
+            progress: false,
+            augment: Augmentation::NONE,
+            preprocessing: None,
+            data_source: None,
+            learning_rate: 1e-3,
+            recipe: Recipe::default(),
+        }
+    }
+
     /// The checkpoint metadata of `net` after the epochs in `history`, with `recipe`'s state.
     pub fn checkpoint_meta<B: Backend>(&self, net: &Network<B>, ds: &Dataset, history: &[EpochRecord], recipe: &Recipe) -> CheckpointMeta {
         CheckpointMeta {

@@ -6,7 +6,6 @@
 #[macro_use]
 mod common;
 use common::{assert_close, assert_same_bits, max_abs, run_cli, temp_dir, uniform_vec};
-use gpu_cnn::augment::Augmentation;
 use gpu_cnn::backend::cpu::CpuBackend;
 use gpu_cnn::backend::{AdamConfig, Backend, RmsPropStep, SgdStep, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM};
 use gpu_cnn::checkpoint;
@@ -304,19 +303,7 @@ fn tiny_net(ds: &Dataset, seed: u64, optimizer: Optimizer, learning_rate: f32) -
 
 /// `fit` sets each step's rate from `learning_rate` (the schedule's base; constant here).
 fn options(epochs: usize, out: &Path, learning_rate: f32) -> TrainOptions {
-    TrainOptions {
-        epochs,
-        batch_size: 16,
-        seed: 4,
-        out_dir: Some(out.to_path_buf()),
-        arch_text: format_arch(&parse_arch(ARCH).unwrap()),
-        progress: false,
-        augment: Augmentation::NONE,
-        preprocessing: None,
-        data_source: None,
-        learning_rate,
-        recipe: Default::default(),
-    }
+    TrainOptions { out_dir: Some(out.to_path_buf()), learning_rate, ..TrainOptions::new(&format_arch(&parse_arch(ARCH).unwrap()), epochs, 16, 4) }
 }
 
 fn same_bits(a: &[HostTensor], b: &[HostTensor]) {

@@ -3,7 +3,6 @@
 //! Keras runs them, their state in checkpoints, and a bit-exact resume on the CPU backend.
 
 mod common;
-use gpu_cnn::augment::Augmentation;
 use gpu_cnn::backend::cpu::CpuBackend;
 use gpu_cnn::callbacks::{EarlyStop, EarlyStopping, Recipe, ReduceLrOnPlateau};
 use gpu_cnn::checkpoint;
@@ -141,19 +140,7 @@ fn tiny_data() -> Dataset {
 }
 
 fn options(epochs: usize, out: Option<&Path>, learning_rate: f32, recipe: Recipe) -> TrainOptions {
-    TrainOptions {
-        epochs,
-        batch_size: 8,
-        seed: 2,
-        out_dir: out.map(Path::to_path_buf),
-        arch_text: format_arch(&parse_arch(ARCH).unwrap()),
-        progress: false,
-        augment: Augmentation::NONE,
-        preprocessing: None,
-        data_source: None,
-        learning_rate,
-        recipe,
-    }
+    TrainOptions { out_dir: out.map(Path::to_path_buf), learning_rate, recipe, ..TrainOptions::new(&format_arch(&parse_arch(ARCH).unwrap()), epochs, 8, 2) }
 }
 
 fn new_net(ds: &Dataset, seed: u64) -> Network<CpuBackend> {
@@ -347,17 +334,10 @@ fn resume_with_batchnorm_dropout_sgd_momentum_and_cosine_is_bit_exact_on_the_cpu
     };
     let recipe = Recipe { schedule: LrSchedule::new(ScheduleKind::Cosine, 1, None, 3).unwrap(), ..Recipe::default() };
     let opts = |epochs: usize, dir: &Path, recipe: Recipe| TrainOptions {
-        epochs,
-        batch_size: 16,
-        seed: 3,
         out_dir: Some(dir.to_path_buf()),
-        arch_text: format_arch(&parse_arch(arch).unwrap()),
-        progress: false,
-        augment: Augmentation::NONE,
-        preprocessing: None,
-        data_source: None,
         learning_rate: 0.05,
         recipe,
+        ..TrainOptions::new(&format_arch(&parse_arch(arch).unwrap()), epochs, 16, 3)
     };
     let (straight_dir, dir) = (common::temp_dir("schedules-recipe-straight"), common::temp_dir("schedules-recipe-resumed"));
     let mut straight = net(3);

@@ -2,7 +2,6 @@
 //! checkpoint gives bit for bit the weights of an uninterrupted run.
 
 mod common;
-use gpu_cnn::augment::Augmentation;
 use gpu_cnn::backend::cpu::CpuBackend;
 use gpu_cnn::checkpoint;
 use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
@@ -25,19 +24,7 @@ fn new_net(ds: &Dataset, batch: usize, seed: u64) -> Network<CpuBackend> {
 }
 
 fn options(epochs: usize, out: Option<&Path>) -> TrainOptions {
-    TrainOptions {
-        epochs,
-        batch_size: 32,
-        seed: 5,
-        out_dir: out.map(Path::to_path_buf),
-        arch_text: format_arch(&parse_arch(ARCH).unwrap()),
-        progress: false,
-        augment: Augmentation::NONE,
-        preprocessing: None,
-        data_source: None,
-        learning_rate: 1e-3,
-        recipe: Default::default(),
-    }
+    TrainOptions { out_dir: out.map(Path::to_path_buf), ..TrainOptions::new(&format_arch(&parse_arch(ARCH).unwrap()), epochs, 32, 5) }
 }
 
 fn train(epochs: usize, out: Option<&Path>) -> (Vec<HostTensor>, Vec<EpochRecord>) {

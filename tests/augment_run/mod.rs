@@ -18,19 +18,7 @@ pub fn small_data() -> Dataset {
 }
 
 pub fn options(epochs: usize, out: Option<&Path>, augment: Augmentation) -> TrainOptions {
-    TrainOptions {
-        epochs,
-        batch_size: 32,
-        seed: 5,
-        out_dir: out.map(Path::to_path_buf),
-        arch_text: format_arch(&parse_arch(ARCH).unwrap()),
-        progress: false,
-        augment,
-        preprocessing: None,
-        data_source: None,
-        learning_rate: 1e-3,
-        recipe: Default::default(),
-    }
+    TrainOptions { out_dir: out.map(Path::to_path_buf), augment, ..TrainOptions::new(&format_arch(&parse_arch(ARCH).unwrap()), epochs, 32, 5) }
 }
 
 pub fn new_net(ds: &Dataset, seed: u64) -> Network<CpuBackend> {
