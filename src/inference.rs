@@ -19,8 +19,8 @@ use anyhow::{anyhow, Context, Result};
 /// A network for inference from `ck`, BatchNormalization folded where it can be.
 pub fn inference_network<B: Backend>(backend: B, ck: &Checkpoint, max_batch: usize) -> Result<Network<B>> {
     let model = ck.model().context("its architecture")?;
-    // The tensors are checked against the unfolded model first, so a damaged checkpoint gets
-    // the same errors here as anywhere else.
+    // `checkpoint::load` has checked every tensor's shape against the unfolded model; a missing
+    // one is named by the fold that needs it or by `load_state`.
     let (folded, tensors) = fold_model(&model, &ck.tensors)?;
     let mut net = Network::new(backend, folded, max_batch, 0)?;
     net.load_state(&tensors, false).context("its weights do not match its architecture")?;

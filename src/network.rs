@@ -216,11 +216,6 @@ impl<B: Backend> Network<B> {
         self.model.classes()
     }
 
-    /// The learning rate of the next updates (schedules set it before every step).
-    pub fn set_learning_rate(&mut self, rate: f32) {
-        self.learning_rate = rate;
-    }
-
     /// Every layer's forward; `training` is false in evaluate and predict.
     fn forward(&mut self, n: usize, training: bool) {
         for (i, layer) in self.model.layers.iter().enumerate() {

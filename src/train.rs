@@ -251,7 +251,7 @@ fn train_epoch<B: Backend>(
     let bar = progress_bar(steps, opts.progress);
     let mut last_update = Instant::now();
     for (step, batch) in order.chunks(opts.batch_size).enumerate() {
-        net.set_learning_rate(recipe.rate(opts.learning_rate, net.step, steps));
+        net.learning_rate = recipe.rate(opts.learning_rate, net.step, steps);
         let transforms = (!opts.augment.is_none()).then(|| opts.augment.step_transforms(&ds.train, batch, opts.seed, epoch, step));
         net.train_step_augmented(train, batch, transforms.as_deref()).with_context(|| format!("epoch {} step {}", epoch + 1, step + 1))?;
         if last_update.elapsed() > Duration::from_millis(250) || step + 1 == steps {

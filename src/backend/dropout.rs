@@ -58,19 +58,10 @@ pub fn element_hash_in(stream: u32, key: [u32; 2], i: u32) -> u32 {
     pcg_hash(pcg_hash(i ^ stream) ^ key[1])
 }
 
-/// True when element `i` is kept (with probability 1 - threshold / 2^32).
-pub fn keeps(key: [u32; 2], mask: &DropoutMask, i: u32) -> bool {
-    keeps_in_stream(layer_stream(key, mask.layer), key, mask, i)
-}
-
-/// The mask's layer stream (for `keeps_in_stream` over many elements).
-pub fn dropout_stream(key: [u32; 2], mask: &DropoutMask) -> u32 {
-    layer_stream(key, mask.layer)
-}
-
-/// `keeps` given the layer's stream.
+/// True when element `i` is kept (with probability 1 - threshold / 2^32); `stream` is
+/// `layer_stream(key, mask.layer)`, hashed once for all of the layer's elements.
 #[inline(always)]
-pub fn keeps_in_stream(stream: u32, key: [u32; 2], mask: &DropoutMask, i: u32) -> bool {
+pub fn keeps(stream: u32, key: [u32; 2], mask: &DropoutMask, i: u32) -> bool {
     element_hash_in(stream, key, i) >= mask.threshold
 }
 

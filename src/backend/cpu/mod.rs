@@ -17,7 +17,7 @@ pub mod simd;
 mod winograd;
 mod winograd_filter;
 
-use super::dropout::{dropout_stream, keeps_in_stream, DropoutMask};
+use super::dropout::{keeps, layer_stream, DropoutMask};
 use super::{
     activation, ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RmsPropStep,
     SgdStep, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
@@ -357,14 +357,14 @@ impl Backend for CpuBackend {
     fn dropout(&self, x: &Vec<f32>, y: &mut Vec<f32>, len: usize, key: &Vec<u32>, mask: &DropoutMask) {
         let key = [key[0], key[1]];
         // The layer's stream is the same for every element: hashed once, not per element.
-        let stream = dropout_stream(key, mask);
+        let stream = layer_stream(key, mask.layer);
         y[..len].par_chunks_mut(4096).zip(x[..len].par_chunks(4096)).enumerate().for_each(|(chunk, (y, x))| {
             vectorized(
                 #[inline(always)]
                 || {
                     for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
                         let i = (chunk * 4096 + j) as u32;
-                        *y = if keeps_in_stream(stream, key, mask, i) { x * mask.scale } else { 0.0 };
+                        *y = if keeps(stream, key, mask, i) { x * mask.scale } else { 0.0 };
                     }
                 },
             )
