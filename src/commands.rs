@@ -6,10 +6,9 @@ use crate::checkpoint::{self, Checkpoint, CheckpointMeta};
 use crate::data::{self, Dataset, DatasetKind};
 use crate::image_pipeline::{Background, ColorMode, Interpolation, Preprocessing, ResizeMode};
 use crate::model::{format_arch, parse_arch, summary_table, with_classes, Model, SEED_ARCH};
-use crate::network::Network;
 use crate::report;
 use crate::report::plural;
-use crate::train;
+use crate::trainer::{RunDir, Trainer};
 use crate::with_backend;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -189,78 +188,40 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
     let (ds, test_files) = load_data_with_files(&args.data, flags.seed, base.as_ref())?;
     let settings = train_settings::resolve(args, resume.as_ref(), &ds, flags)?;
-    run_training(backend, &settings, &ds, test_files.as_deref(), resume.as_ref().map(|ck| (ck, args.resume.as_deref().unwrap())))
+    let resume = match (resume, args.resume.as_deref()) {
+        (Some(ck), Some(path)) => Some((ck, path)),
+        _ => None,
+    };
+    run_training(backend, &settings, ds, test_files, resume)
 }
 
-/// Runs resolved settings: builds the network (from the checkpoint when resuming), trains,
-/// then writes the report.
+/// Runs resolved settings through the library's [`Trainer`] (from the checkpoint when
+/// resuming), then prints the per-class scores and where everything went.
 fn run_training<B: Backend>(
     backend: B,
     settings: &TrainSettings,
-    ds: &Dataset,
-    test_files: Option<&[PathBuf]>,
-    resume: Option<(&Checkpoint, &Path)>,
+    ds: Dataset,
+    test_files: Option<Vec<PathBuf>>,
+    resume: Option<(Checkpoint, &Path)>,
 ) -> Result<()> {
-    let opts = &settings.options;
-    let model = Model::new(&parse_arch(&opts.arch_text)?, ds.input_shape()).context("the architecture does not fit the data")?;
-    check_model_fits_data(&model, ds, "the model")?;
-    eprintln!("Device: {}", backend.describe());
-    eprintln!(
-        "Data: {} ({} training, {} test images of {}x{}x{}, {} classes)",
-        ds.name,
-        ds.train.len(),
-        ds.test.len(),
-        model.input.0,
-        model.input.1,
-        model.input.2,
-        ds.class_names.len()
-    );
-    let batch_size = opts.batch_size;
-    let mut net = Network::new(backend, model, batch_size, opts.seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
-    net.set_optimizer(settings.optimizer)?;
-    net.label_smoothing = settings.label_smoothing;
-    net.set_class_weights(settings.class_weights.as_deref())?;
-    let mut history = Vec::new();
+    let model = Model::new(&parse_arch(&settings.plan.options.arch_text)?, ds.input_shape()).context("the architecture does not fit the data")?;
+    check_model_fits_data(&model, &ds, "the model")?;
+    let run_dir = match (settings.continues_folder, settings.overwrite) {
+        (true, _) => RunDir::Continue,
+        (false, true) => RunDir::Overwrite,
+        (false, false) => RunDir::Fresh,
+    };
+    let mut trainer = Trainer::planned(ds, settings.plan.clone(), run_dir)?.verbose().report(test_files);
     if let Some((ck, path)) = resume {
-        net.load_state(&ck.tensors, true).with_context(|| format!("{}: does not match the model", path.display()))?;
-        net.step = ck.meta.step;
-        history = ck.meta.history.clone();
-        eprintln!("Resuming from {} after epoch {} (step {})", path.display(), ck.meta.epoch, ck.meta.step);
+        trainer = trainer.resume(ck, path);
     }
+    let trained = trainer.fit_on(backend)?;
     let out = &settings.out;
-    let _lock = crate::run_dir::lock(out)?;
-    if !settings.continues_folder {
-        crate::run_dir::prepare_fresh(out, settings.overwrite)?;
+    if let Some(conf) = &trained.confusion {
+        eprint!("\n{}\n{}\n", conf.per_class_text_with_training(&settings.train_counts, settings.plan.class_weights.as_deref()), conf.matrix_text());
+        eprintln!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
     }
-    eprintln!("Run directory: {}", out.display());
-    eprintln!("Optimizer: {}, learning rate {}", settings.optimizer.describe(), opts.learning_rate);
-    if settings.label_smoothing != 0.0 {
-        eprintln!("Label smoothing: {} (training and validation loss)", settings.label_smoothing);
-    }
-    if !opts.augment.is_none() {
-        eprintln!("Augmentation: {} (training batches only)", opts.augment.name());
-    }
-    if let Some(w) = &settings.class_weights {
-        let list: Vec<String> = ds.class_names.iter().zip(w).map(|(n, w)| format!("{n} {w:.4}")).collect();
-        eprintln!("Class weights (balanced, training loss only): {}", list.join(", "));
-    }
-    let recipe = &opts.recipe;
-    if !recipe.schedule.is_constant() || recipe.early_stopping.is_some() || recipe.reduce_lr.is_some() {
-        eprintln!("Learning rate: {}, {}{}", opts.learning_rate, recipe.schedule.describe(), callbacks_text(recipe));
-        if !recipe.schedule.is_constant() && recipe.schedule.epochs != opts.epochs {
-            eprintln!(
-                "note: the schedule keeps the {} epochs it was planned over (give --lr-schedule to plan it over {})",
-                recipe.schedule.epochs, opts.epochs
-            );
-        }
-    }
-    let fitted = train::run(&mut net, ds, opts, history)?;
-    let history = fitted.history;
-    let report = report_settings(&opts.checkpoint_meta(&net, ds, &history, &fitted.recipe), &net.backend.describe());
-    let title = format!("gpu-cnn training run: {}", ds.name);
-    let conf = report::report_network(&mut net, &ds.test, test_files, &ds.class_names, &history, title, report, out)?;
-    eprint!("\n{}\n{}\n", conf.per_class_text_with_training(&settings.train_counts, settings.class_weights.as_deref()), conf.matrix_text());
-    eprintln!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
+    let history = &trained.history;
     if let Some(last) = history.last() {
         let best = history.iter().fold(last, |b, r| if r.val_accuracy > b.val_accuracy { r } else { b });
         eprintln!(
@@ -468,7 +429,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 }
 
 /// ", early stopping (patience 3), ReduceLROnPlateau (patience 2)" for the callbacks in use.
-fn callbacks_text(recipe: &crate::callbacks::Recipe) -> String {
+pub(crate) fn callbacks_text(recipe: &crate::callbacks::Recipe) -> String {
     let mut text = String::new();
     if let Some(e) = &recipe.early_stopping {
         text += &format!(", early stopping (patience {}", e.patience);
@@ -484,7 +445,7 @@ fn callbacks_text(recipe: &crate::callbacks::Recipe) -> String {
 }
 
 /// The settings a run's report shows first, from its checkpoint metadata.
-fn report_settings(meta: &CheckpointMeta, device: &str) -> Vec<(String, String)> {
+pub(crate) fn report_settings(meta: &CheckpointMeta, device: &str) -> Vec<(String, String)> {
     let (h, w, c) = meta.input;
     [
         ("data set", meta.dataset.clone()),

@@ -67,4 +67,4 @@ pub mod trainer;
 pub use classifier::{Classifier, Device, Prediction};
 /// The `image` crate gpu-cnn decodes with, so callers build `DynamicImage`s of the same version.
 pub use image;
-pub use trainer::{TrainConfig, TrainedModel, Trainer};
+pub use trainer::{RunDir, RunPlan, TrainConfig, TrainedModel, Trainer};

@@ -1,16 +1,19 @@
-//! [`Trainer`]: training from Rust code, a thin layer over `train::run` (the loop the CLI runs),
-//! with the same optimizers, schedules and callbacks.
+//! [`Trainer`]: training from Rust code, and what `gpu-cnn train` runs once it has resolved its
+//! flags: the network, resuming, the run directory's lock, the loop (`train::run`) with the
+//! optimizers, schedules and callbacks, and the run report.
 
 use crate::augment::Augmentation;
 use crate::backend::Backend;
 use crate::callbacks::{EarlyStopping, Recipe, ReduceLrOnPlateau};
 use crate::checkpoint::Checkpoint;
 use crate::classifier::{Classifier, Device};
+use crate::commands::callbacks_text;
 use crate::data::Dataset;
 use crate::history::EpochRecord;
-use crate::model::{format_arch, LayerSpec, Model};
+use crate::model::{format_arch, parse_arch, LayerSpec, Model};
 use crate::network::{HostTensor, Network};
 use crate::optimizer::{check_label_smoothing, Optimizer};
+use crate::report::{self, confusion::Confusion};
 use crate::schedule::LrSchedule;
 use crate::train::{self, TrainOptions};
 use anyhow::{bail, Context, Result};
@@ -41,6 +44,9 @@ pub struct TrainConfig {
     pub early_stopping: Option<usize>,
     /// Keras's ReduceLROnPlateau(monitor="val_loss", factor=0.1) with this patience.
     pub reduce_lr_on_plateau: Option<usize>,
+    /// Replace an earlier run's checkpoints and history in `out_dir` (as `--overwrite`);
+    /// without it a folder holding files is refused.
+    pub overwrite: bool,
 }
 
 impl Default for TrainConfig {
@@ -59,6 +65,7 @@ impl Default for TrainConfig {
             schedule: LrSchedule::default(),
             early_stopping: None,
             reduce_lr_on_plateau: None,
+            overwrite: false,
         }
     }
 }
@@ -66,12 +73,52 @@ impl Default for TrainConfig {
 /// Called after each epoch with its record (loss, accuracy, val_loss, val_accuracy, seconds).
 pub type EpochCallback = Box<dyn FnMut(&EpochRecord)>;
 
+/// A run resolved down to what the training loop reads: built from a [`TrainConfig`], or by
+/// `gpu-cnn train` from its flags merged with the checkpoint it resumes.
+#[derive(Clone, Debug)]
+pub struct RunPlan {
+    /// Epochs, batch size, seed, architecture text, augmentation, base learning rate, the
+    /// schedule and callbacks with their state, the pipeline and data source stored in
+    /// checkpoints, the run directory.
+    pub options: TrainOptions,
+    pub optimizer: Optimizer,
+    /// Keras's CategoricalCrossentropy label_smoothing (0: none).
+    pub label_smoothing: f32,
+    /// Per-class loss weights (`--class-weight balanced`); None: unweighted.
+    pub class_weights: Option<Vec<f32>>,
+}
+
+/// What happens to the run directory (`options.out_dir`) before the first epoch. Whatever the
+/// choice, the directory is locked for the run: two runs never write one folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RunDir {
+    /// A fresh run: refused if the folder holds an earlier run's files.
+    #[default]
+    Fresh,
+    /// A fresh run that may replace an earlier run's files (`--overwrite`).
+    Overwrite,
+    /// The run continues the folder it resumes from (its `last.safetensors`).
+    Continue,
+}
+
 /// Trains a model on a data set: `Trainer::new(layers, data, config).fit()`.
 pub struct Trainer {
     layers: Vec<LayerSpec>,
     data: Dataset,
-    config: TrainConfig,
+    plan: RunPlan,
+    run_dir: RunDir,
+    resume: Option<(Checkpoint, PathBuf)>,
+    verbose: bool,
+    report: Option<ReportRequest>,
     on_epoch: Option<EpochCallback>,
+    /// Where `fit` trains (`fit_on` takes a backend instead).
+    device: Device,
+}
+
+/// The run report (`report.html`, pictures) written into the run directory after training.
+struct ReportRequest {
+    /// The test images' files (a folder data set), shown in the report's pictures.
+    test_files: Option<Vec<PathBuf>>,
 }
 
 /// What training produced: the history and the final weights (a checkpoint in memory).
@@ -80,6 +127,8 @@ pub struct TrainedModel {
     pub checkpoint: Checkpoint,
     /// The device it trained on, in words.
     pub device: String,
+    /// The test split's confusion matrix, when a report was asked for ([`Trainer::report`]).
+    pub confusion: Option<Confusion>,
 }
 
 impl TrainedModel {
@@ -93,7 +142,56 @@ impl TrainedModel {
 impl Trainer {
     /// `layers`: e.g. `model::seed_layers()` or `model::parse_arch(text)?`.
     pub fn new(layers: Vec<LayerSpec>, data: Dataset, config: TrainConfig) -> Trainer {
-        Trainer { layers, data, config, on_epoch: None }
+        let c = config;
+        let recipe = Recipe {
+            schedule: c.schedule,
+            early_stopping: c.early_stopping.map(EarlyStopping::new),
+            reduce_lr: c.reduce_lr_on_plateau.map(ReduceLrOnPlateau::new),
+        };
+        let options = TrainOptions {
+            epochs: c.epochs,
+            batch_size: c.batch_size,
+            seed: c.seed,
+            out_dir: c.out_dir,
+            arch_text: format_arch(&layers),
+            progress: c.progress_bar,
+            augment: c.augment,
+            preprocessing: None,
+            data_source: None,
+            learning_rate: c.learning_rate,
+            recipe,
+        };
+        let plan = RunPlan { options, optimizer: c.optimizer, label_smoothing: c.label_smoothing, class_weights: None };
+        let run_dir = if c.overwrite { RunDir::Overwrite } else { RunDir::Fresh };
+        Trainer { layers, data, plan, run_dir, resume: None, verbose: false, report: None, on_epoch: None, device: c.device }
+    }
+
+    /// A run planned in full (what `gpu-cnn train` resolves from its flags); the layers are
+    /// the plan's architecture text.
+    pub fn planned(data: Dataset, plan: RunPlan, run_dir: RunDir) -> Result<Trainer> {
+        let layers = parse_arch(&plan.options.arch_text)?;
+        Ok(Trainer { layers, data, plan, run_dir, resume: None, verbose: false, report: None, on_epoch: None, device: Device::Auto })
+    }
+
+    /// Continues the run `checkpoint` (read from `path`) saved: its weights, optimizer state,
+    /// step and history. The plan's recipe should carry the checkpoint's callback states.
+    pub fn resume(mut self, checkpoint: Checkpoint, path: impl Into<PathBuf>) -> Trainer {
+        self.resume = Some((checkpoint, path.into()));
+        self
+    }
+
+    /// Prints what the run will do (device, data, optimizer, recipe) before the first epoch,
+    /// as `gpu-cnn train` does.
+    pub fn verbose(mut self) -> Trainer {
+        self.verbose = true;
+        self
+    }
+
+    /// After training, writes the run report (report.html, predictions.png, curves.png,
+    /// confusion.png) into the run directory and returns the test split's confusion matrix.
+    pub fn report(mut self, test_files: Option<Vec<PathBuf>>) -> Trainer {
+        self.report = Some(ReportRequest { test_files });
+        self
     }
 
     /// Calls `f` after every epoch (progress reporting, early stopping decisions, logging).
@@ -102,61 +200,114 @@ impl Trainer {
         self
     }
 
-    /// Trains for `config.epochs` epochs.
+    /// Trains for `config.epochs` epochs on the device the config names.
     pub fn fit(self) -> Result<TrainedModel> {
-        let request = self.config.device.request()?;
+        let request = self.device.request()?;
         crate::with_backend!(request, backend => self.fit_on(backend))
     }
 
-    fn fit_on<B: Backend>(mut self, backend: B) -> Result<TrainedModel> {
-        let c = &self.config;
-        if c.batch_size == 0 || c.epochs == 0 {
+    /// Trains on `backend` (the CLI opens the device itself, to say which it took).
+    pub fn fit_on<B: Backend>(mut self, backend: B) -> Result<TrainedModel> {
+        if self.plan.options.preprocessing.is_none() {
+            // A data set handed over in memory has no files: the pipeline is the one `predict`
+            // should use on photos for it (the built-in data sets' rule), and no folder source.
+            self.plan.options.preprocessing = Some(crate::commands::dataset_preprocessing(&self.data)?);
+        }
+        let plan = &self.plan;
+        let opts = &plan.options;
+        if opts.batch_size == 0 || opts.epochs == 0 {
             bail!("epochs and batch size must be at least 1");
         }
-        if !(c.learning_rate > 0.0 && c.learning_rate.is_finite()) {
+        if !(opts.learning_rate > 0.0 && opts.learning_rate.is_finite()) {
             bail!("the learning rate must be a positive number");
         }
         let ds = &self.data;
         if ds.train.is_empty() || ds.test.is_empty() {
             bail!("{}: the training or test split is empty", ds.name);
         }
+        plan.optimizer.check()?;
+        check_label_smoothing(plan.label_smoothing)?;
+        opts.recipe.schedule.validate()?;
         let model = Model::new(&self.layers, ds.input_shape()).context("the architecture does not fit the data")?;
         if model.classes() != ds.class_names.len() {
             bail!("the model ends in {} class scores but {} has {} classes", model.classes(), ds.name, ds.class_names.len());
         }
-        let mut net = Network::new(backend, model, c.batch_size, c.seed)?;
-        c.optimizer.check()?;
-        check_label_smoothing(c.label_smoothing)?;
-        net.set_optimizer(c.optimizer)?;
-        net.label_smoothing = c.label_smoothing;
-        // A data set handed over in memory has no files: the pipeline is the one `predict`
-        // should use on photos for it (the built-in data sets' rule), and no folder source.
-        c.schedule.validate()?;
-        let recipe = Recipe {
-            schedule: c.schedule,
-            early_stopping: c.early_stopping.map(EarlyStopping::new),
-            reduce_lr: c.reduce_lr_on_plateau.map(ReduceLrOnPlateau::new),
+        if self.verbose {
+            eprintln!("Device: {}", backend.describe());
+            let (h, w, c) = model.input;
+            eprintln!("Data: {} ({} training, {} test images of {h}x{w}x{c}, {} classes)", ds.name, ds.train.len(), ds.test.len(), ds.class_names.len());
+        }
+        let batch_size = opts.batch_size;
+        let mut net = Network::new(backend, model, batch_size, opts.seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
+        net.set_optimizer(plan.optimizer)?;
+        net.label_smoothing = plan.label_smoothing;
+        net.set_class_weights(plan.class_weights.as_deref())?;
+        let mut history = Vec::new();
+        if let Some((ck, path)) = &self.resume {
+            net.load_state(&ck.tensors, true).with_context(|| format!("{}: does not match the model", path.display()))?;
+            net.step = ck.meta.step;
+            history = ck.meta.history.clone();
+            if self.verbose {
+                eprintln!("Resuming from {} after epoch {} (step {})", path.display(), ck.meta.epoch, ck.meta.step);
+            }
+        }
+        let _lock = match &opts.out_dir {
+            Some(dir) => {
+                let lock = crate::run_dir::lock(dir)?;
+                if self.run_dir != RunDir::Continue {
+                    crate::run_dir::prepare_fresh(dir, self.run_dir == RunDir::Overwrite)?;
+                }
+                if self.verbose {
+                    eprintln!("Run directory: {}", dir.display());
+                }
+                Some(lock)
+            }
+            None => None,
         };
-        let opts = TrainOptions {
-            epochs: c.epochs,
-            batch_size: c.batch_size,
-            seed: c.seed,
-            out_dir: c.out_dir.clone(),
-            arch_text: format_arch(&self.layers),
-            progress: c.progress_bar,
-            augment: c.augment,
-            preprocessing: Some(crate::commands::dataset_preprocessing(ds)?),
-            data_source: None,
-            learning_rate: c.learning_rate,
-            recipe,
-        };
+        if self.verbose {
+            print_recipe(plan, &ds.class_names);
+        }
         let fitted = match self.on_epoch.as_mut() {
-            None => train::run(&mut net, ds, &opts, Vec::new())?,
-            Some(callback) => train::run_with(&mut net, ds, &opts, Vec::new(), &mut |record| callback(record))?,
+            None => train::run(&mut net, ds, opts, history)?,
+            Some(callback) => train::run_with(&mut net, ds, opts, history, &mut |record| callback(record))?,
         };
         let meta = opts.checkpoint_meta(&net, ds, &fitted.history, &fitted.recipe);
-        let history = fitted.history;
+        let confusion = match (&self.report, &opts.out_dir) {
+            (Some(request), Some(dir)) => {
+                let settings = crate::commands::report_settings(&meta, &net.backend.describe());
+                let title = format!("gpu-cnn training run: {}", ds.name);
+                let test_files = request.test_files.as_deref();
+                Some(report::report_network(&mut net, &ds.test, test_files, &ds.class_names, &fitted.history, title, settings, dir)?)
+            }
+            _ => None,
+        };
         let tensors: Vec<HostTensor> = net.weights()?;
-        Ok(TrainedModel { history, checkpoint: Checkpoint { meta, tensors }, device: net.backend.describe() })
+        Ok(TrainedModel { history: fitted.history, checkpoint: Checkpoint { meta, tensors }, device: net.backend.describe(), confusion })
+    }
+}
+
+/// The optimizer, loss and recipe lines `gpu-cnn train` prints before the first epoch.
+fn print_recipe(plan: &RunPlan, class_names: &[String]) {
+    let opts = &plan.options;
+    eprintln!("Optimizer: {}, learning rate {}", plan.optimizer.describe(), opts.learning_rate);
+    if plan.label_smoothing != 0.0 {
+        eprintln!("Label smoothing: {} (training and validation loss)", plan.label_smoothing);
+    }
+    if !opts.augment.is_none() {
+        eprintln!("Augmentation: {} (training batches only)", opts.augment.name());
+    }
+    if let Some(w) = &plan.class_weights {
+        let list: Vec<String> = class_names.iter().zip(w).map(|(n, w)| format!("{n} {w:.4}")).collect();
+        eprintln!("Class weights (balanced, training loss only): {}", list.join(", "));
+    }
+    let recipe = &opts.recipe;
+    if !recipe.schedule.is_constant() || recipe.early_stopping.is_some() || recipe.reduce_lr.is_some() {
+        eprintln!("Learning rate: {}, {}{}", opts.learning_rate, recipe.schedule.describe(), callbacks_text(recipe));
+        if !recipe.schedule.is_constant() && recipe.schedule.epochs != opts.epochs {
+            eprintln!(
+                "note: the schedule keeps the {} epochs it was planned over (give --lr-schedule to plan it over {})",
+                recipe.schedule.epochs, opts.epochs
+            );
+        }
     }
 }

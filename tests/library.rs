@@ -4,6 +4,7 @@
 mod common;
 
 use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
+use gpu_cnn::history::EpochRecord;
 use gpu_cnn::image::{DynamicImage, ImageFormat, RgbImage};
 use gpu_cnn::{Classifier, Device, TrainConfig, Trainer};
 use std::cell::RefCell;
@@ -144,4 +145,40 @@ fn trainer_runs_a_schedule_and_callbacks_in_one_run() {
     // The callbacks' state went through all three epochs (one run, not one per epoch).
     assert_eq!(recipe.early_stopping.as_ref().map(|e| e.patience), Some(5));
     assert!(recipe.early_stopping.as_ref().unwrap().best_epoch >= 1);
+}
+
+#[test]
+fn trainer_resumes_bit_exactly_writes_the_report_and_guards_its_folder() {
+    let data = || generate(&SyntheticSpec { train: 128, test: 32, ..Default::default() }, 2);
+    let config = |dir: &std::path::Path, epochs| TrainConfig { epochs, device: Device::Cpu, out_dir: Some(dir.to_path_buf()), ..Default::default() };
+    let straight_dir = common::temp_dir("library-straight");
+    let straight = Trainer::new(gpu_cnn::model::seed_layers(), data(), config(&straight_dir, 2)).fit().unwrap();
+    assert!(straight.confusion.is_none(), "no report unless asked for");
+
+    // A second run into a folder holding a run is refused, naming the folder, unless it may
+    // replace it; nothing of the first run is touched by the refusal.
+    let before = std::fs::read(straight_dir.join("last.safetensors")).unwrap();
+    let refused = Trainer::new(gpu_cnn::model::seed_layers(), data(), config(&straight_dir, 1)).fit().err().expect("a non-empty run folder is refused");
+    assert!(format!("{refused:#}").contains("not empty") && format!("{refused:#}").contains(&straight_dir.display().to_string()), "{refused:#}");
+    assert_eq!(std::fs::read(straight_dir.join("last.safetensors")).unwrap(), before);
+
+    // One epoch, then resumed from its checkpoint for the second: the same bits as straight
+    // (the CPU backend is deterministic and the resume restores weights, Adam state and step).
+    let first_dir = common::temp_dir("library-first");
+    Trainer::new(gpu_cnn::model::seed_layers(), data(), config(&first_dir, 1)).fit().unwrap();
+    let ck = gpu_cnn::checkpoint::load(&first_dir.join("last.safetensors")).unwrap();
+    let resumed_dir = common::temp_dir("library-resumed");
+    let resumed =
+        Trainer::new(gpu_cnn::model::seed_layers(), data(), config(&resumed_dir, 2)).resume(ck, first_dir.join("last.safetensors")).report(None).fit().unwrap();
+    let strip = |h: &[EpochRecord]| h.iter().map(|r| EpochRecord { seconds: 0.0, ..r.clone() }).collect::<Vec<_>>();
+    assert_eq!(strip(&resumed.history), strip(&straight.history), "the same two epochs, the first one from the checkpoint");
+    for (a, b) in straight.checkpoint.tensors.iter().zip(&resumed.checkpoint.tensors) {
+        assert_eq!(a.name, b.name);
+        assert!(a.data.iter().zip(&b.data).all(|(x, y)| x.to_bits() == y.to_bits()), "{} differs after resuming", a.name);
+    }
+    let conf = resumed.confusion.expect("the report was asked for");
+    assert_eq!(conf.total(), 32, "the report scores the whole test split");
+    for file in ["report.html", "predictions.png", "curves.png", "confusion.png"] {
+        assert!(resumed_dir.join(file).is_file(), "{file} written into the run folder");
+    }
 }

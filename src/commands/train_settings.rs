@@ -1,5 +1,5 @@
 //! What `gpu-cnn train` will do, resolved once from its flags and the checkpoint it resumes:
-//! a plain [`TrainSettings`] the running code (commands::train_on, train::fit) only reads. Each
+//! a plain [`TrainSettings`] the library's Trainer (through commands::train_on) only reads. Each
 //! flag not given takes the checkpoint's value when resuming, else its default.
 
 use super::{dataset_preprocessing, folder_preprocessing, read_arch, DataOptions, DEFAULT_VAL_SPLIT};
@@ -12,6 +12,7 @@ use crate::model::{format_arch, parse_arch, with_classes};
 use crate::optimizer::{check_label_smoothing, Optimizer, OptimizerFlags};
 use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::train::TrainOptions;
+use crate::trainer::RunPlan;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -52,16 +53,10 @@ pub struct TrainArgs {
 /// Everything a training run will do, resolved before any device work.
 #[derive(Clone, Debug)]
 pub struct TrainSettings {
-    /// What the loop reads: epochs, batch size, seed, architecture text, augmentation, base
-    /// learning rate and recipe (schedule, callbacks), the pipeline and data source stored in
-    /// checkpoints, the run directory.
-    pub options: TrainOptions,
-    /// The optimizer with its hyper-parameters (the checkpoint's when resuming).
-    pub optimizer: Optimizer,
-    /// Keras's CategoricalCrossentropy label_smoothing (0: none).
-    pub label_smoothing: f32,
-    /// `--class-weight balanced`'s per-class loss weights (None: unweighted).
-    pub class_weights: Option<Vec<f32>>,
+    /// What the library's Trainer runs: the loop's options (the recipe with the checkpoint's
+    /// callback states when resuming), the optimizer (the checkpoint's when resuming), label
+    /// smoothing and `--class-weight balanced`'s weights.
+    pub plan: RunPlan,
     /// Training images per class (the report shows them beside the per-class scores).
     pub train_counts: Vec<usize>,
     /// The run directory.
@@ -177,7 +172,7 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, flag
         learning_rate,
         recipe,
     };
-    Ok(TrainSettings { options, optimizer, label_smoothing, class_weights, train_counts, out, continues_folder, overwrite: args.overwrite })
+    Ok(TrainSettings { plan: RunPlan { options, optimizer, label_smoothing, class_weights }, train_counts, out, continues_folder, overwrite: args.overwrite })
 }
 
 /// The schedule and callbacks: the flags given, else the checkpoint's (with their state), else
