@@ -1,18 +1,20 @@
 //! Load bench for `gpu-cnn serve`: N concurrent clients over loopback, each sending one PNG per
-//! request as fast as answers come, at 1, 8 and 64 clients; reports requests/s and p50/p99
-//! latency, and compares with the batch throughput of the same work without HTTP (decode,
-//! preprocess, forward in batches of --max-batch: what `gpu-cnn predict` does per image).
+//! request as fast as answers come on its own kept-alive connection (`--close`: a new
+//! connection per request), at 1, 8 and 64 clients; reports requests/s and p50/p99 latency, and
+//! compares with the batch throughput of the same work without HTTP (decode and preprocess on
+//! every core, forward in batches of --max-batch: what `gpu-cnn predict` does).
 //!
-//! cargo run --release --example serve_load -- [--checkpoint FILE] [--device cpu] [--seconds 5]
+//! cargo run --release --example serve_load -- [--checkpoint FILE] [--device cpu] [--seconds 5] [--close]
 //! Without --checkpoint it trains the seed model for one epoch on synthetic 32x32x3 data first.
 
 use anyhow::Result;
 use clap::Parser;
 use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
 use gpu_cnn::image::{DynamicImage, ImageFormat, RgbImage};
-use gpu_cnn::serve::client::request;
+use gpu_cnn::serve::client::{request, Connection};
 use gpu_cnn::serve::{start, ServeOptions};
 use gpu_cnn::{Classifier, Device, TrainConfig, Trainer};
+use rayon::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +36,9 @@ struct Args {
     max_batch: usize,
     #[arg(long, default_value_t = 5)]
     max_wait_ms: u64,
+    /// Each client opens a new connection per request instead of keeping one alive.
+    #[arg(long)]
+    close: bool,
 }
 
 fn main() -> Result<()> {
@@ -68,16 +73,14 @@ fn main() -> Result<()> {
     );
     println!("device: {}; model input {h}x{w}x{c}; {}", classifier.device(), gpu_cnn::system_info::machine_name());
 
-    // The same work without HTTP: decode + preprocess each PNG, forward in batches.
+    // The same work without HTTP, as `gpu-cnn predict` does it: decode + preprocess the PNGs on
+    // every core, forward in batches.
     let started = Instant::now();
     let mut done = 0usize;
     while started.elapsed().as_secs_f64() < args.seconds {
         for chunk in images.chunks(args.max_batch) {
-            let mut pixels = Vec::new();
-            for bytes in chunk {
-                pixels.extend(classifier.prepare(&gpu_cnn::image::load_from_memory(bytes)?)?);
-            }
-            classifier.probabilities(&pixels)?;
+            let prepared: Vec<Vec<u8>> = chunk.par_iter().map(|bytes| classifier.prepare(&gpu_cnn::image::load_from_memory(bytes)?)).collect::<Result<_>>()?;
+            classifier.probabilities(&prepared.concat())?;
             done += chunk.len();
         }
     }
@@ -93,6 +96,8 @@ fn main() -> Result<()> {
     };
     let server = start(classifier.clone(), opts)?;
     let addr = server.addr;
+    let connections = if args.close { "a new connection per request" } else { "one kept-alive connection per client" };
+    println!("HTTP clients: {connections}");
     println!("| clients | requests/s | vs batch | p50 ms | p99 ms | failed |");
     println!("|---|---|---|---|---|---|");
     for &clients in &args.clients {
@@ -101,13 +106,21 @@ fn main() -> Result<()> {
         let threads: Vec<_> = (0..clients)
             .map(|t| {
                 let images = images.clone();
+                let close = args.close;
                 std::thread::spawn(move || {
+                    let mut connection = Connection::new(addr, Duration::from_secs(60));
                     let mut latencies = Vec::new();
                     let mut failed = 0usize;
                     let mut i = t;
                     while Instant::now() < deadline {
                         let sent = Instant::now();
-                        match request(addr, "POST", "/v1/classify", None, &images[i % images.len()], Duration::from_secs(60)) {
+                        let body = &images[i % images.len()];
+                        let answer = if close {
+                            request(addr, "POST", "/v1/classify", None, body, Duration::from_secs(60))
+                        } else {
+                            connection.send("POST", "/v1/classify", None, body)
+                        };
+                        match answer {
                             Ok(r) if r.status == 200 => latencies.push(sent.elapsed().as_secs_f64() * 1000.0),
                             _ => failed += 1,
                         }

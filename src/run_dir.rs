@@ -99,3 +99,15 @@ pub fn prepare_fresh(dir: &Path, overwrite: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// The folder a file is in ("." for a bare file name).
+pub fn folder_of(file: &Path) -> PathBuf {
+    file.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// True when resuming from `checkpoint` into `out` continues that run: the checkpoint is the
+/// folder's own last.safetensors.
+pub fn continues_run(checkpoint: &Path, out: &Path) -> bool {
+    checkpoint.file_name().is_some_and(|n| n == "last.safetensors")
+        && folder_of(checkpoint).canonicalize().is_ok_and(|f| out.canonicalize().is_ok_and(|o| o == f))
+}

@@ -124,6 +124,7 @@ struct ReportRequest {
 /// What training produced: the history and the final weights (a checkpoint in memory).
 pub struct TrainedModel {
     pub history: Vec<EpochRecord>,
+    /// The final weights and optimizer state with their metadata, as `last.safetensors`.
     pub checkpoint: Checkpoint,
     /// The device it trained on, in words.
     pub device: String,
@@ -132,6 +133,12 @@ pub struct TrainedModel {
 }
 
 impl TrainedModel {
+    /// Writes the checkpoint as a safetensors file (atomically), loadable by `Classifier::load`,
+    /// `gpu-cnn predict` and `--resume`.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        crate::checkpoint::save(path.as_ref(), &self.checkpoint.meta, &self.checkpoint.tensors)
+    }
+
     /// A classifier with the trained weights, on `device`.
     pub fn classifier(&self, device: Device) -> Result<Classifier> {
         let ck = Checkpoint { meta: self.checkpoint.meta.clone(), tensors: self.checkpoint.tensors.clone() };
@@ -174,9 +181,14 @@ impl Trainer {
     }
 
     /// Continues the run `checkpoint` (read from `path`) saved: its weights, optimizer state,
-    /// step and history. The plan's recipe should carry the checkpoint's callback states.
+    /// step and history (the plan's recipe should carry the checkpoint's callback states). When
+    /// `path` is the run directory's own last.safetensors, the run continues that folder.
     pub fn resume(mut self, checkpoint: Checkpoint, path: impl Into<PathBuf>) -> Trainer {
-        self.resume = Some((checkpoint, path.into()));
+        let path = path.into();
+        if self.plan.options.out_dir.as_deref().is_some_and(|out| crate::run_dir::continues_run(&path, out)) {
+            self.run_dir = RunDir::Continue;
+        }
+        self.resume = Some((checkpoint, path));
         self
     }
 
@@ -281,7 +293,10 @@ impl Trainer {
             }
             _ => None,
         };
-        let tensors: Vec<HostTensor> = net.weights()?;
+        // As last.safetensors holds them: the weights, then the optimizer's state (so the
+        // model can be saved and resumed from memory too).
+        let mut tensors: Vec<HostTensor> = net.weights()?;
+        tensors.extend(net.optimizer_state()?);
         Ok(TrainedModel { history: fitted.history, checkpoint: Checkpoint { meta, tensors }, device: net.backend.describe(), confusion })
     }
 }

@@ -176,6 +176,13 @@ fn trainer_resumes_bit_exactly_writes_the_report_and_guards_its_folder() {
         assert_eq!(a.name, b.name);
         assert!(a.data.iter().zip(&b.data).all(|(x, y)| x.to_bits() == y.to_bits()), "{} differs after resuming", a.name);
     }
+    // Saved from memory, it is the same checkpoint the run wrote as last.safetensors.
+    let saved = resumed_dir.join("saved.safetensors");
+    resumed.save(&saved).unwrap();
+    let (from_memory, from_run) = (gpu_cnn::checkpoint::load(&saved).unwrap(), gpu_cnn::checkpoint::load(&resumed_dir.join("last.safetensors")).unwrap());
+    assert!(from_memory.tensors.iter().any(|t| t.name.ends_with(".adam_m")), "with the optimizer state");
+    assert_eq!(from_memory.tensors, from_run.tensors);
+    assert_eq!(from_memory.meta.step, from_run.meta.step);
     let conf = resumed.confusion.expect("the report was asked for");
     assert_eq!(conf.total(), 32, "the report scores the whole test split");
     for file in ["report.html", "predictions.png", "curves.png", "confusion.png"] {

@@ -16,6 +16,7 @@ use gpu_cnn::network::{HostTensor, Network};
 use gpu_cnn::optimizer::{Optimizer, OptimizerName};
 use gpu_cnn::rng::Rng;
 use gpu_cnn::train::{fit, TrainOptions};
+use gpu_cnn::{Device, TrainConfig, Trainer};
 use std::path::Path;
 
 fn up<B: Backend>(b: &B, data: &[f32]) -> B::Tensor {
@@ -371,27 +372,33 @@ fn a_damaged_optimizer_in_a_checkpoint_is_refused_clearly() {
 fn resume_with_sgd_momentum_and_label_smoothing_equals_an_uninterrupted_run_bit_for_bit() {
     let ds = tiny_data();
     let sgd = Optimizer::Sgd { momentum: 0.9, nesterov: false };
-    let run = |dir: &Path, epochs: usize| {
-        let mut net = tiny_net(&ds, 3, sgd, 0.05);
-        net.label_smoothing = 0.1;
-        let history = fit(&mut net, &ds, &options(epochs, dir, 0.05), Vec::new()).unwrap();
-        (net.weights().unwrap(), net.optimizer_state().unwrap(), history)
+    // Through the library's Trainer, as `gpu-cnn train` runs it (CPU backend, seed 3).
+    let trainer = |dir: &Path, epochs: usize| {
+        let config = TrainConfig {
+            epochs,
+            batch_size: 16,
+            seed: 3,
+            learning_rate: 0.05,
+            optimizer: sgd,
+            label_smoothing: 0.1,
+            device: Device::Cpu,
+            out_dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        };
+        Trainer::new(parse_arch(ARCH).unwrap(), ds.clone(), config)
     };
-    let (straight, straight_state, straight_history) = run(&temp_dir("optim-straight"), 2);
+    let straight = trainer(&temp_dir("optim-straight"), 2).fit().unwrap();
     let dir = temp_dir("optim-resume");
-    run(&dir, 1);
-    let ck = checkpoint::load(&dir.join("last.safetensors")).unwrap();
+    trainer(&dir, 1).fit().unwrap();
+    let path = dir.join("last.safetensors");
+    let ck = checkpoint::load(&path).unwrap();
     assert_eq!((ck.meta.optimizer, ck.meta.label_smoothing), (sgd, 0.1));
-    // Another init: everything must come from the checkpoint.
-    let mut net = tiny_net(&ds, 77, ck.meta.optimizer, ck.meta.learning_rate);
-    net.label_smoothing = ck.meta.label_smoothing;
-    net.load_state(&ck.tensors, true).unwrap();
-    net.step = ck.meta.step;
-    let history = fit(&mut net, &ds, &options(2, &dir, ck.meta.learning_rate), ck.meta.history.clone()).unwrap();
-    same_bits(&net.weights().unwrap(), &straight);
-    same_bits(&net.optimizer_state().unwrap(), &straight_state);
-    assert_eq!(history[1].loss, straight_history[1].loss);
-    assert_eq!(history[1].val_loss, straight_history[1].val_loss);
+    assert!(ck.tensors.iter().any(|t| t.name.ends_with(".momentum")), "the momentum is saved");
+    // Everything the second epoch needs (weights, momentum, step, history) comes from it.
+    let resumed = trainer(&dir, 2).resume(ck, path).fit().unwrap();
+    same_bits(&resumed.checkpoint.tensors, &straight.checkpoint.tensors);
+    assert_eq!(resumed.history[1].loss, straight.history[1].loss);
+    assert_eq!(resumed.history[1].val_loss, straight.history[1].val_loss);
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
 use gpu_cnn::image::{DynamicImage, ImageFormat, RgbImage};
-use gpu_cnn::serve::client::{multipart, request, HttpResponse};
+use gpu_cnn::serve::client::{multipart, request, Connection, HttpResponse};
 use gpu_cnn::serve::{start, ServeOptions};
 use gpu_cnn::{Classifier, Device, TrainConfig, Trainer};
 use std::io::{BufRead, BufReader};
@@ -258,6 +258,21 @@ fn routes_multipart_and_model_description() {
     let r = request(addr, "POST", "/v1/classify", Some(&content_type), &body, TIMEOUT).unwrap();
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].as_str().unwrap().starts_with("broken.png: "), "{}", r.json());
+
+    // Requests one after another on one kept-alive connection (as a pooled client sends them),
+    // a bad one between good ones: each gets its own answer and the connection stays usable.
+    let mut connection = Connection::new(addr, TIMEOUT);
+    for (i, body) in [&goods[0].0[..], b"garbage", &goods[1].0[..], &goods[2].0[..]].into_iter().enumerate() {
+        let r = connection.send("POST", "/v1/classify", None, body).unwrap();
+        if i == 1 {
+            assert_eq!(r.status, 415, "{}", String::from_utf8_lossy(&r.body));
+        } else {
+            let good = &goods[if i == 0 { 0 } else { i - 1 }];
+            assert_eq!(r.status, 200);
+            assert_eq!(r.json()["predictions"][0]["top"][0]["class"].as_str(), Some(good.1.as_str()));
+        }
+        assert_ne!(r.header("connection"), Some("close"), "the server keeps the connection open");
+    }
 
     let missing = request(addr, "GET", "/v2/nothing", None, b"", TIMEOUT).unwrap();
     assert_eq!(missing.status, 404);

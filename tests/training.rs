@@ -2,14 +2,13 @@
 //! checkpoint gives bit for bit the weights of an uninterrupted run.
 
 mod common;
-use gpu_cnn::backend::cpu::CpuBackend;
 use gpu_cnn::checkpoint;
 use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
 use gpu_cnn::data::Dataset;
 use gpu_cnn::history::EpochRecord;
-use gpu_cnn::model::{format_arch, parse_arch, Model};
-use gpu_cnn::network::{HostTensor, Network};
-use gpu_cnn::train::{fit, TrainOptions};
+use gpu_cnn::model::parse_arch;
+use gpu_cnn::network::HostTensor;
+use gpu_cnn::{Device, TrainConfig, Trainer};
 use std::path::Path;
 
 const ARCH: &str = "conv2d 8 3 relu\nmaxpool 2\nconv2d 8 3 relu\nflatten\ndense 16 relu\ndense 4 softmax\n";
@@ -18,13 +17,10 @@ fn small_data() -> Dataset {
     generate(&SyntheticSpec { train: 300, test: 100, height: 12, width: 12, channels: 3, classes: 4 }, 1)
 }
 
-fn new_net(ds: &Dataset, batch: usize, seed: u64) -> Network<CpuBackend> {
-    let model = Model::new(&parse_arch(ARCH).unwrap(), ds.input_shape()).unwrap();
-    Network::new(CpuBackend::new(), model, batch, seed).unwrap()
-}
-
-fn options(epochs: usize, out: Option<&Path>) -> TrainOptions {
-    TrainOptions { out_dir: out.map(Path::to_path_buf), ..TrainOptions::new(&format_arch(&parse_arch(ARCH).unwrap()), epochs, 32, 5) }
+/// ARCH on small_data through the library's Trainer, on the CPU backend, seed 5, batch 32.
+fn trainer(epochs: usize, out: Option<&Path>, learning_rate: f32) -> Trainer {
+    let config = TrainConfig { epochs, batch_size: 32, seed: 5, learning_rate, device: Device::Cpu, out_dir: out.map(Path::to_path_buf), ..Default::default() };
+    Trainer::new(parse_arch(ARCH).unwrap(), small_data(), config)
 }
 
 fn train(epochs: usize, out: Option<&Path>) -> (Vec<HostTensor>, Vec<EpochRecord>) {
@@ -32,10 +28,8 @@ fn train(epochs: usize, out: Option<&Path>) -> (Vec<HostTensor>, Vec<EpochRecord
 }
 
 fn train_at(epochs: usize, out: Option<&Path>, learning_rate: f32) -> (Vec<HostTensor>, Vec<EpochRecord>) {
-    let ds = small_data();
-    let mut net = new_net(&ds, 32, 5);
-    let history = fit(&mut net, &ds, &TrainOptions { learning_rate, ..options(epochs, out) }, Vec::new()).unwrap();
-    (net.weights().unwrap(), history)
+    let trained = trainer(epochs, out, learning_rate).fit().unwrap();
+    (trained.checkpoint.tensors, trained.history)
 }
 
 #[test]
@@ -63,12 +57,11 @@ fn resume_equals_an_uninterrupted_run_bit_for_bit() {
     let ck = checkpoint::load(&dir.join("last.safetensors")).unwrap();
     assert_eq!(ck.meta.epoch, 2);
     assert_eq!(ck.meta.history.len(), 2);
-    let ds = small_data();
-    let mut net = new_net(&ds, 32, 123); // a different init: everything must come from the checkpoint
-    net.load_state(&ck.tensors, true).unwrap();
-    net.step = ck.meta.step;
-    let history = fit(&mut net, &ds, &options(3, Some(&dir)), ck.meta.history.clone()).unwrap();
-    let resumed = net.weights().unwrap();
+    // Resumed into the same folder from its last checkpoint: everything (weights, Adam state,
+    // step, history) must come from the checkpoint for the third epoch to match.
+    let resumed = trainer(3, Some(&dir), 1e-3).resume(ck, dir.join("last.safetensors")).fit().unwrap();
+    let history = resumed.history;
+    let resumed = resumed.checkpoint.tensors;
     for (a, b) in straight.iter().zip(&resumed) {
         assert_eq!(a.name, b.name);
         assert!(a.data.iter().zip(&b.data).all(|(x, y)| x.to_bits() == y.to_bits()), "{} differs", a.name);
@@ -102,9 +95,10 @@ fn a_checkpoint_of_another_architecture_is_refused_clearly() {
     let dir = common::temp_dir("mismatch");
     train(1, Some(&dir));
     let ck = checkpoint::load(&dir.join("last.safetensors")).unwrap();
-    let ds = small_data();
-    let other = Model::new(&parse_arch("conv2d 4 3 relu\nflatten\ndense 4 softmax").unwrap(), ds.input_shape()).unwrap();
-    let mut net = Network::new(CpuBackend::new(), other, 8, 0).unwrap();
-    let err = net.load_state(&ck.tensors, false).unwrap_err().to_string();
+    let other = parse_arch("conv2d 4 3 relu\nflatten\ndense 4 softmax").unwrap();
+    let config = TrainConfig { epochs: 2, device: Device::Cpu, ..Default::default() };
+    let path = dir.join("last.safetensors");
+    let err = format!("{:#}", Trainer::new(other, small_data(), config).resume(ck, &path).fit().err().expect("refused"));
+    assert!(err.contains(&path.display().to_string()) && err.contains("conv2d.kernel") && err.contains("shape"), "names the checkpoint and the tensor: {err}");
     assert!(err.contains("conv2d.kernel") && err.contains("shape"), "{err}");
 }

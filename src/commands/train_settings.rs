@@ -10,6 +10,7 @@ use crate::class_weight::{balanced_weights, class_counts, ClassWeight};
 use crate::data::Dataset;
 use crate::model::{format_arch, parse_arch, with_classes};
 use crate::optimizer::{check_label_smoothing, Optimizer, OptimizerFlags};
+use crate::run_dir::{continues_run, folder_of};
 use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::train::TrainOptions;
 use crate::trainer::RunPlan;
@@ -239,16 +240,4 @@ fn check_resume_fits_data(ck: &Checkpoint, path: &Path, ds: &Dataset, epochs: us
 fn fresh_run_dir(dataset: &str) -> PathBuf {
     let base = PathBuf::from("runs");
     (1..).map(|i| if i == 1 { base.join(dataset) } else { base.join(format!("{dataset}-{i}")) }).find(|p| !p.exists()).unwrap()
-}
-
-/// The folder a file is in ("." for a bare file name).
-fn folder_of(file: &Path) -> PathBuf {
-    file.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
-
-/// True when resuming from `checkpoint` into `out` continues that run: the checkpoint is the
-/// folder's own last.safetensors.
-fn continues_run(checkpoint: &Path, out: &Path) -> bool {
-    checkpoint.file_name().is_some_and(|n| n == "last.safetensors")
-        && folder_of(checkpoint).canonicalize().is_ok_and(|f| out.canonicalize().is_ok_and(|o| o == f))
 }

@@ -1,5 +1,6 @@
-//! A minimal blocking HTTP/1.1 client (one request per connection) for the load bench and the
-//! tests: just enough to talk to `gpu-cnn serve` over loopback, no dependency.
+//! A minimal blocking HTTP/1.1 client for the load bench and the tests: one request per
+//! connection ([`request`]) or many on one kept-alive connection ([`Connection`]), just enough
+//! to talk to `gpu-cnn serve` over loopback, no dependency.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -59,6 +60,68 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, content_type: Option<
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = write.join();
     result
+}
+
+/// One kept-alive connection: requests one after another on one TCP stream, as a web backend's
+/// pooled HTTP client sends them (no connect, accept and teardown per request). For bodies the
+/// server reads in full (the load bench's images); [`request`] handles early answers.
+pub struct Connection {
+    addr: SocketAddr,
+    timeout: Duration,
+    stream: Option<TcpStream>,
+}
+
+impl Connection {
+    /// A connection to `addr`; the TCP stream opens on the first request.
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Connection {
+        Connection { addr, timeout, stream: None }
+    }
+
+    fn stream(&mut self) -> std::io::Result<&mut TcpStream> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect_timeout(&self.addr, self.timeout)?;
+            stream.set_read_timeout(Some(self.timeout))?;
+            stream.set_write_timeout(Some(self.timeout))?;
+            stream.set_nodelay(true)?;
+            self.stream = Some(stream);
+        }
+        Ok(self.stream.as_mut().expect("just opened"))
+    }
+
+    /// Sends one request and reads its answer; the connection stays open unless the server
+    /// closes it (the next request then opens a new one). On an error the stream is dropped.
+    pub fn send(&mut self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> std::io::Result<HttpResponse> {
+        let addr = self.addr;
+        let mut message = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+        if let Some(t) = content_type {
+            message += &format!("Content-Type: {t}\r\n");
+        }
+        message += "\r\n";
+        let mut message = message.into_bytes();
+        message.extend_from_slice(body);
+        let result = self.exchange(&message);
+        match &result {
+            Ok(r) if !r.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) => {}
+            _ => self.stream = None,
+        }
+        result
+    }
+
+    fn exchange(&mut self, message: &[u8]) -> std::io::Result<HttpResponse> {
+        let stream = self.stream()?;
+        stream.write_all(message)?;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(done) = complete(&raw) {
+                return Ok(done);
+            }
+            match stream.read(&mut buf)? {
+                0 => return Err(invalid(&raw)),
+                n => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
 }
 
 fn invalid(raw: &[u8]) -> std::io::Error {
