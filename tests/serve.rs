@@ -274,6 +274,14 @@ fn routes_multipart_and_model_description() {
         assert_ne!(r.header("connection"), Some("close"), "the server keeps the connection open");
     }
 
+    // A photo larger than a thumbnail is decoded on a blocking thread, with the same answer as
+    // the classifier gives it directly.
+    let photo = png(300, 200);
+    let r = connection.send("POST", "/v1/classify", None, &photo).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let direct = classifier.classify(&gpu_cnn::image::load_from_memory(&photo).unwrap()).unwrap();
+    assert_eq!(r.json()["predictions"][0]["top"][0]["class"].as_str(), Some(direct[0].class.as_str()));
+
     let missing = request(addr, "GET", "/v2/nothing", None, b"", TIMEOUT).unwrap();
     assert_eq!(missing.status, 404);
     assert!(missing.json()["error"].as_str().unwrap().contains("/v1/classify"));
