@@ -131,6 +131,11 @@ fn cifar_errors_name_the_file_and_the_problem() {
     std::fs::write(&batch, &bad).unwrap();
     let err = format!("{:#}", load(DatasetKind::Cifar10, Some(&root), 0).unwrap_err());
     assert!(err.contains("data_batch_3.bin") && err.contains("record 1 has label 10"), "{err}");
+    // A batch file over the cap (sparse: no disk used) is refused from its size, before any
+    // memory is reserved for it.
+    std::fs::File::create(&batch).unwrap().set_len(gpu_cnn::data::cifar::MAX_BATCH_BYTES + gpu_cnn::data::cifar::RECORD as u64).unwrap();
+    let err = format!("{:#}", load(DatasetKind::Cifar10, Some(&root), 0).unwrap_err());
+    assert!(err.contains("data_batch_3.bin") && err.contains("larger than the limit"), "{err}");
     let empty = common::temp_dir("cifar-missing");
     let err = format!("{:#}", load(DatasetKind::Cifar10, Some(&empty), 0).unwrap_err());
     assert!(err.contains("CIFAR-10 not found") && err.contains(empty.to_str().unwrap()) && err.contains("cifar-10-binary.tar.gz"), "{err}");

@@ -14,10 +14,46 @@ pub const MAX_BATCH_BYTES: u64 = 256 << 20;
 /// The largest batches.meta.txt read (the real one is 61 bytes).
 const MAX_META_BYTES: u64 = 64 << 10;
 
-/// Reads one batch file, converting planar CHW to NHWC and checking labels < classes.
+/// Reads one batch file, converting planar CHW to NHWC and checking labels < classes. Records
+/// stream through a small buffer straight into `into`: the file is never held whole (a 30 MB
+/// buffer per file would stay in the allocator's heap after the load).
 pub fn read_batch(path: &Path, classes: usize, into: &mut ImageSet) -> Result<()> {
-    let bytes = crate::fallible::read_capped(path, MAX_BATCH_BYTES, "a CIFAR-10 batch")?;
-    parse_batch(&bytes, path, classes, into)
+    use std::io::Read;
+    let (file, records) = open_batch(path)?;
+    reserve_records(into, records).with_context(|| format!("{}: out of memory for {records} records", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut record = [0u8; RECORD];
+    for i in 0..records {
+        reader.read_exact(&mut record).with_context(|| format!("{}: cannot read record {i} (the file shrank while being read?)", path.display()))?;
+        push_record(&record, i, path, classes, into)?;
+    }
+    Ok(())
+}
+
+/// Opens a batch file and counts its records: a regular file of whole records within the cap.
+fn open_batch(path: &Path) -> Result<(std::fs::File, usize)> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read a CIFAR-10 batch", path.display()))?;
+    let info = file.metadata().with_context(|| format!("{}: cannot read a CIFAR-10 batch", path.display()))?;
+    if !info.is_file() {
+        bail!("{}: not a regular file (cannot be a CIFAR-10 batch)", path.display());
+    }
+    let len = info.len();
+    if len > MAX_BATCH_BYTES {
+        bail!("{}: {len} bytes is larger than the limit for a CIFAR-10 batch ({MAX_BATCH_BYTES} bytes)", path.display());
+    }
+    if len == 0 || !len.is_multiple_of(RECORD as u64) {
+        bail!("{}: {len} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)", path.display());
+    }
+    Ok((file, (len / RECORD as u64) as usize))
+}
+
+/// Room for `records` more images in `set`, reserved exactly: the set grows once, not by
+/// doubling (which could leave up to twice the data set's size allocated).
+fn reserve_records(set: &mut ImageSet, records: usize) -> Result<()> {
+    let bytes = records.checked_mul(3 * PLANE).context("too many records")?;
+    set.labels.try_reserve_exact(records)?;
+    std::sync::Arc::make_mut(&mut set.images).try_reserve_exact(bytes)?;
+    Ok(())
 }
 
 /// Parses one batch file's bytes (`path` names it in errors).
@@ -25,21 +61,24 @@ pub fn parse_batch(bytes: &[u8], path: &Path, classes: usize, into: &mut ImageSe
     if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         bail!("{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)", path.display(), bytes.len());
     }
+    reserve_records(into, bytes.len() / RECORD).with_context(|| format!("{}: out of memory reading its records", path.display()))?;
     for (i, rec) in bytes.chunks(RECORD).enumerate() {
-        let label = rec[0];
-        if label as usize >= classes {
-            bail!("{}: record {i} has label {label}, not below the number of classes ({classes})", path.display());
-        }
-        let images = std::sync::Arc::make_mut(&mut into.images);
-        into.labels
-            .try_reserve(1)
-            .and_then(|_| images.try_reserve(3 * PLANE))
-            .map_err(|_| anyhow::anyhow!("{}: out of memory reading record {i}", path.display()))?;
-        into.labels.push(label);
-        let planes = &rec[1..];
-        for p in 0..PLANE {
-            images.extend_from_slice(&[planes[p], planes[PLANE + p], planes[2 * PLANE + p]]);
-        }
+        push_record(rec, i, path, classes, into)?;
+    }
+    Ok(())
+}
+
+/// Appends record `i` (label byte, then the red, green and blue planes) as an NHWC image.
+fn push_record(rec: &[u8], i: usize, path: &Path, classes: usize, into: &mut ImageSet) -> Result<()> {
+    let label = rec[0];
+    if label as usize >= classes {
+        bail!("{}: record {i} has label {label}, not below the number of classes ({classes})", path.display());
+    }
+    into.labels.push(label);
+    let images = std::sync::Arc::make_mut(&mut into.images);
+    let planes = &rec[1..];
+    for p in 0..PLANE {
+        images.extend_from_slice(&[planes[p], planes[PLANE + p], planes[2 * PLANE + p]]);
     }
     Ok(())
 }
@@ -60,12 +99,18 @@ pub fn load(dir: &Path) -> Result<Dataset> {
     let class_names = read_class_names(dir)?;
     let empty = || ImageSet { height: SIDE, width: SIDE, channels: 3, ..Default::default() };
     let mut train = empty();
-    for i in 1..=5 {
-        let path = dir.join(format!("data_batch_{i}.bin"));
+    let paths: Vec<_> = (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect();
+    let mut records = 0usize;
+    for path in &paths {
         if !path.exists() {
             bail!("{}: missing (CIFAR-10 has data_batch_1.bin .. data_batch_5.bin and test_batch.bin)", path.display());
         }
-        read_batch(&path, class_names.len(), &mut train)?;
+        records = records.saturating_add(open_batch(path)?.1);
+    }
+    // The whole training set at once: one allocation of its exact size.
+    reserve_records(&mut train, records).with_context(|| format!("{}: out of memory for {records} training images", dir.display()))?;
+    for path in &paths {
+        read_batch(path, class_names.len(), &mut train)?;
     }
     let mut test = empty();
     read_batch(&dir.join("test_batch.bin"), class_names.len(), &mut test)?;
