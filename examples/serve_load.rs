@@ -107,7 +107,8 @@ fn main() -> Result<()> {
             .map(|t| {
                 let images = images.clone();
                 let close = args.close;
-                std::thread::spawn(move || {
+                // Named, so a profile tells the load generator from the server.
+                std::thread::Builder::new().name("load-client".into()).spawn(move || {
                     let mut connection = Connection::new(addr, Duration::from_secs(60));
                     let mut latencies = Vec::new();
                     let mut failed = 0usize;
@@ -129,7 +130,7 @@ fn main() -> Result<()> {
                     (latencies, failed)
                 })
             })
-            .collect();
+            .collect::<std::io::Result<_>>()?;
         let mut latencies = Vec::new();
         let mut failed = 0;
         for t in threads {

@@ -304,3 +304,28 @@ gpu_test! {
         assert_same_bits("global avgpool dx", &a.1, &b.1);
     }
 }
+
+/// Inference's max-pool (no argmax) gives `maxpool_forward`'s values bit for bit on every
+/// shape, with ties (the first max wins: -0.0 before 0.0 keeps -0.0), NaN cells (never greater,
+/// so a NaN stays only where it came first) and padding: exactly equal, no tolerance.
+#[test]
+fn inference_max_pool_equals_the_training_one_bit_for_bit() {
+    let cpu = CpuBackend::new();
+    for (name, s, n) in awkward_shapes() {
+        let mut x = uniform_vec(&mut Rng::new(21), n * s.in_len());
+        for (i, v) in x.iter_mut().enumerate() {
+            match i % 11 {
+                0 => *v = -0.0,
+                3 => *v = 0.0,
+                7 => *v = f32::NAN,
+                _ => *v = (*v * 4.0).round() / 4.0, // few distinct values: many ties
+            }
+        }
+        let xt = up(&cpu, &x);
+        let (mut train_y, mut infer_y) = (cpu.tensor(n * s.out_len()).unwrap(), cpu.tensor(n * s.out_len()).unwrap());
+        let (mut argmax, mut unused) = (cpu.indices(n * s.out_len()).unwrap(), cpu.indices(n * s.out_len()).unwrap());
+        cpu.maxpool_forward(&xt, &mut train_y, &mut argmax, &s, n);
+        cpu.maxpool_forward_infer(&xt, &mut infer_y, &mut unused, &s, n);
+        assert_same_bits(name, &cpu.download(&infer_y).unwrap(), &cpu.download(&train_y).unwrap());
+    }
+}

@@ -459,6 +459,11 @@ pub trait Backend {
     /// (within the whole batch) of the max, the first one on ties (in window order, rows then
     /// columns). With `PoolShape::global` this is GlobalMaxPooling2D.
     fn maxpool_forward(&self, x: &Self::Tensor, y: &mut Self::Tensor, argmax: &mut Self::Indices, s: &PoolShape, n: usize);
+    /// `maxpool_forward`'s y for inference, where nothing reads the argmax: the same values
+    /// bit for bit; `argmax` is the layer's buffer, which a backend may still fill.
+    fn maxpool_forward_infer(&self, x: &Self::Tensor, y: &mut Self::Tensor, argmax: &mut Self::Indices, s: &PoolShape, n: usize) {
+        self.maxpool_forward(x, y, argmax, s, n)
+    }
     /// dx = 0, then dx[argmax[i]] += dy[i].
     fn maxpool_backward(&self, dy: &Self::Tensor, argmax: &Self::Indices, dx: &mut Self::Tensor, s: &PoolShape, n: usize);
     /// y = mean of each window's real cells (padding is not counted: Keras/TF "same" average
@@ -730,6 +735,9 @@ impl<B: Backend> Backend for &B {
     }
     fn maxpool_forward(&self, x: &Self::Tensor, y: &mut Self::Tensor, argmax: &mut Self::Indices, s: &PoolShape, n: usize) {
         (**self).maxpool_forward(x, y, argmax, s, n)
+    }
+    fn maxpool_forward_infer(&self, x: &Self::Tensor, y: &mut Self::Tensor, argmax: &mut Self::Indices, s: &PoolShape, n: usize) {
+        (**self).maxpool_forward_infer(x, y, argmax, s, n)
     }
     fn maxpool_backward(&self, dy: &Self::Tensor, argmax: &Self::Indices, dx: &mut Self::Tensor, s: &PoolShape, n: usize) {
         (**self).maxpool_backward(dy, argmax, dx, s, n)

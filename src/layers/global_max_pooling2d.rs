@@ -39,7 +39,13 @@ impl LayerKind for GlobalMaxPooling2D {
     }
 
     fn forward<B: Backend>(&self, f: Forward<'_, B>) {
-        f.backend.maxpool_forward(f.x, f.y, f.scratch[0].indices_mut(), &shape(f.input), f.n);
+        let (s, argmax) = (shape(f.input), f.scratch[0].indices_mut());
+        // Inference needs no argmax (only the backward reads it).
+        if f.training {
+            f.backend.maxpool_forward(f.x, f.y, argmax, &s, f.n);
+        } else {
+            f.backend.maxpool_forward_infer(f.x, f.y, argmax, &s, f.n);
+        }
     }
 
     fn backward<B: Backend>(&self, b: Backward<'_, B>) {

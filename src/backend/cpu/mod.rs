@@ -213,6 +213,9 @@ impl Backend for CpuBackend {
     fn maxpool_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>, argmax: &mut Vec<u32>, s: &PoolShape, n: usize) {
         pool::maxpool_forward(x, y, argmax, s, n);
     }
+    fn maxpool_forward_infer(&self, x: &Vec<f32>, y: &mut Vec<f32>, _argmax: &mut Vec<u32>, s: &PoolShape, n: usize) {
+        pool::maxpool_forward_values(x, y, s, n);
+    }
     fn maxpool_backward(&self, dy: &Vec<f32>, argmax: &Vec<u32>, dx: &mut Vec<f32>, s: &PoolShape, n: usize) {
         pool::maxpool_backward(dy, argmax, dx, s, n);
     }
