@@ -50,7 +50,7 @@ pub use recorder::CacheSizes;
 use super::dropout::DropoutMask;
 use super::{
     ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RecordCounts,
-    RmsPropStep, SgdStep,
+    RmsPropStep, SgdStep, TensorArena,
 };
 use anyhow::{Context as _, Result};
 use buffer::{Bound, BufferRegistry};
@@ -227,7 +227,8 @@ impl GpuBackend {
         Some(std::cell::Ref::map(self.scratch.borrow(), |s| s.as_ref().expect("just made")))
     }
 
-    fn read_back(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    /// `bytes` of `buffer` from byte `offset` on (waits for queued work).
+    fn read_back(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         self.submit_pending();
         let mut staging = self.staging.borrow_mut();
         if staging.as_ref().is_none_or(|s| s.size() < bytes) {
@@ -239,7 +240,7 @@ impl GpuBackend {
             }));
         }
         let staging = staging.as_ref().expect("just made");
-        self.recorder.copy(&self.ctx.device, buffer, staging, bytes);
+        self.recorder.copy(&self.ctx.device, buffer, offset, staging, bytes);
         self.recorder.submit(&self.ctx.device, &self.ctx.queue);
         let slice = staging.slice(..bytes);
         let mapped = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -258,11 +259,12 @@ impl GpuBackend {
         Ok(bytes_out)
     }
 
-    fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) {
+    /// Writes `data` at the start of `to` (for a view: its offset in the arena).
+    fn write<T>(&self, to: &GpuBuffer<T>, data: &[u8]) {
         self.submit_pending();
         self.count_written(data.len());
         if !data.is_empty() {
-            self.ctx.queue.write_buffer(buffer, 0, data);
+            self.ctx.queue.write_buffer(to.raw(), to.byte_offset(), data);
         }
     }
 }
@@ -292,12 +294,28 @@ impl Backend for GpuBackend {
     fn tensor(&self, len: usize) -> Result<GpuTensor> {
         self.storage("tensor", len)
     }
+    /// Views into one buffer, each starting at a multiple of the adapter's
+    /// `min_storage_buffer_offset_alignment` (and each at least one element long, as a
+    /// binding cannot be empty).
+    fn tensor_arena(&self, lens: &[usize]) -> Result<TensorArena<GpuTensor>> {
+        let align = (self.ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+        let mut starts = Vec::with_capacity(lens.len());
+        let mut end = 0usize;
+        for &len in lens {
+            let start = end.checked_next_multiple_of(align).context("arena size overflows")?;
+            starts.push(start);
+            end = start.checked_add(len.max(1)).context("arena size overflows")?;
+        }
+        let whole: GpuTensor = self.storage("arena", end)?;
+        let parts = starts.iter().zip(lens).map(|(&start, &len)| whole.view(start, len)).collect();
+        Ok(TensorArena { parts, whole: Some((whole, end)) })
+    }
     fn upload(&self, t: &mut GpuTensor, data: &[f32]) {
         assert!(data.len() <= t.len(), "upload of {} values into a tensor of {}", data.len(), t.len());
-        self.write(t.raw(), bytemuck::cast_slice(data));
+        self.write(t, bytemuck::cast_slice(data));
     }
     fn download(&self, t: &GpuTensor) -> Result<Vec<f32>> {
-        let bytes = self.read_back(t.raw(), t.raw().size())?;
+        let bytes = self.read_back(t.raw(), t.byte_offset(), t.byte_len())?;
         Ok(bytemuck::cast_slice::<u8, f32>(&bytes)[..t.len()].to_vec())
     }
     fn indices(&self, len: usize) -> Result<GpuIndices> {
@@ -305,10 +323,10 @@ impl Backend for GpuBackend {
     }
     fn upload_indices(&self, t: &mut GpuIndices, data: &[u32]) {
         assert!(data.len() <= t.len(), "upload of {} indices into a buffer of {}", data.len(), t.len());
-        self.write(t.raw(), bytemuck::cast_slice(data));
+        self.write(t, bytemuck::cast_slice(data));
     }
     fn download_indices(&self, t: &GpuIndices) -> Result<Vec<u32>> {
-        let bytes = self.read_back(t.raw(), t.raw().size())?;
+        let bytes = self.read_back(t.raw(), t.byte_offset(), t.byte_len())?;
         Ok(bytemuck::cast_slice::<u8, u32>(&bytes)[..t.len()].to_vec())
     }
     fn upload_images(&self, images: &[u8], labels: &[u8], image_len: usize) -> Result<GpuImages> {
