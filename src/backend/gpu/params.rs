@@ -53,7 +53,7 @@ kernel_params! {
         m: u32, n: u32, k: u32, a_row_stride: u32,
         a_col_stride: u32, b_row_stride: u32, b_col_stride: u32, bias: u32,
         relu: u32, k_per_split: u32, ones_row: u32, splits: u32,
-        relu_mask: u32, unused0: u32, unused1: u32, unused2: u32,
+        relu_mask: u32, direct: u32, unused1: u32, unused2: u32,
     }
     /// A max- or average-pool's geometry (pool.wgsl).
     PoolParams in "pool.wgsl" {
