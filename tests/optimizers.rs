@@ -313,6 +313,33 @@ gpu_test! {
     }
 }
 
+gpu_test! {
+    /// A model whose trainable tensors would not fit one storage binding (pretended here by
+    /// lowering the limit) gets separate tensors, one optimizer dispatch each: the same bits as
+    /// one dispatch over the arenas, as the update is element-wise.
+    fn a_model_too_big_for_one_binding_updates_tensor_by_tensor_with_the_same_bits(gpu: &GpuBackend) {
+        let ds = tiny_data();
+        let model = Model::new(&parse_arch(BN_ARCH).unwrap(), ds.input_shape()).unwrap();
+        let images = gpu.upload_image_set(&ds.train).unwrap();
+        let mut fused = Network::new(gpu, model.clone(), 16, 3).unwrap();
+        gpu.lower_arena_limit_for_tests(16);
+        let mut separate = Network::new(gpu, model, 16, 3).unwrap();
+        let dispatches = |net: &mut Network<&gpu_cnn::backend::gpu::GpuBackend>, batch: &[u32]| {
+            let before = gpu.record_counts().unwrap();
+            net.train_step(&images, batch).unwrap();
+            gpu.record_counts().unwrap().since(before).dispatches
+        };
+        for step in 0..3u32 {
+            let batch: Vec<u32> = (step * 16..(step + 1) * 16).collect();
+            // 6 trainable tensors: 6 optimizer dispatches instead of 1.
+            assert_eq!(dispatches(&mut separate, &batch), dispatches(&mut fused, &batch) + 5, "step {step}");
+        }
+        for (f, s) in fused.weights().unwrap().iter().zip(&separate.weights().unwrap()).chain(fused.optimizer_state().unwrap().iter().zip(&separate.optimizer_state().unwrap())) {
+            assert_same_bits(&f.name, &s.data, &f.data);
+        }
+    }
+}
+
 backend_test! {
     /// Steps recorded back to back in one encoder, each with its own learning rate (as a
     /// schedule gives them), keep their own scalars on the GPU, where one uniform holds them:

@@ -380,6 +380,13 @@ pub struct TensorArena<T> {
     pub whole: Option<(T, usize)>,
 }
 
+impl<T> TensorArena<T> {
+    /// Separate tensors of `lens` from `make`, no whole buffer.
+    pub fn separate(lens: &[usize], make: impl Fn(usize) -> Result<T>) -> Result<Self> {
+        Ok(TensorArena { parts: lens.iter().map(|&len| make(len)).collect::<Result<_>>()?, whole: None })
+    }
+}
+
 pub trait Backend {
     /// An f32 array on the device.
     type Tensor;
@@ -401,7 +408,7 @@ pub trait Backend {
     /// Zero-filled tensors of `lens` elements for one role of the trainable tensors (see
     /// `TensorArena`). By default separate tensors, as `tensor` makes them (the CPU backend).
     fn tensor_arena(&self, lens: &[usize]) -> Result<TensorArena<Self::Tensor>> {
-        Ok(TensorArena { parts: lens.iter().map(|&len| self.tensor(len)).collect::<Result<_>>()?, whole: None })
+        TensorArena::separate(lens, |len| self.tensor(len))
     }
     fn upload(&self, t: &mut Self::Tensor, data: &[f32]);
     /// Reads the whole tensor back (waits for queued work).

@@ -79,6 +79,9 @@ pub struct GpuBackend {
     /// Workgroups per grid dimension that dispatches may use: the adapter's limit, or less
     /// when a test lowers it to exercise the 2-D/3-D grid folding on small inputs.
     dispatch_limit: Cell<u32>,
+    /// Most bytes an arena's whole buffer may have: the storage binding limit (the optimizer
+    /// binds it whole), or less when a test lowers it.
+    arena_limit: Cell<u64>,
     /// Bytes written from the host with queue writes (uploads, indices, optimizer scalars).
     written_bytes: Cell<u64>,
     /// A test forcing one way of computing conv input gradients (None: the shape decides).
@@ -109,10 +112,12 @@ impl GpuBackend {
             optimizer_scalars_written: Cell::new(None),
             optimizer_scalars_in_encoder: Cell::new(None),
             dispatch_limit: Cell::new(0),
+            arena_limit: Cell::new(0),
             written_bytes: Cell::new(0),
             forced_conv_input_grad: Cell::new(None),
         };
         backend.dispatch_limit.set(backend.ctx.limits.max_compute_workgroups_per_dimension);
+        backend.arena_limit.set(backend.ctx.limits.max_storage_buffer_binding_size.min(backend.ctx.limits.max_buffer_size));
         // Errors creating the fixed pipelines surface here; the GEMM pipelines are compiled on
         // first use and report at the next flush.
         let _ = backend.ctx.device.poll(wgpu::PollType::wait_indefinitely());
@@ -175,6 +180,13 @@ impl GpuBackend {
 
     /// Pretends the adapter allows only `limit` workgroups per grid dimension (at most the
     /// real limit), so tests reach the grid folding that big batches need with small inputs.
+    /// Pretends an arena's whole buffer may hold at most `bytes` (at most the real limit), so
+    /// tests reach the separate tensors a model too big for one binding gets.
+    pub fn lower_arena_limit_for_tests(&self, bytes: u64) {
+        let real = self.ctx.limits.max_storage_buffer_binding_size.min(self.ctx.limits.max_buffer_size);
+        self.arena_limit.set(bytes.min(real));
+    }
+
     pub fn lower_dispatch_limit_for_tests(&self, limit: u32) {
         self.dispatch_limit.set(limit.clamp(1, self.ctx.limits.max_compute_workgroups_per_dimension));
     }
@@ -296,7 +308,8 @@ impl Backend for GpuBackend {
     }
     /// Views into one buffer, each starting at a multiple of the adapter's
     /// `min_storage_buffer_offset_alignment` (and each at least one element long, as a
-    /// binding cannot be empty).
+    /// binding cannot be empty). Past the storage binding limit (a model of over 33 million
+    /// parameters on most adapters) separate tensors instead, updated one by one.
     fn tensor_arena(&self, lens: &[usize]) -> Result<TensorArena<GpuTensor>> {
         let align = (self.ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
         let mut starts = Vec::with_capacity(lens.len());
@@ -305,6 +318,9 @@ impl Backend for GpuBackend {
             let start = end.checked_next_multiple_of(align).context("arena size overflows")?;
             starts.push(start);
             end = start.checked_add(len.max(1)).context("arena size overflows")?;
+        }
+        if (end as u64).checked_mul(4).is_none_or(|bytes| bytes > self.arena_limit.get()) {
+            return TensorArena::separate(lens, |len| self.tensor(len));
         }
         let whole: GpuTensor = self.storage("arena", end)?;
         let parts = starts.iter().zip(lens).map(|(&start, &len)| whole.view(start, len)).collect();
