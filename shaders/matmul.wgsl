@@ -93,30 +93,13 @@ fn matmul_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let acc = gemm_tile(lid, m0, n0, k_begin, k_end);
     if (p.direct != 0u) {
         store_block(acc, lid, m0, n0, p.m, p.n, 0u, NO_BIAS, false, false);
-        if (p.bias != 0u) { store_ones_row(acc, lid, m0, n0); }
+        if (p.bias != 0u) { store_ones_row(acc, lid, m0, n0, p.m, p.n); }
         return;
     }
     let rows = p.m + p.ones_row;
     store_block(acc, lid, m0, n0, rows, p.n, wg.z * rows, NO_BIAS, false, false);
 }
 
-// Row m of the invocation's block (the ones row: column sums, the bias gradient) to out1 (n).
-fn store_ones_row(acc: array<vec4<f32>, 16>, lid: u32, m0: u32, n0: u32) {
-    let tm = lid / (TN / RN);
-    let tn = lid % (TN / RN);
-    for (var i = 0u; i < RM; i++) {
-        if (m0 + tm * RM + i == p.m) {
-            for (var jq = 0u; jq < RN / 4u; jq++) {
-                let c = n0 + tn * RN + jq * 4u;
-                let v = acc[i * 2u + jq];
-                if (c < p.n) { out1[c] = v.x; }
-                if (c + 1u < p.n) { out1[c + 1u] = v.y; }
-                if (c + 2u < p.n) { out1[c + 2u] = v.z; }
-                if (c + 3u < p.n) { out1[c + 3u] = v.w; }
-            }
-        }
-    }
-}
 
 // partials in0 (splits, m + 1, n) -> out0 (m, n) = rows 0..m summed over the splits in order,
 // out1 (n) = row m summed likewise (the bias gradient; not written when p.bias == 0: a layer

@@ -38,7 +38,7 @@ kernel_params! {
         out_h: u32, out_w: u32, out_c: u32, k_h: u32,
         k_w: u32, stride_h: u32, stride_w: u32, pad_top: u32,
         pad_left: u32, relu: u32, k_per_split: u32, relu_mask: u32,
-        dilation_h: u32, dilation_w: u32, bias: u32, unused: u32,
+        dilation_h: u32, dilation_w: u32, bias: u32, direct: u32,
     }
     /// A depthwise convolution's geometry (depthwise.wgsl).
     DepthwiseParams in "depthwise.wgsl" {
