@@ -13,7 +13,7 @@ struct ConvParams {
     out_h: u32, out_w: u32, out_c: u32, k_h: u32,
     k_w: u32, stride_h: u32, stride_w: u32, pad_top: u32,
     pad_left: u32, relu: u32, k_per_split: u32, relu_mask: u32,
-    dilation_h: u32, dilation_w: u32, bias: u32, unused: u32,
+    dilation_h: u32, dilation_w: u32, bias: u32, direct: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
@@ -21,6 +21,7 @@ struct ConvParams {
 @group(0) @binding(2) var<storage, read> in1: array<f32>;
 @group(0) @binding(3) var<storage, read> in2: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out0: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out1: array<f32>;
 
 // The tile shape, workgroup tiles, multiply_tiles and the store_block epilogue: common/gemm_tile.wgsl.
 
@@ -310,7 +311,9 @@ fn conv2d_backward_input(@builtin(local_invocation_index) lid: u32, @builtin(wor
 
 // x = in0, dy = in1 -> partial sums (splits, patch + 1, out_c) = out0; the last row of each
 // split is the bias gradient. Split z covers rows [z * k_per_split, (z+1) * k_per_split) of
-// the batch's pixels; matmul.wgsl's sum_split_partials adds the splits in order.
+// the batch's pixels; matmul.wgsl's sum_split_partials adds the splits in order. With p.direct
+// (one split: nothing to add up), dw (patch, out_c) = out0 and, when p.bias != 0, the bias
+// gradient db (out_c) = out1 instead.
 // Grid: x = out_c tiles, y = (patch + 1) tiles, z = splits.
 @compute @workgroup_size(THREADS)
 fn conv2d_backward_filter(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -319,6 +322,11 @@ fn conv2d_backward_filter(@builtin(local_invocation_index) lid: u32, @builtin(wo
     let k_begin = wg.z * p.k_per_split;
     let k_end = min(k_begin + p.k_per_split, p.n * p.out_h * p.out_w);
     let acc = gemm_tile(MODE_BACKWARD_FILTER, lid, m0, n0, k_begin, k_end);
+    if (p.direct != 0u) {
+        store_block(acc, lid, m0, n0, patch_len(), p.out_c, 0u, NO_BIAS, false, false);
+        if (p.bias != 0u) { store_ones_row(acc, lid, m0, n0, patch_len(), p.out_c); }
+        return;
+    }
     let rows = patch_len() + 1u;
     store_block(acc, lid, m0, n0, rows, p.out_c, wg.z * rows, NO_BIAS, false, false);
 }

@@ -7,7 +7,7 @@ struct MatmulParams {
     m: u32, n: u32, k: u32, a_row_stride: u32,
     a_col_stride: u32, b_row_stride: u32, b_col_stride: u32, bias: u32,
     relu: u32, k_per_split: u32, ones_row: u32, splits: u32,
-    relu_mask: u32, unused0: u32, unused1: u32, unused2: u32,
+    relu_mask: u32, direct: u32, unused1: u32, unused2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
@@ -81,6 +81,9 @@ fn matmul_bias_act(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
 
 // Split-k partial products: out0 (splits, m + ones_row, n), split z summing k in
 // [z * k_per_split, (z+1) * k_per_split). Grid: x = n tiles, y = m tiles, z = splits.
+// With p.direct (one split: nothing to add up), the product itself instead: rows 0..m to
+// out0 (m, n), the ones row to out1 (n) when p.bias != 0 (a filter gradient and its bias
+// gradient, without sum_split_partials after it).
 @compute @workgroup_size(THREADS)
 fn matmul_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let m0 = wg.y * TM;
@@ -88,9 +91,15 @@ fn matmul_split_partials(@builtin(local_invocation_index) lid: u32, @builtin(wor
     let k_begin = wg.z * p.k_per_split;
     let k_end = min(k_begin + p.k_per_split, p.k);
     let acc = gemm_tile(lid, m0, n0, k_begin, k_end);
+    if (p.direct != 0u) {
+        store_block(acc, lid, m0, n0, p.m, p.n, 0u, NO_BIAS, false, false);
+        if (p.bias != 0u) { store_ones_row(acc, lid, m0, n0, p.m, p.n); }
+        return;
+    }
     let rows = p.m + p.ones_row;
     store_block(acc, lid, m0, n0, rows, p.n, wg.z * rows, NO_BIAS, false, false);
 }
+
 
 // partials in0 (splits, m + 1, n) -> out0 (m, n) = rows 0..m summed over the splits in order,
 // out1 (n) = row m summed likewise (the bias gradient; not written when p.bias == 0: a layer

@@ -101,9 +101,43 @@ pub struct DeviceBench {
     /// kernel's operands moved once (a lower bound on what the kernels move).
     pub device_bytes_read_per_step: Option<u64>,
     pub device_bytes_written_per_step: Option<u64>,
+    /// The least device memory such a step must read and write (`StepBytes::minimum`), to
+    /// set the figures above against.
+    pub minimum_bytes_per_step: StepBytes,
     /// Training FLOP rate (25.7 MFLOP per image for the seed model) over the matmul rate.
     pub training_fraction_of_matmul: f64,
     pub scaling: Vec<Throughput>,
+}
+
+/// Device-memory bytes a training step reads and writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StepBytes {
+    pub read: u64,
+    pub written: u64,
+}
+
+impl StepBytes {
+    /// The minimum for one training step of `model` at batch `n` with `slots` optimizer state
+    /// tensors per trainable tensor (Adam 2): every tensor of the step moved once, as if each
+    /// layer's passes were one fused kernel and no kernel re-read or spilled anything. Read
+    /// once: the batch's u8 pixels and labels, every parameter (moving statistics included),
+    /// every optimizer state, every layer output (the backward needs it) and its gradient,
+    /// every parameter gradient (the update reads it). Written once: every layer output and its
+    /// gradient, every parameter gradient, every parameter and optimizer state. Views
+    /// (Flatten) are no tensor of their own; small things (metrics, max-pool's argmax, the
+    /// uniforms) are left out. The backends' own counts (`RecordCounts`) count each kernel's
+    /// operands once, so their distance from this is what fusion could still save.
+    pub fn minimum(model: &Model, n: usize, slots: usize) -> StepBytes {
+        let layer_outputs: usize = model.layers.iter().filter(|l| !l.spec.is_view()).map(|l| l.output_len()).sum();
+        let params: Vec<_> = model.layers.iter().flat_map(|l| l.params()).collect();
+        let all_params: usize = params.iter().map(|p| p.len()).sum();
+        let trainable: usize = params.iter().filter(|p| p.trainable).map(|p| p.len()).sum();
+        let f32s = |count: usize| 4 * count as u64;
+        let batch = (n * (model.input_len() + 1)) as u64; // u8 pixels and a u8 label per image
+        let activations = f32s(2 * n * layer_outputs); // the outputs and their gradients
+        let updated = f32s(all_params + slots * trainable);
+        StepBytes { read: batch + activations + updated + f32s(trainable), written: activations + updated + f32s(trainable) }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -356,6 +390,9 @@ pub fn bench_device<B: Backend>(make: &dyn Fn() -> Result<B>, o: &BenchOptions) 
         scaling.push(Throughput { batch: n, images_per_second: training_throughput(make, n, o)?.0 });
     }
     let fraction = training[0].images_per_second * SEED_TRAIN_FLOP_PER_IMAGE / 1e9 / peak;
+    let seed_model = Model::new(&seed_layers(), (32, 32, 3))?;
+    let adam_slots = crate::optimizer::Optimizer::default().slot_names().len();
+    let minimum_bytes_per_step = StepBytes::minimum(&seed_model, training[0].batch, adam_slots);
     Ok(DeviceBench {
         device,
         matmul_1024_gflops: peak,
@@ -369,6 +406,7 @@ pub fn bench_device<B: Backend>(make: &dyn Fn() -> Result<B>, o: &BenchOptions) 
         compute_passes_per_step: per_step.map(|c| c.compute_passes),
         device_bytes_read_per_step: per_step.map(|c| c.bytes_read),
         device_bytes_written_per_step: per_step.map(|c| c.bytes_written),
+        minimum_bytes_per_step,
         training_fraction_of_matmul: fraction,
         scaling,
     })
@@ -407,6 +445,8 @@ pub fn format_table(r: &DeviceBench) -> String {
         out += &format!("one training step at batch {}: {d} dispatches in {p} compute pass(es)", r.training[0].batch);
         if let (Some(read), Some(written)) = (r.device_bytes_read_per_step, r.device_bytes_written_per_step) {
             out += &format!(", {:.2} MB read and {:.2} MB written in device memory (each kernel's operands once)", read as f64 / 1e6, written as f64 / 1e6);
+            let min = &r.minimum_bytes_per_step;
+            out += &format!("; the least it needs: {:.2} MB read, {:.2} MB written (every tensor once)", min.read as f64 / 1e6, min.written as f64 / 1e6);
         }
         out.push('\n');
     }

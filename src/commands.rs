@@ -406,6 +406,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let mut opts = if args.quick { BenchOptions::quick(per_submit) } else { BenchOptions::full(per_submit) };
         if !args.batches.is_empty() {
             opts.kernel_batches = args.batches.clone();
+            opts.train_batches = args.batches.clone();
         }
         eprintln!("benchmarking {device} ...");
         let report = match crate::device::open(device)? {

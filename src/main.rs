@@ -80,7 +80,8 @@ struct BenchCli {
     /// A short run (fewer batch sizes and repeats; under a minute on a software GPU).
     #[arg(long)]
     quick: bool,
-    /// Batch size for the per-kernel table (repeat for several) [default: 32 and 128].
+    /// Batch size for the per-kernel table and the whole training steps (repeat for several)
+    /// [default: 32 and 128 for kernels, 32, 128 and 256 for steps; --quick: 8].
     #[arg(long)]
     batch: Vec<usize>,
     /// Also write the figures as JSON to this file.

@@ -3,7 +3,7 @@
 //! Backend, so the CPU and GPU paths run this same code.
 
 pub use crate::backend::AdamConfig;
-use crate::backend::{Backend, GatherAugment, RmsPropStep, SgdStep, METRICS_LEN};
+use crate::backend::{Backend, GatherAugment, RmsPropStep, SgdStep, TensorArena, METRICS_LEN};
 use crate::layers::{Backward, Forward, Init, ParamSpec, Scratch};
 use crate::model::{Layer, Model};
 use crate::optimizer::Optimizer;
@@ -31,14 +31,18 @@ struct LayerState<B: Backend> {
 }
 
 impl<B: Backend> LayerState<B> {
-    fn new(backend: &B, layer: &Layer, max_batch: usize, optimizer: &Optimizer) -> Result<Self> {
+    /// The layer's tensors: the trainable ones' values, gradients and optimizer state taken
+    /// in order from `arenas`, the others (moving statistics) made here.
+    fn new(backend: &B, layer: &Layer, max_batch: usize, arenas: &mut ArenaParts<B::Tensor>) -> Result<Self> {
         let specs = layer.params();
         let mut state = LayerState { specs: Vec::new(), values: Vec::new(), grads: Vec::new(), slots: Vec::new(), scratch: Vec::new() };
         for spec in &specs {
-            state.values.push(backend.tensor(spec.len())?);
             if spec.trainable {
-                state.grads.push(backend.tensor(spec.len())?);
-                state.slots.push(optimizer.slot_names().iter().map(|_| backend.tensor(spec.len())).collect::<Result<_>>()?);
+                state.values.push(arenas.values.next().expect("a value per trainable tensor"));
+                state.grads.push(arenas.grads.next().expect("a gradient per trainable tensor"));
+                state.slots.push(arenas.next_slots());
+            } else {
+                state.values.push(backend.tensor(spec.len())?);
             }
         }
         state.specs = specs;
@@ -51,6 +55,51 @@ impl<B: Backend> LayerState<B> {
     fn trainable(&self) -> impl Iterator<Item = (usize, &ParamSpec)> {
         self.specs.iter().enumerate().filter(|(_, s)| s.trainable)
     }
+}
+
+/// The trainable tensors' arenas, split into their parts, handed out in trainable-tensor order
+/// (layer by layer, each layer's ParamSpec order).
+struct ArenaParts<T> {
+    values: std::vec::IntoIter<T>,
+    grads: std::vec::IntoIter<T>,
+    /// One per optimizer slot name.
+    slots: Vec<std::vec::IntoIter<T>>,
+}
+
+impl<T> ArenaParts<T> {
+    /// The next trainable tensor's optimizer state, one tensor per slot name.
+    fn next_slots(&mut self) -> Vec<T> {
+        self.slots.iter_mut().map(|s| s.next().expect("optimizer state per trainable tensor")).collect()
+    }
+}
+
+/// The whole buffers behind the arenas, where the backend lays each role out in one (the
+/// GPU): the optimizer then updates every trainable tensor with one call over `len` elements.
+struct WholeArenas<T> {
+    len: usize,
+    values: T,
+    grads: T,
+    slots: Vec<T>,
+}
+
+/// The optimizer-state arenas of `optimizer` for trainable tensors of `lens`.
+fn slot_arenas<B: Backend>(backend: &B, optimizer: &Optimizer, lens: &[usize]) -> Result<Vec<TensorArena<B::Tensor>>> {
+    optimizer.slot_names().iter().map(|_| backend.tensor_arena(lens)).collect()
+}
+
+/// Splits slot arenas into their parts and their wholes (None where any has no whole, or a
+/// whole of another length than `len`).
+fn split_slots<T>(arenas: Vec<TensorArena<T>>, len: usize) -> (Vec<std::vec::IntoIter<T>>, Option<Vec<T>>) {
+    let mut parts = Vec::new();
+    let mut wholes = Some(Vec::new());
+    for arena in arenas {
+        parts.push(arena.parts.into_iter());
+        match (arena.whole, wholes.as_mut()) {
+            (Some((t, l)), Some(w)) if l == len => w.push(t),
+            _ => wholes = None,
+        }
+    }
+    (parts, wholes)
 }
 
 /// Metrics read back from the device: mean loss and accuracy over `count` samples.
@@ -77,6 +126,11 @@ pub struct Network<B: Backend> {
     pub seed: u64,
     /// Each layer's tensors, gradients, moments and scratch, in layer order.
     state: Vec<LayerState<B>>,
+    /// The trainable tensors' lengths, in arena order (layer by layer).
+    trainable_lens: Vec<usize>,
+    /// The arenas' whole buffers, on a backend that has them (the GPU); None: the optimizer
+    /// updates tensor by tensor (the CPU backend).
+    whole_arenas: Option<WholeArenas<B::Tensor>>,
     /// acts[0] is the input batch; layer i writes acts[slot_out[i]]. Flatten writes nothing:
     /// in NHWC its output is its input, so it shares the slot.
     acts: Vec<B::Tensor>,
@@ -117,6 +171,16 @@ impl<B: Backend> Network<B> {
             bail!("batch size must be at least 1");
         }
         check_memory(&model, max_batch, backend.tensors_in_host_memory())?;
+        let optimizer = Optimizer::default();
+        let trainable_lens: Vec<usize> = model.layers.iter().flat_map(|l| l.params()).filter(|s| s.trainable).map(|s| s.len()).collect();
+        let values = backend.tensor_arena(&trainable_lens)?;
+        let grads = backend.tensor_arena(&trainable_lens)?;
+        let (slot_parts, slot_wholes) = split_slots(slot_arenas(&backend, &optimizer, &trainable_lens)?, values.whole.as_ref().map_or(0, |w| w.1));
+        let whole_arenas = match (values.whole, grads.whole, slot_wholes) {
+            (Some((values, len)), Some((grads, grads_len)), Some(slots)) if grads_len == len => Some(WholeArenas { len, values, grads, slots }),
+            _ => None,
+        };
+        let mut parts = ArenaParts { values: values.parts.into_iter(), grads: grads.parts.into_iter(), slots: slot_parts };
         let mut state = Vec::new();
         let mut slot_in = Vec::new();
         let mut slot_out = Vec::new();
@@ -132,7 +196,7 @@ impl<B: Backend> Network<B> {
                 relu_slot.push(layer.spec.output_relu());
                 slot_out.push(slot_lens.len() - 1);
             }
-            state.push(LayerState::new(&backend, layer, max_batch, &Optimizer::default())?);
+            state.push(LayerState::new(&backend, layer, max_batch, &mut parts)?);
         }
         let mut acts = Vec::new();
         let mut grads = Vec::new();
@@ -153,12 +217,14 @@ impl<B: Backend> Network<B> {
             backend,
             model,
             max_batch,
-            optimizer: Optimizer::default(),
+            optimizer,
             learning_rate: AdamConfig::default().learning_rate,
             label_smoothing: 0.0,
             step: 0,
             seed,
             state,
+            trainable_lens,
+            whole_arenas,
             acts,
             grads,
             slot_in,
@@ -202,12 +268,18 @@ impl<B: Backend> Network<B> {
 
     /// Switches to `optimizer` with fresh (zero) state tensors, as Keras builds them.
     pub fn set_optimizer(&mut self, optimizer: Optimizer) -> Result<()> {
+        let len = self.whole_arenas.as_ref().map_or(0, |w| w.len);
+        let (slot_parts, slot_wholes) = split_slots(slot_arenas(&self.backend, &optimizer, &self.trainable_lens)?, len);
+        let mut parts = ArenaParts { values: Vec::new().into_iter(), grads: Vec::new().into_iter(), slots: slot_parts };
         for state in &mut self.state {
-            let lens: Vec<usize> = state.trainable().map(|(_, s)| s.len()).collect();
-            for (len, slots) in lens.into_iter().zip(&mut state.slots) {
-                *slots = optimizer.slot_names().iter().map(|_| self.backend.tensor(len)).collect::<Result<_>>()?;
+            for slots in &mut state.slots {
+                *slots = parts.next_slots();
             }
         }
+        self.whole_arenas = match (self.whole_arenas.take(), slot_wholes) {
+            (Some(w), Some(slots)) => Some(WholeArenas { slots, ..w }),
+            _ => None,
+        };
         self.optimizer = optimizer;
         Ok(())
     }
@@ -300,31 +372,21 @@ impl<B: Backend> Network<B> {
         }
     }
 
-    /// One step of the optimizer over every parameter (Keras's `apply_gradients`).
-    fn optimizer_update(&mut self) {
+    /// One step of the optimizer over every trainable tensor, from the gradients the last
+    /// backward pass left (Keras's `apply_gradients`; `train_step` calls it). Where the backend
+    /// keeps the arenas in whole buffers (the GPU) it is one update over each, else one per
+    /// tensor: element-wise updates, so the same values either way.
+    pub fn apply_gradients(&mut self) {
         self.step += 1;
-        let (b, lr) = (&self.backend, self.learning_rate);
+        let (b, optimizer, lr, step) = (&self.backend, self.optimizer, self.learning_rate, self.step);
+        if let Some(w) = &mut self.whole_arenas {
+            optimizer_update(b, optimizer, lr, step, &mut w.values, &w.grads, &mut w.slots, w.len);
+            return;
+        }
         for state in &mut self.state {
             let trainable: Vec<usize> = state.trainable().map(|(i, _)| i).collect();
             for ((&i, grad), slots) in trainable.iter().zip(&state.grads).zip(&mut state.slots) {
-                let (len, value) = (state.specs[i].len(), &mut state.values[i]);
-                match (self.optimizer, slots.as_mut_slice()) {
-                    (Optimizer::Adam { beta_1, beta_2, epsilon }, [m, v]) => {
-                        let h = AdamConfig { learning_rate: lr, beta1: beta_1, beta2: beta_2, epsilon }.at_step(self.step);
-                        b.adam_update(value, grad, m, v, len, &h)
-                    }
-                    (Optimizer::AdamW { beta_1, beta_2, epsilon, weight_decay }, [m, v]) => {
-                        let h = AdamConfig { learning_rate: lr, beta1: beta_1, beta2: beta_2, epsilon }.at_step(self.step);
-                        b.adamw_update(value, grad, m, v, len, &h, weight_decay)
-                    }
-                    (Optimizer::Sgd { momentum, nesterov }, slots) => {
-                        b.sgd_update(value, grad, slots.first_mut(), len, &SgdStep { learning_rate: lr, momentum, nesterov })
-                    }
-                    (Optimizer::RmsProp { rho, epsilon }, [velocity]) => {
-                        b.rmsprop_update(value, grad, velocity, len, &RmsPropStep { learning_rate: lr, rho, epsilon })
-                    }
-                    (o, slots) => unreachable!("{} with {} state tensors", o.describe(), slots.len()),
-                }
+                optimizer_update(b, optimizer, lr, step, &mut state.values[i], grad, slots, state.specs[i].len());
             }
         }
     }
@@ -357,7 +419,7 @@ impl<B: Backend> Network<B> {
         self.gather(data, indices, transforms);
         self.forward(indices.len(), true);
         self.backward(indices.len());
-        self.optimizer_update();
+        self.apply_gradients();
         self.backend.flush()
     }
 
@@ -505,6 +567,25 @@ impl<B: Backend> Network<B> {
             }
         }
         Ok(())
+    }
+}
+
+/// One update of `len` values from their gradients with the optimizer state `slots`
+/// (`Optimizer::slot_names` order) at step `step` (counted from 1).
+#[allow(clippy::too_many_arguments)]
+fn optimizer_update<B: Backend>(b: &B, optimizer: Optimizer, lr: f32, step: u64, value: &mut B::Tensor, grad: &B::Tensor, slots: &mut [B::Tensor], len: usize) {
+    match (optimizer, slots) {
+        (Optimizer::Adam { beta_1, beta_2, epsilon }, [m, v]) => {
+            let h = AdamConfig { learning_rate: lr, beta1: beta_1, beta2: beta_2, epsilon }.at_step(step);
+            b.adam_update(value, grad, m, v, len, &h)
+        }
+        (Optimizer::AdamW { beta_1, beta_2, epsilon, weight_decay }, [m, v]) => {
+            let h = AdamConfig { learning_rate: lr, beta1: beta_1, beta2: beta_2, epsilon }.at_step(step);
+            b.adamw_update(value, grad, m, v, len, &h, weight_decay)
+        }
+        (Optimizer::Sgd { momentum, nesterov }, slots) => b.sgd_update(value, grad, slots.first_mut(), len, &SgdStep { learning_rate: lr, momentum, nesterov }),
+        (Optimizer::RmsProp { rho, epsilon }, [velocity]) => b.rmsprop_update(value, grad, velocity, len, &RmsPropStep { learning_rate: lr, rho, epsilon }),
+        (o, slots) => unreachable!("{} with {} state tensors", o.describe(), slots.len()),
     }
 }
 

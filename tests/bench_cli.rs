@@ -47,6 +47,9 @@ fn check_device(d: &serde_json::Value) {
         }
     }
     check_positive(&d["inference"]["images_per_second"], "inference");
+    let minimum = &d["minimum_bytes_per_step"];
+    check_positive(&minimum["read"], "minimum read");
+    check_positive(&minimum["written"], "minimum written");
     // Device memory: a number on a GPU, null on the CPU backend (its memory is the RSS).
     if d["device"].as_str().unwrap().starts_with("CPU backend") {
         assert!(d["device_bytes_allocated"].is_null() && d["dispatches_per_step"].is_null());
@@ -57,6 +60,10 @@ fn check_device(d: &serde_json::Value) {
         assert_eq!(d["compute_passes_per_step"], 1);
         check_positive(&d["device_bytes_read_per_step"], "device_bytes_read_per_step");
         check_positive(&d["device_bytes_written_per_step"], "device_bytes_written_per_step");
+        // The kernels cannot move less than every tensor of the step once.
+        for (counted, least) in [("device_bytes_read_per_step", "read"), ("device_bytes_written_per_step", "written")] {
+            assert!(d[counted].as_u64().unwrap() >= minimum[least].as_u64().unwrap(), "{counted} {} below the minimum {}", d[counted], minimum[least]);
+        }
     }
 }
 
@@ -78,4 +85,21 @@ fn quick_bench_reports_every_figure() {
         check_device(d);
     }
     assert!(v["machine"].as_str().is_some_and(|m| m.contains("cores")));
+}
+
+/// The minimum a training step moves, by hand for a tiny model at batch 5 with Adam (2 state
+/// tensors): input 4x4x1, Conv2D(2, 3) -> 2x2x2 (8 values), Flatten (a view: no tensor),
+/// Dense(3) (3 values); parameters 18 + 2 + 24 + 3 = 47, all trainable.
+#[test]
+fn the_minimum_step_bytes_count_every_tensor_once() {
+    let model = gpu_cnn::model::Model::new(&gpu_cnn::model::parse_arch("Conv2D(2, 3) Flatten Dense(3, softmax)").unwrap(), (4, 4, 1)).unwrap();
+    let batch = 5 * (16 + 1); // u8 pixels and labels
+    let activations = 4 * 2 * 5 * (8 + 3); // outputs and their gradients, f32
+    let parameters_and_state = 4 * (47 + 2 * 47);
+    let gradients = 4 * 47;
+    let want = gpu_cnn::bench::StepBytes {
+        read: (batch + activations + parameters_and_state + gradients) as u64,
+        written: (activations + parameters_and_state + gradients) as u64,
+    };
+    assert_eq!(gpu_cnn::bench::StepBytes::minimum(&model, 5, 2), want);
 }

@@ -72,3 +72,31 @@ gpu_test! {
         assert!(gpu.cache_sizes().bind_groups <= 2 && peak_cache <= 2, "{:?}", gpu.cache_sizes());
     }
 }
+
+gpu_test! {
+    /// An arena's views (a network's trainable tensors) share its buffer: the memory stays while
+    /// any of them lives, even with the whole dropped first, and goes with the last; two views of
+    /// one buffer in the same dispatch otherwise (same kernel, parameters and other operands)
+    /// get bind groups of their own, dropped with their view.
+    fn arena_views_keep_their_buffer_and_leave_no_cache_behind(gpu: &GpuBackend) {
+        let baseline = (gpu.device_bytes_allocated().unwrap(), gpu.cache_sizes());
+        let arena = gpu.tensor_arena(&[5, 5]).unwrap();
+        let (whole, _) = arena.whole.expect("the GPU lays an arena out in one buffer");
+        let [mut a, mut b]: [gpu_cnn::backend::gpu::GpuTensor; 2] = arena.parts.try_into().ok().unwrap();
+        gpu.upload(&mut a, &[-1.0; 5]);
+        gpu.upload(&mut b, &[2.0; 5]);
+        // relu_backward zeroes dy where y <= 0 (y is all zeros here): each view in turn.
+        let y = gpu.tensor(5).unwrap();
+        gpu.relu_backward(&y, &mut a, 5);
+        gpu.relu_backward(&y, &mut b, 5);
+        gpu.flush().unwrap();
+        assert_eq!(gpu.cache_sizes().bind_groups, baseline.1.bind_groups + 2, "one bind group per view");
+        drop(whole);
+        assert_eq!(gpu.download(&a).unwrap(), vec![0.0; 5], "the first view");
+        assert_eq!(gpu.download(&b).unwrap(), vec![0.0; 5], "the second view");
+        assert!(gpu.device_bytes_allocated().unwrap() > baseline.0, "the views keep the buffer");
+        drop((a, b, y));
+        gpu.release_scratch(); // the read-back buffer
+        assert_eq!((gpu.device_bytes_allocated().unwrap(), gpu.cache_sizes()), baseline, "everything given back");
+    }
+}

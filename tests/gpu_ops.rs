@@ -173,6 +173,62 @@ gpu_test! {
     }
 }
 
+gpu_test! {
+    /// Filter gradients written into views of an arena (as a network's are), with one split
+    /// (batch 7: the GEMM writes dw and db itself) and with two (batch 300: partial sums, then
+    /// their sum): the same bits as into tensors of their own, and the neighbouring parts
+    /// untouched.
+    fn dense_filter_gradients_into_arena_views_stay_inside_them(gpu: &GpuBackend) {
+        let s = DenseShape { inputs: 13, units: 6 };
+        let mut rng = Rng::new(0x5eed_0013);
+        for n in [7, 300] {
+            let [x, w, bias, dy] = dense_inputs(&mut rng, &s, n);
+            let want = dense_run(gpu, &s, n, false, &x, &w, &bias, &dy);
+            let mut arena = gpu.tensor_arena(&[5, s.inputs * s.units, s.units, 3]).unwrap();
+            let sentinel = [7.0f32; 5];
+            gpu.upload(&mut arena.parts[0], &sentinel);
+            gpu.upload(&mut arena.parts[3], &sentinel[..3]);
+            let [before, dw, db, after] = arena.parts.as_mut_slice() else { unreachable!() };
+            gpu.dense_backward_filter(&up(gpu, &x), &up(gpu, &dy), dw, db, &s, n);
+            gpu.flush().unwrap();
+            assert_same_bits(&format!("dw in an arena, batch {n}"), &gpu.download(dw).unwrap(), &want[2]);
+            assert_same_bits(&format!("db in an arena, batch {n}"), &gpu.download(db).unwrap(), &want[3]);
+            assert_eq!(gpu.download(before).unwrap(), sentinel, "the part before, batch {n}");
+            assert_eq!(gpu.download(after).unwrap(), sentinel[..3], "the part after, batch {n}");
+        }
+    }
+}
+
+gpu_test! {
+    /// Conv filter gradients into arena views, with and without a bias, over 2 x 8x8 output
+    /// pixels (one split: the GEMM writes dw and db itself) and 7 x 11x11 (4 splits, then their
+    /// sum): the same bits as into tensors of their own, the neighbouring parts untouched, and
+    /// without a bias the bias's part untouched too.
+    fn conv_filter_gradients_into_arena_views_stay_inside_them(gpu: &GpuBackend) {
+        let mut rng = Rng::new(0x5eed_0014);
+        for (s, n) in [(conv((10, 10, 3), 5, (3, 3), (1, 1), Padding::Valid), 2), (conv((13, 13, 3), 5, (3, 3), (1, 1), Padding::Valid), 7)] {
+            let [x, w, bias, dy] = conv_inputs(&mut rng, &s, n);
+            let want = conv_run(gpu, &s, n, false, &x, &w, &bias, &dy);
+            for with_bias in [true, false] {
+                let mut arena = gpu.tensor_arena(&[5, s.kernel_len(), s.out_c, 3]).unwrap();
+                let sentinel = [7.0f32; 5];
+                gpu.upload(&mut arena.parts[0], &sentinel);
+                gpu.upload(&mut arena.parts[2], &sentinel);
+                gpu.upload(&mut arena.parts[3], &sentinel[..3]);
+                let [before, dw, db, after] = arena.parts.as_mut_slice() else { unreachable!() };
+                gpu.conv2d_backward_filter(&up(gpu, &x), &up(gpu, &dy), dw, with_bias.then_some(&mut *db), &s, n);
+                gpu.flush().unwrap();
+                let what = format!("batch {n}, bias {with_bias}");
+                assert_same_bits(&format!("dw in an arena, {what}"), &gpu.download(dw).unwrap(), &want[2]);
+                let db_want = if with_bias { want[3].clone() } else { sentinel.to_vec() };
+                assert_same_bits(&format!("db in an arena, {what}"), &gpu.download(db).unwrap(), &db_want);
+                assert_eq!(gpu.download(before).unwrap(), sentinel, "the part before, {what}");
+                assert_eq!(gpu.download(after).unwrap(), sentinel[..3], "the part after, {what}");
+            }
+        }
+    }
+}
+
 fn pool_run<B: Backend>(b: &B, s: &PoolShape, n: usize, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
     let (xt, dyt) = (up(b, x), up(b, dy));
     let mut y = b.tensor(n * s.out_len()).unwrap();

@@ -65,6 +65,17 @@ fn cases() -> Vec<(&'static str, Update)> {
     ]
 }
 
+/// One step (counted from 1) of `update` over `len` values.
+fn apply<B: Backend>(b: &B, update: Update, step: u64, p: &mut B::Tensor, g: &B::Tensor, slots: &mut [B::Tensor], len: usize) {
+    match (update, slots) {
+        (Update::Adam(c), [m, v]) => b.adam_update(p, g, m, v, len, &c.at_step(step)),
+        (Update::AdamW(c, wd), [m, v]) => b.adamw_update(p, g, m, v, len, &c.at_step(step), wd),
+        (Update::Sgd(h), s) => b.sgd_update(p, g, s.first_mut(), len, &h),
+        (Update::RmsProp(h), [v]) => b.rmsprop_update(p, g, v, len, &h),
+        _ => unreachable!(),
+    }
+}
+
 /// Runs `update` once per gradient (step t uses `rates[t]` as its learning rate when given);
 /// with `flush_each` every step is submitted alone. Returns the parameters and state tensors.
 fn run_steps<B: Backend>(b: &B, update: Update, p0: &[f32], grads: &[Vec<f32>], rates: Option<&[f32]>, flush_each: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
@@ -74,14 +85,7 @@ fn run_steps<B: Backend>(b: &B, update: Update, p0: &[f32], grads: &[Vec<f32>], 
     let grads: Vec<B::Tensor> = grads.iter().map(|g| up(b, g)).collect();
     for (t, g) in grads.iter().enumerate() {
         let update = rates.map_or(update, |r| update.with_learning_rate(r[t]));
-        let step = t as u64 + 1;
-        match (update, slots.as_mut_slice()) {
-            (Update::Adam(c), [m, v]) => b.adam_update(&mut p, g, m, v, len, &c.at_step(step)),
-            (Update::AdamW(c, wd), [m, v]) => b.adamw_update(&mut p, g, m, v, len, &c.at_step(step), wd),
-            (Update::Sgd(h), s) => b.sgd_update(&mut p, g, s.first_mut(), len, &h),
-            (Update::RmsProp(h), [v]) => b.rmsprop_update(&mut p, g, v, len, &h),
-            _ => unreachable!(),
-        }
+        apply(b, update, t as u64 + 1, &mut p, g, &mut slots, len);
         if flush_each {
             b.flush().unwrap();
         }
@@ -192,6 +196,147 @@ gpu_test! {
             for (s, (got, want)) in slots.iter().zip(&want_slots).enumerate() {
                 assert_close(&format!("{name} state {s}"), got, want, 1e-6 * max_abs(want) as f64, 0.0);
             }
+        }
+    }
+}
+
+/// Three steps of `update` over tensors of `p0`'s lengths kept in arenas (`tensor_arena`):
+/// with `fused`, one update over each arena's whole buffer per step where the backend has one,
+/// else one update per tensor. Returns each tensor's values, then each one's state tensors.
+fn run_arena_steps<B: Backend>(b: &B, update: Update, p0: &[Vec<f32>], grads: &[Vec<Vec<f32>>], fused: bool) -> Vec<Vec<f32>> {
+    let lens: Vec<usize> = p0.iter().map(Vec::len).collect();
+    let mut values = b.tensor_arena(&lens).unwrap();
+    let mut g = b.tensor_arena(&lens).unwrap();
+    let mut slots: Vec<_> = (0..update.slots()).map(|_| b.tensor_arena(&lens).unwrap()).collect();
+    for (part, data) in values.parts.iter_mut().zip(p0) {
+        b.upload(part, data);
+    }
+    for (t, step_grads) in grads.iter().enumerate() {
+        for (part, data) in g.parts.iter_mut().zip(step_grads) {
+            b.upload(part, data);
+        }
+        let step = t as u64 + 1;
+        match (&mut values.whole, &g.whole) {
+            (Some((p, len)), Some((gw, _))) if fused => {
+                let mut s: Vec<B::Tensor> = slots.iter_mut().map(|a| a.whole.take().expect("a whole slot arena").0).collect();
+                apply(b, update, step, p, gw, &mut s, *len);
+                for (arena, whole) in slots.iter_mut().zip(s) {
+                    arena.whole = Some((whole, *len));
+                }
+            }
+            _ => {
+                for (i, &len) in lens.iter().enumerate() {
+                    let mut s: Vec<B::Tensor> = slots.iter_mut().map(|a| a.parts.remove(i)).collect();
+                    apply(b, update, step, &mut values.parts[i], &g.parts[i], &mut s, len);
+                    for (arena, part) in slots.iter_mut().zip(s) {
+                        arena.parts.insert(i, part);
+                    }
+                }
+            }
+        }
+        b.flush().unwrap();
+    }
+    let mut out: Vec<Vec<f32>> = values.parts.iter().map(|t| b.download(t).unwrap()).collect();
+    for i in 0..lens.len() {
+        out.extend(slots.iter().map(|a| b.download(&a.parts[i]).unwrap()));
+    }
+    out
+}
+
+gpu_test! {
+    /// Every optimizer over three tensors of 7, 300 and 1 values in arenas, updated with one
+    /// dispatch over each arena's whole buffer (padding between the tensors included): the
+    /// same bits as one dispatch per tensor on the GPU (the same per-element arithmetic), and
+    /// the CPU's values to 1e-6 of the largest (sqrt and division within a few ulps in WGSL,
+    /// as in gpu_optimizers_match_the_cpu_on_an_awkward_length).
+    fn one_update_over_an_arena_equals_one_per_tensor(gpu: &GpuBackend) {
+        let mut rng = Rng::new(0x0971_0003);
+        let p0: Vec<Vec<f32>> = [7, 300, 1].iter().map(|&len| uniform_vec(&mut rng, len)).collect();
+        let grads: Vec<Vec<Vec<f32>>> = (0..3).map(|_| p0.iter().map(|p| uniform_vec(&mut rng, p.len())).collect()).collect();
+        let arena = gpu.tensor_arena(&[7, 300, 1]).unwrap();
+        assert!(arena.whole.as_ref().is_some_and(|w| w.1 >= 308), "the GPU lays an arena out in one buffer");
+        for (name, update) in cases() {
+            let fused = run_arena_steps(gpu, update, &p0, &grads, true);
+            let per_tensor = run_arena_steps(gpu, update, &p0, &grads, false);
+            let cpu = run_arena_steps(&CpuBackend::new(), update, &p0, &grads, true);
+            for (i, ((f, t), c)) in fused.iter().zip(&per_tensor).zip(&cpu).enumerate() {
+                assert_same_bits(&format!("{name} output {i}, fused vs per tensor"), f, t);
+                assert_close(&format!("{name} output {i}, GPU vs CPU"), f, c, 1e-6 * max_abs(c) as f64, 0.0);
+            }
+            assert_ne!(fused[0], p0[0], "{name} moved nothing");
+        }
+    }
+}
+
+// BatchNormalization after the ReLU: right after a conv, the conv's bias would have a zero
+// gradient in exact arithmetic, and Adam turns its rounding noise into steps of +-lr.
+const BN_ARCH: &str = "Conv2D(4, 3, activation=\"relu\") BatchNormalization MaxPooling2D(2) Flatten Dense(3, softmax)\n";
+
+gpu_test! {
+    /// A network's optimizer step is one dispatch for every optimizer, whatever the number of
+    /// trainable tensors (6 here: kernels, biases, BatchNormalization's gamma and beta, whose
+    /// moving statistics are not trainable and stay out of the arena), also after
+    /// `set_optimizer` remakes the state; the GPU's weights then agree with the CPU's.
+    fn a_networks_optimizer_step_is_one_dispatch(gpu: &GpuBackend) {
+        let ds = tiny_data();
+        let model = Model::new(&parse_arch(BN_ARCH).unwrap(), ds.input_shape()).unwrap();
+        let images = (gpu.upload_image_set(&ds.train).unwrap(), CpuBackend::new().upload_image_set(&ds.train).unwrap());
+        let batch: Vec<u32> = (0..16).collect();
+        for name in OptimizerName::ALL {
+            let mut optimizers = vec![Optimizer::keras_default(name)];
+            if name == OptimizerName::Sgd {
+                optimizers.push(Optimizer::Sgd { momentum: 0.9, nesterov: true });
+            }
+            for optimizer in optimizers {
+                let mut g = Network::new(gpu, model.clone(), 16, 3).unwrap();
+                let mut c = Network::new(CpuBackend::new(), model.clone(), 16, 3).unwrap();
+                g.set_optimizer(optimizer).unwrap();
+                c.set_optimizer(optimizer).unwrap();
+                assert_eq!(g.weights().unwrap().len(), 8, "4 conv/dense tensors, gamma, beta and 2 moving statistics");
+                for step in 0..3 {
+                    g.train_step(&images.0, &batch).unwrap();
+                    c.train_step(&images.1, &batch).unwrap();
+                    let before = g.backend.record_counts().unwrap();
+                    g.apply_gradients();
+                    c.apply_gradients();
+                    let after = g.backend.record_counts().unwrap();
+                    assert_eq!(after.since(before).dispatches, 1, "{} step {step}", optimizer.describe());
+                }
+                // Six optimizer updates of lr 1e-3..1e-2 on gradients that differ in their last
+                // bits between the backends: 1e-4 absolute (a wrong tensor in the arena moves
+                // a weight by about the learning rate per step, 10x more).
+                for (gt, ct) in g.weights().unwrap().iter().zip(&c.weights().unwrap()).chain(g.optimizer_state().unwrap().iter().zip(&c.optimizer_state().unwrap())) {
+                    assert_eq!(gt.name, ct.name);
+                    assert_close(&format!("{} {}", optimizer.describe(), gt.name), &gt.data, &ct.data, 1e-4, 0.0);
+                }
+            }
+        }
+    }
+}
+
+gpu_test! {
+    /// A model whose trainable tensors would not fit one storage binding (pretended here by
+    /// lowering the limit) gets separate tensors, one optimizer dispatch each: the same bits as
+    /// one dispatch over the arenas, as the update is element-wise.
+    fn a_model_too_big_for_one_binding_updates_tensor_by_tensor_with_the_same_bits(gpu: &GpuBackend) {
+        let ds = tiny_data();
+        let model = Model::new(&parse_arch(BN_ARCH).unwrap(), ds.input_shape()).unwrap();
+        let images = gpu.upload_image_set(&ds.train).unwrap();
+        let mut fused = Network::new(gpu, model.clone(), 16, 3).unwrap();
+        gpu.lower_arena_limit_for_tests(16);
+        let mut separate = Network::new(gpu, model, 16, 3).unwrap();
+        let dispatches = |net: &mut Network<&gpu_cnn::backend::gpu::GpuBackend>, batch: &[u32]| {
+            let before = gpu.record_counts().unwrap();
+            net.train_step(&images, batch).unwrap();
+            gpu.record_counts().unwrap().since(before).dispatches
+        };
+        for step in 0..3u32 {
+            let batch: Vec<u32> = (step * 16..(step + 1) * 16).collect();
+            // 6 trainable tensors: 6 optimizer dispatches instead of 1.
+            assert_eq!(dispatches(&mut separate, &batch), dispatches(&mut fused, &batch) + 5, "step {step}");
+        }
+        for (f, s) in fused.weights().unwrap().iter().zip(&separate.weights().unwrap()).chain(fused.optimizer_state().unwrap().iter().zip(&separate.optimizer_state().unwrap())) {
+            assert_same_bits(&f.name, &s.data, &f.data);
         }
     }
 }

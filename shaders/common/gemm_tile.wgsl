@@ -110,6 +110,25 @@ fn relu_mask_block(acc: array<vec4<f32>, 16>, lid: u32, m0: u32, n0: u32, rows: 
     return out;
 }
 
+// Row `row` of the invocation's block (a filter gradient's ones row: the column sums, its bias
+// gradient) to out1 (cols). Only the kernels that write a bias gradient call it (they bind out1).
+fn store_ones_row(acc: array<vec4<f32>, 16>, lid: u32, m0: u32, n0: u32, row: u32, cols: u32) {
+    let tm = lid / (TN / RN);
+    let tn = lid % (TN / RN);
+    for (var i = 0u; i < RM; i++) {
+        if (m0 + tm * RM + i == row) {
+            for (var jq = 0u; jq < RN / 4u; jq++) {
+                let c = n0 + tn * RN + jq * 4u;
+                let v = acc[i * 2u + jq];
+                if (c < cols) { out1[c] = v.x; }
+                if (c + 1u < cols) { out1[c + 1u] = v.y; }
+                if (c + 2u < cols) { out1[c + 2u] = v.z; }
+                if (c + 3u < cols) { out1[c + 3u] = v.w; }
+            }
+        }
+    }
+}
+
 // The epilogue of every GEMM kernel: the invocation's RM x RN block of the tile at (m0, n0),
 // plus `bias` (block_bias) when `add_bias`, ReLU'd when `relu`, written to
 // out0[(row_offset + m) * cols + c] for rows m < rows and columns c < cols.

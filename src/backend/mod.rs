@@ -368,6 +368,25 @@ pub struct GatherAugment<'a, I> {
     pub layout: crate::augment::TransformLayout,
 }
 
+/// One role of a network's trainable tensors (their values, their gradients, or one optimizer
+/// state), a tensor per trainable tensor in one order, from `Backend::tensor_arena`.
+pub struct TensorArena<T> {
+    /// The parts, zero-filled, `lens[i]` elements each.
+    pub parts: Vec<T>,
+    /// Where the backend laid the parts out in one buffer (the GPU): that buffer and its length
+    /// in elements. Each part starts where a binding may start (padding between them, which no
+    /// part covers, starts at zero), so one element-wise update over the whole buffer updates
+    /// every part: one dispatch for the optimizer step. None where the parts are separate.
+    pub whole: Option<(T, usize)>,
+}
+
+impl<T> TensorArena<T> {
+    /// Separate tensors of `lens` from `make`, no whole buffer.
+    pub fn separate(lens: &[usize], make: impl Fn(usize) -> Result<T>) -> Result<Self> {
+        Ok(TensorArena { parts: lens.iter().map(|&len| make(len)).collect::<Result<_>>()?, whole: None })
+    }
+}
+
 pub trait Backend {
     /// An f32 array on the device.
     type Tensor;
@@ -386,6 +405,11 @@ pub trait Backend {
 
     /// A zero-filled tensor.
     fn tensor(&self, len: usize) -> Result<Self::Tensor>;
+    /// Zero-filled tensors of `lens` elements for one role of the trainable tensors (see
+    /// `TensorArena`). By default separate tensors, as `tensor` makes them (the CPU backend).
+    fn tensor_arena(&self, lens: &[usize]) -> Result<TensorArena<Self::Tensor>> {
+        TensorArena::separate(lens, |len| self.tensor(len))
+    }
     fn upload(&self, t: &mut Self::Tensor, data: &[f32]);
     /// Reads the whole tensor back (waits for queued work).
     fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
@@ -665,6 +689,9 @@ impl<B: Backend> Backend for &B {
     }
     fn tensor(&self, len: usize) -> Result<Self::Tensor> {
         (**self).tensor(len)
+    }
+    fn tensor_arena(&self, lens: &[usize]) -> Result<TensorArena<Self::Tensor>> {
+        (**self).tensor_arena(lens)
     }
     fn upload(&self, t: &mut Self::Tensor, data: &[f32]) {
         (**self).upload(t, data)

@@ -79,7 +79,7 @@ fn conv_params(s: &ConvShape, n: usize, relu: bool, k_per_split: usize) -> ConvP
         dilation_h: u32_of(s.dilation_h),
         dilation_w: u32_of(s.dilation_w),
         bias: 0,
-        unused: 0,
+        direct: 0,
     }
 }
 
@@ -153,11 +153,21 @@ impl GpuBackend {
         let depth = n * s.out_h * s.out_w;
         let rows = s.patch_len() + 1; // + the ones row that yields db
         let (per, splits) = split_k(depth, rows * s.out_c);
-        let Some(scratch) = self.scratch(splits * rows * s.out_c) else { return };
         let tile = Tile::for_gemm(rows, s.out_c, CONV_MAX_COLS);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::Conv2dBackwardFilter, tile);
         let groups = [s.out_c.div_ceil(tile.tn as usize) as u32, rows.div_ceil(tile.tm as usize) as u32, splits as u32];
-        let bound = [x.at(1), dy.at(2), scratch.at(4)];
+        if splits == 1 {
+            // One split (at most 256 output pixels in the batch): the GEMM writes dw and db
+            // itself, with no partial sums to add up. Without a bias, dw stands in at binding 5.
+            let params = ConvParams { direct: 1, bias: db.is_some() as u32, ..conv_params(s, n, false, per) };
+            let bound = [x.at(1), dy.at(2), dw.at(4), db.as_deref().unwrap_or(&*dw).at(5)];
+            self.dispatch(&pipeline, &params, &bound, groups);
+            self.moved(n * (s.in_len() + s.out_len()), (s.patch_len() + db.is_some() as usize) * s.out_c);
+            return;
+        }
+        let Some(scratch) = self.scratch(splits * rows * s.out_c) else { return };
+        // Binding 5 (db in the one-split case) is not written here, but must be bound.
+        let bound = [x.at(1), dy.at(2), scratch.at(4), scratch.at(5)];
         self.dispatch(&pipeline, &conv_params(s, n, false, per), &bound, groups);
         self.moved(n * (s.in_len() + s.out_len()), splits * rows * s.out_c);
         self.record_sum_split_partials(&scratch, dw, db, s.patch_len(), s.out_c, splits);

@@ -54,12 +54,12 @@ impl GpuBackend {
         for (i, part) in images.chunks(per_chunk * image_len).enumerate() {
             let packed = pack_words(part);
             let words = self.storage("image chunk", packed.len())?;
-            self.write(words.raw(), bytemuck::cast_slice(&packed));
+            self.write(&words, bytemuck::cast_slice(&packed));
             chunks.push(ImageChunk { words, first_image: i * per_chunk, images: part.len() / image_len });
         }
         let packed = pack_words(labels);
         let label_words = self.storage("labels", packed.len())?;
-        self.write(label_words.raw(), bytemuck::cast_slice(&packed));
+        self.write(&label_words, bytemuck::cast_slice(&packed));
         Ok(GpuImages { chunks, labels: label_words, image_len, count: labels.len() })
     }
 

@@ -65,13 +65,22 @@ impl GpuBackend {
     pub(super) fn record_dense_backward_filter(&self, x: &GpuTensor, dy: &GpuTensor, dw: &mut GpuTensor, db: &mut GpuTensor, s: &DenseShape, n: usize) {
         let rows = s.inputs + 1; // + the ones row that yields db
         let (per, splits) = split_k(n, rows * s.units);
-        let Some(scratch) = self.scratch(splits * rows * s.units) else { return };
         let params =
             MatmulParams { k_per_split: u32_of(per), ones_row: 1, splits: u32_of(splits), ..MatmulParams::product(s.inputs, s.units, n, Transpose::Left) };
         let tile = Tile::for_gemm(rows, s.units, 128);
         let pipeline = self.pipelines.gemm(&self.ctx.device, GemmEntry::MatmulSplitPartials, tile);
         let groups = [s.units.div_ceil(tile.tn as usize) as u32, rows.div_ceil(tile.tm as usize) as u32, splits as u32];
-        let bound = [x.at(1), dy.at(2), scratch.at(4)];
+        if splits == 1 {
+            // One split (a batch of at most 256): the GEMM writes dw and db itself, with no
+            // partial sums to add up (one dispatch and a round trip of dw through scratch less).
+            let params = MatmulParams { direct: 1, bias: 1, ..params };
+            self.dispatch(&pipeline, &params, &[x.at(1), dy.at(2), dw.at(4), db.at(5)], groups);
+            self.moved(n * (s.inputs + s.units), rows * s.units);
+            return;
+        }
+        let Some(scratch) = self.scratch(splits * rows * s.units) else { return };
+        // Binding 5 (db in the one-split case) is not written here, but must be bound.
+        let bound = [x.at(1), dy.at(2), scratch.at(4), scratch.at(5)];
         self.dispatch(&pipeline, &params, &bound, groups);
         self.moved(n * (s.inputs + s.units), splits * rows * s.units);
         self.record_sum_split_partials(&scratch, dw, Some(db), s.inputs, s.units, splits);

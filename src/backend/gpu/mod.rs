@@ -50,7 +50,7 @@ pub use recorder::CacheSizes;
 use super::dropout::DropoutMask;
 use super::{
     ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RecordCounts,
-    RmsPropStep, SgdStep,
+    RmsPropStep, SgdStep, TensorArena,
 };
 use anyhow::{Context as _, Result};
 use buffer::{Bound, BufferRegistry};
@@ -79,6 +79,9 @@ pub struct GpuBackend {
     /// Workgroups per grid dimension that dispatches may use: the adapter's limit, or less
     /// when a test lowers it to exercise the 2-D/3-D grid folding on small inputs.
     dispatch_limit: Cell<u32>,
+    /// Most bytes an arena's whole buffer may have: the storage binding limit (the optimizer
+    /// binds it whole), or less when a test lowers it.
+    arena_limit: Cell<u64>,
     /// Bytes written from the host with queue writes (uploads, indices, optimizer scalars).
     written_bytes: Cell<u64>,
     /// A test forcing one way of computing conv input gradients (None: the shape decides).
@@ -109,10 +112,12 @@ impl GpuBackend {
             optimizer_scalars_written: Cell::new(None),
             optimizer_scalars_in_encoder: Cell::new(None),
             dispatch_limit: Cell::new(0),
+            arena_limit: Cell::new(0),
             written_bytes: Cell::new(0),
             forced_conv_input_grad: Cell::new(None),
         };
         backend.dispatch_limit.set(backend.ctx.limits.max_compute_workgroups_per_dimension);
+        backend.arena_limit.set(backend.ctx.limits.max_storage_buffer_binding_size.min(backend.ctx.limits.max_buffer_size));
         // Errors creating the fixed pipelines surface here; the GEMM pipelines are compiled on
         // first use and report at the next flush.
         let _ = backend.ctx.device.poll(wgpu::PollType::wait_indefinitely());
@@ -175,6 +180,13 @@ impl GpuBackend {
 
     /// Pretends the adapter allows only `limit` workgroups per grid dimension (at most the
     /// real limit), so tests reach the grid folding that big batches need with small inputs.
+    /// Pretends an arena's whole buffer may hold at most `bytes` (at most the real limit), so
+    /// tests reach the separate tensors a model too big for one binding gets.
+    pub fn lower_arena_limit_for_tests(&self, bytes: u64) {
+        let real = self.ctx.limits.max_storage_buffer_binding_size.min(self.ctx.limits.max_buffer_size);
+        self.arena_limit.set(bytes.min(real));
+    }
+
     pub fn lower_dispatch_limit_for_tests(&self, limit: u32) {
         self.dispatch_limit.set(limit.clamp(1, self.ctx.limits.max_compute_workgroups_per_dimension));
     }
@@ -227,7 +239,8 @@ impl GpuBackend {
         Some(std::cell::Ref::map(self.scratch.borrow(), |s| s.as_ref().expect("just made")))
     }
 
-    fn read_back(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    /// `bytes` of `buffer` from byte `offset` on (waits for queued work).
+    fn read_back(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         self.submit_pending();
         let mut staging = self.staging.borrow_mut();
         if staging.as_ref().is_none_or(|s| s.size() < bytes) {
@@ -239,7 +252,7 @@ impl GpuBackend {
             }));
         }
         let staging = staging.as_ref().expect("just made");
-        self.recorder.copy(&self.ctx.device, buffer, staging, bytes);
+        self.recorder.copy(&self.ctx.device, buffer, offset, staging, bytes);
         self.recorder.submit(&self.ctx.device, &self.ctx.queue);
         let slice = staging.slice(..bytes);
         let mapped = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -258,11 +271,12 @@ impl GpuBackend {
         Ok(bytes_out)
     }
 
-    fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) {
+    /// Writes `data` at the start of `to` (for a view: its offset in the arena).
+    fn write<T>(&self, to: &GpuBuffer<T>, data: &[u8]) {
         self.submit_pending();
         self.count_written(data.len());
         if !data.is_empty() {
-            self.ctx.queue.write_buffer(buffer, 0, data);
+            self.ctx.queue.write_buffer(to.raw(), to.byte_offset(), data);
         }
     }
 }
@@ -292,12 +306,32 @@ impl Backend for GpuBackend {
     fn tensor(&self, len: usize) -> Result<GpuTensor> {
         self.storage("tensor", len)
     }
+    /// Views into one buffer, each starting at a multiple of the adapter's
+    /// `min_storage_buffer_offset_alignment` (and each at least one element long, as a
+    /// binding cannot be empty). Past the storage binding limit (a model of over 33 million
+    /// parameters on most adapters) separate tensors instead, updated one by one.
+    fn tensor_arena(&self, lens: &[usize]) -> Result<TensorArena<GpuTensor>> {
+        let align = (self.ctx.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+        let mut starts = Vec::with_capacity(lens.len());
+        let mut end = 0usize;
+        for &len in lens {
+            let start = end.checked_next_multiple_of(align).context("arena size overflows")?;
+            starts.push(start);
+            end = start.checked_add(len.max(1)).context("arena size overflows")?;
+        }
+        if (end as u64).checked_mul(4).is_none_or(|bytes| bytes > self.arena_limit.get()) {
+            return TensorArena::separate(lens, |len| self.tensor(len));
+        }
+        let whole: GpuTensor = self.storage("arena", end)?;
+        let parts = starts.iter().zip(lens).map(|(&start, &len)| whole.view(start, len)).collect();
+        Ok(TensorArena { parts, whole: Some((whole, end)) })
+    }
     fn upload(&self, t: &mut GpuTensor, data: &[f32]) {
         assert!(data.len() <= t.len(), "upload of {} values into a tensor of {}", data.len(), t.len());
-        self.write(t.raw(), bytemuck::cast_slice(data));
+        self.write(t, bytemuck::cast_slice(data));
     }
     fn download(&self, t: &GpuTensor) -> Result<Vec<f32>> {
-        let bytes = self.read_back(t.raw(), t.raw().size())?;
+        let bytes = self.read_back(t.raw(), t.byte_offset(), t.byte_len())?;
         Ok(bytemuck::cast_slice::<u8, f32>(&bytes)[..t.len()].to_vec())
     }
     fn indices(&self, len: usize) -> Result<GpuIndices> {
@@ -305,10 +339,10 @@ impl Backend for GpuBackend {
     }
     fn upload_indices(&self, t: &mut GpuIndices, data: &[u32]) {
         assert!(data.len() <= t.len(), "upload of {} indices into a buffer of {}", data.len(), t.len());
-        self.write(t.raw(), bytemuck::cast_slice(data));
+        self.write(t, bytemuck::cast_slice(data));
     }
     fn download_indices(&self, t: &GpuIndices) -> Result<Vec<u32>> {
-        let bytes = self.read_back(t.raw(), t.raw().size())?;
+        let bytes = self.read_back(t.raw(), t.byte_offset(), t.byte_len())?;
         Ok(bytemuck::cast_slice::<u8, u32>(&bytes)[..t.len()].to_vec())
     }
     fn upload_images(&self, images: &[u8], labels: &[u8], image_len: usize) -> Result<GpuImages> {

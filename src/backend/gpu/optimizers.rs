@@ -41,7 +41,7 @@ impl GpuBackend {
     /// One element-wise optimizer dispatch over `len` parameters: the shape uniform at
     /// binding 0, the scalars at 1, `tensors` from binding 2 on.
     fn dispatch_optimizer<'a, P: KernelParams>(&'a self, pipeline: &Pipeline, shape: &P, tensors: impl IntoIterator<Item = Bound<'a>>, len: usize) {
-        let scalars_at = Bound { binding: 1, buffer: &self.optimizer_scalars, id: self.optimizer_scalars_id };
+        let scalars_at = Bound { binding: 1, buffer: &self.optimizer_scalars, id: self.optimizer_scalars_id, range: None };
         let bound: Vec<Bound> = std::iter::once(scalars_at).chain(tensors).collect();
         self.dispatch(pipeline, shape, &bound, linear_grid(len, self.max_per_dim()));
     }

@@ -38,7 +38,7 @@ kernel_params! {
         out_h: u32, out_w: u32, out_c: u32, k_h: u32,
         k_w: u32, stride_h: u32, stride_w: u32, pad_top: u32,
         pad_left: u32, relu: u32, k_per_split: u32, relu_mask: u32,
-        dilation_h: u32, dilation_w: u32, bias: u32, unused: u32,
+        dilation_h: u32, dilation_w: u32, bias: u32, direct: u32,
     }
     /// A depthwise convolution's geometry (depthwise.wgsl).
     DepthwiseParams in "depthwise.wgsl" {
@@ -53,7 +53,7 @@ kernel_params! {
         m: u32, n: u32, k: u32, a_row_stride: u32,
         a_col_stride: u32, b_row_stride: u32, b_col_stride: u32, bias: u32,
         relu: u32, k_per_split: u32, ones_row: u32, splits: u32,
-        relu_mask: u32, unused0: u32, unused1: u32, unused2: u32,
+        relu_mask: u32, direct: u32, unused1: u32, unused2: u32,
     }
     /// A max- or average-pool's geometry (pool.wgsl).
     PoolParams in "pool.wgsl" {

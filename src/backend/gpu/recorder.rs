@@ -140,7 +140,7 @@ impl Recorder {
             self.uniform_bytes_written.set(self.uniform_bytes_written.get() + bytes);
             self.cached_uniform_bytes.set(self.cached_uniform_bytes.get() + bytes);
             let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-            entries.extend(bound.iter().map(|b| wgpu::BindGroupEntry { binding: b.binding, resource: b.buffer.as_entire_binding() }));
+            entries.extend(bound.iter().map(|b| wgpu::BindGroupEntry { binding: b.binding, resource: b.resource() }));
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.layout, entries: &entries });
             CacheEntry { bind_group, uniform_bytes: bytes }
         });
@@ -217,9 +217,9 @@ impl Recorder {
         Some((set, used))
     }
 
-    /// Records a buffer copy into the current encoder.
-    pub fn copy(&self, device: &wgpu::Device, from: &wgpu::Buffer, to: &wgpu::Buffer, bytes: u64) {
-        self.with_encoder(device, |encoder| encoder.copy_buffer_to_buffer(from, 0, to, 0, bytes));
+    /// Records a copy of `bytes` from byte `offset` of `from` to the start of `to`.
+    pub fn copy(&self, device: &wgpu::Device, from: &wgpu::Buffer, offset: u64, to: &wgpu::Buffer, bytes: u64) {
+        self.with_encoder(device, |encoder| encoder.copy_buffer_to_buffer(from, offset, to, 0, bytes));
     }
 
     /// Submits what was recorded. Keeps at most two submissions in flight (waits for the one

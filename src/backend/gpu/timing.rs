@@ -31,7 +31,7 @@ impl GpuBackend {
             self.flush_errors()?;
             return Ok(None);
         }
-        let bytes = self.read_back(&resolve, used as u64 * 8)?;
+        let bytes = self.read_back(&resolve, 0, used as u64 * 8)?;
         let ticks: &[u64] = bytemuck::cast_slice(&bytes);
         let total: u64 = ticks.chunks(2).map(|pass| pass[1].saturating_sub(pass[0])).sum();
         Ok(Some(total as f64 * self.ctx.queue.get_timestamp_period() as f64 * 1e-9))
