@@ -131,7 +131,7 @@ fn main() -> anyhow::Result<()> {
             max_pixels: None,
             progress: false,
         };
-        let summary = gpu_cnn::predict::predict_on(CpuBackend::new(), &args, &mut std::io::sink(), &mut std::io::sink())?;
+        let summary = gpu_cnn::predict::predict_on(gpu_cnn::backend::gpu::DeviceRequest::Cpu, &args, &mut std::io::sink(), &mut std::io::sink())?;
         let (after_wall, after_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
         assert_eq!(summary.predicted, count);
         println!(

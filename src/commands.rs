@@ -471,7 +471,7 @@ pub fn predict(
     out: &mut dyn std::io::Write,
     err: &mut dyn std::io::Write,
 ) -> Result<crate::predict::PredictSummary> {
-    with_backend!(device, backend => crate::predict::predict_on(backend, args, out, err))
+    crate::predict::predict_on(device, args, out, err)
 }
 
 /// `gpu-cnn show`: 25 training images (a sample seeded by `seed`, spread over the classes)

@@ -3,8 +3,10 @@
 //! prepared exactly as the training images were; files are decoded in parallel on every core,
 //! a batch at a time, and each batch's results are written as soon as it is done.
 
+use crate::backend::gpu::DeviceRequest;
 use crate::backend::Backend;
 use crate::checkpoint;
+use crate::classifier::Classifier;
 use crate::image_pipeline::{self, Preprocessing};
 use crate::network::Network;
 use anyhow::{bail, Context, Result};
@@ -85,20 +87,13 @@ pub fn probabilities<B: Backend>(net: &mut Network<B>, data: &B::Images, count: 
     Ok(probs)
 }
 
-/// Decodes `files` in parallel through the pipeline `p`, predicts the ones that decoded, and
+/// Decodes `files` in parallel through the pipeline `p`, classifies the ones that decoded, and
 /// reports each in input order.
-pub fn predict_files<B: Backend>(net: &mut Network<B>, files: &[PathBuf], p: &Preprocessing) -> Result<Vec<FilePrediction>> {
+pub fn predict_files(classifier: &Classifier, files: &[PathBuf], p: &Preprocessing) -> Result<Vec<FilePrediction>> {
     let loaded: Vec<Result<Vec<u8>, String>> = files.par_iter().map(|f| image_pipeline::load_image(f, p).map_err(|e| format!("{e:#}"))).collect();
-    let good: Vec<&Vec<u8>> = loaded.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let mut probs = Vec::new();
-    if !good.is_empty() {
-        let pixels: Vec<u8> = good.iter().flat_map(|v| v.iter().copied()).collect();
-        let labels = vec![0u8; good.len()];
-        let data = net.backend.upload_images(&pixels, &labels, net.model.input_len())?;
-        probs = probabilities(net, &data, good.len())?;
-    }
-    let classes = net.classes();
-    let mut rows = probs.chunks(classes);
+    let pixels: Vec<u8> = loaded.iter().filter_map(|r| r.as_ref().ok()).flat_map(|v| v.iter().copied()).collect();
+    let probs = if pixels.is_empty() { Vec::new() } else { classifier.probabilities(&pixels)? };
+    let mut rows = probs.chunks(classifier.classes().max(1));
     let mut out = Vec::with_capacity(files.len());
     for (file, r) in files.iter().zip(loaded) {
         let probs = match r {
@@ -154,8 +149,9 @@ fn format_row(r: &FilePrediction, names: &[String], args: &PredictArgs) -> Strin
 }
 
 /// Predicts every input a batch at a time, writing each batch's lines to `out` as soon as it
-/// is done and each unreadable file's error to `err`.
-pub fn predict_on<B: Backend>(backend: B, args: &PredictArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<PredictSummary> {
+/// is done and each unreadable file's error to `err`, on the device `request` names: through
+/// the library's [`Classifier`], as code would.
+pub fn predict_on(request: DeviceRequest, args: &PredictArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<PredictSummary> {
     if let Some(t) = args.threshold {
         if !(0.0..=1.0).contains(&t) {
             bail!("--threshold must be a probability between 0 and 1, not {t}");
@@ -171,17 +167,18 @@ pub fn predict_on<B: Backend>(backend: B, args: &PredictArgs, out: &mut dyn Writ
         bail!("no image files found in {}", args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
     let batch = args.batch_size.clamp(1, 4096);
-    let mut net = crate::inference::inference_network(backend, &ck, batch).with_context(|| args.checkpoint.display().to_string())?;
+    let class_names = ck.meta.class_names.clone();
+    let classifier = Classifier::from_checkpoint(ck, request.into(), batch).with_context(|| args.checkpoint.display().to_string())?;
     let bar = if args.progress && files.len() > batch { indicatif::ProgressBar::new(files.len() as u64) } else { indicatif::ProgressBar::hidden() };
     if let Ok(style) = indicatif::ProgressStyle::with_template("{pos}/{len} images [{bar:30}] {per_sec} eta {eta}") {
         bar.set_style(style.progress_chars("=> "));
     }
     let mut summary = PredictSummary { predicted: 0, errors: Vec::new() };
     for chunk in files.chunks(batch) {
-        let results = predict_files(&mut net, chunk, &p)?;
+        let results = predict_files(&classifier, chunk, &p)?;
         bar.suspend(|| -> Result<()> {
             for r in &results {
-                let line = format_row(r, &ck.meta.class_names, args);
+                let line = format_row(r, &class_names, args);
                 if !line.is_empty() {
                     writeln!(out, "{line}")?;
                 }
