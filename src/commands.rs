@@ -164,7 +164,7 @@ pub fn dataset_kind_by_name(name: &str) -> Option<DatasetKind> {
 }
 
 /// Checks the model's input and class count against the data set's.
-fn check_model_fits_data(model: &Model, ds: &Dataset, what: &str) -> Result<()> {
+pub(crate) fn check_model_fits_data(model: &Model, ds: &Dataset, what: &str) -> Result<()> {
     if model.input != ds.input_shape() {
         let (a, b) = (model.input, ds.input_shape());
         bail!("{what} takes {}x{}x{} images but {} has {}x{}x{}", a.0, a.1, a.2, ds.name, b.0, b.1, b.2);
@@ -204,13 +204,8 @@ fn run_training<B: Backend>(
     test_files: Option<Vec<PathBuf>>,
     resume: Option<(Checkpoint, &Path)>,
 ) -> Result<()> {
-    let model = Model::new(&parse_arch(&settings.plan.options.arch_text)?, ds.input_shape()).context("the architecture does not fit the data")?;
-    check_model_fits_data(&model, &ds, "the model")?;
-    let run_dir = match (settings.continues_folder, settings.overwrite) {
-        (true, _) => RunDir::Continue,
-        (false, true) => RunDir::Overwrite,
-        (false, false) => RunDir::Fresh,
-    };
+    // A resume from the run folder's own last.safetensors continues it (Trainer::resume).
+    let run_dir = if settings.overwrite { RunDir::Overwrite } else { RunDir::Fresh };
     let mut trainer = Trainer::planned(ds, settings.plan.clone(), run_dir)?.verbose().report(test_files);
     if let Some((ck, path)) = resume {
         trainer = trainer.resume(ck, path);

@@ -167,7 +167,6 @@ pub fn predict_on(request: DeviceRequest, args: &PredictArgs, out: &mut dyn Writ
         bail!("no image files found in {}", args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
     let batch = args.batch_size.clamp(1, 4096);
-    let class_names = ck.meta.class_names.clone();
     let classifier = Classifier::from_checkpoint(ck, request.into(), batch).with_context(|| args.checkpoint.display().to_string())?;
     let bar = if args.progress && files.len() > batch { indicatif::ProgressBar::new(files.len() as u64) } else { indicatif::ProgressBar::hidden() };
     if let Ok(style) = indicatif::ProgressStyle::with_template("{pos}/{len} images [{bar:30}] {per_sec} eta {eta}") {
@@ -178,7 +177,7 @@ pub fn predict_on(request: DeviceRequest, args: &PredictArgs, out: &mut dyn Writ
         let results = predict_files(&classifier, chunk, &p)?;
         bar.suspend(|| -> Result<()> {
             for r in &results {
-                let line = format_row(r, &class_names, args);
+                let line = format_row(r, classifier.class_names(), args);
                 if !line.is_empty() {
                     writeln!(out, "{line}")?;
                 }

@@ -241,9 +241,7 @@ impl Trainer {
         check_label_smoothing(plan.label_smoothing)?;
         opts.recipe.schedule.validate()?;
         let model = Model::new(&self.layers, ds.input_shape()).context("the architecture does not fit the data")?;
-        if model.classes() != ds.class_names.len() {
-            bail!("the model ends in {} class scores but {} has {} classes", model.classes(), ds.name, ds.class_names.len());
-        }
+        crate::commands::check_model_fits_data(&model, ds, "the model")?;
         if self.verbose {
             eprintln!("Device: {}", backend.describe());
             let (h, w, c) = model.input;

@@ -62,8 +62,6 @@ pub struct TrainSettings {
     pub train_counts: Vec<usize>,
     /// The run directory.
     pub out: PathBuf,
-    /// True when the run continues the folder it resumes from (no fresh-directory check).
-    pub continues_folder: bool,
     /// `--overwrite`: a fresh run may replace an earlier run's files in `out`.
     pub overwrite: bool,
 }
@@ -159,7 +157,6 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, flag
         (None, Some(r)) if continues_run(r, &folder_of(r)) => folder_of(r),
         (None, _) => fresh_run_dir(&ds.name),
     };
-    let continues_folder = args.resume.as_deref().is_some_and(|r| continues_run(r, &out));
     let options = TrainOptions {
         epochs: args.epochs,
         batch_size,
@@ -173,7 +170,7 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, flag
         learning_rate,
         recipe,
     };
-    Ok(TrainSettings { plan: RunPlan { options, optimizer, label_smoothing, class_weights }, train_counts, out, continues_folder, overwrite: args.overwrite })
+    Ok(TrainSettings { plan: RunPlan { options, optimizer, label_smoothing, class_weights }, train_counts, out, overwrite: args.overwrite })
 }
 
 /// The schedule and callbacks: the flags given, else the checkpoint's (with their state), else

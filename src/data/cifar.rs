@@ -18,9 +18,14 @@ const MAX_META_BYTES: u64 = 64 << 10;
 /// stream through a small buffer straight into `into`: the file is never held whole (a 30 MB
 /// buffer per file would stay in the allocator's heap after the load).
 pub fn read_batch(path: &Path, classes: usize, into: &mut ImageSet) -> Result<()> {
-    use std::io::Read;
     let (file, records) = open_batch(path)?;
     reserve_records(into, records).with_context(|| format!("{}: out of memory for {records} records", path.display()))?;
+    read_records(file, records, path, classes, into)
+}
+
+/// Streams `records` records of an opened batch file into `into` (room already reserved).
+fn read_records(file: std::fs::File, records: usize, path: &Path, classes: usize, into: &mut ImageSet) -> Result<()> {
+    use std::io::Read;
     let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
     let mut record = [0u8; RECORD];
     for i in 0..records {
@@ -100,17 +105,18 @@ pub fn load(dir: &Path) -> Result<Dataset> {
     let empty = || ImageSet { height: SIDE, width: SIDE, channels: 3, ..Default::default() };
     let mut train = empty();
     let paths: Vec<_> = (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect();
-    let mut records = 0usize;
+    let mut opened = Vec::with_capacity(paths.len());
     for path in &paths {
         if !path.exists() {
             bail!("{}: missing (CIFAR-10 has data_batch_1.bin .. data_batch_5.bin and test_batch.bin)", path.display());
         }
-        records = records.saturating_add(open_batch(path)?.1);
+        opened.push(open_batch(path)?);
     }
     // The whole training set at once: one allocation of its exact size.
+    let records = opened.iter().fold(0usize, |sum, (_, n)| sum.saturating_add(*n));
     reserve_records(&mut train, records).with_context(|| format!("{}: out of memory for {records} training images", dir.display()))?;
-    for path in &paths {
-        read_batch(path, class_names.len(), &mut train)?;
+    for (path, (file, n)) in paths.iter().zip(opened) {
+        read_records(file, n, path, class_names.len(), &mut train)?;
     }
     let mut test = empty();
     read_batch(&dir.join("test_batch.bin"), class_names.len(), &mut test)?;

@@ -2,7 +2,7 @@
 //! is the whole image; the gradient goes to the first maximum).
 
 use super::geometry::image_input;
-use super::max_pooling2d::max_pool_backward;
+use super::max_pooling2d::{max_pool_backward, max_pool_forward};
 use super::pooling::global_shape;
 use super::{Args, Backward, Forward, LayerKind, ScratchKind, ScratchSpec};
 use crate::backend::{Backend, PoolShape};
@@ -39,13 +39,8 @@ impl LayerKind for GlobalMaxPooling2D {
     }
 
     fn forward<B: Backend>(&self, f: Forward<'_, B>) {
-        let (s, argmax) = (shape(f.input), f.scratch[0].indices_mut());
-        // Inference needs no argmax (only the backward reads it).
-        if f.training {
-            f.backend.maxpool_forward(f.x, f.y, argmax, &s, f.n);
-        } else {
-            f.backend.maxpool_forward_infer(f.x, f.y, argmax, &s, f.n);
-        }
+        let s = shape(f.input);
+        max_pool_forward(f, &s);
     }
 
     fn backward<B: Backend>(&self, b: Backward<'_, B>) {

@@ -45,18 +45,23 @@ impl LayerKind for MaxPooling2D {
     }
 
     fn forward<B: Backend>(&self, f: Forward<'_, B>) {
-        let (s, argmax) = (self.shape(f.input), f.scratch[0].indices_mut());
-        // Inference needs no argmax (only the backward reads it).
-        if f.training {
-            f.backend.maxpool_forward(f.x, f.y, argmax, &s, f.n);
-        } else {
-            f.backend.maxpool_forward_infer(f.x, f.y, argmax, &s, f.n);
-        }
+        let s = self.shape(f.input);
+        max_pool_forward(f, &s);
     }
 
     fn backward<B: Backend>(&self, b: Backward<'_, B>) {
         let s = self.shape(b.input);
         max_pool_backward(b, &s);
+    }
+}
+
+/// y and, in training, the argmax the backward reads (inference needs no argmax).
+pub fn max_pool_forward<B: Backend>(f: Forward<'_, B>, s: &PoolShape) {
+    let argmax = f.scratch[0].indices_mut();
+    if f.training {
+        f.backend.maxpool_forward(f.x, f.y, argmax, s, f.n);
+    } else {
+        f.backend.maxpool_forward_infer(f.x, f.y, argmax, s, f.n);
     }
 }
 

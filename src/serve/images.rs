@@ -44,21 +44,21 @@ impl IntoResponse for ApiError {
 
 const FORMATS: &str = "JPEG, PNG, WebP, BMP or GIF";
 
-/// An upload whose header has been read: its format and size, checked against the pixel cap.
-pub struct Upload<'a> {
-    bytes: &'a [u8],
+/// What an upload's header says: its format and size, checked against the pixel cap.
+#[derive(Clone, Copy, Debug)]
+pub struct Upload {
     format: image::ImageFormat,
     pub pixels: u64,
 }
 
 /// Decodes one uploaded image (by its content) and prepares it for the model.
 pub fn prepare_upload(bytes: &[u8], classifier: &Classifier, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
-    inspect_upload(bytes, max_pixels)?.prepare(classifier, max_pixels)
+    inspect_upload(bytes, max_pixels)?.prepare(bytes, classifier, max_pixels)
 }
 
 /// Reads an upload's format and size from its header (no pixel decoded): empty bodies, unknown
 /// formats and images over `max_pixels` are refused here.
-pub fn inspect_upload(bytes: &[u8], max_pixels: u64) -> Result<Upload<'_>, ApiError> {
+pub fn inspect_upload(bytes: &[u8], max_pixels: u64) -> Result<Upload, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -78,17 +78,18 @@ pub fn inspect_upload(bytes: &[u8], max_pixels: u64) -> Result<Upload<'_>, ApiEr
             format!("the image is {width}x{height} = {pixels} pixels, over this server's cap of {max_pixels}"),
         ));
     }
-    Ok(Upload { bytes, format, pixels })
+    Ok(Upload { format, pixels })
 }
 
-impl Upload<'_> {
-    /// Decodes the image and prepares it for the model: the one image pipeline, as predict
-    /// (truncated files are errors, large JPEGs DCT-scaled).
-    pub fn prepare(&self, classifier: &Classifier, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
+impl Upload {
+    /// Decodes the image (`bytes`, the upload this header came from) and prepares it for the
+    /// model: the one image pipeline, as predict (truncated files are errors, large JPEGs
+    /// DCT-scaled).
+    pub fn prepare(&self, bytes: &[u8], classifier: &Classifier, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
         let mut p = *classifier.preprocessing();
         p.max_pixels = max_pixels;
         let format = self.format;
-        let img = crate::image_pipeline::decode(self.bytes, &p)
+        let img = crate::image_pipeline::decode(bytes, &p)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot decode the {format:?} image: {e:#}")))?;
         classifier.prepare(&img).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))
     }

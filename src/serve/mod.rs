@@ -229,10 +229,10 @@ async fn classify(State(s): State<Arc<AppState>>, req: Request) -> Result<Json<V
         let prepared = match inspect_upload(&bytes, max_pixels) {
             // A thumbnail decodes in well under a millisecond: here, without the hop to a
             // blocking thread and back that would cost more than the decode.
-            Ok(upload) if upload.pixels <= INLINE_DECODE_PIXELS => upload.prepare(&s.classifier, max_pixels),
-            Ok(_) => {
+            Ok(upload) if upload.pixels <= INLINE_DECODE_PIXELS => upload.prepare(&bytes, &s.classifier, max_pixels),
+            Ok(upload) => {
                 let state = s.clone();
-                tokio::task::spawn_blocking(move || prepare_upload(&bytes, &state.classifier, max_pixels))
+                tokio::task::spawn_blocking(move || upload.prepare(&bytes, &state.classifier, max_pixels))
                     .await
                     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding failed: {e}")))?
             }
