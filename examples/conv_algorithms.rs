@@ -95,10 +95,10 @@ fn row_set(layer: &str, s: &ConvShape, n: usize, peak: f64) {
     for algo in ConvAlgo::ALL.into_iter().filter(|a| a.can_run(s) && wanted(a)) {
         print("forward", algo, conv::forward_algo(s), time(|| conv::forward_with(algo, &x, &w, &b, &mut y, s, n, true, &mut kernel)));
     }
-    for algo in ConvAlgo::ALL.into_iter().filter(|a| a.can_run(s) && wanted(a) && *a != ConvAlgo::Direct) {
+    for algo in ConvAlgo::ALL.into_iter().filter(|a| a.can_run_input_gradient(s) && wanted(a)) {
         print("backward_input", algo, conv::backward_input_algo(s), time(|| conv::backward_input_with(algo, &dy, &w, &mut dx, s, n, &mut kernel)));
     }
-    for algo in ConvAlgo::ALL.into_iter().filter(|a| a.can_run(s) && wanted(a)) {
+    for algo in ConvAlgo::ALL.into_iter().filter(|a| a.can_run_filter_gradient(s) && wanted(a)) {
         print(
             "backward_filter",
             algo,

@@ -2,7 +2,7 @@
 //! rule on the shape (the bench's per-layer rows justify each rule), and the calls into it.
 
 use super::gemm::{reduce_in_fixed_splits, with_scratch};
-use super::{direct, im2col, winograd, winograd_filter};
+use super::{direct, im2col, winograd, winograd4, winograd_filter};
 use crate::backend::ConvShape;
 use rayon::prelude::*;
 
@@ -14,24 +14,39 @@ pub enum ConvAlgo {
     Direct,
     /// Winograd F(2x2, 3x3) (3x3 stride-1 kernels between layers of 16+ channels).
     Winograd,
+    /// Winograd F(4x4, 3x3): fewer multiplies than F(2x2) where whole 4x4 tiles fit the map
+    /// (forward and input gradient; the filter gradient stays with F(2x2)).
+    Winograd4x4,
 }
 
 impl ConvAlgo {
-    pub const ALL: [ConvAlgo; 3] = [ConvAlgo::Im2colGemm, ConvAlgo::Direct, ConvAlgo::Winograd];
+    pub const ALL: [ConvAlgo; 4] = [ConvAlgo::Im2colGemm, ConvAlgo::Direct, ConvAlgo::Winograd, ConvAlgo::Winograd4x4];
 
     /// Whether this algorithm can run `s` at all (fast or not): the tests run every one that can.
     pub fn can_run(self, s: &ConvShape) -> bool {
         match self {
             ConvAlgo::Im2colGemm => true,
             ConvAlgo::Direct => direct::can_run(s),
-            ConvAlgo::Winograd => winograd::can_run(s),
+            ConvAlgo::Winograd | ConvAlgo::Winograd4x4 => winograd::can_run(s),
         }
+    }
+
+    /// Whether this algorithm can run the input gradient of `s` (Direct has none).
+    pub fn can_run_input_gradient(self, s: &ConvShape) -> bool {
+        self != ConvAlgo::Direct && self.can_run(s)
+    }
+
+    /// Whether this algorithm can run the filter gradient of `s` (Winograd's is F(2x2)'s).
+    pub fn can_run_filter_gradient(self, s: &ConvShape) -> bool {
+        self != ConvAlgo::Winograd4x4 && self.can_run(s)
     }
 }
 
 pub fn forward_algo(s: &ConvShape) -> ConvAlgo {
     if direct::suits(s) {
         ConvAlgo::Direct
+    } else if winograd4::suits(s) {
+        ConvAlgo::Winograd4x4
     } else if winograd::suits(s) {
         ConvAlgo::Winograd
     } else {
@@ -40,16 +55,22 @@ pub fn forward_algo(s: &ConvShape) -> ConvAlgo {
 }
 
 pub fn backward_input_algo(s: &ConvShape) -> ConvAlgo {
-    if winograd::suits_input_gradient(s) {
+    if winograd4::suits_input_gradient(s) {
+        ConvAlgo::Winograd4x4
+    } else if winograd::suits_input_gradient(s) {
         ConvAlgo::Winograd
     } else {
         ConvAlgo::Im2colGemm
     }
 }
 
-/// The filter gradient follows the forward pass's rule: both kernels win on the same shapes.
+/// The filter gradient follows the forward pass's rule: both kernels win on the same shapes
+/// (its Winograd is F(2x2)'s, which runs wherever F(4x4) does).
 pub fn backward_filter_algo(s: &ConvShape) -> ConvAlgo {
-    forward_algo(s)
+    match forward_algo(s) {
+        ConvAlgo::Winograd4x4 => ConvAlgo::Winograd,
+        algo => algo,
+    }
 }
 
 /// y (n, out_h, out_w, out_c) = conv(x) + b, then ReLU; `kernel` is scratch for a
@@ -73,6 +94,11 @@ pub fn forward_with(algo: ConvAlgo, x: &[f32], w: &[f32], b: &[f32], y: &mut [f3
             winograd::transform_kernel(w, s, false, kernel);
             winograd::forward(x, kernel, Some(b), y, s, n, relu);
         }
+        ConvAlgo::Winograd4x4 => {
+            kernel.resize(winograd4::kernel_len(s), 0.0);
+            winograd4::transform_kernel(w, s, false, kernel);
+            winograd4::forward(x, kernel, Some(b), y, s, n, relu);
+        }
         ConvAlgo::Im2colGemm => im2col::forward(x, w, b, y, s, n, relu),
     }
 }
@@ -82,15 +108,21 @@ pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], s: &ConvShape, n: u
     backward_input_with(backward_input_algo(s), dy, w, dx, s, n, kernel)
 }
 
-/// `backward_input` by the given algorithm (Winograd or Im2colGemm).
+/// `backward_input` by the given algorithm (either Winograd or Im2colGemm).
 pub fn backward_input_with(algo: ConvAlgo, dy: &[f32], w: &[f32], dx: &mut [f32], s: &ConvShape, n: usize, kernel: &mut Vec<f32>) {
-    assert!(algo != ConvAlgo::Direct && algo.can_run(s), "{algo:?} cannot run the input gradient of {s:?}");
+    assert!(algo.can_run_input_gradient(s), "{algo:?} cannot run the input gradient of {s:?}");
     match algo {
         ConvAlgo::Winograd => {
             let t = winograd::input_gradient_shape(s);
             kernel.resize(winograd::kernel_len(&t), 0.0);
             winograd::transform_kernel(w, &t, true, kernel);
             winograd::forward(dy, kernel, None, dx, &t, n, false);
+        }
+        ConvAlgo::Winograd4x4 => {
+            let t = winograd::input_gradient_shape(s);
+            kernel.resize(winograd4::kernel_len(&t), 0.0);
+            winograd4::transform_kernel(w, &t, true, kernel);
+            winograd4::forward(dy, kernel, None, dx, &t, n, false);
         }
         _ => im2col::backward_input(dy, w, dx, s, n),
     }
@@ -117,7 +149,7 @@ pub fn backward_filter_with(
     partials: &mut Vec<f32>,
     kernel: &mut Vec<f32>,
 ) {
-    assert!(algo.can_run(s), "{algo:?} cannot run the filter gradient of {s:?}");
+    assert!(algo.can_run_filter_gradient(s), "{algo:?} cannot run the filter gradient of {s:?}");
     if algo == ConvAlgo::Winograd {
         kernel.resize(winograd_filter::transformed_len(s), 0.0);
         return winograd_filter::backward_filter(x, dy, dw, db, s, n, kernel, partials);

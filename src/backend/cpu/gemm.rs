@@ -161,6 +161,16 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<[Vec<f32>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
 }
 
+/// Images per parallel block of a pass whose images are independent: at most `most` (what fits
+/// the cache), but as even blocks in a multiple of the thread count, so that no core idles
+/// (5 cache-sized blocks on 2 threads would leave one idle for a fifth of the pass, 1 for
+/// half). Each image's result does not depend on the blocking.
+pub fn parallel_block(n: usize, most: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let blocks = n.div_ceil(most.max(1)).max(threads).div_ceil(threads) * threads;
+    n.div_ceil(blocks).max(1)
+}
+
 /// Runs `f` on this thread's two scratch blocks of `a` and `b` floats (contents unspecified).
 pub fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| {

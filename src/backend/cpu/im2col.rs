@@ -1,7 +1,7 @@
 //! Convolution as GEMM over an im2col of a block of images small enough to stay in cache: the
 //! general path, for any kernel size, stride, padding and dilation.
 
-use super::gemm::{add_bias_activate, add_rows, gemm, with_scratch, Mat, Threads};
+use super::gemm::{add_bias_activate, add_rows, gemm, parallel_block, with_scratch, Mat, Threads};
 use crate::backend::ConvShape;
 use rayon::prelude::*;
 
@@ -65,7 +65,7 @@ fn col2im(col: &[f32], dx: &mut [f32], s: &ConvShape) {
 /// x (n, in_h, in_w, in_c) -> y (n, out_h, out_w, out_c). Per block of images: im2col, one
 /// GEMM with the kernel, bias + ReLU; blocks run in parallel.
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], s: &ConvShape, n: usize, relu: bool) {
-    let (patch, pixels, block) = (s.patch_len(), s.out_h * s.out_w, images_per_block(s.out_h * s.out_w));
+    let (patch, pixels, block) = (s.patch_len(), s.out_h * s.out_w, parallel_block(n, images_per_block(s.out_h * s.out_w)));
     y[..n * s.out_len()].par_chunks_mut(block * s.out_len()).zip(x[..n * s.in_len()].par_chunks(block * s.in_len())).for_each(|(yb, xb)| {
         let rows = yb.len() / s.out_c;
         with_scratch(rows * patch, 0, |col, _| {
@@ -81,7 +81,7 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], s: &ConvShape, n:
 /// dy (n, out_h, out_w, out_c) -> dx (n, in_h, in_w, in_c). Per block: dcol = dy * w^T, then
 /// col2im image by image.
 pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], s: &ConvShape, n: usize) {
-    let (patch, pixels, block) = (s.patch_len(), s.out_h * s.out_w, images_per_block(s.out_h * s.out_w));
+    let (patch, pixels, block) = (s.patch_len(), s.out_h * s.out_w, parallel_block(n, images_per_block(s.out_h * s.out_w)));
     dx[..n * s.in_len()].par_chunks_mut(block * s.in_len()).zip(dy[..n * s.out_len()].par_chunks(block * s.out_len())).for_each(|(dxb, dyb)| {
         let rows = dyb.len() / s.out_c;
         with_scratch(rows * patch, 0, |col, _| {

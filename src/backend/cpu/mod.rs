@@ -15,6 +15,7 @@ mod optimizers;
 mod pool;
 pub mod simd;
 mod winograd;
+mod winograd4;
 mod winograd_filter;
 
 use super::dropout::{keeps, layer_stream, DropoutMask};

@@ -16,7 +16,7 @@
 //! turned 180 degrees and its channels swapped), so it runs through the same code.
 
 use super::blocked::Gemm;
-use super::gemm::with_scratch;
+use super::gemm::{parallel_block, with_scratch};
 use super::simd::{array, dispatch, Kernel, Lanes, LANES};
 use crate::backend::ConvShape;
 use rayon::prelude::*;
@@ -42,7 +42,7 @@ pub fn suits_input_gradient(s: &ConvShape) -> bool {
 }
 
 /// Multiplies per channel pair and image: 16 per 2x2 tile.
-fn multiplies(s: &ConvShape) -> usize {
+pub(super) fn multiplies(s: &ConvShape) -> usize {
     let (th, tw) = tiles(s);
     16 * th * tw
 }
@@ -137,35 +137,84 @@ pub(super) fn tiles(s: &ConvShape) -> (usize, usize) {
     (s.out_h.div_ceil(2), s.out_w.div_ceil(2))
 }
 
-/// Images per parallel block: enough tiles for the GEMMs, few enough that the block's
-/// transformed input and output (16 x tiles x (in_c + out_c) floats) stay in a 1 MiB L2.
-pub(super) fn images_per_block(s: &ConvShape) -> usize {
-    let (th, tw) = tiles(s);
-    ((1 << 20) / (XI * 4 * (s.in_c + s.out_c)) / (th * tw)).max(1)
+/// A Winograd tile size: its transforms, and how its positions lie in memory. The forward
+/// pass (`forward_tiled`) is the same for every size: transform, one GEMM per position,
+/// transform back.
+pub(super) trait Tiling {
+    /// Positions of a transformed tile (16 for F(2x2, 3x3)).
+    const XI: usize;
+    /// Tiles per image: (rows, columns).
+    fn tiles(s: &ConvShape) -> (usize, usize);
+    /// Floats between two positions' rows of `t` tiles of `channels`.
+    fn position_stride(t: usize, channels: usize) -> usize;
+    /// v[p][tile][c], the image's tiles numbered from `first`.
+    fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvShape, first: usize, t: usize);
+    /// The image's outputs from m[p][tile][o], plus bias, then ReLU.
+    #[allow(clippy::too_many_arguments)]
+    fn transform_output<L: Lanes>(m: &[f32], y: &mut [f32], bias: &[f32], s: &ConvShape, first: usize, t: usize, relu: bool);
 }
 
-/// y (n, out_h, out_w, out_c) = conv(x (n, in_h, in_w, in_c)) + bias, then ReLU; u from
-/// `transform_kernel`. Blocks of images run in parallel.
+/// F(2x2, 3x3) as a `Tiling`.
+pub(super) struct F2x2;
+
+impl Tiling for F2x2 {
+    const XI: usize = XI;
+    fn tiles(s: &ConvShape) -> (usize, usize) {
+        tiles(s)
+    }
+    fn position_stride(t: usize, channels: usize) -> usize {
+        t * channels
+    }
+    #[inline(always)]
+    fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvShape, first: usize, t: usize) {
+        transform_input::<L>(x, v, zeros, s, first, t)
+    }
+    #[inline(always)]
+    fn transform_output<L: Lanes>(m: &[f32], y: &mut [f32], bias: &[f32], s: &ConvShape, first: usize, t: usize, relu: bool) {
+        transform_output::<L>(m, y, bias, s, first, t, relu)
+    }
+}
+
+/// Images per parallel block: enough tiles for the GEMMs, few enough that the block's
+/// transformed input and output (XI x tiles x (in_c + out_c) floats) stay in a 1 MiB L2.
+fn block_images<T: Tiling>(s: &ConvShape) -> usize {
+    let (th, tw) = T::tiles(s);
+    ((1 << 20) / (T::XI * 4 * (s.in_c + s.out_c)) / (th * tw)).max(1)
+}
+
+/// `block_images` of F(2x2, 3x3) (the filter gradient's blocks too).
+pub(super) fn images_per_block(s: &ConvShape) -> usize {
+    block_images::<F2x2>(s)
+}
+
+/// y (n, out_h, out_w, out_c) = conv(x (n, in_h, in_w, in_c)) + bias, then ReLU by F(2x2, 3x3);
+/// u from `transform_kernel`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &ConvShape, n: usize, relu: bool) {
-    let (th, tw) = tiles(s);
-    let block = images_per_block(s);
+    forward_tiled::<F2x2>(x, u, bias, y, s, n, relu)
+}
+
+/// `forward` by the tile size T; u from T's kernel transform. Blocks of images run in parallel.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_tiled<T: Tiling>(x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &ConvShape, n: usize, relu: bool) {
+    let (th, tw) = T::tiles(s);
+    let block = parallel_block(n, block_images::<T>(s));
     let (ci, co) = (s.in_c, s.out_c);
     y[..n * s.out_len()].par_chunks_mut(block * s.out_len()).zip(x[..n * s.in_len()].par_chunks(block * s.in_len())).for_each(|(yb, xb)| {
         let t = yb.len() / s.out_len() * th * tw;
         // v: the transformed input; m: the products; then a row of zeros (the padding, and
         // the bias when there is none).
         let zeros_len = ci.max(co);
-        with_scratch(XI * t * ci + zeros_len, XI * t * co, |v, m| {
-            let (v, zeros) = v.split_at_mut(XI * t * ci);
+        with_scratch(T::XI * T::position_stride(t, ci) + zeros_len, T::XI * T::position_stride(t, co), |v, m| {
+            let (v, zeros) = v.split_at_mut(T::XI * T::position_stride(t, ci));
             zeros.fill(0.0);
-            dispatch(Block { x: xb, y: yb, u, v, m, zeros, bias: bias.unwrap_or(&zeros[..co]), s, t, relu });
+            dispatch(Block::<T> { x: xb, y: yb, u, v, m, zeros, bias: bias.unwrap_or(&zeros[..co]), s, t, relu, tiling: std::marker::PhantomData });
         });
     });
 }
 
-/// One parallel block of images: transform, 16 products, transform back.
-struct Block<'a> {
+/// One parallel block of images: transform, XI products, transform back.
+struct Block<'a, T> {
     x: &'a [f32],
     y: &'a mut [f32],
     u: &'a [f32],
@@ -177,27 +226,51 @@ struct Block<'a> {
     /// Tiles in the block.
     t: usize,
     relu: bool,
+    tiling: std::marker::PhantomData<T>,
 }
 
-impl Kernel for Block<'_> {
+impl<T: Tiling> Kernel for Block<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run<L: Lanes>(self) {
         let (s, t) = (self.s, self.t);
-        let (th, tw) = tiles(s);
+        let (th, tw) = T::tiles(s);
         let (ci, co) = (s.in_c, s.out_c);
         for (img, xi) in self.x.chunks(s.in_len()).enumerate() {
-            transform_input::<L>(xi, self.v, self.zeros, s, img * th * tw, t);
+            T::transform_input::<L>(xi, self.v, self.zeros, s, img * th * tw, t);
         }
-        for p in 0..XI {
-            let a = &self.v[p * t * ci..][..t * ci];
-            let c = &mut self.m[p * t * co..][..t * co];
+        let (sv, sm) = (T::position_stride(t, ci), T::position_stride(t, co));
+        for p in 0..T::XI {
+            let a = &self.v[p * sv..][..t * ci];
+            let c = &mut self.m[p * sm..][..t * co];
             Gemm { m: t, k: ci, n: co, a, lda: ci, b: &self.u[p * ci * co..][..ci * co], c }.run::<L>();
         }
         for (img, yi) in self.y.chunks_mut(s.out_len()).enumerate() {
-            transform_output::<L>(self.m, yi, self.bias, s, img * th * tw, t, self.relu);
+            T::transform_output::<L>(self.m, yi, self.bias, s, img * th * tw, t, self.relu);
         }
     }
+}
+
+/// The channel rows of the square input patch (side^2 = P pixels) whose top-left output is
+/// `(oy, ox)`, row by row; zeros off the image (the padding).
+#[inline(always)]
+pub(super) fn patch_rows<'a, const P: usize>(x: &'a [f32], zeros: &'a [f32], s: &ConvShape, (oy, ox): (usize, usize)) -> [&'a [f32]; P] {
+    let side = P.isqrt();
+    let c = s.in_c;
+    array(
+        &[],
+        #[inline(always)]
+        |p| {
+            let iy = (oy + p / side) as isize - s.pad_top as isize;
+            let ix = (ox + p % side) as isize - s.pad_left as isize;
+            let inside = iy >= 0 && ix >= 0 && (iy as usize) < s.in_h && (ix as usize) < s.in_w;
+            if inside {
+                &x[(iy as usize * s.in_w + ix as usize) * c..][..c]
+            } else {
+                &zeros[..c]
+            }
+        },
+    )
 }
 
 /// v[p][tile][c] = (B^T d B)[p] for the image's tiles, numbered from `first`; `t` tiles in v.
@@ -209,21 +282,7 @@ pub(super) fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32],
     for ty in 0..th {
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
-            // The 16 input rows of channels (zeros off the image).
-            let rows: [&[f32]; XI] = array(
-                &[],
-                #[inline(always)]
-                |p| {
-                    let iy = (2 * ty + p / 4) as isize - s.pad_top as isize;
-                    let ix = (2 * tx + p % 4) as isize - s.pad_left as isize;
-                    let inside = iy >= 0 && ix >= 0 && (iy as usize) < s.in_h && (ix as usize) < s.in_w;
-                    if inside {
-                        &x[(iy as usize * s.in_w + ix as usize) * c..][..c]
-                    } else {
-                        &zeros[..c]
-                    }
-                },
-            );
+            let rows: [&[f32]; XI] = patch_rows(x, zeros, s, (2 * ty, 2 * tx));
             for ch in (0..c).step_by(LANES) {
                 let d: [L; XI] = array(
                     L::zero(),
