@@ -9,6 +9,7 @@ mod blocked;
 pub mod conv;
 mod depthwise;
 mod direct;
+mod dropout;
 mod gemm;
 mod im2col;
 mod optimizers;
@@ -18,7 +19,7 @@ mod winograd;
 mod winograd4;
 mod winograd_filter;
 
-use super::dropout::{keeps, layer_stream, DropoutMask};
+use super::dropout::{layer_stream, DropoutMask};
 use super::{
     activation, ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RmsPropStep,
     SgdStep, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
@@ -28,7 +29,7 @@ use crate::data::ImageSet;
 use anyhow::Result;
 use gemm::{add_bias_activate, gemm, sum_outer_products, Mat, Threads};
 use rayon::prelude::*;
-use simd::vectorized;
+use simd::{dispatch, vectorized};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -363,15 +364,7 @@ impl Backend for CpuBackend {
         // The layer's stream is the same for every element: hashed once, not per element.
         let stream = layer_stream(key, mask.layer);
         y[..len].par_chunks_mut(4096).zip(x[..len].par_chunks(4096)).enumerate().for_each(|(chunk, (y, x))| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                        let i = (chunk * 4096 + j) as u32;
-                        *y = if keeps(stream, key, mask, i) { x * mask.scale } else { 0.0 };
-                    }
-                },
-            )
+            dispatch(dropout::Chunk { y, x, first: (chunk * 4096) as u32, stream, key, threshold: mask.threshold, scale: mask.scale });
         });
     }
 
