@@ -3,7 +3,7 @@
 //! channels and every inner loop runs along it (loops the compiler vectorises). Each image is
 //! independent: rayon splits the batch.
 
-use super::simd::vectorized;
+use super::simd::{dispatch, vectorized, Kernel, Lanes};
 use crate::backend::PoolShape;
 use rayon::prelude::*;
 
@@ -11,45 +11,59 @@ use rayon::prelude::*;
 // first real cell of the window starts the max, later cells replace it only when strictly
 // greater (the first max wins ties; padding is never looked at, so it never wins).
 pub fn maxpool_forward(x: &[f32], y: &mut [f32], argmax: &mut [u32], s: &PoolShape, n: usize) {
-    let (in_len, out_len, c) = (s.in_len(), s.out_len(), s.c);
+    let (in_len, out_len) = (s.in_len(), s.out_len());
     y[..n * out_len].par_chunks_mut(out_len).zip(argmax[..n * out_len].par_chunks_mut(out_len)).enumerate().for_each(|(img, (y, am))| {
-        vectorized(
-            #[inline(always)]
-            || {
-                let base = img * in_len;
-                let x = &x[base..base + in_len];
-                for oy in 0..s.out_h {
-                    let (y0, y1) = s.rows(oy);
-                    for ox in 0..s.out_w {
-                        let (x0, x1) = s.cols(ox);
-                        let o = (oy * s.out_w + ox) * c;
-                        let (best, best_at) = (&mut y[o..o + c], &mut am[o..o + c]);
-                        for iy in y0..y1 {
-                            for ix in x0..x1 {
-                                let at = (iy * s.in_w + ix) * c;
-                                let row = &x[at..at + c];
-                                if iy == y0 && ix == x0 {
-                                    best.copy_from_slice(row);
-                                    for (i, a) in best_at.iter_mut().enumerate() {
-                                        *a = (base + at + i) as u32;
-                                    }
-                                } else {
-                                    let first = (base + at) as u32;
-                                    // Masks rather than branches: on real data the comparison is
-                                    // a coin flip, and this form vectorises.
-                                    for (i, ((b, a), &v)) in best.iter_mut().zip(best_at.iter_mut()).zip(row).enumerate() {
-                                        let mask = 0u32.wrapping_sub((v > *b) as u32);
-                                        *a = (*a & !mask) | ((first + i as u32) & mask);
-                                        *b = f32::from_bits((b.to_bits() & !mask) | (v.to_bits() & mask));
-                                    }
-                                }
+        dispatch(MaxPoolImage { x: &x[img * in_len..][..in_len], y, am, base: img * in_len, s });
+    });
+}
+
+/// One image of `maxpool_forward`. A `Kernel` with its operands as fields rather than a
+/// closure through `vectorized`: only this way does LLVM vectorise the u32 index selects.
+struct MaxPoolImage<'a> {
+    x: &'a [f32],
+    y: &'a mut [f32],
+    am: &'a mut [u32],
+    /// The flat index of x[0] in the batch.
+    base: usize,
+    s: &'a PoolShape,
+}
+
+impl Kernel for MaxPoolImage<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<L: Lanes>(self) {
+        let MaxPoolImage { x, y, am, base, s } = self;
+        let c = s.c;
+        for oy in 0..s.out_h {
+            let (y0, y1) = s.rows(oy);
+            for ox in 0..s.out_w {
+                let (x0, x1) = s.cols(ox);
+                let o = (oy * s.out_w + ox) * c;
+                let (best, best_at) = (&mut y[o..o + c], &mut am[o..o + c]);
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        let at = (iy * s.in_w + ix) * c;
+                        let row = &x[at..at + c];
+                        let first = (base + at) as u32;
+                        if iy == y0 && ix == x0 {
+                            best.copy_from_slice(row);
+                            for (i, a) in best_at.iter_mut().enumerate() {
+                                *a = first + i as u32;
+                            }
+                        } else {
+                            // Masks rather than branches: on real data the comparison is a
+                            // coin flip, and this form vectorises.
+                            for (i, ((b, a), &v)) in best.iter_mut().zip(best_at.iter_mut()).zip(row).enumerate() {
+                                let mask = 0u32.wrapping_sub((v > *b) as u32);
+                                *a = (*a & !mask) | ((first + i as u32) & mask);
+                                *b = f32::from_bits((b.to_bits() & !mask) | (v.to_bits() & mask));
                             }
                         }
                     }
                 }
-            },
-        )
-    });
+            }
+        }
+    }
 }
 
 // maxpool_forward's y alone, for inference: the same first-max-wins rule as a select, with no
