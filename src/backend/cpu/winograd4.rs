@@ -170,18 +170,19 @@ fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvSh
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
             let rows: [&[f32]; XI] = winograd::patch_rows(x, zeros, s, (4 * ty, 4 * tx));
+            let stride = position_stride(t, c);
             for ch in (0..c).step_by(LANES) {
-                // B^T d, a column at a time: r[row][col].
-                let cols: [[L; 6]; 6] = array(
-                    [L::zero(); 6],
-                    #[inline(always)]
-                    |col| input_column(array(L::zero(), |row| L::load(&rows[row * 6 + col][ch..]))),
-                );
+                // B^T d, a column at a time: cols[col][row].
+                let mut cols = [[L::zero(); 6]; 6];
+                for (col, out) in cols.iter_mut().enumerate() {
+                    // SAFETY: every row holds c floats and ch + 8 <= c (c is a multiple of 8).
+                    *out = input_column(array(L::zero(), |row| unsafe { L::load_ptr(rows[row * 6 + col].as_ptr().add(ch)) }));
+                }
                 // Then each row of that times B.
                 for row in 0..6 {
-                    let out = input_column(array(L::zero(), |col| cols[col][row]));
+                    let out = input_column([cols[0][row], cols[1][row], cols[2][row], cols[3][row], cols[4][row], cols[5][row]]);
                     for (col, val) in out.into_iter().enumerate() {
-                        val.store(&mut v[(row * 6 + col) * position_stride(t, c) + tile * c + ch..]);
+                        val.store(&mut v[(row * 6 + col) * stride + tile * c + ch..]);
                     }
                 }
             }
@@ -204,19 +205,20 @@ fn output_column<L: Lanes>(m: [L; 6]) -> [L; 4] {
 fn transform_output<L: Lanes>(m: &[f32], y: &mut [f32], bias: &[f32], s: &ConvShape, first: usize, t: usize, relu: bool) {
     let (th, tw) = tiles(s);
     let co = s.out_c;
+    let stride = position_stride(t, co);
     for ty in 0..th {
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
             for o in (0..co).step_by(LANES) {
                 let b = L::load(&bias[o..]);
-                // A^T m, a column at a time: r[col][out row].
-                let cols: [[L; 4]; 6] = array(
-                    [L::zero(); 4],
-                    #[inline(always)]
-                    |col| output_column(array(L::zero(), |row| L::load(&m[(row * 6 + col) * position_stride(t, co) + tile * co + o..]))),
-                );
+                // A^T m, a column at a time: cols[col][out row].
+                let at = tile * co + o;
+                let mut cols = [[L::zero(); 4]; 6];
+                for (col, out) in cols.iter_mut().enumerate() {
+                    *out = output_column(array(L::zero(), |row| L::load(&m[(row * 6 + col) * stride + at..])));
+                }
                 for (dy, oy) in (4 * ty..s.out_h).take(4).enumerate() {
-                    let out = output_column(array(L::zero(), |col| cols[col][dy]));
+                    let out = output_column([cols[0][dy], cols[1][dy], cols[2][dy], cols[3][dy], cols[4][dy], cols[5][dy]]);
                     for (dx, val) in out.into_iter().enumerate() {
                         let ox = 4 * tx + dx;
                         if ox < s.out_w {
