@@ -203,7 +203,9 @@ impl<R, F: FnOnce() -> R> Kernel for Plain<F> {
 
 /// Runs plain loops compiled for AVX2 where the CPU has it, so the compiler vectorises them 8
 /// lanes wide instead of SSE2's 4. Rust never fuses a multiply and an add on its own, so the
-/// results are the same bits either way.
+/// results are the same bits either way. For float loops only: through this closure LLVM left
+/// loops with u32 multiplies, per-lane shifts or index selects scalar (dropout's hash,
+/// max-pool's argmax), which vectorise as a `Kernel` holding its operands as fields.
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     dispatch(Plain(f))
 }
