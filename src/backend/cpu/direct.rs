@@ -148,6 +148,19 @@ impl Kernel for Filter<'_> {
     #[inline(always)]
     fn run<L: Lanes>(mut self) {
         let (patch, oc) = (self.s.patch_len(), self.s.out_c);
+        // Three taps by 32 channels where they tile exactly (the first layer: 27 taps, 32 or 64
+        // channels): each pixel's dy row is loaded once for 12 accumulators, and no 3-tap
+        // remainder block runs short of independent chains, as 6 x 16 blocks leave for 27 taps
+        // (1.47 -> 1.16 ms at batch 32 on one core). Each dw element sums the same terms in the
+        // same order either way.
+        if patch.is_multiple_of(3) && oc.is_multiple_of(4 * LANES) {
+            for t0 in (0..patch).step_by(3) {
+                for o0 in (0..oc).step_by(4 * LANES) {
+                    filter_block::<L, 3, 4>(&mut self, t0, o0);
+                }
+            }
+            return;
+        }
         for_each_block::<L, _>(&mut self, patch, oc);
     }
 }
