@@ -32,13 +32,19 @@ pub(super) const XI: usize = 16;
 /// scatters instead of multiplying): conv2d_1's 15x15 gradient qualifies, conv2d_2's 6x6 from
 /// 4x4 does not (144 against 144).
 pub fn suits(s: &ConvShape) -> bool {
-    can_run(s) && s.in_c >= 16 && s.out_c >= 16 && 5 * multiplies(s) < 4 * 9 * s.out_h * s.out_w
+    pays(s, multiplies(s))
 }
 
 /// Whether F(2x2, 3x3) should run the input gradient of `s` (see `suits`).
 pub fn suits_input_gradient(s: &ConvShape) -> bool {
-    let t = input_gradient_shape(s);
-    can_run(s) && s.in_c >= 16 && s.out_c >= 16 && 5 * multiplies(&t) < 4 * 9 * s.out_h * s.out_w
+    pays(s, multiplies(&input_gradient_shape(s)))
+}
+
+/// The rule of `suits` for any tile size: a Winograd pass of the conv `s` (or of its input
+/// gradient) that multiplies `multiplies` times per channel pair and image runs when it can,
+/// both sides have 16+ channels, and that is under 4/5 of the direct sum's 9 per output of s.
+pub(super) fn pays(s: &ConvShape, multiplies: usize) -> bool {
+    can_run(s) && s.in_c >= 16 && s.out_c >= 16 && 5 * multiplies < 4 * 9 * s.out_h * s.out_w
 }
 
 /// Multiplies per channel pair and image: 16 per 2x2 tile.
@@ -96,17 +102,7 @@ pub fn transform_kernel(w: &[f32], s: &ConvShape, for_input_gradient: bool, u: &
     // turned tap with the channels swapped.
     let (u, taps) = u.split_at_mut(XI * ci * co);
     for i in 0..ci {
-        for (tap, row) in taps.chunks_mut(co).enumerate() {
-            if for_input_gradient {
-                // w is (3, 3, co, ci) seen from the original conv: g'(ky, kx)[i][o] = g(2-ky, 2-kx)[o][i].
-                let turned = 8 - tap;
-                for (o, v) in row.iter_mut().enumerate() {
-                    *v = w[(turned * co + o) * ci + i];
-                }
-            } else {
-                row.copy_from_slice(&w[(tap * ci + i) * co..][..co]);
-            }
-        }
+        gather_taps(w, s, for_input_gradient, i, taps);
         let g = |ky: usize, kx: usize| &taps[(ky * 3 + kx) * co..][..co];
         let mut put = |r: usize, c: usize, f: &dyn Fn(usize) -> f32| {
             for (o, v) in u[((r * 4 + c) * ci + i) * co..][..co].iter_mut().enumerate() {
@@ -128,6 +124,24 @@ pub fn transform_kernel(w: &[f32], s: &ConvShape, for_input_gradient: bool, u: &
             put(r, 1, &|o| 0.5 * (gg(r, 0, o) + gg(r, 1, o) + gg(r, 2, o)));
             put(r, 2, &|o| 0.5 * (gg(r, 0, o) - gg(r, 1, o) + gg(r, 2, o)));
             put(r, 3, &|o| gg(r, 2, o));
+        }
+    }
+}
+
+/// taps (9 rows of out_c) = row (ky, kx, i) of the kernel w (3, 3, in_c, out_c); with
+/// `for_input_gradient`, gathered from the turned tap with the channels swapped (w is then the
+/// kernel of the conv `input_gradient_shape` came from).
+pub(super) fn gather_taps(w: &[f32], s: &ConvShape, for_input_gradient: bool, i: usize, taps: &mut [f32]) {
+    let (ci, co) = (s.in_c, s.out_c);
+    for (tap, row) in taps[..9 * co].chunks_mut(co).enumerate() {
+        if for_input_gradient {
+            // w is (3, 3, co, ci) seen from the original conv: g'(ky, kx)[i][o] = g(2-ky, 2-kx)[o][i].
+            let turned = 8 - tap;
+            for (o, v) in row.iter_mut().enumerate() {
+                *v = w[(turned * co + o) * ci + i];
+            }
+        } else {
+            row.copy_from_slice(&w[(tap * ci + i) * co..][..co]);
         }
     }
 }

@@ -30,25 +30,20 @@ const XI: usize = 36;
 /// channels, under 4/5 of the direct multiplies), and fewer multiplies than F(2x2) (tiles
 /// hanging off the edge count in both).
 pub fn suits(s: &ConvShape) -> bool {
-    winograd::can_run(s) && s.in_c >= 16 && s.out_c >= 16 && 5 * multiplies(s) < 4 * 9 * s.out_h * s.out_w && multiplies(s) < winograd::multiplies(s)
+    winograd::pays(s, multiplies(s)) && multiplies(s) < winograd::multiplies(s)
 }
 
 /// Whether F(4x4, 3x3) should run the input gradient of `s` (the rule of `suits`, on the conv
 /// the gradient is, against the 9 multiplies per output of im2col).
 pub fn suits_input_gradient(s: &ConvShape) -> bool {
     let t = winograd::input_gradient_shape(s);
-    winograd::can_run(s) && s.in_c >= 16 && s.out_c >= 16 && 5 * multiplies(&t) < 4 * 9 * s.out_h * s.out_w && multiplies(&t) < winograd::multiplies(&t)
+    winograd::pays(s, multiplies(&t)) && multiplies(&t) < winograd::multiplies(&t)
 }
 
 /// Multiplies per channel pair and image: 36 per 4x4 tile.
 fn multiplies(s: &ConvShape) -> usize {
-    let (th, tw) = tiles(s);
+    let (th, tw) = F4x4::tiles(s);
     XI * th * tw
-}
-
-/// Tiles of 4x4 outputs per image: (rows, columns).
-fn tiles(s: &ConvShape) -> (usize, usize) {
-    (s.out_h.div_ceil(4), s.out_w.div_ceil(4))
 }
 
 /// Floats of the transformed kernel, followed by 27 x out_c of working space for making it.
@@ -70,16 +65,7 @@ pub fn transform_kernel(w: &[f32], s: &ConvShape, for_input_gradient: bool, u: &
     // taps: row (ky, kx) of out_c values; gg: row (r, kx) of (GI g)[r][kx].
     let (taps, gg) = work.split_at_mut(9 * co);
     for i in 0..ci {
-        for (tap, row) in taps.chunks_mut(co).enumerate() {
-            if for_input_gradient {
-                // w is (3, 3, co, ci) seen from the original conv: g'(ky, kx)[i][o] = g(2-ky, 2-kx)[o][i].
-                for (o, v) in row.iter_mut().enumerate() {
-                    *v = w[((8 - tap) * co + o) * ci + i];
-                }
-            } else {
-                row.copy_from_slice(&w[(tap * ci + i) * co..][..co]);
-            }
-        }
+        winograd::gather_taps(w, s, for_input_gradient, i, taps);
         for r in 0..6 {
             for kx in 0..3 {
                 let (g0, g1, g2) = (&taps[kx * co..][..co], &taps[(3 + kx) * co..][..co], &taps[(6 + kx) * co..][..co]);
@@ -101,40 +87,11 @@ pub fn transform_kernel(w: &[f32], s: &ConvShape, for_input_gradient: bool, u: &
     }
 }
 
-/// Floats between two positions' rows of tiles in the transformed input (or products): the
-/// rows themselves and 16 more. Without the 64 bytes, a block's 36 positions often lie a
-/// multiple of 4 KiB apart, all in one set of the L1 cache, which then misses on every
-/// transform's loads or stores.
-fn position_stride(t: usize, channels: usize) -> usize {
-    t * channels + 16
-}
-
 /// y (n, out_h, out_w, out_c) = conv(x (n, in_h, in_w, in_c)) + bias, then ReLU; u from
 /// `transform_kernel`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &ConvShape, n: usize, relu: bool) {
     winograd::forward_tiled::<F4x4>(x, u, bias, y, s, n, relu)
-}
-
-/// F(4x4, 3x3) as a `Tiling`.
-struct F4x4;
-
-impl Tiling for F4x4 {
-    const XI: usize = XI;
-    fn tiles(s: &ConvShape) -> (usize, usize) {
-        tiles(s)
-    }
-    fn position_stride(t: usize, channels: usize) -> usize {
-        position_stride(t, channels)
-    }
-    #[inline(always)]
-    fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvShape, first: usize, t: usize) {
-        transform_input::<L>(x, v, zeros, s, first, t)
-    }
-    #[inline(always)]
-    fn transform_output<L: Lanes>(m: &[f32], y: &mut [f32], bias: &[f32], s: &ConvShape, first: usize, t: usize, relu: bool) {
-        transform_output::<L>(m, y, bias, s, first, t, relu)
-    }
 }
 
 /// B^T d for one column of six values (the same combination serves the rows of (B^T d) B),
@@ -160,36 +117,6 @@ fn input_column<L: Lanes>(d: [L; 6]) -> [L; 6] {
     ]
 }
 
-/// v[p][tile][c] = (B^T d B)[p] (positions `position_stride` apart) for the image's tiles,
-/// numbered from `first`; `t` tiles in v. Eight channels at a time.
-#[inline(always)]
-fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvShape, first: usize, t: usize) {
-    let (th, tw) = tiles(s);
-    let c = s.in_c;
-    for ty in 0..th {
-        for tx in 0..tw {
-            let tile = first + ty * tw + tx;
-            let rows: [&[f32]; XI] = winograd::patch_rows(x, zeros, s, (4 * ty, 4 * tx));
-            let stride = position_stride(t, c);
-            for ch in (0..c).step_by(LANES) {
-                // B^T d, a column at a time: cols[col][row].
-                let mut cols = [[L::zero(); 6]; 6];
-                for (col, out) in cols.iter_mut().enumerate() {
-                    // SAFETY: every row holds c floats and ch + 8 <= c (c is a multiple of 8).
-                    *out = input_column(array(L::zero(), |row| unsafe { L::load_ptr(rows[row * 6 + col].as_ptr().add(ch)) }));
-                }
-                // Then each row of that times B.
-                for row in 0..6 {
-                    let out = input_column([cols[0][row], cols[1][row], cols[2][row], cols[3][row], cols[4][row], cols[5][row]]);
-                    for (col, val) in out.into_iter().enumerate() {
-                        val.store(&mut v[(row * 6 + col) * stride + tile * c + ch..]);
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// A^T m for one column of six values: the four output rows.
 #[inline(always)]
 fn output_column<L: Lanes>(m: [L; 6]) -> [L; 4] {
@@ -198,32 +125,81 @@ fn output_column<L: Lanes>(m: [L; 6]) -> [L; 4] {
     [m[0].add(s12).add(s34), d12.mul_add(two, d34), s12.mul_add(four, s34), d12.add(m[5]).mul_add(eight, d34)]
 }
 
-/// The image's outputs from m[p][tile][o] (tiles numbered from `first`, positions
-/// `position_stride` apart): A^T m A, plus bias, then ReLU; outputs past the map's edge are
-/// dropped.
-#[inline(always)]
-fn transform_output<L: Lanes>(m: &[f32], y: &mut [f32], bias: &[f32], s: &ConvShape, first: usize, t: usize, relu: bool) {
-    let (th, tw) = tiles(s);
-    let co = s.out_c;
-    let stride = position_stride(t, co);
-    for ty in 0..th {
-        for tx in 0..tw {
-            let tile = first + ty * tw + tx;
-            for o in (0..co).step_by(LANES) {
-                let b = L::load(&bias[o..]);
-                // A^T m, a column at a time: cols[col][out row].
-                let at = tile * co + o;
-                let mut cols = [[L::zero(); 4]; 6];
-                for (col, out) in cols.iter_mut().enumerate() {
-                    *out = output_column(array(L::zero(), |row| L::load(&m[(row * 6 + col) * stride + at..])));
+/// F(4x4, 3x3) as a `Tiling`.
+struct F4x4;
+
+impl Tiling for F4x4 {
+    const XI: usize = XI;
+
+    /// Tiles of 4x4 outputs per image: (rows, columns).
+    fn tiles(s: &ConvShape) -> (usize, usize) {
+        (s.out_h.div_ceil(4), s.out_w.div_ceil(4))
+    }
+
+    /// The rows themselves and 16 floats more. Without the 64 bytes, a block's 36 positions
+    /// often lie a multiple of 4 KiB apart, all in one set of the L1 cache, which then misses
+    /// on every transform's loads or stores.
+    fn position_stride(t: usize, channels: usize) -> usize {
+        t * channels + 16
+    }
+
+    /// v[p][tile][c] = (B^T d B)[p] (positions `position_stride` apart) for the image's tiles,
+    /// numbered from `first`; `t` tiles in v. Eight channels at a time.
+    #[inline(always)]
+    fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvShape, first: usize, t: usize) {
+        let (th, tw) = Self::tiles(s);
+        let c = s.in_c;
+        for ty in 0..th {
+            for tx in 0..tw {
+                let tile = first + ty * tw + tx;
+                let rows: [&[f32]; XI] = winograd::patch_rows(x, zeros, s, (4 * ty, 4 * tx));
+                let stride = Self::position_stride(t, c);
+                for ch in (0..c).step_by(LANES) {
+                    // B^T d, a column at a time: cols[col][row].
+                    let mut cols = [[L::zero(); 6]; 6];
+                    for (col, out) in cols.iter_mut().enumerate() {
+                        // SAFETY: every row holds c floats and ch + 8 <= c (c is a multiple of 8).
+                        *out = input_column(array(L::zero(), |row| unsafe { L::load_ptr(rows[row * 6 + col].as_ptr().add(ch)) }));
+                    }
+                    // Then each row of that times B.
+                    for row in 0..6 {
+                        let out = input_column([cols[0][row], cols[1][row], cols[2][row], cols[3][row], cols[4][row], cols[5][row]]);
+                        for (col, val) in out.into_iter().enumerate() {
+                            val.store(&mut v[(row * 6 + col) * stride + tile * c + ch..]);
+                        }
+                    }
                 }
-                for (dy, oy) in (4 * ty..s.out_h).take(4).enumerate() {
-                    let out = output_column([cols[0][dy], cols[1][dy], cols[2][dy], cols[3][dy], cols[4][dy], cols[5][dy]]);
-                    for (dx, val) in out.into_iter().enumerate() {
-                        let ox = 4 * tx + dx;
-                        if ox < s.out_w {
-                            let val = val.add(b);
-                            (if relu { val.relu() } else { val }).store(&mut y[(oy * s.out_w + ox) * co + o..]);
+            }
+        }
+    }
+
+    /// The image's outputs from m[p][tile][o] (tiles numbered from `first`, positions
+    /// `position_stride` apart): A^T m A, plus bias, then ReLU; outputs past the map's edge are
+    /// dropped.
+    #[inline(always)]
+    fn transform_output<L: Lanes>(m: &[f32], y: &mut [f32], bias: &[f32], s: &ConvShape, first: usize, t: usize, relu: bool) {
+        let (th, tw) = Self::tiles(s);
+        let co = s.out_c;
+        let stride = Self::position_stride(t, co);
+        for ty in 0..th {
+            for tx in 0..tw {
+                let tile = first + ty * tw + tx;
+                for o in (0..co).step_by(LANES) {
+                    let b = L::load(&bias[o..]);
+                    // A^T m, a column at a time: cols[col][out row].
+                    let at = tile * co + o;
+                    let mut cols = [[L::zero(); 4]; 6];
+                    for (col, out) in cols.iter_mut().enumerate() {
+                        *out = output_column(array(L::zero(), |row| L::load(&m[(row * 6 + col) * stride + at..])));
+                    }
+                    for (dy, oy) in (4 * ty..s.out_h).take(4).enumerate() {
+                        let out = output_column([cols[0][dy], cols[1][dy], cols[2][dy], cols[3][dy], cols[4][dy], cols[5][dy]]);
+                        for (dx, val) in out.into_iter().enumerate() {
+                            let ox = 4 * tx + dx;
+                            if ox < s.out_w {
+                                let val = val.add(b);
+                                (if relu { val.relu() } else { val }).store(&mut y[(oy * s.out_w + ox) * co + o..]);
+                            }
                         }
                     }
                 }
