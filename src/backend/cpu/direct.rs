@@ -73,6 +73,9 @@ struct Forward<'a> {
 
 impl Kernel for Forward<'_> {
     type Output = ();
+    fn lanes_fit(&self, lanes: usize) -> bool {
+        self.s.out_c.is_multiple_of(lanes)
+    }
     #[inline(always)]
     fn run<L: Lanes>(mut self) {
         let s = self.s;
@@ -109,7 +112,7 @@ fn forward_block<L: Lanes, const P: usize, const V: usize>(k: &mut Forward, Bloc
     let mut acc: [[L; V]; P] = [array(
         L::zero(),
         #[inline(always)]
-        |j| L::load(&k.b[o0 + j * LANES..]),
+        |j| L::load(&k.b[o0 + j * L::N..]),
     ); P];
     for ky in 0..s.k_h {
         let x_row = (oy * s.stride_h + ky) * pw;
@@ -123,7 +126,7 @@ fn forward_block<L: Lanes, const P: usize, const V: usize>(k: &mut Forward, Bloc
     for (i, px) in acc.iter().enumerate() {
         let at = ((oy * s.out_w) + ox + i) * oc + o0;
         for (j, a) in px.iter().enumerate() {
-            (if k.relu { a.relu() } else { *a }).store(&mut k.y[at + j * LANES..]);
+            (if k.relu { a.relu() } else { *a }).store(&mut k.y[at + j * L::N..]);
         }
     }
 }
@@ -145,18 +148,27 @@ struct Filter<'a> {
 
 impl Kernel for Filter<'_> {
     type Output = ();
+    fn lanes_fit(&self, lanes: usize) -> bool {
+        self.s.out_c.is_multiple_of(lanes)
+    }
     #[inline(always)]
     fn run<L: Lanes>(mut self) {
         let (patch, oc) = (self.s.patch_len(), self.s.out_c);
-        // Three taps by 32 channels where they tile exactly (the first layer: 27 taps, 32 or 64
-        // channels): each pixel's dy row is loaded once for 12 accumulators, and no 3-tap
-        // remainder block runs short of independent chains, as 6 x 16 blocks leave for 27 taps
-        // (1.47 -> 1.16 ms at batch 32 on one core). Each dw element sums the same terms in the
+        // Blocks of taps by 32 channels where they tile exactly (the first layer: 27 taps, 32
+        // or 64 channels): each pixel's dy row is loaded once for 12 (AVX2: 3 taps x 4
+        // vectors) or 18 (AVX-512: 9 taps x 2 vectors) accumulators, and no short remainder
+        // block runs out of independent chains, as 6 x 16 blocks leave for 27 taps (AVX2:
+        // 1.47 -> 1.16 ms at batch 32 on one core). Each dw element sums the same terms in the
         // same order either way.
-        if patch.is_multiple_of(3) && oc.is_multiple_of(4 * LANES) {
-            for t0 in (0..patch).step_by(3) {
-                for o0 in (0..oc).step_by(4 * LANES) {
-                    filter_block::<L, 3, 4>(&mut self, t0, o0);
+        let taps = if L::N == LANES { 3 } else { 9 };
+        if patch.is_multiple_of(taps) && oc.is_multiple_of(32) {
+            for t0 in (0..patch).step_by(taps) {
+                for o0 in (0..oc).step_by(32) {
+                    if L::N == LANES {
+                        filter_block::<L, 3, 4>(&mut self, t0, o0);
+                    } else {
+                        filter_block::<L, 9, 2>(&mut self, t0, o0);
+                    }
                 }
             }
             return;
@@ -192,13 +204,13 @@ fn filter_block<L: Lanes, const G: usize, const V: usize>(k: &mut Filter, t0: us
     let mut acc = [[L::zero(); V]; G];
     for (g, tap) in acc.iter_mut().enumerate() {
         for (j, a) in tap.iter_mut().enumerate() {
-            *a = L::load(&k.dw[(t0 + g) * oc + o0 + j * LANES..]);
+            *a = L::load(&k.dw[(t0 + g) * oc + o0 + j * L::N..]);
         }
     }
     // Every read below is inside these bounds: the last pixel's window corner plus the
     // largest tap offset, and the last pixel's dy vectors.
     let last_corner = ((s.out_h - 1) * s.stride_h * pw + (s.out_w - 1) * s.stride_w) * c;
-    assert!(last_corner + tap_at[G - 1] < k.xp.len() && s.out_len() <= k.dy.len() && o0 + V * LANES <= oc);
+    assert!(last_corner + tap_at[G - 1] < k.xp.len() && s.out_len() <= k.dy.len() && o0 + V * L::N <= oc);
     for oy in 0..s.out_h {
         for ox in 0..s.out_w {
             let corner = (oy * s.stride_h * pw + ox * s.stride_w) * c;
@@ -207,7 +219,7 @@ fn filter_block<L: Lanes, const G: usize, const V: usize>(k: &mut Filter, t0: us
             let dv: [L; V] = array(
                 L::zero(),
                 #[inline(always)]
-                |j| unsafe { L::load_ptr(k.dy.as_ptr().add(d_at + j * LANES)) },
+                |j| unsafe { L::load_ptr(k.dy.as_ptr().add(d_at + j * L::N)) },
             );
             for (g, tap) in acc.iter_mut().enumerate() {
                 let xv = L::splat(unsafe { *k.xp.get_unchecked(corner + tap_at[g]) });
@@ -219,7 +231,7 @@ fn filter_block<L: Lanes, const G: usize, const V: usize>(k: &mut Filter, t0: us
     }
     for (g, tap) in acc.iter().enumerate() {
         for (j, a) in tap.iter().enumerate() {
-            a.store(&mut k.dw[(t0 + g) * oc + o0 + j * LANES..]);
+            a.store(&mut k.dw[(t0 + g) * oc + o0 + j * L::N..]);
         }
     }
 }

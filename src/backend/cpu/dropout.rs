@@ -20,6 +20,9 @@ pub struct Chunk<'a> {
 
 impl Kernel for Chunk<'_> {
     type Output = ();
+    fn lanes_fit(&self, _: usize) -> bool {
+        true
+    }
     #[inline(always)]
     fn run<L: Lanes>(self) {
         for (j, (y, &x)) in self.y.iter_mut().zip(self.x).enumerate() {

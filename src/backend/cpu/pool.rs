@@ -30,6 +30,9 @@ struct MaxPoolImage<'a> {
 
 impl Kernel for MaxPoolImage<'_> {
     type Output = ();
+    fn lanes_fit(&self, _: usize) -> bool {
+        true
+    }
     #[inline(always)]
     fn run<L: Lanes>(self) {
         let MaxPoolImage { x, y, am, base, s } = self;

@@ -245,6 +245,9 @@ struct Block<'a, T> {
 
 impl<T: Tiling> Kernel for Block<'_, T> {
     type Output = ();
+    fn lanes_fit(&self, lanes: usize) -> bool {
+        self.s.in_c.is_multiple_of(lanes) && self.s.out_c.is_multiple_of(lanes)
+    }
     #[inline(always)]
     fn run<L: Lanes>(self) {
         let (s, t) = (self.s, self.t);
@@ -297,7 +300,7 @@ pub(super) fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32],
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
             let rows: [&[f32]; XI] = patch_rows(x, zeros, s, (2 * ty, 2 * tx));
-            for ch in (0..c).step_by(LANES) {
+            for ch in (0..c).step_by(L::N) {
                 let d: [L; XI] = array(
                     L::zero(),
                     #[inline(always)]
@@ -332,7 +335,7 @@ fn transform_output<L: Lanes>(m: &[f32], y: &mut [f32], bias: &[f32], s: &ConvSh
     for ty in 0..th {
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
-            for o in (0..co).step_by(LANES) {
+            for o in (0..co).step_by(L::N) {
                 let mv: [L; XI] = array(
                     L::zero(),
                     #[inline(always)]

@@ -19,7 +19,7 @@
 //! conv `winograd::input_gradient_shape` gives; the filter gradient stays with F(2x2)'s
 //! winograd_filter.rs.
 
-use super::simd::{array, Lanes, LANES};
+use super::simd::{array, Lanes};
 use super::winograd::{self, Tiling};
 use crate::backend::ConvShape;
 
@@ -144,7 +144,7 @@ impl Tiling for F4x4 {
     }
 
     /// v[p][tile][c] = (B^T d B)[p] (positions `position_stride` apart) for the image's tiles,
-    /// numbered from `first`; `t` tiles in v. Eight channels at a time.
+    /// numbered from `first`; `t` tiles in v. A vector of channels at a time.
     #[inline(always)]
     fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvShape, first: usize, t: usize) {
         let (th, tw) = Self::tiles(s);
@@ -154,11 +154,12 @@ impl Tiling for F4x4 {
                 let tile = first + ty * tw + tx;
                 let rows: [&[f32]; XI] = winograd::patch_rows(x, zeros, s, (4 * ty, 4 * tx));
                 let stride = Self::position_stride(t, c);
-                for ch in (0..c).step_by(LANES) {
+                for ch in (0..c).step_by(L::N) {
                     // B^T d, a column at a time: cols[col][row].
                     let mut cols = [[L::zero(); 6]; 6];
                     for (col, out) in cols.iter_mut().enumerate() {
-                        // SAFETY: every row holds c floats and ch + 8 <= c (c is a multiple of 8).
+                        // SAFETY: every row holds c floats and ch + N <= c (`lanes_fit`: c is a
+                        // multiple of N).
                         *out = input_column(array(L::zero(), |row| unsafe { L::load_ptr(rows[row * 6 + col].as_ptr().add(ch)) }));
                     }
                     // Then each row of that times B.
@@ -184,7 +185,7 @@ impl Tiling for F4x4 {
         for ty in 0..th {
             for tx in 0..tw {
                 let tile = first + ty * tw + tx;
-                for o in (0..co).step_by(LANES) {
+                for o in (0..co).step_by(L::N) {
                     let b = L::load(&bias[o..]);
                     // A^T m, a column at a time: cols[col][out row].
                     let at = tile * co + o;

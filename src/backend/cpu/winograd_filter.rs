@@ -12,7 +12,7 @@
 //! added in order.
 
 use super::gemm::{add_rows, gemm, reduce_in_fixed_splits, with_scratch, Mat, Threads};
-use super::simd::{array, dispatch, Kernel, Lanes, LANES};
+use super::simd::{array, dispatch, Kernel, Lanes};
 use super::winograd::{images_per_block, tiles, transform_input, XI};
 use crate::backend::ConvShape;
 
@@ -64,6 +64,9 @@ struct Transforms<'a> {
 
 impl Kernel for Transforms<'_> {
     type Output = ();
+    fn lanes_fit(&self, lanes: usize) -> bool {
+        self.s.in_c.is_multiple_of(lanes) && self.s.out_c.is_multiple_of(lanes)
+    }
     #[inline(always)]
     fn run<L: Lanes>(self) {
         let s = self.s;
@@ -97,7 +100,7 @@ fn transform_gradient<L: Lanes>(dy: &[f32], d: &mut [f32], zeros: &[f32], s: &Co
                     }
                 },
             );
-            for o in (0..co).step_by(LANES) {
+            for o in (0..co).step_by(L::N) {
                 let g: [L; 4] = array(
                     L::zero(),
                     #[inline(always)]
