@@ -28,7 +28,6 @@ pub fn multiply_accumulate<L: Lanes, const P: usize, const V: usize>(acc: &mut [
     for t in 0..k {
         // SAFETY: the asserts above bound t * ldb + V * N <= b.len() and t < a[i].len().
         let bv: [L; V] = array(
-            L::zero(),
             #[inline(always)]
             |j| unsafe { L::load_ptr(b.as_ptr().add(t * ldb + j * L::N)) },
         );
@@ -134,7 +133,6 @@ fn for_each_block_from<L: Lanes, F: BlockFn<L>>(f: &mut F, mut r0: usize, rows: 
 fn gemm_block<L: Lanes, const P: usize, const V: usize>(g: &mut Gemm, r0: usize, o0: usize) {
     let mut acc = [[L::zero(); V]; P];
     let a: [&[f32]; P] = array(
-        &[],
         #[inline(always)]
         |i| &g.a[(r0 + i) * g.lda..][..g.k],
     );

@@ -110,14 +110,12 @@ fn forward_block<L: Lanes, const P: usize, const V: usize>(k: &mut Forward, Bloc
     let pw = padded_dims(s).1;
     let row_len = s.k_w * c;
     let mut acc: [[L; V]; P] = [array(
-        L::zero(),
         #[inline(always)]
         |j| L::load(&k.b[o0 + j * L::N..]),
     ); P];
     for ky in 0..s.k_h {
         let x_row = (oy * s.stride_h + ky) * pw;
         let a: [&[f32]; P] = array(
-            &[],
             #[inline(always)]
             |i| &k.xp[(x_row + (ox + i) * s.stride_w) * c..][..row_len],
         );
@@ -194,7 +192,6 @@ fn filter_block<L: Lanes, const G: usize, const V: usize>(k: &mut Filter, t0: us
     let row_len = s.k_w * c;
     // Offset of each tap from its pixel's window corner in the padded image.
     let tap_at: [usize; G] = array(
-        0,
         #[inline(always)]
         |g| {
             let t = t0 + g;
@@ -217,7 +214,6 @@ fn filter_block<L: Lanes, const G: usize, const V: usize>(k: &mut Filter, t0: us
             let d_at = (oy * s.out_w + ox) * oc + o0;
             // SAFETY: within the bounds asserted above.
             let dv: [L; V] = array(
-                L::zero(),
                 #[inline(always)]
                 |j| unsafe { L::load_ptr(k.dy.as_ptr().add(d_at + j * L::N)) },
             );

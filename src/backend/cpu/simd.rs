@@ -4,6 +4,7 @@
 //! bit-identical results whatever the width; a kernel is written once, generic over `Lanes`
 //! (stepping by `L::N`), and run through `dispatch`.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
@@ -201,14 +202,17 @@ mod x86 {
 }
 
 /// [f(0), f(1), ..., f(N - 1)]: `std::array::from_fn` may stay out of line, and with it the
-/// closure, outside the AVX2 code; this always inlines.
+/// closure, outside the SIMD code; this always inlines. Nothing is written first: arrays of
+/// vectors too many for the registers were otherwise zeroed on the stack by a memset call
+/// before every use (2.3 KB per Winograd F(4x4) tile and channel vector with AVX-512).
 #[inline(always)]
-pub fn array<T: Copy, const N: usize>(fill: T, mut f: impl FnMut(usize) -> T) -> [T; N] {
-    let mut out = [fill; N];
+pub fn array<T: Copy, const N: usize>(mut f: impl FnMut(usize) -> T) -> [T; N] {
+    let mut out = [MaybeUninit::<T>::uninit(); N];
     for (i, o) in out.iter_mut().enumerate() {
-        *o = f(i);
+        o.write(f(i));
     }
-    out
+    // SAFETY: every element was written above; [MaybeUninit<T>; N] has [T; N]'s layout.
+    unsafe { std::mem::transmute_copy(&out) }
 }
 
 /// A kernel generic over its lanes, run by `dispatch` with the best lanes this CPU has.

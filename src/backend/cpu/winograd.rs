@@ -275,7 +275,6 @@ pub(super) fn patch_rows<'a, const P: usize>(x: &'a [f32], zeros: &'a [f32], s: 
     let side = P.isqrt();
     let c = s.in_c;
     array(
-        &[],
         #[inline(always)]
         |p| {
             let iy = (oy + p / side) as isize - s.pad_top as isize;
@@ -302,7 +301,6 @@ pub(super) fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32],
             let rows: [&[f32]; XI] = patch_rows(x, zeros, s, (2 * ty, 2 * tx));
             for ch in (0..c).step_by(L::N) {
                 let d: [L; XI] = array(
-                    L::zero(),
                     #[inline(always)]
                     |p| L::load(&rows[p][ch..]),
                 );
@@ -337,7 +335,6 @@ fn transform_output<L: Lanes>(m: &[f32], y: &mut [f32], bias: &[f32], s: &ConvSh
             let tile = first + ty * tw + tx;
             for o in (0..co).step_by(L::N) {
                 let mv: [L; XI] = array(
-                    L::zero(),
                     #[inline(always)]
                     |p| L::load(&m[(p * t + tile) * co + o..]),
                 );

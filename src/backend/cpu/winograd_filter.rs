@@ -89,7 +89,6 @@ fn transform_gradient<L: Lanes>(dy: &[f32], d: &mut [f32], zeros: &[f32], s: &Co
         for tx in 0..tw {
             let tile = first + ty * tw + tx;
             let rows: [&[f32]; 4] = array(
-                &[],
                 #[inline(always)]
                 |q| {
                     let (oy, ox) = (2 * ty + q / 2, 2 * tx + q % 2);
@@ -102,7 +101,6 @@ fn transform_gradient<L: Lanes>(dy: &[f32], d: &mut [f32], zeros: &[f32], s: &Co
             );
             for o in (0..co).step_by(L::N) {
                 let g: [L; 4] = array(
-                    L::zero(),
                     #[inline(always)]
                     |q| L::load(&rows[q][o..]),
                 );
