@@ -15,24 +15,25 @@ pub const VECS: usize = 2;
 /// vectors and 1 broadcast).
 pub const WIDE_VECS: usize = 4;
 
-/// acc[i][j] += sum over t < k of a[i][t] * b[t * ldb + Nj .. Nj + N], t in order.
+/// acc[i][j] += sum over t < k of a[i][t * a_step] * b[t * ldb + Nj .. Nj + N], t in order
+/// (a_step 1: A's rows lie along memory; a_step lda: its columns do, as A^T's rows).
 #[inline(always)]
-pub fn multiply_accumulate<L: Lanes, const P: usize, const V: usize>(acc: &mut [[L; V]; P], a: [&[f32]; P], b: &[f32], ldb: usize, k: usize) {
+pub fn multiply_accumulate<L: Lanes, const P: usize, const V: usize>(acc: &mut [[L; V]; P], a: [&[f32]; P], a_step: usize, b: &[f32], ldb: usize, k: usize) {
     if k == 0 {
         return;
     }
     for row in &a {
-        assert!(row.len() >= k, "multiply_accumulate: a row too short");
+        assert!(row.len() > (k - 1) * a_step, "multiply_accumulate: a row too short");
     }
     assert!(b.len() >= (k - 1) * ldb + V * L::N, "multiply_accumulate: b too short");
     for t in 0..k {
-        // SAFETY: the asserts above bound t * ldb + V * N <= b.len() and t < a[i].len().
+        // SAFETY: the asserts above bound t * ldb + V * N <= b.len() and t * a_step < a[i].len().
         let bv: [L; V] = array(
             #[inline(always)]
             |j| unsafe { L::load_ptr(b.as_ptr().add(t * ldb + j * L::N)) },
         );
         for (i, acc_row) in acc.iter_mut().enumerate() {
-            let av = L::splat(unsafe { *a[i].get_unchecked(t) });
+            let av = L::splat(unsafe { *a[i].get_unchecked(t * a_step) });
             for (r, &bj) in acc_row.iter_mut().zip(&bv) {
                 *r = r.mul_add(av, bj);
             }
@@ -40,16 +41,22 @@ pub fn multiply_accumulate<L: Lanes, const P: usize, const V: usize>(acc: &mut [
     }
 }
 
-/// c (m x n) = a (m x k, rows `lda` apart) * b (k x n, row-major); n a multiple of the lanes. Each
-/// element sums over k in order, so the result does not depend on the blocking.
+/// c (m x n) = a (m x k) * b (k x n, row-major), or c += a b with `accumulate`; n a multiple
+/// of the lanes. Each element sums over k in order (after c's value when accumulating), so the
+/// result does not depend on the blocking. Both operands are read where they lie: no packing
+/// copies, which for the thin products here cost more than they save.
 pub struct Gemm<'a> {
     pub m: usize,
     pub k: usize,
     pub n: usize,
+    /// Element (i, t) of A at a[i * a_row + t * a_col]: (lda, 1) for A row-major, (1, lda)
+    /// for A stored transposed.
     pub a: &'a [f32],
-    pub lda: usize,
+    pub a_row: usize,
+    pub a_col: usize,
     pub b: &'a [f32],
     pub c: &'a mut [f32],
+    pub accumulate: bool,
 }
 
 impl Kernel for Gemm<'_> {
@@ -60,7 +67,7 @@ impl Kernel for Gemm<'_> {
     #[inline(always)]
     fn run<L: Lanes>(mut self) {
         assert!(self.n.is_multiple_of(L::N) && self.c.len() >= self.m * self.n, "gemm: c too short or n not whole vectors");
-        assert!(self.m == 0 || self.a.len() >= (self.m - 1) * self.lda + self.k, "gemm: a too short");
+        assert!(self.m == 0 || self.k == 0 || self.a.len() > (self.m - 1) * self.a_row + (self.k - 1) * self.a_col, "gemm: a too short");
         let (m, n) = (self.m, self.n);
         let mut r0 = 0;
         // AVX-512 with only two vectors of columns (the 32-channel outputs): 12 x 2
@@ -131,15 +138,16 @@ fn for_each_block_from<L: Lanes, F: BlockFn<L>>(f: &mut F, mut r0: usize, rows: 
 /// c rows r0..r0+P, columns o0..o0+NV.
 #[inline(always)]
 fn gemm_block<L: Lanes, const P: usize, const V: usize>(g: &mut Gemm, r0: usize, o0: usize) {
-    let mut acc = [[L::zero(); V]; P];
+    let n = g.n;
+    let mut acc: [[L; V]; P] = if g.accumulate { array(|i| array(|j| L::load(&g.c[(r0 + i) * n + o0 + j * L::N..]))) } else { [[L::zero(); V]; P] };
     let a: [&[f32]; P] = array(
         #[inline(always)]
-        |i| &g.a[(r0 + i) * g.lda..][..g.k],
+        |i| &g.a[(r0 + i) * g.a_row..],
     );
-    multiply_accumulate(&mut acc, a, &g.b[o0..], g.n, g.k);
+    multiply_accumulate(&mut acc, a, g.a_col, &g.b[o0..], n, g.k);
     for (i, row) in acc.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {
-            v.store(&mut g.c[(r0 + i) * g.n + o0 + j * L::N..]);
+            v.store(&mut g.c[(r0 + i) * n + o0 + j * L::N..]);
         }
     }
 }

@@ -119,7 +119,7 @@ fn forward_block<L: Lanes, const P: usize, const V: usize>(k: &mut Forward, Bloc
             #[inline(always)]
             |i| &k.xp[(x_row + (ox + i) * s.stride_w) * c..][..row_len],
         );
-        multiply_accumulate(&mut acc, a, &k.w[ky * row_len * oc + o0..], oc, row_len);
+        multiply_accumulate(&mut acc, a, 1, &k.w[ky * row_len * oc + o0..], oc, row_len);
     }
     for (i, px) in acc.iter().enumerate() {
         let at = ((oy * s.out_w) + ox + i) * oc + o0;

@@ -260,7 +260,7 @@ impl<T: Tiling> Kernel for Block<'_, T> {
         for p in 0..T::XI {
             let a = &self.v[p * sv..][..t * ci];
             let c = &mut self.m[p * sm..][..t * co];
-            Gemm { m: t, k: ci, n: co, a, lda: ci, b: &self.u[p * ci * co..][..ci * co], c }.run::<L>();
+            Gemm { m: t, k: ci, n: co, a, a_row: ci, a_col: 1, b: &self.u[p * ci * co..][..ci * co], c, accumulate: false }.run::<L>();
         }
         for (img, yi) in self.y.chunks_mut(s.out_len()).enumerate() {
             T::transform_output::<L>(self.m, yi, self.bias, s, img * th * tw, t, self.relu);

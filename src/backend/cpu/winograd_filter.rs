@@ -11,7 +11,8 @@
 //! Like every filter gradient here, the images are summed in REDUCTION_SPLITS fixed ranges
 //! added in order.
 
-use super::gemm::{add_rows, gemm, reduce_in_fixed_splits, with_scratch, Mat, Threads};
+use super::blocked::Gemm;
+use super::gemm::{add_rows, reduce_in_fixed_splits, with_scratch};
 use super::simd::{array, dispatch, Kernel, Lanes};
 use super::winograd::{images_per_block, tiles, transform_input, XI};
 use crate::backend::ConvShape;
@@ -41,8 +42,8 @@ pub fn backward_filter(x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], s:
                 dispatch(Transforms { x: xb, dy: dyb, v, d, zeros, s, t });
                 for p in 0..XI {
                     // pm[p] (ci, co) += v[p]^T (ci, t) * d[p] (t, co)
-                    let (vp, dp) = (Mat::transposed(&v[p * t * ci..][..t * ci], ci), Mat::rows(&d[p * t * co..][..t * co], co));
-                    gemm(Threads::Serial, (ci, t, co), vp, dp, &mut pm[p * ci * co..][..ci * co], 1.0);
+                    let (a, b) = (&v[p * t * ci..][..t * ci], &d[p * t * co..][..t * co]);
+                    dispatch(Gemm { m: ci, k: t, n: co, a, a_row: 1, a_col: ci, b, c: &mut pm[p * ci * co..][..ci * co], accumulate: true });
                 }
             });
             add_rows(pb, dyb);
