@@ -1,8 +1,9 @@
 //! Direct convolution for layers with few taps per output (the first layer: 3x3x3 = 27), where
 //! an im2col GEMM is too thin for the GEMM library and its columns cost 9x the input's memory
-//! traffic. Blocks of output channels (8-lane vectors) for a few output pixels stay in
-//! registers while the taps stream past; the image is first copied into a zero-padded scratch
-//! block so the inner loops have no edge tests. Every sum runs in a fixed order.
+//! traffic. Blocks of output channels (vectors of 8 or 16 lanes) for a few output pixels stay
+//! in registers while the taps stream past; an image that needs padding is first copied into a
+//! zero-padded scratch block so the inner loops have no edge tests. Every sum runs in a fixed
+//! order.
 
 use super::blocked::{for_each_block, multiply_accumulate, BlockFn};
 use super::simd::{array, dispatch, has_fast_fma, Kernel, Lanes, LANES};
@@ -53,11 +54,22 @@ fn pad_image(x: &[f32], xp: &mut [f32], s: &ConvShape) {
     }
 }
 
+/// The zero-padded image the kernels read: x itself where it needs no padding (no pad, and
+/// the windows end at its right edge, as the seed model's first layer), else its copy in
+/// `scratch`.
+fn padded<'a>(x: &'a [f32], scratch: &'a mut [f32], s: &ConvShape) -> &'a [f32] {
+    let (ph, pw) = padded_dims(s);
+    if s.pad_top == 0 && s.pad_left == 0 && pw == s.in_w && ph <= s.in_h {
+        return &x[..ph * pw * s.in_c];
+    }
+    pad_image(x, scratch, s);
+    scratch
+}
+
 /// y (out_h, out_w, out_c) = conv(x) + b, then ReLU, for one image; `scratch` holds
 /// `padded_len(s)` floats.
 pub fn forward_image(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], s: &ConvShape, relu: bool, scratch: &mut [f32]) {
-    pad_image(x, scratch, s);
-    dispatch(Forward { xp: scratch, w, b, y, s, relu, oy: 0 });
+    dispatch(Forward { xp: padded(x, scratch, s), w, b, y, s, relu, oy: 0 });
 }
 
 struct Forward<'a> {
@@ -132,8 +144,7 @@ fn forward_block<L: Lanes, const P: usize, const V: usize>(k: &mut Forward, Bloc
 /// dw (k_h, k_w, in_c, out_c) += the filter gradient of one image, db += its dy sums;
 /// `scratch` holds `padded_len(s)` floats.
 pub fn backward_filter_image(x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32], s: &ConvShape, scratch: &mut [f32]) {
-    pad_image(x, scratch, s);
-    dispatch(Filter { xp: scratch, dy, dw, s });
+    dispatch(Filter { xp: padded(x, scratch, s), dy, dw, s });
     super::gemm::add_rows(db, &dy[..s.out_len()]);
 }
 
