@@ -147,6 +147,7 @@ mod x86 {
             unsafe { Avx2(_mm256_max_ps(self.0, _mm256_setzero_ps())) }
         }
     }
+
     /// AVX-512 lanes, 16 wide. Only built by `dispatch` after it has detected AVX-512F.
     #[derive(Clone, Copy)]
     pub struct Avx512(__m512);
