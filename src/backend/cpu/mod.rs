@@ -116,7 +116,12 @@ impl Backend for CpuBackend {
         true
     }
     fn describe(&self) -> String {
-        format!("CPU backend, {} threads", rayon::current_num_threads())
+        let simd = match simd::Simd::best() {
+            simd::Simd::Avx512 => "AVX-512",
+            simd::Simd::Avx2 => "AVX2 + FMA",
+            simd::Simd::Portable => "portable lanes",
+        };
+        format!("CPU backend, {} threads, {simd}", rayon::current_num_threads())
     }
 
     fn tensor(&self, len: usize) -> Result<Vec<f32>> {
