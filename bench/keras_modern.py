@@ -26,24 +26,12 @@ def idx(path):
     return np.frombuffer(data[4 + 4 * dims :], dtype=np.uint8).reshape(shape)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the figures here")
-    a = p.parse_args()
+def modern_model():
+    """archs/modern.txt as Keras layers, for 28x28x1 inputs and 10 classes."""
     import keras
     from keras import layers
 
-    keras.utils.set_random_seed(a.seed)
-    load = lambda name: idx(os.path.join(a.data_dir, name))
-    x = load("train-images-idx3-ubyte.gz").astype("float32")[..., None] / 255.0
-    y = load("train-labels-idx1-ubyte.gz")
-    xt = load("t10k-images-idx3-ubyte.gz").astype("float32")[..., None] / 255.0
-    yt = load("t10k-labels-idx1-ubyte.gz")
-    model = keras.Sequential(
+    return keras.Sequential(
         [
             keras.Input((28, 28, 1)),
             layers.Conv2D(32, 3, padding="same"), layers.BatchNormalization(), layers.ReLU(), layers.MaxPooling2D(2), layers.Dropout(0.25),
@@ -53,6 +41,25 @@ def main():
             layers.GlobalAveragePooling2D(), layers.Dropout(0.5), layers.Dense(10, activation="softmax"),
         ]
     )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the figures here")
+    a = p.parse_args()
+    import keras
+
+    keras.utils.set_random_seed(a.seed)
+    load = lambda name: idx(os.path.join(a.data_dir, name))
+    x = load("train-images-idx3-ubyte.gz").astype("float32")[..., None] / 255.0
+    y = load("train-labels-idx1-ubyte.gz")
+    xt = load("t10k-images-idx3-ubyte.gz").astype("float32")[..., None] / 255.0
+    yt = load("t10k-labels-idx1-ubyte.gz")
+    model = modern_model()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     print("params", model.count_params())
 
