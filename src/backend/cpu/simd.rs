@@ -342,10 +342,11 @@ impl<R, F: FnOnce() -> R> Kernel for Plain<F> {
 }
 
 /// Runs plain loops compiled for AVX-512 or AVX2 where the CPU has them, so the compiler
-/// vectorises them 16 or 8 lanes wide instead of SSE2's 4. Rust never fuses a multiply and an add on its own, so the
-/// results are the same bits either way. For float loops only: through this closure LLVM left
-/// loops with u32 multiplies, per-lane shifts or index selects scalar (dropout's hash,
-/// max-pool's argmax), which vectorise as a `Kernel` holding its operands as fields.
+/// vectorises them 16 or 8 lanes wide instead of SSE2's 4. Rust never fuses a multiply and an
+/// add on its own, so the results are the same bits either way. For float loops only: through
+/// this closure LLVM left loops with u32 multiplies, per-lane shifts or index selects scalar
+/// (dropout's hash, max-pool's argmax), which vectorise as a `Kernel` holding its operands as
+/// fields.
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     dispatch(Plain(f))
 }

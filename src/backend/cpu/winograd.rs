@@ -290,7 +290,7 @@ pub(super) fn patch_rows<'a, const P: usize>(x: &'a [f32], zeros: &'a [f32], s: 
 }
 
 /// v[p][tile][c] = (B^T d B)[p] for the image's tiles, numbered from `first`; `t` tiles in v.
-/// Eight channels at a time, the 4x4 patch in registers.
+/// A vector of channels at a time, the 4x4 patch in registers.
 #[inline(always)]
 pub(super) fn transform_input<L: Lanes>(x: &[f32], v: &mut [f32], zeros: &[f32], s: &ConvShape, first: usize, t: usize) {
     let (th, tw) = tiles(s);
