@@ -26,19 +26,21 @@ def idx(path):
     return np.frombuffer(data[4 + 4 * dims :], dtype=np.uint8).reshape(shape)
 
 
-def modern_model():
-    """archs/modern.txt as Keras layers, for 28x28x1 inputs and 10 classes."""
+def modern_model(dropout=True):
+    """archs/modern.txt as Keras layers, for 28x28x1 inputs and 10 classes (without its Dropout
+    layers when `dropout` is false, for checks that need a deterministic training step)."""
     import keras
     from keras import layers
 
+    drop = (lambda rate: [layers.Dropout(rate)]) if dropout else (lambda rate: [])
     return keras.Sequential(
         [
             keras.Input((28, 28, 1)),
-            layers.Conv2D(32, 3, padding="same"), layers.BatchNormalization(), layers.ReLU(), layers.MaxPooling2D(2), layers.Dropout(0.25),
+            layers.Conv2D(32, 3, padding="same"), layers.BatchNormalization(), layers.ReLU(), layers.MaxPooling2D(2), *drop(0.25),
             layers.Conv2D(64, 3, padding="same"), layers.BatchNormalization(), layers.ReLU(),
             layers.Conv2D(64, 3, padding="same"), layers.BatchNormalization(), layers.ReLU(),
-            layers.MaxPooling2D(2), layers.Dropout(0.25), layers.Conv2D(128, 3, padding="same"), layers.BatchNormalization(), layers.ReLU(),
-            layers.GlobalAveragePooling2D(), layers.Dropout(0.5), layers.Dense(10, activation="softmax"),
+            layers.MaxPooling2D(2), *drop(0.25), layers.Conv2D(128, 3, padding="same"), layers.BatchNormalization(), layers.ReLU(),
+            layers.GlobalAveragePooling2D(), *drop(0.5), layers.Dense(10, activation="softmax"),
         ]
     )
 
