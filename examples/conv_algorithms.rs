@@ -3,6 +3,9 @@
 //!
 //!     cargo run --release --example conv_algorithms [-- BATCH...]   (default: 32 256)
 //!
+//! CONV_ALGORITHMS_ARCH=archs/modern.txt times that architecture's layers instead, on a 28x28x1
+//! input (CONV_ALGORITHMS_INPUT=HxWxC for another) and 10 classes.
+//!
 //! Times are on-CPU seconds of the one worker thread (Linux CLOCK_THREAD_CPUTIME_ID; the wall
 //! clock elsewhere), so a busy machine disturbs them less than wall time. GFLOP/s count
 //! the direct convolution's 2 * outputs * taps multiply-adds whatever the algorithm does, so a
@@ -10,7 +13,7 @@
 
 use gpu_cnn::backend::cpu::conv::{self, ConvAlgo};
 use gpu_cnn::backend::ConvShape;
-use gpu_cnn::model::{seed_layers, LayerSpec, Model};
+use gpu_cnn::model::{parse_arch, parse_input_shape, seed_layers, LayerSpec, Model};
 use std::time::Instant;
 
 /// Seconds this thread has run on a CPU (Linux: CLOCK_THREAD_CPUTIME_ID; elsewhere the wall
@@ -68,7 +71,13 @@ fn main() {
         let peak = 2.0 * 1024f64.powi(3) / seconds / 1e9;
         println!("one core: sgemm 1024^3 {peak:.1} GFLOP/s\n");
         println!("{:<10} {:>5} {:<16} {:<12} {:>9} {:>8} {:>8}", "layer", "batch", "pass", "algorithm", "ms", "GFLOP/s", "of sgemm");
-        let model = Model::new(&seed_layers(), (32, 32, 3)).unwrap();
+        let model = match std::env::var("CONV_ALGORITHMS_ARCH") {
+            Ok(path) => {
+                let input = parse_input_shape(&std::env::var("CONV_ALGORITHMS_INPUT").unwrap_or("28x28x1".into())).unwrap();
+                Model::new(&parse_arch(&std::fs::read_to_string(path).unwrap().replace("classes", "10")).unwrap(), input).unwrap()
+            }
+            Err(_) => Model::new(&seed_layers(), (32, 32, 3)).unwrap(),
+        };
         for &n in &batches {
             for layer in &model.layers {
                 let LayerSpec::Conv2D(conv) = &layer.spec else { continue };

@@ -49,14 +49,16 @@ fn channel_sums(rows: usize, c: usize, add_row: impl Fn(usize, &mut [f64], &mut 
 
 /// y = gamma * ((x - mean) * inv_std) + beta with mean = saved[..c], inv_std = saved[c..2c].
 fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], saved: &[f32], y: &mut [f32], c: usize) {
-    let (mean, inv_std) = (&saved[..c], &saved[c..2 * c]);
+    // Every per-channel slice is cut to c, so the channel loop has no bounds checks and runs
+    // as whole vectors.
+    let (gamma, beta, mean, inv_std) = (&gamma[..c], &beta[..c], &saved[..c], &saved[c..2 * c]);
     y.par_chunks_mut(ROWS_PER_CHUNK * c).zip(x.par_chunks(ROWS_PER_CHUNK * c)).for_each(|(y, x)| {
         vectorized(
             #[inline(always)]
             || {
-                for (y, x) in y.chunks_mut(c).zip(x.chunks(c)) {
-                    for ch in 0..c {
-                        y[ch] = gamma[ch] * ((x[ch] - mean[ch]) * inv_std[ch]) + beta[ch];
+                for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    for (((y, x), (gamma, beta)), (mean, inv_std)) in y.iter_mut().zip(x).zip(gamma.iter().zip(beta)).zip(mean.iter().zip(inv_std)) {
+                        *y = gamma * ((x - mean) * inv_std) + beta;
                     }
                 }
             },
@@ -146,10 +148,11 @@ pub fn backward(x: &[f32], dy: &[f32], gamma: &[f32], saved: &mut [f32], dx: &mu
         let (mean, inv_std) = (&saved[..c], &saved[c..2 * c]);
         let sums = channel_sums(rows, c, |row, sum_dy, sum_dy_xhat| {
             let (x, dy) = (&x[row * c..(row + 1) * c], &dy[row * c..(row + 1) * c]);
-            for ch in 0..c {
-                let xhat = (x[ch] - mean[ch]) * inv_std[ch];
-                sum_dy[ch] += dy[ch] as f64;
-                sum_dy_xhat[ch] += dy[ch] as f64 * xhat as f64;
+            for (((sum_dy, sum_dy_xhat), (&x, &dy)), (mean, inv_std)) in sum_dy.iter_mut().zip(sum_dy_xhat).zip(x.iter().zip(dy)).zip(mean.iter().zip(inv_std))
+            {
+                let xhat = (x - mean) * inv_std;
+                *sum_dy += dy as f64;
+                *sum_dy_xhat += dy as f64 * xhat as f64;
             }
         });
         for (ch, [sum_dy, sum_dy_xhat]) in sums.into_iter().enumerate() {
@@ -161,15 +164,17 @@ pub fn backward(x: &[f32], dy: &[f32], gamma: &[f32], saved: &mut [f32], dx: &mu
     }
     let saved = &*saved;
     let (mean, inv_std, dgamma_m, dbeta_m) = (&saved[..c], &saved[c..2 * c], &saved[2 * c..3 * c], &saved[3 * c..4 * c]);
+    let gamma = &gamma[..c];
     let chunk = ROWS_PER_CHUNK * c;
     dx[..rows * c].par_chunks_mut(chunk).zip(x.par_chunks(chunk)).zip(dy.par_chunks(chunk)).for_each(|((dx, x), dy)| {
         vectorized(
             #[inline(always)]
             || {
-                for ((dx, x), dy) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
-                    for ch in 0..c {
-                        let xhat = (x[ch] - mean[ch]) * inv_std[ch];
-                        dx[ch] = gamma[ch] * inv_std[ch] * (dy[ch] - dbeta_m[ch] - xhat * dgamma_m[ch]);
+                for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                    let per_channel = gamma.iter().zip(mean).zip(inv_std).zip(dgamma_m.iter().zip(dbeta_m));
+                    for (((dx, x), dy), (((gamma, mean), inv_std), (dgamma_m, dbeta_m))) in dx.iter_mut().zip(x).zip(dy).zip(per_channel) {
+                        let xhat = (x - mean) * inv_std;
+                        *dx = gamma * inv_std * (dy - dbeta_m - xhat * dgamma_m);
                     }
                 }
             },
