@@ -10,6 +10,7 @@
 
 struct BatchNormParams {
     rows: u32, channels: u32, momentum: f32, epsilon: f32,
+    relu: u32, unused0: u32, unused1: u32, unused2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: BatchNormParams;
@@ -85,14 +86,16 @@ fn batchnorm_moving_stats(@builtin(local_invocation_index) lid: u32, @builtin(wo
     saved[p.channels + ch] = 1.0 / sqrt(moving_variance[ch] + p.epsilon);
 }
 
-// y = out0 = gamma * ((x - mean) * inv_std) + beta, one invocation per value.
+// y = out0 = gamma * ((x - mean) * inv_std) + beta, then ReLU when p.relu (a ReLU layer fused
+// into this one), one invocation per value.
 @compute @workgroup_size(LINEAR_GROUP)
 fn batchnorm_normalize(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
                        @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(lid, wg, nwg);
     if (i >= p.rows * p.channels) { return; }
     let ch = i % p.channels;
-    out0[i] = gamma[ch] * ((x[i] - saved[ch]) * saved[p.channels + ch]) + beta[ch];
+    let v = gamma[ch] * ((x[i] - saved[ch]) * saved[p.channels + ch]) + beta[ch];
+    out0[i] = select(v, max(v, 0.0), p.relu != 0u);
 }
 
 // Backward, first pass: dbeta = sum dy, dgamma = sum dy * xhat per channel (one workgroup per

@@ -132,13 +132,16 @@ pub struct Network<B: Backend> {
     /// updates tensor by tensor (the CPU backend).
     whole_arenas: Option<WholeArenas<B::Tensor>>,
     /// acts[0] is the input batch; layer i writes acts[slot_out[i]]. Flatten writes nothing:
-    /// in NHWC its output is its input, so it shares the slot.
+    /// in NHWC its output is its input, so it shares the slot; so does a ReLU that the layer
+    /// before it absorbs (`absorbs_relu`), which then writes its output already ReLU'd.
     acts: Vec<B::Tensor>,
     grads: Vec<B::Tensor>,
     slot_in: Vec<usize>,
     slot_out: Vec<usize>,
     /// Whether the layer writing each slot applies ReLU (its gradient then needs masking).
     relu_slot: Vec<bool>,
+    /// Per layer: its forward applies the ReLU layer that follows it (`Forward::relu`).
+    absorbed_relu: Vec<bool>,
     batch_idx: B::Indices,
     /// The augmented training batch's packed transforms (src/augment.rs).
     batch_transforms: B::Indices,
@@ -186,10 +189,17 @@ impl<B: Backend> Network<B> {
         let mut slot_out = Vec::new();
         let mut slot_lens = vec![model.input_len()];
         let mut relu_slot = vec![false];
-        for layer in &model.layers {
+        let mut absorbed_relu = vec![false; model.layers.len()];
+        for (i, layer) in model.layers.iter().enumerate() {
             let input = *slot_out.last().unwrap_or(&0);
             slot_in.push(input);
-            if layer.spec.is_view() {
+            let absorbed = i > 0 && layer.spec.is_plain_relu() && model.layers[i - 1].spec.absorbs_relu() && slot_in[i - 1] != input;
+            if absorbed {
+                // Runs inside the layer before, whose slot now holds ReLU'd values.
+                absorbed_relu[i - 1] = true;
+                relu_slot[input] = true;
+                slot_out.push(input);
+            } else if layer.spec.is_view() {
                 slot_out.push(input);
             } else {
                 slot_lens.push(layer.output_len());
@@ -230,6 +240,7 @@ impl<B: Backend> Network<B> {
             slot_in,
             slot_out,
             relu_slot,
+            absorbed_relu,
         };
         net.init_weights(seed);
         Ok(net)
@@ -288,12 +299,17 @@ impl<B: Backend> Network<B> {
         self.model.classes()
     }
 
+    /// The ReLU layers that run inside the layer before them (`LayerKind::absorbs_relu`).
+    pub fn absorbed_relu_layers(&self) -> Vec<&str> {
+        self.absorbed_relu.iter().zip(self.model.layers.iter().skip(1)).filter(|(&absorbed, _)| absorbed).map(|(_, relu)| relu.name.as_str()).collect()
+    }
+
     /// Every layer's forward; `training` is false in evaluate and predict.
     fn forward(&mut self, n: usize, training: bool) {
         for (i, layer) in self.model.layers.iter().enumerate() {
             let (a, o) = (self.slot_in[i], self.slot_out[i]);
             if a == o {
-                continue; // a view (Flatten)
+                continue; // a view (Flatten), or a ReLU the layer before applied
             }
             let (x, y) = pair_mut(&mut self.acts, a, o);
             let state = &mut self.state[i];
@@ -304,6 +320,7 @@ impl<B: Backend> Network<B> {
                 seed: self.seed,
                 step: self.step,
                 layer: i,
+                relu: self.absorbed_relu[i],
                 input: &layer.input,
                 x,
                 y,
@@ -339,7 +356,7 @@ impl<B: Backend> Network<B> {
             }
             // A ReLU'd activation's gradient is masked by the layer that consumes it (fused on
             // the GPU); only the loss's gradient reaches a layer unmasked.
-            if layer.spec.output_relu() && o == last {
+            if self.relu_slot[o] && o == last {
                 b.relu_backward(&self.acts[o], &mut self.grads[o], n * layer.output_len());
             }
             // `relu_y` is dx's activation when the layer that made it applied ReLU.

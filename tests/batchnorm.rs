@@ -101,7 +101,8 @@ fn reference_forward(s: &BatchNormShape, n: usize, v: &Inputs) -> [Vec<f64>; 6] 
     let moving_mean: Vec<f64> = (0..c).map(|ch| v.moving_mean[ch] as f64 * momentum + mean[ch] * (1.0 - momentum)).collect();
     let moving_var: Vec<f64> = (0..c).map(|ch| v.moving_variance[ch] as f64 * momentum + var[ch] * (1.0 - momentum)).collect();
     let normalize = |mean: &[f64], var: &[f64]| -> Vec<f64> {
-        (0..rows * c).map(|i| v.gamma[i % c] as f64 * (v.x[i] as f64 - mean[i % c]) / (var[i % c] + eps).sqrt() + v.beta[i % c] as f64).collect()
+        let y = |i: usize| v.gamma[i % c] as f64 * (v.x[i] as f64 - mean[i % c]) / (var[i % c] + eps).sqrt() + v.beta[i % c] as f64;
+        (0..rows * c).map(|i| if s.relu { y(i).max(0.0) } else { y(i) }).collect()
     };
     let y = normalize(&mean, &var);
     let y_infer = normalize(&moving_mean, &moving_var);
@@ -111,10 +112,12 @@ fn reference_forward(s: &BatchNormShape, n: usize, v: &Inputs) -> [Vec<f64>; 6] 
 /// The shapes every comparison runs on: (shape, batch).
 fn shapes() -> Vec<(BatchNormShape, usize)> {
     vec![
-        (BatchNormShape { positions: 13 * 13, channels: 5 }, 7),
-        (BatchNormShape { positions: 13 * 13, channels: 3 }, 7),
-        (BatchNormShape { positions: 1, channels: 37 }, 7),
-        (BatchNormShape { positions: 2 * 3, channels: 1 }, 1),
+        (BatchNormShape { positions: 13 * 13, channels: 5, relu: false }, 7),
+        // A ReLU layer after it, absorbed: the forwards end in ReLU, the backward is the same.
+        (BatchNormShape { positions: 13 * 13, channels: 5, relu: true }, 7),
+        (BatchNormShape { positions: 13 * 13, channels: 3, relu: false }, 7),
+        (BatchNormShape { positions: 1, channels: 37, relu: false }, 7),
+        (BatchNormShape { positions: 2 * 3, channels: 1, relu: false }, 1),
     ]
 }
 
@@ -147,7 +150,7 @@ fn cpu_forward_is_kerass_formula() {
 #[test]
 fn backward_matches_finite_differences() {
     let cpu = CpuBackend::new();
-    let cases = [(BatchNormShape { positions: 4, channels: 3 }, 3), (BatchNormShape { positions: 1, channels: 5 }, 6)];
+    let cases = [(BatchNormShape { positions: 4, channels: 3, relu: false }, 3), (BatchNormShape { positions: 1, channels: 5, relu: false }, 6)];
     for (k, (s, n)) in cases.into_iter().enumerate() {
         let v = inputs(&s, n, 0, 200 + k as u64);
         let r = &v.dy;
@@ -194,7 +197,7 @@ gpu_test! {
 // into 2-D and every channel is still reduced (same tolerances as above).
 gpu_test! {
     fn gpu_per_channel_grid_folds_past_the_limit(gpu: &GpuBackend) {
-        let (s, n) = (BatchNormShape { positions: 3, channels: 11 }, 5);
+        let (s, n) = (BatchNormShape { positions: 3, channels: 11, relu: false }, 5);
         let v = inputs(&s, n, 0, 400);
         gpu.lower_dispatch_limit_for_tests(4);
         let got = run(gpu, &s, n, &v);
@@ -208,7 +211,7 @@ gpu_test! {
 // Fixed-order reductions: the same inputs give the same bits, run after run, on each backend.
 backend_test! {
     fn batchnorm_repeats_bit_for_bit<B>(b: &B) {
-        let (s, n) = (BatchNormShape { positions: 13 * 13, channels: 5 }, 7);
+        let (s, n) = (BatchNormShape { positions: 13 * 13, channels: 5, relu: false }, 7);
         let v = inputs(&s, n, 0, 500);
         let (first, second) = (run(b, &s, n, &v), run(b, &s, n, &v));
         for (what, a, b) in [
@@ -231,7 +234,7 @@ backend_test! {
 // 0.99^1500 ~ 3e-7 of their initial distance, so inference then equals training to 1e-4.
 backend_test! {
     fn inference_uses_the_moving_statistics<B>(b: &B) {
-        let (s, n) = (BatchNormShape { positions: 9, channels: 3 }, 4);
+        let (s, n) = (BatchNormShape { positions: 9, channels: 3, relu: false }, 4);
         let mut rng = Rng::new(600);
         let host_x: Vec<f32> = uniform_vec(&mut rng, n * s.len()).iter().map(|v| 2.0 + 3.0 * v).collect();
         let h = BatchNormConfig::default();
@@ -270,7 +273,7 @@ fn folding_into_the_conv_before_is_exact_enough() {
     let mut rng = Rng::new(700);
     let s = conv_shape((13, 13, 3), 5, (3, 3), (1, 1), Padding::Same).unwrap();
     let n = 7;
-    let bn_shape = BatchNormShape { positions: s.out_h * s.out_w, channels: s.out_c };
+    let bn_shape = BatchNormShape { positions: s.out_h * s.out_w, channels: s.out_c, relu: false };
     let x = uniform_vec(&mut rng, n * s.in_len());
     let kernel = uniform_vec(&mut rng, s.kernel_len());
     let bias = uniform_vec(&mut rng, s.out_c);
@@ -296,7 +299,7 @@ fn folding_into_the_conv_before_is_exact_enough() {
     let mut z = vec![0.0; n * 5];
     cpu.dense_forward(&dx, &dk, &bias, &mut z, &d, n, false);
     let (mut saved, mut y) = (vec![0.0; 20], vec![0.0; n * 5]);
-    cpu.batchnorm_forward_infer(&z, &gamma, &beta, &mean, &variance, &mut saved, &mut y, &BatchNormShape { positions: 1, channels: 5 }, n, 1e-3);
+    cpu.batchnorm_forward_infer(&z, &gamma, &beta, &mean, &variance, &mut saved, &mut y, &BatchNormShape { positions: 1, channels: 5, relu: false }, n, 1e-3);
     let (fk, fb) = fold_batchnorm(&dk, Some(&bias), &bn).unwrap();
     let mut folded = vec![0.0; n * 5];
     cpu.dense_forward(&dx, &fk, &fb, &mut folded, &d, n, false);

@@ -101,6 +101,28 @@ backend_test! {
     }
 }
 
+backend_test! {
+    /// A ReLU (or Activation("relu")) right after a BatchNormalization runs inside it: the
+    /// same bits as when a Dropout(0.0) between them (which keeps every value, times 1.0)
+    /// keeps the ReLU a layer of its own, with its own forward pass and gradient copy. (The
+    /// Dropout swaps places with the ReLU, so every other layer keeps its index, which seeds
+    /// its initial weights.)
+    fn a_relu_after_batch_normalization_runs_inside_it_with_the_same_bits<B>(backend: &B) {
+        let fused = "Conv2D(8, 3, padding=\"same\") BatchNormalization ReLU Dropout(0.0) MaxPooling2D(2)\n\
+                     Conv2D(5, 3) BatchNormalization Activation(\"relu\") Dropout(0.0) GlobalAveragePooling2D Dense(4, softmax)\n";
+        let apart = fused.replace("ReLU Dropout(0.0)", "Dropout(0.0) ReLU").replace("Activation(\"relu\") Dropout(0.0)", "Dropout(0.0) Activation(\"relu\")");
+        assert_eq!(network_of(fused, backend).0.absorbed_relu_layers(), ["re_lu", "activation"]);
+        assert!(network_of(&apart, backend).0.absorbed_relu_layers().is_empty());
+        let ((a, ma), (b, mb)) = (run_arch(fused, backend, 6), run_arch(&apart, backend, 6));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.name, y.name);
+            common::assert_same_bits(&format!("{} with the ReLU absorbed and apart", x.name), &x.data, &y.data);
+        }
+        assert_eq!(ma, mb);
+    }
+}
+
 gpu_test! {
     fn gpu_training_with_the_new_layers_agrees_with_the_cpu(gpu: &GpuBackend) {
         let (gw, gm) = run(gpu, 8);

@@ -237,6 +237,10 @@ pub struct DenseShape {
 pub struct BatchNormShape {
     pub positions: usize,
     pub channels: usize,
+    /// The forward applies ReLU to its output: a ReLU layer right after the BatchNormalization
+    /// runs inside it (see `LayerKind::absorbs_relu`). The backward is unchanged (the layer
+    /// after masks the gradient, as it does for any ReLU'd activation).
+    pub relu: bool,
 }
 
 impl BatchNormShape {

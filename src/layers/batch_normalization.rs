@@ -18,7 +18,7 @@ const USAGE: &str = "BatchNormalization(momentum=0.99, epsilon=0.001)";
 impl BatchNormalization {
     pub fn shape(input: &[usize]) -> BatchNormShape {
         let channels = *input.last().expect("Model::new checked the input shape");
-        BatchNormShape { positions: input.iter().product::<usize>() / channels, channels }
+        BatchNormShape { positions: input.iter().product::<usize>() / channels, channels, relu: false }
     }
     fn config(&self) -> BatchNormConfig {
         BatchNormConfig { momentum: self.momentum, epsilon: self.epsilon }
@@ -81,8 +81,12 @@ impl LayerKind for BatchNormalization {
         vec![ScratchSpec::fixed(ScratchKind::Tensor, s.saved_len()), ScratchSpec::per_image(ScratchKind::Tensor, s.len())]
     }
 
+    fn absorbs_relu(&self) -> bool {
+        true
+    }
+
     fn forward<B: Backend>(&self, f: Forward<'_, B>) {
-        let s = Self::shape(f.input);
+        let s = BatchNormShape { relu: f.relu, ..Self::shape(f.input) };
         let [gamma, beta, mean, variance] = f.params else { unreachable!("BatchNormalization has four tensors") };
         let saved = f.scratch[0].tensor_mut();
         if f.training {

@@ -176,6 +176,9 @@ pub struct Forward<'a, B: Backend> {
     pub step: u64,
     /// The layer's index in the model (what tells two Dropout layers' masks apart).
     pub layer: usize,
+    /// Apply ReLU to the output: the ReLU layer right after this one runs inside it. Only
+    /// ever true for a layer whose `absorbs_relu` is.
+    pub relu: bool,
     /// The per-image input shape (h, w, c) or (features); the output is `Layer::output`.
     pub input: &'a [usize],
     pub x: &'a B::Tensor,
@@ -243,6 +246,12 @@ pub trait LayerKind: Sized + Clone + std::fmt::Debug + PartialEq {
     /// The output has ReLU applied: the gradient reaching it is masked by y > 0, by the next
     /// layer's backward (`relu_y`) or, for the loss's input, by the network.
     fn output_relu(&self) -> bool {
+        false
+    }
+    /// The forward can apply ReLU to its own output (`Forward::relu`), so the network runs a
+    /// ReLU layer right after it as part of it: one pass over the activation instead of two,
+    /// and no gradient copy back through the ReLU.
+    fn absorbs_relu(&self) -> bool {
         false
     }
     fn forward<B: Backend>(&self, f: Forward<'_, B>);
@@ -373,6 +382,17 @@ impl LayerSpec {
     }
     pub fn output_relu(&self) -> bool {
         with_layer!(self, l => l.output_relu())
+    }
+    pub fn absorbs_relu(&self) -> bool {
+        with_layer!(self, l => l.absorbs_relu())
+    }
+    /// A layer that is exactly y = max(x, 0): `ReLU` or `Activation("relu")`.
+    pub fn is_plain_relu(&self) -> bool {
+        match self {
+            LayerSpec::ReLU(_) => true,
+            LayerSpec::Activation(a) => a.function == crate::backend::ActivationFn::Relu,
+            _ => false,
+        }
     }
     pub fn forward<B: Backend>(&self, f: Forward<'_, B>) {
         with_layer!(self, l => l.forward(f))

@@ -12,7 +12,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::simd::vectorized;
-use crate::backend::{BatchNormConfig, BatchNormShape};
+use crate::backend::{activation, ActivationFn, BatchNormConfig, BatchNormShape};
 use rayon::prelude::*;
 
 /// Rows per partial sum (the fixed split of the reductions and of the element-wise passes).
@@ -47,8 +47,9 @@ fn channel_sums(rows: usize, c: usize, add_row: impl Fn(usize, &mut [f64], &mut 
     total
 }
 
-/// y = gamma * ((x - mean) * inv_std) + beta with mean = saved[..c], inv_std = saved[c..2c].
-fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], saved: &[f32], y: &mut [f32], c: usize) {
+/// y = gamma * ((x - mean) * inv_std) + beta with mean = saved[..c], inv_std = saved[c..2c],
+/// then ReLU when `relu`.
+fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], saved: &[f32], y: &mut [f32], c: usize, relu: bool) {
     // Every per-channel slice is cut to c, so the channel loop has no bounds checks and runs
     // as whole vectors.
     let (gamma, beta, mean, inv_std) = (&gamma[..c], &beta[..c], &saved[..c], &saved[c..2 * c]);
@@ -59,6 +60,11 @@ fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], saved: &[f32], y: &mut [f32
                 for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
                     for (((y, x), (gamma, beta)), (mean, inv_std)) in y.iter_mut().zip(x).zip(gamma.iter().zip(beta)).zip(mean.iter().zip(inv_std)) {
                         *y = gamma * ((x - mean) * inv_std) + beta;
+                    }
+                    if relu {
+                        for y in y.iter_mut() {
+                            *y = activation::forward(ActivationFn::Relu, *y);
+                        }
                     }
                 }
             },
@@ -112,7 +118,7 @@ pub fn forward_train(
         moving_mean[ch] = moving_mean[ch] * momentum + mean * rest;
         moving_variance[ch] = moving_variance[ch] * momentum + variance * rest;
     }
-    normalize(x, gamma, beta, saved, &mut y[..rows * c], c);
+    normalize(x, gamma, beta, saved, &mut y[..rows * c], c, s.relu);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -133,7 +139,7 @@ pub fn forward_infer(
         saved[ch] = moving_mean[ch];
         saved[c + ch] = 1.0 / (moving_variance[ch] + epsilon).sqrt();
     }
-    normalize(&x[..rows * c], gamma, beta, saved, &mut y[..rows * c], c);
+    normalize(&x[..rows * c], gamma, beta, saved, &mut y[..rows * c], c, s.relu);
 }
 
 #[allow(clippy::too_many_arguments)]

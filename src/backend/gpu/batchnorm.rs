@@ -9,7 +9,7 @@ use super::{GpuBackend, GpuTensor};
 use crate::backend::{BatchNormConfig, BatchNormShape};
 
 fn params(s: &BatchNormShape, n: usize, momentum: f32, epsilon: f32) -> BatchNormParams {
-    BatchNormParams { rows: u32_of(n * s.positions), channels: u32_of(s.channels), momentum, epsilon }
+    BatchNormParams { rows: u32_of(n * s.positions), channels: u32_of(s.channels), momentum, epsilon, relu: s.relu as u32, unused0: 0, unused1: 0, unused2: 0 }
 }
 
 impl GpuBackend {

@@ -88,6 +88,7 @@ kernel_params! {
     /// A BatchNormalization's rows (n * positions), channels and hyper-parameters (batchnorm.wgsl).
     BatchNormParams in "batchnorm.wgsl" {
         rows: u32, channels: u32, momentum: f32, epsilon: f32,
+        relu: u32, unused0: u32, unused1: u32, unused2: u32,
     }
     /// One Dropout layer's fixed mask parameters (dropout.wgsl); the step's key is a buffer.
     DropoutParams in "dropout.wgsl" {
