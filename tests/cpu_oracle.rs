@@ -264,10 +264,11 @@ fn convolution_results_do_not_depend_on_the_batch() {
 fn maxpool_matches_plain_loops_exactly() {
     let cpu = CpuBackend::new();
     let n = 2;
-    // 2x2 stride 2 on an odd map (the last row/column dropped), and overlapping 3x3 stride 2
-    // windows (dx sums several dy).
+    // 2x2 stride 2 on an odd map (the last row/column dropped) and on an even one (every cell
+    // in a window), and overlapping 3x3 stride 2 windows (dx sums several dy).
     let shapes = [
         PoolShape { in_h: 7, in_w: 5, c: 3, out_h: 3, out_w: 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2, pad_top: 0, pad_left: 0 },
+        PoolShape { in_h: 6, in_w: 4, c: 5, out_h: 3, out_w: 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2, pad_top: 0, pad_left: 0 },
         PoolShape { in_h: 7, in_w: 7, c: 2, out_h: 3, out_w: 3, size_h: 3, size_w: 3, stride_h: 2, stride_w: 2, pad_top: 0, pad_left: 0 },
     ];
     for (k, s) in shapes.iter().enumerate() {
@@ -309,9 +310,21 @@ fn maxpool_matches_plain_loops_exactly() {
         assert_eq!(at, at_want, "pool {k} argmax");
         let mut dyt = cpu.tensor(dy.len()).unwrap();
         cpu.upload(&mut dyt, &dy);
+        // dx starts as garbage: every value must be written.
+        let garbage = vec![f32::NAN; n * s.in_len()];
         let mut dx = cpu.tensor(n * s.in_len()).unwrap();
+        cpu.upload(&mut dx, &garbage);
         cpu.maxpool_backward(&dyt, &at, &mut dx, s, n);
         assert_eq!(dx, dx_want, "pool {k} dx");
+        // With the ReLU backward of the layer before (dx zeroed where its output is <= 0).
+        let relu_y: Vec<f32> = random_vec(n * s.in_len(), 650 + k as u64).iter().map(|v| v.max(0.0)).collect();
+        let masked: Vec<f32> = dx_want.iter().zip(&relu_y).map(|(&d, &y)| if y <= 0.0 { 0.0 } else { d }).collect();
+        assert!(masked.iter().zip(&dx_want).any(|(m, d)| m != d), "pool {k}: the mask changes something");
+        let mut relu_yt = cpu.tensor(relu_y.len()).unwrap();
+        cpu.upload(&mut relu_yt, &relu_y);
+        cpu.upload(&mut dx, &garbage);
+        cpu.maxpool_backward_relu(&dyt, &at, &relu_yt, &mut dx, s, n);
+        assert_eq!(dx, masked, "pool {k} dx with the ReLU mask");
     }
 }
 
