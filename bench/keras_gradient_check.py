@@ -9,7 +9,9 @@ gradient and TensorFlow's float32 one are from the float64 one (max error / max 
 Our error should be of the size of TensorFlow's own float32 error: both are rounding, amplified
 where a ReLU or max-pool decision flips between two float32 forward passes. The script exits 1
 when ours is more than 3x TensorFlow's on any tensor. Conv biases before a BatchNormalization are
-reported, not judged: their true gradient is zero, so both values are rounding noise.
+reported, not judged: their true gradient is zero, so both values are rounding noise. It also
+compares the moving statistics after that one step (from Keras's zeros and ones) with Keras's
+(exits 1 beyond 1e-4 relative).
 
     v/bin/python bench/keras_gradient_check.py target/release/gpu-cnn
 """
@@ -51,13 +53,18 @@ def our_step(binary, data_dir, work):
 
 
 def tf_gradient(weights, x, y, dtype):
-    """Names and gradients of the trainable tensors at `weights`, computed in `dtype`."""
+    """Names and gradients of the trainable tensors at `weights`, computed in `dtype`, and each
+    BatchNormalization's (moving_mean, moving_variance) after the step, from zeros and ones."""
     import keras
     import tensorflow as tf
 
     keras.config.set_dtype_policy(dtype)
     model = modern_model(dropout=False)
     load(model, weights)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for bn in bns:
+        gamma, beta, mean, variance = bn.get_weights()
+        bn.set_weights([gamma, beta, np.zeros_like(mean), np.ones_like(variance)])
     with tf.GradientTape() as tape:
         p = model(tf.constant(x.astype(dtype)), training=True)
         loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, p))
@@ -73,7 +80,8 @@ def tf_gradient(weights, x, y, dtype):
         seen[base] = i + 1
         name = base if i == 0 else f"{base}_{i}"
         names += [f"{name}.{k}" for k in (["gamma", "beta"] if kind == "BatchNormalization" else ["kernel", "bias"])]
-    return names, [g.numpy().astype(np.float64) for g in grads]
+    moving = [bn.get_weights()[2:] for bn in bns]
+    return names, [g.numpy().astype(np.float64) for g in grads], moving
 
 
 def main():
@@ -86,8 +94,8 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         before, after = our_step(a.binary, a.data_dir, work)
         w0, w1 = safetensors(before), safetensors(after)
-        names, g32 = tf_gradient(before, x, y, "float32")
-        _, g64 = tf_gradient(before, x, y, "float64")
+        names, g32, moving = tf_gradient(before, x, y, "float32")
+        _, g64, _ = tf_gradient(before, x, y, "float64")
     failed = []
     print(f"{'tensor':28s} {'max |gradient|':>14s} {'ours':>9s} {'TF f32':>9s}   (error against TF float64 / max |gradient|)")
     for name, tf32, exact in zip(names, g32, g64):
@@ -99,8 +107,17 @@ def main():
         if not noise and e_ours > 3 * e_tf:
             failed.append(name)
         print(f"{name:28s} {scale:14.3e} {e_ours:9.2e} {e_tf:9.2e}   {verdict}")
+    # Our run's checkpoint holds the moving statistics after its one training step.
+    for i, (mean, variance) in enumerate(moving):
+        name = "batch_normalization" if i == 0 else f"batch_normalization_{i}"
+        for what, theirs in [("moving_mean", mean), ("moving_variance", variance)]:
+            ours = w0[f"{name}.{what}"]
+            rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
+            print(f"{name + '.' + what:38s} after one step: ours vs Keras {rel:.1e} relative")
+            if rel > 1e-4:
+                failed.append(f"{name}.{what}")
     if failed:
-        print("gradients further from float64 than TensorFlow's float32: " + ", ".join(failed))
+        print("further from TensorFlow than rounding: " + ", ".join(failed))
         sys.exit(1)
 
 
