@@ -19,7 +19,7 @@
 //! conv `winograd::input_gradient_shape` gives; the filter gradient stays with F(2x2)'s
 //! winograd_filter.rs.
 
-use super::simd::{array, Lanes};
+use super::simd::{array, vectorized, Lanes};
 use super::winograd::{self, Tiling};
 use crate::backend::ConvShape;
 
@@ -64,27 +64,34 @@ pub fn transform_kernel(w: &[f32], s: &ConvShape, for_input_gradient: bool, u: &
     let (u, work) = u.split_at_mut(XI * ci * co);
     // taps: row (ky, kx) of out_c values; gg: row (r, kx) of (GI g)[r][kx].
     let (taps, gg) = work.split_at_mut(9 * co);
-    for i in 0..ci {
-        winograd::gather_taps(w, s, for_input_gradient, i, taps);
-        for r in 0..6 {
-            for kx in 0..3 {
-                let (g0, g1, g2) = (&taps[kx * co..][..co], &taps[(3 + kx) * co..][..co], &taps[(6 + kx) * co..][..co]);
-                let f = GI[r];
-                for (o, v) in gg[(r * 3 + kx) * co..][..co].iter_mut().enumerate() {
-                    *v = f[0] * g0[o] + f[1] * g1[o] + f[2] * g2[o];
+    // Whole vectors along the output channels (the same bits at any width: no fused
+    // multiply-adds here).
+    vectorized(
+        #[inline(always)]
+        || {
+            for i in 0..ci {
+                winograd::gather_taps(w, s, for_input_gradient, i, taps);
+                for r in 0..6 {
+                    for kx in 0..3 {
+                        let (g0, g1, g2) = (&taps[kx * co..][..co], &taps[(3 + kx) * co..][..co], &taps[(6 + kx) * co..][..co]);
+                        let f = GI[r];
+                        for (((v, g0), g1), g2) in gg[(r * 3 + kx) * co..][..co].iter_mut().zip(g0).zip(g1).zip(g2) {
+                            *v = f[0] * g0 + f[1] * g1 + f[2] * g2;
+                        }
+                    }
+                }
+                for r in 0..6 {
+                    let (h0, h1, h2) = (&gg[(r * 3) * co..][..co], &gg[(r * 3 + 1) * co..][..co], &gg[(r * 3 + 2) * co..][..co]);
+                    for c in 0..6 {
+                        let f = GI[c];
+                        for (((v, h0), h1), h2) in u[((r * 6 + c) * ci + i) * co..][..co].iter_mut().zip(h0).zip(h1).zip(h2) {
+                            *v = (f[0] * h0 + f[1] * h1 + f[2] * h2) / 576.0;
+                        }
+                    }
                 }
             }
-        }
-        for r in 0..6 {
-            let (h0, h1, h2) = (&gg[(r * 3) * co..][..co], &gg[(r * 3 + 1) * co..][..co], &gg[(r * 3 + 2) * co..][..co]);
-            for c in 0..6 {
-                let f = GI[c];
-                for (o, v) in u[((r * 6 + c) * ci + i) * co..][..co].iter_mut().enumerate() {
-                    *v = (f[0] * h0[o] + f[1] * h1[o] + f[2] * h2[o]) / 576.0;
-                }
-            }
-        }
-    }
+        },
+    )
 }
 
 /// y (n, out_h, out_w, out_c) = conv(x (n, in_h, in_w, in_c)) + bias, then ReLU; u from
