@@ -34,6 +34,28 @@ def safetensors(path):
     return out
 
 
+# Each class with tensors: the base of Keras's automatic names and its tensors in
+# get_weights() order (our checkpoints' `<name>.<tensor>`).
+TENSORS = {
+    "Conv2D": ("conv2d", ["kernel", "bias"]),
+    "BatchNormalization": ("batch_normalization", ["gamma", "beta", "moving_mean", "moving_variance"]),
+    "Dense": ("dense", ["kernel", "bias"]),
+}
+
+
+def named_layers(model):
+    """(layer, Keras's automatic name, its tensor names) of each layer with tensors, in order:
+    conv2d, conv2d_1, ... counted per class."""
+    seen = {}
+    for layer in model.layers:
+        if type(layer).__name__ not in TENSORS:
+            continue
+        base, tensors = TENSORS[type(layer).__name__]
+        i = seen.get(base, 0)
+        seen[base] = i + 1
+        yield layer, base if i == 0 else f"{base}_{i}", tensors
+
+
 def load(model, path):
     """Our checkpoint's tensors (Keras's names and layouts) into the model, or an .npz of Keras's own."""
     if path.endswith(".npz"):
@@ -41,17 +63,8 @@ def load(model, path):
         model.set_weights([z[f"arr_{i}"] for i in range(len(z.files))])
         return
     w = safetensors(path)
-    keys = {"Conv2D": ["kernel", "bias"], "BatchNormalization": ["gamma", "beta", "moving_mean", "moving_variance"], "Dense": ["kernel", "bias"]}
-    seen = {}
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind in keys:
-            # Keras's automatic names: conv2d, conv2d_1, ... per class.
-            base = {"Conv2D": "conv2d", "BatchNormalization": "batch_normalization", "Dense": "dense"}[kind]
-            i = seen.get(base, 0)
-            seen[base] = i + 1
-            name = base if i == 0 else f"{base}_{i}"
-            layer.set_weights([w[f"{name}.{k}"] for k in keys[kind]])
+    for layer, name, tensors in named_layers(model):
+        layer.set_weights([w[f"{name}.{k}"] for k in tensors])
 
 
 def main():

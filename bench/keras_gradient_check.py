@@ -27,7 +27,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bn_statistics_probe import load, safetensors
+from bn_statistics_probe import load, named_layers, safetensors
 from keras_modern import idx, modern_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +54,8 @@ def our_step(binary, data_dir, work):
 
 def tf_gradient(weights, x, y, dtype):
     """Names and gradients of the trainable tensors at `weights`, computed in `dtype`, and each
-    BatchNormalization's (moving_mean, moving_variance) after the step, from zeros and ones."""
+    BatchNormalization's name and (moving_mean, moving_variance) after the step, from zeros and
+    ones."""
     import keras
     import tensorflow as tf
 
@@ -69,18 +70,10 @@ def tf_gradient(weights, x, y, dtype):
         p = model(tf.constant(x.astype(dtype)), training=True)
         loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, p))
     grads = tape.gradient(loss, model.trainable_variables)
-    names = []
-    seen = {}
-    for layer in model.layers:
-        kind = type(layer).__name__
-        base = {"Conv2D": "conv2d", "BatchNormalization": "batch_normalization", "Dense": "dense"}.get(kind)
-        if base is None:
-            continue
-        i = seen.get(base, 0)
-        seen[base] = i + 1
-        name = base if i == 0 else f"{base}_{i}"
-        names += [f"{name}.{k}" for k in (["gamma", "beta"] if kind == "BatchNormalization" else ["kernel", "bias"])]
-    moving = [bn.get_weights()[2:] for bn in bns]
+    layers = list(named_layers(model))
+    # The trainable tensors, in model.trainable_variables' order: every class's but the moving statistics.
+    names = [f"{name}.{k}" for _, name, tensors in layers for k in tensors if not k.startswith("moving")]
+    moving = [(name, layer.get_weights()[2:]) for layer, name, _ in layers if layer in bns]
     return names, [g.numpy().astype(np.float64) for g in grads], moving
 
 
@@ -108,8 +101,7 @@ def main():
             failed.append(name)
         print(f"{name:28s} {scale:14.3e} {e_ours:9.2e} {e_tf:9.2e}   {verdict}")
     # Our run's checkpoint holds the moving statistics after its one training step.
-    for i, (mean, variance) in enumerate(moving):
-        name = "batch_normalization" if i == 0 else f"batch_normalization_{i}"
+    for name, (mean, variance) in moving:
         for what, theirs in [("moving_mean", mean), ("moving_variance", variance)]:
             ours = w0[f"{name}.{what}"]
             rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
