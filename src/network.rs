@@ -135,7 +135,11 @@ pub struct Network<B: Backend> {
     /// in NHWC its output is its input, so it shares the slot; so does a ReLU that the layer
     /// before it absorbs (`absorbs_relu`), which then writes its output already ReLU'd.
     acts: Vec<B::Tensor>,
-    grads: Vec<B::Tensor>,
+    /// Two gradient buffers for all slots: slot k's gradient lives in `grads[grad_buffer(k)]`.
+    /// A layer's dy and dx are consecutive slots, so they never share one, and a gradient is
+    /// dead once the layer before has read it: two buffers the size of the largest keep the
+    /// backward pass's memory (and what it pulls through the caches) small.
+    grads: [B::Tensor; 2],
     slot_in: Vec<usize>,
     slot_out: Vec<usize>,
     /// Whether the layer writing each slot applies ReLU (its gradient then needs masking).
@@ -152,6 +156,11 @@ pub struct Network<B: Backend> {
     class_weights: Option<B::Tensor>,
     /// The same weights on the host, for checkpoints.
     class_weight_values: Option<Vec<f32>>,
+}
+
+/// Which of the two gradient buffers holds slot k's gradient.
+fn grad_buffer(slot: usize) -> usize {
+    slot % 2
 }
 
 /// Splits a slice into one shared and one mutable element (a != b).
@@ -209,12 +218,15 @@ impl<B: Backend> Network<B> {
             state.push(LayerState::new(&backend, layer, max_batch, &mut parts)?);
         }
         let mut acts = Vec::new();
-        let mut grads = Vec::new();
+        let mut grad_lens = [0; 2];
         for (i, &len) in slot_lens.iter().enumerate() {
             acts.push(backend.tensor(max_batch * len)?);
             // The input needs no gradient.
-            grads.push(backend.tensor(if i == 0 { 0 } else { max_batch * len })?);
+            if i > 0 {
+                grad_lens[grad_buffer(i)] = grad_lens[grad_buffer(i)].max(max_batch * len);
+            }
         }
+        let grads = [backend.tensor(grad_lens[0])?, backend.tensor(grad_lens[1])?];
         let classes = model.classes();
         let mut net = Network {
             batch_idx: backend.indices(max_batch)?,
@@ -340,14 +352,16 @@ impl<B: Backend> Network<B> {
                 &self.acts[last],
                 &self.labels,
                 self.class_weights.as_ref(),
-                &mut self.grads[last],
+                &mut self.grads[grad_buffer(last)],
                 &mut self.metrics,
                 n,
                 self.model.classes(),
                 self.label_smoothing,
             ),
-            Some(w) => b.softmax_xent_weighted(&self.acts[last], &self.labels, w, &mut self.grads[last], &mut self.metrics, n, self.model.classes()),
-            None => b.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, n, self.model.classes()),
+            Some(w) => {
+                b.softmax_xent_weighted(&self.acts[last], &self.labels, w, &mut self.grads[grad_buffer(last)], &mut self.metrics, n, self.model.classes())
+            }
+            None => b.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[grad_buffer(last)], &mut self.metrics, n, self.model.classes()),
         }
         for (i, layer) in self.model.layers.iter().enumerate().rev() {
             let (a, o) = (self.slot_in[i], self.slot_out[i]);
@@ -357,15 +371,15 @@ impl<B: Backend> Network<B> {
             // A ReLU'd activation's gradient is masked by the layer that consumes it (fused on
             // the GPU); only the loss's gradient reaches a layer unmasked.
             if self.relu_slot[o] && o == last {
-                b.relu_backward(&self.acts[o], &mut self.grads[o], n * layer.output_len());
+                b.relu_backward(&self.acts[o], &mut self.grads[grad_buffer(o)], n * layer.output_len());
             }
             // `relu_y` is dx's activation when the layer that made it applied ReLU.
             let relu_y = (a != 0 && self.relu_slot[a]).then(|| &self.acts[a]);
             // The input needs no gradient.
             let (dy, dx) = if a == 0 {
-                (&self.grads[o], None)
+                (&self.grads[grad_buffer(o)], None)
             } else {
-                let (dy, dx) = pair_mut(&mut self.grads, o, a);
+                let (dy, dx) = pair_mut(&mut self.grads, grad_buffer(o), grad_buffer(a));
                 (dy, Some(dx))
             };
             let state = &mut self.state[i];
@@ -447,10 +461,10 @@ impl<B: Backend> Network<B> {
         let (last, n, classes) = (*self.slot_out.last().unwrap(), indices.len(), self.model.classes());
         // Keras reports the compiled loss, label smoothing included, for validation too.
         if self.label_smoothing == 0.0 {
-            self.backend.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[last], &mut self.metrics, n, classes);
+            self.backend.softmax_xent(&self.acts[last], &self.labels, &mut self.grads[grad_buffer(last)], &mut self.metrics, n, classes);
         } else {
             let f = self.label_smoothing;
-            self.backend.softmax_xent_smoothed(&self.acts[last], &self.labels, None, &mut self.grads[last], &mut self.metrics, n, classes, f);
+            self.backend.softmax_xent_smoothed(&self.acts[last], &self.labels, None, &mut self.grads[grad_buffer(last)], &mut self.metrics, n, classes, f);
         }
         self.backend.flush()
     }

@@ -65,7 +65,8 @@ mod tests {
         let table = summary_table(&model);
         assert!(table.contains("probe (Probe)") && table.contains("Non-trainable params: 3 (12.00 B)") && table.contains("Trainable params: 89 "), "{table}");
         // Trainable: value, gradient, 2 moments; non-trainable: value; scratch: 3 values.
-        let activations = (25 + 27 + 27 + 27 + 2) * 4 * 2;
+        // Activations, then the two gradient buffers of the largest output.
+        let activations = (25 + 27 + 27 + 27 + 2) * 4 + 2 * 27 * 4;
         assert_eq!(model.memory_bytes(4), Some((activations + 89 * 4 + 3 + 3) * 4));
 
         let mut net = Network::new(CpuBackend::new(), model, 4, 7).unwrap();

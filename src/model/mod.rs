@@ -154,7 +154,9 @@ impl Model {
     /// fit in a usize (a batch size or input far too large).
     pub fn memory_bytes(&self, batch: usize) -> Option<usize> {
         let per_image = self.layers.iter().try_fold(self.input_len(), |acc, l| acc.checked_add(l.output_len()))?;
-        let activations = per_image.checked_mul(batch)?.checked_mul(2)?;
+        // Activation gradients share two buffers (Network::grads), each at most the largest output.
+        let largest = self.layers.iter().map(|l| l.output_len()).max().unwrap_or(0);
+        let activations = per_image.checked_add(largest.checked_mul(2)?)?.checked_mul(batch)?;
         let trainable = self.trainable_count();
         let params = trainable.checked_mul(4)?.checked_add(self.param_count() - trainable)?;
         let scratch = self.layers.iter().flat_map(|l| l.scratch()).try_fold(0usize, |acc, s| acc.checked_add(s.len(batch)?))?;
