@@ -19,12 +19,50 @@ pub const CONV_KINDS_ARCH: &str = "Conv2D(5, 3, padding=\"same\", use_bias=False
     SeparableConv2D(5, 3, strides=2, padding=\"same\", depth_multiplier=2, use_bias=False, activation=\"swish\")\n\
     GlobalAveragePooling2D Dense(9, activation=\"elu\") Dense(8, activation=\"tanh\") Dense(6, activation=\"sigmoid\") Dense(classes, softmax)\n";
 
-/// A fresh empty folder under the system temp dir, unique to this test.
+/// A fresh empty folder under the system temp dir, unique to this test. The test binary
+/// removes its folders when it exits, unless a test failed after making one: then all are
+/// kept to look at.
 pub fn temp_dir(name: &str) -> PathBuf {
+    remove_temp_dirs_at_exit();
     let dir = std::env::temp_dir().join(format!("gpu-cnn-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Set by the panic hook (installed by the first `temp_dir`): a test failed, so the folders stay.
+static A_TEST_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Once per test binary: a panic hook that notes a failure (then calls the default hook, which
+/// prints it), and an exit handler that removes this process's `temp_dir` folders. Without it
+/// every run of the suite left ~50 MB of checkpoints and browser profiles in the temp dir.
+fn remove_temp_dirs_at_exit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            A_TEST_FAILED.store(true, std::sync::atomic::Ordering::SeqCst);
+            default_hook(info)
+        }));
+        extern "C" {
+            fn atexit(handler: extern "C" fn()) -> std::ffi::c_int;
+        }
+        // SAFETY: atexit takes a plain function, run once when the process exits normally
+        // (the test harness returns from main, or calls exit after a failure).
+        unsafe { atexit(remove_temp_dirs) };
+    });
+}
+
+extern "C" fn remove_temp_dirs() {
+    if A_TEST_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let prefix = format!("gpu-cnn-test-{}-", std::process::id());
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Uniform values in [-1, 1), seeded.
