@@ -55,6 +55,10 @@ fn main() -> Result<()> {
         }
     };
     let classifier = Arc::new(Classifier::load_with_batch(&checkpoint, device, args.max_batch)?);
+    if args.checkpoint.is_none() {
+        // The model it trained is loaded; its run folder is not needed any more.
+        std::fs::remove_dir_all(checkpoint.parent().expect("a run folder")).ok();
+    }
     let (h, w, c) = classifier.input_shape();
     let test = generate(&SyntheticSpec { train: 1, test: 256, height: h, width: w, channels: c, classes: classifier.classes().max(2) }, 4).test;
     let images: Arc<Vec<Vec<u8>>> = Arc::new(
