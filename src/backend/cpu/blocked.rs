@@ -139,7 +139,19 @@ fn for_each_block_from<L: Lanes, F: BlockFn<L>>(f: &mut F, mut r0: usize, rows: 
 #[inline(always)]
 fn gemm_block<L: Lanes, const P: usize, const V: usize>(g: &mut Gemm, r0: usize, o0: usize) {
     let n = g.n;
-    let mut acc: [[L; V]; P] = if g.accumulate { array(|i| array(|j| L::load(&g.c[(r0 + i) * n + o0 + j * L::N..]))) } else { [[L::zero(); V]; P] };
+    let mut acc: [[L; V]; P] = if g.accumulate {
+        array(
+            #[inline(always)]
+            |i| {
+                array(
+                    #[inline(always)]
+                    |j| L::load(&g.c[(r0 + i) * n + o0 + j * L::N..]),
+                )
+            },
+        )
+    } else {
+        [[L::zero(); V]; P]
+    };
     let a: [&[f32]; P] = array(
         #[inline(always)]
         |i| &g.a[(r0 + i) * g.a_row..],

@@ -206,6 +206,9 @@ mod x86 {
 /// closure, outside the SIMD code; this always inlines. Nothing is written first: arrays of
 /// vectors too many for the registers were otherwise zeroed on the stack by a memset call
 /// before every use (2.3 KB per Winograd F(4x4) tile and channel vector with AVX-512).
+/// Mark the closure `#[inline(always)]` too: one left out of line is compiled without the
+/// kernel's target features, and every intrinsic in it becomes a call (a Winograd transform
+/// ran 2x slower so).
 #[inline(always)]
 pub fn array<T: Copy, const N: usize>(mut f: impl FnMut(usize) -> T) -> [T; N] {
     let mut out = [MaybeUninit::<T>::uninit(); N];

@@ -165,7 +165,15 @@ impl Tiling for F4x4 {
                     // B^T d, a column at a time: cols[col][row].
                     // SAFETY: every row holds c floats and ch + N <= c (`lanes_fit`: c is a
                     // multiple of N).
-                    let cols: [[L; 6]; 6] = array(|col| input_column(array(|row| unsafe { L::load_ptr(rows[row * 6 + col].as_ptr().add(ch)) })));
+                    let cols: [[L; 6]; 6] = array(
+                        #[inline(always)]
+                        |col| {
+                            input_column(array(
+                                #[inline(always)]
+                                |row| unsafe { L::load_ptr(rows[row * 6 + col].as_ptr().add(ch)) },
+                            ))
+                        },
+                    );
                     // Then each row of that times B.
                     for row in 0..6 {
                         let out = input_column([cols[0][row], cols[1][row], cols[2][row], cols[3][row], cols[4][row], cols[5][row]]);
@@ -193,7 +201,15 @@ impl Tiling for F4x4 {
                     let b = L::load(&bias[o..]);
                     // A^T m, a column at a time: cols[col][out row].
                     let at = tile * co + o;
-                    let cols: [[L; 4]; 6] = array(|col| output_column(array(|row| L::load(&m[(row * 6 + col) * stride + at..]))));
+                    let cols: [[L; 4]; 6] = array(
+                        #[inline(always)]
+                        |col| {
+                            output_column(array(
+                                #[inline(always)]
+                                |row| L::load(&m[(row * 6 + col) * stride + at..]),
+                            ))
+                        },
+                    );
                     for (dy, oy) in (4 * ty..s.out_h).take(4).enumerate() {
                         let out = output_column([cols[0][dy], cols[1][dy], cols[2][dy], cols[3][dy], cols[4][dy], cols[5][dy]]);
                         for (dx, val) in out.into_iter().enumerate() {
