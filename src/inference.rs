@@ -13,7 +13,7 @@ use crate::backend::Backend;
 use crate::batchnorm_fold::{fold_batchnorm, BatchNormWeights};
 use crate::checkpoint::Checkpoint;
 use crate::model::{Activation, LayerSpec, Model};
-use crate::network::{HostTensor, Network};
+use crate::network::{HostTensor, Metrics, Network};
 use anyhow::{anyhow, Context, Result};
 
 /// A network for inference from `ck`, BatchNormalization folded where it can be.
@@ -26,6 +26,22 @@ pub fn inference_network<B: Backend>(backend: B, ck: &Checkpoint, max_batch: usi
     net.load_state(&tensors, false).context("its weights do not match its architecture")?;
     net.label_smoothing = ck.meta.label_smoothing;
     Ok(net)
+}
+
+/// Loss and accuracy of the training network `net` on the first `count` images, as its
+/// inference network computes them (the validation pass of every epoch). With nothing to fold
+/// it is `net`'s own evaluate; else the folded network, made for the pass with `net`'s batch
+/// size and label smoothing: one pass per conv instead of conv, BatchNormalization and ReLU,
+/// and the results `gpu-cnn evaluate` gets from the saved checkpoint.
+pub fn evaluate_folded<B: Backend>(net: &mut Network<B>, images: &B::Images, count: usize) -> Result<Metrics> {
+    let (folded, tensors) = fold_model(&net.model, &net.weights()?)?;
+    if folded.layers.len() == net.model.layers.len() {
+        return net.evaluate(images, count);
+    }
+    let mut inference = Network::new(&net.backend, folded, net.max_batch, 0)?;
+    inference.load_state(&tensors, false).context("the folded weights")?;
+    inference.label_smoothing = net.label_smoothing;
+    inference.evaluate(images, count)
 }
 
 /// The suffix of the kernel whose output channels a following BatchNormalization scales, for a

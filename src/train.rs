@@ -160,7 +160,7 @@ fn epochs<B: Backend>(
         let started = Instant::now();
         let train_metrics = train_epoch(net, &train, ds, opts, &recipe, epoch, started)?;
         let train_seconds = started.elapsed().as_secs_f64();
-        let val = net.evaluate(&test, ds.test.len())?;
+        let val = crate::inference::evaluate_folded(net, &test, ds.test.len())?;
         let seconds = started.elapsed().as_secs_f64();
         // The rate of the epoch's last step, which Keras's History records.
         let rate = recipe.rate(opts.learning_rate, net.step.saturating_sub(1), steps);
