@@ -137,8 +137,8 @@ pub struct Network<B: Backend> {
     acts: Vec<B::Tensor>,
     /// Two gradient buffers for all slots: slot k's gradient lives in `grads[grad_buffer(k)]`.
     /// A layer's dy and dx are consecutive slots, so they never share one, and a gradient is
-    /// dead once the layer before has read it: two buffers the size of the largest keep the
-    /// backward pass's memory (and what it pulls through the caches) small.
+    /// dead once the layer before has read it: two buffers the size of the largest output
+    /// instead of one per output.
     grads: [B::Tensor; 2],
     slot_in: Vec<usize>,
     slot_out: Vec<usize>,
