@@ -22,7 +22,7 @@ pub fn inference_network<B: Backend>(backend: B, ck: &Checkpoint, max_batch: usi
     // `checkpoint::load` has checked every tensor's shape against the unfolded model; a missing
     // one is named by the fold that needs it or by `load_state`.
     let (folded, tensors) = fold_model(&model, &ck.tensors)?;
-    let mut net = Network::new(backend, folded, max_batch, 0)?;
+    let mut net = Network::for_inference(backend, folded, max_batch)?;
     net.load_state(&tensors, false).context("its weights do not match its architecture")?;
     net.label_smoothing = ck.meta.label_smoothing;
     Ok(net)
@@ -38,7 +38,7 @@ pub fn evaluate_folded<B: Backend>(net: &mut Network<B>, images: &B::Images, cou
     if folded.layers.len() == net.model.layers.len() {
         return net.evaluate(images, count);
     }
-    let mut inference = Network::new(&net.backend, folded, net.max_batch, 0)?;
+    let mut inference = Network::for_inference(&net.backend, folded, net.max_batch)?;
     inference.load_state(&tensors, false).context("the folded weights")?;
     inference.label_smoothing = net.label_smoothing;
     inference.evaluate(images, count)

@@ -146,6 +146,8 @@ pub struct Network<B: Backend> {
     relu_slot: Vec<bool>,
     /// Per layer: its forward applies the ReLU layer that follows it (`Forward::relu`).
     absorbed_relu: Vec<bool>,
+    /// False for `for_inference`: no gradient buffers but the loss's.
+    trains: bool,
     batch_idx: B::Indices,
     /// The augmented training batch's packed transforms (src/augment.rs).
     batch_transforms: B::Indices,
@@ -179,6 +181,17 @@ impl<B: Backend> Network<B> {
     /// Allocates every buffer for batches up to `max_batch` and initialises the tensors as
     /// Keras does (each ParamSpec's `Init`: glorot_uniform kernels, zero biases), seeded.
     pub fn new(backend: B, model: Model, max_batch: usize, seed: u64) -> Result<Self> {
+        Self::build(backend, model, max_batch, seed, true)
+    }
+
+    /// A network for forward passes only (evaluate, predict): of the activation gradients it
+    /// keeps just the loss's, which evaluate computes and ignores, so it holds no buffer the
+    /// size of the largest activation for gradients it never takes. Training it panics.
+    pub fn for_inference(backend: B, model: Model, max_batch: usize) -> Result<Self> {
+        Self::build(backend, model, max_batch, 0, false)
+    }
+
+    fn build(backend: B, model: Model, max_batch: usize, seed: u64, trains: bool) -> Result<Self> {
         if max_batch == 0 {
             bail!("batch size must be at least 1");
         }
@@ -219,10 +232,11 @@ impl<B: Backend> Network<B> {
         }
         let mut acts = Vec::new();
         let mut grad_lens = [0; 2];
+        let last = *slot_out.last().unwrap_or(&0);
         for (i, &len) in slot_lens.iter().enumerate() {
             acts.push(backend.tensor(max_batch * len)?);
-            // The input needs no gradient.
-            if i > 0 {
+            // The input needs no gradient; inference only the loss's.
+            if i > 0 && (trains || i == last) {
                 grad_lens[grad_buffer(i)] = grad_lens[grad_buffer(i)].max(max_batch * len);
             }
         }
@@ -253,6 +267,7 @@ impl<B: Backend> Network<B> {
             slot_out,
             relu_slot,
             absorbed_relu,
+            trains,
         };
         net.init_weights(seed);
         Ok(net)
@@ -345,6 +360,7 @@ impl<B: Backend> Network<B> {
 
     /// Loss gradient, then every layer's backward, last to first.
     fn backward(&mut self, n: usize) {
+        assert!(self.trains, "a network made for inference (Network::for_inference) cannot train");
         let b = &self.backend;
         let last = *self.slot_out.last().unwrap();
         match &self.class_weights {

@@ -9,7 +9,7 @@ use gpu_cnn::backend::Backend;
 use gpu_cnn::checkpoint::Checkpoint;
 use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
 use gpu_cnn::data::Dataset;
-use gpu_cnn::inference::{fold_model, inference_network};
+use gpu_cnn::inference::{evaluate_folded, fold_model, inference_network};
 use gpu_cnn::model::{format_arch, parse_arch, Activation, LayerSpec, Model};
 use gpu_cnn::network::{HostTensor, Network};
 use gpu_cnn::rng::Rng;
@@ -112,4 +112,25 @@ fn folded_inference_matches_conv_plus_batchnorm_on_the_cpu() {
 fn folded_inference_matches_conv_plus_batchnorm_on_the_gpu() {
     let Some(_) = common::gpu_backend() else { return };
     assert_same_predictions(|| common::gpu_backend().unwrap());
+}
+
+/// Training's validation pass (`evaluate_folded`) is the inference network's evaluate, bit for
+/// bit, and within rounding of the unfolded network's; a network made for inference (no
+/// gradient buffers) refuses to train.
+#[test]
+fn validation_runs_the_inference_network() {
+    let ds = data();
+    let ck = checkpoint(&ds);
+    let n = ds.test.len();
+    let mut training = Network::new(CpuBackend::new(), ck.model().unwrap(), 5, 0).unwrap();
+    training.load_state(&ck.tensors, false).unwrap();
+    let images = training.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len()).unwrap();
+    let val = evaluate_folded(&mut training, &images, n).unwrap();
+    let mut inference = inference_network(CpuBackend::new(), &ck, 5).unwrap();
+    assert_eq!(inference.evaluate(&images, n).unwrap(), val, "the same folded network, the same batches");
+    // The fold moves probabilities by at most 2e-6 (above), so the mean loss by about as much.
+    let unfolded = training.evaluate(&images, n).unwrap();
+    assert!((unfolded.loss - val.loss).abs() < 1e-5 && unfolded.accuracy == val.accuracy, "{unfolded:?} vs {val:?}");
+    let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inference.train_step(&images, &[0, 1])));
+    assert!(trained.is_err(), "an inference network has no gradient buffers to train with");
 }
