@@ -30,15 +30,20 @@ pub fn inference_network<B: Backend>(backend: B, ck: &Checkpoint, max_batch: usi
 
 /// Loss and accuracy of the training network `net` on the first `count` images, as its
 /// inference network computes them (the validation pass of every epoch). With nothing to fold
-/// it is `net`'s own evaluate; else the folded network, made for the pass with `net`'s batch
-/// size and label smoothing: one pass per conv instead of conv, BatchNormalization and ReLU,
-/// and the results `gpu-cnn evaluate` gets from the saved checkpoint.
+/// it is `net`'s own evaluate (also where the folded network does not fit); else the folded
+/// network, made for the pass with `net`'s batch size and label smoothing: one pass per conv
+/// instead of conv, BatchNormalization and ReLU, and the results `gpu-cnn evaluate` gets from
+/// the saved checkpoint.
 pub fn evaluate_folded<B: Backend>(net: &mut Network<B>, images: &B::Images, count: usize) -> Result<Metrics> {
     let (folded, tensors) = fold_model(&net.model, &net.weights()?)?;
     if folded.layers.len() == net.model.layers.len() {
         return net.evaluate(images, count);
     }
-    let mut inference = Network::for_inference(&net.backend, folded, net.max_batch)?;
+    // A device with room for the training network but not for both runs the pass unfolded,
+    // rather than stop the run.
+    let Ok(mut inference) = Network::for_inference(&net.backend, folded, net.max_batch) else {
+        return net.evaluate(images, count);
+    };
     inference.load_state(&tensors, false).context("the folded weights")?;
     inference.label_smoothing = net.label_smoothing;
     inference.evaluate(images, count)
