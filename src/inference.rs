@@ -35,10 +35,12 @@ pub fn inference_network<B: Backend>(backend: B, ck: &Checkpoint, max_batch: usi
 /// instead of conv, BatchNormalization and ReLU, and the results `gpu-cnn evaluate` gets from
 /// the saved checkpoint.
 pub fn evaluate_folded<B: Backend>(net: &mut Network<B>, images: &B::Images, count: usize) -> Result<Metrics> {
-    let (folded, tensors) = fold_model(&net.model, &net.weights()?)?;
-    if folded.layers.len() == net.model.layers.len() {
+    // Checked on the model first: a model with nothing to fold (the seed model) downloads no
+    // weights for it.
+    if !has_fold(&net.model) {
         return net.evaluate(images, count);
     }
+    let (folded, tensors) = fold_model(&net.model, &net.weights()?)?;
     // A device with room for the training network but not for both runs the pass unfolded,
     // rather than stop the run.
     let Ok(mut inference) = Network::for_inference(&net.backend, folded, net.max_batch) else {
@@ -61,6 +63,12 @@ fn folding_kernel(spec: &LayerSpec) -> Option<&'static str> {
         LayerSpec::Dense(d) if d.activation == Activation::None => Some("kernel"),
         _ => None,
     }
+}
+
+/// Whether `fold_model` folds anything in `model`: a layer with a `folding_kernel` right before
+/// a BatchNormalization.
+fn has_fold(model: &Model) -> bool {
+    model.layers.windows(2).any(|w| folding_kernel(&w[0].spec).is_some() && matches!(w[1].spec, LayerSpec::BatchNormalization(_)))
 }
 
 /// The layer after folding: it has a bias (use_bias=False layers gain one), and a fused ReLU
