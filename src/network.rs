@@ -3,8 +3,8 @@
 //! Backend, so the CPU and GPU paths run this same code.
 
 pub use crate::backend::AdamConfig;
-use crate::backend::{Backend, GatherAugment, RmsPropStep, SgdStep, TensorArena, METRICS_LEN};
-use crate::layers::{Backward, Forward, Init, ParamSpec, Scratch};
+use crate::backend::{Backend, GatherAugment, PoolShape, RmsPropStep, SgdStep, TensorArena, METRICS_LEN};
+use crate::layers::{Backward, Forward, Init, LayerSpec, ParamSpec, Scratch};
 use crate::model::{Layer, Model};
 use crate::optimizer::Optimizer;
 use crate::rng::Rng;
@@ -146,6 +146,9 @@ pub struct Network<B: Backend> {
     relu_slot: Vec<bool>,
     /// Per layer: its forward applies the ReLU layer that follows it (`Forward::relu`).
     absorbed_relu: Vec<bool>,
+    /// Per layer: the MaxPooling2D layer its forward runs (`Forward::pool`), whose argmax
+    /// scratch it writes.
+    absorbed_pool: Vec<Option<usize>>,
     /// False for `for_inference`: no gradient buffers but the loss's.
     trains: bool,
     batch_idx: B::Indices,
@@ -163,6 +166,32 @@ pub struct Network<B: Backend> {
 /// Which of the two gradient buffers holds slot k's gradient.
 fn grad_buffer(slot: usize) -> usize {
     slot % 2
+}
+
+/// The geometry of layer k, a MaxPooling2D.
+fn pool_shape(model: &Model, k: usize) -> PoolShape {
+    let layer = &model.layers[k];
+    match &layer.spec {
+        LayerSpec::MaxPooling2D(p) => p.shape(&layer.input),
+        other => unreachable!("only a MaxPooling2D is absorbed as a pool, not {other:?}"),
+    }
+}
+
+/// Layer i's state, and where it runs the MaxPooling2D layer `pool` (> i) too, that pool's
+/// geometry and argmax.
+fn layer_and_pool<'a, B: Backend>(
+    state: &'a mut [LayerState<B>],
+    model: &Model,
+    pool: Option<usize>,
+    i: usize,
+) -> (&'a mut LayerState<B>, Option<(PoolShape, &'a mut B::Indices)>) {
+    match pool {
+        None => (&mut state[i], None),
+        Some(k) => {
+            let (head, tail) = state.split_at_mut(k);
+            (&mut head[i], Some((pool_shape(model, k), tail[0].scratch[0].indices_mut())))
+        }
+    }
 }
 
 /// Splits a slice into one shared and one mutable element (a != b).
@@ -212,20 +241,35 @@ impl<B: Backend> Network<B> {
         let mut slot_lens = vec![model.input_len()];
         let mut relu_slot = vec![false];
         let mut absorbed_relu = vec![false; model.layers.len()];
+        let mut absorbed_pool = vec![None; model.layers.len()];
+        // The layer that writes each slot (none for the input).
+        let mut writer = vec![None];
         for (i, layer) in model.layers.iter().enumerate() {
             let input = *slot_out.last().unwrap_or(&0);
             slot_in.push(input);
             let absorbed = i > 0 && layer.spec.is_plain_relu() && model.layers[i - 1].spec.absorbs_relu() && slot_in[i - 1] != input;
+            let pooled_by = writer[input].filter(|&w: &usize| {
+                let disjoint = matches!(&layer.spec, LayerSpec::MaxPooling2D(p) if p.shape(&layer.input).windows_disjoint());
+                disjoint && backend.fuses_batchnorm_maxpool() && model.layers[w].spec.absorbs_maxpool() && absorbed_pool[w].is_none()
+            });
             if absorbed {
                 // Runs inside the layer before, whose slot now holds ReLU'd values.
                 absorbed_relu[i - 1] = true;
                 relu_slot[input] = true;
+                slot_out.push(input);
+            } else if let Some(w) = pooled_by {
+                // Runs inside the layer that wrote its input, whose slot now holds the pooled
+                // values; that layer's backward masks by its ReLU itself.
+                absorbed_pool[w] = Some(i);
+                slot_lens[input] = layer.output_len();
+                relu_slot[input] = layer.spec.output_relu();
                 slot_out.push(input);
             } else if layer.spec.is_view() {
                 slot_out.push(input);
             } else {
                 slot_lens.push(layer.output_len());
                 relu_slot.push(layer.spec.output_relu());
+                writer.push(Some(i));
                 slot_out.push(slot_lens.len() - 1);
             }
             state.push(LayerState::new(&backend, layer, max_batch, &mut parts)?);
@@ -267,6 +311,7 @@ impl<B: Backend> Network<B> {
             slot_out,
             relu_slot,
             absorbed_relu,
+            absorbed_pool,
             trains,
         };
         net.init_weights(seed);
@@ -330,6 +375,10 @@ impl<B: Backend> Network<B> {
     pub fn absorbed_relu_layers(&self) -> Vec<&str> {
         self.absorbed_relu.iter().zip(self.model.layers.iter().skip(1)).filter(|(&absorbed, _)| absorbed).map(|(_, relu)| relu.name.as_str()).collect()
     }
+    /// The MaxPooling2D layers that run inside a layer before them (`LayerKind::absorbs_maxpool`).
+    pub fn absorbed_pool_layers(&self) -> Vec<&str> {
+        self.absorbed_pool.iter().flatten().map(|&k| self.model.layers[k].name.as_str()).collect()
+    }
 
     /// Every layer's forward; `training` is false in evaluate and predict.
     fn forward(&mut self, n: usize, training: bool) {
@@ -339,7 +388,7 @@ impl<B: Backend> Network<B> {
                 continue; // a view (Flatten), or a ReLU the layer before applied
             }
             let (x, y) = pair_mut(&mut self.acts, a, o);
-            let state = &mut self.state[i];
+            let (state, pool) = layer_and_pool(&mut self.state, &self.model, self.absorbed_pool[i], i);
             let f = Forward {
                 backend: &self.backend,
                 n,
@@ -351,6 +400,7 @@ impl<B: Backend> Network<B> {
                 input: &layer.input,
                 x,
                 y,
+                pool,
                 params: &mut state.values,
                 scratch: &mut state.scratch,
             };
@@ -398,7 +448,8 @@ impl<B: Backend> Network<B> {
                 let (dy, dx) = pair_mut(&mut self.grads, grad_buffer(o), grad_buffer(a));
                 (dy, Some(dx))
             };
-            let state = &mut self.state[i];
+            let (state, pool) = layer_and_pool(&mut self.state, &self.model, self.absorbed_pool[i], i);
+            let pool = pool.map(|(shape, argmax)| (shape, &*argmax));
             let back = Backward {
                 backend: b,
                 n,
@@ -409,6 +460,8 @@ impl<B: Backend> Network<B> {
                 x: &self.acts[a],
                 y: &self.acts[o],
                 dy,
+                pool,
+                relu: self.absorbed_relu[i],
                 dx,
                 relu_y,
                 params: &state.values,

@@ -15,11 +15,11 @@
 //! mag / n >= 1.6e-3 * mag: hundreds of times the tolerance. Max-pool is exact.
 
 mod common;
-use common::random_vec;
+use common::{assert_same_bits, random_vec};
 use gpu_cnn::backend::cpu::conv::{self, backward_filter_algo, backward_input_algo, forward_algo, ConvAlgo};
 use gpu_cnn::backend::cpu::simd::has_fast_fma;
 use gpu_cnn::backend::cpu::CpuBackend;
-use gpu_cnn::backend::{Backend, ConvShape, DenseShape, PoolShape};
+use gpu_cnn::backend::{Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, PoolShape};
 
 /// Sums done in f32 in a fixed blocked order (GEMM, direct kernels): see the module comment.
 const RTOL: f64 = 2e-6;
@@ -325,6 +325,76 @@ fn maxpool_matches_plain_loops_exactly() {
         cpu.upload(&mut dx, &garbage);
         cpu.maxpool_backward_relu(&dyt, &at, &relu_yt, &mut dx, s, n);
         assert_eq!(dx, masked, "pool {k} dx with the ReLU mask");
+    }
+}
+
+/// The CPU's fused BatchNormalization + MaxPooling2D (`Backend::fuses_batchnorm_maxpool`)
+/// against the same backend's layers run one by one, which the tests above and tests/gradcheck
+/// check: the same bits in every output, forward (training and inference) and backward. Maps
+/// with cells in no window (odd sizes, a stride over the size), "same" padding with partial
+/// windows, ReLU on and off, odd channel counts, and values on a coarse grid so that windows
+/// hold ties.
+#[test]
+fn fused_batchnorm_maxpool_matches_the_layers_apart_bit_for_bit() {
+    let cpu = CpuBackend::new();
+    assert!(cpu.fuses_batchnorm_maxpool());
+    let cases = [
+        (3, PoolShape::valid((13, 13, 5), (2, 2), (2, 2)).unwrap(), true),
+        (2, PoolShape::same((7, 7, 3), (2, 2), (2, 2)).unwrap(), false),
+        (2, PoolShape::same((7, 8, 4), (3, 3), (3, 3)).unwrap(), true),
+        (2, PoolShape::valid((8, 7, 6), (2, 2), (3, 3)).unwrap(), true),
+    ];
+    for (k, (n, pool, relu)) in cases.into_iter().enumerate() {
+        let what = |t: &str| format!("case {k} ({n}x{}x{}x{}, relu {relu}): {t}", pool.in_h, pool.in_w, pool.c);
+        let bn = BatchNormShape { positions: pool.in_h * pool.in_w, channels: pool.c, relu };
+        let h = BatchNormConfig::default();
+        let upload = |v: &[f32]| {
+            let mut t = cpu.tensor(v.len()).unwrap();
+            cpu.upload(&mut t, v);
+            t
+        };
+        let x = upload(&random_vec(n * pool.in_len(), 700 + k as u64).iter().map(|v| (v * 4.0).round()).collect::<Vec<_>>());
+        let gamma = upload(&random_vec(pool.c, 710 + k as u64).iter().map(|v| v * 2.0).collect::<Vec<_>>());
+        let beta = upload(&random_vec(pool.c, 720 + k as u64));
+        let dy = upload(&random_vec(n * pool.out_len(), 730 + k as u64));
+        let garbage = |len: usize| upload(&vec![f32::NAN; len]);
+        // Apart: the layers' own calls, as the network makes them.
+        let (mut mean_a, mut var_a, mut saved_a) = (upload(&vec![0.5; pool.c]), upload(&vec![2.0; pool.c]), garbage(bn.saved_len()));
+        let (mut y_bn, mut y_a, mut at_a) = (garbage(n * pool.in_len()), garbage(n * pool.out_len()), cpu.indices(n * pool.out_len()).unwrap());
+        cpu.batchnorm_forward_train(&x, &gamma, &beta, &mut mean_a, &mut var_a, &mut saved_a, &mut y_bn, &bn, n, &h);
+        cpu.maxpool_forward(&y_bn, &mut y_a, &mut at_a, &pool, n);
+        let mut dy_bn = garbage(n * pool.in_len());
+        if relu {
+            cpu.maxpool_backward_relu(&dy, &at_a, &y_bn, &mut dy_bn, &pool, n);
+        } else {
+            cpu.maxpool_backward(&dy, &at_a, &mut dy_bn, &pool, n);
+        }
+        let (mut dx_a, mut dgamma_a, mut dbeta_a) = (garbage(n * pool.in_len()), garbage(pool.c), garbage(pool.c));
+        cpu.batchnorm_backward(&x, &dy_bn, &gamma, &mut saved_a, &mut dx_a, &mut dgamma_a, &mut dbeta_a, &bn, n);
+        // Fused.
+        let (mut mean_f, mut var_f, mut saved_f) = (upload(&vec![0.5; pool.c]), upload(&vec![2.0; pool.c]), garbage(bn.saved_len()));
+        let (mut y_f, mut at_f) = (garbage(n * pool.out_len()), cpu.indices(n * pool.out_len()).unwrap());
+        cpu.batchnorm_maxpool_forward_train(&x, &gamma, &beta, &mut mean_f, &mut var_f, &mut saved_f, &mut y_f, &mut at_f, &bn, &pool, n, &h);
+        let (mut dx_f, mut dgamma_f, mut dbeta_f) = (garbage(n * pool.in_len()), garbage(pool.c), garbage(pool.c));
+        cpu.batchnorm_maxpool_backward(&x, &dy, &y_f, &at_f, &gamma, &mut saved_f, &mut dx_f, &mut dgamma_f, &mut dbeta_f, &bn, &pool, n);
+        assert!(y_a.iter().any(|&v| v > 0.0) && dx_a.iter().any(|&v| v != 0.0), "{}", what("the case is not degenerate"));
+        for (name, got, want) in [
+            ("y", &y_f, &y_a),
+            ("moving mean", &mean_f, &mean_a),
+            ("moving variance", &var_f, &var_a),
+            ("saved", &saved_f, &saved_a),
+            ("dx", &dx_f, &dx_a),
+            ("dgamma", &dgamma_f, &dgamma_a),
+            ("dbeta", &dbeta_f, &dbeta_a),
+        ] {
+            assert_same_bits(&what(name), got, want);
+        }
+        assert_eq!(at_f, at_a, "{}", what("argmax"));
+        // Inference: the moving statistics, the same bits again.
+        cpu.batchnorm_forward_infer(&x, &gamma, &beta, &mean_a, &var_a, &mut saved_a, &mut y_bn, &bn, n, h.epsilon);
+        cpu.maxpool_forward(&y_bn, &mut y_a, &mut at_a, &pool, n);
+        cpu.batchnorm_maxpool_forward_infer(&x, &gamma, &beta, &mean_a, &var_a, &mut saved_f, &mut y_f, &mut at_f, &bn, &pool, n, h.epsilon);
+        assert_same_bits(&what("inference y"), &y_f, &y_a);
     }
 }
 

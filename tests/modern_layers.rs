@@ -102,6 +102,40 @@ backend_test! {
 }
 
 backend_test! {
+    /// Where the backend fuses them (the CPU), a MaxPooling2D right after a BatchNormalization
+    /// (and the ReLU it absorbed) runs inside it: the same bits in training and evaluation as
+    /// when a Dropout(0.0) between them keeps the pool a layer of its own (the Dropout swaps
+    /// places with the pool, so every other layer keeps its index). With a ReLU and
+    /// padding="valid" on an odd map (cells in no window); without, padding="same" with partial
+    /// windows.
+    fn a_maxpool_after_batch_normalization_runs_inside_it_with_the_same_bits<B>(backend: &B) {
+        let fused = "Conv2D(8, 3, padding=\"same\") BatchNormalization ReLU MaxPooling2D(2) Dropout(0.0)\n\
+                     Conv2D(5, 2) BatchNormalization MaxPooling2D(2, padding=\"same\") Dropout(0.0) GlobalAveragePooling2D Dense(4, softmax)\n";
+        let apart = fused.replace("MaxPooling2D(2) Dropout(0.0)", "Dropout(0.0) MaxPooling2D(2)").replace("MaxPooling2D(2, padding=\"same\") Dropout(0.0)", "Dropout(0.0) MaxPooling2D(2, padding=\"same\")");
+        let pools: &[&str] = if backend.fuses_batchnorm_maxpool() { &["max_pooling2d", "max_pooling2d_1"] } else { &[] };
+        assert_eq!(network_of(fused, backend).0.absorbed_pool_layers(), pools);
+        assert!(network_of(&apart, backend).0.absorbed_pool_layers().is_empty());
+        let run = |arch: &str| {
+            let (mut net, ds) = network_of(arch, backend);
+            let images = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len()).unwrap();
+            for batch in gpu_cnn::train::epoch_order(ds.train.len(), 3, 0).chunks(BATCH).take(6) {
+                net.train_step(&images, batch).unwrap();
+            }
+            let trained = net.read_metrics().unwrap();
+            let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len()).unwrap();
+            (net.weights().unwrap(), trained, net.evaluate(&test, ds.test.len()).unwrap())
+        };
+        let ((a, ma, ea), (b, mb, eb)) = (run(fused), run(&apart));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.name, y.name);
+            common::assert_same_bits(&format!("{} with the pool fused and apart", x.name), &x.data, &y.data);
+        }
+        assert_eq!((ma, ea), (mb, eb));
+    }
+}
+
+backend_test! {
     /// A ReLU (or Activation("relu")) right after a BatchNormalization runs inside it: the
     /// same bits as when a Dropout(0.0) between them (which keeps every value, times 1.0)
     /// keeps the ReLU a layer of its own, with its own forward pass and gradient copy. (The

@@ -187,6 +187,11 @@ impl PoolShape {
     pub fn rows(&self, oy: usize) -> (usize, usize) {
         clipped_window(oy * self.stride_h, self.pad_top, self.size_h, self.in_h)
     }
+    /// Whether no input cell is in two windows (stride >= size both ways, as Keras's default
+    /// stride = pool size).
+    pub fn windows_disjoint(&self) -> bool {
+        self.stride_h >= self.size_h && self.stride_w >= self.size_w
+    }
     /// The input columns window column `ox` covers, clipped likewise.
     pub fn cols(&self, ox: usize) -> (usize, usize) {
         clipped_window(ox * self.stride_w, self.pad_left, self.size_w, self.in_w)
@@ -669,6 +674,76 @@ pub trait Backend {
         self.relu_backward(relu_y, dx, n * s.inputs);
     }
 
+    /// Whether the backend runs a BatchNormalization (with the ReLU it absorbed, if any) and
+    /// the non-overlapping MaxPooling2D right after it as one layer, `batchnorm_maxpool_*`:
+    /// the normalized activation is then never written out and read back, only the pooled
+    /// one. Worth it where those passes over memory cost more than their arithmetic (the CPU
+    /// backend). The three methods give the same bits as the layers one by one.
+    fn fuses_batchnorm_maxpool(&self) -> bool {
+        false
+    }
+    /// `batchnorm_forward_train` (ReLU'd when s.relu), then `maxpool_forward` of that output
+    /// with `pool` (stride = size): y and argmax are the pool's, `saved` and the moving
+    /// statistics the BatchNormalization's.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_maxpool_forward_train(
+        &self,
+        _x: &Self::Tensor,
+        _gamma: &Self::Tensor,
+        _beta: &Self::Tensor,
+        _moving_mean: &mut Self::Tensor,
+        _moving_variance: &mut Self::Tensor,
+        _saved: &mut Self::Tensor,
+        _y: &mut Self::Tensor,
+        _argmax: &mut Self::Indices,
+        _s: &BatchNormShape,
+        _pool: &PoolShape,
+        _n: usize,
+        _h: &BatchNormConfig,
+    ) {
+        unreachable!("only a backend whose fuses_batchnorm_maxpool() is true runs the fused layer");
+    }
+    /// `batchnorm_forward_infer`, then `maxpool_forward` likewise.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_maxpool_forward_infer(
+        &self,
+        _x: &Self::Tensor,
+        _gamma: &Self::Tensor,
+        _beta: &Self::Tensor,
+        _moving_mean: &Self::Tensor,
+        _moving_variance: &Self::Tensor,
+        _saved: &mut Self::Tensor,
+        _y: &mut Self::Tensor,
+        _argmax: &mut Self::Indices,
+        _s: &BatchNormShape,
+        _pool: &PoolShape,
+        _n: usize,
+        _epsilon: f32,
+    ) {
+        unreachable!("only a backend whose fuses_batchnorm_maxpool() is true runs the fused layer");
+    }
+    /// The fused forward's gradients from the pooled dy: `maxpool_backward_relu` (masked by
+    /// the pooled y > 0 when s.relu, plain `maxpool_backward` else), then `batchnorm_backward`
+    /// of that: dx, dgamma and dbeta as the two would write them.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_maxpool_backward(
+        &self,
+        _x: &Self::Tensor,
+        _dy: &Self::Tensor,
+        _y: &Self::Tensor,
+        _argmax: &Self::Indices,
+        _gamma: &Self::Tensor,
+        _saved: &mut Self::Tensor,
+        _dx: &mut Self::Tensor,
+        _dgamma: &mut Self::Tensor,
+        _dbeta: &mut Self::Tensor,
+        _s: &BatchNormShape,
+        _pool: &PoolShape,
+        _n: usize,
+    ) {
+        unreachable!("only a backend whose fuses_batchnorm_maxpool() is true runs the fused layer");
+    }
+
     /// Dispatches and compute passes recorded so far, where the backend records them (None
     /// for the CPU backend, which runs each op at once).
     fn record_counts(&self) -> Option<RecordCounts> {
@@ -910,6 +985,60 @@ impl<B: Backend> Backend for &B {
     }
     fn dense_backward_input_relu(&self, dy: &Self::Tensor, w: &Self::Tensor, relu_y: &Self::Tensor, dx: &mut Self::Tensor, s: &DenseShape, n: usize) {
         (**self).dense_backward_input_relu(dy, w, relu_y, dx, s, n)
+    }
+    fn fuses_batchnorm_maxpool(&self) -> bool {
+        (**self).fuses_batchnorm_maxpool()
+    }
+    fn batchnorm_maxpool_forward_train(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        moving_mean: &mut Self::Tensor,
+        moving_variance: &mut Self::Tensor,
+        saved: &mut Self::Tensor,
+        y: &mut Self::Tensor,
+        argmax: &mut Self::Indices,
+        s: &BatchNormShape,
+        pool: &PoolShape,
+        n: usize,
+        h: &BatchNormConfig,
+    ) {
+        (**self).batchnorm_maxpool_forward_train(x, gamma, beta, moving_mean, moving_variance, saved, y, argmax, s, pool, n, h)
+    }
+    fn batchnorm_maxpool_forward_infer(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        moving_mean: &Self::Tensor,
+        moving_variance: &Self::Tensor,
+        saved: &mut Self::Tensor,
+        y: &mut Self::Tensor,
+        argmax: &mut Self::Indices,
+        s: &BatchNormShape,
+        pool: &PoolShape,
+        n: usize,
+        epsilon: f32,
+    ) {
+        (**self).batchnorm_maxpool_forward_infer(x, gamma, beta, moving_mean, moving_variance, saved, y, argmax, s, pool, n, epsilon)
+    }
+    fn batchnorm_maxpool_backward(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        y: &Self::Tensor,
+        argmax: &Self::Indices,
+        gamma: &Self::Tensor,
+        saved: &mut Self::Tensor,
+        dx: &mut Self::Tensor,
+        dgamma: &mut Self::Tensor,
+        dbeta: &mut Self::Tensor,
+        s: &BatchNormShape,
+        pool: &PoolShape,
+        n: usize,
+    ) {
+        (**self).batchnorm_maxpool_backward(x, dy, y, argmax, gamma, saved, dx, dgamma, dbeta, s, pool, n)
     }
     fn flush(&self) -> Result<()> {
         (**self).flush()

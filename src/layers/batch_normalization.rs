@@ -85,14 +85,24 @@ impl LayerKind for BatchNormalization {
         true
     }
 
+    fn absorbs_maxpool(&self) -> bool {
+        true
+    }
+
     fn forward<B: Backend>(&self, f: Forward<'_, B>) {
         let s = BatchNormShape { relu: f.relu, ..Self::shape(f.input) };
         let [gamma, beta, mean, variance] = f.params else { unreachable!("BatchNormalization has four tensors") };
         let saved = f.scratch[0].tensor_mut();
-        if f.training {
-            f.backend.batchnorm_forward_train(f.x, gamma, beta, mean, variance, saved, f.y, &s, f.n, &self.config());
-        } else {
-            f.backend.batchnorm_forward_infer(f.x, gamma, beta, mean, variance, saved, f.y, &s, f.n, self.epsilon);
+        let b = f.backend;
+        match (f.pool, f.training) {
+            (None, true) => b.batchnorm_forward_train(f.x, gamma, beta, mean, variance, saved, f.y, &s, f.n, &self.config()),
+            (None, false) => b.batchnorm_forward_infer(f.x, gamma, beta, mean, variance, saved, f.y, &s, f.n, self.epsilon),
+            (Some((pool, argmax)), true) => {
+                b.batchnorm_maxpool_forward_train(f.x, gamma, beta, mean, variance, saved, f.y, argmax, &s, &pool, f.n, &self.config())
+            }
+            (Some((pool, argmax)), false) => {
+                b.batchnorm_maxpool_forward_infer(f.x, gamma, beta, mean, variance, saved, f.y, argmax, &s, &pool, f.n, self.epsilon)
+            }
         }
     }
 
@@ -104,7 +114,14 @@ impl LayerKind for BatchNormalization {
             Some(dx) => dx,
             None => rest[0].tensor_mut(),
         };
-        b.backend.batchnorm_backward(b.x, b.dy, &b.params[0], saved[0].tensor_mut(), dx, dgamma, dbeta, &s, b.n);
+        match b.pool {
+            None => b.backend.batchnorm_backward(b.x, b.dy, &b.params[0], saved[0].tensor_mut(), dx, dgamma, dbeta, &s, b.n),
+            Some((pool, argmax)) => {
+                // The forward's ReLU, if any, is the pool's to undo: its backward masks by the pooled y.
+                let s = BatchNormShape { relu: b.relu, ..s };
+                b.backend.batchnorm_maxpool_backward(b.x, b.dy, b.y, argmax, &b.params[0], saved[0].tensor_mut(), dx, dgamma, dbeta, &s, &pool, b.n)
+            }
+        }
         if let Some(y) = b.relu_y {
             b.backend.relu_backward(y, dx, b.n * s.len());
         }

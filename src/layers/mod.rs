@@ -47,7 +47,7 @@ pub use max_pooling2d::MaxPooling2D;
 pub use re_lu::ReLU;
 pub use separable_conv2d::SeparableConv2D;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, PoolShape};
 use anyhow::{bail, Result};
 
 /// How a tensor starts (Keras's initializers).
@@ -183,6 +183,10 @@ pub struct Forward<'a, B: Backend> {
     pub input: &'a [usize],
     pub x: &'a B::Tensor,
     pub y: &'a mut B::Tensor,
+    /// Some when the MaxPooling2D after this layer (and after the ReLU it absorbed) runs inside
+    /// it (`absorbs_maxpool`): the pool's geometry and its argmax to write; y is the pool's
+    /// output.
+    pub pool: Option<(PoolShape, &'a mut B::Indices)>,
     /// The layer's tensors in `params` order, mutable so a forward can update its
     /// non-trainable state (moving statistics) in training.
     pub params: &'a mut [B::Tensor],
@@ -200,6 +204,12 @@ pub struct Backward<'a, B: Backend> {
     pub input: &'a [usize],
     pub x: &'a B::Tensor,
     pub y: &'a B::Tensor,
+    /// Some when the forward pooled its output (`Forward::pool`): y and dy are the pool's, and
+    /// this is the argmax the forward wrote.
+    pub pool: Option<(PoolShape, &'a B::Indices)>,
+    /// The forward applied the ReLU after it (`Forward::relu`). Only a pooled backward needs
+    /// it; elsewhere the next layer masked dy already.
+    pub relu: bool,
     /// dL/dy, already masked when this layer's output is ReLU'd (`output_relu`).
     pub dy: &'a B::Tensor,
     /// dL/dx to write; None when x is the network's input (no gradient needed).
@@ -252,6 +262,12 @@ pub trait LayerKind: Sized + Clone + std::fmt::Debug + PartialEq {
     /// ReLU layer right after it as part of it: one pass over the activation instead of two,
     /// and no gradient copy back through the ReLU.
     fn absorbs_relu(&self) -> bool {
+        false
+    }
+    /// The forward can also max-pool its (ReLU'd) output (`Forward::pool`), on a backend that
+    /// fuses that (`Backend::fuses_batchnorm_maxpool`): the network then runs a MaxPooling2D
+    /// with disjoint windows right after it (and after its absorbed ReLU) as part of it.
+    fn absorbs_maxpool(&self) -> bool {
         false
     }
     fn forward<B: Backend>(&self, f: Forward<'_, B>);
@@ -385,6 +401,9 @@ impl LayerSpec {
     }
     pub fn absorbs_relu(&self) -> bool {
         with_layer!(self, l => l.absorbs_relu())
+    }
+    pub fn absorbs_maxpool(&self) -> bool {
+        with_layer!(self, l => l.absorbs_maxpool())
     }
     /// A layer that is exactly y = max(x, 0): `ReLU` or `Activation("relu")`.
     pub fn is_plain_relu(&self) -> bool {

@@ -5,6 +5,7 @@
 //! is by a fixed rule and every sum runs in a fixed order, so a seeded run repeats bit for bit.
 
 mod batchnorm;
+mod batchnorm_pool;
 mod blocked;
 pub mod conv;
 mod depthwise;
@@ -362,6 +363,64 @@ impl Backend for CpuBackend {
         n: usize,
     ) {
         batchnorm::backward(x, dy, gamma, saved, dx, dgamma, dbeta, s, n);
+    }
+
+    fn fuses_batchnorm_maxpool(&self) -> bool {
+        true
+    }
+
+    fn batchnorm_maxpool_forward_train(
+        &self,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        moving_mean: &mut Vec<f32>,
+        moving_variance: &mut Vec<f32>,
+        saved: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+        argmax: &mut Vec<u32>,
+        s: &BatchNormShape,
+        pool: &PoolShape,
+        n: usize,
+        h: &BatchNormConfig,
+    ) {
+        batchnorm_pool::forward_train(x, gamma, beta, moving_mean, moving_variance, saved, y, argmax, s, pool, n, h);
+    }
+
+    fn batchnorm_maxpool_forward_infer(
+        &self,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        moving_mean: &Vec<f32>,
+        moving_variance: &Vec<f32>,
+        saved: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+        argmax: &mut Vec<u32>,
+        s: &BatchNormShape,
+        pool: &PoolShape,
+        n: usize,
+        epsilon: f32,
+    ) {
+        batchnorm_pool::forward_infer(x, gamma, beta, moving_mean, moving_variance, saved, y, argmax, s, pool, n, epsilon);
+    }
+
+    fn batchnorm_maxpool_backward(
+        &self,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        y: &Vec<f32>,
+        argmax: &Vec<u32>,
+        gamma: &Vec<f32>,
+        saved: &mut Vec<f32>,
+        dx: &mut Vec<f32>,
+        dgamma: &mut Vec<f32>,
+        dbeta: &mut Vec<f32>,
+        s: &BatchNormShape,
+        pool: &PoolShape,
+        n: usize,
+    ) {
+        batchnorm_pool::backward(x, dy, y, argmax, gamma, saved, dx, dgamma, dbeta, s, pool, n);
     }
 
     fn dropout(&self, x: &Vec<f32>, y: &mut Vec<f32>, len: usize, key: &Vec<u32>, mask: &DropoutMask) {
