@@ -446,9 +446,20 @@ fn main() {
     // No "XDG_RUNTIME_DIR is invalid" lines from Mesa's Vulkan layers on headless machines.
     gpu_cnn::device::quiet_vulkan_layers();
     // Errors print as one readable chain ("error: what: why"), never as a panic or backtrace.
-    if let Err(e) = run(Cli::parse()) {
+    if let Err(e) = run_on_worker_threads(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// `run` on a thread of the CPU backend's rayon pool, so each op's parallel loop starts on
+/// the calling thread instead of handing its work to the pool and sleeping until a worker
+/// finishes it (two thread wake-ups per op, dozens of ops per training step). The workers get
+/// the main thread's 8 MiB stack. Falls back to this thread if the pool cannot start.
+fn run_on_worker_threads(cli: Cli) -> Result<()> {
+    match rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build() {
+        Ok(pool) => pool.install(|| run(cli)),
+        Err(_) => run(cli),
     }
 }
 
