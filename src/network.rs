@@ -147,8 +147,8 @@ pub struct Network<B: Backend> {
     /// Per layer: its forward applies the ReLU layer that follows it (`Forward::relu`).
     absorbed_relu: Vec<bool>,
     /// Per layer: the MaxPooling2D layer its forward runs (`Forward::pool`), whose argmax
-    /// scratch it writes.
-    absorbed_pool: Vec<Option<usize>>,
+    /// scratch it writes, and that pool's geometry.
+    absorbed_pool: Vec<Option<(usize, PoolShape)>>,
     /// False for `for_inference`: no gradient buffers but the loss's.
     trains: bool,
     batch_idx: B::Indices,
@@ -168,28 +168,18 @@ fn grad_buffer(slot: usize) -> usize {
     slot % 2
 }
 
-/// The geometry of layer k, a MaxPooling2D.
-fn pool_shape(model: &Model, k: usize) -> PoolShape {
-    let layer = &model.layers[k];
-    match &layer.spec {
-        LayerSpec::MaxPooling2D(p) => p.shape(&layer.input),
-        other => unreachable!("only a MaxPooling2D is absorbed as a pool, not {other:?}"),
-    }
-}
-
-/// Layer i's state, and where it runs the MaxPooling2D layer `pool` (> i) too, that pool's
+/// Layer i's state, and where it runs the MaxPooling2D layer k (> i) too, that pool's
 /// geometry and argmax.
-fn layer_and_pool<'a, B: Backend>(
-    state: &'a mut [LayerState<B>],
-    model: &Model,
-    pool: Option<usize>,
+fn layer_and_pool<B: Backend>(
+    state: &mut [LayerState<B>],
+    pool: Option<(usize, PoolShape)>,
     i: usize,
-) -> (&'a mut LayerState<B>, Option<(PoolShape, &'a mut B::Indices)>) {
+) -> (&mut LayerState<B>, Option<(PoolShape, &mut B::Indices)>) {
     match pool {
         None => (&mut state[i], None),
-        Some(k) => {
+        Some((k, shape)) => {
             let (head, tail) = state.split_at_mut(k);
-            (&mut head[i], Some((pool_shape(model, k), tail[0].scratch[0].indices_mut())))
+            (&mut head[i], Some((shape, tail[0].scratch[0].indices_mut())))
         }
     }
 }
@@ -248,19 +238,22 @@ impl<B: Backend> Network<B> {
             let input = *slot_out.last().unwrap_or(&0);
             slot_in.push(input);
             let absorbed = i > 0 && layer.spec.is_plain_relu() && model.layers[i - 1].spec.absorbs_relu() && slot_in[i - 1] != input;
-            let pooled_by = writer[input].filter(|&w: &usize| {
-                let disjoint = matches!(&layer.spec, LayerSpec::MaxPooling2D(p) if p.shape(&layer.input).windows_disjoint());
-                disjoint && backend.fuses_batchnorm_maxpool() && model.layers[w].spec.absorbs_maxpool() && absorbed_pool[w].is_none()
+            let pool = match &layer.spec {
+                LayerSpec::MaxPooling2D(p) => Some(p.shape(&layer.input)).filter(PoolShape::windows_disjoint),
+                _ => None,
+            };
+            let pooled_by = writer[input].zip(pool).filter(|&(w, _): &(usize, PoolShape)| {
+                backend.fuses_batchnorm_maxpool() && model.layers[w].spec.absorbs_maxpool() && absorbed_pool[w].is_none()
             });
             if absorbed {
                 // Runs inside the layer before, whose slot now holds ReLU'd values.
                 absorbed_relu[i - 1] = true;
                 relu_slot[input] = true;
                 slot_out.push(input);
-            } else if let Some(w) = pooled_by {
+            } else if let Some((w, shape)) = pooled_by {
                 // Runs inside the layer that wrote its input, whose slot now holds the pooled
                 // values; that layer's backward masks by its ReLU itself.
-                absorbed_pool[w] = Some(i);
+                absorbed_pool[w] = Some((i, shape));
                 slot_lens[input] = layer.output_len();
                 relu_slot[input] = layer.spec.output_relu();
                 slot_out.push(input);
@@ -377,7 +370,7 @@ impl<B: Backend> Network<B> {
     }
     /// The MaxPooling2D layers that run inside a layer before them (`LayerKind::absorbs_maxpool`).
     pub fn absorbed_pool_layers(&self) -> Vec<&str> {
-        self.absorbed_pool.iter().flatten().map(|&k| self.model.layers[k].name.as_str()).collect()
+        self.absorbed_pool.iter().flatten().map(|&(k, _)| self.model.layers[k].name.as_str()).collect()
     }
 
     /// Every layer's forward; `training` is false in evaluate and predict.
@@ -388,7 +381,7 @@ impl<B: Backend> Network<B> {
                 continue; // a view (Flatten), or a ReLU the layer before applied
             }
             let (x, y) = pair_mut(&mut self.acts, a, o);
-            let (state, pool) = layer_and_pool(&mut self.state, &self.model, self.absorbed_pool[i], i);
+            let (state, pool) = layer_and_pool(&mut self.state, self.absorbed_pool[i], i);
             let f = Forward {
                 backend: &self.backend,
                 n,
@@ -448,7 +441,7 @@ impl<B: Backend> Network<B> {
                 let (dy, dx) = pair_mut(&mut self.grads, grad_buffer(o), grad_buffer(a));
                 (dy, Some(dx))
             };
-            let (state, pool) = layer_and_pool(&mut self.state, &self.model, self.absorbed_pool[i], i);
+            let (state, pool) = layer_and_pool(&mut self.state, self.absorbed_pool[i], i);
             let pool = pool.map(|(shape, argmax)| (shape, &*argmax));
             let back = Backward {
                 backend: b,
