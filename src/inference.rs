@@ -12,7 +12,8 @@
 use crate::backend::Backend;
 use crate::batchnorm_fold::{fold_batchnorm, BatchNormWeights};
 use crate::checkpoint::Checkpoint;
-use crate::model::{Activation, LayerSpec, Model};
+use crate::layers::BatchNormalization;
+use crate::model::{Activation, Layer, LayerSpec, Model};
 use crate::network::{HostTensor, Metrics, Network};
 use anyhow::{anyhow, Context, Result};
 
@@ -65,10 +66,18 @@ fn folding_kernel(spec: &LayerSpec) -> Option<&'static str> {
     }
 }
 
-/// Whether `fold_model` folds anything in `model`: a layer with a `folding_kernel` right before
-/// a BatchNormalization.
+/// Whether `fold_model` folds anything in `model` (a `fold_pair` anywhere).
 fn has_fold(model: &Model) -> bool {
-    model.layers.windows(2).any(|w| folding_kernel(&w[0].spec).is_some() && matches!(w[1].spec, LayerSpec::BatchNormalization(_)))
+    model.layers.windows(2).any(|w| fold_pair(&w[0].spec, Some(&w[1])).is_some())
+}
+
+/// Where `next` is a BatchNormalization that folds into the layer `spec` (one with a
+/// `folding_kernel`): that kernel's suffix, the BatchNormalization and its name.
+fn fold_pair<'a>(spec: &LayerSpec, next: Option<&'a Layer>) -> Option<(&'static str, &'a BatchNormalization, &'a str)> {
+    match (folding_kernel(spec), next.map(|l| (&l.spec, l.name.as_str()))) {
+        (Some(kernel_suffix), Some((LayerSpec::BatchNormalization(bn), name))) => Some((kernel_suffix, bn, name)),
+        _ => None,
+    }
 }
 
 /// The layer after folding: it has a bias (use_bias=False layers gain one), and a fused ReLU
@@ -98,8 +107,7 @@ pub fn fold_model(model: &Model, tensors: &[HostTensor]) -> Result<(Model, Vec<H
     while i < layers.len() {
         let layer = &layers[i];
         let own = |suffix: &str| find(format!("{}.{suffix}", layer.name));
-        let next = layers.get(i + 1).map(|l| (&l.spec, &l.name));
-        let (Some(kernel_suffix), Some((LayerSpec::BatchNormalization(bn), bn_name))) = (folding_kernel(&layer.spec), next) else {
+        let Some((kernel_suffix, bn, bn_name)) = fold_pair(&layer.spec, layers.get(i + 1)) else {
             let found = layer.params().into_iter().filter_map(|p| own(p.suffix).ok().map(|t| (p.suffix.to_string(), t.clone()))).collect();
             kept.push((layer.spec.clone(), found));
             i += 1;
