@@ -8,10 +8,11 @@
 //! Keras's default stride), so each cell has at most one window.
 //!
 //! Every value comes from the same formulas in the same order as the layers apart
-//! (batchnorm.rs's `normalized`, pool.rs's first-max-wins, the sums over rows in chunks), so
+//! (batchnorm.rs's `normalized`, pool.rs's `keep_max`, the sums over rows in chunks), so
 //! the results are the same bits: tests/cpu_oracle.rs checks it.
 
 use super::batchnorm::{self, RowGradient};
+use super::pool;
 use super::simd::{dispatch, Kernel, Lanes};
 use crate::backend::{BatchNormConfig, BatchNormShape, PoolShape};
 use rayon::prelude::*;
@@ -127,10 +128,7 @@ impl Kernel for NormalizePoolImage<'_> {
                             for (i, (((b, a), &x), ((&gamma, &beta), (&mean, &inv_std)))) in
                                 best.iter_mut().zip(best_at.iter_mut()).zip(row).zip(per_channel).enumerate()
                             {
-                                let v = batchnorm::normalized(x, gamma, beta, mean, inv_std, relu);
-                                let mask = 0u32.wrapping_sub((v > *b) as u32);
-                                *a = (*a & !mask) | ((first + i as u32) & mask);
-                                *b = f32::from_bits((b.to_bits() & !mask) | (v.to_bits() & mask));
+                                pool::keep_max(b, a, batchnorm::normalized(x, gamma, beta, mean, inv_std, relu), first + i as u32);
                             }
                         }
                     }

@@ -54,12 +54,8 @@ impl Kernel for MaxPoolImage<'_> {
                                 *a = first + i as u32;
                             }
                         } else {
-                            // Masks rather than branches: on real data the comparison is a
-                            // coin flip, and this form vectorises.
                             for (i, ((b, a), &v)) in best.iter_mut().zip(best_at.iter_mut()).zip(row).enumerate() {
-                                let mask = 0u32.wrapping_sub((v > *b) as u32);
-                                *a = (*a & !mask) | ((first + i as u32) & mask);
-                                *b = f32::from_bits((b.to_bits() & !mask) | (v.to_bits() & mask));
+                                keep_max(b, a, v, first + i as u32);
                             }
                         }
                     }
@@ -67,6 +63,17 @@ impl Kernel for MaxPoolImage<'_> {
             }
         }
     }
+}
+
+/// A later cell of a window: v (at flat index `at`) replaces the best so far only when
+/// strictly greater, so the first max wins ties (batchnorm_pool.rs pools by this rule too).
+/// Masks rather than branches: on real data the comparison is a coin flip, and this form
+/// vectorises.
+#[inline(always)]
+pub(super) fn keep_max(best: &mut f32, best_at: &mut u32, v: f32, at: u32) {
+    let mask = 0u32.wrapping_sub((v > *best) as u32);
+    *best_at = (*best_at & !mask) | (at & mask);
+    *best = f32::from_bits((best.to_bits() & !mask) | (v.to_bits() & mask));
 }
 
 // maxpool_forward's y alone, for inference: the same first-max-wins rule as a select, with no
