@@ -342,11 +342,12 @@ fn training_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &B
     Ok(((steps * n) as f64 / t.elapsed().as_secs_f64(), first_step, net.backend.device_bytes_allocated(), per_step))
 }
 
-/// Images per second of forward passes with softmax at batch n.
+/// Images per second of forward passes with softmax at batch n, by the inference network
+/// evaluate and predict run (`Network::for_inference`).
 fn inference_throughput<B: Backend>(make: &dyn Fn() -> Result<B>, n: usize, o: &BenchOptions) -> Result<f64> {
     let ds = generate(&SyntheticSpec { train: n, test: 1, ..Default::default() }, 0);
     let model = Model::new(&seed_layers(), (32, 32, 3))?;
-    let mut net = Network::new(make()?, model, n, 0)?;
+    let mut net = Network::for_inference(make()?, model, n)?;
     let data = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len())?;
     let idx: Vec<u32> = (0..n as u32).collect();
     net.predict_step(&data, &idx)?;

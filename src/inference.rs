@@ -31,14 +31,14 @@ pub fn inference_network<B: Backend>(backend: B, ck: &Checkpoint, max_batch: usi
 
 /// Loss and accuracy of the training network `net` on the first `count` images, as its
 /// inference network computes them (the validation pass of every epoch). With nothing to fold
-/// it is `net`'s own evaluate (also where the folded network does not fit); else the folded
-/// network, made for the pass with `net`'s batch size and label smoothing: one pass per conv
-/// instead of conv, BatchNormalization and ReLU, and the results `gpu-cnn evaluate` gets from
-/// the saved checkpoint.
+/// or fuse it is `net`'s own evaluate (also where the inference network does not fit); else the
+/// inference network, made for the pass with `net`'s batch size and label smoothing: one pass
+/// per conv instead of conv, BatchNormalization and ReLU (and the max-pool after it, on the
+/// CPU), and the results `gpu-cnn evaluate` gets from the saved checkpoint.
 pub fn evaluate_folded<B: Backend>(net: &mut Network<B>, images: &B::Images, count: usize) -> Result<Metrics> {
-    // Checked on the model first: a model with nothing to fold (the seed model) downloads no
-    // weights for it.
-    if !has_fold(&net.model) {
+    // Checked on the model first: a model the inference network would run as the training
+    // network does (nothing to fold or fuse; the seed model on a GPU) downloads no weights.
+    if !has_fold(&net.model) && !has_pool_fusion(&net.backend, &net.model) {
         return net.evaluate(images, count);
     }
     let (folded, tensors) = fold_model(&net.model, &net.weights()?)?;
@@ -64,6 +64,17 @@ fn folding_kernel(spec: &LayerSpec) -> Option<&'static str> {
         LayerSpec::Dense(d) if d.activation == Activation::None => Some("kernel"),
         _ => None,
     }
+}
+
+/// Whether a layer of `model` runs the MaxPooling2D after it inside itself on `backend` in an
+/// inference network only (a conv's pool on the CPU: `Backend::fuses_conv_maxpool_inference`).
+fn has_pool_fusion<B: Backend>(backend: &B, model: &Model) -> bool {
+    model.layers.windows(2).any(|w| {
+        let (layer, next) = (&w[0], &w[1].spec);
+        matches!(next, LayerSpec::MaxPooling2D(_))
+            && layer.spec.absorbs_maxpool(backend, &layer.input, false)
+            && !layer.spec.absorbs_maxpool(backend, &layer.input, true)
+    })
 }
 
 /// Whether `fold_model` folds anything in `model` (a `fold_pair` anywhere).

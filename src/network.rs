@@ -243,7 +243,8 @@ impl<B: Backend> Network<B> {
                 _ => None,
             };
             let pooled_by = writer[input].zip(pool).filter(|&(w, _): &(usize, PoolShape)| {
-                backend.fuses_batchnorm_maxpool() && model.layers[w].spec.absorbs_maxpool() && absorbed_pool[w].is_none()
+                let writer = &model.layers[w];
+                writer.spec.absorbs_maxpool(&backend, &writer.input, trains) && absorbed_pool[w].is_none()
             });
             if absorbed {
                 // Runs inside the layer before, whose slot now holds ReLU'd values.

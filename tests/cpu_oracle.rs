@@ -398,6 +398,59 @@ fn fused_batchnorm_maxpool_matches_the_layers_apart_bit_for_bit() {
     }
 }
 
+/// The conv + max-pool inference pass (conv_pool.rs) against `conv2d_forward` then
+/// `maxpool_forward_infer`, as the network runs them apart: the same bits, since it runs the
+/// same kernels on whole images. Every conv case whose forward algorithm runs in blocks on one
+/// thread (direct, F(2x2), F(4x4)), with and without ReLU and bias, batches of 1, 7 and 13
+/// (partial blocks), under pools that leave cells out, pad, overlap, or stride past their size.
+#[test]
+fn fused_conv_maxpool_inference_matches_the_layers_apart_bit_for_bit() {
+    let cpu = CpuBackend::new();
+    let mut fused_algos = Vec::new();
+    for (k, case) in conv_cases().into_iter().enumerate() {
+        let s = case.shape;
+        let fuses = cpu.fuses_conv_maxpool_inference(&s);
+        assert_eq!(fuses, forward_algo(&s) != ConvAlgo::Im2colGemm, "case {k}: which algorithms the fused pass runs");
+        if !fuses {
+            continue;
+        }
+        fused_algos.push(forward_algo(&s));
+        let out = (s.out_h, s.out_w, s.out_c);
+        let pools = [
+            PoolShape::valid(out, (2, 2), (2, 2)),
+            PoolShape::same(out, (3, 3), (3, 3)),
+            PoolShape::valid(out, (3, 3), (2, 2)),
+            PoolShape::valid(out, (1, 2), (2, 3)),
+        ];
+        for (j, pool) in pools.into_iter().enumerate() {
+            let pool = pool.unwrap();
+            for (n, relu, bias) in [(7, true, true), (13, false, true), (1, true, false)] {
+                let what = format!("case {k} ({:?}), pool {j}, batch {n}, relu {relu}, bias {bias}", forward_algo(&s));
+                let upload = |v: &[f32]| {
+                    let mut t = cpu.tensor(v.len()).unwrap();
+                    cpu.upload(&mut t, v);
+                    t
+                };
+                let seed = 1000 + 10 * k as u64;
+                let x = upload(&random_vec(n * s.in_len(), seed));
+                let w = upload(&random_vec(s.kernel_len() * s.out_c, seed + 1));
+                let b = bias.then(|| upload(&random_vec(s.out_c, seed + 2)));
+                let (mut conv_y, mut y_apart, mut y_fused) =
+                    (upload(&vec![f32::NAN; n * s.out_len()]), upload(&vec![f32::NAN; n * pool.out_len()]), upload(&vec![f32::NAN; n * pool.out_len()]));
+                let mut argmax = cpu.indices(n * pool.out_len()).unwrap();
+                cpu.conv2d_forward(&x, &w, b.as_ref(), &mut conv_y, &s, n, relu);
+                cpu.maxpool_forward_infer(&conv_y, &mut y_apart, &mut argmax, &pool, n);
+                cpu.conv2d_maxpool_forward_infer(&x, &w, b.as_ref(), &mut y_fused, &s, &pool, n, relu);
+                assert!(y_apart.iter().all(|v| v.is_finite()) && y_apart.iter().any(|&v| v != 0.0), "{what}: the case is not degenerate");
+                assert_same_bits(&what, &y_fused, &y_apart);
+            }
+        }
+    }
+    for algo in [ConvAlgo::Direct, ConvAlgo::Winograd, ConvAlgo::Winograd4x4] {
+        assert!(!has_fast_fma() || fused_algos.contains(&algo), "no case ran {algo:?} through the fused pass");
+    }
+}
+
 #[test]
 fn dense_passes_match_plain_loops() {
     let cpu = CpuBackend::new();

@@ -134,3 +134,29 @@ fn validation_runs_the_inference_network() {
     let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inference.train_step(&images, &[0, 1])));
     assert!(trained.is_err(), "an inference network has no gradient buffers to train with");
 }
+
+/// On the CPU an inference network runs each conv's max-pool inside the conv
+/// (`Backend::fuses_conv_maxpool_inference`): a fused ReLU's direct conv, a linear Winograd conv, a "same"
+/// pool, but not a conv with an unfused activation (gelu runs after the conv), and never a
+/// training network. Predictions and the validation pass keep the training network's bits.
+#[test]
+fn cpu_inference_pools_inside_the_conv_with_the_same_bits() {
+    let arch = "Conv2D(16, 3, activation=\"relu\") MaxPooling2D(2)\n\
+                Conv2D(16, 3, padding=\"same\") MaxPooling2D(2, padding=\"same\")\n\
+                Conv2D(8, 3, padding=\"same\", activation=\"gelu\") MaxPooling2D(2)\n\
+                Flatten Dense(4, softmax)\n";
+    let ds = generate(&SyntheticSpec { train: 7, test: 23, height: 19, width: 17, channels: 3, classes: 4 }, 9);
+    let model = Model::new(&parse_arch(arch).unwrap(), ds.input_shape()).unwrap();
+    let mut training = Network::new(CpuBackend::new(), model.clone(), 5, 3).unwrap();
+    assert!(training.absorbed_pool_layers().is_empty(), "training keeps every conv's output for its backward");
+    let mut inference = Network::for_inference(CpuBackend::new(), model, 5).unwrap();
+    inference.load_state(&training.weights().unwrap(), false).unwrap();
+    assert_eq!(inference.absorbed_pool_layers(), ["max_pooling2d", "max_pooling2d_1"]);
+    let (apart, fused) = (probabilities(&mut training, &ds), probabilities(&mut inference, &ds));
+    common::assert_same_bits("probabilities", &fused, &apart);
+    let images = training.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len()).unwrap();
+    let n = ds.test.len();
+    let own = training.evaluate(&images, n).unwrap();
+    assert_eq!(evaluate_folded(&mut training, &images, n).unwrap(), own, "the validation pass, fused, gives the same metrics");
+    assert_eq!(inference.evaluate(&images, n).unwrap(), own);
+}

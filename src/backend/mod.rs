@@ -744,6 +744,31 @@ pub trait Backend {
         unreachable!("only a backend whose fuses_batchnorm_maxpool() is true runs the fused layer");
     }
 
+    /// Whether the backend runs a conv of shape `s` and the non-overlapping MaxPooling2D right
+    /// after it as one pass in inference (`conv2d_maxpool_forward_infer`): the conv's output
+    /// is then never written out and read back, only the pooled one. Worth it where that
+    /// pass over memory costs more than its arithmetic (the CPU backend). Only inference:
+    /// training keeps the conv's output for its backward.
+    fn fuses_conv_maxpool_inference(&self, _s: &ConvShape) -> bool {
+        false
+    }
+    /// `conv2d_forward` (ReLU'd when `relu`), then `maxpool_forward_infer` of that output with
+    /// `pool`: y is the pool's output, with the bits the two give one after the other.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_maxpool_forward_infer(
+        &self,
+        _x: &Self::Tensor,
+        _w: &Self::Tensor,
+        _b: Option<&Self::Tensor>,
+        _y: &mut Self::Tensor,
+        _s: &ConvShape,
+        _pool: &PoolShape,
+        _n: usize,
+        _relu: bool,
+    ) {
+        unreachable!("only a backend whose fuses_conv_maxpool_inference() is true runs the fused pass");
+    }
+
     /// Dispatches and compute passes recorded so far, where the backend records them (None
     /// for the CPU backend, which runs each op at once).
     fn record_counts(&self) -> Option<RecordCounts> {
@@ -988,6 +1013,23 @@ impl<B: Backend> Backend for &B {
     }
     fn fuses_batchnorm_maxpool(&self) -> bool {
         (**self).fuses_batchnorm_maxpool()
+    }
+    fn fuses_conv_maxpool_inference(&self, s: &ConvShape) -> bool {
+        (**self).fuses_conv_maxpool_inference(s)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_maxpool_forward_infer(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+        y: &mut Self::Tensor,
+        s: &ConvShape,
+        pool: &PoolShape,
+        n: usize,
+        relu: bool,
+    ) {
+        (**self).conv2d_maxpool_forward_infer(x, w, b, y, s, pool, n, relu)
     }
     fn batchnorm_maxpool_forward_train(
         &self,

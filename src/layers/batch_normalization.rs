@@ -85,8 +85,10 @@ impl LayerKind for BatchNormalization {
         true
     }
 
-    fn absorbs_maxpool(&self) -> bool {
-        true
+    /// Where the backend fuses the two (`Backend::fuses_batchnorm_maxpool`), in training and
+    /// inference alike.
+    fn absorbs_maxpool<B: Backend>(&self, backend: &B, _input: &[usize], _trains: bool) -> bool {
+        backend.fuses_batchnorm_maxpool()
     }
 
     fn forward<B: Backend>(&self, f: Forward<'_, B>) {

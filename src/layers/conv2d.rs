@@ -68,10 +68,22 @@ impl LayerKind for Conv2D {
         self.conv.activation.is_fused_relu()
     }
 
+    /// In an inference network, where the backend fuses the pair
+    /// (`Backend::fuses_conv_maxpool_inference`) and the activation is none or a fused ReLU:
+    /// the pool then takes the values the conv's output would hold.
+    fn absorbs_maxpool<B: Backend>(&self, backend: &B, input: &[usize], trains: bool) -> bool {
+        !trains && self.conv.activation.unfused().is_none() && backend.fuses_conv_maxpool_inference(&self.shape(input))
+    }
+
     fn forward<B: Backend>(&self, f: Forward<'_, B>) {
         let s = self.shape(f.input);
         let (kernel, bias) = (&f.params[0], f.params.get(1));
         let (backend, x, n) = (f.backend, f.x, f.n);
+        if let Some((pool, _)) = &f.pool {
+            assert!(!f.training, "a Conv2D absorbs a MaxPooling2D in inference networks only");
+            let relu = self.conv.activation.is_fused_relu();
+            return backend.conv2d_maxpool_forward_infer(x, kernel, bias, f.y, &s, pool, n, relu);
+        }
         self.output(&s).forward(backend, n, f.y, f.scratch, |y, relu| backend.conv2d_forward(x, kernel, bias, y, &s, n, relu));
     }
 

@@ -184,8 +184,8 @@ pub struct Forward<'a, B: Backend> {
     pub x: &'a B::Tensor,
     pub y: &'a mut B::Tensor,
     /// Some when the MaxPooling2D after this layer (and after the ReLU it absorbed) runs inside
-    /// it (`absorbs_maxpool`): the pool's geometry and its argmax to write; y is the pool's
-    /// output.
+    /// it (`absorbs_maxpool`): the pool's geometry and its argmax to write (in training; an
+    /// inference pass needs none); y is the pool's output.
     pub pool: Option<(PoolShape, &'a mut B::Indices)>,
     /// The layer's tensors in `params` order, mutable so a forward can update its
     /// non-trainable state (moving statistics) in training.
@@ -264,10 +264,11 @@ pub trait LayerKind: Sized + Clone + std::fmt::Debug + PartialEq {
     fn absorbs_relu(&self) -> bool {
         false
     }
-    /// The forward can also max-pool its (ReLU'd) output (`Forward::pool`), on a backend that
-    /// fuses that (`Backend::fuses_batchnorm_maxpool`): the network then runs a MaxPooling2D
+    /// The forward max-pools its own (ReLU'd) output (`Forward::pool`) on `backend`, in a
+    /// network that trains (`trains`) or only infers: the network then runs a MaxPooling2D
     /// with disjoint windows right after it (and after its absorbed ReLU) as part of it.
-    fn absorbs_maxpool(&self) -> bool {
+    /// `input` is the layer's per-image input shape.
+    fn absorbs_maxpool<B: Backend>(&self, _backend: &B, _input: &[usize], _trains: bool) -> bool {
         false
     }
     fn forward<B: Backend>(&self, f: Forward<'_, B>);
@@ -402,8 +403,8 @@ impl LayerSpec {
     pub fn absorbs_relu(&self) -> bool {
         with_layer!(self, l => l.absorbs_relu())
     }
-    pub fn absorbs_maxpool(&self) -> bool {
-        with_layer!(self, l => l.absorbs_maxpool())
+    pub fn absorbs_maxpool<B: Backend>(&self, backend: &B, input: &[usize], trains: bool) -> bool {
+        with_layer!(self, l => l.absorbs_maxpool(backend, input, trains))
     }
     /// A layer that is exactly y = max(x, 0): `ReLU` or `Activation("relu")`.
     pub fn is_plain_relu(&self) -> bool {

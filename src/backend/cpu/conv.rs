@@ -85,21 +85,60 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], s: &ConvShape, n:
 pub fn forward_with(algo: ConvAlgo, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], s: &ConvShape, n: usize, relu: bool, kernel: &mut Vec<f32>) {
     assert!(algo.can_run(s), "{algo:?} cannot run {s:?}");
     let y = &mut y[..n * s.out_len()];
+    let k = forward_kernel(algo, w, s, kernel);
     match algo {
-        ConvAlgo::Direct => y.par_chunks_mut(s.out_len()).zip(x[..n * s.in_len()].par_chunks(s.in_len())).for_each(|(yi, xi)| {
-            with_scratch(direct::padded_len(s), 0, |xp, _| direct::forward_image(xi, w, b, yi, s, relu, xp));
-        }),
+        ConvAlgo::Direct => {
+            y.par_chunks_mut(s.out_len()).zip(x[..n * s.in_len()].par_chunks(s.in_len())).for_each(|(yi, xi)| forward_block(algo, xi, k, b, yi, s, relu))
+        }
+        ConvAlgo::Winograd => winograd::forward(x, k, Some(b), y, s, n, relu),
+        ConvAlgo::Winograd4x4 => winograd4::forward(x, k, Some(b), y, s, n, relu),
+        ConvAlgo::Im2colGemm => im2col::forward(x, w, b, y, s, n, relu),
+    }
+}
+
+/// The kernel `algo`'s forward reads: Winograd's transform of w, made in `kernel`, or w.
+pub fn forward_kernel<'a>(algo: ConvAlgo, w: &'a [f32], s: &ConvShape, kernel: &'a mut Vec<f32>) -> &'a [f32] {
+    match algo {
         ConvAlgo::Winograd => {
             kernel.resize(winograd::kernel_len(s), 0.0);
             winograd::transform_kernel(w, s, false, kernel);
-            winograd::forward(x, kernel, Some(b), y, s, n, relu);
+            kernel
         }
         ConvAlgo::Winograd4x4 => {
             kernel.resize(winograd4::kernel_len(s), 0.0);
             winograd4::transform_kernel(w, s, false, kernel);
-            winograd4::forward(x, kernel, Some(b), y, s, n, relu);
+            kernel
         }
-        ConvAlgo::Im2colGemm => im2col::forward(x, w, b, y, s, n, relu),
+        ConvAlgo::Direct | ConvAlgo::Im2colGemm => w,
+    }
+}
+
+/// Images per block where `algo`'s forward can run block by block, each block on one thread
+/// (`forward_block`): Winograd's cache-sized blocks, one image for the direct kernels. None for
+/// the im2col GEMM, which splits its own work across threads.
+pub fn block_images(algo: ConvAlgo, s: &ConvShape) -> Option<usize> {
+    match algo {
+        ConvAlgo::Direct => Some(1),
+        ConvAlgo::Winograd => Some(winograd::block_images::<winograd::F2x2>(s)),
+        ConvAlgo::Winograd4x4 => Some(winograd::block_images::<winograd4::F4x4>(s)),
+        ConvAlgo::Im2colGemm => None,
+    }
+}
+
+/// `forward_with` of the whole images xb into yb on this thread (an algorithm with
+/// `block_images`); `k` from `forward_kernel`. Each image's outputs are those `forward_with`
+/// gives it: no algorithm's result depends on the blocking.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_block(algo: ConvAlgo, xb: &[f32], k: &[f32], b: &[f32], yb: &mut [f32], s: &ConvShape, relu: bool) {
+    match algo {
+        ConvAlgo::Direct => {
+            for (yi, xi) in yb.chunks_mut(s.out_len()).zip(xb.chunks(s.in_len())) {
+                with_scratch(direct::padded_len(s), 0, |xp, _| direct::forward_image(xi, k, b, yi, s, relu, xp));
+            }
+        }
+        ConvAlgo::Winograd => winograd::forward_block::<winograd::F2x2>(xb, k, Some(b), yb, s, relu),
+        ConvAlgo::Winograd4x4 => winograd::forward_block::<winograd4::F4x4>(xb, k, Some(b), yb, s, relu),
+        ConvAlgo::Im2colGemm => unreachable!("the im2col GEMM runs no single-thread blocks"),
     }
 }
 

@@ -8,6 +8,7 @@ mod batchnorm;
 mod batchnorm_pool;
 mod blocked;
 pub mod conv;
+mod conv_pool;
 mod depthwise;
 mod direct;
 mod dropout;
@@ -367,6 +368,28 @@ impl Backend for CpuBackend {
 
     fn fuses_batchnorm_maxpool(&self) -> bool {
         true
+    }
+
+    fn fuses_conv_maxpool_inference(&self, s: &ConvShape) -> bool {
+        conv_pool::can_run(s)
+    }
+
+    fn conv2d_maxpool_forward_infer(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: Option<&Vec<f32>>,
+        y: &mut Vec<f32>,
+        s: &ConvShape,
+        pool: &PoolShape,
+        n: usize,
+        relu: bool,
+    ) {
+        let mut kernel = self.kernel.borrow_mut();
+        match b {
+            Some(b) => conv_pool::forward_infer(x, w, b, y, s, pool, n, relu, &mut kernel),
+            None => self.with_bias(None, s.out_c, |zeros| conv_pool::forward_infer(x, w, zeros, y, s, pool, n, relu, &mut kernel)),
+        }
     }
 
     fn batchnorm_maxpool_forward_train(

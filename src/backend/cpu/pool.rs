@@ -79,35 +79,38 @@ pub(super) fn keep_max(best: &mut f32, best_at: &mut u32, v: f32, at: u32) {
 // maxpool_forward's y alone, for inference: the same first-max-wins rule as a select, with no
 // index to track, so the window loop is plain vector max-by-compare over whole channel rows.
 pub fn maxpool_forward_values(x: &[f32], y: &mut [f32], s: &PoolShape, n: usize) {
-    let (in_len, out_len, c) = (s.in_len(), s.out_len(), s.c);
-    y[..n * out_len].par_chunks_mut(out_len).enumerate().for_each(|(img, y)| {
-        vectorized(
-            #[inline(always)]
-            || {
-                let x = &x[img * in_len..][..in_len];
-                for oy in 0..s.out_h {
-                    let (y0, y1) = s.rows(oy);
-                    for ox in 0..s.out_w {
-                        let (x0, x1) = s.cols(ox);
-                        let o = (oy * s.out_w + ox) * c;
-                        let best = &mut y[o..o + c];
-                        for iy in y0..y1 {
-                            for ix in x0..x1 {
-                                let row = &x[(iy * s.in_w + ix) * c..][..c];
-                                if iy == y0 && ix == x0 {
-                                    best.copy_from_slice(row);
-                                } else {
-                                    for (b, &v) in best.iter_mut().zip(row) {
-                                        *b = if v > *b { v } else { *b };
-                                    }
+    let (in_len, out_len) = (s.in_len(), s.out_len());
+    y[..n * out_len].par_chunks_mut(out_len).enumerate().for_each(|(img, y)| maxpool_values_image(&x[img * in_len..][..in_len], y, s));
+}
+
+/// One image of `maxpool_forward_values` (conv_pool.rs pools each conv block's images with it).
+pub(super) fn maxpool_values_image(x: &[f32], y: &mut [f32], s: &PoolShape) {
+    let c = s.c;
+    vectorized(
+        #[inline(always)]
+        || {
+            for oy in 0..s.out_h {
+                let (y0, y1) = s.rows(oy);
+                for ox in 0..s.out_w {
+                    let (x0, x1) = s.cols(ox);
+                    let o = (oy * s.out_w + ox) * c;
+                    let best = &mut y[o..o + c];
+                    for iy in y0..y1 {
+                        for ix in x0..x1 {
+                            let row = &x[(iy * s.in_w + ix) * c..][..c];
+                            if iy == y0 && ix == x0 {
+                                best.copy_from_slice(row);
+                            } else {
+                                for (b, &v) in best.iter_mut().zip(row) {
+                                    *b = if v > *b { v } else { *b };
                                 }
                             }
                         }
                     }
                 }
-            },
-        )
-    });
+            }
+        },
+    )
 }
 
 // dy (n, out_h, out_w, c), argmax -> dx (n, in_h, in_w, c): dx = 0, then dx[argmax[o]] += dy[o]

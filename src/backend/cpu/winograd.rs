@@ -191,7 +191,7 @@ impl Tiling for F2x2 {
 
 /// Images per parallel block: enough tiles for the GEMMs, few enough that the block's
 /// transformed input and output (XI x tiles x (in_c + out_c) floats) stay in a 1 MiB L2.
-fn block_images<T: Tiling>(s: &ConvShape) -> usize {
+pub(super) fn block_images<T: Tiling>(s: &ConvShape) -> usize {
     let (th, tw) = T::tiles(s);
     ((1 << 20) / (T::XI * 4 * (s.in_c + s.out_c)) / (th * tw)).max(1)
 }
@@ -211,19 +211,25 @@ pub fn forward(x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &Co
 /// `forward` by the tile size T; u from T's kernel transform. Blocks of images run in parallel.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward_tiled<T: Tiling>(x: &[f32], u: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &ConvShape, n: usize, relu: bool) {
-    let (th, tw) = T::tiles(s);
     let block = parallel_block(n, block_images::<T>(s));
+    y[..n * s.out_len()]
+        .par_chunks_mut(block * s.out_len())
+        .zip(x[..n * s.in_len()].par_chunks(block * s.in_len()))
+        .for_each(|(yb, xb)| forward_block::<T>(xb, u, bias, yb, s, relu));
+}
+
+/// `forward_tiled` of one block of images (xb, yb: whole images), on this thread.
+pub(super) fn forward_block<T: Tiling>(xb: &[f32], u: &[f32], bias: Option<&[f32]>, yb: &mut [f32], s: &ConvShape, relu: bool) {
+    let (th, tw) = T::tiles(s);
     let (ci, co) = (s.in_c, s.out_c);
-    y[..n * s.out_len()].par_chunks_mut(block * s.out_len()).zip(x[..n * s.in_len()].par_chunks(block * s.in_len())).for_each(|(yb, xb)| {
-        let t = yb.len() / s.out_len() * th * tw;
-        // v: the transformed input; m: the products; then a row of zeros (the padding, and
-        // the bias when there is none).
-        let zeros_len = ci.max(co);
-        with_scratch(T::XI * T::position_stride(t, ci) + zeros_len, T::XI * T::position_stride(t, co), |v, m| {
-            let (v, zeros) = v.split_at_mut(T::XI * T::position_stride(t, ci));
-            zeros.fill(0.0);
-            dispatch(Block::<T> { x: xb, y: yb, u, v, m, zeros, bias: bias.unwrap_or(&zeros[..co]), s, t, relu, tiling: std::marker::PhantomData });
-        });
+    let t = yb.len() / s.out_len() * th * tw;
+    // v: the transformed input; m: the products; then a row of zeros (the padding, and the
+    // bias when there is none).
+    let zeros_len = ci.max(co);
+    with_scratch(T::XI * T::position_stride(t, ci) + zeros_len, T::XI * T::position_stride(t, co), |v, m| {
+        let (v, zeros) = v.split_at_mut(T::XI * T::position_stride(t, ci));
+        zeros.fill(0.0);
+        dispatch(Block::<T> { x: xb, y: yb, u, v, m, zeros, bias: bias.unwrap_or(&zeros[..co]), s, t, relu, tiling: std::marker::PhantomData });
     });
 }
 

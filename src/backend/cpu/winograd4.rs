@@ -133,7 +133,7 @@ fn output_column<L: Lanes>(m: [L; 6]) -> [L; 4] {
 }
 
 /// F(4x4, 3x3) as a `Tiling`.
-struct F4x4;
+pub(super) struct F4x4;
 
 impl Tiling for F4x4 {
     const XI: usize = XI;
