@@ -14,7 +14,7 @@ use crate::batchnorm_fold::{fold_batchnorm, BatchNormWeights};
 use crate::checkpoint::Checkpoint;
 use crate::layers::BatchNormalization;
 use crate::model::{Activation, Layer, LayerSpec, Model};
-use crate::network::{HostTensor, Metrics, Network};
+use crate::network::{absorbable_maxpool, HostTensor, Metrics, Network};
 use anyhow::{anyhow, Context, Result};
 
 /// A network for inference from `ck`, BatchNormalization folded where it can be.
@@ -66,12 +66,13 @@ fn folding_kernel(spec: &LayerSpec) -> Option<&'static str> {
     }
 }
 
-/// Whether a layer of `model` runs the MaxPooling2D after it inside itself on `backend` in an
-/// inference network only (a conv's pool on the CPU: `Backend::fuses_conv_maxpool_inference`).
+/// Whether a layer of `model` runs the MaxPooling2D after it (`absorbable_maxpool`) inside
+/// itself on `backend` in an inference network only (a conv's pool on the CPU:
+/// `Backend::fuses_conv_maxpool_inference`).
 fn has_pool_fusion<B: Backend>(backend: &B, model: &Model) -> bool {
     model.layers.windows(2).any(|w| {
-        let (layer, next) = (&w[0], &w[1].spec);
-        matches!(next, LayerSpec::MaxPooling2D(_))
+        let layer = &w[0];
+        absorbable_maxpool(&w[1]).is_some()
             && layer.spec.absorbs_maxpool(backend, &layer.input, false)
             && !layer.spec.absorbs_maxpool(backend, &layer.input, true)
     })

@@ -168,6 +168,15 @@ fn grad_buffer(slot: usize) -> usize {
     slot % 2
 }
 
+/// The geometry of `layer` where it is a MaxPooling2D that the layer writing its input may
+/// run inside itself (`LayerKind::absorbs_maxpool`): one with disjoint windows (stride >= size).
+pub fn absorbable_maxpool(layer: &Layer) -> Option<PoolShape> {
+    match &layer.spec {
+        LayerSpec::MaxPooling2D(p) => Some(p.shape(&layer.input)).filter(PoolShape::windows_disjoint),
+        _ => None,
+    }
+}
+
 /// Layer i's state, and where it runs the MaxPooling2D layer k (> i) too, that pool's
 /// geometry and argmax.
 fn layer_and_pool<B: Backend>(
@@ -238,11 +247,7 @@ impl<B: Backend> Network<B> {
             let input = *slot_out.last().unwrap_or(&0);
             slot_in.push(input);
             let absorbed = i > 0 && layer.spec.is_plain_relu() && model.layers[i - 1].spec.absorbs_relu() && slot_in[i - 1] != input;
-            let pool = match &layer.spec {
-                LayerSpec::MaxPooling2D(p) => Some(p.shape(&layer.input)).filter(PoolShape::windows_disjoint),
-                _ => None,
-            };
-            let pooled_by = writer[input].zip(pool).filter(|&(w, _): &(usize, PoolShape)| {
+            let pooled_by = writer[input].zip(absorbable_maxpool(layer)).filter(|&(w, _): &(usize, PoolShape)| {
                 let writer = &model.layers[w];
                 writer.spec.absorbs_maxpool(&backend, &writer.input, trains) && absorbed_pool[w].is_none()
             });

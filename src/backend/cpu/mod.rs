@@ -72,6 +72,15 @@ impl CpuBackend {
             }
         }
     }
+
+    /// Runs a forward `f` on `bias`, or on `len` zeros where there is none: every CPU
+    /// algorithm then adds zeros, the same values as adding nothing.
+    fn bias_or_zeros<R>(&self, bias: Option<&Vec<f32>>, len: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+        match bias {
+            Some(b) => f(b),
+            None => self.with_bias(None, len, |zeros| f(zeros)),
+        }
+    }
 }
 
 impl Default for CpuBackend {
@@ -176,11 +185,7 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d_forward(&self, x: &Vec<f32>, w: &Vec<f32>, b: Option<&Vec<f32>>, y: &mut Vec<f32>, s: &ConvShape, n: usize, relu: bool) {
-        // Without a bias every algorithm adds zeros: the same values as adding nothing.
-        match b {
-            Some(b) => conv::forward(x, w, b, y, s, n, relu, &mut self.kernel.borrow_mut()),
-            None => self.with_bias(None, s.out_c, |zeros| conv::forward(x, w, zeros, y, s, n, relu, &mut self.kernel.borrow_mut())),
-        }
+        self.bias_or_zeros(b, s.out_c, |b| conv::forward(x, w, b, y, s, n, relu, &mut self.kernel.borrow_mut()))
     }
 
     fn conv2d_backward_input(&self, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>, s: &ConvShape, n: usize) {
@@ -385,11 +390,7 @@ impl Backend for CpuBackend {
         n: usize,
         relu: bool,
     ) {
-        let mut kernel = self.kernel.borrow_mut();
-        match b {
-            Some(b) => conv_pool::forward_infer(x, w, b, y, s, pool, n, relu, &mut kernel),
-            None => self.with_bias(None, s.out_c, |zeros| conv_pool::forward_infer(x, w, zeros, y, s, pool, n, relu, &mut kernel)),
-        }
+        self.bias_or_zeros(b, s.out_c, |b| conv_pool::forward_infer(x, w, b, y, s, pool, n, relu, &mut self.kernel.borrow_mut()))
     }
 
     fn batchnorm_maxpool_forward_train(
