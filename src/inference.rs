@@ -9,12 +9,12 @@
 //! BatchNormalizations left (say one after a ReLU) are renamed from their old Keras names to the
 //! folded model's.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Passes};
 use crate::batchnorm_fold::{fold_batchnorm, BatchNormWeights};
 use crate::checkpoint::Checkpoint;
 use crate::layers::BatchNormalization;
 use crate::model::{Activation, Layer, LayerSpec, Model};
-use crate::network::{absorbable_maxpool, HostTensor, Metrics, Network};
+use crate::network::{absorbable_maxpool, layer_passes, HostTensor, Metrics, Network};
 use anyhow::{anyhow, Context, Result};
 
 /// A network for inference from `ck`, BatchNormalization folded where it can be.
@@ -67,14 +67,14 @@ fn folding_kernel(spec: &LayerSpec) -> Option<&'static str> {
 }
 
 /// Whether a layer of `model` runs the MaxPooling2D after it (`absorbable_maxpool`) inside
-/// itself on `backend` in an inference network only (a conv's pool on the CPU:
-/// `Backend::fuses_conv_maxpool_inference`).
+/// itself on `backend` in an inference network only (on the CPU, a conv whose fused backward
+/// would need its input's gradient: `Backend::fuses_conv_maxpool`).
 fn has_pool_fusion<B: Backend>(backend: &B, model: &Model) -> bool {
-    model.layers.windows(2).any(|w| {
+    model.layers.windows(2).enumerate().any(|(i, w)| {
         let layer = &w[0];
         absorbable_maxpool(&w[1]).is_some()
-            && layer.spec.absorbs_maxpool(backend, &layer.input, false)
-            && !layer.spec.absorbs_maxpool(backend, &layer.input, true)
+            && layer.spec.absorbs_maxpool(backend, &layer.input, Passes::Inference)
+            && !layer.spec.absorbs_maxpool(backend, &layer.input, layer_passes(model, i, true))
     })
 }
 

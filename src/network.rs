@@ -3,7 +3,7 @@
 //! Backend, so the CPU and GPU paths run this same code.
 
 pub use crate::backend::AdamConfig;
-use crate::backend::{Backend, GatherAugment, PoolShape, RmsPropStep, SgdStep, TensorArena, METRICS_LEN};
+use crate::backend::{Backend, GatherAugment, Passes, PoolShape, RmsPropStep, SgdStep, TensorArena, METRICS_LEN};
 use crate::layers::{Backward, Forward, Init, LayerSpec, ParamSpec, Scratch};
 use crate::model::{Layer, Model};
 use crate::optimizer::Optimizer;
@@ -177,6 +177,16 @@ pub fn absorbable_maxpool(layer: &Layer) -> Option<PoolShape> {
     }
 }
 
+/// The passes layer i of `model` runs in a network that trains (`trains`) or only infers. Its
+/// input needs a gradient unless every layer before it is a view of the network's input (then
+/// it reads the input's slot, which has none).
+pub fn layer_passes(model: &Model, i: usize, trains: bool) -> Passes {
+    match trains {
+        true => Passes::Training { input_gradient: !model.layers[..i].iter().all(|l| l.spec.is_view()) },
+        false => Passes::Inference,
+    }
+}
+
 /// Layer i's state, and where it runs the MaxPooling2D layer k (> i) too, that pool's
 /// geometry and argmax.
 fn layer_and_pool<B: Backend>(
@@ -249,7 +259,7 @@ impl<B: Backend> Network<B> {
             let absorbed = i > 0 && layer.spec.is_plain_relu() && model.layers[i - 1].spec.absorbs_relu() && slot_in[i - 1] != input;
             let pooled_by = writer[input].zip(absorbable_maxpool(layer)).filter(|&(w, _): &(usize, PoolShape)| {
                 let writer = &model.layers[w];
-                writer.spec.absorbs_maxpool(&backend, &writer.input, trains) && absorbed_pool[w].is_none()
+                writer.spec.absorbs_maxpool(&backend, &writer.input, layer_passes(&model, w, trains)) && absorbed_pool[w].is_none()
             });
             if absorbed {
                 // Runs inside the layer before, whose slot now holds ReLU'd values.

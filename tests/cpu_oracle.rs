@@ -19,7 +19,7 @@ use common::{assert_same_bits, random_vec};
 use gpu_cnn::backend::cpu::conv::{self, backward_filter_algo, backward_input_algo, forward_algo, ConvAlgo};
 use gpu_cnn::backend::cpu::simd::has_fast_fma;
 use gpu_cnn::backend::cpu::CpuBackend;
-use gpu_cnn::backend::{Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, PoolShape};
+use gpu_cnn::backend::{Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, Passes, PoolShape};
 
 /// Sums done in f32 in a fixed blocked order (GEMM, direct kernels): see the module comment.
 const RTOL: f64 = 2e-6;
@@ -398,23 +398,32 @@ fn fused_batchnorm_maxpool_matches_the_layers_apart_bit_for_bit() {
     }
 }
 
-/// The conv + max-pool inference pass (conv_pool.rs) against `conv2d_forward` then
-/// `maxpool_forward_infer`, as the network runs them apart: the same bits, since it runs the
-/// same kernels on whole images. Every conv case whose forward algorithm runs in blocks on one
-/// thread (direct, F(2x2), F(4x4)), with and without ReLU and bias, batches of 1, 7 and 13
-/// (partial blocks), under pools that leave cells out, pad, overlap, or stride past their size.
+/// The conv + max-pool layer (conv_pool.rs) against the conv and the pool apart, as the network
+/// runs them otherwise: the same bits, since it runs the same kernels on whole images.
+/// Inference (`conv2d_maxpool_forward_infer` against `conv2d_forward` then
+/// `maxpool_forward_infer`): every conv case whose forward algorithm runs in blocks on one
+/// thread (direct, F(2x2), F(4x4)). Training, where the direct kernels run the conv and its
+/// input needs no gradient: `conv2d_maxpool_forward_train` against `conv2d_forward` then
+/// `maxpool_forward` (y and argmax), and `conv2d_maxpool_backward_filter` against
+/// `maxpool_backward` (`maxpool_backward_relu` with ReLU) then `conv2d_backward_filter`. With
+/// and without ReLU and bias, batches of 1, 7 and 13 (partial blocks and reduction splits),
+/// under pools that leave cells out, pad, overlap, or stride past their size.
 #[test]
-fn fused_conv_maxpool_inference_matches_the_layers_apart_bit_for_bit() {
+fn fused_conv_maxpool_matches_the_layers_apart_bit_for_bit() {
     let cpu = CpuBackend::new();
-    let mut fused_algos = Vec::new();
+    let (mut inferred, mut trained) = (Vec::new(), Vec::new());
     for (k, case) in conv_cases().into_iter().enumerate() {
         let s = case.shape;
-        let fuses = cpu.fuses_conv_maxpool_inference(&s);
-        assert_eq!(fuses, forward_algo(&s) != ConvAlgo::Im2colGemm, "case {k}: which algorithms the fused pass runs");
-        if !fuses {
+        let algo = forward_algo(&s);
+        let infers = cpu.fuses_conv_maxpool(&s, Passes::Inference);
+        let trains = cpu.fuses_conv_maxpool(&s, Passes::Training { input_gradient: false });
+        assert_eq!(infers, algo != ConvAlgo::Im2colGemm, "case {k}: which algorithms the fused inference pass runs");
+        assert_eq!(trains, algo == ConvAlgo::Direct, "case {k}: which algorithms the fused training passes run");
+        assert!(!cpu.fuses_conv_maxpool(&s, Passes::Training { input_gradient: true }), "case {k}: no fused backward gives an input gradient");
+        if !infers {
             continue;
         }
-        fused_algos.push(forward_algo(&s));
+        inferred.push(algo);
         let out = (s.out_h, s.out_w, s.out_c);
         let pools = [
             PoolShape::valid(out, (2, 2), (2, 2)),
@@ -425,30 +434,56 @@ fn fused_conv_maxpool_inference_matches_the_layers_apart_bit_for_bit() {
         for (j, pool) in pools.into_iter().enumerate() {
             let pool = pool.unwrap();
             for (n, relu, bias) in [(7, true, true), (13, false, true), (1, true, false)] {
-                let what = format!("case {k} ({:?}), pool {j}, batch {n}, relu {relu}, bias {bias}", forward_algo(&s));
+                let what = format!("case {k} ({algo:?}), pool {j}, batch {n}, relu {relu}, bias {bias}");
                 let upload = |v: &[f32]| {
                     let mut t = cpu.tensor(v.len()).unwrap();
                     cpu.upload(&mut t, v);
                     t
                 };
+                let nan = |len: usize| upload(&vec![f32::NAN; len]);
                 let seed = 1000 + 10 * k as u64;
                 let x = upload(&random_vec(n * s.in_len(), seed));
-                let w = upload(&random_vec(s.kernel_len() * s.out_c, seed + 1));
+                let w = upload(&random_vec(s.kernel_len(), seed + 1));
                 let b = bias.then(|| upload(&random_vec(s.out_c, seed + 2)));
-                let (mut conv_y, mut y_apart, mut y_fused) =
-                    (upload(&vec![f32::NAN; n * s.out_len()]), upload(&vec![f32::NAN; n * pool.out_len()]), upload(&vec![f32::NAN; n * pool.out_len()]));
-                let mut argmax = cpu.indices(n * pool.out_len()).unwrap();
+                let (mut conv_y, mut y_apart, mut y_fused) = (nan(n * s.out_len()), nan(n * pool.out_len()), nan(n * pool.out_len()));
+                let (mut argmax_apart, mut argmax_fused) = (cpu.indices(n * pool.out_len()).unwrap(), cpu.indices(n * pool.out_len()).unwrap());
                 cpu.conv2d_forward(&x, &w, b.as_ref(), &mut conv_y, &s, n, relu);
-                cpu.maxpool_forward_infer(&conv_y, &mut y_apart, &mut argmax, &pool, n);
+                cpu.maxpool_forward_infer(&conv_y, &mut y_apart, &mut argmax_apart, &pool, n);
                 cpu.conv2d_maxpool_forward_infer(&x, &w, b.as_ref(), &mut y_fused, &s, &pool, n, relu);
                 assert!(y_apart.iter().all(|v| v.is_finite()) && y_apart.iter().any(|&v| v != 0.0), "{what}: the case is not degenerate");
-                assert_same_bits(&what, &y_fused, &y_apart);
+                assert_same_bits(&format!("{what}: inference"), &y_fused, &y_apart);
+                if !trains {
+                    continue;
+                }
+                trained.push(relu);
+                // Training: y and argmax, then the filter gradient through the pool.
+                cpu.maxpool_forward(&conv_y, &mut y_apart, &mut argmax_apart, &pool, n);
+                let mut y_fused = nan(n * pool.out_len());
+                cpu.conv2d_maxpool_forward_train(&x, &w, b.as_ref(), &mut y_fused, &mut argmax_fused, &s, &pool, n, relu);
+                assert_same_bits(&format!("{what}: training y"), &y_fused, &y_apart);
+                assert_eq!(argmax_fused, argmax_apart, "{what}: training argmax");
+                let dy = upload(&random_vec(n * pool.out_len(), seed + 3));
+                let mut dconv = nan(n * s.out_len());
+                match relu {
+                    true => cpu.maxpool_backward_relu(&dy, &argmax_apart, &conv_y, &mut dconv, &pool, n),
+                    false => cpu.maxpool_backward(&dy, &argmax_apart, &mut dconv, &pool, n),
+                }
+                let (mut dw_apart, mut dw_fused) = (nan(s.kernel_len()), nan(s.kernel_len()));
+                let (mut db_apart, mut db_fused) = (bias.then(|| nan(s.out_c)), bias.then(|| nan(s.out_c)));
+                cpu.conv2d_backward_filter(&x, &dconv, &mut dw_apart, db_apart.as_mut(), &s, n);
+                cpu.conv2d_maxpool_backward_filter(&x, &dy, &y_fused, &argmax_fused, &mut dw_fused, db_fused.as_mut(), &s, &pool, n, relu);
+                assert!(dw_apart.iter().all(|v| v.is_finite()) && dw_apart.iter().any(|&v| v != 0.0), "{what}: the gradient is not degenerate");
+                assert_same_bits(&format!("{what}: dw"), &dw_fused, &dw_apart);
+                if let (Some(fused), Some(apart)) = (&db_fused, &db_apart) {
+                    assert_same_bits(&format!("{what}: db"), fused, apart);
+                }
             }
         }
     }
     for algo in [ConvAlgo::Direct, ConvAlgo::Winograd, ConvAlgo::Winograd4x4] {
-        assert!(!has_fast_fma() || fused_algos.contains(&algo), "no case ran {algo:?} through the fused pass");
+        assert!(!has_fast_fma() || inferred.contains(&algo), "no case ran {algo:?} through the fused inference pass");
     }
+    assert!(!has_fast_fma() || (trained.contains(&true) && trained.contains(&false)), "the fused training passes ran with and without ReLU");
 }
 
 #[test]

@@ -6,10 +6,10 @@
 #[macro_use]
 mod common;
 use gpu_cnn::backend::cpu::CpuBackend;
-use gpu_cnn::backend::Backend;
+use gpu_cnn::backend::{Backend, Passes};
 use gpu_cnn::data::synthetic::{generate, SyntheticSpec};
 use gpu_cnn::data::Dataset;
-use gpu_cnn::model::{parse_arch, summary_table, with_classes, Model};
+use gpu_cnn::model::{parse_arch, summary_table, with_classes, LayerSpec, Model};
 use gpu_cnn::network::{HostTensor, Network};
 
 /// Every new layer, on awkward shapes: 13x13x3 input, odd channel counts, batch 7.
@@ -51,6 +51,29 @@ fn run_arch<B: Backend>(arch: &str, backend: B, steps: usize) -> (Vec<HostTensor
         net.train_step(&images, batch).unwrap();
     }
     (net.weights().unwrap(), net.read_metrics().unwrap())
+}
+
+/// Six seeded steps and an evaluation of the two architectures (the same layers, one pool
+/// fused into the layer before and one apart) give the same weights, metrics and evaluation,
+/// bit for bit.
+fn assert_trains_and_evaluates_alike<B: Backend>(fused: &str, apart: &str, backend: B) {
+    let run = |arch: &str| {
+        let (mut net, ds) = network_of(arch, &backend);
+        let images = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len()).unwrap();
+        for batch in gpu_cnn::train::epoch_order(ds.train.len(), 3, 0).chunks(BATCH).take(6) {
+            net.train_step(&images, batch).unwrap();
+        }
+        let trained = net.read_metrics().unwrap();
+        let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len()).unwrap();
+        (net.weights().unwrap(), trained, net.evaluate(&test, ds.test.len()).unwrap())
+    };
+    let ((a, ma, ea), (b, mb, eb)) = (run(fused), run(apart));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.name, y.name);
+        common::assert_same_bits(&format!("{} with the pool fused and apart ({fused})", x.name), &x.data, &y.data);
+    }
+    assert_eq!((ma, ea), (mb, eb), "{fused}");
 }
 
 #[test]
@@ -115,23 +138,30 @@ backend_test! {
         let pools: &[&str] = if backend.fuses_batchnorm_maxpool() { &["max_pooling2d", "max_pooling2d_1"] } else { &[] };
         assert_eq!(network_of(fused, backend).0.absorbed_pool_layers(), pools);
         assert!(network_of(&apart, backend).0.absorbed_pool_layers().is_empty());
-        let run = |arch: &str| {
-            let (mut net, ds) = network_of(arch, backend);
-            let images = net.backend.upload_images(&ds.train.images, &ds.train.labels, ds.train.image_len()).unwrap();
-            for batch in gpu_cnn::train::epoch_order(ds.train.len(), 3, 0).chunks(BATCH).take(6) {
-                net.train_step(&images, batch).unwrap();
-            }
-            let trained = net.read_metrics().unwrap();
-            let test = net.backend.upload_images(&ds.test.images, &ds.test.labels, ds.test.image_len()).unwrap();
-            (net.weights().unwrap(), trained, net.evaluate(&test, ds.test.len()).unwrap())
-        };
-        let ((a, ma, ea), (b, mb, eb)) = (run(fused), run(&apart));
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(&b) {
-            assert_eq!(x.name, y.name);
-            common::assert_same_bits(&format!("{} with the pool fused and apart", x.name), &x.data, &y.data);
+        assert_trains_and_evaluates_alike(fused, &apart, backend);
+    }
+}
+
+backend_test! {
+    /// Where the backend fuses them in training (the CPU: a direct conv whose input is the
+    /// network's), a MaxPooling2D right after the first conv runs inside it: the same bits in
+    /// training and evaluation as when a Dropout(0.0) between them keeps the pool a layer of its
+    /// own. A ReLU'd conv under a "valid" pool that leaves cells out, and a linear one under a
+    /// "same" pool; the second conv's input needs a gradient, so its pool stays apart.
+    fn a_maxpool_after_the_first_conv_trains_inside_it_with_the_same_bits<B>(backend: &B) {
+        let relu_valid = "Conv2D(8, 3, activation=\"relu\") MaxPooling2D(2) Dropout(0.0) Conv2D(8, 3, padding=\"same\", activation=\"relu\") MaxPooling2D(2) Flatten Dense(4, softmax)\n";
+        let linear_same = "Conv2D(16, 3, padding=\"same\") MaxPooling2D(3, padding=\"same\") Dropout(0.0) GlobalAveragePooling2D Dense(4, softmax)\n";
+        for fused in [relu_valid, linear_same] {
+            let apart = fused.replacen(" MaxPooling2D(", " Dropout(0.0) MaxPooling2D(", 1);
+            let apart = apart.replacen("Dropout(0.0) Conv2D", "Conv2D", 1).replacen("Dropout(0.0) GlobalAveragePooling2D", "GlobalAveragePooling2D", 1);
+            let model = network_of(fused, backend).0.model;
+            let LayerSpec::Conv2D(conv) = &model.layers[0].spec else { panic!("the first layer is the conv") };
+            let fuses = backend.fuses_conv_maxpool(&conv.shape(&model.layers[0].input), Passes::Training { input_gradient: false });
+            let pools: &[&str] = if fuses { &["max_pooling2d"] } else { &[] };
+            assert_eq!(network_of(fused, backend).0.absorbed_pool_layers(), pools, "{fused}");
+            assert!(network_of(&apart, backend).0.absorbed_pool_layers().is_empty(), "{apart}");
+            assert_trains_and_evaluates_alike(fused, &apart, backend);
         }
-        assert_eq!((ma, ea), (mb, eb));
     }
 }
 

@@ -124,6 +124,16 @@ impl DepthwiseShape {
 /// `oy * stride_h - pad_top ..` (size_h of them) and likewise columns; cells outside the input
 /// are padding, which never wins a max and is not counted in an average (Keras). Build it with
 /// `valid`, `same` or `global`.
+/// The passes a network runs, which decide what its layers may fuse (`Backend::fuses_conv_maxpool`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passes {
+    /// The forward only (`Network::for_inference`).
+    Inference,
+    /// Forward and backward; `input_gradient` is false for a layer whose input is the network's
+    /// input, whose gradient nothing needs.
+    Training { input_gradient: bool },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PoolShape {
     pub in_h: usize,
@@ -745,11 +755,13 @@ pub trait Backend {
     }
 
     /// Whether the backend runs a conv of shape `s` and the non-overlapping MaxPooling2D right
-    /// after it as one pass in inference (`conv2d_maxpool_forward_infer`): the conv's output
-    /// is then never written out and read back, only the pooled one. Worth it where that
-    /// pass over memory costs more than its arithmetic (the CPU backend). Only inference:
-    /// training keeps the conv's output for its backward.
-    fn fuses_conv_maxpool_inference(&self, _s: &ConvShape) -> bool {
+    /// after it as one layer in a network that runs `passes`: forward
+    /// `conv2d_maxpool_forward_infer` (inference, and the validation pass of a network that
+    /// trains), and in training `conv2d_maxpool_forward_train` and
+    /// `conv2d_maxpool_backward_filter`. The conv's output is then never written out and read
+    /// back, only the pooled one (and in training its gradient is rebuilt from the pool's).
+    /// Worth it where that pass over memory costs more than its arithmetic (the CPU backend).
+    fn fuses_conv_maxpool(&self, _s: &ConvShape, _passes: Passes) -> bool {
         false
     }
     /// `conv2d_forward` (ReLU'd when `relu`), then `maxpool_forward_infer` of that output with
@@ -766,7 +778,45 @@ pub trait Backend {
         _n: usize,
         _relu: bool,
     ) {
-        unreachable!("only a backend whose fuses_conv_maxpool_inference() is true runs the fused pass");
+        unreachable!("only a backend whose fuses_conv_maxpool() is true runs the fused pass");
+    }
+    /// `conv2d_forward` (ReLU'd when `relu`), then `maxpool_forward` of that output with `pool`:
+    /// y and argmax are the pool's (argmax indexing the conv's output as `maxpool_forward`'s
+    /// does), with the bits the two give one after the other.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_maxpool_forward_train(
+        &self,
+        _x: &Self::Tensor,
+        _w: &Self::Tensor,
+        _b: Option<&Self::Tensor>,
+        _y: &mut Self::Tensor,
+        _argmax: &mut Self::Indices,
+        _s: &ConvShape,
+        _pool: &PoolShape,
+        _n: usize,
+        _relu: bool,
+    ) {
+        unreachable!("only a backend whose fuses_conv_maxpool() is true runs the fused pass");
+    }
+    /// `conv2d_backward_filter` of the conv's output gradient that `maxpool_backward` (and with
+    /// `relu`, `maxpool_backward_relu` masked by the conv's ReLU'd output) makes from the pool's
+    /// gradient dy; y is the pool's output (the conv's output at each argmax). The same bits as
+    /// those two. No input gradient: `fuses_conv_maxpool` allows this only where none is needed.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_maxpool_backward_filter(
+        &self,
+        _x: &Self::Tensor,
+        _dy: &Self::Tensor,
+        _y: &Self::Tensor,
+        _argmax: &Self::Indices,
+        _dw: &mut Self::Tensor,
+        _db: Option<&mut Self::Tensor>,
+        _s: &ConvShape,
+        _pool: &PoolShape,
+        _n: usize,
+        _relu: bool,
+    ) {
+        unreachable!("only a backend whose fuses_conv_maxpool() is true runs the fused pass");
     }
 
     /// Dispatches and compute passes recorded so far, where the backend records them (None
@@ -1014,8 +1064,8 @@ impl<B: Backend> Backend for &B {
     fn fuses_batchnorm_maxpool(&self) -> bool {
         (**self).fuses_batchnorm_maxpool()
     }
-    fn fuses_conv_maxpool_inference(&self, s: &ConvShape) -> bool {
-        (**self).fuses_conv_maxpool_inference(s)
+    fn fuses_conv_maxpool(&self, s: &ConvShape, passes: Passes) -> bool {
+        (**self).fuses_conv_maxpool(s, passes)
     }
     #[allow(clippy::too_many_arguments)]
     fn conv2d_maxpool_forward_infer(
@@ -1030,6 +1080,37 @@ impl<B: Backend> Backend for &B {
         relu: bool,
     ) {
         (**self).conv2d_maxpool_forward_infer(x, w, b, y, s, pool, n, relu)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_maxpool_forward_train(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+        y: &mut Self::Tensor,
+        argmax: &mut Self::Indices,
+        s: &ConvShape,
+        pool: &PoolShape,
+        n: usize,
+        relu: bool,
+    ) {
+        (**self).conv2d_maxpool_forward_train(x, w, b, y, argmax, s, pool, n, relu)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_maxpool_backward_filter(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        y: &Self::Tensor,
+        argmax: &Self::Indices,
+        dw: &mut Self::Tensor,
+        db: Option<&mut Self::Tensor>,
+        s: &ConvShape,
+        pool: &PoolShape,
+        n: usize,
+        relu: bool,
+    ) {
+        (**self).conv2d_maxpool_backward_filter(x, dy, y, argmax, dw, db, s, pool, n, relu)
     }
     fn batchnorm_maxpool_forward_train(
         &self,

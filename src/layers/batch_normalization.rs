@@ -4,7 +4,7 @@
 //! moving_mean, moving_variance (not trainable).
 
 use super::{Args, Backward, Forward, Init, LayerKind, ParamSpec, ScratchKind, ScratchSpec};
-use crate::backend::{Backend, BatchNormConfig, BatchNormShape};
+use crate::backend::{Backend, BatchNormConfig, BatchNormShape, Passes};
 use anyhow::{bail, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -87,7 +87,7 @@ impl LayerKind for BatchNormalization {
 
     /// Where the backend fuses the two (`Backend::fuses_batchnorm_maxpool`), in training and
     /// inference alike.
-    fn absorbs_maxpool<B: Backend>(&self, backend: &B, _input: &[usize], _trains: bool) -> bool {
+    fn absorbs_maxpool<B: Backend>(&self, backend: &B, _input: &[usize], _passes: Passes) -> bool {
         backend.fuses_batchnorm_maxpool()
     }
 

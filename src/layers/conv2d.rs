@@ -5,7 +5,7 @@ use super::activation::ActivatedOutput;
 use super::convolution::{split_bias, ConvArgs};
 use super::geometry::tensor_values;
 use super::{Args, Backward, Forward, Init, LayerKind, ParamSpec, ScratchSpec};
-use crate::backend::{Backend, ConvShape};
+use crate::backend::{Backend, ConvShape, Passes};
 use anyhow::{bail, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -68,27 +68,36 @@ impl LayerKind for Conv2D {
         self.conv.activation.is_fused_relu()
     }
 
-    /// In an inference network, where the backend fuses the pair
-    /// (`Backend::fuses_conv_maxpool_inference`) and the activation is none or a fused ReLU:
-    /// the pool then takes the values the conv's output would hold.
-    fn absorbs_maxpool<B: Backend>(&self, backend: &B, input: &[usize], trains: bool) -> bool {
-        !trains && self.conv.activation.unfused().is_none() && backend.fuses_conv_maxpool_inference(&self.shape(input))
+    /// Where the backend fuses the pair for these passes (`Backend::fuses_conv_maxpool`) and
+    /// the activation is none or a fused ReLU: the pool then takes the values the conv's
+    /// output would hold, and the pooled values are the ReLU's mask in the backward.
+    fn absorbs_maxpool<B: Backend>(&self, backend: &B, input: &[usize], passes: Passes) -> bool {
+        self.conv.activation.unfused().is_none() && backend.fuses_conv_maxpool(&self.shape(input), passes)
     }
 
     fn forward<B: Backend>(&self, f: Forward<'_, B>) {
         let s = self.shape(f.input);
         let (kernel, bias) = (&f.params[0], f.params.get(1));
         let (backend, x, n) = (f.backend, f.x, f.n);
-        if let Some((pool, _)) = &f.pool {
-            assert!(!f.training, "a Conv2D absorbs a MaxPooling2D in inference networks only");
+        if let Some((pool, argmax)) = f.pool {
             let relu = self.conv.activation.is_fused_relu();
-            return backend.conv2d_maxpool_forward_infer(x, kernel, bias, f.y, &s, pool, n, relu);
+            return match f.training {
+                true => backend.conv2d_maxpool_forward_train(x, kernel, bias, f.y, argmax, &s, &pool, n, relu),
+                false => backend.conv2d_maxpool_forward_infer(x, kernel, bias, f.y, &s, &pool, n, relu),
+            };
         }
         self.output(&s).forward(backend, n, f.y, f.scratch, |y, relu| backend.conv2d_forward(x, kernel, bias, y, &s, n, relu));
     }
 
     fn backward<B: Backend>(&self, b: Backward<'_, B>) {
         let s = self.shape(b.input);
+        if let Some((pool, argmax)) = b.pool {
+            // y is the pool's output; the fused pass takes the filter gradient through the pool.
+            assert!(b.dx.is_none(), "a Conv2D absorbs a MaxPooling2D in training only where its input needs no gradient");
+            let (dw, db) = split_bias(b.grads, 1);
+            let relu = self.conv.activation.is_fused_relu();
+            return b.backend.conv2d_maxpool_backward_filter(b.x, b.dy, b.y, argmax, &mut dw[0], db, &s, &pool, b.n, relu);
+        }
         let dy = self.output(&s).linear_gradient(b.backend, b.n, b.y, b.dy, b.scratch);
         let (dw, db) = split_bias(b.grads, 1);
         b.backend.conv2d_backward_filter(b.x, dy, &mut dw[0], db, &s, b.n);

@@ -47,7 +47,7 @@ pub use max_pooling2d::MaxPooling2D;
 pub use re_lu::ReLU;
 pub use separable_conv2d::SeparableConv2D;
 
-use crate::backend::{Backend, PoolShape};
+use crate::backend::{Backend, Passes, PoolShape};
 use anyhow::{bail, Result};
 
 /// How a tensor starts (Keras's initializers).
@@ -265,10 +265,10 @@ pub trait LayerKind: Sized + Clone + std::fmt::Debug + PartialEq {
         false
     }
     /// The forward max-pools its own (ReLU'd) output (`Forward::pool`) on `backend`, in a
-    /// network that trains (`trains`) or only infers: the network then runs a MaxPooling2D
-    /// with disjoint windows right after it (and after its absorbed ReLU) as part of it.
-    /// `input` is the layer's per-image input shape.
-    fn absorbs_maxpool<B: Backend>(&self, _backend: &B, _input: &[usize], _trains: bool) -> bool {
+    /// network that runs `passes`: the network then runs a MaxPooling2D with disjoint windows
+    /// right after it (and after its absorbed ReLU) as part of it. `input` is the layer's
+    /// per-image input shape.
+    fn absorbs_maxpool<B: Backend>(&self, _backend: &B, _input: &[usize], _passes: Passes) -> bool {
         false
     }
     fn forward<B: Backend>(&self, f: Forward<'_, B>);
@@ -403,8 +403,8 @@ impl LayerSpec {
     pub fn absorbs_relu(&self) -> bool {
         with_layer!(self, l => l.absorbs_relu())
     }
-    pub fn absorbs_maxpool<B: Backend>(&self, backend: &B, input: &[usize], trains: bool) -> bool {
-        with_layer!(self, l => l.absorbs_maxpool(backend, input, trains))
+    pub fn absorbs_maxpool<B: Backend>(&self, backend: &B, input: &[usize], passes: Passes) -> bool {
+        with_layer!(self, l => l.absorbs_maxpool(backend, input, passes))
     }
     /// A layer that is exactly y = max(x, 0): `ReLU` or `Activation("relu")`.
     pub fn is_plain_relu(&self) -> bool {

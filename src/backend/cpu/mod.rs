@@ -23,8 +23,8 @@ mod winograd_filter;
 
 use super::dropout::{layer_stream, DropoutMask};
 use super::{
-    activation, ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, PoolShape, RmsPropStep,
-    SgdStep, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
+    activation, ActivationFn, AdamStep, Backend, BatchNormConfig, BatchNormShape, ConvShape, DenseShape, DepthwiseShape, GatherAugment, Passes, PoolShape,
+    RmsPropStep, SgdStep, METRIC_CORRECT, METRIC_COUNT, METRIC_LOSS_SUM,
 };
 use crate::augment::{AffineTransform, SampleTransform, TransformLayout};
 use crate::data::ImageSet;
@@ -233,6 +233,9 @@ impl Backend for CpuBackend {
     fn maxpool_backward(&self, dy: &Vec<f32>, argmax: &Vec<u32>, dx: &mut Vec<f32>, s: &PoolShape, n: usize) {
         pool::maxpool_backward(dy, argmax, dx, s, n);
     }
+    fn maxpool_backward_relu(&self, dy: &Vec<f32>, argmax: &Vec<u32>, relu_y: &Vec<f32>, dx: &mut Vec<f32>, s: &PoolShape, n: usize) {
+        pool::maxpool_backward_relu(dy, argmax, relu_y, dx, s, n);
+    }
     fn avgpool_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>, s: &PoolShape, n: usize) {
         pool::avgpool_forward(x, y, s, n);
     }
@@ -375,8 +378,13 @@ impl Backend for CpuBackend {
         true
     }
 
-    fn fuses_conv_maxpool_inference(&self, s: &ConvShape) -> bool {
-        conv_pool::can_run(s)
+    fn fuses_conv_maxpool(&self, s: &ConvShape, passes: Passes) -> bool {
+        match passes {
+            Passes::Inference => conv_pool::can_run(s),
+            Passes::Training { input_gradient: false } => conv_pool::can_train(s),
+            // The input gradient's conv wants the whole output gradient in memory anyway.
+            Passes::Training { input_gradient: true } => false,
+        }
     }
 
     fn conv2d_maxpool_forward_infer(
@@ -391,6 +399,38 @@ impl Backend for CpuBackend {
         relu: bool,
     ) {
         self.bias_or_zeros(b, s.out_c, |b| conv_pool::forward_infer(x, w, b, y, s, pool, n, relu, &mut self.kernel.borrow_mut()))
+    }
+
+    fn conv2d_maxpool_forward_train(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: Option<&Vec<f32>>,
+        y: &mut Vec<f32>,
+        argmax: &mut Vec<u32>,
+        s: &ConvShape,
+        pool: &PoolShape,
+        n: usize,
+        relu: bool,
+    ) {
+        self.bias_or_zeros(b, s.out_c, |b| conv_pool::forward_train(x, w, b, y, argmax, s, pool, n, relu, &mut self.kernel.borrow_mut()))
+    }
+
+    fn conv2d_maxpool_backward_filter(
+        &self,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        y: &Vec<f32>,
+        argmax: &Vec<u32>,
+        dw: &mut Vec<f32>,
+        db: Option<&mut Vec<f32>>,
+        s: &ConvShape,
+        pool: &PoolShape,
+        n: usize,
+        relu: bool,
+    ) {
+        let mask = relu.then_some(&y[..]);
+        self.with_bias(db, s.out_c, |db| conv_pool::backward_filter(x, dy, mask, argmax, dw, db, s, pool, n, &mut self.partials.borrow_mut()));
     }
 
     fn batchnorm_maxpool_forward_train(

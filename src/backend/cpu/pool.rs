@@ -13,8 +13,14 @@ use rayon::prelude::*;
 pub fn maxpool_forward(x: &[f32], y: &mut [f32], argmax: &mut [u32], s: &PoolShape, n: usize) {
     let (in_len, out_len) = (s.in_len(), s.out_len());
     y[..n * out_len].par_chunks_mut(out_len).zip(argmax[..n * out_len].par_chunks_mut(out_len)).enumerate().for_each(|(img, (y, am))| {
-        dispatch(MaxPoolImage { x: &x[img * in_len..][..in_len], y, am, base: img * in_len, s });
+        maxpool_image(&x[img * in_len..][..in_len], y, am, img * in_len, s);
     });
+}
+
+/// One image of `maxpool_forward` (conv_pool.rs pools each conv output with it); `base` is the
+/// flat index of x[0] in the batch.
+pub(super) fn maxpool_image(x: &[f32], y: &mut [f32], am: &mut [u32], base: usize, s: &PoolShape) {
+    dispatch(MaxPoolImage { x, y, am, base, s });
 }
 
 /// One image of `maxpool_forward`. A `Kernel` with its operands as fields rather than a
@@ -118,12 +124,42 @@ pub(super) fn maxpool_values_image(x: &[f32], y: &mut [f32], s: &PoolShape) {
 pub fn maxpool_backward(dy: &[f32], argmax: &[u32], dx: &mut [f32], s: &PoolShape, n: usize) {
     let (in_len, out_len) = (s.in_len(), s.out_len());
     dx[..n * in_len].par_chunks_mut(in_len).enumerate().for_each(|(img, dx)| {
+        let o = img * out_len..(img + 1) * out_len;
+        unpool_image(&dy[o.clone()], &argmax[o], None, img * in_len, dx);
+    });
+}
+
+// maxpool_backward, then the ReLU backward of the layer before (dx zeroed where relu_y <= 0)
+// in the same pass: only cells some argmax names can be nonzero, so only those are masked,
+// each right after its sum (zeroing after each add zeroes the total, as masking once would).
+pub fn maxpool_backward_relu(dy: &[f32], argmax: &[u32], relu_y: &[f32], dx: &mut [f32], s: &PoolShape, n: usize) {
+    let (in_len, out_len) = (s.in_len(), s.out_len());
+    dx[..n * in_len].par_chunks_mut(in_len).zip(relu_y[..n * in_len].par_chunks(in_len)).enumerate().for_each(|(img, (dx, y))| {
         dx.fill(0.0);
         let base = img * in_len;
         for o in img * out_len..(img + 1) * out_len {
-            dx[argmax[o] as usize - base] += dy[o];
+            let at = argmax[o] as usize - base;
+            dx[at] += dy[o];
+            if y[at] <= 0.0 {
+                dx[at] = 0.0;
+            }
         }
     });
+}
+
+/// One image of `maxpool_backward` into dx (the image's input gradient), masked as
+/// `maxpool_backward_relu` masks it where `pooled` (the pool's output: the input's value at each
+/// argmax) is given: conv_pool.rs rebuilds a conv's output gradient with it. `base` is the flat
+/// index of the image's first input in the batch.
+pub(super) fn unpool_image(dy: &[f32], am: &[u32], pooled: Option<&[f32]>, base: usize, dx: &mut [f32]) {
+    dx.fill(0.0);
+    for (o, (&d, &at)) in dy.iter().zip(am).enumerate() {
+        let at = at as usize - base;
+        dx[at] += d;
+        if pooled.is_some_and(|y| y[o] <= 0.0) {
+            dx[at] = 0.0;
+        }
+    }
 }
 
 // x (n, in_h, in_w, c) -> y (n, out_h, out_w, c): each window's real cells summed from 0 in
