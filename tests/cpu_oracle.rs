@@ -265,16 +265,20 @@ fn maxpool_matches_plain_loops_exactly() {
     let cpu = CpuBackend::new();
     let n = 2;
     // 2x2 stride 2 on an odd map (the last row/column dropped) and on an even one (every cell
-    // in a window), and overlapping 3x3 stride 2 windows (dx sums several dy).
+    // in a window), overlapping 3x3 stride 2 windows (dx sums several dy), and 1x2 windows at
+    // stride 2x3 (rows and columns between windows).
     let shapes = [
         PoolShape { in_h: 7, in_w: 5, c: 3, out_h: 3, out_w: 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2, pad_top: 0, pad_left: 0 },
         PoolShape { in_h: 6, in_w: 4, c: 5, out_h: 3, out_w: 2, size_h: 2, size_w: 2, stride_h: 2, stride_w: 2, pad_top: 0, pad_left: 0 },
         PoolShape { in_h: 7, in_w: 7, c: 2, out_h: 3, out_w: 3, size_h: 3, size_w: 3, stride_h: 2, stride_w: 2, pad_top: 0, pad_left: 0 },
+        PoolShape { in_h: 7, in_w: 8, c: 9, out_h: 4, out_w: 3, size_h: 1, size_w: 2, stride_h: 2, stride_w: 3, pad_top: 0, pad_left: 0 },
     ];
     for (k, s) in shapes.iter().enumerate() {
         // Values on a coarse grid so that windows hold ties (the first max must win).
         let x: Vec<f32> = random_vec(n * s.in_len(), 500 + k as u64).iter().map(|v| (v * 4.0).round()).collect();
-        let dy = random_vec(n * s.out_len(), 600 + k as u64);
+        // A -0.0 term: the sum from 0.0 makes it 0.0, and dx must hold those bits.
+        let mut dy = random_vec(n * s.out_len(), 600 + k as u64);
+        dy[..2].copy_from_slice(&[-0.0, 0.0]);
         let mut y_want = vec![0.0f32; n * s.out_len()];
         let mut at_want = vec![0u32; n * s.out_len()];
         let mut dx_want = vec![0.0f32; n * s.in_len()];
@@ -315,7 +319,7 @@ fn maxpool_matches_plain_loops_exactly() {
         let mut dx = cpu.tensor(n * s.in_len()).unwrap();
         cpu.upload(&mut dx, &garbage);
         cpu.maxpool_backward(&dyt, &at, &mut dx, s, n);
-        assert_eq!(dx, dx_want, "pool {k} dx");
+        assert_same_bits(&format!("pool {k} dx"), &dx, &dx_want);
         // With the ReLU backward of the layer before (dx zeroed where its output is <= 0).
         let relu_y: Vec<f32> = random_vec(n * s.in_len(), 650 + k as u64).iter().map(|v| v.max(0.0)).collect();
         let masked: Vec<f32> = dx_want.iter().zip(&relu_y).map(|(&d, &y)| if y <= 0.0 { 0.0 } else { d }).collect();
@@ -324,7 +328,7 @@ fn maxpool_matches_plain_loops_exactly() {
         cpu.upload(&mut relu_yt, &relu_y);
         cpu.upload(&mut dx, &garbage);
         cpu.maxpool_backward_relu(&dyt, &at, &relu_yt, &mut dx, s, n);
-        assert_eq!(dx, masked, "pool {k} dx with the ReLU mask");
+        assert_same_bits(&format!("pool {k} dx with the ReLU mask"), &dx, &masked);
     }
 }
 
