@@ -49,6 +49,22 @@ impl Kernel for MaxPoolImage<'_> {
                 let (x0, x1) = s.cols(ox);
                 let o = (oy * s.out_w + ox) * c;
                 let (best, best_at) = (&mut y[o..o + c], &mut am[o..o + c]);
+                if y1 - y0 == 2 && x1 - x0 == 2 {
+                    // The common 2x2 window in one pass over the channels, its four cells in the
+                    // order the general loop visits them, the running max in registers.
+                    let at = |iy: usize, ix: usize| (iy * s.in_w + ix) * c;
+                    let cells = [at(y0, x0), at(y0, x0 + 1), at(y0 + 1, x0), at(y0 + 1, x0 + 1)];
+                    let [r0, r1, r2, r3] = cells.map(|a| &x[a..a + c]);
+                    let [i0, i1, i2, i3] = cells.map(|a| (base + a) as u32);
+                    for (i, (b, a)) in best.iter_mut().zip(best_at.iter_mut()).enumerate() {
+                        let (mut v, mut v_at) = (r0[i], i0 + i as u32);
+                        keep_max(&mut v, &mut v_at, r1[i], i1 + i as u32);
+                        keep_max(&mut v, &mut v_at, r2[i], i2 + i as u32);
+                        keep_max(&mut v, &mut v_at, r3[i], i3 + i as u32);
+                        (*b, *a) = (v, v_at);
+                    }
+                    continue;
+                }
                 for iy in y0..y1 {
                     for ix in x0..x1 {
                         let at = (iy * s.in_w + ix) * c;
@@ -101,6 +117,19 @@ pub(super) fn maxpool_values_image(x: &[f32], y: &mut [f32], s: &PoolShape) {
                     let (x0, x1) = s.cols(ox);
                     let o = (oy * s.out_w + ox) * c;
                     let best = &mut y[o..o + c];
+                    if y1 - y0 == 2 && x1 - x0 == 2 {
+                        // The common 2x2 window in one pass, as in `MaxPoolImage`.
+                        let at = |iy: usize, ix: usize| (iy * s.in_w + ix) * c;
+                        let [r0, r1, r2, r3] = [at(y0, x0), at(y0, x0 + 1), at(y0 + 1, x0), at(y0 + 1, x0 + 1)].map(|a| &x[a..a + c]);
+                        for (i, b) in best.iter_mut().enumerate() {
+                            let mut v = r0[i];
+                            for r in [r1, r2, r3] {
+                                v = if r[i] > v { r[i] } else { v };
+                            }
+                            *b = v;
+                        }
+                        continue;
+                    }
                     for iy in y0..y1 {
                         for ix in x0..x1 {
                             let row = &x[(iy * s.in_w + ix) * c..][..c];
