@@ -149,8 +149,17 @@ pub fn cli_binary() -> std::ffi::OsString {
 
 /// Runs the gpu-cnn binary; returns (exit success, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(cli_binary()).args(args).output().expect("run gpu-cnn");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    run_cli_env(args, &[])
+}
+
+/// (exit success, stdout, stderr) of a finished run. A failed run's stderr ends with its exit
+/// status, so a test's "{err}" shows a signal (a crash with nothing printed) as well as a code.
+fn outcome(out: std::process::Output) -> (bool, String, String) {
+    let mut err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        err.push_str(&format!("\n(gpu-cnn ended with {})", out.status));
+    }
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), err)
 }
 
 /// Any wgpu adapter, software ones included (Mesa's lavapipe in CI), or the one
@@ -191,8 +200,7 @@ pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run gpu-cnn");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    outcome(cmd.output().expect("run gpu-cnn"))
 }
 
 /// Every weight tensor of `model`, named and shaped as in checkpoints, filled with `value`.
