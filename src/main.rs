@@ -456,9 +456,18 @@ fn main() {
 /// the calling thread instead of handing its work to the pool and sleeping until a worker
 /// finishes it (two thread wake-ups per op, dozens of ops per training step). The workers get
 /// the main thread's 8 MiB stack. Falls back to this thread if the pool cannot start.
+///
+/// The pool is never dropped: dropping it lets its threads exit (running their thread-local
+/// destructors) while the process exits and the Vulkan driver, which ran on one of them,
+/// tears down its own state. Two test runs ended in SIGSEGV that way after all their work was
+/// done. Parked workers are simply ended with the process.
 fn run_on_worker_threads(cli: Cli) -> Result<()> {
     match rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build() {
-        Ok(pool) => pool.install(|| run(cli)),
+        Ok(pool) => {
+            let result = pool.install(|| run(cli));
+            std::mem::forget(pool);
+            result
+        }
         Err(_) => run(cli),
     }
 }
