@@ -459,8 +459,8 @@ fn main() {
 ///
 /// The pool is never dropped: dropping it lets its threads exit (running their thread-local
 /// destructors) while the process exits and the Vulkan driver, which ran on one of them,
-/// tears down its own state. Two test runs ended in SIGSEGV that way after all their work was
-/// done. Parked workers are simply ended with the process.
+/// tears down its own state: the probable cause of two test runs that failed after all their
+/// work was done, one of them seen as SIGSEGV. Parked workers are simply ended with the process.
 fn run_on_worker_threads(cli: Cli) -> Result<()> {
     match rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build() {
         Ok(pool) => {

@@ -119,11 +119,6 @@ impl DepthwiseShape {
     }
 }
 
-/// A max-pool's geometry ("valid": windows that do not fit are dropped, as in Keras).
-/// A pooling window's geometry (max or average), NHWC. Window (oy, ox) covers input rows
-/// `oy * stride_h - pad_top ..` (size_h of them) and likewise columns; cells outside the input
-/// are padding, which never wins a max and is not counted in an average (Keras). Build it with
-/// `valid`, `same` or `global`.
 /// The passes a network runs, which decide what its layers may fuse (`Backend::fuses_conv_maxpool`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Passes {
@@ -134,6 +129,11 @@ pub enum Passes {
     Training { input_gradient: bool },
 }
 
+/// A max-pool's geometry ("valid": windows that do not fit are dropped, as in Keras).
+/// A pooling window's geometry (max or average), NHWC. Window (oy, ox) covers input rows
+/// `oy * stride_h - pad_top ..` (size_h of them) and likewise columns; cells outside the input
+/// are padding, which never wins a max and is not counted in an average (Keras). Build it with
+/// `valid`, `same` or `global`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PoolShape {
     pub in_h: usize,

@@ -97,7 +97,8 @@ pub fn backward_filter(
             with_conv_out(s.out_len(), |dconv| {
                 for i in i0..i1 {
                     let at = i * p.out_len()..(i + 1) * p.out_len();
-                    unpool_image(&dy[at.clone()], &argmax[at.clone()], pooled.map(|y| &y[at]), i * s.out_len(), dconv);
+                    let pooled = pooled.map(|y| &y[at.clone()]);
+                    unpool_image(&dy[at.clone()], &argmax[at], i * s.out_len(), dconv, |o, _| pooled.is_some_and(|y| y[o] <= 0.0));
                     direct::backward_filter_image(&x[i * s.in_len()..][..s.in_len()], dconv, pw, pb, s, xp);
                 }
             })

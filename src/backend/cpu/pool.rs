@@ -49,11 +49,9 @@ impl Kernel for MaxPoolImage<'_> {
                 let (x0, x1) = s.cols(ox);
                 let o = (oy * s.out_w + ox) * c;
                 let (best, best_at) = (&mut y[o..o + c], &mut am[o..o + c]);
-                if y1 - y0 == 2 && x1 - x0 == 2 {
-                    // The common 2x2 window in one pass over the channels, its four cells in the
-                    // order the general loop visits them, the running max in registers.
-                    let at = |iy: usize, ix: usize| (iy * s.in_w + ix) * c;
-                    let cells = [at(y0, x0), at(y0, x0 + 1), at(y0 + 1, x0), at(y0 + 1, x0 + 1)];
+                if let Some(cells) = window_2x2(s, (y0, y1), (x0, x1)) {
+                    // The common 2x2 window in one pass over the channels, the running max in
+                    // registers.
                     let [r0, r1, r2, r3] = cells.map(|a| &x[a..a + c]);
                     let [i0, i1, i2, i3] = cells.map(|a| (base + a) as u32);
                     for (i, (b, a)) in best.iter_mut().zip(best_at.iter_mut()).enumerate() {
@@ -87,6 +85,14 @@ impl Kernel for MaxPoolImage<'_> {
     }
 }
 
+/// Where the window (rows y0..y1, columns x0..x1) is 2x2: the offsets of its four cells' channel
+/// rows in the image, in the order the general window loops visit them (row by row).
+#[inline(always)]
+fn window_2x2(s: &PoolShape, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> Option<[usize; 4]> {
+    let at = |iy: usize, ix: usize| (iy * s.in_w + ix) * s.c;
+    (y1 - y0 == 2 && x1 - x0 == 2).then(|| [at(y0, x0), at(y0, x0 + 1), at(y0 + 1, x0), at(y0 + 1, x0 + 1)])
+}
+
 /// A later cell of a window: v (at flat index `at`) replaces the best so far only when
 /// strictly greater, so the first max wins ties (batchnorm_pool.rs pools by this rule too).
 /// Masks rather than branches: on real data the comparison is a coin flip, and this form
@@ -117,10 +123,9 @@ pub(super) fn maxpool_values_image(x: &[f32], y: &mut [f32], s: &PoolShape) {
                     let (x0, x1) = s.cols(ox);
                     let o = (oy * s.out_w + ox) * c;
                     let best = &mut y[o..o + c];
-                    if y1 - y0 == 2 && x1 - x0 == 2 {
+                    if let Some(cells) = window_2x2(s, (y0, y1), (x0, x1)) {
                         // The common 2x2 window in one pass, as in `MaxPoolImage`.
-                        let at = |iy: usize, ix: usize| (iy * s.in_w + ix) * c;
-                        let [r0, r1, r2, r3] = [at(y0, x0), at(y0, x0 + 1), at(y0 + 1, x0), at(y0 + 1, x0 + 1)].map(|a| &x[a..a + c]);
+                        let [r0, r1, r2, r3] = cells.map(|a| &x[a..a + c]);
                         for (i, b) in best.iter_mut().enumerate() {
                             let mut v = r0[i];
                             for r in [r1, r2, r3] {
@@ -154,7 +159,7 @@ pub fn maxpool_backward(dy: &[f32], argmax: &[u32], dx: &mut [f32], s: &PoolShap
     let (in_len, out_len) = (s.in_len(), s.out_len());
     dx[..n * in_len].par_chunks_mut(in_len).enumerate().for_each(|(img, dx)| {
         let o = img * out_len..(img + 1) * out_len;
-        unpool_image(&dy[o.clone()], &argmax[o], None, img * in_len, dx);
+        unpool_image(&dy[o.clone()], &argmax[o], img * in_len, dx, |_, _| false);
     });
 }
 
@@ -164,28 +169,22 @@ pub fn maxpool_backward(dy: &[f32], argmax: &[u32], dx: &mut [f32], s: &PoolShap
 pub fn maxpool_backward_relu(dy: &[f32], argmax: &[u32], relu_y: &[f32], dx: &mut [f32], s: &PoolShape, n: usize) {
     let (in_len, out_len) = (s.in_len(), s.out_len());
     dx[..n * in_len].par_chunks_mut(in_len).zip(relu_y[..n * in_len].par_chunks(in_len)).enumerate().for_each(|(img, (dx, y))| {
-        dx.fill(0.0);
-        let base = img * in_len;
-        for o in img * out_len..(img + 1) * out_len {
-            let at = argmax[o] as usize - base;
-            dx[at] += dy[o];
-            if y[at] <= 0.0 {
-                dx[at] = 0.0;
-            }
-        }
+        let o = img * out_len..(img + 1) * out_len;
+        unpool_image(&dy[o.clone()], &argmax[o], img * in_len, dx, |_, at| y[at] <= 0.0);
     });
 }
 
-/// One image of `maxpool_backward` into dx (the image's input gradient), masked as
-/// `maxpool_backward_relu` masks it where `pooled` (the pool's output: the input's value at each
-/// argmax) is given: conv_pool.rs rebuilds a conv's output gradient with it. `base` is the flat
-/// index of the image's first input in the batch.
-pub(super) fn unpool_image(dy: &[f32], am: &[u32], pooled: Option<&[f32]>, base: usize, dx: &mut [f32]) {
+/// One image of `maxpool_backward` into dx (the image's input gradient): zeroed, then each
+/// term dy[o] added at its argmax `at` (an index into dx) and that cell zeroed again where
+/// `masked(o, at)` (the ReLU before the pool: `maxpool_backward_relu` tests the input at `at`,
+/// conv_pool.rs the pooled value at o, the same number). `base` is the flat index of the
+/// image's first input in the batch.
+pub(super) fn unpool_image(dy: &[f32], am: &[u32], base: usize, dx: &mut [f32], masked: impl Fn(usize, usize) -> bool) {
     dx.fill(0.0);
     for (o, (&d, &at)) in dy.iter().zip(am).enumerate() {
         let at = at as usize - base;
         dx[at] += d;
-        if pooled.is_some_and(|y| y[o] <= 0.0) {
+        if masked(o, at) {
             dx[at] = 0.0;
         }
     }
