@@ -107,7 +107,13 @@ pub fn reduce_in_fixed_splits(
     partials: &mut Vec<f32>,
     partial: impl Fn((usize, usize), &mut [f32], &mut [f32]) + Sync,
 ) {
-    partials.resize(REDUCTION_SPLITS * (len + cols), 0.0);
+    // Grown, never shrunk: the layers' sizes differ, and a shrink then regrow would zero
+    // the tail again every call, though each part is zeroed below anyway.
+    let needed = REDUCTION_SPLITS * (len + cols);
+    if partials.len() < needed {
+        partials.resize(needed, 0.0);
+    }
+    let partials = &mut partials[..needed];
     let ranges = split_ranges(items);
     partials.par_chunks_mut(len + cols).zip(ranges[..].par_iter()).for_each(|(part, &range)| {
         part.fill(0.0);
