@@ -39,12 +39,24 @@ pub fn can_train(s: &ConvShape) -> bool {
 /// scratch for a transformed kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_infer(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], s: &ConvShape, p: &PoolShape, n: usize, relu: bool, kernel: &mut Vec<f32>) {
+    // The algorithm is the whole conv's, so each output the pool reads has the bits it has
+    // there; only those outputs are computed.
     let algo = conv::forward_algo(s);
+    let (s, p) = &pooled_region(s, p);
     let block = block_len(algo, s, n);
     let k = conv::forward_kernel(algo, w, s, kernel);
     y[..n * p.out_len()].par_chunks_mut(block * p.out_len()).zip(x[..n * s.in_len()].par_chunks(block * s.in_len())).for_each(|(yb, xb)| {
         conv_block(algo, xb, k, b, s, relu, |i, out| maxpool_values_image(out, &mut yb[i * p.out_len()..][..p.out_len()], p));
     });
+}
+
+/// The conv cut to the output rows and columns some window of the pool reads, and the pool
+/// reading that: a "valid" 2x2 pool of a 13x13 map never reads its last row and column, and
+/// F(4x4, 3x3) covers the 12x12 left with 9 tiles instead of 16.
+fn pooled_region(s: &ConvShape, p: &PoolShape) -> (ConvShape, PoolShape) {
+    let read = |out: usize, stride: usize, size: usize, pad: usize, len: usize| (out.saturating_sub(1) * stride + size).saturating_sub(pad).min(len);
+    let (h, w) = (read(p.out_h, p.stride_h, p.size_h, p.pad_top, s.out_h), read(p.out_w, p.stride_w, p.size_w, p.pad_left, s.out_w));
+    (ConvShape { out_h: h, out_w: w, ..*s }, PoolShape { in_h: h, in_w: w, ..*p })
 }
 
 /// `forward_infer` with the pool's argmax too (indexing the conv's output of the whole batch,
