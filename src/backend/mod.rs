@@ -129,7 +129,6 @@ pub enum Passes {
     Training { input_gradient: bool },
 }
 
-/// A max-pool's geometry ("valid": windows that do not fit are dropped, as in Keras).
 /// A pooling window's geometry (max or average), NHWC. Window (oy, ox) covers input rows
 /// `oy * stride_h - pad_top ..` (size_h of them) and likewise columns; cells outside the input
 /// are padding, which never wins a max and is not counted in an average (Keras). Build it with
