@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """How much of a BatchNormalization model's test accuracy its moving statistics cost: loads a
-gpu-cnn checkpoint of archs/modern.txt (or Keras weights saved with np.savez in layer order)
+gpu-cnn checkpoint of archs/modern.txt (or weights saved with np.savez: Keras's in layer order,
+or under our names as bench/keras_same_draws.py --save writes them)
 into the Keras model, evaluates it on Fashion-MNIST's test set, then re-estimates each
 BatchNormalization's moving mean and variance, layer by layer, from training images under
 inference conditions (dropout off) and evaluates again. It prints, per layer, how far the
@@ -57,19 +58,24 @@ def named_layers(model):
 
 
 def load(model, path):
-    """Our checkpoint's tensors (Keras's names and layouts) into the model, or an .npz of Keras's own."""
+    """Our checkpoint's tensors (Keras's names and layouts) into the model, or an .npz: Keras's
+    get_weights() in order (arr_0, arr_1, ...), or tensors under our names
+    (bench/keras_same_draws.py --save)."""
     if path.endswith(".npz"):
         z = np.load(path)
-        model.set_weights([z[f"arr_{i}"] for i in range(len(z.files))])
-        return
-    w = safetensors(path)
+        if "arr_0" in z.files:
+            model.set_weights([z[f"arr_{i}"] for i in range(len(z.files))])
+            return
+        w = dict(z)
+    else:
+        w = safetensors(path)
     for layer, name, tensors in named_layers(model):
         layer.set_weights([w[f"{name}.{k}"] for k in tensors])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("weights", help="a gpu-cnn .safetensors checkpoint of archs/modern.txt, or a Keras .npz")
+    p.add_argument("weights", help="a gpu-cnn .safetensors checkpoint of archs/modern.txt, or an .npz")
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--images", type=int, default=20000, help="training images to estimate the statistics from")
     a = p.parse_args()
