@@ -42,8 +42,12 @@ pack() {
         cp "$data/$f" "$set/fashion-mnist/" || die "$data/$f: missing (set FASHION_MNIST_DIR)"
     done
     (cd "$root" && git rev-parse HEAD 2>/dev/null) > "$set/COMMIT"
-    echo "packed $(du -sh "$set" | cut -f1) into $set (keep it under 60 MiB):"
     ls -l "$set" "$set/tests" "$set/fashion-mnist"
+    # Issue 14's limit: the set travels to the GPU machine, whose transfer is capped.
+    local bytes
+    bytes=$(du -sb "$set" | cut -f1)
+    [ "$bytes" -le $((60 * 1024 * 1024)) ] || die "$set is $bytes bytes, over 60 MiB: shrink the binary or the tests"
+    echo "packed $bytes bytes ($((bytes / 1048576)) MiB, at most 60) into $set"
 }
 
 # JSON string of a file's text (escapes \ " tab, newlines as \n, other control bytes dropped).
