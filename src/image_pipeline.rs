@@ -371,7 +371,7 @@ fn resize(src: &[u8], (w, h): (u32, u32), channels: usize, (dw, dh): (u32, u32),
     let len = (dw as usize).checked_mul(dh as usize).and_then(|n| n.checked_mul(channels));
     let mut dst = crate::fallible::zeroed_vec(len.ok_or_else(|| anyhow!("resize: {dw}x{dh} is too large"))?)?;
     // Typed by pixel, not fr::Resizer::resize's runtime PixelType: that one links all 13 pixel
-    // types' SIMD kernels (3.5 MB, a quarter of the binary), the same kernels for ours.
+    // types' SIMD kernels (the stripped binary was 2.2 MB larger), and runs the same ones for ours.
     if channels == 1 {
         resize_pixels::<fr::pixels::U8>(src, (w, h), &mut dst, (dw, dh), p, crop)?;
     } else {
