@@ -312,3 +312,142 @@ fn full_queue_answers_503_with_retry_after_and_stalled_requests_time_out() {
     assert_eq!(ok.status, 200);
     server.shutdown().unwrap();
 }
+
+/// Reads from `stream` until the server closes it (or `limit` passes); how long that took.
+fn closed_after(stream: &mut std::net::TcpStream, limit: Duration) -> Duration {
+    use std::io::Read;
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut sink = Vec::new();
+    let _ = stream.read_to_end(&mut sink);
+    started.elapsed()
+}
+
+/// A connection that sends nothing, one that sends its headers a byte at a time, and one
+/// left idle after a request are all closed after the header timeout, while other clients
+/// are served, and a shutdown does not wait for them. Before, each stayed open for ever: 1,100
+/// such connections took every file descriptor, and a half-sent header blocked shutdown.
+#[test]
+fn silent_and_slow_clients_are_disconnected_and_cannot_hold_up_shutdown() {
+    use std::io::Write;
+    let dir = common::temp_dir("serve-slow");
+    let (server, classifier) = in_process(&dir, ServeOptions { header_timeout: Duration::from_secs(1), ..Default::default() });
+    let addr = server.addr;
+    let limit = Duration::from_secs(20);
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    let slow = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let started = Instant::now();
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        started.elapsed() + closed_after(&mut s, Duration::from_secs(20))
+    });
+    let mut kept = Connection::new(addr, TIMEOUT);
+    assert_eq!(kept.send("GET", "/healthz", None, b"").unwrap().status, 200);
+    let kept_since = Instant::now();
+    // Served while those hang around.
+    let good = &good_images(&classifier, 1)[0];
+    let r = request(addr, "POST", "/v1/classify", None, &good.0, TIMEOUT).unwrap();
+    assert_eq!(r.status, 200);
+    let silent_for = closed_after(&mut silent, limit);
+    assert!(silent_for < Duration::from_secs(8), "a silent connection lived {silent_for:?}");
+    let slow_for = slow.join().unwrap();
+    assert!(slow_for < Duration::from_secs(8), "a byte-a-100-ms header lived {slow_for:?}");
+    // The kept-alive connection was closed while idle: the next request on it fails.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(kept_since.elapsed()));
+    assert!(kept.send("GET", "/healthz", None, b"").is_err(), "an idle kept-alive connection is closed after the header timeout");
+    // A half-sent header does not keep a shutdown waiting.
+    let mut half = std::net::TcpStream::connect(addr).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    server.shutdown().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(8), "shutdown took {:?}", started.elapsed());
+}
+
+/// Refusals of the router itself answer with the same JSON error as every other; form values
+/// in a multipart upload are not taken for images; media types match in any case.
+#[test]
+fn wrong_methods_and_form_values_get_clear_answers() {
+    let dir = common::temp_dir("serve-methods");
+    let (server, classifier) = in_process(&dir, ServeOptions::default());
+    let addr = server.addr;
+    for (method, path, allowed) in [("GET", "/v1/classify", "POST"), ("POST", "/healthz", "GET"), ("DELETE", "/v1/model", "GET")] {
+        let r = request(addr, method, path, None, b"", TIMEOUT).unwrap();
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.header("allow"), Some(allowed));
+        assert!(r.json()["error"].as_str().unwrap().contains(&format!("use {allowed}")), "{}", r.json());
+    }
+    let good = &good_images(&classifier, 1)[0];
+    // curl -F file=@a.png -F top=3: a part without a file name that is not an image.
+    let boundary = "b0undary";
+    let mut body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"top\"\r\n\r\n3\r\n").into_bytes();
+    body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
+    body.extend(&good.0);
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let r = request(addr, "POST", "/v1/classify", Some(&format!("Multipart/Form-Data; boundary={boundary}")), &body, TIMEOUT).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let predictions = r.json()["predictions"].as_array().unwrap().clone();
+    assert_eq!(predictions.len(), 1, "{predictions:?}");
+    assert_eq!((predictions[0]["file"].as_str(), predictions[0]["top"][0]["class"].as_str()), (Some("a.png"), Some(good.1.as_str())));
+    server.shutdown().unwrap();
+}
+
+/// A small PNG that declares many 16-bit RGBA pixels decodes into ~13 bytes a pixel. Six sent
+/// at once used to decode at once (six times the memory; 256 at --max-queue's default); now
+/// the pixels being decoded at once are capped at --max-pixels, so six cost about what one
+/// does. Measured on the binary's own process.
+#[test]
+fn concurrent_large_decodes_share_one_memory_budget() {
+    let dir = common::temp_dir("serve-decode-budget");
+    let ck = checkpoint(&dir);
+    let bomb = {
+        let img = gpu_cnn::image::ImageBuffer::<gpu_cnn::image::Rgba<u16>, Vec<u16>>::new(2000, 2000);
+        let mut bytes = Vec::new();
+        DynamicImage::ImageRgba16(img).write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Png).unwrap();
+        bytes
+    };
+    assert!(bomb.len() < 200_000, "a small upload: {} bytes", bomb.len());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn"))
+        .args(["serve", "--checkpoint", ck.to_str().unwrap(), "--device", "cpu", "--bind", "127.0.0.1:0", "--max-pixels", "4000000", "--quiet"])
+        // glibc: buffers over 1 MB go straight back to the system when freed. Its default
+        // threshold grows to 32 MB after such a free, and then each blocking thread's arena
+        // keeps its freed decode buffers: the peak would count decodes that never overlapped.
+        .env("MALLOC_MMAP_THRESHOLD_", "1048576")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let pid = child.0.id();
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("the server says where it listens").unwrap();
+        if let Some(at) = line.split("listening on http://").nth(1) {
+            break at.trim().parse().unwrap();
+        }
+    };
+    let classify = |body: &[u8]| assert_eq!(request(addr, "POST", "/v1/classify", None, body, TIMEOUT).unwrap().status, 200);
+    // Warm up with a thumbnail (threads, the device thread's first batch), then one large image.
+    classify(&png(32, 32));
+    let base = vm_kib(pid, "VmHWM:");
+    classify(&bomb);
+    let one = vm_kib(pid, "VmHWM:") - base;
+    let barrier = Barrier::new(6);
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            s.spawn(|| {
+                barrier.wait();
+                classify(&bomb);
+            });
+        }
+    });
+    let six = vm_kib(pid, "VmHWM:") - base;
+    assert!(one > 30_000, "one decode should take tens of MB ({one} KiB): the test measures nothing otherwise");
+    // Allocator reuse makes it less; at most the one decode plus some slack for the buffers
+    // of requests waiting their turn (6 x 0.2 MB bodies) and thread stacks.
+    assert!(six < one * 2, "six concurrent large decodes peaked at {six} KiB over the base, one at {one} KiB");
+}

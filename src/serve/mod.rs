@@ -54,6 +54,10 @@ pub struct ServeOptions {
     pub max_queue: usize,
     /// A request taking longer (reading, decoding, waiting, computing) gets 503.
     pub timeout: Duration,
+    /// How long a client may take to send a request's headers, which is also how long a
+    /// kept-alive connection may sit idle: a silent or byte-a-second client cannot hold a
+    /// connection (and a file descriptor) for ever, nor keep a shutdown waiting.
+    pub header_timeout: Duration,
     /// Classes per image in the answer.
     pub top: usize,
     /// One line per request on stderr.
@@ -71,6 +75,7 @@ impl Default for ServeOptions {
             max_files: 64,
             max_queue: 256,
             timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
             top: 5,
             access_log: true,
         }
@@ -81,6 +86,10 @@ struct AppState {
     classifier: Arc<Classifier>,
     batcher: Batcher,
     in_flight: Arc<Semaphore>,
+    /// Pixels being decoded at once, in units of DECODE_UNIT: at most `max_pixels`, so the
+    /// decode memory of all requests together is that of one largest image (a decoded pixel
+    /// costs up to ~13 bytes: a 16-bit RGBA buffer and its 8-bit copy).
+    decode_budget: Arc<Semaphore>,
     opts: ServeOptions,
     model_info: Value,
 }
@@ -88,12 +97,19 @@ struct AppState {
 /// The routes, limits and logging around one classifier; `Batcher` feeds its device thread.
 fn router(classifier: Arc<Classifier>, batcher: Batcher, in_flight: Arc<Semaphore>, opts: ServeOptions) -> Router {
     let model_info = model_json(&classifier, &opts);
-    let state = Arc::new(AppState { in_flight, classifier, batcher, opts: opts.clone(), model_info });
+    let decode_budget = Arc::new(Semaphore::new(decode_units(opts.max_pixels) as usize));
+    let state = Arc::new(AppState { in_flight, classifier, batcher, decode_budget, opts: opts.clone(), model_info });
     let mut app = Router::new()
         .route("/v1/classify", post(classify))
         .route("/v1/model", get(|State(s): State<Arc<AppState>>| async move { Json(s.model_info.clone()) }))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route: use POST /v1/classify, GET /v1/model or GET /healthz") })
+        .method_not_allowed_fallback(|req: Request| async move {
+            let allowed = if req.uri().path() == "/v1/classify" { "POST" } else { "GET" };
+            let mut response = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} {}: use {allowed}", req.method(), req.uri().path())).into_response();
+            response.headers_mut().insert(header::ALLOW, axum::http::HeaderValue::from_static(allowed));
+            response
+        })
         .layer(DefaultBodyLimit::max(opts.max_body))
         .layer(middleware::from_fn_with_state(state.clone(), with_timeout))
         .with_state(state);
@@ -173,12 +189,63 @@ async fn serve_on(
     };
     let (batcher, device_thread) = Batcher::start(classifier.clone(), opts.max_batch, opts.max_wait, capacity, requests)?;
     eprintln!("gpu-cnn serve: {} on {}; listening on http://{addr}", classifier.meta().dataset, classifier.device());
+    let header_timeout = opts.header_timeout;
     let app = router(classifier, batcher, in_flight, opts);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop).await.context("serving")?;
+    serve_connections(listener, app, header_timeout, stop).await;
     // The router (and with it the last Batcher) is gone: the device thread ends.
     let _ = tokio::task::spawn_blocking(move || device_thread.join()).await;
     eprintln!("gpu-cnn serve: stopped");
     Ok(())
+}
+
+/// The decode budget's unit: 64 Ki pixels (a 256x256 image).
+const DECODE_UNIT: u64 = 1 << 16;
+
+/// `pixels` in decode-budget units, rounded up (at least 1; at most u32::MAX).
+fn decode_units(pixels: u64) -> u32 {
+    pixels.div_ceil(DECODE_UNIT).clamp(1, u32::MAX as u64) as u32
+}
+
+/// Accepts connections until `stop`, each served by hyper's HTTP/1 with `header_timeout`
+/// (axum::serve sets no timer), then lets each finish its request in flight.
+async fn serve_connections(listener: tokio::net::TcpListener, app: Router, header_timeout: Duration, stop: impl std::future::Future<Output = ()>) {
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                // Out of file descriptors or a connection reset before accept: it passes.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let app = app.clone();
+        let mut closed = closed.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(remote));
+                tower_service::Service::call(&mut app.clone(), req.map(Body::new))
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = closed.wait_for(|closing| *closing) => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
 }
 
 async fn shutdown_signal() {
@@ -231,10 +298,15 @@ async fn classify(State(s): State<Arc<AppState>>, req: Request) -> Result<Json<V
             // blocking thread and back that would cost more than the decode.
             Ok(upload) if upload.pixels <= INLINE_DECODE_PIXELS => upload.prepare(&bytes, &s.classifier, max_pixels),
             Ok(upload) => {
+                let budget = s.decode_budget.clone().acquire_many_owned(decode_units(upload.pixels.min(max_pixels))).await;
+                let budget = budget.map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the server is stopping"))?;
                 let state = s.clone();
-                tokio::task::spawn_blocking(move || upload.prepare(&bytes, &state.classifier, max_pixels))
-                    .await
-                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding failed: {e}")))?
+                tokio::task::spawn_blocking(move || {
+                    let _budget = budget;
+                    upload.prepare(&bytes, &state.classifier, max_pixels)
+                })
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding failed: {e}")))?
             }
             Err(e) => Err(e),
         };
@@ -268,7 +340,11 @@ async fn read_uploads(s: &AppState, req: Request) -> Result<Vec<(Option<String>,
     if declared.is_some_and(|n| n > s.opts.max_body as u64) {
         return Err(too_large());
     }
-    let multipart = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
     if !multipart {
         let body: Body = req.into_body();
         let bytes = to_bytes(body, s.opts.max_body).await.map_err(|e| {
@@ -286,12 +362,17 @@ async fn read_uploads(s: &AppState, req: Request) -> Result<Vec<(Option<String>,
         if files.len() == s.opts.max_files {
             return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("more than {} files in one request", s.opts.max_files)));
         }
+        let has_file_name = field.file_name().is_some();
         let name = field.file_name().or(field.name()).map_or_else(|| format!("file {}", files.len() + 1), str::to_string);
         let bytes = field.bytes().await.map_err(|e| multipart_error(e, &too_large))?;
+        // A part without a file name is a form value (`-F top=3`) unless its bytes are an image.
+        if !has_file_name && image::guess_format(&bytes).is_err() {
+            continue;
+        }
         files.push((Some(name), bytes.to_vec()));
     }
     if files.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "the multipart body has no files"));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "the multipart body has no files (parts without a file name that are not images are ignored)"));
     }
     Ok(files)
 }
