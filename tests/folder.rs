@@ -192,3 +192,60 @@ fn bad_trees_get_clear_errors() {
     let skipped = folder::load(&dir, &FolderOptions { skip_bad: true, val_split: 0.34, ..opts(0) }).unwrap();
     assert_eq!(skipped.train.len() + skipped.test.len(), 5);
 }
+
+#[test]
+fn images_in_sub_folders_count_and_hidden_files_and_run_folders_do_not() {
+    let dir = temp_dir("folder-nested");
+    make_tree(&dir, &["a", "b"], 4);
+    // Keras and torchvision find images at any depth of a class folder.
+    make_tree(&dir.join("a").join("2025").join("june"), &["x"], 2);
+    // macOS's AppleDouble files and a hidden folder are skipped (they do not decode).
+    std::fs::write(dir.join("b").join("._img0.png"), b"\x00\x05\x16\x07 AppleDouble").unwrap();
+    std::fs::create_dir_all(dir.join("b").join(".thumbnails")).unwrap();
+    std::fs::write(dir.join("b").join(".thumbnails").join("t.png"), b"not a png").unwrap();
+    // A symlinked folder is not followed (a link to the class's own parent would loop).
+    std::os::unix::fs::symlink(&dir, dir.join("b").join("loop")).unwrap();
+    let ds = folder::load(&dir, &FolderOptions { val_split: 0.2, ..opts(0) }).unwrap();
+    assert_eq!(ds.class_names, ["a", "b"]);
+    assert_eq!((ds.train.len() + ds.test.len(), ds.train.labels.iter().chain(&ds.test.labels).filter(|&&l| l == 0).count()), (10, 6));
+    // Training inside the data folder with the default --out puts runs/ there: its pictures
+    // are not a third class, and a run folder inside a class is not that class's images.
+    let run = dir.join("runs").join("photos");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("history.json"), "[]").unwrap();
+    make_tree(&run, &["pictures"], 2);
+    let nested_run = dir.join("a").join("my-run");
+    make_tree(&nested_run, &["pictures"], 3);
+    std::fs::write(nested_run.join("last.safetensors"), "").unwrap();
+    let again = folder::load(&dir, &FolderOptions { val_split: 0.2, ..opts(0) }).unwrap();
+    assert_eq!(again.class_names, ["a", "b"]);
+    assert_eq!(again.train.len() + again.test.len(), 10);
+}
+
+#[test]
+fn the_cache_remembers_refusals_only_under_the_same_pixel_limit() {
+    let dir = temp_dir("folder-max-pixels");
+    let photos = dir.join("photos");
+    make_tree(&photos, &["a", "b"], 3);
+    let cache = dir.join("cache");
+    let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
+    let photos_arg = photos.to_str().unwrap();
+    let arch = dir.join("tiny.arch");
+    std::fs::write(&arch, "conv2d 4 3 relu\nmaxpool 2\nflatten\ndense 2 softmax\n").unwrap();
+    let arch_arg = arch.to_str().unwrap();
+    let train = |max_pixels: &str, out: &str| {
+        let out = dir.join(out);
+        let args =
+            ["train", "--device", "cpu", "--data", photos_arg, "--image-size", "8", "--arch", arch_arg, "--epochs", "1", "--max-pixels", max_pixels, "--out"];
+        run_cli_env(&[&args[..], &[out.to_str().unwrap()]].concat(), &env)
+    };
+    // Every image is over 100 pixels: refused, and the refusals are cached...
+    let (ok, _, err) = train("100", "a");
+    assert!(!ok && err.contains("over the limit"), "{err}");
+    // ...but a higher limit is another cache entry, so the same files now decode.
+    let (ok, _, err) = train("64000000", "b");
+    assert!(ok, "{err}");
+    assert!(!err.contains("from the cache"), "a new limit decodes again: {err}");
+    let (ok, _, err) = train("64000000", "c");
+    assert!(ok && err.contains("from the cache"), "{err}");
+}

@@ -66,6 +66,10 @@ fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
             continue;
         };
         if !name.starts_with('.') && entry.path().is_dir() {
+            if holds_runs(&entry.path()) {
+                eprintln!("Skipping {}: it holds gpu-cnn run folders, not a class", entry.path().display());
+                continue;
+            }
             out.push((name, entry.path()));
         }
     }
@@ -73,13 +77,41 @@ fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// The image files of one class folder, sorted by name; an empty folder is an error.
+/// Whether `dir` is a training run's folder (`gpu-cnn train --out`) or holds only such folders
+/// (`runs/`, the default --out, when training ran inside the data folder): its pictures are
+/// not images of a class.
+fn holds_runs(dir: &Path) -> bool {
+    let is_run = |d: &Path| ["history.json", "last.safetensors", ".gpu-cnn.lock"].iter().any(|f| d.join(f).exists());
+    if is_run(dir) {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    let visible: Vec<PathBuf> = entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).map(|e| e.path()).collect();
+    !visible.is_empty() && visible.iter().all(|p| p.is_dir() && is_run(p))
+}
+
+/// How deep class folders are searched for images (a guard, not a layout anyone needs).
+const MAX_FOLDER_DEPTH: usize = 16;
+
+/// The image files of one class folder and its sub-folders (as Keras and torchvision find
+/// them; hidden files and folders skipped, symlinked folders not followed), sorted by path;
+/// an empty folder is an error.
 fn class_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list the folder", dir.display()))? {
-        let path = entry?.path();
-        if path.is_file() && image_pipeline::has_image_extension(&path) {
-            files.push(path);
+    let mut folders = vec![(dir.to_path_buf(), 0)];
+    while let Some((folder, depth)) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).with_context(|| format!("{}: cannot list the folder", folder.display()))? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let real_dir = entry.file_type().is_ok_and(|t| t.is_dir()); // file_type: a symlink is not followed
+            if real_dir && depth < MAX_FOLDER_DEPTH && !holds_runs(&path) {
+                folders.push((path, depth + 1));
+            } else if path.is_file() && image_pipeline::has_image_extension(&path) {
+                files.push(path);
+            }
         }
     }
     if files.is_empty() {
@@ -125,6 +157,9 @@ fn cache_key(dir: &Path, listing: &Listing, opts: &FolderOptions) -> Result<Stri
     let mut h = Md5::new();
     let p = &opts.preprocessing;
     h.update(format!("{CACHE_VERSION}\npipeline v{}\n{}\n", image_pipeline::PIPELINE_VERSION, serde_json::to_string(p)?));
+    // Not in the pipeline's JSON (a safety limit, not a setting of the model), but it decides
+    // which files are refused, and the cache keeps the refusals.
+    h.update(format!("max_pixels {}\n", p.max_pixels));
     for f in &listing.files {
         let meta = std::fs::metadata(&f.path).with_context(|| format!("{}: cannot read", f.path.display()))?;
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
@@ -151,29 +186,42 @@ fn decode_all(listing: &Listing, opts: &FolderOptions) -> Result<Decoded> {
         indicatif::ProgressBar::hidden()
     };
     bar.set_style(indicatif::ProgressStyle::with_template("Decoding {pos}/{len} [{bar:30}] {per_sec} eta {eta}").unwrap().progress_chars("=> "));
-    let results: Vec<Result<Vec<u8>, String>> = listing
+    // Each file decodes straight into its own slot of one buffer, and the slots of files that
+    // failed are closed up after: the images cost their own size in memory, not twice that.
+    let image_len = opts.preprocessing.image_len()?;
+    let total = listing.files.len().checked_mul(image_len).context("the decoded images do not fit in memory")?;
+    let mut pixels = crate::fallible::zeroed_vec::<u8>(total).with_context(|| format!("the decoded images ({} MB) do not fit in memory", total >> 20))?;
+    let results: Vec<Result<(), String>> = listing
         .files
         .par_iter()
-        .map(|f| {
-            let r = image_pipeline::load_image(&f.path, &opts.preprocessing).map_err(|e| format!("{e:#}"));
+        .zip(pixels.par_chunks_mut(image_len.max(1)))
+        .map(|(f, slot)| {
+            let r = match image_pipeline::load_image(&f.path, &opts.preprocessing) {
+                Ok(px) if px.len() == slot.len() => {
+                    slot.copy_from_slice(&px);
+                    Ok(())
+                }
+                Ok(px) => Err(format!("{}: prepared to {} bytes, not {}", f.path.display(), px.len(), slot.len())),
+                Err(e) => Err(format!("{e:#}")),
+            };
             bar.inc(1);
             r
         })
         .collect();
     bar.finish_and_clear();
-    let image_len = opts.preprocessing.image_len()?;
     let mut out = Decoded::default();
-    let total = results.iter().filter(|r| r.is_ok()).count().checked_mul(image_len).context("the decoded images do not fit in memory")?;
-    out.pixels.try_reserve_exact(total).map_err(|_| anyhow::anyhow!("the decoded images ({} MB) do not fit in memory", total >> 20))?;
     for (i, r) in results.into_iter().enumerate() {
         match r {
-            Ok(px) => {
+            Ok(()) => {
+                let k = out.kept.len();
+                pixels.copy_within(i * image_len..(i + 1) * image_len, k * image_len);
                 out.kept.push(i as u32);
-                out.pixels.extend_from_slice(&px);
             }
             Err(e) => out.bad.push((i as u32, e)),
         }
     }
+    pixels.truncate(out.kept.len() * image_len);
+    out.pixels = pixels;
     Ok(out)
 }
 
@@ -189,17 +237,25 @@ fn cache_file(cache_dir: &Path, dir: &Path, opts: &FolderOptions) -> PathBuf {
 /// The cached decode when the file exists, its key matches and it is consistent with the
 /// listing of `files` files; None otherwise (a corrupt cache is a miss and gets rebuilt).
 fn read_cache(path: &Path, key: &str, image_len: usize, files: usize) -> Option<Decoded> {
+    use std::io::Read;
     if !std::fs::metadata(path).ok()?.is_file() {
         return None;
     }
-    let mut bytes = std::fs::read(path).ok()?;
-    if bytes.len() < 16 || &bytes[..8] != CACHE_MAGIC {
+    // Read in two parts, the pixels straight into a buffer of their size (fallibly: a cache
+    // too big for memory is a miss, and the decode then says so), never the file twice.
+    let mut file = std::fs::File::open(path).ok()?;
+    let total = file.metadata().ok()?.len();
+    let mut head = [0u8; 16];
+    file.read_exact(&mut head).ok()?;
+    if &head[..8] != CACHE_MAGIC {
         return None;
     }
-    let header_len = usize::try_from(u64::from_le_bytes(bytes[8..16].try_into().ok()?)).ok()?;
-    let header_end = header_len.checked_add(16)?;
-    let (stored_key, mut decoded): (String, Decoded) = serde_json::from_slice(bytes.get(16..header_end)?).ok()?;
-    if stored_key != key || bytes.len() - header_end != decoded.kept.len().checked_mul(image_len)? {
+    let header_len = u64::from_le_bytes(head[8..16].try_into().ok()?);
+    let pixels_len = total.checked_sub(16)?.checked_sub(header_len)?;
+    let mut header = crate::fallible::with_capacity(usize::try_from(header_len).ok()?).ok()?;
+    (&mut file).take(header_len).read_to_end(&mut header).ok()?;
+    let (stored_key, mut decoded): (String, Decoded) = serde_json::from_slice(&header).ok()?;
+    if stored_key != key || pixels_len != (decoded.kept.len() as u64).checked_mul(image_len as u64)? {
         return None;
     }
     // Every file is either kept or bad, once, in listing order.
@@ -208,7 +264,12 @@ fn read_cache(path: &Path, key: &str, image_len: usize, files: usize) -> Option<
     if seen.len() != files || seen.iter().enumerate().any(|(i, &s)| s as usize != i) || !decoded.kept.is_sorted() {
         return None;
     }
-    decoded.pixels = bytes.split_off(header_end);
+    let mut pixels = crate::fallible::with_capacity(usize::try_from(pixels_len).ok()?).ok()?;
+    file.take(pixels_len).read_to_end(&mut pixels).ok()?;
+    if pixels.len() as u64 != pixels_len {
+        return None;
+    }
+    decoded.pixels = pixels;
     Some(decoded)
 }
 
@@ -297,6 +358,16 @@ pub fn load_with_files(dir: &Path, opts: &FolderOptions) -> Result<FolderData> {
     split(dir, listing, decoded, opts)
 }
 
+/// The images at `positions` of `pixels` (each `image_len` bytes), copied into a new buffer; an
+/// error when it cannot be had.
+fn gather(pixels: &[u8], positions: &[usize], image_len: usize) -> Result<Vec<u8>> {
+    let mut images = crate::fallible::with_capacity(positions.len() * image_len).context("the decoded images do not fit in memory")?;
+    for &p in positions {
+        images.extend_from_slice(&pixels[p * image_len..][..image_len]);
+    }
+    Ok(images)
+}
+
 /// Builds train and test sets from the decoded images: DIR/test when there is one, else a
 /// stratified, seeded hold-out of `val_split` of every class.
 fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -> Result<FolderData> {
@@ -336,19 +407,25 @@ fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -
     if test_positions.is_empty() {
         bail!("{}: the validation split is empty (too few images for --val-split {}, or an empty test folder)", dir.display(), opts.val_split);
     }
-    let gather = |positions: &[usize]| {
-        let mut set = ImageSet { height, width, channels, ..Default::default() };
-        let images = std::sync::Arc::make_mut(&mut set.images);
-        images.reserve(positions.len() * image_len);
-        for &p in positions {
-            images.extend_from_slice(&decoded.pixels[p * image_len..][..image_len]);
-            set.labels.push(listing.files[decoded.kept[p] as usize].label);
-        }
-        set
-    };
+    let labels = |positions: &[usize]| -> Vec<u8> { positions.iter().map(|&p| listing.files[decoded.kept[p] as usize].label).collect() };
+    let set = |images: Vec<u8>, labels: Vec<u8>| ImageSet { images: images.into(), labels, height, width, channels };
     let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "images".into());
     let files = |positions: &[usize]| positions.iter().map(|&p| listing.files[decoded.kept[p] as usize].path.clone()).collect();
     let (train_files, test_files) = (files(&train_positions), files(&test_positions));
-    let dataset = Dataset { name, class_names: listing.class_names, train: gather(&train_positions), test: gather(&test_positions) };
+    let (train_labels, test_labels) = (labels(&train_positions), labels(&test_positions));
+    let test = set(gather(&decoded.pixels, &test_positions, image_len)?, test_labels);
+    // The training images (most of them) move down within the decoded buffer instead of being
+    // copied out of it: the data set then costs its own size in memory, not twice that.
+    let train_images = if train_positions.is_sorted() {
+        let mut pixels = decoded.pixels;
+        for (k, &p) in train_positions.iter().enumerate() {
+            pixels.copy_within(p * image_len..(p + 1) * image_len, k * image_len);
+        }
+        pixels.truncate(train_positions.len() * image_len);
+        pixels
+    } else {
+        gather(&decoded.pixels, &train_positions, image_len)?
+    };
+    let dataset = Dataset { name, class_names: listing.class_names, train: set(train_images, train_labels), test };
     Ok(FolderData { dataset, train_files, test_files })
 }
