@@ -176,7 +176,7 @@ impl Optimizer {
     }
 
     /// Checks every hyper-parameter is in Keras's range (finite, betas/rho in [0, 1),
-    /// momentum in [0, 1], epsilon and weight decay >= 0). The error starts with the flag's
+    /// momentum in [0, 1], epsilon > 0, weight decay >= 0). The error starts with the flag's
     /// name without dashes (`momentum must be ...`), so callers prefix `--` or a file name.
     pub fn check(&self) -> Result<()> {
         let unit_open = |name: &str, v: f32| -> Result<()> {
@@ -191,16 +191,24 @@ impl Optimizer {
             }
             Ok(())
         };
+        // Keras allows 0, but then a weight whose gradients have all been 0 (a dead unit's
+        // bias) gets 0 / 0 = NaN on its first step: a run that can only diverge.
+        let positive = |name: &str, v: f32| -> Result<()> {
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("{name} must be a finite number above 0 (got {v}); 0 divides 0 by 0 for weights without gradient");
+            }
+            Ok(())
+        };
         match *self {
             Optimizer::Adam { beta_1, beta_2, epsilon } => {
                 unit_open("beta_1", beta_1)?;
                 unit_open("beta_2", beta_2)?;
-                non_negative("epsilon", epsilon)
+                positive("epsilon", epsilon)
             }
             Optimizer::AdamW { beta_1, beta_2, epsilon, weight_decay } => {
                 unit_open("beta_1", beta_1)?;
                 unit_open("beta_2", beta_2)?;
-                non_negative("epsilon", epsilon)?;
+                positive("epsilon", epsilon)?;
                 non_negative("weight-decay", weight_decay)
             }
             Optimizer::Sgd { momentum, .. } => {
@@ -212,7 +220,7 @@ impl Optimizer {
             }
             Optimizer::RmsProp { rho, epsilon } => {
                 unit_open("rho", rho)?;
-                non_negative("epsilon", epsilon)
+                positive("epsilon", epsilon)
             }
         }
     }

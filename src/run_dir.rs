@@ -8,9 +8,45 @@ use std::path::{Path, PathBuf};
 /// The lock file inside a run directory; holds the pid of the run writing there.
 pub const LOCK_FILE: &str = ".gpu-cnn.lock";
 
-/// The files a training run writes and `--overwrite` removes first, so the new run's best
-/// starts from nothing.
-const RUN_FILES: [&str; 3] = ["last.safetensors", "best.safetensors", "history.json"];
+/// The files a training run writes, which `--overwrite` replaces: moved aside first (so the
+/// new run's best starts from nothing), deleted once the new run has saved an epoch, put back
+/// when it saves none (a run that fails in its first epoch loses nothing).
+const RUN_FILES: [&str; 9] = [
+    "last.safetensors",
+    "best.safetensors",
+    "history.json",
+    "report.html",
+    "predictions.png",
+    "curves.png",
+    "confusion.png",
+    "confusion.json",
+    "top_losses.png",
+];
+
+/// Where `--overwrite` keeps the previous run's files while the new one has saved nothing.
+pub const REPLACED_FOLDER: &str = ".gpu-cnn.replaced";
+
+/// The previous run's files, moved aside by `prepare_fresh`; dropping it settles them (see
+/// RUN_FILES).
+#[derive(Debug)]
+pub struct Replaced {
+    dir: PathBuf,
+    names: Vec<&'static str>,
+}
+
+impl Drop for Replaced {
+    fn drop(&mut self) {
+        let aside = self.dir.join(REPLACED_FOLDER);
+        if self.dir.join("last.safetensors").exists() {
+            let _ = std::fs::remove_dir_all(&aside);
+            return;
+        }
+        for name in &self.names {
+            let _ = std::fs::rename(aside.join(name), self.dir.join(name));
+        }
+        let _ = std::fs::remove_dir(&aside);
+    }
+}
 
 /// Holds a run directory's lock until dropped.
 #[derive(Debug)]
@@ -80,24 +116,33 @@ fn existing_files(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Before a fresh run into `dir` (already locked): refuses a folder holding anything unless
-/// `overwrite`, and with it removes the previous run's checkpoints and history.
-pub fn prepare_fresh(dir: &Path, overwrite: bool) -> Result<()> {
+/// `overwrite`, and with it moves the previous run's files aside until the new run has saved
+/// an epoch (keep the returned guard for the run's length).
+pub fn prepare_fresh(dir: &Path, overwrite: bool) -> Result<Option<Replaced>> {
     let files = existing_files(dir)?;
     if files.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     if !overwrite {
         let shown: Vec<&str> = files.iter().take(4).map(String::as_str).collect();
         let more = if files.len() > 4 { format!(" and {} more", files.len() - 4) } else { String::new() };
         bail!("{}: the run directory is not empty ({}{more}); pass --overwrite to replace its files, or choose another --out", dir.display(), shown.join(", "));
     }
+    let aside = dir.join(REPLACED_FOLDER);
+    // Left by a run that was killed before it saved: the files of the run before that one.
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside).with_context(|| format!("{}: cannot remove (--overwrite)", aside.display()))?;
+    }
+    std::fs::create_dir(&aside).with_context(|| format!("{}: cannot create (--overwrite)", aside.display()))?;
+    let mut replaced = Replaced { dir: dir.to_path_buf(), names: Vec::new() };
     for name in RUN_FILES {
         let path = dir.join(name);
         if path.exists() {
-            std::fs::remove_file(&path).with_context(|| format!("{}: cannot remove (--overwrite)", path.display()))?;
+            std::fs::rename(&path, aside.join(name)).with_context(|| format!("{}: cannot move aside (--overwrite)", path.display()))?;
+            replaced.names.push(name);
         }
     }
-    Ok(())
+    Ok(Some(replaced))
 }
 
 /// The folder a file is in ("." for a bare file name).

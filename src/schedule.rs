@@ -61,8 +61,8 @@ impl LrSchedule {
         if step_epochs.is_some() && kind != ScheduleKind::Step {
             bail!("--lr-step-epochs is for --lr-schedule step");
         }
-        if step_epochs == Some(0) {
-            bail!("--lr-step-epochs must be at least 1");
+        if step_epochs.is_some_and(|s| s == 0 || s > MAX_EPOCHS) {
+            bail!("--lr-step-epochs must be 1 to {MAX_EPOCHS}");
         }
         if kind == ScheduleKind::Constant && warmup_epochs == 0 {
             return Ok(LrSchedule::default());
@@ -77,7 +77,13 @@ impl LrSchedule {
     /// Checks a schedule read from a file (it may be hostile).
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 || self.epochs > MAX_EPOCHS || self.warmup_epochs > self.epochs || self.step_epochs == 0 || self.step_epochs > MAX_EPOCHS {
-            bail!("{self:?} is not a schedule gpu-cnn writes");
+            bail!(
+                "a {:?} schedule over {} epochs with {} warmup epochs and a step every {} epochs is not one gpu-cnn writes",
+                self.kind,
+                self.epochs,
+                self.warmup_epochs,
+                self.step_epochs
+            );
         }
         Ok(())
     }

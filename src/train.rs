@@ -275,7 +275,10 @@ fn check_finite(train: &Metrics, val: &Metrics, epoch: usize, out_dir: Option<&P
         return Ok(());
     }
     let kept = match out_dir {
-        Some(dir) if epoch > 0 => format!("; {} still holds epoch {epoch}", dir.join("last.safetensors").display()),
+        // Only when that file is there and is that epoch (a resume into a new folder has none).
+        Some(dir) if epoch > 0 && crate::checkpoint::load_meta(&dir.join("last.safetensors")).is_ok_and(|m| m.epoch == epoch) => {
+            format!("; {} still holds epoch {epoch}", dir.join("last.safetensors").display())
+        }
         _ => String::new(),
     };
     bail!(

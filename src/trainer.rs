@@ -247,8 +247,14 @@ impl Trainer {
             let (h, w, c) = model.input;
             eprintln!("Data: {} ({} training, {} test images of {h}x{w}x{c}, {} classes)", ds.name, ds.train.len(), ds.test.len(), ds.class_names.len());
         }
-        let batch_size = opts.batch_size;
-        let mut net = Network::new(backend, model, batch_size, opts.seed).with_context(|| format!("batch size {batch_size} does not fit the device"))?;
+        // No pass ever holds more images than the larger split (Keras takes a batch larger than
+        // the data as one batch of all of it), so buffers for more would only waste memory.
+        let batch_size = opts.batch_size.min(ds.train.len().max(ds.test.len())).max(1);
+        let batch_text = match opts.batch_size {
+            asked if asked == batch_size => format!("batch size {asked}"),
+            asked => format!("batch size {asked} ({batch_size} images: all the data)"),
+        };
+        let mut net = Network::new(backend, model, batch_size, opts.seed).with_context(|| format!("{batch_text} does not fit the device"))?;
         net.set_optimizer(plan.optimizer)?;
         net.label_smoothing = plan.label_smoothing;
         net.set_class_weights(plan.class_weights.as_deref())?;
@@ -261,18 +267,20 @@ impl Trainer {
                 eprintln!("Resuming from {} after epoch {} (step {})", path.display(), ck.meta.epoch, ck.meta.step);
             }
         }
-        let _lock = match &opts.out_dir {
+        // Dropped in reverse order: the replaced files are settled while the lock is held.
+        let (_lock, _replaced) = match &opts.out_dir {
             Some(dir) => {
                 let lock = crate::run_dir::lock(dir)?;
-                if self.run_dir != RunDir::Continue {
-                    crate::run_dir::prepare_fresh(dir, self.run_dir == RunDir::Overwrite)?;
-                }
+                let replaced = match self.run_dir {
+                    RunDir::Continue => None,
+                    _ => crate::run_dir::prepare_fresh(dir, self.run_dir == RunDir::Overwrite)?,
+                };
                 if self.verbose {
                     eprintln!("Run directory: {}", dir.display());
                 }
-                Some(lock)
+                (Some(lock), replaced)
             }
-            None => None,
+            None => (None, None),
         };
         if self.verbose {
             print_recipe(plan, &ds.class_names);

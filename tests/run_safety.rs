@@ -190,9 +190,41 @@ fn a_fresh_run_refuses_a_used_folder_unless_overwrite() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not empty") && err.contains("best.safetensors") && err.contains("--overwrite"), "{err}");
     assert_eq!(std::fs::read(run_dir.join("best.safetensors")).unwrap(), best);
+    // An overwriting run that fails before it saves an epoch puts the old run's files back.
+    let files = ["last.safetensors", "best.safetensors", "history.json", "report.html", "curves.png"];
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(run_dir.join(f)).unwrap()).collect();
+    let (code, _, err) = run(&[&args[..], &["--overwrite", "--learning-rate", "1e30"]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("diverged") && !err.contains("still holds"), "no file of this run holds an epoch: {err}");
+    for (f, bytes) in files.iter().zip(&before) {
+        assert_eq!(&std::fs::read(run_dir.join(f)).unwrap(), bytes, "{f} is the old run's again");
+    }
     let (code, _, err) = run(&[&args[..], &["--overwrite"]].concat());
     assert_eq!(code, 0, "{err}");
     assert_eq!(checkpoint::load(&run_dir.join("best.safetensors")).unwrap().meta.seed, 7, "the new run's best");
+    assert!(!run_dir.join(gpu_cnn::run_dir::REPLACED_FOLDER).exists(), "the old run's files are gone once the new one saved");
+}
+
+#[test]
+fn a_file_size_limit_fails_the_write_cleanly_and_keeps_the_saved_run() {
+    let dir = temp_dir("safety-fsize");
+    let run_dir = trained_run(&dir);
+    let last = run_dir.join("last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    // ulimit -f in 512-byte blocks: under a checkpoint's size. SIGXFSZ used to kill the
+    // process mid-write with nothing printed and a temporary file left behind.
+    let command = format!("ulimit -f {}; exec \"$0\" \"$@\"", before.len() / 1024);
+    let out = Command::new("sh")
+        .args(["-c", &command, env!("CARGO_BIN_EXE_gpu-cnn"), "train", "--epochs", "2", "--resume", last.to_str().unwrap()])
+        .args(DATA)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("last.safetensors") && err.contains("cannot write"), "{err}");
+    assert_eq!(std::fs::read(&last).unwrap(), before, "epoch 1's checkpoint is intact");
+    let leftovers: Vec<_> = std::fs::read_dir(&run_dir).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]
@@ -337,5 +369,12 @@ fn epochs_zero_and_mismatched_resumes_get_clear_messages() {
         dir.join("o").to_str().unwrap(),
     ]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("in 3 classes") && err.contains("in 10 classes"), "{err}");
+    // Three names for ten class scores is caught when the checkpoint loads, before the data.
+    assert!(err.contains("other.safetensors") && err.contains("class_names has 3 names but the model outputs 10 classes"), "{err}");
+    // A sound checkpoint on other data: the message says what differs.
+    let last = run_dir.join("last.safetensors");
+    let args = ["train", "--epochs", "3", "--resume", last.to_str().unwrap(), "--dataset", "fashion-mnist", "--limit-train", "50", "--limit-test", "50"];
+    let (code, _, err) = run(&[&args[..], &["--device", "cpu", "--out", dir.join("f").to_str().unwrap()]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("trained on 32x32x3 images in 10 classes (synthetic), but the data here are 28x28x1"), "{err}");
 }
