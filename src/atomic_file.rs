@@ -16,8 +16,29 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
+/// Where a write to `path` lands: a symlink's target (as `open(path, "w")` would write there,
+/// not replace the link), and an error for anything that is not a regular file (a device, a
+/// FIFO, a folder), which a rename would silently replace.
+fn destination(path: &Path) -> Result<PathBuf> {
+    let mut target = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(target),
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot write", path.display())),
+            Ok(m) if m.file_type().is_symlink() => {
+                let link = std::fs::read_link(&target).with_context(|| format!("{}: cannot read the symlink", target.display()))?;
+                target = target.parent().map_or_else(|| link.clone(), |dir| dir.join(&link));
+            }
+            Ok(m) if m.is_file() => return Ok(target),
+            Ok(_) => anyhow::bail!("{}: not a regular file; refusing to replace it", path.display()),
+        }
+    }
+    anyhow::bail!("{}: too many levels of symbolic links", path.display())
+}
+
 /// Writes `data` to `path` through a uniquely named temporary file, fsync and rename.
 pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let path = &destination(path)?;
     let tmp = temp_path(path);
     let written = (|| -> Result<()> {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;

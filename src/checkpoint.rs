@@ -272,12 +272,30 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 
 /// As `load`, from the file's bytes (`path` names it in errors).
 pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e:?})", path.display()))?;
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
-    let meta = read_meta(&header.metadata().clone().unwrap_or_default(), path)?;
+    let header = parse_header(header_of(bytes, path)?, path)?;
+    let meta = read_meta(&header.metadata, path)?;
     let model = Model::new(&parse_arch(&meta.arch).with_context(|| format!("{}: metadata arch", path.display()))?, meta.input)
         .with_context(|| format!("{}: its architecture does not fit its input {}x{}x{}", path.display(), meta.input.0, meta.input.1, meta.input.2))?;
+    if meta.class_names.len() != model.classes() {
+        bail!(
+            "{}: metadata class_names has {} names but the model outputs {} classes; the checkpoint is damaged",
+            path.display(),
+            meta.class_names.len(),
+            model.classes()
+        );
+    }
     let expected = expected_tensors(&model);
+    // Each weight, its optimizer slots and EarlyStopping's copy: anything more is not ours.
+    let most = expected.len() * (meta.optimizer.slot_names().len() + 2);
+    if header.tensors > most {
+        bail!(
+            "{}: the header lists {} tensors, more than its architecture's {} weights can have ({most}); the checkpoint is damaged",
+            path.display(),
+            header.tensors,
+            expected.len()
+        );
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e:?})", path.display()))?;
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
     names.sort();
     for name in &names {
@@ -304,6 +322,10 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         let view = st.tensor(&name).map_err(|e| anyhow!("{}: tensor '{name}': {e:?}", path.display()))?;
         let mut data = crate::fallible::with_capacity(view.data().len() / 4).with_context(|| format!("{}: tensor '{name}'", path.display()))?;
         data.extend(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        // Training stops before it saves a NaN or an infinity, so one here means damage.
+        if let Some(i) = data.iter().position(|v: &f32| !v.is_finite()) {
+            bail!("{}: tensor '{name}' holds {} at index {i}; training never saves non-finite values, so the checkpoint is damaged", path.display(), data[i]);
+        }
         tensors.push(HostTensor { name, dims: view.shape().to_vec(), data });
     }
     let mut meta = meta;
@@ -332,21 +354,125 @@ fn early_stopping_weights(tensors: &[HostTensor], expected: &[(String, Vec<usize
 /// A checkpoint's metadata alone, read from its header (for comparing a run's best).
 pub fn load_meta(path: &Path) -> Result<CheckpointMeta> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
+    let mut file = crate::fallible::open_regular_file(path, "a checkpoint")?;
     let mut len = [0u8; 8];
-    file.read_exact(&mut len).with_context(|| format!("{}: too short for a safetensors file", path.display()))?;
-    let len = u64::from_le_bytes(len);
-    // safetensors' own limit on the header.
-    if len > 100_000_000 {
-        bail!("{}: safetensors header of {len} bytes is too large", path.display());
-    }
+    file.read_exact(&mut len).with_context(|| format!("{}: not a valid safetensors file (too short)", path.display()))?;
+    let len = checked_header_len(len, path)? as u64;
     let mut header = Vec::new();
     file.take(len).read_to_end(&mut header).with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
-    #[derive(serde::Deserialize)]
-    struct Header {
-        #[serde(rename = "__metadata__", default)]
-        metadata: HashMap<String, String>,
+    read_meta(&parse_header(&header, path)?.metadata, path)
+}
+
+/// safetensors' own limit on the header.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// What the loader takes from a safetensors header before the safetensors crate parses it:
+/// the metadata, and how many tensors it lists (counted, not kept: the crate's index costs
+/// about 1 KB per entry, so a header of a million empty entries must be refused first).
+struct HeaderSummary {
+    metadata: HashMap<String, String>,
+    tensors: usize,
+}
+
+impl<'de> serde::Deserialize<'de> for HeaderSummary {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = HeaderSummary;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a safetensors header (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<HeaderSummary, A::Error> {
+                let mut summary = HeaderSummary { metadata: HashMap::new(), tensors: 0 };
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "__metadata__" {
+                        summary.metadata = map.next_value::<KnownMetadata>()?.0;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        summary.tensors += 1;
+                    }
+                }
+                Ok(summary)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
-    let parsed: Header = serde_json::from_slice(&header).with_context(|| format!("{}: not a valid safetensors header", path.display()))?;
-    read_meta(&parsed.metadata, path)
+}
+
+/// Every metadata key `save` writes; `read_meta` reads no other.
+const METADATA_KEYS: [&str; 20] = [
+    "format",
+    "arch",
+    "input_shape",
+    "class_names",
+    "dataset",
+    "epoch",
+    "step",
+    "seed",
+    "batch_size",
+    "learning_rate",
+    "optimizer",
+    "label_smoothing",
+    "augment",
+    "history",
+    "preprocessing",
+    "data_source",
+    "class_weights",
+    "lr_schedule",
+    "early_stopping",
+    "reduce_lr_on_plateau",
+];
+
+/// The metadata entries `read_meta` reads; others are skipped unkept, and more entries than a
+/// checkpoint could have are refused (the safetensors crate would keep them all).
+struct KnownMetadata(HashMap<String, String>);
+
+impl<'de> serde::Deserialize<'de> for KnownMetadata {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = KnownMetadata;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("string metadata (a JSON object of strings)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<KnownMetadata, A::Error> {
+                let mut known = HashMap::new();
+                let mut entries = 0usize;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    entries += 1;
+                    if entries > 4 * METADATA_KEYS.len() {
+                        return Err(serde::de::Error::custom(format!("more than {} metadata entries", 4 * METADATA_KEYS.len())));
+                    }
+                    if METADATA_KEYS.contains(&key.as_ref()) {
+                        known.insert(key.into_owned(), map.next_value::<String>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(KnownMetadata(known))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// Parses the header's JSON (without its 8-byte length).
+fn parse_header(header: &[u8], path: &Path) -> Result<HeaderSummary> {
+    serde_json::from_slice(header).with_context(|| format!("{}: not a valid safetensors file (its header)", path.display()))
+}
+
+/// The header's length from the file's first 8 bytes, within safetensors' own limit.
+fn checked_header_len(first: [u8; 8], path: &Path) -> Result<usize> {
+    let len = u64::from_le_bytes(first);
+    if len > MAX_HEADER_BYTES {
+        bail!("{}: not a valid safetensors file (a header of {len} bytes is over the limit of {MAX_HEADER_BYTES})", path.display());
+    }
+    Ok(len as usize)
+}
+
+/// The header of a whole safetensors file in memory.
+fn header_of<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8]> {
+    let first = bytes.get(..8).ok_or_else(|| anyhow!("{}: not a valid safetensors file (too short)", path.display()))?;
+    let len = checked_header_len(first.try_into().expect("8 bytes"), path)?;
+    bytes.get(8..8 + len).ok_or_else(|| anyhow!("{}: not a valid safetensors file (its {len}-byte header runs past the end: truncated?)", path.display()))
 }

@@ -19,15 +19,17 @@ pub mod train_settings;
 /// The largest architecture file read (1 MiB: tens of thousands of layers).
 pub const MAX_ARCH_BYTES: u64 = 1 << 20;
 
-/// The largest `--image-size`: 8192x8192x3 is 200 MB a single image.
-pub const MAX_IMAGE_SIZE: usize = 8192;
+/// The largest `--image-size`: the image pipeline's limit.
+pub const MAX_IMAGE_SIZE: usize = crate::image_pipeline::MAX_INPUT_SIDE;
 
 /// Reads an architecture file, or the seed model when none is given.
 pub fn read_arch(path: Option<&Path>) -> Result<String> {
     let text = match path {
         Some(p) => {
             let bytes = crate::fallible::read_capped(p, MAX_ARCH_BYTES, "an architecture file")?;
-            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: the architecture file is not UTF-8 text", p.display()))?
+            let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: the architecture file is not UTF-8 text", p.display()))?;
+            // Some editors start UTF-8 files with a byte-order mark; it is not part of a name.
+            text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text)
         }
         None => SEED_ARCH.to_string(),
     };
@@ -43,7 +45,8 @@ pub fn summary(arch: Option<&Path>, input: (usize, usize, usize), classes: Optio
         Some(n) => with_classes(&specs, n)?,
         None => crate::model::fill_classes(&specs, 10)?,
     };
-    let model = Model::new(&specs, input)?;
+    let name = arch.map_or("the seed model".into(), |p| p.display().to_string());
+    let model = Model::new(&specs, input).with_context(|| format!("{name}: does not fit an input of {}x{}x{}", input.0, input.1, input.2))?;
     Ok(summary_table(&model))
 }
 
@@ -218,14 +221,17 @@ fn run_training<B: Backend>(
     }
     let history = &trained.history;
     if let Some(last) = history.last() {
-        let best = history.iter().fold(last, |b, r| if r.val_accuracy > b.val_accuracy { r } else { b });
+        // What best.safetensors really holds (ties keep the first epoch; a resumed run's best
+        // may be in another folder), read back rather than worked out again.
+        let best = crate::checkpoint::load_meta(&out.join("best.safetensors"))
+            .ok()
+            .and_then(|m| m.history.last().map(|r| format!(" (best.safetensors: epoch {}, val_accuracy {:.4})", r.epoch, r.val_accuracy)))
+            .unwrap_or_default();
         eprintln!(
-            "Done: {}, val_accuracy {:.4}, val_loss {:.4} (best.safetensors: epoch {}, val_accuracy {:.4}); peak memory {:.0} MB; checkpoints in {}",
+            "Done: {}, val_accuracy {:.4}, val_loss {:.4}{best}; peak memory {:.0} MB; checkpoints in {}",
             plural(history.len(), "epoch"),
             last.val_accuracy,
             last.val_loss,
-            best.epoch,
-            best.val_accuracy,
             crate::system_info::peak_rss_bytes() as f64 / 1e6,
             out.display()
         );
@@ -474,7 +480,10 @@ pub fn predict(
 pub fn show(data: &DataOptions, out: &Path, seed: u64) -> Result<()> {
     let ds = load_data(data, 0)?;
     let grid = report::grid::sample_grid(&ds.train, &ds.class_names, report::GRID_IMAGES, report::GRID_COLUMNS, seed);
-    grid.save(out).with_context(|| format!("{}: cannot write", out.display()))
+    let format = image::ImageFormat::from_path(out).with_context(|| format!("{}: cannot tell the image format from the name (use .png)", out.display()))?;
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    grid.write_to(&mut bytes, format).with_context(|| format!("{}: cannot encode", out.display()))?;
+    crate::atomic_file::write_atomically(out, &bytes.into_inner())
 }
 
 /// 0.2 -> "20%".

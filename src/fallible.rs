@@ -34,14 +34,30 @@ pub fn with_capacity<T>(len: usize) -> Result<Vec<T>> {
     Ok(v)
 }
 
+/// Opens an input file for reading, refusing anything but a regular file. The check comes
+/// before the open: opening a FIFO with no writer blocks forever. O_NONBLOCK keeps a FIFO
+/// swapped in between the two from blocking (regular files ignore the flag).
+pub fn open_regular_file(path: &Path, what: &str) -> Result<std::fs::File> {
+    let cannot = || format!("{}: cannot read {what}", path.display());
+    if !std::fs::metadata(path).with_context(cannot)?.is_file() {
+        bail!("{}: not a regular file (cannot be {what})", path.display());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).with_context(cannot)?;
+    if !file.metadata().with_context(cannot)?.is_file() {
+        bail!("{}: not a regular file (cannot be {what})", path.display());
+    }
+    Ok(file)
+}
+
 /// Reads a whole input file after checking it is a regular file of at most `max` bytes.
 pub fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
     use std::io::Read;
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read {what}", path.display()))?;
+    let file = open_regular_file(path, what)?;
     let info = file.metadata().with_context(|| format!("{}: cannot read {what}", path.display()))?;
-    if !info.is_file() {
-        bail!("{}: not a regular file (cannot be {what})", path.display());
-    }
     if info.len() > max {
         bail!("{}: {} bytes is larger than the limit for {what} ({max} bytes)", path.display(), info.len());
     }

@@ -166,12 +166,15 @@ impl Preprocessing {
         if self.height == 0 || self.width == 0 {
             bail!("the image size must be at least 1x1");
         }
-        if self.height > 4096 || self.width > 4096 {
-            bail!("image size {}x{} is over the 4096x4096 limit for a model input", self.height, self.width);
+        if self.height > MAX_INPUT_SIDE || self.width > MAX_INPUT_SIDE {
+            bail!("image size {}x{} is over the {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} limit for a model input", self.height, self.width);
         }
         Ok(())
     }
 }
+
+/// The largest side of a model input the pipeline prepares (4096x4096x3 is 50 MB an image).
+pub const MAX_INPUT_SIDE: usize = 4096;
 
 /// The lowercase word the flags (and checkpoints) use for a setting.
 pub fn word<T: clap::ValueEnum>(value: T) -> String {

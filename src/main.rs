@@ -105,10 +105,10 @@ struct PredictCli {
     #[arg(long, value_name = "P")]
     threshold: Option<f32>,
     /// Refuse images with more pixels than this (width x height) [default: 64000000].
-    #[arg(long, value_name = "PIXELS")]
+    #[arg(long, value_name = "PIXELS", value_parser = clap::value_parser!(u64).range(1..))]
     max_pixels: Option<u64>,
     /// How many of the most probable classes to print per image.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     top: usize,
     #[command(flatten)]
     run: InferenceCli,
@@ -130,7 +130,7 @@ struct InferenceCli {
     device: DeviceCli,
     /// Images per forward pass [default: 64 for predict (its results print as each batch
     /// finishes), 256 for evaluate and review].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     batch_size: Option<usize>,
     /// Print JSON instead of text (predict: one object per image and line, JSON Lines).
     #[arg(long)]
@@ -177,7 +177,7 @@ struct ServeCli {
     #[command(flatten)]
     device: DeviceCli,
     /// Most images per forward pass (concurrent requests are gathered into batches).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     max_batch: usize,
     /// How long a batch waits for more images after its first, in milliseconds.
     #[arg(long, default_value_t = 5)]
@@ -186,16 +186,20 @@ struct ServeCli {
     #[arg(long, default_value = "20MB", value_parser = gpu_cnn::serve::parse_size)]
     max_body: usize,
     /// Largest image in pixels (width x height), checked before decoding.
-    #[arg(long, default_value_t = 40_000_000)]
+    #[arg(long, default_value_t = 40_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_pixels: u64,
     /// Most requests in flight; beyond it, 503 with Retry-After.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     max_queue: usize,
     /// Seconds a request may take before it is answered 503.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// Seconds a client may take to send a request's headers; also how long a kept-alive
+    /// connection may sit idle before it is closed.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
     /// Classes per image in the answer.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     top: usize,
     /// No access log lines on stderr.
     #[arg(long)]
@@ -204,9 +208,9 @@ struct ServeCli {
 
 #[derive(Args)]
 struct DataCli {
-    /// The data set.
-    #[arg(long, value_enum, default_value = "cifar10")]
-    dataset: DatasetKind,
+    /// The data set [default: cifar10; with train --resume, the checkpoint's].
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetKind>,
     /// Folder with the data set's files (cifar10: the folder holding cifar-10-batches-bin/;
     /// fashion-mnist: defaults to /usr/share/datasets/fashion-mnist).
     #[arg(long)]
@@ -226,15 +230,24 @@ struct DataCli {
 }
 
 impl DataCli {
-    fn options(self) -> DataOptions {
-        DataOptions {
-            dataset: self.dataset,
+    fn options(self) -> Result<DataOptions> {
+        self.options_defaulting_to(DatasetKind::Cifar10)
+    }
+    /// With `--resume` and no data flags, the data set the checkpoint was trained on (as
+    /// evaluate does), not a download of CIFAR-10 that could not fit it anyway.
+    fn options_for_resume(self, resume: Option<&std::path::Path>) -> Result<DataOptions> {
+        let trained_on = resume.and_then(|r| gpu_cnn::checkpoint::load_meta(r).ok()).and_then(|m| commands::dataset_kind_by_name(&m.dataset));
+        self.options_defaulting_to(trained_on.unwrap_or(DatasetKind::Cifar10))
+    }
+    fn options_defaulting_to(self, default: DatasetKind) -> Result<DataOptions> {
+        Ok(DataOptions {
+            dataset: self.dataset.unwrap_or(default),
             data_dir: self.data_dir,
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             offline: self.offline,
-            images: self.images.args(),
-        }
+            images: self.images.args()?,
+        })
     }
 }
 
@@ -243,43 +256,61 @@ impl DataCli {
 struct ImagesCli {
     /// A folder of your own images, one sub-folder per class (optionally DIR/train/<class> and
     /// DIR/test/<class>); JPEG, PNG, WebP, BMP or GIF of any size. Replaces --dataset.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["dataset", "data_dir"])]
+    // Its own id: `data` is also the flattened DataCli's group id in train and show, which
+    // made `requires = "image_folder"` always satisfied there.
+    #[arg(long = "data", id = "image_folder", value_name = "DIR", conflicts_with_all = ["dataset", "data_dir"])]
     data: Option<PathBuf>,
     /// With --data: resize every image to SIZExSIZE [default: the checkpoint's input, else 32].
-    #[arg(long, value_name = "SIZE", requires = "data")]
+    #[arg(long, value_name = "SIZE", requires = "image_folder")]
     image_size: Option<usize>,
     /// With --data: rgb or grayscale (1 channel) [default: the checkpoint's, else rgb].
-    #[arg(long, value_enum, requires = "data")]
+    #[arg(long, value_enum, requires = "image_folder")]
     color_mode: Option<ColorMode>,
     /// With --data: what transparent pixels are composited over [default: the checkpoint's,
     /// else white]. Stored in the checkpoint; predict uses the same.
-    #[arg(long, value_enum, requires = "data")]
+    #[arg(long, value_enum, requires = "image_folder")]
     background: Option<Background>,
     /// With --data: how an image of another aspect ratio fits the square input: stretch
     /// (Keras's default), crop (centre crop) or pad (fit inside, background around)
     /// [default: the checkpoint's, else stretch].
-    #[arg(long, value_enum, requires = "data")]
+    #[arg(long, value_enum, requires = "image_folder")]
     resize: Option<ResizeMode>,
     /// With --data: the resize filter, antialiased when shrinking [default: the checkpoint's,
     /// else bilinear].
-    #[arg(long, value_enum, requires = "data")]
+    #[arg(long, value_enum, requires = "image_folder")]
     interpolation: Option<Interpolation>,
     /// With --data: refuse images with more pixels than this (width x height) [default:
     /// 64000000].
-    #[arg(long, value_name = "PIXELS", requires = "data")]
+    #[arg(long, value_name = "PIXELS", requires = "image_folder")]
     max_pixels: Option<u64>,
     /// With --data and no train/ + test/ sub-folders: the fraction of each class held out for
     /// validation (stratified, seeded by --seed) [default: the checkpoint's, else 0.2].
     #[arg(long, value_name = "FRACTION")]
     val_split: Option<f32>,
     /// With --data: skip files that do not decode (counted in one warning) instead of stopping.
-    #[arg(long, requires = "data")]
+    #[arg(long, requires = "image_folder")]
     skip_bad: bool,
 }
 
 impl ImagesCli {
-    fn args(self) -> Option<ImageFolderArgs> {
-        self.data.map(|dir| ImageFolderArgs {
+    /// The folder and its settings; a folder-only flag without --data is an error (clap's
+    /// `requires` lets it through whenever --dataset, which conflicts with --data, is given).
+    fn args(self) -> Result<Option<ImageFolderArgs>> {
+        if self.data.is_none() {
+            let given = [
+                ("--image-size", self.image_size.is_some()),
+                ("--color-mode", self.color_mode.is_some()),
+                ("--background", self.background.is_some()),
+                ("--resize", self.resize.is_some()),
+                ("--interpolation", self.interpolation.is_some()),
+                ("--max-pixels", self.max_pixels.is_some()),
+                ("--skip-bad", self.skip_bad),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                anyhow::bail!("{flag} is for a folder of images (--data DIR); it does nothing with a built-in --dataset");
+            }
+        }
+        Ok(self.data.map(|dir| ImageFolderArgs {
             dir,
             image_size: self.image_size,
             color: self.color_mode,
@@ -289,7 +320,7 @@ impl ImagesCli {
             max_pixels: self.max_pixels,
             val_split: self.val_split,
             skip_bad: self.skip_bad,
-        })
+        }))
     }
 }
 
@@ -442,12 +473,34 @@ struct EvaluateCli {
     images: ImagesCli,
 }
 
+/// A count flag that must be at least 1 (0 was quietly taken as 1 before).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn main() {
     // No "XDG_RUNTIME_DIR is invalid" lines from Mesa's Vulkan layers on headless machines.
     gpu_cnn::device::quiet_vulkan_layers();
+    // A file-size limit (ulimit -f) then fails the write with EFBIG, which the checkpoint
+    // writer reports and cleans up after, instead of killing the process mid-write.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    // A bad flag is bad input like any other: exit code 1 (clap's own is 2); --help and
+    // --version still exit 0.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 1 } else { 0 });
+    });
     // Errors print as one readable chain ("error: what: why"), never as a panic or backtrace.
-    if let Err(e) = run_on_worker_threads(Cli::parse()) {
-        eprintln!("error: {e:#}");
+    if let Err(e) = run_on_worker_threads(cli) {
+        eprintln!("error: {}", gpu_cnn::predict::printable_error(&format!("{e:#}")));
         std::process::exit(1);
     }
 }
@@ -477,7 +530,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Summary { arch, input, classes } => print!("{}", commands::summary(arch.as_deref(), parse_input_shape(&input)?, classes)?),
         Command::Train(t) => {
             let args = TrainArgs {
-                data: t.data.options(),
+                data: t.data.options_for_resume(t.resume.as_deref())?,
                 arch: t.arch,
                 epochs: t.epochs,
                 batch_size: t.batch_size,
@@ -515,7 +568,7 @@ fn run(cli: Cli) -> Result<()> {
                 batch_size: e.run.batch_size.unwrap_or(256),
                 json: e.run.json,
                 offline: e.offline,
-                images: e.images.args(),
+                images: e.images.args()?,
                 out: e.out,
             };
             println!("{}", commands::evaluate(&args, e.run.device.device)?);
@@ -523,7 +576,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Review(r) => {
             let args = gpu_cnn::review::ReviewArgs {
                 checkpoint: r.checkpoint,
-                images: r.images.args(),
+                images: r.images.args()?,
                 split: r.split,
                 top: r.top,
                 batch_size: r.run.batch_size.unwrap_or(256),
@@ -562,22 +615,26 @@ fn run(cli: Cli) -> Result<()> {
             if !(s.timeout > 0.0 && s.timeout.is_finite()) {
                 anyhow::bail!("--timeout must be a positive number of seconds");
             }
+            if !(s.header_timeout > 0.0 && s.header_timeout.is_finite()) {
+                anyhow::bail!("--header-timeout must be a positive number of seconds");
+            }
             let opts = gpu_cnn::serve::ServeOptions {
                 bind: s.bind,
-                max_batch: s.max_batch.max(1),
+                max_batch: s.max_batch,
                 max_wait: std::time::Duration::from_millis(s.max_wait_ms),
                 max_body: s.max_body,
                 max_pixels: s.max_pixels,
-                max_queue: s.max_queue.max(1),
+                max_queue: s.max_queue,
                 timeout: std::time::Duration::from_secs_f64(s.timeout),
-                top: s.top.max(1),
+                header_timeout: std::time::Duration::from_secs_f64(s.header_timeout),
+                top: s.top,
                 access_log: !s.quiet,
                 ..Default::default()
             };
             gpu_cnn::serve::serve_checkpoint(&s.checkpoint, s.device.device.into(), opts)?;
         }
         Command::Show { data, out, seed } => {
-            commands::show(&data.options(), &out, seed)?;
+            commands::show(&data.options()?, &out, seed)?;
             eprintln!("Wrote {}", out.display());
         }
     }

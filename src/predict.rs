@@ -112,10 +112,36 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
     order.into_iter().take(k).map(|i| (i, probs[i])).collect()
 }
 
-/// A name safe to print on a terminal: control characters (escape sequences) become `?`.
+/// A name safe to print on a terminal: control characters (escape sequences) and the
+/// direction overrides that make text display reversed (`\u{202e}txt.exe`) become `?`.
 pub fn printable(name: &str) -> String {
-    name.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    name.chars().map(|c| if c.is_control() || is_bidi_control(c) { '?' } else { c }).collect()
 }
+
+/// Unicode's explicit bidirectional formatting characters (and the marks that act like them).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// An error message safe to print on a terminal: as `printable` line by line (file names and
+/// checkpoint text can hold escape sequences), each line cut at `MAX_ERROR_LINE` characters
+/// (an error may quote a hostile input's line whole).
+pub fn printable_error(text: &str) -> String {
+    text.split('\n')
+        .map(|line| {
+            let count = line.chars().count();
+            let mut shown = printable(&line.chars().take(MAX_ERROR_LINE).collect::<String>());
+            if count > MAX_ERROR_LINE {
+                shown += &format!("... ({} more characters)", count - MAX_ERROR_LINE);
+            }
+            shown
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The longest line of an error printed whole.
+const MAX_ERROR_LINE: usize = 1000;
 
 /// The line (text or one JSON object) for one file's result.
 fn format_row(r: &FilePrediction, names: &[String], args: &PredictArgs) -> String {

@@ -37,11 +37,8 @@ fn read_records(file: std::fs::File, records: usize, path: &Path, classes: usize
 
 /// Opens a batch file and counts its records: a regular file of whole records within the cap.
 fn open_batch(path: &Path) -> Result<(std::fs::File, usize)> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read a CIFAR-10 batch", path.display()))?;
+    let file = crate::fallible::open_regular_file(path, "a CIFAR-10 batch")?;
     let info = file.metadata().with_context(|| format!("{}: cannot read a CIFAR-10 batch", path.display()))?;
-    if !info.is_file() {
-        bail!("{}: not a regular file (cannot be a CIFAR-10 batch)", path.display());
-    }
     let len = info.len();
     if len > MAX_BATCH_BYTES {
         bail!("{}: {len} bytes is larger than the limit for a CIFAR-10 batch ({MAX_BATCH_BYTES} bytes)", path.display());

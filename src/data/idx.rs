@@ -11,10 +11,7 @@ pub const MAX_IDX_BYTES: u64 = 1 << 30;
 
 /// The file's bytes as a stream: un-gzipped (every gzip member) when its name ends in .gz.
 fn open(path: &Path) -> Result<Box<dyn Read>> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if !file.metadata().with_context(|| format!("{}: cannot read", path.display()))?.is_file() {
-        bail!("{}: not a regular file", path.display());
-    }
+    let file = crate::fallible::open_regular_file(path, "an IDX file")?;
     let reader = std::io::BufReader::new(file);
     Ok(if is_gz(path) { Box::new(flate2::bufread::MultiGzDecoder::new(reader)) } else { Box::new(reader) })
 }
@@ -31,14 +28,10 @@ fn read_error(path: &Path, e: std::io::Error) -> anyhow::Error {
     }
 }
 
-/// Reads an IDX file with `dims` dimensions: the dimensions, then exactly the payload they
-/// declare. The size is checked before anything is allocated, and no more than it is ever
-/// decompressed (a gzip bomb stops at the declared size).
-fn read_idx(path: &Path, magic: u32, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    read_idx_from(open(path)?, path, magic, dims)
-}
-
-/// As `read_idx`, from any byte stream (`path` names it in errors; .gz means gzip errors).
+/// Reads an IDX file with `dims` dimensions from any byte stream (`path` names it in errors;
+/// .gz means gzip errors): the dimensions, then exactly the payload they declare. The size is
+/// checked before anything is allocated, and no more than it is ever decompressed (a gzip bomb
+/// stops at the declared size).
 fn read_idx_from(mut reader: impl Read, path: &Path, magic: u32, dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let mut head = vec![0u8; 4 + 4 * dims];
     let mut got = 0;
@@ -72,13 +65,15 @@ fn read_idx_from(mut reader: impl Read, path: &Path, magic: u32, dims: usize) ->
 
 /// Reads an IDX image file: (count, rows, cols, pixels).
 pub fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
-    let (dims, pixels) = read_idx(path, 0x0000_0803, 3)?;
-    Ok((dims[0], dims[1], dims[2], pixels))
+    read_images_from(open(path)?, path)
 }
 
 /// Parses IDX images from a byte stream (already un-gzipped): (count, rows, cols, pixels).
 pub fn read_images_from(reader: impl Read, path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     let (dims, pixels) = read_idx_from(reader, path, 0x0000_0803, 3)?;
+    if dims[1] == 0 || dims[2] == 0 {
+        bail!("{}: header declares images of {}x{} pixels; an image needs at least one", path.display(), dims[1], dims[2]);
+    }
     Ok((dims[0], dims[1], dims[2], pixels))
 }
 

@@ -99,6 +99,10 @@ fn resolve_classes(specs: &[LayerSpec], classes: usize, check: bool) -> Result<V
     Ok(out)
 }
 
+/// The most layers a model may have: Keras's largest applications have about 800, and each
+/// layer costs every loader and network some memory whatever its size.
+pub const MAX_LAYERS: usize = 10_000;
+
 impl Model {
     /// Resolves every layer's shapes for an input of (h, w, c); a clear error when the
     /// architecture does not fit it.
@@ -109,6 +113,9 @@ impl Model {
         tensor_values(&[input.0, input.1, input.2], "the input")?;
         if specs.is_empty() {
             bail!("the architecture has no layers");
+        }
+        if specs.len() > MAX_LAYERS {
+            bail!("the architecture has {} layers, over the limit of {MAX_LAYERS}", specs.len());
         }
         let mut counts = std::collections::HashMap::new();
         let mut shape = vec![input.0, input.1, input.2];
