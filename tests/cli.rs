@@ -42,14 +42,19 @@ fn train_evaluate_and_resume_on_synthetic_data() {
     let last = run.join("last.safetensors");
     let (ok, _, err) = run_cli(&[&["train", "--epochs", "2", "--resume", last.to_str().unwrap()], &common[..]].concat());
     assert!(ok && err.contains("Resuming") && err.contains("Epoch 2/2") && !err.contains("Epoch 1/2"), "{err}");
+    // Without --dataset a resume takes the checkpoint's data set (it tried to download
+    // CIFAR-10 before), as evaluate does.
+    let limits = ["--limit-train", "400", "--limit-test", "200", "--device", "cpu"];
+    let (ok, _, err) = run_cli(&[&["train", "--epochs", "3", "--resume", last.to_str().unwrap()], &limits[..]].concat());
+    assert!(ok && err.contains("Data: synthetic") && err.contains("Epoch 3/3"), "{err}");
     let history: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("history.json")).unwrap()).unwrap();
-    assert_eq!(history["loss"].as_array().unwrap().len(), 2);
+    assert_eq!(history["loss"].as_array().unwrap().len(), 3);
     let (ok, out, err) = run_cli(&["evaluate", "--checkpoint", last.to_str().unwrap(), "--limit-test", "200", "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["images"], 200);
     // The evaluation of the same weights on the same 200 images equals the run's last val_accuracy.
-    assert_eq!(v["accuracy"].as_f64(), history["val_accuracy"][1].as_f64());
+    assert_eq!(v["accuracy"].as_f64(), history["val_accuracy"][2].as_f64());
 }
 
 fn expect_failure(args: &[&str], needles: &[&str]) {
