@@ -201,12 +201,27 @@ pub fn read_file_capped(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
 }
 
 /// Reads, decodes and prepares one image file. Errors start with the file's path.
+/// Files load on every core at once (folders, predict): a full-size decode waits for its share
+/// of the process's decode budget (decode_budget.rs) and holds it until the image is prepared.
 pub fn load_image(path: &Path, p: &Preprocessing) -> Result<Vec<u8>> {
     let run = || -> Result<Vec<u8>> {
         let bytes = read_file_capped(path, MAX_FILE_BYTES)?;
+        let _reserved = crate::decode_budget::reserve(full_size_pixels(&bytes, p));
         prepare(&decode(&bytes, p)?, p)
     };
     run().with_context(|| path.display().to_string())
+}
+
+/// The pixels a decode of `bytes` holds at full size, from the header: 0 for JPEGs (decoded
+/// DCT-scaled) and for headers that do not read (the decode then fails); at most `max_pixels`
+/// (larger images are refused before decoding).
+fn full_size_pixels(bytes: &[u8], p: &Preprocessing) -> u64 {
+    match image::guess_format(bytes) {
+        Ok(ImageFormat::Jpeg) | Err(_) => 0,
+        Ok(format) => {
+            image::ImageReader::with_format(std::io::Cursor::new(bytes), format).into_dimensions().map_or(0, |(w, h)| (w as u64 * h as u64).min(p.max_pixels))
+        }
+    }
 }
 
 fn check_pixels(width: u64, height: u64, max_pixels: u64) -> Result<()> {

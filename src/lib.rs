@@ -43,6 +43,7 @@ pub mod class_weight;
 pub mod classifier;
 pub mod commands;
 pub mod data;
+pub mod decode_budget;
 pub mod device;
 pub mod export;
 pub mod fallible;

@@ -393,3 +393,40 @@ fn errors_never_print_escape_sequences_or_a_hostile_line_whole() {
     assert_eq!(code, 1, "{err}");
     assert!(err.len() < 5_000 && err.contains("more characters)"), "{} bytes: {}", err.len(), &err[..err.len().min(300)]);
 }
+
+/// A PNG of a few MB may declare 8000x8000 16-bit RGBA pixels (64 megapixels, within the default
+/// limit): ~950 MB to decode and convert. A folder of four, loaded on four threads, used to
+/// decode all four at once; now full-size decodes share a budget of a quarter of the memory
+/// the process may use, so under a 3 GB address-space limit they decode one after another
+/// instead of failing to allocate (or, without the limit, taking 4 GB).
+#[test]
+fn large_decodes_in_a_folder_share_one_memory_budget() {
+    let dir = temp_dir("hostile-decode-budget");
+    let photos = dir.join("photos");
+    let bomb = {
+        let img = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::new(8000, 8000);
+        let mut bytes = Vec::new();
+        image::DynamicImage::ImageRgba16(img).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+        bytes
+    };
+    assert!(bomb.len() < 5_000_000, "{} bytes", bomb.len());
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(photos.join(class)).unwrap();
+        for i in 0..2 {
+            std::fs::write(photos.join(class).join(format!("{i}.png")), &bomb).unwrap();
+        }
+    }
+    let out = Command::new("prlimit")
+        .args(["--as=3000000000", "--"])
+        .arg(env!("CARGO_BIN_EXE_gpu-cnn"))
+        .args(["train", "--device", "cpu", "--data", photos.to_str().unwrap(), "--image-size", "32", "--epochs", "1", "--val-split", "0.5"])
+        .args(["--out", dir.join("run").to_str().unwrap()])
+        .env("RAYON_NUM_THREADS", "4")
+        .env("GPU_CNN_DATA", dir.join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("memory allocation of") && !err.contains("out of memory"), "{err}");
+    assert!(err.contains("Decoded 4 images"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
