@@ -256,8 +256,8 @@ impl DataCli {
 struct ImagesCli {
     /// A folder of your own images, one sub-folder per class (optionally DIR/train/<class> and
     /// DIR/test/<class>); JPEG, PNG, WebP, BMP or GIF of any size. Replaces --dataset.
-    // Its own id: `data` is also the flattened DataCli's group id in train and show, which
-    // made `requires = "image_folder"` always satisfied there.
+    // The folder-only flags below `require` it, but clap drops a requirement on an argument
+    // that conflicts with one given (--dataset), so `args` checks them again.
     #[arg(long = "data", id = "image_folder", value_name = "DIR", conflicts_with_all = ["dataset", "data_dir"])]
     data: Option<PathBuf>,
     /// With --data: resize every image to SIZExSIZE [default: the checkpoint's input, else 32].
