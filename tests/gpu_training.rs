@@ -118,8 +118,14 @@ fn auto_uses_the_cpu_backend_when_only_software_adapters_exist() {
 
 gpu_test! {
     fn a_batch_too_big_for_the_device_is_refused_before_training(_gpu: &GpuBackend) {
-        let out = common::temp_dir("gpu-too-big").join("run");
-        let (ok, _, err) = common::run_cli(&["train", "--device", "gpu", "--dataset", "synthetic", "--batch-size", "100000", "--epochs", "1", "--out", out.to_str().unwrap()]);
+        let dir = common::temp_dir("gpu-too-big");
+        let out = dir.join("run");
+        // A batch larger than the data is taken as all of it (2,000 images here); 16 MB of
+        // activations an image make that 32 GB, over every device's buffer limits.
+        let wide = dir.join("wide.arch");
+        std::fs::write(&wide, "conv2d 4096 3 relu padding=same\nflatten\ndense 10 softmax\n").unwrap();
+        let args = ["train", "--device", "gpu", "--dataset", "synthetic", "--arch", wide.to_str().unwrap(), "--batch-size", "100000", "--epochs", "1"];
+        let (ok, _, err) = common::run_cli(&[&args[..], &["--out", out.to_str().unwrap()]].concat());
         assert!(!ok && !err.contains("panicked"), "{err}");
         assert!(err.contains("batch size 100000") && err.contains("max_"), "the error must name the limit: {err}");
         assert!(!out.join("last.safetensors").exists());
