@@ -23,6 +23,11 @@ const RUN_FILES: [&str; 9] = [
     "top_losses.png",
 ];
 
+/// Whether `dir` is a training run's folder: it holds a run's history, checkpoint or lock.
+pub fn is_run_folder(dir: &Path) -> bool {
+    ["history.json", "last.safetensors", LOCK_FILE].iter().any(|f| dir.join(f).exists())
+}
+
 /// Where `--overwrite` keeps the previous run's files while the new one has saved nothing.
 pub const REPLACED_FOLDER: &str = ".gpu-cnn.replaced";
 

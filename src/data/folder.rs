@@ -81,13 +81,13 @@ fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// (`runs/`, the default --out, when training ran inside the data folder): its pictures are
 /// not images of a class.
 fn holds_runs(dir: &Path) -> bool {
-    let is_run = |d: &Path| ["history.json", "last.safetensors", ".gpu-cnn.lock"].iter().any(|f| d.join(f).exists());
-    if is_run(dir) {
+    use crate::run_dir::is_run_folder;
+    if is_run_folder(dir) {
         return true;
     }
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
     let visible: Vec<PathBuf> = entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).map(|e| e.path()).collect();
-    !visible.is_empty() && visible.iter().all(|p| p.is_dir() && is_run(p))
+    !visible.is_empty() && visible.iter().all(|p| p.is_dir() && is_run_folder(p))
 }
 
 /// How deep class folders are searched for images (a guard, not a layout anyone needs).
@@ -238,12 +238,9 @@ fn cache_file(cache_dir: &Path, dir: &Path, opts: &FolderOptions) -> PathBuf {
 /// listing of `files` files; None otherwise (a corrupt cache is a miss and gets rebuilt).
 fn read_cache(path: &Path, key: &str, image_len: usize, files: usize) -> Option<Decoded> {
     use std::io::Read;
-    if !std::fs::metadata(path).ok()?.is_file() {
-        return None;
-    }
     // Read in two parts, the pixels straight into a buffer of their size (fallibly: a cache
     // too big for memory is a miss, and the decode then says so), never the file twice.
-    let mut file = std::fs::File::open(path).ok()?;
+    let mut file = crate::fallible::open_regular_file(path, "the image cache").ok()?;
     let total = file.metadata().ok()?.len();
     let mut head = [0u8; 16];
     file.read_exact(&mut head).ok()?;
