@@ -70,6 +70,12 @@ pub struct DataSource {
     /// The seed of the split.
     pub seed: u64,
     pub skip_bad: bool,
+    /// The held-out split's size and digest (`data::folder::held_out_fingerprint`) when
+    /// training read it; absent in checkpoints from before they were stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_images: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<String>,
 }
 
 pub struct Checkpoint {

@@ -133,16 +133,41 @@ pub fn load_data_for(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>
     Ok(load_data_with_files(opts, seed, base)?.0)
 }
 
-/// As `load_data_for`, with the file of each test image for a folder data set (the report's
-/// top losses name them).
-pub fn load_data_with_files(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>) -> Result<(Dataset, Option<Vec<PathBuf>>)> {
-    let (mut ds, mut test_files) = match &opts.images {
+/// A folder's held-out split as loaded: the file of each test image (cut to `--limit-test`
+/// with the images), and the size and digest of the whole split (`held_out_fingerprint`).
+pub struct HeldOutFiles {
+    pub files: Vec<PathBuf>,
+    pub images: usize,
+    pub fingerprint: String,
+}
+
+impl HeldOutFiles {
+    /// A note when this split is not the one `source` (a checkpoint's training folder) held
+    /// out; None when it is, or when the checkpoint predates the digest.
+    pub fn changed_since(&self, source: &checkpoint::DataSource, dir: &Path) -> Option<String> {
+        let (then, digest) = (source.held_out_images?, source.held_out.as_deref()?);
+        (digest != self.fingerprint).then(|| {
+            format!(
+                "the held-out images of {} are not the ones training held out ({} now, {then} then: images were added, removed or \
+                 renamed, or the split's settings differ); training images may be among them, so their accuracy may read higher than it is",
+                dir.display(),
+                self.images,
+            )
+        })
+    }
+}
+
+/// As `load_data_for`, with the held-out files of a folder data set (the report's top losses
+/// name them; checkpoints store their digest).
+pub fn load_data_with_files(opts: &DataOptions, seed: u64, base: Option<&Preprocessing>) -> Result<(Dataset, Option<HeldOutFiles>)> {
+    let (mut ds, mut held_out) = match &opts.images {
         Some(images) => {
             if let Some(s) = images.image_size.filter(|&s| s == 0 || s > MAX_IMAGE_SIZE) {
                 bail!("--image-size {s} is out of range: 1 to {MAX_IMAGE_SIZE}");
             }
             let folder = data::folder::load_with_files(&images.dir, &folder_options(images, seed, base)?)?;
-            (folder.dataset, Some(folder.test_files))
+            let held_out = HeldOutFiles { images: folder.test_files.len(), files: folder.test_files, fingerprint: folder.held_out };
+            (folder.dataset, Some(held_out))
         }
         None => (data::load_with(opts.dataset, opts.data_dir.as_deref(), seed, opts.offline)?, None),
     };
@@ -152,13 +177,13 @@ pub fn load_data_with_files(opts: &DataOptions, seed: u64, base: Option<&Preproc
     if let Some(n) = opts.limit_test {
         ds.test.truncate(n);
     }
-    if let Some(files) = &mut test_files {
-        files.truncate(ds.test.len());
+    if let Some(h) = &mut held_out {
+        h.files.truncate(ds.test.len());
     }
     if ds.train.is_empty() || ds.test.is_empty() {
         bail!("{}: the training or test split is empty", ds.name);
     }
-    Ok((ds, test_files))
+    Ok((ds, held_out))
 }
 
 pub fn dataset_kind_by_name(name: &str) -> Option<DatasetKind> {
@@ -189,13 +214,20 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let resume: Option<Checkpoint> = args.resume.as_deref().map(checkpoint::load).transpose()?;
     let flags = train_settings::resolve_flags(args, resume.as_ref())?;
     let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
-    let (ds, test_files) = load_data_with_files(&args.data, flags.seed, base.as_ref())?;
-    let settings = train_settings::resolve(args, resume.as_ref(), &ds, flags)?;
+    let (ds, held_out) = load_data_with_files(&args.data, flags.seed, base.as_ref())?;
+    let settings = train_settings::resolve(args, resume.as_ref(), &ds, held_out.as_ref(), flags)?;
+    // A resumed run that validates on other images than its first epochs did: say so.
+    let trained_on = resume.as_ref().and_then(|ck| ck.meta.data_source.as_ref());
+    if let (Some(then), Some(now), Some(split)) = (trained_on, &settings.plan.options.data_source, &held_out) {
+        if let Some(note) = split.changed_since(then, &now.folder).filter(|_| then.folder == now.folder) {
+            eprintln!("note: {note}");
+        }
+    }
     let resume = match (resume, args.resume.as_deref()) {
         (Some(ck), Some(path)) => Some((ck, path)),
         _ => None,
     };
-    run_training(backend, &settings, ds, test_files, resume)
+    run_training(backend, &settings, ds, held_out.map(|h| h.files), resume)
 }
 
 /// Runs resolved settings through the library's [`Trainer`] (from the checkpoint when
@@ -341,10 +373,24 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         offline: args.offline,
         images: folder.as_ref().map(|f| f.0.clone()),
     };
-    let (ds, test_files) = load_data_with_files(&data, seed, Some(&base))?;
+    let (ds, held_out) = load_data_with_files(&data, seed, Some(&base))?;
     if folder.is_some() && ds.class_names != ck.meta.class_names {
         bail!("{}: trained on the classes {:?} but {} has {:?}", args.checkpoint.display(), ck.meta.class_names, ds.name, ds.class_names);
     }
+    // The same folder split the same way, but not the same files: the folder changed.
+    let same_split = |t: &&checkpoint::DataSource| {
+        folder.as_ref().is_some_and(|(f, s)| {
+            t.folder == f.dir.canonicalize().unwrap_or_default() && t.val_split == f.val_split.unwrap_or(DEFAULT_VAL_SPLIT) && t.seed == *s
+        })
+    };
+    let changed = match (ck.meta.data_source.as_ref().filter(same_split), &held_out, &folder) {
+        (Some(trained), Some(split), Some((f, _))) => split.changed_since(trained, &f.dir),
+        _ => None,
+    };
+    if let Some(note) = &changed {
+        eprintln!("note: {note}");
+    }
+    let test_files = held_out.map(|h| h.files);
     let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
     check_model_fits_data(&model, &ds, &format!("{}", args.checkpoint.display()))?;
     let device = backend.describe();
@@ -370,6 +416,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
             "dataset": ds.name,
             "split": split_name,
             "images": m.count,
+            "held_out_changed": changed.is_some(),
             "loss": m.loss,
             "accuracy": m.accuracy,
             "device": device,

@@ -249,3 +249,48 @@ fn the_cache_remembers_refusals_only_under_the_same_pixel_limit() {
     let (ok, _, err) = train("64000000", "c");
     assert!(ok && err.contains("from the cache"), "{err}");
 }
+
+#[test]
+fn evaluate_and_resume_say_when_the_folder_changed_since_training() {
+    let dir = temp_dir("folder-changed");
+    let photos = dir.join("photos");
+    make_tree(&photos, &["boots", "hats", "scarves"], 8);
+    let cache = dir.join("cache");
+    let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
+    let arch = dir.join("tiny.arch");
+    std::fs::write(&arch, "conv2d 4 3 relu\nmaxpool 2\nflatten\ndense 3 softmax\n").unwrap();
+    let run = dir.join("run");
+    let (p, a, r) = (photos.to_str().unwrap(), arch.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, _, err) = run_cli_env(&["train", "--data", p, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r], &env);
+    assert!(ok, "{err}");
+    let last = run.join("last.safetensors");
+    let ck = last.to_str().unwrap();
+    let source = gpu_cnn::checkpoint::load(&last).unwrap().meta.data_source.unwrap();
+    // 8 images a class, 20% held out: 2 of each.
+    assert_eq!(source.held_out_images, Some(6));
+    let evaluate = || run_cli_env(&["evaluate", "--checkpoint", ck, "--device", "cpu", "--json", "--out", dir.join("eval").to_str().unwrap()], &env);
+    let (ok, out, err) = evaluate();
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["images"].as_u64(), v["held_out_changed"].as_bool()), (Some(6), Some(false)), "{err}");
+    assert!(!err.contains("not the ones training held out"), "{err}");
+
+    // Five more hats reshuffle that class's split: 13 images, 3 held out, some of them trained on.
+    for i in 8..13 {
+        write_image(&photos.join("hats"), 1, i);
+    }
+    let (ok, out, err) = evaluate();
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["images"].as_u64(), v["held_out_changed"].as_bool()), (Some(7), Some(true)), "{err}");
+    assert!(err.contains("are not the ones training held out (7 now, 6 then"), "{err}");
+    // A resumed run would validate on other images than its first epoch did: it says so too.
+    let (ok, _, err) = run_cli_env(&["train", "--resume", ck, "--data", p, "--epochs", "2", "--device", "cpu"], &env);
+    assert!(ok, "{err}");
+    assert!(err.contains("are not the ones training held out (7 now, 6 then"), "{err}");
+    // The resumed checkpoint records the split it validated on: evaluate agrees with it again.
+    let (ok, out, err) = evaluate();
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["held_out_changed"].as_bool(), Some(false), "{err}");
+}

@@ -2,7 +2,7 @@
 //! a plain [`TrainSettings`] the library's Trainer (through commands::train_on) only reads. Each
 //! flag not given takes the checkpoint's value when resuming, else its default.
 
-use super::{dataset_preprocessing, folder_preprocessing, read_arch, DataOptions, DEFAULT_VAL_SPLIT};
+use super::{dataset_preprocessing, folder_preprocessing, read_arch, DataOptions, HeldOutFiles, DEFAULT_VAL_SPLIT};
 use crate::augment::Augmentation;
 use crate::callbacks::{EarlyStopping, Recipe, ReduceLrOnPlateau};
 use crate::checkpoint::{self, Checkpoint};
@@ -110,7 +110,8 @@ pub fn resolve_flags(args: &TrainArgs, resume: Option<&Checkpoint>) -> Result<Fl
 
 /// Resolves everything else against the loaded data set; every inconsistency is an error
 /// naming the flag or the file.
-pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, flags: FlagSettings) -> Result<TrainSettings> {
+/// `held_out`: the folder's held-out split as loaded (its digest goes into the checkpoints).
+pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, held_out: Option<&HeldOutFiles>, flags: FlagSettings) -> Result<TrainSettings> {
     let resume_path = args.resume.as_deref().unwrap_or(Path::new("checkpoint"));
     let FlagSettings { seed, batch_size, optimizer, learning_rate, label_smoothing, augment, recipe } = flags;
     let given_arch = match (resume, &args.arch) {
@@ -136,6 +137,8 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, flag
                 val_split: images.val_split.unwrap_or(DEFAULT_VAL_SPLIT),
                 seed,
                 skip_bad: images.skip_bad,
+                held_out_images: held_out.map(|h| h.images),
+                held_out: held_out.map(|h| h.fingerprint.clone()),
             };
             (folder_preprocessing(images, base.as_ref())?, Some(source))
         }

@@ -291,6 +291,21 @@ pub struct FolderData {
     /// The file of each image of `dataset.train` / `dataset.test`, in the same order.
     pub train_files: Vec<PathBuf>,
     pub test_files: Vec<PathBuf>,
+    /// Which files the held-out split holds, as a digest (see `held_out_fingerprint`).
+    pub held_out: String,
+}
+
+/// A digest of the held-out files' paths (relative to the folder) and labels: the same digest,
+/// the same split. Checkpoints store it, so `evaluate` and `--resume` can tell when images were
+/// added, removed or renamed since training, which reshuffles the split (training images may
+/// then be scored as held out).
+pub fn held_out_fingerprint(dir: &Path, files: &[PathBuf], labels: &[u8]) -> String {
+    let mut h = Md5::new();
+    for (path, label) in files.iter().zip(labels) {
+        h.update(path.strip_prefix(dir).unwrap_or(path).as_os_str().as_encoded_bytes());
+        h.update(format!("\t{label}\n"));
+    }
+    format!("{:x}", h.finalize())
 }
 
 /// Loads the folder as a data set: train and test (the validation split) ImageSets, class
@@ -407,9 +422,10 @@ fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -
     let labels = |positions: &[usize]| -> Vec<u8> { positions.iter().map(|&p| listing.files[decoded.kept[p] as usize].label).collect() };
     let set = |images: Vec<u8>, labels: Vec<u8>| ImageSet { images: images.into(), labels, height, width, channels };
     let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "images".into());
-    let files = |positions: &[usize]| positions.iter().map(|&p| listing.files[decoded.kept[p] as usize].path.clone()).collect();
+    let files = |positions: &[usize]| positions.iter().map(|&p| listing.files[decoded.kept[p] as usize].path.clone()).collect::<Vec<PathBuf>>();
     let (train_files, test_files) = (files(&train_positions), files(&test_positions));
     let (train_labels, test_labels) = (labels(&train_positions), labels(&test_positions));
+    let held_out = held_out_fingerprint(dir, &test_files, &test_labels);
     let test = set(gather(&decoded.pixels, &test_positions, image_len)?, test_labels);
     // The training images (most of them) move down within the decoded buffer instead of being
     // copied out of it: the data set then costs its own size in memory, not twice that.
@@ -424,5 +440,5 @@ fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -
         gather(&decoded.pixels, &train_positions, image_len)?
     };
     let dataset = Dataset { name, class_names: listing.class_names, train: set(train_images, train_labels), test };
-    Ok(FolderData { dataset, train_files, test_files })
+    Ok(FolderData { dataset, train_files, test_files, held_out })
 }
