@@ -16,6 +16,15 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
+/// The process id in a name `temp_path` made (`.NAME.PID.N.tmp`), else None: how a run
+/// directory's next run finds the temporary files of a writer that was killed.
+pub fn temp_file_pid(file_name: &str) -> Option<u32> {
+    let inner = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let mut parts = inner.rsplitn(3, '.');
+    let (_counter, pid, _name) = (parts.next()?.parse::<u64>().ok()?, parts.next()?.parse().ok()?, parts.next().filter(|n| !n.is_empty())?);
+    Some(pid)
+}
+
 /// Where a write to `path` lands: a symlink's target (as `open(path, "w")` would write there,
 /// not replace the link), and an error for anything that is not a regular file (a device, a
 /// FIFO, a folder), which a rename would silently replace.

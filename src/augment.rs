@@ -145,6 +145,15 @@ impl Augmentation {
         Ok(a)
     }
 
+    /// The ranges `parse` enforces, for an augmentation built in code: each factor 0 (off) or
+    /// in [MIN_FACTOR, its largest] (a negative one is refused: its name would not say it).
+    pub fn check(&self) -> Result<()> {
+        for ((name, max, meaning), v) in FACTORS.iter().zip(self.factors()) {
+            ensure!(v == 0.0 || (MIN_FACTOR..=*max).contains(&v), "augmentation {name}={v}: must be 0 (off) or in [{MIN_FACTOR}, {max}] ({meaning})");
+        }
+        Ok(())
+    }
+
     pub fn is_none(&self) -> bool {
         self.layout().is_none()
     }

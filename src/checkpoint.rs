@@ -97,6 +97,13 @@ impl Checkpoint {
     pub fn model(&self) -> Result<Model> {
         Model::new(&parse_arch(&self.meta.arch)?, self.meta.input)
     }
+    /// Holds a checkpoint built or changed in memory (its fields are public) to what `load`
+    /// holds a file to, by writing it to bytes and reading them back: tensor sizes, names and
+    /// shapes against the architecture, finite values, the metadata's ranges.
+    pub fn check(&self) -> Result<()> {
+        load_bytes(&to_bytes(&self.meta, &self.tensors)?, Path::new("the checkpoint")).map(drop)
+    }
+
     pub fn has_optimizer_state(&self) -> bool {
         self.tensors.iter().any(|t| state_tensor_weight(&t.name, &self.meta.optimizer).is_some())
     }
@@ -104,6 +111,11 @@ impl Checkpoint {
 
 /// Writes weights (and optimizer state, when given) atomically (see atomic_file.rs).
 pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Result<()> {
+    write_atomically(path, &to_bytes(meta, tensors)?)
+}
+
+/// The safetensors file `save` writes, in memory.
+fn to_bytes(meta: &CheckpointMeta, tensors: &[HostTensor]) -> Result<Vec<u8>> {
     let best_weights = match &meta.recipe.early_stopping {
         // The best epoch's weights when they are not this checkpoint's own.
         Some(e) if e.best_epoch != meta.epoch => e.best_weights.as_deref().unwrap_or_default(),
@@ -111,6 +123,18 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Resul
     };
     let renamed: Vec<HostTensor> = best_weights.iter().map(|t| HostTensor { name: format!("{}{BEST_WEIGHTS}", t.name), ..t.clone() }).collect();
     let tensors: Vec<&HostTensor> = tensors.iter().chain(&renamed).collect();
+    for t in &tensors {
+        let needs = t.dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if needs != Some(t.data.len()) {
+            bail!(
+                "tensor '{}' has {} values, but its shape {:?} needs {}",
+                t.name,
+                t.data.len(),
+                t.dims,
+                needs.map_or("more than fit in memory".into(), |n| n.to_string())
+            );
+        }
+    }
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| bytemuck::cast_slice(&t.data).to_vec()).collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
@@ -151,8 +175,7 @@ pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Resul
     if let Some(r) = &meta.recipe.reduce_lr {
         info.insert("reduce_lr_on_plateau".to_string(), serde_json::to_string(r)?);
     }
-    let data = safetensors::serialize(views, &Some(info)).map_err(|e| anyhow!("serialising checkpoint: {e:?}"))?;
-    write_atomically(path, &data)
+    safetensors::serialize(views, &Some(info)).map_err(|e| anyhow!("serialising checkpoint: {e:?}"))
 }
 
 /// The weight a state tensor `<param>.<slot>` of `optimizer` belongs to (None: not one).
@@ -273,7 +296,23 @@ fn expected_tensors(model: &Model) -> Vec<(String, Vec<usize>, bool)> {
 /// tensor's name, dtype and shape are checked against its architecture before any tensor is
 /// copied, so a hostile file cannot make the loader allocate more than the file's own size.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    load_bytes(&crate::fallible::read_capped(path, MAX_CHECKPOINT_BYTES, "a checkpoint")?, path)
+    let bytes = crate::fallible::read_capped(path, MAX_CHECKPOINT_BYTES, "a checkpoint").map_err(|e| with_replaced_hint(e, path))?;
+    load_bytes(&bytes, path)
+}
+
+/// A checkpoint missing because an `--overwrite` run was killed before it saved an epoch: the
+/// previous run's copy waits in the folder aside, which the next `train` there puts back.
+fn with_replaced_hint(e: anyhow::Error, path: &Path) -> anyhow::Error {
+    let folder = crate::run_dir::folder_of(path);
+    let aside = path.file_name().map(|name| folder.join(crate::run_dir::REPLACED_FOLDER).join(name));
+    match aside.filter(|a| !path.exists() && a.is_file()) {
+        Some(a) => e.context(format!(
+            "the previous run's copy is {} (an --overwrite run stopped before it saved an epoch); the next `gpu-cnn train --out {}` puts it back",
+            a.display(),
+            folder.display()
+        )),
+        None => e,
+    }
 }
 
 /// As `load`, from the file's bytes (`path` names it in errors).

@@ -117,11 +117,18 @@ impl Classifier {
     pub fn load_with_batch(path: impl AsRef<Path>, device: Device, max_batch: usize) -> Result<Classifier> {
         let path = path.as_ref();
         let ck = checkpoint::load(path)?;
-        Self::from_checkpoint(ck, device, max_batch).with_context(|| path.display().to_string())
+        Self::from_checked(ck, device, max_batch).with_context(|| path.display().to_string())
     }
 
     /// A classifier from checkpoint contents already in memory.
     pub fn from_checkpoint(ck: Checkpoint, device: Device, max_batch: usize) -> Result<Classifier> {
+        // Its fields are public: held to what `load` holds a file to.
+        ck.check()?;
+        Self::from_checked(ck, device, max_batch)
+    }
+
+    /// `from_checkpoint` for a checkpoint `checkpoint::load` has already checked.
+    fn from_checked(ck: Checkpoint, device: Device, max_batch: usize) -> Result<Classifier> {
         let model = ck.model().context("its architecture")?;
         if max_batch == 0 {
             bail!("the batch size must be at least 1");

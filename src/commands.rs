@@ -291,23 +291,30 @@ pub fn evaluate(args: &EvaluateArgs, device: DeviceRequest) -> Result<String> {
     with_backend!(device, backend => evaluate_on(backend, args))
 }
 
+/// The folder a checkpoint was trained on, split as training split it (the pipeline settings
+/// come from the checkpoint too); what `evaluate`, `review` and `train --resume` read when no
+/// data flags are given.
+pub fn trained_folder(src: &checkpoint::DataSource) -> ImageFolderArgs {
+    ImageFolderArgs {
+        dir: src.folder.clone(),
+        image_size: None,
+        color: None,
+        background: None,
+        resize: None,
+        interpolation: None,
+        max_pixels: None,
+        val_split: Some(src.val_split),
+        skip_bad: src.skip_bad,
+    }
+}
+
 /// The folder `evaluate` scores and the split it takes: the flags given, filled in from the
 /// checkpoint's data source (same folder, `--val-split`, seed and `--skip-bad` as training).
 pub fn evaluation_folder(args: &EvaluateArgs, ck: &Checkpoint) -> Option<(ImageFolderArgs, u64)> {
     let source = ck.meta.data_source.as_ref();
     let mut images = match (&args.images, source) {
         (Some(given), _) => given.clone(),
-        (None, Some(src)) if args.dataset.is_none() && args.data_dir.is_none() => ImageFolderArgs {
-            dir: src.folder.clone(),
-            image_size: None,
-            color: None,
-            background: None,
-            resize: None,
-            interpolation: None,
-            max_pixels: None,
-            val_split: None,
-            skip_bad: src.skip_bad,
-        },
+        (None, Some(src)) if args.dataset.is_none() && args.data_dir.is_none() => trained_folder(src),
         _ => return None,
     };
     let same_folder = source.is_some_and(|src| images.dir.canonicalize().ok().as_ref() == Some(&src.folder));
@@ -320,6 +327,9 @@ pub fn evaluation_folder(args: &EvaluateArgs, ck: &Checkpoint) -> Option<(ImageF
 }
 
 pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String> {
+    if let Some(out) = args.out.as_deref().filter(|o| crate::run_dir::is_run_folder(o)) {
+        bail!("{}: is a training run's folder, whose report and pictures evaluate would replace; choose another --out", out.display());
+    }
     let ck = checkpoint::load(&args.checkpoint)?;
     let base = ck.preprocessing()?;
     let folder = evaluation_folder(args, &ck);

@@ -50,6 +50,7 @@ pub mod fallible;
 pub mod history;
 pub mod image_pipeline;
 pub mod inference;
+pub mod interrupt;
 pub mod layers;
 pub mod model;
 pub mod network;

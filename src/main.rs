@@ -1,6 +1,6 @@
 //! The `gpu-cnn` command line: parses flags with clap and calls into the library.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gpu_cnn::augment::Augmentation;
 use gpu_cnn::backend::gpu::DeviceRequest;
@@ -12,7 +12,7 @@ use gpu_cnn::model::parse_input_shape;
 use gpu_cnn::optimizer::{OptimizerFlags, OptimizerName};
 use gpu_cnn::predict::PredictArgs;
 use gpu_cnn::schedule::ScheduleKind;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -235,9 +235,18 @@ impl DataCli {
     }
     /// With `--resume` and no data flags, the data set the checkpoint was trained on (as
     /// evaluate does), not a download of CIFAR-10 that could not fit it anyway.
+    /// A checkpoint trained on a folder resumes on that folder, split as before.
     fn options_for_resume(self, resume: Option<&std::path::Path>) -> Result<DataOptions> {
-        let trained_on = resume.and_then(|r| gpu_cnn::checkpoint::load_meta(r).ok()).and_then(|m| commands::dataset_kind_by_name(&m.dataset));
-        self.options_defaulting_to(trained_on.unwrap_or(DatasetKind::Cifar10))
+        let meta = resume.and_then(|r| gpu_cnn::checkpoint::load_meta(r).ok());
+        let no_data_flags = self.dataset.is_none() && self.data_dir.is_none() && self.images.data.is_none();
+        let folder = meta.as_ref().and_then(|m| m.data_source.as_ref()).filter(|_| no_data_flags).map(commands::trained_folder);
+        let trained_on = meta.and_then(|m| commands::dataset_kind_by_name(&m.dataset));
+        let mut options = self.options_defaulting_to(trained_on.unwrap_or(DatasetKind::Cifar10))?;
+        if let Some(folder) = folder {
+            eprintln!("Data: {}, the folder the checkpoint was trained on", folder.dir.display());
+            options.images = Some(folder);
+        }
+        Ok(options)
     }
     fn options_defaulting_to(self, default: DatasetKind) -> Result<DataOptions> {
         Ok(DataOptions {
@@ -498,11 +507,32 @@ fn main() {
         let _ = e.print();
         std::process::exit(if e.use_stderr() { 1 } else { 0 });
     });
+    // Ctrl-C and SIGTERM stop training between steps (see interrupt.rs).
+    if matches!(cli.command, Command::Train(_)) {
+        gpu_cnn::interrupt::install();
+    }
+    // `gpu-cnn evaluate | head -1`: a closed pipe ends the process quietly, as it ends any Unix
+    // tool (Rust ignores SIGPIPE, and then every print to the pipe panics). Not for serve,
+    // which writes to sockets: a client gone is an error there, not the end.
+    #[cfg(unix)]
+    if !matches!(cli.command, Command::Serve(_)) {
+        // SAFETY: restoring a signal's default disposition installs no handler code.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // Errors print as one readable chain ("error: what: why"), never as a panic or backtrace.
     if let Err(e) = run_on_worker_threads(cli) {
         eprintln!("error: {}", gpu_cnn::predict::printable_error(&format!("{e:#}")));
-        std::process::exit(1);
+        let code = e.downcast_ref::<gpu_cnn::interrupt::Interrupted>().map_or(1, |i| 128 + i.signal);
+        std::process::exit(code);
     }
+}
+
+/// Prints a command's result; a full disk or a closed output is an error, not a panic.
+fn print_out(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|_| out.flush()).context("cannot write the output")
 }
 
 /// `run` on a thread of the CPU backend's rayon pool, so each op's parallel loop starts on
@@ -527,7 +557,7 @@ fn run_on_worker_threads(cli: Cli) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Summary { arch, input, classes } => print!("{}", commands::summary(arch.as_deref(), parse_input_shape(&input)?, classes)?),
+        Command::Summary { arch, input, classes } => print_out(&commands::summary(arch.as_deref(), parse_input_shape(&input)?, classes)?)?,
         Command::Train(t) => {
             let args = TrainArgs {
                 data: t.data.options_for_resume(t.resume.as_deref())?,
@@ -571,7 +601,7 @@ fn run(cli: Cli) -> Result<()> {
                 images: e.images.args()?,
                 out: e.out,
             };
-            println!("{}", commands::evaluate(&args, e.run.device.device)?);
+            print_out(&format!("{}\n", commands::evaluate(&args, e.run.device.device)?))?;
         }
         Command::Review(r) => {
             let args = gpu_cnn::review::ReviewArgs {
@@ -582,9 +612,9 @@ fn run(cli: Cli) -> Result<()> {
                 batch_size: r.run.batch_size.unwrap_or(256),
                 json: r.run.json,
             };
-            print!("{}", commands::review(&args, r.run.device.device)?);
+            print_out(&commands::review(&args, r.run.device.device)?)?;
         }
-        Command::Devices => print!("{}", gpu_cnn::device::describe_devices()),
+        Command::Devices => print_out(&gpu_cnn::device::describe_devices())?,
         Command::Bench(b) => commands::bench(&commands::BenchArgs { devices: b.device, quick: b.quick, batches: b.batch, json: b.json })?,
         Command::Predict(p) => {
             let args = PredictArgs {

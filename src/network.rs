@@ -555,6 +555,9 @@ impl<B: Backend> Network<B> {
                 if w.len() != self.model.classes() {
                     bail!("{} class weights for a model with {} classes", w.len(), self.model.classes());
                 }
+                if let Some(v) = w.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                    bail!("class weight {v}: every class weight must be a positive number");
+                }
                 let mut t = self.backend.tensor(w.len())?;
                 self.backend.upload(&mut t, w);
                 Some(t)

@@ -31,26 +31,82 @@ pub fn is_run_folder(dir: &Path) -> bool {
 /// Where `--overwrite` keeps the previous run's files while the new one has saved nothing.
 pub const REPLACED_FOLDER: &str = ".gpu-cnn.replaced";
 
-/// The previous run's files, moved aside by `prepare_fresh`; dropping it settles them (see
-/// RUN_FILES).
+/// The previous run's files, moved aside by `prepare_fresh`: `settle` deletes them once the
+/// new run has saved a whole epoch; dropped unsettled (an error, a signal, a panic), it puts
+/// them back in place of whatever the new run wrote. A run killed outright leaves the folder
+/// aside, and the next run to lock the directory puts them back (`recover`).
 #[derive(Debug)]
 pub struct Replaced {
     dir: PathBuf,
-    names: Vec<&'static str>,
+    settled: bool,
+}
+
+impl Replaced {
+    /// The new run has saved an epoch (checkpoints and history): the old files can go.
+    pub fn settle(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            discard_aside(&self.dir);
+        }
+    }
 }
 
 impl Drop for Replaced {
     fn drop(&mut self) {
-        let aside = self.dir.join(REPLACED_FOLDER);
-        if self.dir.join("last.safetensors").exists() {
-            let _ = std::fs::remove_dir_all(&aside);
-            return;
+        if !self.settled {
+            restore_aside(&self.dir);
         }
-        for name in &self.names {
-            let _ = std::fs::rename(aside.join(name), self.dir.join(name));
-        }
-        let _ = std::fs::remove_dir(&aside);
     }
+}
+
+/// Deletes the folder of replaced files: renamed first, so a kill halfway through deleting
+/// never leaves a partial one where `recover` would put it back.
+fn discard_aside(dir: &Path) {
+    let doomed = dir.join(format!("{REPLACED_FOLDER}.settled-{}", std::process::id()));
+    if std::fs::rename(dir.join(REPLACED_FOLDER), &doomed).is_ok() {
+        let _ = std::fs::remove_dir_all(&doomed);
+    }
+}
+
+/// Puts the replaced files back: the unsettled run's own files go first, so none of them is
+/// left beside the old run's. False when there was nothing aside.
+fn restore_aside(dir: &Path) -> bool {
+    let aside = dir.join(REPLACED_FOLDER);
+    if !aside.is_dir() {
+        return false;
+    }
+    for name in RUN_FILES {
+        let _ = std::fs::remove_file(dir.join(name));
+        let _ = std::fs::rename(aside.join(name), dir.join(name));
+    }
+    let _ = std::fs::remove_dir(&aside);
+    true
+}
+
+/// What a run killed outright (SIGKILL, power loss, a second Ctrl-C) left in a directory,
+/// settled by the next run that locks it: an --overwrite run's folder of replaced files (that
+/// run never saved an epoch, so the old files go back), a half-deleted settled one, and the
+/// temporary files of interrupted writes whose process is gone. Returns notes to print.
+fn recover(dir: &Path) -> Vec<String> {
+    let mut notes = Vec::new();
+    if restore_aside(dir) {
+        notes.push(format!(
+            "{}: put back the files of the run before, which an --overwrite run that stopped before saving an epoch had moved aside",
+            dir.display()
+        ));
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with(&format!("{REPLACED_FOLDER}.settled-")) {
+            let _ = std::fs::remove_dir_all(&path);
+        } else if let Some(pid) = crate::atomic_file::temp_file_pid(&name).filter(|&pid| !process_alive(pid)) {
+            if path.symlink_metadata().is_ok_and(|m| m.is_file()) && std::fs::remove_file(&path).is_ok() {
+                notes.push(format!("{}: removed, a write interrupted when process {pid} stopped", path.display()));
+            }
+        }
+    }
+    notes
 }
 
 /// Holds a run directory's lock until dropped.
@@ -66,7 +122,7 @@ impl Drop for RunDirLock {
 }
 
 /// True when a process with this pid runs (Linux: /proc; elsewhere assumed alive).
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     if !Path::new("/proc/self").exists() {
         return true;
     }
@@ -74,20 +130,40 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// Takes `dir`'s lock (creating the folder), which also proves the folder is writable before
-/// any training. A lock left by a process that is gone is taken over.
+/// any training. A lock left by a process that is gone is taken over, and what that process
+/// left half done is settled (`recover`).
 pub fn lock(dir: &Path) -> Result<RunDirLock> {
+    let lock = take_lock(dir)?;
+    for note in recover(dir) {
+        eprintln!("note: {note}");
+    }
+    Ok(lock)
+}
+
+fn take_lock(dir: &Path) -> Result<RunDirLock> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
     let path = dir.join(LOCK_FILE);
     for _ in 0..3 {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => {
-                f.write_all(std::process::id().to_string().as_bytes()).with_context(|| format!("{}: cannot write", path.display()))?;
+                // A half-written lock would read as stale to the next run: remove it on failure.
+                if let Err(e) = f.write_all(std::process::id().to_string().as_bytes()) {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e).with_context(|| format!("{}: cannot write", path.display()));
+                }
                 return Ok(RunDirLock { path });
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                // Read only a regular file: a FIFO put there would block the read for ever.
+                let text = match path.symlink_metadata() {
+                    Ok(m) if m.is_file() => std::fs::read_to_string(&path).unwrap_or_default(),
+                    Ok(_) => bail!("{}: is not a file (the run directory's lock must be); remove it", path.display()),
+                    Err(_) => String::new(),
+                };
                 match text.trim().parse::<u32>() {
-                    Ok(pid) if process_alive(pid) => bail!(
+                    // Our own pid is stale by definition: we do not hold this lock yet (a run
+                    // as PID 1 in a container finds the lock of the container's last run).
+                    Ok(pid) if pid != std::process::id() && process_alive(pid) => bail!(
                         "{}: another gpu-cnn run (process {pid}) is writing into this folder; wait for it, or choose another --out (if no such run exists, delete {})",
                         dir.display(),
                         path.display()
@@ -133,18 +209,14 @@ pub fn prepare_fresh(dir: &Path, overwrite: bool) -> Result<Option<Replaced>> {
         let more = if files.len() > 4 { format!(" and {} more", files.len() - 4) } else { String::new() };
         bail!("{}: the run directory is not empty ({}{more}); pass --overwrite to replace its files, or choose another --out", dir.display(), shown.join(", "));
     }
+    // `lock` has put back any folder aside that a killed run left, so there is none here.
     let aside = dir.join(REPLACED_FOLDER);
-    // Left by a run that was killed before it saved: the files of the run before that one.
-    if aside.exists() {
-        std::fs::remove_dir_all(&aside).with_context(|| format!("{}: cannot remove (--overwrite)", aside.display()))?;
-    }
     std::fs::create_dir(&aside).with_context(|| format!("{}: cannot create (--overwrite)", aside.display()))?;
-    let mut replaced = Replaced { dir: dir.to_path_buf(), names: Vec::new() };
+    let replaced = Replaced { dir: dir.to_path_buf(), settled: false };
     for name in RUN_FILES {
         let path = dir.join(name);
         if path.exists() {
             std::fs::rename(&path, aside.join(name)).with_context(|| format!("{}: cannot move aside (--overwrite)", path.display()))?;
-            replaced.names.push(name);
         }
     }
     Ok(Some(replaced))

@@ -143,6 +143,14 @@ fn epochs<B: Backend>(
     mut history: Vec<EpochRecord>,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Fitted> {
+    // `Trainer::fit_on` checks all this first; these loops are public too.
+    ds.check()?;
+    crate::commands::check_model_fits_data(&net.model, ds, "the model")?;
+    let largest = opts.batch_size.min(ds.train.len().max(ds.test.len()));
+    if largest == 0 || largest > net.max_batch {
+        bail!("batch size {} does not fit the network's batches of at most {}", opts.batch_size, net.max_batch);
+    }
+    opts.augment.check()?;
     opts.augment.check_input(net.model.input)?;
     let train = net.backend.upload_image_set(&ds.train).context("putting the training set on the device")?;
     let test = net.backend.upload_image_set(&ds.test).context("putting the test set on the device")?;
@@ -251,6 +259,8 @@ fn train_epoch<B: Backend>(
     let bar = progress_bar(steps, opts.progress);
     let mut last_update = Instant::now();
     for (step, batch) in order.chunks(opts.batch_size).enumerate() {
+        // A Ctrl-C or SIGTERM stops the run here, between steps, never inside a save.
+        crate::interrupt::check()?;
         net.learning_rate = recipe.rate(opts.learning_rate, net.step, steps);
         let transforms = (!opts.augment.is_none()).then(|| opts.augment.step_transforms(&ds.train, batch, opts.seed, epoch, step));
         net.train_step_augmented(train, batch, transforms.as_deref()).with_context(|| format!("epoch {} step {}", epoch + 1, step + 1))?;

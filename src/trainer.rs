@@ -234,14 +234,17 @@ impl Trainer {
             bail!("the learning rate must be a positive number");
         }
         let ds = &self.data;
-        if ds.train.is_empty() || ds.test.is_empty() {
-            bail!("{}: the training or test split is empty", ds.name);
-        }
+        ds.check()?;
         plan.optimizer.check()?;
         check_label_smoothing(plan.label_smoothing)?;
-        opts.recipe.schedule.validate()?;
+        opts.recipe.validate()?;
+        opts.augment.check()?;
+        check_layers(&self.layers)?;
         let model = Model::new(&self.layers, ds.input_shape()).context("the architecture does not fit the data")?;
         crate::commands::check_model_fits_data(&model, ds, "the model")?;
+        if let Some((ck, path)) = &self.resume {
+            check_resume(ck, path, &self.layers, plan, ds)?;
+        }
         if self.verbose {
             eprintln!("Device: {}", backend.describe());
             let (h, w, c) = model.input;
@@ -268,7 +271,7 @@ impl Trainer {
             }
         }
         // Dropped in reverse order: the replaced files are settled while the lock is held.
-        let (_lock, _replaced) = match &opts.out_dir {
+        let (_lock, mut replaced) = match &opts.out_dir {
             Some(dir) => {
                 let lock = crate::run_dir::lock(dir)?;
                 let replaced = match self.run_dir {
@@ -285,10 +288,16 @@ impl Trainer {
         if self.verbose {
             print_recipe(plan, &ds.class_names);
         }
-        let fitted = match self.on_epoch.as_mut() {
-            None => train::run(&mut net, ds, opts, history)?,
-            Some(callback) => train::run_with(&mut net, ds, opts, history, &mut |record| callback(record))?,
-        };
+        let on_epoch = &mut self.on_epoch;
+        let fitted = train::run_with(&mut net, ds, opts, history, &mut |record| {
+            // The epoch is saved (checkpoints and history): --overwrite's old files can go.
+            if let Some(r) = replaced.as_mut() {
+                r.settle();
+            }
+            if let Some(callback) = on_epoch.as_mut() {
+                callback(record);
+            }
+        })?;
         let meta = opts.checkpoint_meta(&net, ds, &fitted.history, &fitted.recipe);
         let confusion = match (&self.report, &opts.out_dir) {
             (Some(request), Some(dir)) => {
@@ -305,6 +314,61 @@ impl Trainer {
         tensors.extend(net.optimizer_state()?);
         Ok(TrainedModel { history: fitted.history, checkpoint: Checkpoint { meta, tensors }, device: net.backend.describe(), confusion })
     }
+}
+
+/// Layers built in code must be ones an architecture file could give: the checkpoints store
+/// them as text, and a value `parse_arch` refuses (a dropout rate of 1, a BatchNormalization
+/// epsilon of 0) would make every file the run saves unloadable.
+fn check_layers(layers: &[LayerSpec]) -> Result<()> {
+    let text = format_arch(layers);
+    let parsed = parse_arch(&text).context("the model's layers")?;
+    if parsed != layers {
+        bail!("the model's layers do not read back from their architecture text (a value that is not a number?):\n{text}");
+    }
+    Ok(())
+}
+
+/// A resumed checkpoint must be intact (its fields may have been set in code), of this
+/// model, trained on data of this shape and class count, with epochs left to do, and with
+/// the optimizer whose state it holds.
+pub(crate) fn check_resume(ck: &Checkpoint, path: &std::path::Path, layers: &[LayerSpec], plan: &RunPlan, ds: &Dataset) -> Result<()> {
+    ck.check().with_context(|| format!("{}: cannot be resumed", path.display()))?;
+    // Compared as layers: older checkpoints store the classic text form.
+    if parse_arch(&ck.meta.arch)? != layers {
+        bail!("{} was trained with a different architecture:\n{}", path.display(), ck.meta.arch);
+    }
+    check_resume_fits_data(ck, path, ds, plan.options.epochs)?;
+    let (then, now) = (&ck.meta.optimizer, &plan.optimizer);
+    if then.name() != now.name() || then.slot_names() != now.slot_names() {
+        bail!("{} was trained with {} and holds its state; {} cannot continue it", path.display(), then.describe(), now.describe());
+    }
+    Ok(())
+}
+
+/// A resumed checkpoint must have been trained on data of this shape and class count, and
+/// have epochs left to do.
+pub(crate) fn check_resume_fits_data(ck: &Checkpoint, path: &std::path::Path, ds: &Dataset, epochs: usize) -> Result<()> {
+    if ck.meta.input != ds.input_shape() || ck.meta.class_names.len() != ds.class_names.len() {
+        let (a, b) = (ck.meta.input, ds.input_shape());
+        bail!(
+            "{}: trained on {}x{}x{} images in {} classes ({}), but the data here are {}x{}x{} images in {} classes ({})",
+            path.display(),
+            a.0,
+            a.1,
+            a.2,
+            ck.meta.class_names.len(),
+            ck.meta.dataset,
+            b.0,
+            b.1,
+            b.2,
+            ds.class_names.len(),
+            ds.name
+        );
+    }
+    if ck.meta.history.len() >= epochs {
+        bail!("{} has already done {} epochs; ask for more with --epochs (the total)", path.display(), ck.meta.history.len());
+    }
+    Ok(())
 }
 
 /// The optimizer, loss and recipe lines `gpu-cnn train` prints before the first epoch.

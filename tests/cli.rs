@@ -111,3 +111,47 @@ fn resuming_with_another_architecture_is_refused() {
     );
     assert_eq!(std::fs::read(&last).unwrap(), before, "the saved checkpoint must be untouched");
 }
+
+#[test]
+fn output_that_cannot_be_written_is_an_error_or_a_quiet_end_never_a_panic() {
+    use std::process::{Command, Stdio};
+    // A full disk: exit 1 with the reason.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gpu-cnn")).arg("summary").stdout(full).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write the output") && !err.contains("panicked"), "{err}");
+    // A reader that went away (`gpu-cnn summary | head -0`): the end, quietly, as for any Unix tool.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpu-cnn")).arg("summary").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && out.status.code() != Some(101), "{err}");
+}
+
+#[test]
+fn evaluate_never_writes_into_a_training_run_folder() {
+    let dir = common::temp_dir("cli-eval-out");
+    let run = dir.join("run");
+    let (ok, _, err) = common::run_cli(&[
+        "train",
+        "--dataset",
+        "synthetic",
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "32",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let report = std::fs::read(run.join("report.html")).unwrap();
+    let (ok, _, err) =
+        common::run_cli(&["evaluate", "--checkpoint", run.join("best.safetensors").to_str().unwrap(), "--device", "cpu", "--out", run.to_str().unwrap()]);
+    assert!(!ok && err.contains("is a training run's folder"), "{err}");
+    assert_eq!(std::fs::read(run.join("report.html")).unwrap(), report);
+}

@@ -285,8 +285,10 @@ fn evaluate_and_resume_say_when_the_folder_changed_since_training() {
     assert_eq!((v["images"].as_u64(), v["held_out_changed"].as_bool()), (Some(7), Some(true)), "{err}");
     assert!(err.contains("are not the ones training held out (7 now, 6 then"), "{err}");
     // A resumed run would validate on other images than its first epoch did: it says so too.
-    let (ok, _, err) = run_cli_env(&["train", "--resume", ck, "--data", p, "--epochs", "2", "--device", "cpu"], &env);
+    // (No --data: a resume reads the folder the checkpoint was trained on, not CIFAR-10.)
+    let (ok, _, err) = run_cli_env(&["train", "--resume", ck, "--epochs", "2", "--device", "cpu"], &env);
     assert!(ok, "{err}");
+    assert!(err.contains("the folder the checkpoint was trained on"), "{err}");
     assert!(err.contains("are not the ones training held out (7 now, 6 then"), "{err}");
     // The resumed checkpoint records the split it validated on: evaluate agrees with it again.
     let (ok, out, err) = evaluate();

@@ -189,3 +189,113 @@ fn trainer_resumes_bit_exactly_writes_the_report_and_guards_its_folder() {
         assert!(resumed_dir.join(file).is_file(), "{file} written into the run folder");
     }
 }
+
+/// `Err` with `what` in its text (a panic here fails the test as itself).
+fn refused<T>(result: anyhow::Result<T>, what: &str) -> String {
+    let Err(e) = result else { panic!("accepted; expected an error about {what}") };
+    let text = format!("{e:#}");
+    assert!(text.contains(what), "expected '{what}' in: {text}");
+    text
+}
+
+/// What the CLI refuses flag by flag, built in code instead: a clear `Err` from the library,
+/// never a panic, and nothing written into the run folder.
+#[test]
+fn runs_built_in_code_get_the_checks_the_cli_gets() {
+    use gpu_cnn::augment::Augmentation;
+    use gpu_cnn::layers::{dropout::Dropout, LayerSpec};
+    use gpu_cnn::optimizer::{Optimizer, OptimizerName};
+    let data = || generate(&SyntheticSpec { train: 64, test: 16, height: 12, width: 12, classes: 3, ..Default::default() }, 3);
+    let layers = || gpu_cnn::model::parse_arch("Conv2D(4, 3, activation=\"relu\")\nFlatten()\nDense(3, activation=\"softmax\")").unwrap();
+    let dir = common::temp_dir("library-checks");
+    let config = |epochs| TrainConfig { epochs, device: Device::Cpu, out_dir: Some(dir.clone()), ..Default::default() };
+    let fit = |layers, data, config| Trainer::new(layers, data, config).fit();
+
+    // A label past the classes (the CPU indexed out of bounds; the GPU skipped its loss).
+    let mut bad = data();
+    bad.train.labels[5] = 3;
+    refused(fit(layers(), bad, config(1)), "training image 5 has label 3, but there are 3 classes");
+    // A test split of another shape than the training split.
+    let mut bad = data();
+    bad.test = generate(&SyntheticSpec { train: 0, test: 16, height: 10, width: 10, classes: 3, ..Default::default() }, 3).test;
+    refused(fit(layers(), bad, config(1)), "the test images are 10x10x3 but the training images are 12x12x3");
+    // Layers no architecture file could give: every checkpoint would be unloadable.
+    let mut dropout = layers();
+    dropout.insert(1, LayerSpec::Dropout(Dropout { rate: 1.0 }));
+    refused(fit(dropout, data(), config(1)), "Dropout");
+    // Augmentation factors out of the ranges --augment takes.
+    let rotate = TrainConfig { augment: Augmentation { rotate: 500.0, ..Augmentation::NONE }, ..config(1) };
+    refused(fit(layers(), data(), rotate), "rotate=500");
+    let zoom = TrainConfig { augment: Augmentation { zoom: -0.2, ..Augmentation::NONE }, ..config(1) };
+    refused(fit(layers(), data(), zoom), "zoom=-0.2");
+    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(), "nothing written by a refused run");
+
+    // Resuming: one real epoch first.
+    Trainer::new(layers(), data(), config(1)).fit().unwrap();
+    let last = dir.join("last.safetensors");
+    let ck = || gpu_cnn::checkpoint::load(&last).unwrap();
+    let other_dir = common::temp_dir("library-checks-resumed");
+    let resume =
+        |layers, config: TrainConfig, ck| Trainer::new(layers, data(), TrainConfig { out_dir: Some(other_dir.clone()), ..config }).resume(ck, &last).fit();
+    // Another optimizer whose slots fit (AdamW's are Adam's): it would silently drop or add weight decay.
+    let adamw = TrainConfig { optimizer: Optimizer::keras_default(OptimizerName::AdamW), ..config(2) };
+    refused(resume(layers(), adamw, ck()), "cannot continue it");
+    // The same tensor shapes, another model (an activation differs).
+    let tanh = gpu_cnn::model::parse_arch("Conv2D(4, 3, activation=\"tanh\")\nFlatten()\nDense(3, activation=\"softmax\")").unwrap();
+    refused(resume(tanh, config(2), ck()), "different architecture");
+    // No epochs left: not an empty success.
+    refused(resume(layers(), config(1), ck()), "has already done 1 epochs");
+    // A checkpoint changed in memory: NaN weights, a tensor shorter than its shape.
+    let mut nan = ck();
+    nan.tensors[0].data[0] = f32::NAN;
+    refused(resume(layers(), config(2), nan), "holds NaN");
+    let mut short = ck();
+    short.tensors[0].data.pop();
+    refused(resume(layers(), config(2), short), "cannot be resumed");
+    assert!(!other_dir.exists() || std::fs::read_dir(&other_dir).unwrap().next().is_none(), "nothing written by a refused resume");
+    // The same holds for a classifier from memory (a short tensor panicked on the device thread).
+    let mut short = ck();
+    short.tensors[1].data.truncate(1);
+    refused(Classifier::from_checkpoint(short, Device::Cpu, 8), "has 1 values, but its shape [4] needs 4");
+    let mut nan = ck();
+    nan.tensors[0].data[3] = f32::INFINITY;
+    refused(Classifier::from_checkpoint(nan, Device::Cpu, 8), "holds inf");
+    assert!(Classifier::from_checkpoint(ck(), Device::Cpu, 8).is_ok(), "the checkpoint itself is fine");
+
+    // A plan with class weights that are not positive numbers.
+    let planned = |weights: Vec<f32>| {
+        let mut plan = gpu_cnn::trainer::RunPlan {
+            options: gpu_cnn::train::TrainOptions::new(&gpu_cnn::model::format_arch(&layers()), 1, 8, 0),
+            optimizer: Optimizer::default(),
+            label_smoothing: 0.0,
+            class_weights: Some(weights),
+        };
+        plan.options.out_dir = None;
+        gpu_cnn::trainer::Trainer::planned(data(), plan, gpu_cnn::trainer::RunDir::Fresh).unwrap().fit_on(gpu_cnn::backend::cpu::CpuBackend::new())
+    };
+    refused(planned(vec![1.0, 0.0, 1.0]), "class weight 0");
+    refused(planned(vec![1.0, f32::NAN, 1.0]), "class weight NaN");
+    assert!(planned(vec![1.0, 2.0, 0.5]).is_ok());
+
+    // The loop itself (public): batch size 0 is an error, not a division by zero.
+    let model = gpu_cnn::model::Model::new(&layers(), (12, 12, 3)).unwrap();
+    let mut net = gpu_cnn::network::Network::new(gpu_cnn::backend::cpu::CpuBackend::new(), model, 8, 0).unwrap();
+    let zero = gpu_cnn::train::TrainOptions::new(&gpu_cnn::model::format_arch(&layers()), 1, 0, 0);
+    refused(gpu_cnn::train::run_epochs(&mut net, &data(), &zero, Vec::new()), "batch size 0");
+    let too_big = gpu_cnn::train::TrainOptions::new(&gpu_cnn::model::format_arch(&layers()), 1, 32, 0);
+    refused(gpu_cnn::train::run_epochs(&mut net, &data(), &too_big, Vec::new()), "batch size 32 does not fit");
+}
+
+/// Adam's bias correction past 2^31 steps: both powers are 0, so alpha is the learning rate
+/// (it wrapped to a negative exponent and gave NaN).
+#[test]
+fn adam_alpha_saturates_past_i32_steps() {
+    use gpu_cnn::backend::{AdamConfig, AdamStep};
+    let config = AdamConfig { learning_rate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 };
+    for step in [1u64 << 31, (1 << 32) + 5, 1 << 48] {
+        assert_eq!(AdamStep { config, step }.alpha(), 1e-3, "step {step}");
+    }
+    // Normal steps are unchanged: step 1 gives lr * sqrt(1 - beta2) / (1 - beta1).
+    let (b1, b2) = (0.9f32 as f64, 0.999f32 as f64);
+    assert_eq!(AdamStep { config, step: 1 }.alpha(), (1e-3f32 as f64 * (1.0 - b2).sqrt() / (1.0 - b1)) as f32);
+}

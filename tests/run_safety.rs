@@ -378,3 +378,124 @@ fn epochs_zero_and_mismatched_resumes_get_clear_messages() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("trained on 32x32x3 images in 10 classes (synthetic), but the data here are 28x28x1"), "{err}");
 }
+
+/// Starts an `--overwrite` run into `run_dir` whose first epoch takes seconds (batches of one),
+/// and returns it once that epoch has begun.
+fn start_slow_overwrite(run_dir: &Path) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpu-cnn"))
+        .args(["train", "--dataset", "synthetic", "--device", "cpu", "--batch-size", "1", "--epochs", "2", "--overwrite", "--out", run_dir.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("the run started an epoch").unwrap();
+        if line.starts_with("Epoch 1/") {
+            break;
+        }
+    }
+    // Keep reading (and discarding) so the run never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    child
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    assert!(Command::new("kill").args([name, &child.id().to_string()]).status().unwrap().success());
+}
+
+fn run_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap_or_default()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn an_overwrite_run_stopped_by_a_signal_or_killed_gives_the_old_run_back() {
+    let dir = temp_dir("safety-signal");
+    let run_dir = trained_run(&dir);
+    let before = run_files(&run_dir);
+    assert!(before.iter().any(|(n, _)| n == "best.safetensors"), "{before:?}");
+
+    // Ctrl-C in the first epoch: the run stops between steps, puts the old files back, unlocks.
+    let child = start_slow_overwrite(&run_dir);
+    signal(&child, "-INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "exit code 128 + SIGINT");
+    assert_eq!(run_files(&run_dir), before, "the old run's files, and nothing else (no lock, no folder aside)");
+    // SIGTERM (docker stop) likewise.
+    let child = start_slow_overwrite(&run_dir);
+    signal(&child, "-TERM");
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(143));
+    assert_eq!(run_files(&run_dir), before);
+
+    // Killed outright: the old files wait aside; reading the checkpoint says where.
+    let mut child = start_slow_overwrite(&run_dir);
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+    assert!(run_dir.join(gpu_cnn::run_dir::REPLACED_FOLDER).join("best.safetensors").is_file());
+    let (code, _, err) = run(&["evaluate", "--checkpoint", run_dir.join("best.safetensors").to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(".gpu-cnn.replaced/best.safetensors") && err.contains("puts it back"), "{err}");
+    // The next run into the folder puts them back, then (no --overwrite) refuses the folder.
+    let (code, _, err) = run(&[&["train", "--epochs", "1", "--out", run_dir.to_str().unwrap()], &DATA[..]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("put back the files of the run before") && err.contains("not empty"), "{err}");
+    assert_eq!(run_files(&run_dir), before, "the old run whole again, the killed run's lock taken over and released");
+}
+
+#[test]
+fn overwrite_settles_only_after_a_whole_epoch_is_saved() {
+    use gpu_cnn::run_dir::{lock, prepare_fresh, REPLACED_FOLDER};
+    let dir = temp_dir("safety-settle");
+    for f in ["last.safetensors", "best.safetensors", "history.json"] {
+        std::fs::write(dir.join(f), format!("old {f}")).unwrap();
+    }
+    // The new run saved last.safetensors, then failed (a full disk at best.safetensors): the old
+    // run comes back whole, without the new run's half epoch beside it.
+    let held = lock(&dir).unwrap();
+    let replaced = prepare_fresh(&dir, true).unwrap().expect("files moved aside");
+    std::fs::write(dir.join("last.safetensors"), "new last").unwrap();
+    drop(replaced);
+    assert_eq!(std::fs::read_to_string(dir.join("last.safetensors")).unwrap(), "old last.safetensors");
+    assert_eq!(std::fs::read_to_string(dir.join("best.safetensors")).unwrap(), "old best.safetensors");
+    assert!(!dir.join(REPLACED_FOLDER).exists());
+    // Settled (an epoch saved whole): the old files are gone at once, not at the run's end.
+    let mut replaced = prepare_fresh(&dir, true).unwrap().expect("files moved aside");
+    std::fs::write(dir.join("last.safetensors"), "new last").unwrap();
+    replaced.settle();
+    assert!(!dir.join(REPLACED_FOLDER).exists() && !dir.join("best.safetensors").exists());
+    drop(replaced);
+    assert_eq!(std::fs::read_to_string(dir.join("last.safetensors")).unwrap(), "new last");
+    drop(held);
+}
+
+#[test]
+fn a_lock_settles_what_a_killed_run_left_and_refuses_what_it_cannot_read() {
+    use gpu_cnn::run_dir::{lock, LOCK_FILE};
+    let dir = temp_dir("safety-leftovers");
+    // A lock naming this very process is stale (a container's PID 1 finds its last run's).
+    std::fs::write(dir.join(LOCK_FILE), std::process::id().to_string()).unwrap();
+    // Temporary files of a writer that is gone go; a live writer's stay.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = dir.join(format!(".best.safetensors.{}.3.tmp", gone.id()));
+    let live = dir.join(format!(".model.onnx.{}.0.tmp", std::process::id()));
+    std::fs::write(&dead, "half a checkpoint").unwrap();
+    std::fs::write(&live, "being written").unwrap();
+    let held = lock(&dir).unwrap();
+    assert!(!dead.exists() && live.exists());
+    drop(held);
+    assert_eq!(gpu_cnn::atomic_file::temp_file_pid(".last.safetensors.123.4.tmp"), Some(123));
+    assert_eq!(gpu_cnn::atomic_file::temp_file_pid(".last.safetensors.tmp"), None);
+    // A FIFO where the lock goes: refused at once (reading it blocked for ever).
+    let fifo_dir = temp_dir("safety-fifo-lock");
+    assert!(Command::new("mkfifo").arg(fifo_dir.join(LOCK_FILE)).status().unwrap().success());
+    let err = format!("{:#}", lock(&fifo_dir).expect_err("refused"));
+    assert!(err.contains("is not a file"), "{err}");
+}

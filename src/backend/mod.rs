@@ -321,7 +321,8 @@ impl AdamStep {
     /// The bias-corrected step size alpha, computed in f64 so every backend gets the same f32.
     pub fn alpha(&self) -> f32 {
         let c = &self.config;
-        let t = self.step as i32;
+        // Past i32::MAX both powers are 0 in f64 already: saturate rather than wrap.
+        let t = i32::try_from(self.step).unwrap_or(i32::MAX);
         let b1 = 1.0 - (c.beta1 as f64).powi(t);
         let b2 = 1.0 - (c.beta2 as f64).powi(t);
         (c.learning_rate as f64 * b2.sqrt() / b1) as f32

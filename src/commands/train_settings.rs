@@ -127,7 +127,7 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, held
         }
     }
     if let Some(ck) = resume {
-        check_resume_fits_data(ck, resume_path, ds, args.epochs)?;
+        crate::trainer::check_resume_fits_data(ck, resume_path, ds, args.epochs)?;
     }
     let base = resume.map(Checkpoint::preprocessing).transpose()?;
     let (preprocessing, data_source) = match &args.data.images {
@@ -207,32 +207,6 @@ fn resolve_recipe(args: &TrainArgs, resume: Option<&Checkpoint>, resume_path: &P
         (None, state) => state,
     };
     Ok(Recipe { schedule, early_stopping, reduce_lr })
-}
-
-/// A resumed checkpoint must have been trained on data of this shape and class count, and
-/// have epochs left to do.
-fn check_resume_fits_data(ck: &Checkpoint, path: &Path, ds: &Dataset, epochs: usize) -> Result<()> {
-    if ck.meta.input != ds.input_shape() || ck.meta.class_names.len() != ds.class_names.len() {
-        let (a, b) = (ck.meta.input, ds.input_shape());
-        bail!(
-            "{}: trained on {}x{}x{} images in {} classes ({}), but the data here are {}x{}x{} images in {} classes ({})",
-            path.display(),
-            a.0,
-            a.1,
-            a.2,
-            ck.meta.class_names.len(),
-            ck.meta.dataset,
-            b.0,
-            b.1,
-            b.2,
-            ds.class_names.len(),
-            ds.name
-        );
-    }
-    if ck.meta.history.len() >= epochs {
-        bail!("{} has already done {} epochs; ask for more with --epochs (the total)", path.display(), ck.meta.history.len());
-    }
-    Ok(())
 }
 
 /// A fresh run directory: runs/<dataset>, then runs/<dataset>-2, -3, ... so nothing saved

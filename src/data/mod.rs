@@ -57,6 +57,38 @@ impl Dataset {
     pub fn input_shape(&self) -> (usize, usize, usize) {
         (self.train.height, self.train.width, self.train.channels)
     }
+
+    /// What training needs of a data set, checked before it starts (the loaders make sets
+    /// that pass; a set built in code may not): both splits hold images, of one shape, with
+    /// as many pixels as images, and every label names a class.
+    pub fn check(&self) -> Result<()> {
+        let name = &self.name;
+        if self.class_names.is_empty() {
+            bail!("{name}: the data set has no classes");
+        }
+        for (split, set) in [("training", &self.train), ("test", &self.test)] {
+            if set.is_empty() {
+                bail!("{name}: the {split} split is empty");
+            }
+            let shape = (set.height, set.width, set.channels);
+            if shape != self.input_shape() {
+                let (a, b) = (shape, self.input_shape());
+                bail!("{name}: the {split} images are {}x{}x{} but the training images are {}x{}x{}", a.0, a.1, a.2, b.0, b.1, b.2);
+            }
+            let bytes = set.height.checked_mul(set.width).and_then(|p| p.checked_mul(set.channels)).and_then(|l| l.checked_mul(set.len()));
+            if bytes != Some(set.images.len()) {
+                bail!("{name}: the {split} split has {} labels but {} bytes of {}x{}x{} pixels", set.len(), set.images.len(), shape.0, shape.1, shape.2);
+            }
+            if let Some((i, &label)) = set.labels.iter().enumerate().find(|(_, &l)| l as usize >= self.class_names.len()) {
+                bail!(
+                    "{name}: {split} image {i} has label {label}, but there are {} classes (labels 0 to {})",
+                    self.class_names.len(),
+                    self.class_names.len() - 1
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,0 +1,60 @@
+//! Ctrl-C and SIGTERM during training: the first one asks the run to stop at the end of the
+//! step in progress, so a checkpoint being written is finished, an `--overwrite` run that has
+//! saved nothing puts the old run's files back, and the lock is released. A second signal ends
+//! the process at once (the next run in the folder settles what it left: `run_dir::lock`).
+//! Without a handler a run started as PID 1 in a container ignores SIGTERM altogether.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The signal received, 0 for none.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// The run was stopped by a signal; `main` exits with 128 + its number, as a shell reports it.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let name = match self.signal {
+            2 => "SIGINT (Ctrl-C)".to_string(),
+            15 => "SIGTERM".to_string(),
+            n => format!("signal {n}"),
+        };
+        write!(f, "stopped by {name}; the epochs saved before stay, and --resume continues from last.safetensors")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+#[cfg(unix)]
+extern "C" fn on_signal(signal: libc::c_int) {
+    if RECEIVED.swap(signal, Ordering::SeqCst) != 0 {
+        // SAFETY: signal() and raise() are async-signal-safe; the default action ends the process.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    }
+}
+
+/// Installs the handler for SIGINT and SIGTERM (training only; other commands keep the
+/// default, which ends them at once with nothing to lose).
+pub fn install() {
+    #[cfg(unix)]
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only touches an atomic and async-signal-safe calls.
+        unsafe {
+            libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        }
+    }
+}
+
+/// Err once a signal has arrived: called between training steps.
+pub fn check() -> Result<(), Interrupted> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => Ok(()),
+        signal => Err(Interrupted { signal }),
+    }
+}
