@@ -47,11 +47,23 @@ fn destination(path: &Path) -> Result<PathBuf> {
 
 /// Writes `data` to `path` through a uniquely named temporary file, fsync and rename.
 pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomically_with(path, |tmp| {
+        let mut f = std::fs::OpenOptions::new().write(true).open(tmp)?;
+        f.write_all(data).map_err(Into::into)
+    })
+}
+
+/// As `write_atomically`, with `write` filling the (created, empty) temporary file at the path
+/// it is given: for files streamed out rather than built in memory first (a checkpoint of a
+/// large model would otherwise be held twice or three times while it is written).
+pub fn write_atomically_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let path = &destination(path)?;
     let tmp = temp_path(path);
     let written = (|| -> Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        f.write_all(data).with_context(|| format!("{}: cannot write", path.display()))?;
+        // Created here, never opened over something already there (a planted link).
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        write(&tmp).with_context(|| format!("{}: cannot write", path.display()))?;
+        let f = std::fs::OpenOptions::new().write(true).open(&tmp).with_context(|| format!("{}: cannot write", path.display()))?;
         f.sync_all().with_context(|| format!("{}: cannot write (fsync)", path.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
     })();

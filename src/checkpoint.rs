@@ -5,7 +5,6 @@
 //! shape, class names, epoch, step, seed, optimizer, augmentation, history) as string metadata.
 //! Written to a temporary file and renamed, so a crash never leaves half a file.
 
-use crate::atomic_file::write_atomically;
 use crate::augment::Augmentation;
 use crate::callbacks::Recipe;
 use crate::history::EpochRecord;
@@ -109,38 +108,54 @@ impl Checkpoint {
     }
 }
 
-/// Writes weights (and optimizer state, when given) atomically (see atomic_file.rs).
+/// Writes weights (and optimizer state, when given) atomically (see atomic_file.rs), streamed
+/// from the tensors to the file: no copy of the model in memory while it is written.
 pub fn save(path: &Path, meta: &CheckpointMeta, tensors: &[HostTensor]) -> Result<()> {
-    write_atomically(path, &to_bytes(meta, tensors)?)
+    let (views, info) = file_contents(meta, tensors)?;
+    crate::atomic_file::write_atomically_with(path, |tmp| {
+        safetensors::serialize_to_file(views, &Some(info), tmp).map_err(|e| match e {
+            // "No space left on device", "File too large": as any write says it.
+            safetensors::SafeTensorError::IoError(io) => anyhow::Error::from(io),
+            e => anyhow!("serialising checkpoint: {e:?}"),
+        })
+    })
 }
 
-/// The safetensors file `save` writes, in memory.
+/// The safetensors file `save` writes, in memory (for `Checkpoint::check`).
 fn to_bytes(meta: &CheckpointMeta, tensors: &[HostTensor]) -> Result<Vec<u8>> {
+    let (views, info) = file_contents(meta, tensors)?;
+    safetensors::serialize(views, &Some(info)).map_err(|e| anyhow!("serialising checkpoint: {e:?}"))
+}
+
+// The tensors are written as their f32s' bytes; checkpoints are little-endian.
+const _: () = assert!(cfg!(target_endian = "little"), "checkpoints store the f32s' in-memory bytes, which must be little-endian");
+
+/// What a checkpoint file holds: named views of tensor data, and the string metadata.
+type FileContents<'a> = (Vec<(String, TensorView<'a>)>, HashMap<String, String>);
+
+/// A checkpoint file's tensors (views of `tensors`' own data, and of EarlyStopping's best
+/// weights when they are not this checkpoint's) and its metadata.
+fn file_contents<'a>(meta: &'a CheckpointMeta, tensors: &'a [HostTensor]) -> Result<FileContents<'a>> {
     let best_weights = match &meta.recipe.early_stopping {
         // The best epoch's weights when they are not this checkpoint's own.
         Some(e) if e.best_epoch != meta.epoch => e.best_weights.as_deref().unwrap_or_default(),
         _ => &[],
     };
-    let renamed: Vec<HostTensor> = best_weights.iter().map(|t| HostTensor { name: format!("{}{BEST_WEIGHTS}", t.name), ..t.clone() }).collect();
-    let tensors: Vec<&HostTensor> = tensors.iter().chain(&renamed).collect();
-    for t in &tensors {
+    let named = tensors.iter().map(|t| (t.name.clone(), t)).chain(best_weights.iter().map(|t| (format!("{}{BEST_WEIGHTS}", t.name), t)));
+    let mut views = Vec::new();
+    for (name, t) in named {
         let needs = t.dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         if needs != Some(t.data.len()) {
             bail!(
-                "tensor '{}' has {} values, but its shape {:?} needs {}",
-                t.name,
+                "tensor '{name}' has {} values, but its shape {:?} needs {}",
                 t.data.len(),
                 t.dims,
                 needs.map_or("more than fit in memory".into(), |n| n.to_string())
             );
         }
+        let view = TensorView::new(Dtype::F32, t.dims.clone(), bytemuck::cast_slice(&t.data)).map_err(|e| anyhow!("{name}: {e:?}"))?;
+        views.push((name, view));
     }
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| bytemuck::cast_slice(&t.data).to_vec()).collect();
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|(t, b)| Ok((t.name.clone(), TensorView::new(Dtype::F32, t.dims.clone(), b).map_err(|e| anyhow!("{}: {e:?}", t.name))?)))
-        .collect::<Result<_>>()?;
     let (h, w, c) = meta.input;
     let mut info = HashMap::new();
     info.insert("format".to_string(), FORMAT.to_string());
@@ -175,7 +190,7 @@ fn to_bytes(meta: &CheckpointMeta, tensors: &[HostTensor]) -> Result<Vec<u8>> {
     if let Some(r) = &meta.recipe.reduce_lr {
         info.insert("reduce_lr_on_plateau".to_string(), serde_json::to_string(r)?);
     }
-    safetensors::serialize(views, &Some(info)).map_err(|e| anyhow!("serialising checkpoint: {e:?}"))
+    Ok((views, info))
 }
 
 /// The weight a state tensor `<param>.<slot>` of `optimizer` belongs to (None: not one).

@@ -128,7 +128,7 @@ impl Classifier {
     }
 
     /// `from_checkpoint` for a checkpoint `checkpoint::load` has already checked.
-    fn from_checked(ck: Checkpoint, device: Device, max_batch: usize) -> Result<Classifier> {
+    pub(crate) fn from_checked(ck: Checkpoint, device: Device, max_batch: usize) -> Result<Classifier> {
         let model = ck.model().context("its architecture")?;
         if max_batch == 0 {
             bail!("the batch size must be at least 1");

@@ -405,7 +405,10 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     check_model_fits_data(&model, &ds, &format!("{}", args.checkpoint.display()))?;
     let device = backend.describe();
     // Reports the loss as training reported val_loss (Keras's compiled loss, smoothing included).
-    let mut net = crate::inference::inference_network(backend, &ck, args.batch_size.max(1)).with_context(|| args.checkpoint.display().to_string())?;
+    // Never buffers for more images than there are (a big model's default batch of 256 may not
+    // fit a small device when 12 images would).
+    let batch = args.batch_size.clamp(1, ds.test.len().max(1));
+    let mut net = crate::inference::inference_network(backend, &ck, batch).with_context(|| format!("{}: at batch size {batch}", args.checkpoint.display()))?;
     let test = net.backend.upload_image_set(&ds.test)?;
     let m = net.evaluate(&test, ds.test.len())?;
     // Metrics first: a report that cannot be written must not hide them.

@@ -8,7 +8,7 @@ use crate::layers::{Backward, Forward, Init, LayerSpec, ParamSpec, Scratch};
 use crate::model::{Layer, Model};
 use crate::optimizer::Optimizer;
 use crate::rng::Rng;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// A tensor copied to the host, named as in checkpoints ("conv2d.kernel").
 #[derive(Clone, Debug, PartialEq)]
@@ -323,35 +323,45 @@ impl<B: Backend> Network<B> {
             absorbed_pool,
             trains,
         };
-        net.init_weights(seed);
+        net.init_weights(seed)?;
         Ok(net)
     }
 
     /// Every tensor from its ParamSpec's `Init`; zero Adam moments. Glorot draws come from one
     /// stream per layer (seed, INIT_WEIGHTS, layer index), in the layer's tensor order.
-    pub fn init_weights(&mut self, seed: u64) {
+    pub fn init_weights(&mut self, seed: u64) -> Result<()> {
         self.seed = seed;
+        // The host-side values of the largest tensor, allocated fallibly: on a GPU they are
+        // not part of the memory check, and a Dense of 10^8 weights is 400 MB here.
+        let filled = |len: usize, value: f32| -> Result<Vec<f32>> {
+            let mut v = crate::fallible::with_capacity(len).context("initialising the weights")?;
+            v.resize(len, value);
+            Ok(v)
+        };
         for (i, state) in self.state.iter_mut().enumerate() {
             let mut rng = Rng::derive(seed, crate::rng::purpose::INIT_WEIGHTS, i as u64);
             for (spec, value) in state.specs.iter().zip(&mut state.values) {
                 let data: Vec<f32> = match spec.init {
                     Init::GlorotUniform { fan_in, fan_out } => {
                         let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
-                        (0..spec.len()).map(|_| (rng.unit_f32() * 2.0 - 1.0) * limit).collect()
+                        let mut v = filled(spec.len(), 0.0)?;
+                        v.iter_mut().for_each(|w| *w = (rng.unit_f32() * 2.0 - 1.0) * limit);
+                        v
                     }
-                    Init::Zeros => vec![0.0; spec.len()],
-                    Init::Ones => vec![1.0; spec.len()],
+                    Init::Zeros => filled(spec.len(), 0.0)?,
+                    Init::Ones => filled(spec.len(), 1.0)?,
                 };
                 self.backend.upload(value, &data);
             }
             for (spec, slots) in state.specs.iter().filter(|s| s.trainable).zip(&mut state.slots) {
-                let zeros = vec![0.0; spec.len()];
+                let zeros = filled(spec.len(), 0.0)?;
                 for slot in slots {
                     self.backend.upload(slot, &zeros);
                 }
             }
         }
         self.step = 0;
+        Ok(())
     }
 
     pub fn optimizer(&self) -> Optimizer {
@@ -709,15 +719,36 @@ pub fn param_name(layer: &Layer, spec: &ParamSpec) -> String {
 /// Refuses a batch size (or model) whose buffers could never fit this machine, before allocating.
 fn check_memory(model: &Model, batch: usize, host_memory: bool) -> Result<()> {
     let gb = |b: u64| b as f64 / 1e9;
-    match (model.memory_bytes(batch), crate::system_info::usable_memory_bytes().filter(|_| host_memory)) {
-        (None, _) => bail!("batch size {batch}: the model's buffers for that many images would exceed the address space; use a smaller batch size"),
+    let scratch = if host_memory { cpu_conv_scratch_bytes(model) } else { Some(0) };
+    let need = model.memory_bytes(batch).zip(scratch).and_then(|(a, b)| a.checked_add(b));
+    let advice = match batch {
+        1 => "the model is too large for this machine".to_string(),
+        _ => "use a smaller batch size".to_string(),
+    };
+    match (need, crate::system_info::usable_memory_bytes().filter(|_| host_memory)) {
+        (None, _) => bail!("batch size {batch}: the model's buffers for that many images would exceed the address space; {advice}"),
         (Some(need), Some(total)) if need as u64 > total => {
             bail!(
-                "batch size {batch}: the model's buffers need {:.1} GB, more than the {:.1} GB of memory this process may use; use a smaller batch size",
+                "batch size {batch}: the model's buffers need {:.1} GB, more than the {:.1} GB of memory this process may use; {advice}",
                 gb(need as u64),
                 gb(total)
             )
         }
         _ => Ok(()),
     }
+}
+
+/// The CPU backend's im2col blocks: each thread unfolds at least one image of a conv at a
+/// time (patch x output pixels), allocated when the conv first runs, so a huge input must be
+/// refused here rather than abort there. An upper bound: convs the backend runs directly or
+/// by Winograd need less.
+fn cpu_conv_scratch_bytes(model: &Model) -> Option<usize> {
+    let widest = model.layers.iter().try_fold(0usize, |most, l| match &l.spec {
+        LayerSpec::Conv2D(c) => {
+            let s = c.shape(&l.input);
+            Some(most.max(s.patch_len().checked_mul(s.out_h)?.checked_mul(s.out_w)?))
+        }
+        _ => Some(most),
+    })?;
+    widest.checked_mul(rayon::current_num_threads().max(1))?.checked_mul(std::mem::size_of::<f32>())
 }

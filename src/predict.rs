@@ -192,8 +192,9 @@ pub fn predict_on(request: DeviceRequest, args: &PredictArgs, out: &mut dyn Writ
     if files.is_empty() {
         bail!("no image files found in {}", args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
-    let batch = args.batch_size.clamp(1, 4096);
-    let classifier = Classifier::from_checkpoint(ck, request.into(), batch).with_context(|| args.checkpoint.display().to_string())?;
+    // No buffers for more images than there are files.
+    let batch = args.batch_size.clamp(1, files.len().clamp(1, 4096));
+    let classifier = Classifier::from_checked(ck, request.into(), batch).with_context(|| format!("{}: at batch size {batch}", args.checkpoint.display()))?;
     let bar = if args.progress && files.len() > batch { indicatif::ProgressBar::new(files.len() as u64) } else { indicatif::ProgressBar::hidden() };
     if let Ok(style) = indicatif::ProgressStyle::with_template("{pos}/{len} images [{bar:30}] {per_sec} eta {eta}") {
         bar.set_style(style.progress_chars("=> "));

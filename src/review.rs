@@ -98,7 +98,8 @@ pub fn review_on<B: Backend>(backend: B, args: &ReviewArgs) -> Result<String> {
         Split::Validation => (&ds.test, &folder.test_files, "validation"),
         Split::Train => (&ds.train, &folder.train_files, "training"),
     };
-    let mut net = crate::inference::inference_network(backend, &ck, args.batch_size.clamp(1, 4096)).with_context(|| args.checkpoint.display().to_string())?;
+    let batch = args.batch_size.clamp(1, set.len().clamp(1, 4096));
+    let mut net = crate::inference::inference_network(backend, &ck, batch).with_context(|| format!("{}: at batch size {batch}", args.checkpoint.display()))?;
     let data = net.backend.upload_images(&set.images, &set.labels, set.image_len())?;
     let probs = probabilities(&mut net, &data, set.len())?;
     let classes = ds.class_names.len();

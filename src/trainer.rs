@@ -233,6 +233,9 @@ impl Trainer {
         if !(opts.learning_rate > 0.0 && opts.learning_rate.is_finite()) {
             bail!("the learning rate must be a positive number");
         }
+        if self.report.is_some() && opts.out_dir.is_none() {
+            bail!("a run report is written into the run directory: set TrainConfig::out_dir (or leave out .report())");
+        }
         let ds = &self.data;
         ds.check()?;
         plan.optimizer.check()?;
@@ -257,7 +260,10 @@ impl Trainer {
             asked if asked == batch_size => format!("batch size {asked}"),
             asked => format!("batch size {asked} ({batch_size} images: all the data)"),
         };
-        let mut net = Network::new(backend, model, batch_size, opts.seed).with_context(|| format!("{batch_text} does not fit the device"))?;
+        let mut net = Network::new(backend, model, batch_size, opts.seed).with_context(|| match batch_size {
+            1 => "the model does not fit the device, even at batch size 1".to_string(),
+            _ => format!("{batch_text} does not fit the device"),
+        })?;
         net.set_optimizer(plan.optimizer)?;
         net.label_smoothing = plan.label_smoothing;
         net.set_class_weights(plan.class_weights.as_deref())?;

@@ -228,6 +228,9 @@ fn runs_built_in_code_get_the_checks_the_cli_gets() {
     refused(fit(layers(), data(), rotate), "rotate=500");
     let zoom = TrainConfig { augment: Augmentation { zoom: -0.2, ..Augmentation::NONE }, ..config(1) };
     refused(fit(layers(), data(), zoom), "zoom=-0.2");
+    // A report asked for with nowhere to write it (it was silently skipped).
+    let nowhere = TrainConfig { out_dir: None, ..config(1) };
+    refused(Trainer::new(layers(), data(), nowhere).report(None).fit(), "run report");
     assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(), "nothing written by a refused run");
 
     // Resuming: one real epoch first.

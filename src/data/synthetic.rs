@@ -48,7 +48,13 @@ fn make_split(spec: &SyntheticSpec, n: usize, rng: &mut Rng) -> ImageSet {
     set
 }
 
+/// The data set of `spec`, seeded.
+///
+/// # Panics
+/// With `classes` 0 or over 256 (labels are u8), or sizes whose pixels do not fit in memory:
+/// a generator for tests and demos, whose spec is the program's own.
 pub fn generate(spec: &SyntheticSpec, seed: u64) -> Dataset {
+    assert!((1..=256).contains(&spec.classes), "SyntheticSpec::classes must be 1 to 256, not {}", spec.classes);
     let mut rng = Rng::new(seed ^ 0x5EED_DA7A);
     let train = make_split(spec, spec.train, &mut rng);
     let test = make_split(spec, spec.test, &mut rng);

@@ -1,6 +1,6 @@
 //! Drawing primitives on an RGB image: rectangles, thick lines and text in an 8x8 bitmap font
 //! (font8x8: public-domain glyphs, MIT crate), drawn at an integer scale so it stays crisp.
-//! Glyphs outside ASCII are drawn as '?'.
+//! Glyphs outside ASCII, Latin-1, Greek and Hiragana are drawn as '?'.
 
 pub use image::{Rgb, RgbImage};
 
@@ -55,9 +55,18 @@ pub fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), thic
     }
 }
 
+/// The 8x8 glyph of `c`: ASCII, Latin-1 (é, ü, ß, ñ, ø: most European catalogue names),
+/// Greek and Hiragana as font8x8 draws them; '?' for anything else.
 fn glyph(c: char) -> [u8; 8] {
-    let code = if c.is_ascii() && !c.is_ascii_control() { c as usize } else { '?' as usize };
-    font8x8::legacy::BASIC_LEGACY[code]
+    use font8x8::legacy::{BASIC_LEGACY, GREEK_LEGACY, HIRAGANA_LEGACY, LATIN_LEGACY};
+    let code = c as usize;
+    match code {
+        0x20..=0x7E => BASIC_LEGACY[code],
+        0xA0..=0xFF => LATIN_LEGACY[code - 0xA0],
+        0x390..=0x3C9 => GREEK_LEGACY[code - 0x390],
+        0x3040..=0x309F => HIRAGANA_LEGACY[code - 0x3040],
+        _ => BASIC_LEGACY['?' as usize],
+    }
 }
 
 /// Width in pixels of `text` drawn at `scale`.
@@ -116,5 +125,23 @@ pub fn clip_text(text: &str, width: u32, scale: u32) -> String {
         let mut s: String = text.chars().take(max.saturating_sub(1)).collect();
         s.push('~');
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glyph;
+
+    #[test]
+    fn european_greek_and_hiragana_names_get_their_own_glyphs_and_the_rest_a_question_mark() {
+        let question = glyph('?');
+        for c in ['é', 'ü', 'ß', 'ñ', 'ø', 'Å', 'Ω', 'λ', 'あ'] {
+            assert_ne!(glyph(c), question, "{c}");
+            assert_ne!(glyph(c), [0; 8], "{c} draws something");
+        }
+        assert_ne!(glyph('é'), glyph('e'));
+        for c in ['中', 'ł', '\u{202E}', '\u{7}', '\u{85}'] {
+            assert_eq!(glyph(c), question, "{c:?}");
+        }
     }
 }
