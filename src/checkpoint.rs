@@ -286,6 +286,18 @@ fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMe
             bail!("{}: metadata class_weights must be {} positive numbers, one per class; the checkpoint is damaged", path.display(), meta.class_names.len());
         }
     }
+    // A resume continues from the history's length, and the report plots it: its records are
+    // epochs 1, 2, ... in order, with accuracies that are fractions.
+    for (i, r) in meta.history.iter().enumerate() {
+        if r.epoch != i + 1 {
+            bail!("{}: metadata history holds epoch {} where epoch {} belongs; the checkpoint is damaged", path.display(), r.epoch, i + 1);
+        }
+        if let Some((name, v)) =
+            [("accuracy", r.accuracy), ("val_accuracy", r.val_accuracy)].into_iter().find(|(_, v)| v.is_finite() && !(0.0..=1.0).contains(v))
+        {
+            bail!("{}: metadata history gives epoch {} {name} {v}, not a fraction; the checkpoint is damaged", path.display(), r.epoch);
+        }
+    }
     if meta.step > MAX_STEP {
         bail!("{}: metadata step {} is not a plausible Adam step count (over 2^48); the checkpoint is damaged", path.display(), meta.step);
     }

@@ -76,6 +76,17 @@ fn checkpoints_with_null_or_nan_history_still_load_and_absurd_steps_are_refused(
     checkpoint::save(&dir.join("nan.safetensors"), &meta, &ck.tensors).unwrap();
     let again = checkpoint::load(&dir.join("nan.safetensors")).unwrap();
     assert!(again.meta.history[0].loss.is_nan() && again.meta.history[0].val_loss == f64::INFINITY);
+    // A history out of order, or an accuracy that is no fraction: damage, named.
+    for (edit, needle) in [(r#""epoch":1"#, r#""epoch":2"#), (r#""val_accuracy":"#, r#""val_accuracy":7,"was":"#)] {
+        let damaged = dir.join("history.safetensors");
+        with_metadata(&last, &damaged, |m| {
+            let h = m["history"].replacen(edit, needle, 1);
+            m.insert("history".into(), h);
+        });
+        let Err(e) = checkpoint::load(&damaged) else { panic!("{needle}: accepted") };
+        let err = format!("{e:#}");
+        assert!(err.contains("metadata history") && err.contains("damaged"), "{needle}: {err}");
+    }
 
     let wrapped = dir.join("step.safetensors");
     with_metadata(&last, &wrapped, |m| {
@@ -232,9 +243,9 @@ fn a_resume_never_replaces_a_better_best_or_a_later_last() {
     let dir = temp_dir("safety-resume");
     let run_dir = trained_run(&dir);
     let (last, best) = (run_dir.join("last.safetensors"), run_dir.join("best.safetensors"));
-    // The folder's best claims a validation accuracy no epoch can beat.
+    // The folder's best claims a perfect validation accuracy, which no epoch can beat.
     with_metadata(&best.clone(), &best, |m| {
-        let h = m["history"].replace(r#""val_accuracy":"#, r#""val_accuracy":1.5,"was":"#);
+        let h = m["history"].replace(r#""val_accuracy":"#, r#""val_accuracy":1,"was":"#);
         m.insert("history".into(), h);
     });
     let best_bytes = std::fs::read(&best).unwrap();
@@ -498,4 +509,30 @@ fn a_lock_settles_what_a_killed_run_left_and_refuses_what_it_cannot_read() {
     assert!(Command::new("mkfifo").arg(fifo_dir.join(LOCK_FILE)).status().unwrap().success());
     let err = format!("{:#}", lock(&fifo_dir).expect_err("refused"));
     assert!(err.contains("is not a file"), "{err}");
+}
+
+#[test]
+fn runs_started_together_without_out_take_their_own_folders() {
+    let dir = temp_dir("safety-default-out");
+    let children: Vec<_> = (0..3)
+        .map(|seed| {
+            Command::new(env!("CARGO_BIN_EXE_gpu-cnn"))
+                .current_dir(&dir)
+                .args(["train", "--epochs", "1", "--seed", &seed.to_string()])
+                .args(DATA)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut runs: Vec<String> = std::fs::read_dir(dir.join("runs")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    runs.sort();
+    assert_eq!(runs, ["synthetic", "synthetic-2", "synthetic-3"]);
+    let seeds: std::collections::BTreeSet<u64> =
+        runs.iter().map(|r| checkpoint::load(&dir.join("runs").join(r).join("last.safetensors")).unwrap().meta.seed).collect();
+    assert_eq!(seeds.len(), 3, "each run in its own folder");
 }

@@ -158,7 +158,7 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, held
     let out = match (&args.out, &args.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) if continues_run(r, &folder_of(r)) => folder_of(r),
-        (None, _) => fresh_run_dir(&ds.name),
+        (None, _) => fresh_run_dir(&ds.name)?,
     };
     let options = TrainOptions {
         epochs: args.epochs,
@@ -210,8 +210,18 @@ fn resolve_recipe(args: &TrainArgs, resume: Option<&Checkpoint>, resume_path: &P
 }
 
 /// A fresh run directory: runs/<dataset>, then runs/<dataset>-2, -3, ... so nothing saved
-/// by an earlier run is overwritten.
-fn fresh_run_dir(dataset: &str) -> PathBuf {
+/// by an earlier run is overwritten. Each is claimed by creating it (which only one process
+/// can do), so runs started together take different folders instead of one refusing the other.
+fn fresh_run_dir(dataset: &str) -> Result<PathBuf> {
     let base = PathBuf::from("runs");
-    (1..).map(|i| if i == 1 { base.join(dataset) } else { base.join(format!("{dataset}-{i}")) }).find(|p| !p.exists()).unwrap()
+    std::fs::create_dir_all(&base).with_context(|| format!("{}: cannot create", base.display()))?;
+    for i in 1..100_000 {
+        let dir = if i == 1 { base.join(dataset) } else { base.join(format!("{dataset}-{i}")) };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot create the run directory", dir.display())),
+        }
+    }
+    bail!("{}: no free run folder name for {dataset} (give --out)", base.display())
 }
