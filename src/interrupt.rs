@@ -1,13 +1,18 @@
-//! Ctrl-C and SIGTERM during training: the first one asks the run to stop at the end of the
-//! step in progress, so a checkpoint being written is finished, an `--overwrite` run that has
-//! saved nothing puts the old run's files back, and the lock is released. A second signal ends
-//! the process at once (the next run in the folder settles what it left: `run_dir::lock`).
-//! Without a handler a run started as PID 1 in a container ignores SIGTERM altogether.
+//! Ctrl-C and SIGTERM during training: while the training loop runs (`armed`), the first one
+//! asks the run to stop at the end of the step in progress, so a checkpoint being written is
+//! finished, an `--overwrite` run that has saved nothing puts the old run's files back, and the
+//! lock is released. A second signal, or one outside the loop, ends the process at once (the
+//! next run in the folder settles what it left: `run_dir::lock`). Without a handler a run
+//! started as PID 1 in a container ignores SIGTERM altogether.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// The signal received, 0 for none.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// Whether a training loop is running that checks for the signal; outside one (loading the
+/// data, writing the report) a signal takes its default action at once.
+static ARMED: AtomicBool = AtomicBool::new(false);
 
 /// The run was stopped by a signal; `main` exits with 128 + its number, as a shell reports it.
 #[derive(Debug)]
@@ -30,7 +35,7 @@ impl std::error::Error for Interrupted {}
 
 #[cfg(unix)]
 extern "C" fn on_signal(signal: libc::c_int) {
-    if RECEIVED.swap(signal, Ordering::SeqCst) != 0 {
+    if RECEIVED.swap(signal, Ordering::SeqCst) != 0 || !ARMED.load(Ordering::SeqCst) {
         // SAFETY: signal() and raise() are async-signal-safe; the default action ends the process.
         unsafe {
             libc::signal(signal, libc::SIG_DFL);
@@ -48,6 +53,20 @@ pub fn install() {
         unsafe {
             libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
         }
+    }
+}
+
+/// While the returned guard lives, the first signal only asks the loop to stop (`check`).
+pub fn armed() -> Armed {
+    ARMED.store(true, Ordering::SeqCst);
+    Armed
+}
+
+pub struct Armed;
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        ARMED.store(false, Ordering::SeqCst);
     }
 }
 

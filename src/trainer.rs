@@ -295,6 +295,8 @@ impl Trainer {
             print_recipe(plan, &ds.class_names);
         }
         let on_epoch = &mut self.on_epoch;
+        // A Ctrl-C from here on stops the loop between steps (when the CLI installed the handler).
+        let armed = crate::interrupt::armed();
         let fitted = train::run_with(&mut net, ds, opts, history, &mut |record| {
             // The epoch is saved (checkpoints and history): --overwrite's old files can go.
             if let Some(r) = replaced.as_mut() {
@@ -304,6 +306,7 @@ impl Trainer {
                 callback(record);
             }
         })?;
+        drop(armed);
         let meta = opts.checkpoint_meta(&net, ds, &fitted.history, &fitted.recipe);
         let confusion = match (&self.report, &opts.out_dir) {
             (Some(request), Some(dir)) => {
