@@ -59,3 +59,25 @@ fn a_validation_message_fails_the_run() {
     let (ok, _, stderr) = train(&dir, "run2", &[("GPU_CNN_TEST_MISUSE", "zero-size-buffer")]);
     assert!(ok, "{stderr}");
 }
+
+#[test]
+fn validation_asked_for_without_the_layer_fails_instead_of_running_unchecked() {
+    if !validation_available() {
+        return;
+    }
+    let dir = common::temp_dir("validation-no-layer");
+    // The loader then searches only this empty path for explicit layers.
+    let empty = dir.join("no-layers");
+    std::fs::create_dir_all(&empty).unwrap();
+    let env = [("GPU_CNN_VALIDATION", "1"), ("VK_LAYER_PATH", empty.to_str().unwrap()), ("GPU_CNN_TEST_MISUSE", "zero-size-buffer")];
+    let (ok, _, stderr) = train(&dir, "run", &env);
+    assert!(!ok, "the run went unvalidated and passed:\n{stderr}");
+    assert!(stderr.contains("finds no VK_LAYER_KHRONOS_validation"), "{stderr}");
+    // A GL run under validation on a machine whose Vulkan loader finds no driver is not failed
+    // by the loader's complaint.
+    let out = dir.join("gl");
+    let args =
+        ["train", "--dataset", "synthetic", "--device", "gl", "--epochs", "1", "--limit-train", "96", "--limit-test", "32", "--out", out.to_str().unwrap()];
+    let (ok, _, stderr) = run_cli_env(&args, &[("GPU_CNN_VALIDATION", "1"), ("VK_ICD_FILENAMES", "/nonexistent.json")]);
+    assert!(ok, "{stderr}");
+}

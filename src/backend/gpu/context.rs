@@ -40,6 +40,7 @@ impl GpuContext {
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("GPU device lost ({reason:?}): {message}"));
             }
         });
+        super::validation::check_layer_present(&device).map_err(anyhow::Error::msg)?;
         super::validation::misuse_if_asked(&device);
         Ok(GpuContext { adapter, device, queue, limits, errors })
     }

@@ -22,7 +22,33 @@ const VULKAN_MESSENGER_TARGET: &str = "wgpu_hal::vulkan::instance";
 /// language 10 = WGSL). wgpu also logs each message's objects on a second line, which says
 /// nothing by itself.
 fn is_known_false_report(text: &str) -> bool {
-    text.contains("InconsistentSpirv") && text.contains("Invalid source language operand: 10")
+    (text.contains("InconsistentSpirv") && text.contains("Invalid source language operand: 10"))
+        // The Vulkan loader's own messages (no driver, a missing ICD file), which come while
+        // wgpu tries every backend: not the layer's findings, and a GL run must not fail for
+        // them (a Vulkan run without a driver fails for want of an adapter anyway).
+        || text.contains("[Loader Message")
+}
+
+/// The Khronos validation layer's name, as the Vulkan loader lists it.
+const LAYER: &str = "VK_LAYER_KHRONOS_validation";
+
+/// With validation requested on a Vulkan device, Err when the Khronos layer is not installed:
+/// wgpu then runs without it and says so only at debug level, so a run meant to be checked
+/// would pass unchecked.
+pub fn check_layer_present(device: &wgpu::Device) -> Result<(), String> {
+    if !requested() {
+        return Ok(());
+    }
+    // SAFETY: the hal device is only read (its instance's loader entry), not used for work.
+    let layers = unsafe {
+        let Some(hal) = device.as_hal::<wgpu::hal::api::Vulkan>() else { return Ok(()) };
+        hal.shared_instance().entry().enumerate_instance_layer_properties().unwrap_or_default()
+    };
+    if layers.iter().any(|l| l.layer_name_as_c_str().is_ok_and(|n| n.to_bytes() == LAYER.as_bytes())) {
+        Ok(())
+    } else {
+        Err(format!("{ENV}=1 asks for the Khronos validation layer, but the Vulkan loader finds no {LAYER} (Debian: vulkan-validationlayers)"))
+    }
 }
 
 static MESSAGES: Mutex<Vec<String>> = Mutex::new(Vec::new());
