@@ -75,6 +75,10 @@ pub struct DataSource {
     pub held_out_images: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_out: Option<String>,
+    /// The epochs done when a resume found the folder changed (its split reshuffled): the
+    /// epochs up to it trained on a split that gave some of today's held-out images to training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshuffled_after: Option<usize>,
 }
 
 pub struct Checkpoint {

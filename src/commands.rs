@@ -11,6 +11,7 @@ use crate::report::plural;
 use crate::trainer::{RunDir, Trainer};
 use crate::with_backend;
 use anyhow::{bail, Context, Result};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use train_settings::TrainSettings;
 
@@ -215,12 +216,17 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let flags = train_settings::resolve_flags(args, resume.as_ref())?;
     let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
     let (ds, held_out) = load_data_with_files(&args.data, flags.seed, base.as_ref())?;
-    let settings = train_settings::resolve(args, resume.as_ref(), &ds, held_out.as_ref(), flags)?;
-    // A resumed run that validates on other images than its first epochs did: say so.
-    let trained_on = resume.as_ref().and_then(|ck| ck.meta.data_source.as_ref());
-    if let (Some(then), Some(now), Some(split)) = (trained_on, &settings.plan.options.data_source, &held_out) {
-        if let Some(note) = split.changed_since(then, &now.folder).filter(|_| then.folder == now.folder) {
-            eprintln!("note: {note}");
+    let mut settings = train_settings::resolve(args, resume.as_ref(), &ds, held_out.as_ref(), flags)?;
+    // A resumed run that validates on other images than its first epochs did: say so, and
+    // remember it in the checkpoints (the new split's digest alone would hide it from evaluate).
+    let trained_on = resume.as_ref().map(|ck| (ck.meta.epoch, ck.meta.data_source.as_ref()));
+    if let (Some((epochs_done, Some(then))), Some(now), Some(split)) = (trained_on, settings.plan.options.data_source.as_mut(), &held_out) {
+        if then.folder == now.folder {
+            let note = split.changed_since(then, &now.folder);
+            if let Some(note) = &note {
+                eprintln!("note: {note}");
+            }
+            now.reshuffled_after = then.reshuffled_after.or(note.map(|_| epochs_done));
         }
     }
     let resume = match (resume, args.resume.as_deref()) {
@@ -308,6 +314,18 @@ pub fn trained_folder(src: &checkpoint::DataSource) -> ImageFolderArgs {
     }
 }
 
+/// With no data flags, the folder a checkpoint was trained on must still be where it was.
+pub fn check_trained_folder(src: &checkpoint::DataSource, checkpoint: &Path) -> Result<()> {
+    if !src.folder.is_dir() {
+        bail!(
+            "{}: was trained on the folder {}, which is not there any more; give the folder's new place with --data DIR",
+            checkpoint.display(),
+            src.folder.display()
+        );
+    }
+    Ok(())
+}
+
 /// The folder `evaluate` scores and the split it takes: the flags given, filled in from the
 /// checkpoint's data source (same folder, `--val-split`, seed and `--skip-bad` as training).
 pub fn evaluation_folder(args: &EvaluateArgs, ck: &Checkpoint) -> Option<(ImageFolderArgs, u64)> {
@@ -333,6 +351,9 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let ck = checkpoint::load(&args.checkpoint)?;
     let base = ck.preprocessing()?;
     let folder = evaluation_folder(args, &ck);
+    if let (None, None, None, Some(src)) = (&args.images, args.dataset, &args.data_dir, &ck.meta.data_source) {
+        check_trained_folder(src, &args.checkpoint)?;
+    }
     let kind = match args.dataset.or_else(|| dataset_kind_by_name(&ck.meta.dataset)) {
         Some(k) => k,
         // Not used: the folder replaces the data set.
@@ -394,7 +415,14 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         })
     };
     let changed = match (ck.meta.data_source.as_ref().filter(same_split), &held_out, &folder) {
-        (Some(trained), Some(split), Some((f, _))) => split.changed_since(trained, &f.dir),
+        (Some(trained), Some(split), Some((f, _))) => split.changed_since(trained, &f.dir).or_else(|| {
+            trained.reshuffled_after.map(|e| {
+                format!(
+                    "training was resumed after epoch {e} on a changed {}, so the epochs up to {e} trained on some of these held-out images; their accuracy may read higher than it is",
+                    f.dir.display()
+                )
+            })
+        }),
         _ => None,
     };
     if let Some(note) = &changed {
@@ -416,7 +444,8 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     if args.json {
         eprintln!("{headline}");
     } else {
-        println!("{headline}");
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{headline}").and_then(|_| out.flush()).context("cannot write the output")?;
     }
     // Its own folder: never the training run's report.html and pictures.
     let out = args.out.clone().unwrap_or_else(|| args.checkpoint.parent().map(Path::to_path_buf).unwrap_or_default().join("evaluate"));
@@ -480,7 +509,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 &opts,
             )?,
         };
-        println!("{}", format_table(&report));
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", format_table(&report)).and_then(|_| out.flush()).context("cannot write the output")?;
         reports.push(report);
     }
     if let Some(path) = &args.json {

@@ -239,7 +239,11 @@ impl DataCli {
     fn options_for_resume(self, resume: Option<&std::path::Path>) -> Result<DataOptions> {
         let meta = resume.and_then(|r| gpu_cnn::checkpoint::load_meta(r).ok());
         let no_data_flags = self.dataset.is_none() && self.data_dir.is_none() && self.images.data.is_none();
-        let folder = meta.as_ref().and_then(|m| m.data_source.as_ref()).filter(|_| no_data_flags).map(commands::trained_folder);
+        let source = meta.as_ref().and_then(|m| m.data_source.as_ref()).filter(|_| no_data_flags);
+        if let (Some(src), Some(path)) = (source, resume) {
+            commands::check_trained_folder(src, path)?;
+        }
+        let folder = source.map(commands::trained_folder);
         let trained_on = meta.and_then(|m| commands::dataset_kind_by_name(&m.dataset));
         let mut options = self.options_defaulting_to(trained_on.unwrap_or(DatasetKind::Cifar10))?;
         if let Some(folder) = folder {

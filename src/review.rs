@@ -86,6 +86,9 @@ pub fn review_on<B: Backend>(backend: B, args: &ReviewArgs) -> Result<String> {
         offline: true,
         images: args.images.clone(),
     };
+    if let (None, Some(src)) = (&args.images, &ck.meta.data_source) {
+        crate::commands::check_trained_folder(src, &args.checkpoint)?;
+    }
     let Some((images, seed)) = evaluation_folder(&as_evaluate, &ck) else {
         bail!("{}: was not trained on a folder of images; give one with --data DIR", args.checkpoint.display());
     };

@@ -68,17 +68,28 @@ fn discard_aside(dir: &Path) {
     }
 }
 
-/// Puts the replaced files back: the unsettled run's own files go first, so none of them is
-/// left beside the old run's. False when there was nothing aside.
+/// Written into the folder aside once every old file is in it: from then on the new run may
+/// write, so a run file in the directory without a copy aside is the new run's. Before it, the
+/// move was interrupted, and such a file is an old one not yet moved.
+const ALL_ASIDE: &str = ".all-moved";
+
+/// Puts the replaced files back. Once the move had finished, the unsettled run's own files go
+/// first, so none of them is left beside the old run's; if it was interrupted, only the files
+/// aside move back and the rest stay. False when there was nothing aside.
 fn restore_aside(dir: &Path) -> bool {
     let aside = dir.join(REPLACED_FOLDER);
     if !aside.is_dir() {
         return false;
     }
+    let new_run_wrote = aside.join(ALL_ASIDE).exists();
     for name in RUN_FILES {
-        let _ = std::fs::remove_file(dir.join(name));
-        let _ = std::fs::rename(aside.join(name), dir.join(name));
+        if aside.join(name).exists() {
+            let _ = std::fs::rename(aside.join(name), dir.join(name));
+        } else if new_run_wrote {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
     }
+    let _ = std::fs::remove_file(aside.join(ALL_ASIDE));
     let _ = std::fs::remove_dir(&aside);
     true
 }
@@ -101,7 +112,9 @@ fn recover(dir: &Path) -> Vec<String> {
         if name.starts_with(&format!("{REPLACED_FOLDER}.settled-")) {
             let _ = std::fs::remove_dir_all(&path);
         } else if let Some(pid) = crate::atomic_file::temp_file_pid(&name).filter(|&pid| !process_alive(pid)) {
-            if path.symlink_metadata().is_ok_and(|m| m.is_file()) && std::fs::remove_file(&path).is_ok() {
+            // Only the temporary files of what a run writes here: `.notes.txt.1.2.tmp` is a user's.
+            let ours = RUN_FILES.iter().any(|f| name.starts_with(&format!(".{f}.")));
+            if ours && path.symlink_metadata().is_ok_and(|m| m.is_file()) && std::fs::remove_file(&path).is_ok() {
                 notes.push(format!("{}: removed, a write interrupted when process {pid} stopped", path.display()));
             }
         }
@@ -219,6 +232,7 @@ pub fn prepare_fresh(dir: &Path, overwrite: bool) -> Result<Option<Replaced>> {
             std::fs::rename(&path, aside.join(name)).with_context(|| format!("{}: cannot move aside (--overwrite)", path.display()))?;
         }
     }
+    std::fs::write(aside.join(ALL_ASIDE), b"").with_context(|| format!("{}: cannot write (--overwrite)", aside.display()))?;
     Ok(Some(replaced))
 }
 

@@ -198,6 +198,8 @@ fn epochs<B: Backend>(
             save_epoch(net, ds, opts, &history, &recipe, dir, improved)?;
         }
         on_epoch(history.last().expect("an epoch was recorded"));
+        // A signal during the validation or the save (the last epoch's too) stops here, saved.
+        crate::interrupt::check()?;
         if stop {
             break;
         }

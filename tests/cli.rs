@@ -154,4 +154,14 @@ fn evaluate_never_writes_into_a_training_run_folder() {
         common::run_cli(&["evaluate", "--checkpoint", run.join("best.safetensors").to_str().unwrap(), "--device", "cpu", "--out", run.to_str().unwrap()]);
     assert!(!ok && err.contains("is a training run's folder"), "{err}");
     assert_eq!(std::fs::read(run.join("report.html")).unwrap(), report);
+    // Its headline to a full disk: exit 1 with the reason (it panicked).
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn"))
+        .args(["evaluate", "--checkpoint", run.join("best.safetensors").to_str().unwrap(), "--device", "cpu", "--out", dir.join("eval").to_str().unwrap()])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write the output") && !err.contains("panicked"), "{err}");
 }

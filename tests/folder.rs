@@ -290,9 +290,17 @@ fn evaluate_and_resume_say_when_the_folder_changed_since_training() {
     assert!(ok, "{err}");
     assert!(err.contains("the folder the checkpoint was trained on"), "{err}");
     assert!(err.contains("are not the ones training held out (7 now, 6 then"), "{err}");
-    // The resumed checkpoint records the split it validated on: evaluate agrees with it again.
+    // The resumed checkpoint validated on the new split, but its first epoch trained on some
+    // of those images: evaluate keeps saying so.
     let (ok, out, err) = evaluate();
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["held_out_changed"].as_bool(), Some(false), "{err}");
+    assert_eq!(v["held_out_changed"].as_bool(), Some(true), "{err}");
+    assert!(err.contains("training was resumed after epoch 1 on a changed"), "{err}");
+    // The folder moved away: evaluate and a resume say so and how to point at it.
+    std::fs::rename(&photos, dir.join("moved")).unwrap();
+    let (ok, _, err) = evaluate();
+    assert!(!ok && err.contains("which is not there any more") && err.contains("--data DIR") && !err.contains("note:"), "{err}");
+    let (ok, _, err) = run_cli_env(&["train", "--resume", ck, "--epochs", "3", "--device", "cpu"], &env);
+    assert!(!ok && err.contains("which is not there any more"), "{err}");
 }

@@ -484,6 +484,25 @@ fn overwrite_settles_only_after_a_whole_epoch_is_saved() {
     drop(replaced);
     assert_eq!(std::fs::read_to_string(dir.join("last.safetensors")).unwrap(), "new last");
     drop(held);
+
+    // A move aside that failed halfway (a file that cannot be moved): the files not yet moved
+    // stay, the moved ones come back, nothing is deleted.
+    let dir = temp_dir("safety-half-moved");
+    for f in ["last.safetensors", "history.json", "report.html"] {
+        std::fs::write(dir.join(f), format!("old {f}")).unwrap();
+    }
+    let held = lock(&dir).unwrap();
+    let aside = dir.join(REPLACED_FOLDER);
+    // As a kill after the first move leaves it: one file aside, the rest in place, no marker.
+    std::fs::create_dir(&aside).unwrap();
+    std::fs::rename(dir.join("last.safetensors"), aside.join("last.safetensors")).unwrap();
+    drop(held);
+    let held = lock(&dir).unwrap();
+    for f in ["last.safetensors", "history.json", "report.html"] {
+        assert_eq!(std::fs::read_to_string(dir.join(f)).unwrap(), format!("old {f}"), "{f}");
+    }
+    assert!(!aside.exists());
+    drop(held);
 }
 
 #[test]
@@ -496,11 +515,14 @@ fn a_lock_settles_what_a_killed_run_left_and_refuses_what_it_cannot_read() {
     let mut gone = Command::new("true").spawn().unwrap();
     gone.wait().unwrap();
     let dead = dir.join(format!(".best.safetensors.{}.3.tmp", gone.id()));
-    let live = dir.join(format!(".model.onnx.{}.0.tmp", std::process::id()));
-    std::fs::write(&dead, "half a checkpoint").unwrap();
-    std::fs::write(&live, "being written").unwrap();
+    let live = dir.join(format!(".last.safetensors.{}.0.tmp", std::process::id()));
+    // Named like a temporary file, but not of a file a run writes: a user's, kept.
+    let users = dir.join(format!(".notes.txt.{}.1.tmp", gone.id()));
+    for f in [&dead, &live, &users] {
+        std::fs::write(f, "bytes").unwrap();
+    }
     let held = lock(&dir).unwrap();
-    assert!(!dead.exists() && live.exists());
+    assert!(!dead.exists() && live.exists() && users.exists());
     drop(held);
     assert_eq!(gpu_cnn::atomic_file::temp_file_pid(".last.safetensors.123.4.tmp"), Some(123));
     assert_eq!(gpu_cnn::atomic_file::temp_file_pid(".last.safetensors.tmp"), None);

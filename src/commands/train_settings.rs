@@ -139,6 +139,7 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, held
                 skip_bad: images.skip_bad,
                 held_out_images: held_out.map(|h| h.images),
                 held_out: held_out.map(|h| h.fingerprint.clone()),
+                reshuffled_after: None,
             };
             (folder_preprocessing(images, base.as_ref())?, Some(source))
         }
