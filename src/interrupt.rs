@@ -27,7 +27,9 @@ impl std::fmt::Display for Interrupted {
             15 => "SIGTERM".to_string(),
             n => format!("signal {n}"),
         };
-        write!(f, "stopped by {name}; the epochs saved before stay, and --resume continues from last.safetensors")
+        // Not "resume from last.safetensors": after an --overwrite run's first epoch that file
+        // is the previous run's again.
+        write!(f, "stopped by {name} between two training steps; what the run folder held or saved stays as it was")
     }
 }
 

@@ -340,7 +340,7 @@ fn check_layers(layers: &[LayerSpec]) -> Result<()> {
 /// A resumed checkpoint must be intact (its fields may have been set in code), of this
 /// model, trained on data of this shape and class count, with epochs left to do, and with
 /// the optimizer whose state it holds.
-pub(crate) fn check_resume(ck: &Checkpoint, path: &std::path::Path, layers: &[LayerSpec], plan: &RunPlan, ds: &Dataset) -> Result<()> {
+fn check_resume(ck: &Checkpoint, path: &std::path::Path, layers: &[LayerSpec], plan: &RunPlan, ds: &Dataset) -> Result<()> {
     ck.check().with_context(|| format!("{}: cannot be resumed", path.display()))?;
     // Compared as layers: older checkpoints store the classic text form.
     if parse_arch(&ck.meta.arch)? != layers {
