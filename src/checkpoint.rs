@@ -291,7 +291,10 @@ fn read_meta(info: &HashMap<String, String>, path: &Path) -> Result<CheckpointMe
         }
     }
     // A resume continues from the history's length, and the report plots it: its records are
-    // epochs 1, 2, ... in order, with accuracies that are fractions.
+    // epochs 1, 2, ... in order, one per epoch done, with accuracies that are fractions.
+    if meta.history.len() != meta.epoch {
+        bail!("{}: metadata epoch is {} but the history holds {} epochs; the checkpoint is damaged", path.display(), meta.epoch, meta.history.len());
+    }
     for (i, r) in meta.history.iter().enumerate() {
         if r.epoch != i + 1 {
             bail!("{}: metadata history holds epoch {} where epoch {} belongs; the checkpoint is damaged", path.display(), r.epoch, i + 1);

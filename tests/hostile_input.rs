@@ -33,7 +33,7 @@ fn refused(args: &[&str], needles: &[&str]) {
 /// A checkpoint of `arch` for `input`: zero weights of the right shapes when `with_weights`.
 fn write_checkpoint(path: &Path, arch: &str, input: (usize, usize, usize), with_weights: bool) {
     let names: Vec<String> = (0..10).map(|i| i.to_string()).collect();
-    let meta = CheckpointMeta { epoch: 1, step: 10, ..common::checkpoint_meta(arch, input, &names) };
+    let meta = CheckpointMeta { epoch: 0, step: 10, ..common::checkpoint_meta(arch, input, &names) };
     let tensors = if with_weights { common::constant_weights(&Model::new(&parse_arch(arch).unwrap(), input).unwrap(), 0.0) } else { Vec::new() };
     checkpoint::save(path, &meta, &tensors).unwrap();
 }

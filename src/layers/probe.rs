@@ -98,7 +98,7 @@ mod tests {
             input: (5, 5, 1),
             class_names: vec!["a".into(), "b".into()],
             dataset: "test".into(),
-            epoch: 1,
+            epoch: 0,
             step: 1,
             seed: 1,
             batch_size: 2,
