@@ -51,6 +51,13 @@ pub fn summary(arch: Option<&Path>, input: (usize, usize, usize), classes: Optio
     Ok(summary_table(&model))
 }
 
+/// Prints a command's result on stdout; a full disk or a closed output is an error, not the
+/// panic of `println!`.
+pub fn print_out(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|_| out.flush()).context("cannot write the output")
+}
+
 /// Where the data comes from and how much of it to use.
 #[derive(Clone, Debug)]
 pub struct DataOptions {
@@ -181,9 +188,7 @@ pub fn load_data_with_files(opts: &DataOptions, seed: u64, base: Option<&Preproc
     if let Some(h) = &mut held_out {
         h.files.truncate(ds.test.len());
     }
-    if ds.train.is_empty() || ds.test.is_empty() {
-        bail!("{}: the training or test split is empty", ds.name);
-    }
+    ds.check()?;
     Ok((ds, held_out))
 }
 
@@ -365,23 +370,29 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         ),
     };
     let seed = folder.as_ref().map_or(ck.meta.seed, |f| f.1);
+    // The checkpoint's training folder, when this is it, split as training split it.
+    let same_split = match &folder {
+        Some((images, seed)) => ck.meta.data_source.as_ref().filter(|t| {
+            t.folder == images.dir.canonicalize().unwrap_or_default() && t.val_split == images.val_split.unwrap_or(DEFAULT_VAL_SPLIT) && t.seed == *seed
+        }),
+        None => None,
+    };
     let split_name = match &folder {
         Some((images, _)) => {
-            let trained = ck.meta.data_source.as_ref();
             let split = images.val_split.unwrap_or(DEFAULT_VAL_SPLIT);
             if images.dir.join("train").is_dir() && images.dir.join("test").is_dir() {
                 eprintln!("Evaluating on {}", images.dir.join("test").display());
                 "test"
             } else {
-                match trained {
-                    Some(t) if t.folder == images.dir.canonicalize().unwrap_or_default() && t.val_split == split && t.seed == seed => {
+                match (same_split, ck.meta.data_source.as_ref()) {
+                    (Some(_), _) => {
                         eprintln!(
                             "Evaluating on the validation split training held out: {} of each class of {} (seed {seed})",
                             percent(split),
                             images.dir.display()
                         )
                     }
-                    Some(t) => eprintln!(
+                    (None, Some(t)) => eprintln!(
                         "note: evaluating on a {} split of {} (seed {seed}); training held out {} of {} (seed {}), so these images may include training images",
                         percent(split),
                         images.dir.display(),
@@ -389,7 +400,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
                         t.folder.display(),
                         t.seed
                     ),
-                    None => eprintln!("Evaluating on a {} validation split of {} (seed {seed})", percent(split), images.dir.display()),
+                    (None, None) => eprintln!("Evaluating on a {} validation split of {} (seed {seed})", percent(split), images.dir.display()),
                 }
                 "validation"
             }
@@ -409,12 +420,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         bail!("{}: trained on the classes {:?} but {} has {:?}", args.checkpoint.display(), ck.meta.class_names, ds.name, ds.class_names);
     }
     // The same folder split the same way, but not the same files: the folder changed.
-    let same_split = |t: &&checkpoint::DataSource| {
-        folder.as_ref().is_some_and(|(f, s)| {
-            t.folder == f.dir.canonicalize().unwrap_or_default() && t.val_split == f.val_split.unwrap_or(DEFAULT_VAL_SPLIT) && t.seed == *s
-        })
-    };
-    let changed = match (ck.meta.data_source.as_ref().filter(same_split), &held_out, &folder) {
+    let changed = match (same_split, &held_out, &folder) {
         (Some(trained), Some(split), Some((f, _))) => split.changed_since(trained, &f.dir).or_else(|| {
             trained.reshuffled_after.map(|e| {
                 format!(
@@ -444,8 +450,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     if args.json {
         eprintln!("{headline}");
     } else {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{headline}").and_then(|_| out.flush()).context("cannot write the output")?;
+        print_out(&format!("{headline}\n"))?;
     }
     // Its own folder: never the training run's report.html and pictures.
     let out = args.out.clone().unwrap_or_else(|| args.checkpoint.parent().map(Path::to_path_buf).unwrap_or_default().join("evaluate"));
@@ -509,8 +514,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 &opts,
             )?,
         };
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", format_table(&report)).and_then(|_| out.flush()).context("cannot write the output")?;
+        print_out(&format!("{}\n", format_table(&report)))?;
         reports.push(report);
     }
     if let Some(path) = &args.json {

@@ -1,6 +1,6 @@
 //! The `gpu-cnn` command line: parses flags with clap and calls into the library.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use gpu_cnn::augment::Augmentation;
 use gpu_cnn::backend::gpu::DeviceRequest;
@@ -12,7 +12,7 @@ use gpu_cnn::model::parse_input_shape;
 use gpu_cnn::optimizer::{OptimizerFlags, OptimizerName};
 use gpu_cnn::predict::PredictArgs;
 use gpu_cnn::schedule::ScheduleKind;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -533,12 +533,6 @@ fn main() {
     }
 }
 
-/// Prints a command's result; a full disk or a closed output is an error, not a panic.
-fn print_out(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes()).and_then(|_| out.flush()).context("cannot write the output")
-}
-
 /// `run` on a thread of the CPU backend's rayon pool, so each op's parallel loop starts on
 /// the calling thread instead of handing its work to the pool and sleeping until a worker
 /// finishes it (two thread wake-ups per op, dozens of ops per training step). The workers get
@@ -561,7 +555,7 @@ fn run_on_worker_threads(cli: Cli) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Summary { arch, input, classes } => print_out(&commands::summary(arch.as_deref(), parse_input_shape(&input)?, classes)?)?,
+        Command::Summary { arch, input, classes } => commands::print_out(&commands::summary(arch.as_deref(), parse_input_shape(&input)?, classes)?)?,
         Command::Train(t) => {
             let args = TrainArgs {
                 data: t.data.options_for_resume(t.resume.as_deref())?,
@@ -605,7 +599,7 @@ fn run(cli: Cli) -> Result<()> {
                 images: e.images.args()?,
                 out: e.out,
             };
-            print_out(&format!("{}\n", commands::evaluate(&args, e.run.device.device)?))?;
+            commands::print_out(&format!("{}\n", commands::evaluate(&args, e.run.device.device)?))?;
         }
         Command::Review(r) => {
             let args = gpu_cnn::review::ReviewArgs {
@@ -616,9 +610,9 @@ fn run(cli: Cli) -> Result<()> {
                 batch_size: r.run.batch_size.unwrap_or(256),
                 json: r.run.json,
             };
-            print_out(&commands::review(&args, r.run.device.device)?)?;
+            commands::print_out(&commands::review(&args, r.run.device.device)?)?;
         }
-        Command::Devices => print_out(&gpu_cnn::device::describe_devices())?,
+        Command::Devices => commands::print_out(&gpu_cnn::device::describe_devices())?,
         Command::Bench(b) => commands::bench(&commands::BenchArgs { devices: b.device, quick: b.quick, batches: b.batch, json: b.json })?,
         Command::Predict(p) => {
             let args = PredictArgs {

@@ -270,39 +270,29 @@ fn read_cache(path: &Path, key: &str, image_len: usize, files: usize) -> Option<
     Some(decoded)
 }
 
-/// Writes the cache under a temporary name and renames it, so a crash never leaves half a file;
-/// a failed write (a full disk) removes its temporary file, and one left by a process that was
-/// killed is removed by the next write. Streamed, not `write_atomically`: the pixels are the
-/// whole data set, and one buffer of file would hold them twice.
+/// Writes the cache atomically (atomic_file.rs: a temporary file, removed if the write fails,
+/// fsync, rename), streamed rather than built in memory: the pixels are the whole data set.
+/// Temporary files left by a writer that was killed are removed first.
 fn write_cache(path: &Path, key: &str, decoded: &Decoded) -> Result<()> {
     let dir = path.parent().unwrap();
     std::fs::create_dir_all(dir)?;
     remove_abandoned_cache_writes(dir);
     let header = serde_json::to_vec(&(key, decoded))?;
-    let tmp = path.with_extension(format!("u8{TEMP_INFIX}{}", std::process::id()));
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    crate::atomic_file::write_atomically_with(path, |tmp| {
+        let mut f = std::io::BufWriter::new(std::fs::OpenOptions::new().write(true).open(tmp)?);
         f.write_all(CACHE_MAGIC)?;
         f.write_all(&(header.len() as u64).to_le_bytes())?;
         f.write_all(&header)?;
         f.write_all(&decoded.pixels)?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    Ok(written?)
+        f.flush()?;
+        Ok(())
+    })
 }
-
-/// Cache files being written end in this and the writer's process id.
-const TEMP_INFIX: &str = ".tmp-";
 
 /// Removes the temporary cache files of writers that are gone (killed mid-write).
 fn remove_abandoned_cache_writes(dir: &Path) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name.rsplit_once(TEMP_INFIX).and_then(|(_, pid)| pid.parse::<u32>().ok());
+        let pid = crate::atomic_file::temp_file_pid(&entry.file_name().to_string_lossy());
         if pid.is_some_and(|pid| !crate::run_dir::process_alive(pid)) {
             let _ = std::fs::remove_file(entry.path());
         }
