@@ -229,7 +229,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         if then.folder == now.folder {
             let note = split.changed_since(then, &now.folder);
             if let Some(note) = &note {
-                eprintln!("note: {note}");
+                crate::stderr_line!("note: {note}");
             }
             now.reshuffled_after = then.reshuffled_after.or(note.map(|_| epochs_done));
         }
@@ -259,8 +259,8 @@ fn run_training<B: Backend>(
     let trained = trainer.fit_on(backend)?;
     let out = &settings.out;
     if let Some(conf) = &trained.confusion {
-        eprint!("\n{}\n{}\n", conf.per_class_text_with_training(&settings.train_counts, settings.plan.class_weights.as_deref()), conf.matrix_text());
-        eprintln!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
+        crate::stderr_line!("\n{}\n{}", conf.per_class_text_with_training(&settings.train_counts, settings.plan.class_weights.as_deref()), conf.matrix_text());
+        crate::stderr_line!("Pictures: predictions.png, curves.png, confusion.png; everything in {}", out.join("report.html").display());
     }
     let history = &trained.history;
     if let Some(last) = history.last() {
@@ -270,7 +270,7 @@ fn run_training<B: Backend>(
             .ok()
             .and_then(|m| m.history.last().map(|r| format!(" (best.safetensors: epoch {}, val_accuracy {:.4})", r.epoch, r.val_accuracy)))
             .unwrap_or_default();
-        eprintln!(
+        crate::stderr_line!(
             "Done: {}, val_accuracy {:.4}, val_loss {:.4}{best}; peak memory {:.0} MB; checkpoints in {}",
             plural(history.len(), "epoch"),
             last.val_accuracy,
@@ -381,18 +381,18 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         Some((images, _)) => {
             let split = images.val_split.unwrap_or(DEFAULT_VAL_SPLIT);
             if images.dir.join("train").is_dir() && images.dir.join("test").is_dir() {
-                eprintln!("Evaluating on {}", images.dir.join("test").display());
+                crate::stderr_line!("Evaluating on {}", images.dir.join("test").display());
                 "test"
             } else {
                 match (same_split, ck.meta.data_source.as_ref()) {
                     (Some(_), _) => {
-                        eprintln!(
+                        crate::stderr_line!(
                             "Evaluating on the validation split training held out: {} of each class of {} (seed {seed})",
                             percent(split),
                             images.dir.display()
                         )
                     }
-                    (None, Some(t)) => eprintln!(
+                    (None, Some(t)) => crate::stderr_line!(
                         "note: evaluating on a {} split of {} (seed {seed}); training held out {} of {} (seed {}), so these images may include training images",
                         percent(split),
                         images.dir.display(),
@@ -400,7 +400,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
                         t.folder.display(),
                         t.seed
                     ),
-                    (None, None) => eprintln!("Evaluating on a {} validation split of {} (seed {seed})", percent(split), images.dir.display()),
+                    (None, None) => crate::stderr_line!("Evaluating on a {} validation split of {} (seed {seed})", percent(split), images.dir.display()),
                 }
                 "validation"
             }
@@ -432,7 +432,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         _ => None,
     };
     if let Some(note) = &changed {
-        eprintln!("note: {note}");
+        crate::stderr_line!("note: {note}");
     }
     let test_files = held_out.map(|h| h.files);
     let model = ck.model().with_context(|| format!("{}: its architecture", args.checkpoint.display()))?;
@@ -448,7 +448,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     // Metrics first: a report that cannot be written must not hide them.
     let headline = format!("{} {split_name} images of {}: loss: {:.4} - accuracy: {:.4}", m.count, ds.name, m.loss, m.accuracy);
     if args.json {
-        eprintln!("{headline}");
+        crate::stderr_line!("{headline}");
     } else {
         print_out(&format!("{headline}\n"))?;
     }
@@ -503,7 +503,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             opts.kernel_batches = args.batches.clone();
             opts.train_batches = args.batches.clone();
         }
-        eprintln!("benchmarking {device} ...");
+        crate::stderr_line!("benchmarking {device} ...");
         let report = match crate::device::open(device)? {
             crate::device::Device::Cpu(_) => bench_device(&|| Ok(crate::backend::cpu::CpuBackend::new()), &opts)?,
             crate::device::Device::Gpu(_) => bench_device(

@@ -25,9 +25,9 @@ pub fn open(request: DeviceRequest) -> Result<Device> {
                 let mut software: Vec<String> = list_adapters().into_iter().map(|a| a.name.split(" (").next().unwrap_or_default().to_string()).collect();
                 software.dedup();
                 if software.is_empty() {
-                    eprintln!("--device auto: no GPU found; using the CPU backend");
+                    crate::stderr_line!("--device auto: no GPU found; using the CPU backend");
                 } else {
-                    eprintln!("--device auto: only a software GPU ({}); using the CPU backend (--device gpu to use it)", software.join(", "));
+                    crate::stderr_line!("--device auto: only a software GPU ({}); using the CPU backend (--device gpu to use it)", software.join(", "));
                 }
             }
             Ok(Device::Cpu(CpuBackend::new()))

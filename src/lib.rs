@@ -32,6 +32,17 @@
 //! [`Classifier`] is `Send + Sync` (share it in an `Arc`); images are preprocessed exactly as
 //! `gpu-cnn predict` does. [`Trainer`] runs the same training loop as `gpu-cnn train`.
 
+/// `eprintln!` that never panics: a progress line, note or warning that cannot be written
+/// (stderr closed, `2>/dev/full`) is dropped and the command goes on; its results are in files
+/// and on stdout, whose writes are checked.
+#[macro_export]
+macro_rules! stderr_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod atomic_file;
 pub mod augment;
 pub mod backend;

@@ -247,7 +247,7 @@ impl DataCli {
         let trained_on = meta.and_then(|m| commands::dataset_kind_by_name(&m.dataset));
         let mut options = self.options_defaulting_to(trained_on.unwrap_or(DatasetKind::Cifar10))?;
         if let Some(folder) = folder {
-            eprintln!("Data: {}, the folder the checkpoint was trained on", folder.dir.display());
+            gpu_cnn::stderr_line!("Data: {}, the folder the checkpoint was trained on", folder.dir.display());
             options.images = Some(folder);
         }
         Ok(options)
@@ -527,7 +527,7 @@ fn main() {
     }
     // Errors print as one readable chain ("error: what: why"), never as a panic or backtrace.
     if let Err(e) = run_on_worker_threads(cli) {
-        eprintln!("error: {}", gpu_cnn::predict::printable_error(&format!("{e:#}")));
+        gpu_cnn::stderr_line!("error: {}", gpu_cnn::predict::printable_error(&format!("{e:#}")));
         let code = e.downcast_ref::<gpu_cnn::interrupt::Interrupted>().map_or(1, |i| 128 + i.signal);
         std::process::exit(code);
     }
@@ -627,7 +627,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             let result = commands::predict(&args, p.run.device.device, &mut std::io::stdout().lock(), &mut std::io::stderr())?;
             if !result.errors.is_empty() {
-                eprintln!("error: {} of {} could not be read", result.errors.len(), gpu_cnn::report::plural(result.errors.len() + result.predicted, "image"));
+                gpu_cnn::stderr_line!(
+                    "error: {} of {} could not be read",
+                    result.errors.len(),
+                    gpu_cnn::report::plural(result.errors.len() + result.predicted, "image")
+                );
                 std::process::exit(1);
             }
         }
@@ -637,7 +641,7 @@ fn run(cli: Cli) -> Result<()> {
                 ExportInput::Float => gpu_cnn::export::onnx::OnnxInput::Float,
                 ExportInput::Uint8 => gpu_cnn::export::onnx::OnnxInput::Uint8,
             };
-            eprintln!("{}", gpu_cnn::export::onnx::export_file(&x.checkpoint, &x.out, input)?);
+            gpu_cnn::stderr_line!("{}", gpu_cnn::export::onnx::export_file(&x.checkpoint, &x.out, input)?);
         }
         Command::Serve(s) => {
             if !(s.timeout > 0.0 && s.timeout.is_finite()) {
@@ -663,7 +667,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Show { data, out, seed } => {
             commands::show(&data.options()?, &out, seed)?;
-            eprintln!("Wrote {}", out.display());
+            gpu_cnn::stderr_line!("Wrote {}", out.display());
         }
     }
     Ok(())

@@ -211,7 +211,9 @@ pub fn predict_on(request: DeviceRequest, args: &PredictArgs, out: &mut dyn Writ
                 match &r.probs {
                     Ok(_) => summary.predicted += 1,
                     Err(e) => {
-                        writeln!(err, "error: {}", printable(e))?;
+                        // A message that cannot be written (stderr closed) must not stop the
+                        // predictions on stdout; the summary still counts the error.
+                        let _ = writeln!(err, "error: {}", printable(e));
                         summary.errors.push(e.clone());
                     }
                 }

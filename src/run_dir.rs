@@ -148,7 +148,7 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 pub fn lock(dir: &Path) -> Result<RunDirLock> {
     let lock = take_lock(dir)?;
     for note in recover(dir) {
-        eprintln!("note: {note}");
+        crate::stderr_line!("note: {note}");
     }
     Ok(lock)
 }

@@ -164,7 +164,7 @@ fn epochs<B: Backend>(
     let mut recipe = opts.recipe.clone();
     let steps = opts.steps_per_epoch(ds);
     for epoch in history.len()..opts.epochs {
-        eprintln!("Epoch {}/{}", epoch + 1, opts.epochs);
+        crate::stderr_line!("Epoch {}/{}", epoch + 1, opts.epochs);
         let started = Instant::now();
         let train_metrics = train_epoch(net, &train, ds, opts, &recipe, epoch, started)?;
         let train_seconds = started.elapsed().as_secs_f64();
@@ -172,7 +172,7 @@ fn epochs<B: Backend>(
         let seconds = started.elapsed().as_secs_f64();
         // The rate of the epoch's last step, which Keras's History records.
         let rate = recipe.rate(opts.learning_rate, net.step.saturating_sub(1), steps);
-        eprintln!(
+        crate::stderr_line!(
             "{steps}/{steps} - {:.0}s {:.0}ms/step - {} - val_accuracy: {:.4} - val_loss: {:.4} - learning_rate: {rate:.4e} ({:.0} images/s)",
             seconds,
             train_seconds * 1000.0 / steps as f64,
@@ -215,7 +215,7 @@ fn end_of_epoch_callbacks<B: Backend>(net: &Network<B>, recipe: &mut Recipe, epo
         match e.on_epoch_end(epoch, val_loss) {
             EarlyStop::Improved => e.best_weights = Some(net.weights()?),
             EarlyStop::Stop => {
-                eprintln!("Epoch {epoch}: early stopping (val_loss has not improved for {} epochs)", e.wait);
+                crate::stderr_line!("Epoch {epoch}: early stopping (val_loss has not improved for {} epochs)", e.wait);
                 stop = true;
             }
             EarlyStop::Continue => {}
@@ -223,7 +223,7 @@ fn end_of_epoch_callbacks<B: Backend>(net: &Network<B>, recipe: &mut Recipe, epo
     }
     if let Some(r) = &mut recipe.reduce_lr {
         if r.on_epoch_end(val_loss, rate as f64) {
-            eprintln!("Epoch {epoch}: ReduceLROnPlateau reducing the learning rate to {:.4e}.", rate as f64 * ReduceLrOnPlateau::FACTOR);
+            crate::stderr_line!("Epoch {epoch}: ReduceLROnPlateau reducing the learning rate to {:.4e}.", rate as f64 * ReduceLrOnPlateau::FACTOR);
         }
     }
     Ok(stop)
@@ -235,7 +235,7 @@ pub fn finish<B: Backend>(net: &mut Network<B>, ds: &Dataset, opts: &TrainOption
     let Some(e) = &fitted.recipe.early_stopping else { return Ok(fitted) };
     let Some(best) = &e.best_weights else { return Ok(fitted) };
     if e.best_epoch != fitted.history.len() {
-        eprintln!("Restoring model weights from the end of the best epoch: {}.", e.best_epoch);
+        crate::stderr_line!("Restoring model weights from the end of the best epoch: {}.", e.best_epoch);
         net.load_state(best, false).context("restoring the best epoch's weights")?;
         if let Some(dir) = &opts.out_dir {
             save_epoch(net, ds, opts, &fitted.history, &fitted.recipe, dir, false)?;

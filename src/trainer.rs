@@ -249,9 +249,15 @@ impl Trainer {
             check_resume(ck, path, &self.layers, plan, ds)?;
         }
         if self.verbose {
-            eprintln!("Device: {}", backend.describe());
+            crate::stderr_line!("Device: {}", backend.describe());
             let (h, w, c) = model.input;
-            eprintln!("Data: {} ({} training, {} test images of {h}x{w}x{c}, {} classes)", ds.name, ds.train.len(), ds.test.len(), ds.class_names.len());
+            crate::stderr_line!(
+                "Data: {} ({} training, {} test images of {h}x{w}x{c}, {} classes)",
+                ds.name,
+                ds.train.len(),
+                ds.test.len(),
+                ds.class_names.len()
+            );
         }
         // No pass ever holds more images than the larger split (Keras takes a batch larger than
         // the data as one batch of all of it), so buffers for more would only waste memory.
@@ -273,7 +279,7 @@ impl Trainer {
             net.step = ck.meta.step;
             history = ck.meta.history.clone();
             if self.verbose {
-                eprintln!("Resuming from {} after epoch {} (step {})", path.display(), ck.meta.epoch, ck.meta.step);
+                crate::stderr_line!("Resuming from {} after epoch {} (step {})", path.display(), ck.meta.epoch, ck.meta.step);
             }
         }
         // Dropped in reverse order: the replaced files are settled while the lock is held.
@@ -285,7 +291,7 @@ impl Trainer {
                     _ => crate::run_dir::prepare_fresh(dir, self.run_dir == RunDir::Overwrite)?,
                 };
                 if self.verbose {
-                    eprintln!("Run directory: {}", dir.display());
+                    crate::stderr_line!("Run directory: {}", dir.display());
                 }
                 (Some(lock), replaced)
             }
@@ -383,24 +389,25 @@ pub(crate) fn check_resume_fits_data(ck: &Checkpoint, path: &std::path::Path, ds
 /// The optimizer, loss and recipe lines `gpu-cnn train` prints before the first epoch.
 fn print_recipe(plan: &RunPlan, class_names: &[String]) {
     let opts = &plan.options;
-    eprintln!("Optimizer: {}, learning rate {}", plan.optimizer.describe(), opts.learning_rate);
+    crate::stderr_line!("Optimizer: {}, learning rate {}", plan.optimizer.describe(), opts.learning_rate);
     if plan.label_smoothing != 0.0 {
-        eprintln!("Label smoothing: {} (training and validation loss)", plan.label_smoothing);
+        crate::stderr_line!("Label smoothing: {} (training and validation loss)", plan.label_smoothing);
     }
     if !opts.augment.is_none() {
-        eprintln!("Augmentation: {} (training batches only)", opts.augment.name());
+        crate::stderr_line!("Augmentation: {} (training batches only)", opts.augment.name());
     }
     if let Some(w) = &plan.class_weights {
         let list: Vec<String> = class_names.iter().zip(w).map(|(n, w)| format!("{n} {w:.4}")).collect();
-        eprintln!("Class weights (balanced, training loss only): {}", list.join(", "));
+        crate::stderr_line!("Class weights (balanced, training loss only): {}", list.join(", "));
     }
     let recipe = &opts.recipe;
     if !recipe.schedule.is_constant() || recipe.early_stopping.is_some() || recipe.reduce_lr.is_some() {
-        eprintln!("Learning rate: {}, {}{}", opts.learning_rate, recipe.schedule.describe(), callbacks_text(recipe));
+        crate::stderr_line!("Learning rate: {}, {}{}", opts.learning_rate, recipe.schedule.describe(), callbacks_text(recipe));
         if !recipe.schedule.is_constant() && recipe.schedule.epochs != opts.epochs {
-            eprintln!(
+            crate::stderr_line!(
                 "note: the schedule keeps the {} epochs it was planned over (give --lr-schedule to plan it over {})",
-                recipe.schedule.epochs, opts.epochs
+                recipe.schedule.epochs,
+                opts.epochs
             );
         }
     }

@@ -165,3 +165,32 @@ fn evaluate_never_writes_into_a_training_run_folder() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot write the output") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn progress_that_cannot_be_written_never_stops_a_command() {
+    // `train ... 2>/dev/full` panicked on its first progress line; the run's results are its
+    // files, so a lost progress line must not cost them.
+    let dir = common::temp_dir("cli-stderr-full");
+    let run = dir.join("run");
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let args = ["train", "--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--epochs", "1", "--device", "cpu", "--out"];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn")).args(args).arg(&run).stderr(full()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(run.join("best.safetensors").exists() && run.join("history.json").exists());
+    // predict: a bad file's message is lost, the good file's prediction still prints, and the
+    // exit code still says one failed.
+    let bad = dir.join("bad.png");
+    std::fs::write(&bad, b"not a png").unwrap();
+    let good = dir.join("good.png");
+    gpu_cnn::image::RgbImage::new(32, 32).save(&good).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn"))
+        .args(["predict", "--device", "cpu", "--checkpoint"])
+        .arg(run.join("best.safetensors"))
+        .args([&bad, &good])
+        .stderr(full())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("good.png") && !stdout.contains("bad.png"), "{stdout}");
+}

@@ -219,7 +219,7 @@ pub fn download_into(source: &Source, base: &str, root: &Path) -> Result<PathBuf
             return Err(e).with_context(|| format!("cannot move the download into {}", entry.display()));
         }
     }
-    eprintln!("Cached {} in {}", source.dataset, entry.display());
+    crate::stderr_line!("Cached {} in {}", source.dataset, entry.display());
     Ok(entry)
 }
 
@@ -277,7 +277,7 @@ fn fetch_checked(agent: &ureq::Agent, url: &str, file: &RemoteFile, path: &Path)
     if let Some(t) = total.filter(|&t| t > limit) {
         bail!("{url}: the server announces {t} bytes, more than this file's {limit} (wrong file?)");
     }
-    eprintln!("Downloading {url}{}", total.map(|t| format!(" ({:.1} MB)", t as f64 / 1e6)).unwrap_or_default());
+    crate::stderr_line!("Downloading {url}{}", total.map(|t| format!(" ({:.1} MB)", t as f64 / 1e6)).unwrap_or_default());
     let bar = match total {
         Some(t) => indicatif::ProgressBar::new(t),
         None => indicatif::ProgressBar::no_length(),

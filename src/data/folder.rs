@@ -67,7 +67,7 @@ fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         };
         if !name.starts_with('.') && entry.path().is_dir() {
             if holds_runs(&entry.path()) {
-                eprintln!("Skipping {}: it holds gpu-cnn run folders, not a class", entry.path().display());
+                crate::stderr_line!("Skipping {}: it holds gpu-cnn run folders, not a class", entry.path().display());
                 continue;
             }
             out.push((name, entry.path()));
@@ -344,7 +344,7 @@ pub fn load_with_files(dir: &Path, opts: &FolderOptions) -> Result<FolderData> {
     let cached = cache_path.as_deref().and_then(|c| read_cache(c, &key, image_len, listing.files.len()));
     let decoded = match cached {
         Some(d) => {
-            eprintln!(
+            crate::stderr_line!(
                 "Loaded {} of {height}x{width}x{channels} from the cache {} in {:.2} s",
                 plural(d.kept.len(), "image"),
                 cache_path.as_ref().unwrap().display(),
@@ -355,7 +355,7 @@ pub fn load_with_files(dir: &Path, opts: &FolderOptions) -> Result<FolderData> {
         None => {
             let d = decode_all(&listing, opts)?;
             let secs = start.elapsed().as_secs_f64();
-            eprintln!(
+            crate::stderr_line!(
                 "Decoded {} to {} in {secs:.2} s: {:.0} images/s on {} threads",
                 plural(listing.files.len(), "image"),
                 p.describe(),
@@ -364,8 +364,8 @@ pub fn load_with_files(dir: &Path, opts: &FolderOptions) -> Result<FolderData> {
             );
             if let Some(p) = &cache_path {
                 match write_cache(p, &key, &d) {
-                    Ok(()) => eprintln!("Cached the decoded images in {}", p.display()),
-                    Err(e) => eprintln!("warning: cannot write the image cache {}: {e:#}", p.display()),
+                    Ok(()) => crate::stderr_line!("Cached the decoded images in {}", p.display()),
+                    Err(e) => crate::stderr_line!("warning: cannot write the image cache {}: {e:#}", p.display()),
                 }
             }
             d
@@ -379,7 +379,7 @@ pub fn load_with_files(dir: &Path, opts: &FolderOptions) -> Result<FolderData> {
             };
             bail!("{reason}{more}. Fix or remove it, or pass --skip-bad to skip such files");
         }
-        eprintln!("warning: skipped {} that did not decode (--skip-bad); the first: {reason}", plural(decoded.bad.len(), "file"));
+        crate::stderr_line!("warning: skipped {} that did not decode (--skip-bad); the first: {reason}", plural(decoded.bad.len(), "file"));
     }
     split(dir, listing, decoded, opts)
 }

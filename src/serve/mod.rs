@@ -188,13 +188,13 @@ async fn serve_on(
         move || max_queue - in_flight.available_permits()
     };
     let (batcher, device_thread) = Batcher::start(classifier.clone(), opts.max_batch, opts.max_wait, capacity, requests)?;
-    eprintln!("gpu-cnn serve: {} on {}; listening on http://{addr}", classifier.meta().dataset, classifier.device());
+    crate::stderr_line!("gpu-cnn serve: {} on {}; listening on http://{addr}", classifier.meta().dataset, classifier.device());
     let header_timeout = opts.header_timeout;
     let app = router(classifier, batcher, in_flight, opts);
     serve_connections(listener, app, header_timeout, stop).await;
     // The router (and with it the last Batcher) is gone: the device thread ends.
     let _ = tokio::task::spawn_blocking(move || device_thread.join()).await;
-    eprintln!("gpu-cnn serve: stopped");
+    crate::stderr_line!("gpu-cnn serve: stopped");
     Ok(())
 }
 
@@ -267,7 +267,7 @@ async fn shutdown_signal() {
         _ = interrupt => {},
         _ = terminate => {},
     }
-    eprintln!("gpu-cnn serve: shutting down (finishing the requests in flight)");
+    crate::stderr_line!("gpu-cnn serve: shutting down (finishing the requests in flight)");
 }
 
 async fn with_timeout(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -283,7 +283,7 @@ async fn access_log(req: Request, next: Next) -> Response {
     let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or("-".to_string(), |c| c.0.to_string());
     let line = format!("{client} \"{} {}\"", req.method(), req.uri().path());
     let response = next.run(req).await;
-    eprintln!("{line} {} {:.1}ms", response.status().as_u16(), started.elapsed().as_secs_f64() * 1000.0);
+    crate::stderr_line!("{line} {} {:.1}ms", response.status().as_u16(), started.elapsed().as_secs_f64() * 1000.0);
     response
 }
 
