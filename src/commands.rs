@@ -238,7 +238,12 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         (Some(ck), Some(path)) => Some((ck, path)),
         _ => None,
     };
-    run_training(backend, &settings, ds, held_out.map(|h| h.files), resume)
+    let result = run_training(backend, &settings, ds, held_out.map(|h| h.files), resume);
+    if result.is_err() && settings.out_is_new {
+        // Removes only an empty folder: one holding a saved epoch stays.
+        let _ = std::fs::remove_dir(&settings.out);
+    }
+    result
 }
 
 /// Runs resolved settings through the library's [`Trainer`] (from the checkpoint when

@@ -194,3 +194,22 @@ fn progress_that_cannot_be_written_never_stops_a_command() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("good.png") && !stdout.contains("bad.png"), "{stdout}");
 }
+
+#[test]
+fn a_failed_run_without_out_leaves_no_empty_run_folder() {
+    // Each failed attempt used to leave an empty runs/<dataset>-N behind.
+    let dir = common::temp_dir("cli-failed-fresh");
+    let arch = dir.join("huge.arch");
+    std::fs::write(&arch, "conv2d 2000000 3 relu\nflatten\ndense 10 softmax\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn"))
+        .args(["train", "--dataset", "synthetic", "--limit-train", "64", "--epochs", "1", "--device", "cpu", "--arch"])
+        .arg(&arch)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not fit"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.join("runs")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -62,6 +62,9 @@ pub struct TrainSettings {
     pub train_counts: Vec<usize>,
     /// The run directory.
     pub out: PathBuf,
+    /// `out` was made for this run (no `--out`): a run that fails before saving anything
+    /// removes it again, so failed attempts do not leave empty `runs/<dataset>-N` behind.
+    pub out_is_new: bool,
     /// `--overwrite`: a fresh run may replace an earlier run's files in `out`.
     pub overwrite: bool,
 }
@@ -156,10 +159,10 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, held
     };
     // A resume continues its folder only from that folder's last.safetensors; from any other
     // checkpoint (best.safetensors) it would replace a later last, so it gets a new folder.
-    let out = match (&args.out, &args.resume) {
-        (Some(o), _) => o.clone(),
-        (None, Some(r)) if continues_run(r, &folder_of(r)) => folder_of(r),
-        (None, _) => fresh_run_dir(&ds.name)?,
+    let (out, out_is_new) = match (&args.out, &args.resume) {
+        (Some(o), _) => (o.clone(), false),
+        (None, Some(r)) if continues_run(r, &folder_of(r)) => (folder_of(r), false),
+        (None, _) => (fresh_run_dir(&ds.name)?, true),
     };
     let options = TrainOptions {
         epochs: args.epochs,
@@ -174,7 +177,7 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, held
         learning_rate,
         recipe,
     };
-    Ok(TrainSettings { plan: RunPlan { options, optimizer, label_smoothing, class_weights }, train_counts, out, overwrite: args.overwrite })
+    Ok(TrainSettings { plan: RunPlan { options, optimizer, label_smoothing, class_weights }, train_counts, out, out_is_new, overwrite: args.overwrite })
 }
 
 /// The schedule and callbacks: the flags given, else the checkpoint's (with their state), else
