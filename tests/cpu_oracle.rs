@@ -226,6 +226,59 @@ fn convolution_passes_match_plain_loops() {
     }
 }
 
+/// A conv whose whole input patch is zero gives exactly its bias, and an input-gradient
+/// position that only zero gradients reach gives exactly zero, by every algorithm: a plain sum
+/// of zero products is exact. Winograd's transforms left about 1e-9 there, which ReLU and
+/// max-pool took for signal (the CPU's first-step gradients on Fashion-MNIST, whose
+/// backgrounds are zero, differed from TensorFlow's and the GPU's by up to a third).
+#[test]
+fn zero_patches_give_exactly_the_bias() {
+    let n = 2;
+    for (k, case) in conv_cases().iter().enumerate() {
+        let s = &case.shape;
+        // Random values with every image's left half zero, and zero pixels scattered elsewhere.
+        let with_zeros = |len: usize, (h, w, c): (usize, usize, usize), seed: u64| {
+            let mut v = random_vec(len, seed);
+            for (p, pixel) in v.chunks_mut(c).enumerate() {
+                let (y, x) = (p / w % h, p % w);
+                if x < w / 2 || (y * 7 + x * 3) % 5 == 0 {
+                    pixel.fill(0.0);
+                }
+            }
+            v
+        };
+        let x = with_zeros(n * s.in_len(), (s.in_h, s.in_w, s.in_c), 600 + k as u64);
+        let dy = with_zeros(n * s.out_len(), (s.out_h, s.out_w, s.out_c), 700 + k as u64);
+        let w = random_vec(s.kernel_len(), 800 + k as u64);
+        let b = random_vec(s.out_c, 900 + k as u64);
+        // The outputs only zero inputs reach, and the input positions only zero gradients reach.
+        let (mut y_zero, mut dx_zero) = (vec![true; n * s.out_len()], vec![true; n * s.in_len()]);
+        for_each_term(s, n, |out, inp, _| {
+            y_zero[out] &= x[inp] == 0.0;
+            dx_zero[inp] &= dy[out] == 0.0;
+        });
+        assert!(y_zero.iter().any(|&z| z) && y_zero.iter().any(|&z| !z), "conv {k}: the case must have zero patches and others");
+        let (mut y, mut dx) = (vec![0.0; n * s.out_len()], vec![0.0; n * s.in_len()]);
+        let mut kernel = Vec::new();
+        for algo in ConvAlgo::ALL.into_iter().filter(|a| a.can_run(s)) {
+            for relu in [false, true] {
+                conv::forward_with(algo, &x, &w, &b, &mut y, s, n, relu, &mut kernel);
+                for (i, _) in y_zero.iter().enumerate().filter(|(_, &z)| z) {
+                    let bias = b[i % s.out_c];
+                    let want = if relu { bias.max(0.0) } else { bias };
+                    assert_eq!(y[i], want, "conv {k} {algo:?} (relu {relu}): output {i} of a zero patch");
+                }
+            }
+            if algo.can_run_input_gradient(s) {
+                conv::backward_input_with(algo, &dy, &w, &mut dx, s, n, &mut kernel);
+                for (i, _) in dx_zero.iter().enumerate().filter(|(_, &z)| z) {
+                    assert_eq!(dx[i], 0.0, "conv {k} {algo:?}: input gradient {i} reached only by zeros");
+                }
+            }
+        }
+    }
+}
+
 /// The forward pass and input gradient of an image do not depend on the batch around it: the
 /// passes split a batch into blocks by the thread count and the cache, so a different batch
 /// size (or machine) must still give the same bits.

@@ -276,6 +276,36 @@ impl<T: Tiling> Kernel for Block<'_, T> {
         for (img, yi) in self.y.chunks_mut(s.out_len()).enumerate() {
             T::transform_output::<L>(self.m, yi, self.bias, s, img * th * tw, t, self.relu);
         }
+        for (xi, yi) in self.x.chunks(s.in_len()).zip(self.y.chunks_mut(s.out_len())) {
+            exact_on_zero_patches(xi, yi, self.bias, s, self.relu);
+        }
+    }
+}
+
+/// Outputs whose whole 3x3 input patch is zero (padding included) get exactly the bias (then
+/// ReLU), as a plain sum gives them. The transforms mix a tile's pixels, so such an output
+/// came back as rounding residue (about 1e-9) of its tile's other pixels, which ReLU and
+/// max-pool then took for signal: zero backgrounds, ReLU maps and masked gradients are full of
+/// these patches, and with zero biases (the first step) the CPU's gradients differed from
+/// TensorFlow's and the GPU's by up to a third. Costs a read of the patch until its first
+/// non-zero value.
+fn exact_on_zero_patches(x: &[f32], y: &mut [f32], bias: &[f32], s: &ConvShape, relu: bool) {
+    let c = s.in_c;
+    let zero_pixel = |iy: isize, ix: isize| {
+        let outside = iy < 0 || ix < 0 || iy as usize >= s.in_h || ix as usize >= s.in_w;
+        outside || x[(iy as usize * s.in_w + ix as usize) * c..][..c].iter().all(|&v| v == 0.0)
+    };
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let (top, left) = (oy as isize - s.pad_top as isize, ox as isize - s.pad_left as isize);
+            if (0..3).all(|ky| (0..3).all(|kx| zero_pixel(top + ky, left + kx))) {
+                let out = &mut y[(oy * s.out_w + ox) * s.out_c..][..s.out_c];
+                for (v, &b) in out.iter_mut().zip(bias) {
+                    // As the vector ReLU: zero unless positive.
+                    *v = if relu && !(b > 0.0) { 0.0 } else { b };
+                }
+            }
+        }
     }
 }
 
