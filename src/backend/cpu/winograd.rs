@@ -302,7 +302,7 @@ fn exact_on_zero_patches(x: &[f32], y: &mut [f32], bias: &[f32], s: &ConvShape, 
                 let out = &mut y[(oy * s.out_w + ox) * s.out_c..][..s.out_c];
                 for (v, &b) in out.iter_mut().zip(bias) {
                     // As the vector ReLU: zero unless positive.
-                    *v = if relu && !(b > 0.0) { 0.0 } else { b };
+                    *v = if !relu || b > 0.0 { b } else { 0.0 };
                 }
             }
         }
