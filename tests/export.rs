@@ -182,4 +182,18 @@ fn cli_exports_a_checkpoint_and_names_a_bad_one() {
     assert!(!ok);
     assert!(stderr.contains("garbage.safetensors") && !stderr.contains("panicked"), "{stderr}");
     assert!(!dir.join("x.onnx").exists());
+
+    // --out naming the checkpoint itself (it was replaced by the ONNX model), another path to it,
+    // or any checkpoint's name: refused, the checkpoint untouched.
+    let before = std::fs::read(&path).unwrap();
+    let other = dir.join("best.safetensors");
+    let renamed = dir.join("model.bin");
+    std::fs::write(&renamed, &before).unwrap();
+    for (checkpoint, out) in [(&path, &path), (&path, &other), (&renamed, &renamed), (&renamed, &dir.join(".").join("model.bin"))] {
+        let (ok, _, stderr) = common::run_cli(&["export", "--checkpoint", checkpoint.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert!(!ok && stderr.contains("write the ONNX model to"), "{stderr}");
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(std::fs::read(&renamed).unwrap(), before);
+    assert!(!other.exists());
 }

@@ -376,7 +376,22 @@ fn value_info(name: &str, elem_type: i32, dim: Vec<Dimension>) -> ValueInfoProto
 
 /// `gpu-cnn export --format onnx`: reads a checkpoint and writes the ONNX model (atomically).
 /// Returns a one-line description of what was written.
+/// An ONNX model written over a checkpoint destroys it (`--out` given the checkpoint's own
+/// path, or best.safetensors beside it): refused before anything is read or written.
+fn refuse_checkpoint_as_output(checkpoint: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")) {
+        anyhow::bail!("{}: is a checkpoint's name; write the ONNX model to a .onnx file", out.display());
+    }
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(checkpoint), std::fs::canonicalize(out)) {
+        if a == b {
+            anyhow::bail!("{}: is the checkpoint being exported; write the ONNX model to another file", out.display());
+        }
+    }
+    Ok(())
+}
+
 pub fn export_file(checkpoint: &std::path::Path, out: &std::path::Path, input: OnnxInput) -> Result<String> {
+    refuse_checkpoint_as_output(checkpoint, out)?;
     let ck = crate::checkpoint::load(checkpoint)?;
     let bytes = export_onnx(&ck, input).with_context(|| checkpoint.display().to_string())?;
     crate::atomic_file::write_atomically(out, &bytes)?;
