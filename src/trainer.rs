@@ -363,7 +363,7 @@ fn check_resume(ck: &Checkpoint, path: &std::path::Path, layers: &[LayerSpec], p
 /// A resumed checkpoint must have been trained on data of this shape and class count, and
 /// have epochs left to do.
 pub(crate) fn check_resume_fits_data(ck: &Checkpoint, path: &std::path::Path, ds: &Dataset, epochs: usize) -> Result<()> {
-    if ck.meta.input != ds.input_shape() || ck.meta.class_names.len() != ds.class_names.len() {
+    if ck.meta.input != ds.input_shape() {
         let (a, b) = (ck.meta.input, ds.input_shape());
         bail!(
             "{}: trained on {}x{}x{} images in {} classes ({}), but the data here are {}x{}x{} images in {} classes ({})",
@@ -380,10 +380,33 @@ pub(crate) fn check_resume_fits_data(ck: &Checkpoint, path: &std::path::Path, ds
             ds.name
         );
     }
+    // Labels are indices into the class list: another list (a class folder renamed, added or
+    // removed) would train each image towards another class's output.
+    if ck.meta.class_names != ds.class_names {
+        bail!(
+            "{}: trained on the classes {:?}, but {} has {}; a resume needs the same classes in the same order (their positions are the labels): start a new run, or name the folders as before",
+            path.display(),
+            ck.meta.class_names,
+            ds.name,
+            class_changes(&ck.meta.class_names, &ds.class_names)
+        );
+    }
     if ck.meta.history.len() >= epochs {
         bail!("{} has already done {} epochs; ask for more with --epochs (the total)", path.display(), ck.meta.history.len());
     }
     Ok(())
+}
+
+/// How the class list `now` differs from `then`, in words.
+fn class_changes(then: &[String], now: &[String]) -> String {
+    let new: Vec<&String> = now.iter().filter(|c| !then.contains(c)).collect();
+    let gone: Vec<&String> = then.iter().filter(|c| !now.contains(c)).collect();
+    match (new.is_empty(), gone.is_empty()) {
+        (true, true) => format!("them in another order: {now:?}"),
+        (false, true) => format!("{} more: {new:?}", now.len() - then.len()),
+        (true, false) => format!("no {gone:?}"),
+        (false, false) => format!("{new:?} and no {gone:?}"),
+    }
 }
 
 /// The optimizer, loss and recipe lines `gpu-cnn train` prints before the first epoch.

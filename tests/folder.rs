@@ -304,3 +304,31 @@ fn evaluate_and_resume_say_when_the_folder_changed_since_training() {
     let (ok, _, err) = run_cli_env(&["train", "--resume", ck, "--epochs", "3", "--device", "cpu"], &env);
     assert!(!ok && err.contains("which is not there any more"), "{err}");
 }
+
+#[test]
+fn a_resume_refuses_a_folder_whose_classes_changed() {
+    // A class folder renamed from first to last place moved every label by one: the resume
+    // trained on and saved shifted labels with no word (evaluate and review refused it).
+    let dir = temp_dir("folder-classes-changed");
+    let photos = dir.join("photos");
+    make_tree(&photos, &["boots", "hats", "scarves"], 6);
+    let cache = dir.join("cache");
+    let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
+    let arch = dir.join("tiny.arch");
+    std::fs::write(&arch, "conv2d 4 3 relu\nflatten\ndense classes softmax\n").unwrap();
+    let run = dir.join("run");
+    let (p, a, r) = (photos.to_str().unwrap(), arch.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, _, err) = run_cli_env(&["train", "--data", p, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r], &env);
+    assert!(ok, "{err}");
+    let last = run.join("last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    let resume = || run_cli_env(&["train", "--resume", last.to_str().unwrap(), "--epochs", "2", "--device", "cpu"], &env);
+    std::fs::rename(photos.join("boots"), photos.join("zz boots")).unwrap();
+    let (ok, _, err) = resume();
+    assert!(!ok && err.contains(r#"has ["zz boots"] and no ["boots"]"#) && err.contains("same classes in the same order"), "{err}");
+    std::fs::rename(photos.join("zz boots"), photos.join("boots")).unwrap();
+    make_tree(&photos, &["gloves"], 6);
+    let (ok, _, err) = resume();
+    assert!(!ok && err.contains(r#"has 1 more: ["gloves"]"#), "{err}");
+    assert_eq!(std::fs::read(&last).unwrap(), before);
+}

@@ -121,6 +121,9 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, held
         (Some(ck), None) => ck.meta.arch.clone(),
         (_, arch) => read_arch(arch.as_deref())?,
     };
+    if let Some(ck) = resume {
+        crate::trainer::check_resume_fits_data(ck, resume_path, ds, args.epochs)?;
+    }
     // `Dense(classes)` takes its units from the data; the checkpoint stores the resolved text.
     let arch_text = format_arch(&with_classes(&parse_arch(&given_arch)?, ds.class_names.len())?);
     if let (Some(ck), Some(path)) = (resume, &args.arch) {
@@ -128,9 +131,6 @@ pub fn resolve(args: &TrainArgs, resume: Option<&Checkpoint>, ds: &Dataset, held
         if parse_arch(&arch_text)? != parse_arch(&ck.meta.arch)? {
             bail!("{} was trained with a different architecture than {}:\n{}", resume_path.display(), path.display(), ck.meta.arch);
         }
-    }
-    if let Some(ck) = resume {
-        crate::trainer::check_resume_fits_data(ck, resume_path, ds, args.epochs)?;
     }
     let base = resume.map(Checkpoint::preprocessing).transpose()?;
     let (preprocessing, data_source) = match &args.data.images {
