@@ -250,6 +250,17 @@ fn the_cache_remembers_refusals_only_under_the_same_pixel_limit() {
     assert!(ok && err.contains("from the cache"), "{err}");
 }
 
+/// Trains a tiny model on `photos` (8x8 images, one epoch, CPU) into `dir`/run.
+fn train_tiny_model(dir: &Path, photos: &Path, env: &[(&str, &str)]) -> std::path::PathBuf {
+    let arch = dir.join("tiny.arch");
+    std::fs::write(&arch, "conv2d 4 3 relu\nmaxpool 2\nflatten\ndense classes softmax\n").unwrap();
+    let run = dir.join("run");
+    let (p, a, r) = (photos.to_str().unwrap(), arch.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, _, err) = run_cli_env(&["train", "--data", p, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r], env);
+    assert!(ok, "{err}");
+    run
+}
+
 #[test]
 fn evaluate_and_resume_say_when_the_folder_changed_since_training() {
     let dir = temp_dir("folder-changed");
@@ -257,13 +268,7 @@ fn evaluate_and_resume_say_when_the_folder_changed_since_training() {
     make_tree(&photos, &["boots", "hats", "scarves"], 8);
     let cache = dir.join("cache");
     let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
-    let arch = dir.join("tiny.arch");
-    std::fs::write(&arch, "conv2d 4 3 relu\nmaxpool 2\nflatten\ndense 3 softmax\n").unwrap();
-    let run = dir.join("run");
-    let (p, a, r) = (photos.to_str().unwrap(), arch.to_str().unwrap(), run.to_str().unwrap());
-    let (ok, _, err) = run_cli_env(&["train", "--data", p, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r], &env);
-    assert!(ok, "{err}");
-    let last = run.join("last.safetensors");
+    let last = train_tiny_model(&dir, &photos, &env).join("last.safetensors");
     let ck = last.to_str().unwrap();
     let source = gpu_cnn::checkpoint::load(&last).unwrap().meta.data_source.unwrap();
     // 8 images a class, 20% held out: 2 of each.
@@ -314,13 +319,7 @@ fn a_resume_refuses_a_folder_whose_classes_changed() {
     make_tree(&photos, &["boots", "hats", "scarves"], 6);
     let cache = dir.join("cache");
     let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
-    let arch = dir.join("tiny.arch");
-    std::fs::write(&arch, "conv2d 4 3 relu\nflatten\ndense classes softmax\n").unwrap();
-    let run = dir.join("run");
-    let (p, a, r) = (photos.to_str().unwrap(), arch.to_str().unwrap(), run.to_str().unwrap());
-    let (ok, _, err) = run_cli_env(&["train", "--data", p, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r], &env);
-    assert!(ok, "{err}");
-    let last = run.join("last.safetensors");
+    let last = train_tiny_model(&dir, &photos, &env).join("last.safetensors");
     let before = std::fs::read(&last).unwrap();
     let resume = || run_cli_env(&["train", "--resume", last.to_str().unwrap(), "--epochs", "2", "--device", "cpu"], &env);
     std::fs::rename(photos.join("boots"), photos.join("zz boots")).unwrap();
