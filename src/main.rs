@@ -94,7 +94,7 @@ struct PredictCli {
     /// The checkpoint (.safetensors) whose weights and class names to use.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Image files, or folders searched (recursively, real folders only, not links to folders)
+    /// Image files, or folders searched (recursively, real folders only, not links to folders; hidden files and folders skipped, as in training)
     /// for .jpg/.jpeg/.jfif/.png/.webp/.bmp/.gif files. Each image is prepared exactly as the
     /// training images were (the pipeline stored in the checkpoint: size, colour mode, alpha
     /// over white or black, --resize stretch|crop|pad, filter; checkpoints from before it was

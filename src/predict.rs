@@ -45,7 +45,8 @@ pub struct FilePrediction {
     pub probs: Result<Vec<f32>, String>,
 }
 
-/// The files to predict: files as given, folders expanded to their image files. Only real
+/// The files to predict: files as given, folders expanded to their image files (hidden ones
+/// skipped). Only real
 /// folders are walked (a link to a folder is not followed, so link loops cannot recurse), and
 /// only regular files (or links to them) are taken.
 pub fn collect_inputs(inputs: &[PathBuf]) -> Vec<PathBuf> {
@@ -68,6 +69,11 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
     for entry in entries.flatten() {
         let Ok(kind) = entry.file_type() else { continue };
         let path = entry.path();
+        // Hidden files and folders are skipped, as training skips them: a folder copied from a
+        // Mac holds `._photo.jpg` metadata files that are not images.
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
         if kind.is_dir() {
             walk(&path, found);
         } else if image_pipeline::has_image_extension(&path) && (kind.is_file() || (kind.is_symlink() && path.metadata().is_ok_and(|m| m.is_file()))) {

@@ -271,6 +271,10 @@ fn predict_walks_only_real_folders_and_reads_only_regular_files() {
     let fifo = photos.join("pipe.jpg");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     symlink(photos.join("sub").join("ok.png"), photos.join("link.png")).unwrap();
+    // Hidden files and folders, as training skips them: a Mac's `._ok.png` is not an image.
+    std::fs::write(photos.join("sub").join("._ok.png"), b"\0\x05\x16\x07 AppleDouble").unwrap();
+    std::fs::create_dir_all(photos.join(".thumbnails")).unwrap();
+    pattern(10, 10, 1).save(photos.join(".thumbnails").join("t.png")).unwrap();
     let found = gpu_cnn::predict::collect_inputs(std::slice::from_ref(&photos));
     assert_eq!(found, [photos.join("link.png"), photos.join("sub").join("ok.png")]);
     // Named on the command line, a FIFO or a device is refused without being opened.
