@@ -385,8 +385,8 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let split_name = match &folder {
         Some((images, _)) => {
             let split = images.val_split.unwrap_or(DEFAULT_VAL_SPLIT);
-            if images.dir.join("train").is_dir() && images.dir.join("test").is_dir() {
-                crate::stderr_line!("Evaluating on {}", images.dir.join("test").display());
+            if let Some(split) = crate::data::folder::split_folders(&images.dir)? {
+                crate::stderr_line!("Evaluating on {}", split.held_out.display());
                 "test"
             } else {
                 match (same_split, ck.meta.data_source.as_ref()) {

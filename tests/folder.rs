@@ -167,6 +167,28 @@ fn train_and_test_sub_folders_are_used_as_given() {
     make_tree(&dir.join("test"), &["z"], 1);
     let err = format!("{:#}", folder::load(&dir, &opts(0)).unwrap_err());
     assert!(err.contains("class 'z' is not among the training classes"), "{err}");
+
+    // Train/ with validation/ (any case) was taken for two classes named after the folders.
+    let dir = temp_dir("folder-train-validation");
+    make_tree(&dir.join("Train"), &["x", "y"], 5);
+    make_tree(&dir.join("validation"), &["x", "y"], 2);
+    let ds = folder::load(&dir, &opts(0)).unwrap();
+    assert_eq!((ds.class_names.as_slice(), ds.train.len(), ds.test.len()), (&["x".to_string(), "y".to_string()][..], 10, 4));
+    // With test/ beside val/, training validates on val/ and leaves test/ unseen.
+    make_tree(&dir.join("test"), &["x", "y"], 3);
+    let ds = folder::load(&dir, &opts(0)).unwrap();
+    assert_eq!((ds.train.len(), ds.test.len()), (10, 4));
+    let split = folder::split_folders(&dir).unwrap().unwrap();
+    assert_eq!(split.held_out, dir.join("validation"));
+    assert!(split.notes[0].contains("is not used (score it with evaluate --data"), "{:?}", split.notes);
+    // Two folders of one split, and a train/ alone: errors that say what to do.
+    make_tree(&dir.join("val"), &["x", "y"], 1);
+    let err = format!("{:#}", folder::load(&dir, &opts(0)).unwrap_err());
+    assert!(err.contains("more than one folder of a split"), "{err}");
+    let alone = temp_dir("folder-train-alone");
+    make_tree(&alone.join("train"), &["x", "y"], 5);
+    let err = format!("{:#}", folder::load(&alone, &opts(0)).unwrap_err());
+    assert!(err.contains("holds only a 'train' folder") && err.contains("test/ (or val/)"), "{err}");
 }
 
 #[test]

@@ -90,6 +90,60 @@ fn holds_runs(dir: &Path) -> bool {
     !visible.is_empty() && visible.iter().all(|p| p.is_dir() && is_run_folder(p))
 }
 
+/// A folder split by hand: the training images' folder and the held-out one.
+pub struct SplitFolders {
+    pub train: PathBuf,
+    /// Validation during training, and what `evaluate` scores.
+    pub held_out: PathBuf,
+    /// What the split leaves unused (a test folder beside a validation one, other folders).
+    pub notes: Vec<String>,
+}
+
+/// What a top-level folder's name says it holds, in any case: `train`/`training`, or held-out
+/// images: validation (`val`, `valid`, `validation`) or test (`test`, `testing`).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Split {
+    Train,
+    Validation,
+    Test,
+}
+
+fn split_name(name: &str) -> Option<Split> {
+    match name.to_ascii_lowercase().as_str() {
+        "train" | "training" => Some(Split::Train),
+        "val" | "valid" | "validation" => Some(Split::Validation),
+        "test" | "testing" => Some(Split::Test),
+        _ => None,
+    }
+}
+
+/// `dir`'s split folders, when it has a training folder and a held-out one beside it (train/
+/// with test/, val/ or validation/, in any case; they were taken for two classes named
+/// "train" and "validation"). With both a validation and a test folder, training validates on
+/// the validation one and says so: the test images stay unseen for `evaluate --data DIR/test`.
+pub fn split_folders(dir: &Path) -> Result<Option<SplitFolders>> {
+    let folders = sub_folders(dir)?;
+    let named = |want: Split| -> Vec<&PathBuf> { folders.iter().filter(|(n, _)| split_name(n) == Some(want)).map(|(_, p)| p).collect() };
+    let (train, val, test) = (named(Split::Train), named(Split::Validation), named(Split::Test));
+    if train.is_empty() || (val.is_empty() && test.is_empty()) {
+        return Ok(None);
+    }
+    if train.len() > 1 || val.len() > 1 || test.len() > 1 {
+        bail!("{}: holds more than one folder of a split (train, val, test; names compared in any case); keep one of each", dir.display());
+    }
+    let held_out = val.first().or(test.first()).map(|p| p.to_path_buf()).expect("one held-out folder");
+    let mut notes = Vec::new();
+    if let (Some(v), Some(t)) = (val.first(), test.first()) {
+        notes.push(format!("{} validates training; {} is not used (score it with evaluate --data {})", v.display(), t.display(), t.display()));
+    }
+    for (name, path) in &folders {
+        if split_name(name).is_none() {
+            notes.push(format!("{} is not a split folder (train, val, test) and is not used", path.display()));
+        }
+    }
+    Ok(Some(SplitFolders { train: train[0].to_path_buf(), held_out, notes }))
+}
+
 /// How deep class folders are searched for images (a guard, not a layout anyone needs).
 const MAX_FOLDER_DEPTH: usize = 16;
 
@@ -125,12 +179,21 @@ fn list(dir: &Path) -> Result<Listing> {
     if !dir.is_dir() {
         bail!("{}: not a folder (--data takes a folder with one sub-folder of images per class)", dir.display());
     }
-    let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
-    let has_test_folder = train_dir.is_dir() && test_dir.is_dir();
-    let class_root = if has_test_folder { train_dir.clone() } else { dir.to_path_buf() };
+    let split = split_folders(dir)?;
+    for note in split.iter().flat_map(|s| &s.notes) {
+        crate::stderr_line!("note: {note}");
+    }
+    let has_test_folder = split.is_some();
+    let class_root = split.as_ref().map_or(dir.to_path_buf(), |s| s.train.clone());
     let classes = sub_folders(&class_root)?;
     match classes.len() {
         0 => bail!("{}: no class sub-folders (put the images of each class in a sub-folder named after it)", class_root.display()),
+        1 if split.is_none() && split_name(&classes[0].0).is_some() => bail!(
+            "{}: holds only a '{}' folder; put the held-out images beside it in test/ (or val/), or give --data {} to hold out --val-split of it",
+            dir.display(),
+            classes[0].0,
+            classes[0].1.display()
+        ),
         1 => bail!("{}: only one class folder ({}); a classifier needs at least two", class_root.display(), classes[0].0),
         n if n > 256 => bail!("{}: {n} class folders; at most 256 are supported", class_root.display()),
         _ => {}
@@ -140,12 +203,12 @@ fn list(dir: &Path) -> Result<Listing> {
     for (label, (_, path)) in classes.iter().enumerate() {
         files.extend(class_files(path)?.into_iter().map(|path| ImageFile { path, label: label as u8, test: false }));
     }
-    if has_test_folder {
-        for (name, path) in sub_folders(&test_dir)? {
+    if let Some(split) = &split {
+        for (name, path) in sub_folders(&split.held_out)? {
             let label = class_names
                 .iter()
                 .position(|c| *c == name)
-                .with_context(|| format!("{}: class '{name}' is not among the training classes in {}", path.display(), train_dir.display()))?;
+                .with_context(|| format!("{}: class '{name}' is not among the training classes in {}", path.display(), split.train.display()))?;
             files.extend(class_files(&path)?.into_iter().map(|path| ImageFile { path, label: label as u8, test: true }));
         }
     }
