@@ -217,6 +217,11 @@ pub fn train(args: &TrainArgs, device: DeviceRequest) -> Result<()> {
 
 /// `train`: resolves the settings (flags + the resumed checkpoint + the data), then runs them.
 pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
+    // Before the folder is decoded (minutes for a large one); 1 means "score every image" to
+    // evaluate, which would leave training one image.
+    if let Some(v) = args.data.images.as_ref().and_then(|i| i.val_split).filter(|v| !(*v > 0.0 && *v < 1.0)) {
+        bail!("--val-split must be between 0 and 1 (exclusive) for training, not {v}");
+    }
     let resume: Option<Checkpoint> = args.resume.as_deref().map(checkpoint::load).transpose()?;
     let flags = train_settings::resolve_flags(args, resume.as_ref())?;
     let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
@@ -336,6 +341,24 @@ pub fn check_trained_folder(src: &checkpoint::DataSource, checkpoint: &Path) -> 
     Ok(())
 }
 
+/// A folder scored by a checkpoint must have its classes: the same list, or (a test set
+/// without images of some classes) some of them, whose labels are then the checkpoint's.
+pub fn match_classes(ds: &mut Dataset, trained: &[String], checkpoint: &Path) -> Result<()> {
+    if ds.class_names == trained {
+        return Ok(());
+    }
+    let Some(to_trained) = ds.class_names.iter().map(|c| trained.iter().position(|t| t == c)).collect::<Option<Vec<usize>>>() else {
+        bail!("{}: trained on the classes {:?} but {} has {:?}", checkpoint.display(), trained, ds.name, ds.class_names);
+    };
+    let missing: Vec<&String> = trained.iter().filter(|t| !ds.class_names.contains(t)).collect();
+    crate::stderr_line!("note: {} has no folder for {:?}; it is scored on the other classes", ds.name, missing);
+    for set in [&mut ds.train, &mut ds.test] {
+        set.labels.iter_mut().for_each(|l| *l = to_trained[*l as usize] as u8);
+    }
+    ds.class_names = trained.to_vec();
+    Ok(())
+}
+
 /// The folder `evaluate` scores and the split it takes: the flags given, filled in from the
 /// checkpoint's data source (same folder, `--val-split`, seed and `--skip-bad` as training).
 pub fn evaluation_folder(args: &EvaluateArgs, ck: &Checkpoint) -> Option<(ImageFolderArgs, u64)> {
@@ -350,6 +373,10 @@ pub fn evaluation_folder(args: &EvaluateArgs, ck: &Checkpoint) -> Option<(ImageF
         let src = source.unwrap();
         images.val_split = images.val_split.or(Some(src.val_split));
         images.skip_bad |= src.skip_bad;
+    } else if images.val_split.is_none() && !matches!(crate::data::folder::split_folders(&images.dir), Ok(Some(_))) {
+        // A folder training never saw (a separate test set): every image is scored, as
+        // Keras's evaluate scores the whole data set it is given.
+        images.val_split = Some(1.0);
     }
     Some((images, source.filter(|_| same_folder).map_or(ck.meta.seed, |s| s.seed)))
 }
@@ -390,6 +417,11 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
                 "test"
             } else {
                 match (same_split, ck.meta.data_source.as_ref()) {
+                    _ if split == 1.0 => {
+                        let trained_here = ck.meta.data_source.as_ref().is_some_and(|t| Some(&t.folder) == images.dir.canonicalize().ok().as_ref());
+                        let warning = if trained_here { " (the folder training used: its training images are among them)" } else { "" };
+                        crate::stderr_line!("Evaluating on every image of {}{warning}", images.dir.display())
+                    }
                     (Some(_), _) => {
                         crate::stderr_line!(
                             "Evaluating on the validation split training held out: {} of each class of {} (seed {seed})",
@@ -421,8 +453,9 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
         images: folder.as_ref().map(|f| f.0.clone()),
     };
     let (ds, held_out) = load_data_with_files(&data, seed, Some(&base))?;
-    if folder.is_some() && ds.class_names != ck.meta.class_names {
-        bail!("{}: trained on the classes {:?} but {} has {:?}", args.checkpoint.display(), ck.meta.class_names, ds.name, ds.class_names);
+    let mut ds = ds;
+    if folder.is_some() {
+        match_classes(&mut ds, &ck.meta.class_names, &args.checkpoint)?;
     }
     // The same folder split the same way, but not the same files: the folder changed.
     let changed = match (same_split, &held_out, &folder) {

@@ -40,7 +40,7 @@ enum Command {
     Train(TrainCli),
     /// Loss and accuracy of a checkpoint, per-class precision/recall and the confusion matrix;
     /// with no data flags, on exactly the data training held out (for --data runs: the same
-    /// folder, --val-split and seed). Writes the pictures and report.html into evaluate/ next to
+    /// folder, --val-split and seed); --data of another folder: every image in it. Writes the pictures and report.html into evaluate/ next to
     /// the checkpoint (or to --out).
     Evaluate(EvaluateCli),
     /// The images whose label the model disagrees with most (by loss: file, true class,
@@ -296,8 +296,9 @@ struct ImagesCli {
     /// 64000000].
     #[arg(long, value_name = "PIXELS", requires = "image_folder")]
     max_pixels: Option<u64>,
-    /// With --data and no train/ + test/ sub-folders: the fraction of each class held out for
-    /// validation (stratified, seeded by --seed) [default: the checkpoint's, else 0.2].
+    /// With --data and no train/ + test/ (or val/) sub-folders: the fraction of each class held
+    /// out for validation (stratified, seeded by --seed) [default: the checkpoint's, else 0.2;
+    /// evaluate and review of a folder training did not use: 1, every image].
     #[arg(long, value_name = "FRACTION")]
     val_split: Option<f32>,
     /// With --data: skip files that do not decode (counted in one warning) instead of stopping.

@@ -92,11 +92,9 @@ pub fn review_on<B: Backend>(backend: B, args: &ReviewArgs) -> Result<String> {
     let Some((images, seed)) = evaluation_folder(&as_evaluate, &ck) else {
         bail!("{}: was not trained on a folder of images; give one with --data DIR", args.checkpoint.display());
     };
-    let folder = crate::data::folder::load_with_files(&images.dir, &folder_options(&images, seed, Some(&base))?)?;
+    let mut folder = crate::data::folder::load_with_files(&images.dir, &folder_options(&images, seed, Some(&base))?)?;
+    crate::commands::match_classes(&mut folder.dataset, &ck.meta.class_names, &args.checkpoint)?;
     let ds = &folder.dataset;
-    if ds.class_names != ck.meta.class_names {
-        bail!("{}: trained on the classes {:?} but {} has {:?}", args.checkpoint.display(), ck.meta.class_names, ds.name, ds.class_names);
-    }
     let (set, files, split) = match args.split {
         Split::Validation => (&ds.test, &folder.test_files, "validation"),
         Split::Train => (&ds.train, &folder.train_files, "training"),

@@ -353,3 +353,45 @@ fn a_resume_refuses_a_folder_whose_classes_changed() {
     assert!(!ok && err.contains(r#"has 1 more: ["gloves"]"#), "{err}");
     assert_eq!(std::fs::read(&last).unwrap(), before);
 }
+
+#[test]
+fn evaluate_scores_every_image_of_a_folder_training_never_saw() {
+    // A separate test folder was split 80/20 like a training folder, only a fifth scored, with
+    // a note that training images might be among them.
+    let dir = temp_dir("folder-separate-test");
+    let photos = dir.join("photos");
+    make_tree(&photos, &["boots", "hats", "scarves"], 6);
+    let cache = dir.join("cache");
+    let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
+    let run = train_tiny_model(&dir, &photos, &env);
+    let ck = run.join("best.safetensors");
+    // The shop's shelf photos: two of the three classes.
+    let shelf = dir.join("shelf");
+    make_tree(&shelf, &["boots", "hats"], 4);
+    let eval_out = dir.join("eval");
+    let evaluate = |data: &Path, extra: &[&str]| {
+        let mut args = vec!["evaluate", "--checkpoint", ck.to_str().unwrap(), "--data", data.to_str().unwrap(), "--device", "cpu", "--json"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", eval_out.to_str().unwrap()]);
+        run_cli_env(&args, &env)
+    };
+    let (ok, out, err) = evaluate(&shelf, &[]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["images"].as_u64(), Some(8), "{err}");
+    assert!(err.contains("Evaluating on every image of") && err.contains(r#"has no folder for ["scarves"]"#), "{err}");
+    assert!(!err.contains("may include training images"), "{err}");
+    // The same through review (labels are the checkpoint's: boots 0, hats 1).
+    let (ok, _, err) = run_cli_env(&["review", "--checkpoint", ck.to_str().unwrap(), "--data", shelf.to_str().unwrap(), "--device", "cpu"], &env);
+    assert!(ok, "{err}");
+    // --val-split 1 scores every image of the training folder too, and says what that means;
+    // training refuses it before decoding anything.
+    let (ok, out, err) = evaluate(&photos, &["--val-split", "1"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["images"].as_u64(), Some(18), "{err}");
+    assert!(err.contains("its training images are among them"), "{err}");
+    let (ok, _, err) =
+        run_cli_env(&["train", "--data", photos.to_str().unwrap(), "--val-split", "1", "--device", "cpu", "--out", dir.join("r2").to_str().unwrap()], &env);
+    assert!(!ok && err.contains("--val-split must be between 0 and 1 (exclusive) for training") && !err.contains("Decoded"), "{err}");
+}

@@ -27,7 +27,9 @@ const PURPOSE_VAL_SPLIT: u64 = crate::rng::purpose::VAL_SPLIT;
 pub struct FolderOptions {
     /// How every file becomes a model input (size, colour, alpha, aspect ratio, filter).
     pub preprocessing: Preprocessing,
-    /// Fraction of each class held out for validation when there is no train/test layout.
+    /// Fraction of each class held out for validation when there is no train/test layout;
+    /// 1 holds out every image (`evaluate` of a folder training never saw), and the training
+    /// split is then one placeholder image (a `Dataset` has one).
     pub val_split: f32,
     pub seed: u64,
     /// Skip files that do not decode (counted in one warning) instead of stopping.
@@ -474,15 +476,19 @@ fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -
             by_class[f.label as usize].push(pos);
         }
     }
-    if let Some(c) = by_class.iter().position(|v| v.is_empty()) {
+    let hold_out_all = opts.val_split == 1.0 && !listing.has_test_folder;
+    if let Some(c) = by_class.iter().position(|v| v.is_empty()).filter(|_| !hold_out_all) {
         bail!("{}: class '{}' has no training images that decode", dir.display(), listing.class_names[c]);
     }
     let mut train_positions = Vec::new();
-    if listing.has_test_folder {
+    if hold_out_all {
+        test_positions = (0..decoded.kept.len()).collect();
+        train_positions.extend(test_positions.first());
+    } else if listing.has_test_folder {
         by_class.iter().for_each(|v| train_positions.extend_from_slice(v));
     } else {
         if !(opts.val_split > 0.0 && opts.val_split < 1.0) {
-            bail!("--val-split must be between 0 and 1 (exclusive), not {}", opts.val_split);
+            bail!("--val-split must be between 0 and 1 (exclusive; evaluate and review: 1 scores every image), not {}", opts.val_split);
         }
         for (c, positions) in by_class.iter_mut().enumerate() {
             Rng::derive(opts.seed, PURPOSE_VAL_SPLIT, c as u64).shuffle(positions);
