@@ -7,7 +7,7 @@ use common::{run_cli_env, temp_dir};
 use gpu_cnn::data::folder::{self, FolderOptions};
 use gpu_cnn::image_pipeline::{ColorMode, Preprocessing};
 use image::{GrayAlphaImage, GrayImage, ImageBuffer, Luma, LumaA, Rgb, RgbImage, Rgba, RgbaImage};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The colour each class's pictures are painted (with a per-image shade), so they differ.
 fn class_colour(class: usize) -> [u8; 3] {
@@ -272,25 +272,28 @@ fn the_cache_remembers_refusals_only_under_the_same_pixel_limit() {
     assert!(ok && err.contains("from the cache"), "{err}");
 }
 
-/// Trains a tiny model on `photos` (8x8 images, one epoch, CPU) into `dir`/run.
-fn train_tiny_model(dir: &Path, photos: &Path, env: &[(&str, &str)]) -> std::path::PathBuf {
+/// A tiny model trained (8x8 images, one epoch, CPU) on a fresh photos/ folder of boots, hats
+/// and scarves, `per_class` images each: (the test's folder, photos/, the cache, the run).
+fn tiny_run(name: &str, per_class: usize) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let photos = dir.join("photos");
+    make_tree(&photos, &["boots", "hats", "scarves"], per_class);
+    let cache = dir.join("cache");
     let arch = dir.join("tiny.arch");
     std::fs::write(&arch, "conv2d 4 3 relu\nmaxpool 2\nflatten\ndense classes softmax\n").unwrap();
     let run = dir.join("run");
     let (p, a, r) = (photos.to_str().unwrap(), arch.to_str().unwrap(), run.to_str().unwrap());
-    let (ok, _, err) = run_cli_env(&["train", "--data", p, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r], env);
+    let args = ["train", "--data", p, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r];
+    let (ok, _, err) = run_cli_env(&args, &[("GPU_CNN_DATA", cache.to_str().unwrap())]);
     assert!(ok, "{err}");
-    run
+    (dir, photos, cache, run)
 }
 
 #[test]
 fn evaluate_and_resume_say_when_the_folder_changed_since_training() {
-    let dir = temp_dir("folder-changed");
-    let photos = dir.join("photos");
-    make_tree(&photos, &["boots", "hats", "scarves"], 8);
-    let cache = dir.join("cache");
+    let (dir, photos, cache, run) = tiny_run("folder-changed", 8);
     let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
-    let last = train_tiny_model(&dir, &photos, &env).join("last.safetensors");
+    let last = run.join("last.safetensors");
     let ck = last.to_str().unwrap();
     let source = gpu_cnn::checkpoint::load(&last).unwrap().meta.data_source.unwrap();
     // 8 images a class, 20% held out: 2 of each.
@@ -336,12 +339,9 @@ fn evaluate_and_resume_say_when_the_folder_changed_since_training() {
 fn a_resume_refuses_a_folder_whose_classes_changed() {
     // A class folder renamed from first to last place moved every label by one: the resume
     // trained on and saved shifted labels with no word (evaluate and review refused it).
-    let dir = temp_dir("folder-classes-changed");
-    let photos = dir.join("photos");
-    make_tree(&photos, &["boots", "hats", "scarves"], 6);
-    let cache = dir.join("cache");
+    let (_, photos, cache, run) = tiny_run("folder-classes-changed", 6);
     let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
-    let last = train_tiny_model(&dir, &photos, &env).join("last.safetensors");
+    let last = run.join("last.safetensors");
     let before = std::fs::read(&last).unwrap();
     let resume = || run_cli_env(&["train", "--resume", last.to_str().unwrap(), "--epochs", "2", "--device", "cpu"], &env);
     std::fs::rename(photos.join("boots"), photos.join("zz boots")).unwrap();
@@ -358,12 +358,8 @@ fn a_resume_refuses_a_folder_whose_classes_changed() {
 fn evaluate_scores_every_image_of_a_folder_training_never_saw() {
     // A separate test folder was split 80/20 like a training folder, only a fifth scored, with
     // a note that training images might be among them.
-    let dir = temp_dir("folder-separate-test");
-    let photos = dir.join("photos");
-    make_tree(&photos, &["boots", "hats", "scarves"], 6);
-    let cache = dir.join("cache");
+    let (dir, photos, cache, run) = tiny_run("folder-separate-test", 6);
     let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
-    let run = train_tiny_model(&dir, &photos, &env);
     let ck = run.join("best.safetensors");
     // The shop's shelf photos: two of the three classes.
     let shelf = dir.join("shelf");
