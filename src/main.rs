@@ -102,7 +102,7 @@ struct PredictCli {
     #[arg(required = true, value_name = "IMAGE_OR_DIR")]
     inputs: Vec<PathBuf>,
     /// Print `unknown` instead of a class when the top probability is below P (0 to 1).
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     threshold: Option<f32>,
     /// Refuse images with more pixels than this (width x height) [default: 64000000].
     #[arg(long, value_name = "PIXELS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -299,7 +299,7 @@ struct ImagesCli {
     /// With --data and no train/ + test/ (or val/) sub-folders: the fraction of each class held
     /// out for validation (stratified, seeded by --seed) [default: the checkpoint's, else 0.2;
     /// evaluate and review of a folder training did not use: 1, every image].
-    #[arg(long, value_name = "FRACTION")]
+    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true, requires = "image_folder")]
     val_split: Option<f32>,
     /// With --data: skip files that do not decode (counted in one warning) instead of stopping.
     #[arg(long, requires = "image_folder")]
@@ -318,6 +318,7 @@ impl ImagesCli {
                 ("--resize", self.resize.is_some()),
                 ("--interpolation", self.interpolation.is_some()),
                 ("--max-pixels", self.max_pixels.is_some()),
+                ("--val-split", self.val_split.is_some()),
                 ("--skip-bad", self.skip_bad),
             ];
             if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
@@ -353,7 +354,7 @@ struct TrainCli {
     batch_size: Option<usize>,
     /// The optimizer's learning rate [default: Keras's, 0.01 for sgd and 0.001 for the
     /// others, or the checkpoint's when resuming].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     learning_rate: Option<f32>,
     /// The optimizer, with Keras's defaults and formulas: adam, adamw (decoupled weight decay),
     /// sgd or rmsprop (rho 0.9, epsilon 1e-7) [default: adam, or the checkpoint's when resuming;
@@ -361,26 +362,26 @@ struct TrainCli {
     #[arg(long, value_name = "NAME", value_parser = OptimizerName::parse)]
     optimizer: Option<OptimizerName>,
     /// With --optimizer sgd: the momentum, 0 to 1 [default: 0, or the checkpoint's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f32>,
     /// With --optimizer sgd: Nesterov momentum [default: off, or the checkpoint's].
     #[arg(long)]
     nesterov: bool,
     /// With --optimizer adamw: the decoupled weight decay, p -= lr * wd * p each step, on every
     /// weight and bias as Keras [default: 0.004, or the checkpoint's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f32>,
     /// With --optimizer rmsprop: the discounting factor of the squared-gradient average
     /// [default: 0.9, or the checkpoint's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     rho: Option<f32>,
     /// With --optimizer adam, adamw or rmsprop: epsilon [default: 1e-7, or the checkpoint's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     epsilon: Option<f32>,
     /// Keras's CategoricalCrossentropy label_smoothing: train against onehot * (1 - F) + F /
     /// classes; the reported loss (training and validation) is the smoothed one, accuracy is
     /// unaffected [default: 0, or the checkpoint's when resuming].
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
     label_smoothing: Option<f32>,
     /// How the rate moves step by step after any warmup: constant; cosine (Keras's CosineDecay
     /// to 0 over the remaining steps); step (x0.1 every --lr-step-epochs); onecycle (PyTorch's

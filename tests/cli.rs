@@ -92,6 +92,21 @@ fn bad_input_gets_clear_errors_not_panics() {
     expect_failure(&["evaluate", "--checkpoint", dir.join("nope.safetensors").to_str().unwrap()], &["nope.safetensors", "cannot read"]);
     expect_failure(&["train", "--dataset", "synthetic", "--batch-size", "0"], &["batch-size"]);
     expect_failure(&["summary", "--input", "32x32"], &["HxWxC"]);
+    // Negative numbers reach the range checks (they were taken for unknown flags: "unexpected
+    // argument '-1'").
+    let out = dir.join("neg");
+    let out = out.to_str().unwrap();
+    for (flag, value, needle) in [
+        ("--learning-rate", "-1", "--learning-rate must be a positive number"),
+        ("--label-smoothing", "-0.1", "between 0 and 1"),
+        ("--epsilon", "-1", "--epsilon must be"),
+    ] {
+        expect_failure(&["train", "--dataset", "synthetic", flag, value, "--out", out], &[needle]);
+    }
+    expect_failure(&["train", "--dataset", "synthetic", "--optimizer", "sgd", "--momentum", "-0.1", "--out", out], &["--momentum must be between 0 and 1"]);
+    // --val-split splits a --data folder; without one it was ignored.
+    expect_failure(&["train", "--dataset", "synthetic", "--val-split", "0.5", "--out", out], &["--data"]);
+    expect_failure(&["train", "--data", dir.to_str().unwrap(), "--val-split", "-0.5", "--out", out], &["--val-split must be between 0 and 1"]);
 }
 
 #[test]
