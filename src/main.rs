@@ -301,7 +301,7 @@ struct ImagesCli {
     /// evaluate and review of a folder training did not use: 1, every image].
     #[arg(long, value_name = "FRACTION", allow_negative_numbers = true, requires = "image_folder")]
     val_split: Option<f32>,
-    /// With --data: skip files that do not decode (counted in one warning) instead of stopping.
+    /// With --data: skip files that do not decode (each named in one warning) instead of stopping.
     #[arg(long, requires = "image_folder")]
     skip_bad: bool,
 }

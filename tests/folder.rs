@@ -391,3 +391,21 @@ fn evaluate_scores_every_image_of_a_folder_training_never_saw() {
         run_cli_env(&["train", "--data", photos.to_str().unwrap(), "--val-split", "1", "--device", "cpu", "--out", dir.join("r2").to_str().unwrap()], &env);
     assert!(!ok && err.contains("--val-split must be between 0 and 1 (exclusive) for training") && !err.contains("Decoded"), "{err}");
 }
+
+#[test]
+fn skip_bad_names_every_file_it_skips() {
+    // Only the first was named, so a shop fixed its broken photos one run at a time.
+    let dir = temp_dir("folder-skip-names");
+    let photos = dir.join("photos");
+    make_tree(&photos, &["boots", "hats"], 4);
+    std::fs::write(photos.join("boots").join("cut-1.jpg"), b"\xff\xd8\xff not a jpeg").unwrap();
+    std::fs::write(photos.join("hats").join("cut-2.png"), b"\x89PNG not a png").unwrap();
+    let cache = dir.join("cache");
+    let arch = dir.join("tiny.arch");
+    std::fs::write(&arch, "conv2d 4 3 relu\nflatten\ndense classes softmax\n").unwrap();
+    let (p, a, r) = (photos.to_str().unwrap(), arch.to_str().unwrap(), dir.join("run"));
+    let args = ["train", "--data", p, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--skip-bad", "--out", r.to_str().unwrap()];
+    let (ok, _, err) = run_cli_env(&args, &[("GPU_CNN_DATA", cache.to_str().unwrap())]);
+    assert!(ok, "{err}");
+    assert!(err.contains("skipped 2 files that did not decode (--skip-bad):") && err.contains("cut-1.jpg") && err.contains("cut-2.png"), "{err}");
+}

@@ -32,7 +32,7 @@ pub struct FolderOptions {
     /// split is then one placeholder image (a `Dataset` has one).
     pub val_split: f32,
     pub seed: u64,
-    /// Skip files that do not decode (counted in one warning) instead of stopping.
+    /// Skip files that do not decode (each named in one warning) instead of stopping.
     pub skip_bad: bool,
     /// Folder for the decoded-image cache; None: decode every time.
     pub cache_dir: Option<PathBuf>,
@@ -444,7 +444,15 @@ pub fn load_with_files(dir: &Path, opts: &FolderOptions) -> Result<FolderData> {
             };
             bail!("{reason}{more}. Fix or remove it, or pass --skip-bad to skip such files");
         }
-        crate::stderr_line!("warning: skipped {} that did not decode (--skip-bad); the first: {reason}", plural(decoded.bad.len(), "file"));
+        // Every one named (up to a screenful), so they can be fixed or removed in one go.
+        const LISTED: usize = 50;
+        crate::stderr_line!("warning: skipped {} that did not decode (--skip-bad):", plural(decoded.bad.len(), "file"));
+        for (_, reason) in decoded.bad.iter().take(LISTED) {
+            crate::stderr_line!("  {reason}");
+        }
+        if decoded.bad.len() > LISTED {
+            crate::stderr_line!("  ... and {}", plural(decoded.bad.len() - LISTED, "more"));
+        }
     }
     split(dir, listing, decoded, opts)
 }
