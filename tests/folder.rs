@@ -392,6 +392,18 @@ fn evaluate_scores_every_image_of_a_folder_training_never_saw() {
     assert!(!ok && err.contains("--val-split must be between 0 and 1 (exclusive) for training") && !err.contains("Decoded"), "{err}");
 }
 
+/// `train` of a tiny model on `photos` (8x8 images, CPU, one epoch) with `extra` flags; the
+/// cache and run in `dir`. (ok, stderr).
+fn train_tiny_cli(dir: &Path, photos: &Path, extra: &[&str]) -> (bool, String) {
+    let arch = dir.join("tiny.arch");
+    std::fs::write(&arch, "conv2d 4 3 relu\nflatten\ndense classes softmax\n").unwrap();
+    let (p, a, r) = (photos.to_str().unwrap(), arch.to_str().unwrap(), dir.join("run"));
+    let mut args = vec!["train", "--data", p, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--out", r.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (ok, _, err) = run_cli_env(&args, &[("GPU_CNN_DATA", dir.join("cache").to_str().unwrap())]);
+    (ok, err)
+}
+
 #[test]
 fn skip_bad_names_every_file_it_skips() {
     // Only the first was named, so a shop fixed its broken photos one run at a time.
@@ -400,12 +412,27 @@ fn skip_bad_names_every_file_it_skips() {
     make_tree(&photos, &["boots", "hats"], 4);
     std::fs::write(photos.join("boots").join("cut-1.jpg"), b"\xff\xd8\xff not a jpeg").unwrap();
     std::fs::write(photos.join("hats").join("cut-2.png"), b"\x89PNG not a png").unwrap();
-    let cache = dir.join("cache");
-    let arch = dir.join("tiny.arch");
-    std::fs::write(&arch, "conv2d 4 3 relu\nflatten\ndense classes softmax\n").unwrap();
-    let (p, a, r) = (photos.to_str().unwrap(), arch.to_str().unwrap(), dir.join("run"));
-    let args = ["train", "--data", p, "--image-size", "8", "--arch", a, "--epochs", "1", "--device", "cpu", "--skip-bad", "--out", r.to_str().unwrap()];
-    let (ok, _, err) = run_cli_env(&args, &[("GPU_CNN_DATA", cache.to_str().unwrap())]);
+    let (ok, err) = train_tiny_cli(&dir, &photos, &["--skip-bad"]);
     assert!(ok, "{err}");
     assert!(err.contains("skipped 2 files that did not decode (--skip-bad):") && err.contains("cut-1.jpg") && err.contains("cut-2.png"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn what_a_folder_does_not_use_is_named() {
+    // iPhone photos (.heic), files beside the class folders, linked folders and a class too
+    // small to validate were all passed over without a word.
+    let dir = temp_dir("folder-unused");
+    let photos = dir.join("photos");
+    make_tree(&photos, &["boots", "hats"], 6);
+    make_tree(&photos, &["scarves"], 1);
+    std::fs::write(photos.join("boots").join("IMG_0001.HEIC"), b"heic").unwrap();
+    std::fs::write(photos.join("boots").join("IMG_0002.heic"), b"heic").unwrap();
+    write_image(&photos, 0, 99);
+    std::os::unix::fs::symlink(photos.join("hats"), photos.join("boots").join("more")).unwrap();
+    let (ok, err) = train_tiny_cli(&dir, &photos, &[]);
+    assert!(ok, "{err}");
+    assert!(err.contains("not used in the class folders: 2 .heic, 2 .txt, 1 link to a folder (images are read from"), "{err}");
+    assert!(err.contains("not used beside the class folders of") && err.contains("1 .jpg"), "{err}");
+    assert!(err.contains(r#"["scarves"] have too few images for --val-split 0.2"#), "{err}");
 }

@@ -151,8 +151,8 @@ const MAX_FOLDER_DEPTH: usize = 16;
 
 /// The image files of one class folder and its sub-folders (as Keras and torchvision find
 /// them; hidden files and folders skipped, symlinked folders not followed), sorted by path;
-/// an empty folder is an error.
-fn class_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// an empty folder is an error. What is passed over (not hidden) is counted in `unused`.
+fn class_files(dir: &Path, unused: &mut Unused) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut folders = vec![(dir.to_path_buf(), 0)];
     while let Some((folder, depth)) = folders.pop() {
@@ -167,6 +167,8 @@ fn class_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 folders.push((path, depth + 1));
             } else if path.is_file() && image_pipeline::has_image_extension(&path) {
                 files.push(path);
+            } else if !real_dir {
+                unused.count(&path);
             }
         }
     }
@@ -175,6 +177,30 @@ fn class_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Entries of a folder tree that are not used, by kind (".heic", "link to a folder"): named in
+/// one note, so photos in a format we do not read do not vanish without a word.
+#[derive(Default)]
+struct Unused(std::collections::BTreeMap<String, usize>);
+
+impl Unused {
+    fn count(&mut self, path: &Path) {
+        let kind = if path.is_dir() {
+            "link to a folder".to_string()
+        } else {
+            match path.extension() {
+                Some(e) => format!(".{}", e.to_string_lossy().to_lowercase()),
+                None => "file without an extension".to_string(),
+            }
+        };
+        *self.0.entry(kind).or_default() += 1;
+    }
+
+    fn note(&self, what: &str) -> Option<String> {
+        let kinds: Vec<String> = self.0.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+        (!kinds.is_empty()).then(|| format!("not used {what}: {}", kinds.join(", ")))
+    }
 }
 
 fn list(dir: &Path) -> Result<Listing> {
@@ -202,17 +228,38 @@ fn list(dir: &Path) -> Result<Listing> {
     }
     let class_names: Vec<String> = classes.iter().map(|(n, _)| n.clone()).collect();
     let mut files = Vec::new();
+    let mut unused = Unused::default();
     for (label, (_, path)) in classes.iter().enumerate() {
-        files.extend(class_files(path)?.into_iter().map(|path| ImageFile { path, label: label as u8, test: false }));
+        files.extend(class_files(path, &mut unused)?.into_iter().map(|path| ImageFile { path, label: label as u8, test: false }));
     }
     if let Some(split) = &split {
+        let mut missing = class_names.clone();
         for (name, path) in sub_folders(&split.held_out)? {
             let label = class_names
                 .iter()
                 .position(|c| *c == name)
                 .with_context(|| format!("{}: class '{name}' is not among the training classes in {}", path.display(), split.train.display()))?;
-            files.extend(class_files(&path)?.into_iter().map(|path| ImageFile { path, label: label as u8, test: true }));
+            files.extend(class_files(&path, &mut unused)?.into_iter().map(|path| ImageFile { path, label: label as u8, test: true }));
+            missing.retain(|c| *c != name);
         }
+        if !missing.is_empty() {
+            crate::stderr_line!("note: {} has no folder for {missing:?}; those classes are not validated", split.held_out.display());
+        }
+    }
+    // Files beside the class folders belong to no class.
+    let mut loose = Unused::default();
+    for entry in std::fs::read_dir(&class_root).with_context(|| format!("{}: cannot list the folder", class_root.display()))?.flatten() {
+        let visible = !entry.file_name().to_string_lossy().starts_with('.');
+        if visible && !entry.file_type().is_ok_and(|t| t.is_dir()) && !entry.path().is_dir() {
+            loose.count(&entry.path());
+        }
+    }
+    let reads = image_pipeline::IMAGE_EXTENSIONS.join(", ");
+    if let Some(note) = unused.note("in the class folders") {
+        crate::stderr_line!("note: {note} (images are read from {reads} files)");
+    }
+    if let Some(note) = loose.note(&format!("beside the class folders of {}", class_root.display())) {
+        crate::stderr_line!("note: {note} (a class's images go in its folder)");
     }
     Ok(Listing { class_names, files, has_test_folder })
 }
@@ -498,11 +545,18 @@ fn split(dir: &Path, listing: Listing, decoded: Decoded, opts: &FolderOptions) -
         if !(opts.val_split > 0.0 && opts.val_split < 1.0) {
             bail!("--val-split must be between 0 and 1 (exclusive; evaluate and review: 1 scores every image), not {}", opts.val_split);
         }
+        let mut too_few = Vec::new();
         for (c, positions) in by_class.iter_mut().enumerate() {
             Rng::derive(opts.seed, PURPOSE_VAL_SPLIT, c as u64).shuffle(positions);
             let held_out = ((positions.len() as f64 * opts.val_split as f64).round() as usize).min(positions.len() - 1);
+            if held_out == 0 {
+                too_few.push(listing.class_names[c].as_str());
+            }
             test_positions.extend_from_slice(&positions[..held_out]);
             train_positions.extend_from_slice(&positions[held_out..]);
+        }
+        if !too_few.is_empty() {
+            crate::stderr_line!("note: {too_few:?} have too few images for --val-split {} to hold any out: they are not validated", opts.val_split);
         }
         train_positions.sort_unstable();
         test_positions.sort_unstable();
