@@ -388,6 +388,16 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let ck = checkpoint::load(&args.checkpoint)?;
     let base = ck.preprocessing()?;
     let folder = evaluation_folder(args, &ck);
+    if let Some((images, _)) = &folder {
+        let given = folder_preprocessing(images, Some(&base))?;
+        if (Preprocessing { max_pixels: base.max_pixels, ..given }) != base {
+            crate::stderr_line!(
+                "note: the images are prepared otherwise than in training ({}; training: {}), so this accuracy is not what predict and serve, which prepare them as training did, will give",
+                given.describe(),
+                base.describe()
+            );
+        }
+    }
     if let (None, None, None, Some(src)) = (&args.images, args.dataset, &args.data_dir, &ck.meta.data_source) {
         check_trained_folder(src, &args.checkpoint)?;
     }

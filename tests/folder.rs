@@ -376,7 +376,10 @@ fn evaluate_scores_every_image_of_a_folder_training_never_saw() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["images"].as_u64(), Some(8), "{err}");
     assert!(err.contains("Evaluating on every image of") && err.contains(r#"has no folder for ["scarves"]"#), "{err}");
-    assert!(!err.contains("may include training images"), "{err}");
+    assert!(!err.contains("may include training images") && !err.contains("prepared otherwise"), "{err}");
+    // Another pipeline than training's scores what predict and serve will never see: a note.
+    let (ok, _, err) = evaluate(&shelf, &["--background", "black"]);
+    assert!(ok && err.contains("prepared otherwise than in training (") && err.contains("black"), "{err}");
     // The same through review (labels are the checkpoint's: boots 0, hats 1).
     let (ok, _, err) = run_cli_env(&["review", "--checkpoint", ck.to_str().unwrap(), "--data", shelf.to_str().unwrap(), "--device", "cpu"], &env);
     assert!(ok, "{err}");
