@@ -61,7 +61,11 @@ pub fn write_atomically_with(path: &Path, write: impl FnOnce(&Path) -> Result<()
     let tmp = temp_path(path);
     let written = (|| -> Result<()> {
         // Created here, never opened over something already there (a planted link).
-        std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("{}: cannot create (its temporary file {})", path.display(), tmp.display()))?;
         write(&tmp).with_context(|| format!("{}: cannot write", path.display()))?;
         let f = std::fs::OpenOptions::new().write(true).open(&tmp).with_context(|| format!("{}: cannot write", path.display()))?;
         f.sync_all().with_context(|| format!("{}: cannot write (fsync)", path.display()))?;

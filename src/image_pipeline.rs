@@ -224,16 +224,21 @@ fn full_size_pixels(bytes: &[u8], p: &Preprocessing) -> u64 {
     }
 }
 
+/// "64.0 megapixels", or "12000 pixels" where megapixels would round to 0.0.
+fn pixel_count(pixels: u64) -> String {
+    if pixels >= 100_000 {
+        format!("{:.1} megapixels", pixels as f64 / 1e6)
+    } else {
+        format!("{pixels} pixels")
+    }
+}
+
 fn check_pixels(width: u64, height: u64, max_pixels: u64) -> Result<()> {
     if width == 0 || height == 0 {
         bail!("the image is {width}x{height}: it has no pixels");
     }
     if width * height > max_pixels {
-        bail!(
-            "the image is {width}x{height} ({:.1} megapixels), over the limit of {:.1} megapixels (raise it with --max-pixels)",
-            (width * height) as f64 / 1e6,
-            max_pixels as f64 / 1e6
-        );
+        bail!("the image is {width}x{height} ({}), over the limit of {} (raise it with --max-pixels)", pixel_count(width * height), pixel_count(max_pixels));
     }
     Ok(())
 }

@@ -196,4 +196,8 @@ fn cli_exports_a_checkpoint_and_names_a_bad_one() {
     assert_eq!(std::fs::read(&path).unwrap(), before);
     assert_eq!(std::fs::read(&renamed).unwrap(), before);
     assert!(!other.exists());
+    // A folder that is not there: the error names the file asked for (it named a temporary one).
+    let nowhere = dir.join("no-such-folder").join("m.onnx");
+    let (ok, _, stderr) = common::run_cli(&["export", "--checkpoint", path.to_str().unwrap(), "--out", nowhere.to_str().unwrap()]);
+    assert!(!ok && stderr.contains(&format!("{}: cannot create", nowhere.display())), "{stderr}");
 }

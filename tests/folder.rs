@@ -200,7 +200,9 @@ fn bad_trees_get_clear_errors() {
         }
     };
     let dir = temp_dir("folder-bad");
-    expect(&dir.join("nope"), &["nope", "not a folder"]);
+    expect(&dir.join("nope"), &["nope", "no such folder"]);
+    std::fs::write(dir.join("file"), "x").unwrap();
+    expect(&dir.join("file"), &["file", "not a folder"]);
     expect(&dir, &["no class sub-folders"]);
     make_tree(&dir, &["only"], 3);
     expect(&dir, &["only one class folder", "only"]);

@@ -252,7 +252,7 @@ fn images_over_the_pixel_limit_are_refused_before_decoding() {
     let p = Preprocessing::new((8, 8, 1)).unwrap();
     for f in [&file, &jpeg] {
         let err = format!("{:#}", image_pipeline::load_image(f, &Preprocessing { max_pixels: 19_999, ..p }).unwrap_err());
-        assert!(err.contains("200x100") && err.contains("--max-pixels"), "{err}");
+        assert!(err.contains("200x100 (20000 pixels), over the limit of 19999 pixels") && err.contains("--max-pixels"), "{err}");
         assert!(image_pipeline::load_image(f, &Preprocessing { max_pixels: 20_000, ..p }).is_ok());
     }
 }

@@ -205,7 +205,8 @@ impl Unused {
 
 fn list(dir: &Path) -> Result<Listing> {
     if !dir.is_dir() {
-        bail!("{}: not a folder (--data takes a folder with one sub-folder of images per class)", dir.display());
+        let what = if dir.exists() { "not a folder" } else { "no such folder" };
+        bail!("{}: {what} (--data takes a folder with one sub-folder of images per class)", dir.display());
     }
     let split = split_folders(dir)?;
     for note in split.iter().flat_map(|s| &s.notes) {

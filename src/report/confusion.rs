@@ -43,10 +43,30 @@ impl Confusion {
         (actual > 0).then(|| self.counts[c][c] as f64 / actual as f64)
     }
 
+    /// The class names as the text tables show them: control characters as `?` (a newline in
+    /// a folder name broke the table), at most 40 characters.
+    fn table_names(&self) -> (Vec<String>, usize) {
+        const WIDEST: usize = 40;
+        let names: Vec<String> = self
+            .class_names
+            .iter()
+            .map(|n| {
+                let shown = crate::predict::printable(n);
+                if shown.chars().count() > WIDEST {
+                    shown.chars().take(WIDEST - 3).collect::<String>() + "..."
+                } else {
+                    shown
+                }
+            })
+            .collect();
+        let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(10);
+        (names, width)
+    }
+
     /// The matrix as a text table, rows labelled with class names, columns with class numbers.
     pub fn matrix_text(&self) -> String {
         let k = self.class_names.len();
-        let name_w = self.class_names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(10);
+        let (names, name_w) = self.table_names();
         let cell_w = self.counts.iter().flatten().map(|c| c.to_string().len()).max().unwrap_or(1).max(k.to_string().len()) + 1;
         let mut s = format!("Confusion matrix (rows: true class, columns: predicted class number)\n{:>w$}", "", w = name_w + 4);
         for j in 0..k {
@@ -54,7 +74,7 @@ impl Confusion {
         }
         s.push('\n');
         for (i, row) in self.counts.iter().enumerate() {
-            s += &format!("{i:>2} {:<name_w$} ", self.class_names[i]);
+            s += &format!("{i:>2} {:<name_w$} ", names[i]);
             for c in row {
                 s += &format!("{c:>cell_w$}");
             }
@@ -75,7 +95,7 @@ impl Confusion {
     }
 
     fn per_class_table(&self, train_counts: Option<&[usize]>, weights: Option<&[f32]>) -> String {
-        let name_w = self.class_names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(10);
+        let (names, name_w) = self.table_names();
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
         let mut s = format!("{:<name_w$}  {:>9}  {:>9}  {:>7}", "class", "precision", "recall", "images");
         if train_counts.is_some() {
@@ -85,7 +105,7 @@ impl Confusion {
             s += &format!("  {:>7}", "weight");
         }
         s += "\n";
-        for (c, name) in self.class_names.iter().enumerate() {
+        for (c, name) in names.iter().enumerate() {
             s += &format!("{name:<name_w$}  {:>9}  {:>9}  {:>7}", fmt(self.precision(c)), fmt(self.recall(c)), self.counts[c].iter().sum::<usize>());
             if let Some(t) = train_counts {
                 s += &format!("  {:>8}", t.get(c).copied().unwrap_or(0));
@@ -167,4 +187,20 @@ fn shade(share: f64) -> Rgb<u8> {
     let (r, g, b) = (8.0, 48.0, 107.0);
     let mix = |dark: f64| (255.0 + (dark - 255.0) * share.clamp(0.0, 1.0)).round() as u8;
     Rgb([mix(r), mix(g), mix(b)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Confusion;
+
+    #[test]
+    fn text_tables_show_odd_class_names_on_one_line() {
+        // A folder named with a newline split the table's row; a 250-character one widened it.
+        let names = ["Ba\ng".to_string(), "x".repeat(250), "Dress".to_string()];
+        let c = Confusion::new(&names, &[0, 1, 2], &[0, 1, 1]);
+        for table in [c.per_class_text(), c.matrix_text()] {
+            assert!(table.contains("Ba?g") && table.contains(&format!("{}...", "x".repeat(37))), "{table}");
+            assert!(table.lines().all(|l| l.chars().count() < 80), "{table}");
+        }
+    }
 }
