@@ -225,6 +225,7 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     let resume: Option<Checkpoint> = args.resume.as_deref().map(checkpoint::load).transpose()?;
     let flags = train_settings::resolve_flags(args, resume.as_ref())?;
     let base = resume.as_ref().map(Checkpoint::preprocessing).transpose()?;
+    check_arch_before_decoding(args, base.as_ref())?;
     let (ds, held_out) = load_data_with_files(&args.data, flags.seed, base.as_ref())?;
     let mut settings = train_settings::resolve(args, resume.as_ref(), &ds, held_out.as_ref(), flags)?;
     // A resumed run that validates on other images than its first epochs did: say so, and
@@ -249,6 +250,19 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
         let _ = std::fs::remove_dir(&settings.out);
     }
     result
+}
+
+/// An architecture file that is missing, invalid, or too deep for a folder's image size fails
+/// before the folder is decoded (minutes for a large one), not after. The class count is not
+/// known yet; it does not change whether the layers fit.
+fn check_arch_before_decoding(args: &TrainArgs, base: Option<&Preprocessing>) -> Result<()> {
+    let Some(path) = &args.arch else { return Ok(()) };
+    let layers = crate::model::fill_classes(&parse_arch(&read_arch(Some(path))?)?, 2)?;
+    if let Some(images) = &args.data.images {
+        let input = folder_preprocessing(images, base)?.input_shape();
+        Model::new(&layers, input).with_context(|| format!("{}: the architecture does not fit {}x{}x{} images", path.display(), input.0, input.1, input.2))?;
+    }
+    Ok(())
 }
 
 /// Runs resolved settings through the library's [`Trainer`] (from the checkpoint when

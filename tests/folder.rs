@@ -47,6 +47,14 @@ fn make_tree(root: &Path, classes: &[&str], per_class: usize) {
     std::fs::write(root.join(classes[0]).join("notes.txt"), "not an image").unwrap();
 }
 
+/// A fresh test folder holding photos/ with `per_class` images of each class: (folder, photos/).
+fn photo_tree(name: &str, classes: &[&str], per_class: usize) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let photos = dir.join("photos");
+    make_tree(&photos, classes, per_class);
+    (dir, photos)
+}
+
 fn opts(seed: u64) -> FolderOptions {
     FolderOptions { preprocessing: Preprocessing::new((8, 8, 3)).unwrap(), val_split: 0.25, seed, skip_bad: false, cache_dir: None }
 }
@@ -248,9 +256,7 @@ fn images_in_sub_folders_count_and_hidden_files_and_run_folders_do_not() {
 
 #[test]
 fn the_cache_remembers_refusals_only_under_the_same_pixel_limit() {
-    let dir = temp_dir("folder-max-pixels");
-    let photos = dir.join("photos");
-    make_tree(&photos, &["a", "b"], 3);
+    let (dir, photos) = photo_tree("folder-max-pixels", &["a", "b"], 3);
     let cache = dir.join("cache");
     let env = [("GPU_CNN_DATA", cache.to_str().unwrap())];
     let photos_arg = photos.to_str().unwrap();
@@ -277,9 +283,7 @@ fn the_cache_remembers_refusals_only_under_the_same_pixel_limit() {
 /// A tiny model trained (8x8 images, one epoch, CPU) on a fresh photos/ folder of boots, hats
 /// and scarves, `per_class` images each: (the test's folder, photos/, the cache, the run).
 fn tiny_run(name: &str, per_class: usize) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
-    let dir = temp_dir(name);
-    let photos = dir.join("photos");
-    make_tree(&photos, &["boots", "hats", "scarves"], per_class);
+    let (dir, photos) = photo_tree(name, &["boots", "hats", "scarves"], per_class);
     let cache = dir.join("cache");
     let arch = dir.join("tiny.arch");
     std::fs::write(&arch, "conv2d 4 3 relu\nmaxpool 2\nflatten\ndense classes softmax\n").unwrap();
@@ -412,9 +416,7 @@ fn train_tiny_cli(dir: &Path, photos: &Path, extra: &[&str]) -> (bool, String) {
 #[test]
 fn skip_bad_names_every_file_it_skips() {
     // Only the first was named, so a shop fixed its broken photos one run at a time.
-    let dir = temp_dir("folder-skip-names");
-    let photos = dir.join("photos");
-    make_tree(&photos, &["boots", "hats"], 4);
+    let (dir, photos) = photo_tree("folder-skip-names", &["boots", "hats"], 4);
     std::fs::write(photos.join("boots").join("cut-1.jpg"), b"\xff\xd8\xff not a jpeg").unwrap();
     std::fs::write(photos.join("hats").join("cut-2.png"), b"\x89PNG not a png").unwrap();
     let (ok, err) = train_tiny_cli(&dir, &photos, &["--skip-bad"]);
@@ -427,9 +429,7 @@ fn skip_bad_names_every_file_it_skips() {
 fn what_a_folder_does_not_use_is_named() {
     // iPhone photos (.heic), files beside the class folders, linked folders and a class too
     // small to validate were all passed over without a word.
-    let dir = temp_dir("folder-unused");
-    let photos = dir.join("photos");
-    make_tree(&photos, &["boots", "hats"], 6);
+    let (dir, photos) = photo_tree("folder-unused", &["boots", "hats"], 6);
     make_tree(&photos, &["scarves"], 1);
     std::fs::write(photos.join("boots").join("IMG_0001.HEIC"), b"heic").unwrap();
     std::fs::write(photos.join("boots").join("IMG_0002.heic"), b"heic").unwrap();
@@ -440,4 +440,20 @@ fn what_a_folder_does_not_use_is_named() {
     assert!(err.contains("not used in the class folders: 2 .heic, 2 .txt, 1 link to a folder (images are read from"), "{err}");
     assert!(err.contains("not used beside the class folders of") && err.contains("1 .jpg"), "{err}");
     assert!(err.contains(r#"["scarves"] have too few images for --val-split 0.2"#), "{err}");
+}
+
+#[test]
+fn an_architecture_that_cannot_run_fails_before_the_folder_is_decoded() {
+    // A typo in --arch or an image size too small for the layers cost a whole decode first.
+    let (dir, photos) = photo_tree("folder-arch-early", &["boots", "hats"], 3);
+    let deep = dir.join("deep.arch");
+    std::fs::write(&deep, "conv2d 8 3 relu\nmaxpool 2\nconv2d 8 3 relu\nmaxpool 2\nconv2d 8 3 relu\nflatten\ndense classes softmax\n").unwrap();
+    let env = [("GPU_CNN_DATA", dir.to_str().unwrap())];
+    let out = dir.join("r");
+    for (arch, needle) in [(deep.clone(), "does not fit 8x8x3 images"), (dir.join("typo.arch"), "typo.arch")] {
+        let (a, p, o) = (arch.to_str().unwrap(), photos.to_str().unwrap(), out.to_str().unwrap());
+        let args = ["train", "--arch", a, "--image-size", "8", "--data", p, "--out", o, "--device", "cpu"];
+        let (ok, _, err) = run_cli_env(&args, &env);
+        assert!(!ok && err.contains(needle) && !err.contains("Decoded"), "{err}");
+    }
 }
