@@ -20,6 +20,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use fast_image_resize as fr;
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -37,7 +38,7 @@ pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
 pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
 /// Bumped whenever the pixels this pipeline produces change (keys the folder cache).
-pub const PIPELINE_VERSION: u32 = 2;
+pub const PIPELINE_VERSION: u32 = 3; // 3: photos turned upright by their EXIF orientation
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -112,6 +113,11 @@ pub struct Preprocessing {
     pub background: Background,
     pub resize: ResizeMode,
     pub interpolation: Interpolation,
+    /// Turn photos upright by their EXIF orientation tag first (a phone stores a portrait photo
+    /// sideways and says so in the tag; every photo viewer honours it). Checkpoints from before
+    /// the setting lack it, and their images stay as stored.
+    #[serde(default)]
+    pub exif_upright: bool,
     #[serde(skip, default = "default_max_pixels")]
     pub max_pixels: u64,
 }
@@ -130,12 +136,13 @@ impl Preprocessing {
             background: Background::White,
             resize: ResizeMode::Stretch,
             interpolation: Interpolation::Bilinear,
+            exif_upright: true,
             max_pixels: DEFAULT_MAX_PIXELS,
         })
     }
     /// What checkpoints from before the pipeline was stored used in `predict`: alpha over black.
     pub fn legacy(input: (usize, usize, usize)) -> Result<Preprocessing> {
-        Ok(Preprocessing { background: Background::Black, ..Preprocessing::new(input)? })
+        Ok(Preprocessing { background: Background::Black, exif_upright: false, ..Preprocessing::new(input)? })
     }
     pub fn channels(&self) -> usize {
         self.color.channels()
@@ -153,13 +160,14 @@ impl Preprocessing {
     /// One line for logs and reports: "32x32 rgb, stretch, bilinear, alpha over white".
     pub fn describe(&self) -> String {
         format!(
-            "{}x{} {}, {}, {}, alpha over {}",
+            "{}x{} {}, {}, {}, alpha over {}{}",
             self.height,
             self.width,
             word(self.color),
             word(self.resize),
             word(self.interpolation),
-            word(self.background)
+            word(self.background),
+            if self.exif_upright { "" } else { ", EXIF orientation not applied" }
         )
     }
     fn check(&self) -> Result<()> {
@@ -261,10 +269,19 @@ fn decode_any(bytes: &[u8], p: &Preprocessing) -> Result<DynamicImage> {
     // Room for the largest allowed image at 16 bits per channel with alpha.
     limits.max_alloc = Some(p.max_pixels.saturating_mul(8).max(512 << 20));
     reader.limits(limits);
-    let decoder = reader.into_decoder().map_err(|e| anyhow!("{e}"))?;
+    let mut decoder = reader.into_decoder().map_err(|e| anyhow!("{e}"))?;
     let (w, h) = decoder.dimensions();
     check_pixels(w as u64, h as u64, p.max_pixels)?;
-    DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("{e}"))
+    // An unreadable tag is no tag: the pixels are still the image.
+    let orientation = if p.exif_upright { decoder.orientation().unwrap_or(Orientation::NoTransforms) } else { Orientation::NoTransforms };
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("{e}"))?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Whether an orientation turns the image a quarter, swapping its width and height.
+fn swaps_sides(o: Orientation) -> bool {
+    matches!(o, Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH)
 }
 
 /// Decoders stop once they have the pixels, so a file cut in its last bytes would pass: check
@@ -302,8 +319,13 @@ fn decode_jpeg_inner(bytes: &[u8], p: &Preprocessing) -> Result<DynamicImage> {
     let info = d.info().context("no frame header")?;
     check_pixels(info.width as u64, info.height as u64, p.max_pixels)?;
     d.set_max_decoding_buffer_size(usize::try_from(p.max_pixels.saturating_mul(4)).unwrap_or(usize::MAX));
-    // The smallest DCT scale whose output still covers the model input in both dimensions.
-    let (tw, th) = (p.width as u32, p.height as u32);
+    let orientation = match d.exif_data() {
+        Some(exif) if p.exif_upright => Orientation::from_exif_chunk(exif).unwrap_or(Orientation::NoTransforms),
+        _ => Orientation::NoTransforms,
+    };
+    // The smallest DCT scale whose output still covers the model input in both dimensions
+    // (as stored: a photo turned a quarter covers the input's height with its width).
+    let (tw, th) = if swaps_sides(orientation) { (p.height as u32, p.width as u32) } else { (p.width as u32, p.height as u32) };
     if let Some(eighths) = [1u32, 2, 4].into_iter().find(|&e| dct_scaled(info.width, e) >= tw && dct_scaled(info.height, e) >= th) {
         // jpeg-decoder picks the smallest scale covering width OR height: ask for this width
         // and an unreachable height, then check the result covers both.
@@ -330,7 +352,9 @@ fn decode_jpeg_inner(bytes: &[u8], p: &Preprocessing) -> Result<DynamicImage> {
             image::RgbImage::from_raw(w, h, rgb.collect()).map(DynamicImage::ImageRgb8)
         }
     };
-    img.context("the decoder returned fewer pixels than the image has")
+    let mut img = img.context("the decoder returned fewer pixels than the image has")?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 /// Rec. 709 luma, rounded: what the grey colour mode sees of an RGB pixel.

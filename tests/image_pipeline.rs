@@ -349,3 +349,50 @@ fn predict_help_names_the_pipeline_flags() {
         assert!(ok && out.contains(needle), "train --help lacks {needle}: {out}");
     }
 }
+
+/// `jpeg` with an EXIF APP1 segment whose orientation tag is `orientation` (a little-endian
+/// TIFF header and one IFD entry), put right after the start-of-image marker.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+    tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_le_bytes()); // one value
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // value padding, no next IFD
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn photos_are_turned_upright_by_their_exif_orientation() {
+    // A phone stores a portrait photo sideways with orientation 6 ("turn 90 degrees clockwise");
+    // it was classified sideways. Stored: 64x32, red left half, blue right half; upright it is
+    // 32x64 with red on top.
+    let dir = temp_dir("pipeline-exif");
+    let stored = RgbImage::from_fn(64, 32, |x, _| if x < 32 { Rgb([220, 20, 20]) } else { Rgb([20, 20, 220]) });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95).encode_image(&stored).unwrap();
+    let file = dir.join("portrait.jpg");
+    std::fs::write(&file, with_exif_orientation(&jpeg, 6)).unwrap();
+    // Large enough to decode at full size, and 4x4 (DCT-scaled; the quarter turn swaps which
+    // side must cover the input's height).
+    for side in [32, 4] {
+        let p = Preprocessing::new((side, side, 3)).unwrap();
+        let px = image_pipeline::load_image(&file, &p).unwrap();
+        let at = |y: usize, x: usize| &px[(y * side + x) * 3..][..3];
+        let (top, bottom, left, right) = (at(0, side / 2), at(side - 1, side / 2), at(side / 2, 0), at(side / 2, side - 1));
+        assert!(top[0] > 150 && top[2] < 100 && bottom[2] > 150 && bottom[0] < 100, "{side}: top {top:?} bottom {bottom:?}");
+        // A checkpoint from before the setting keeps its images as stored.
+        let old = Preprocessing { exif_upright: false, ..p };
+        let px = image_pipeline::load_image(&file, &old).unwrap();
+        let at = |y: usize, x: usize| &px[(y * side + x) * 3..][..3];
+        assert!(at(side / 2, 0)[0] > 150 && at(side / 2, side - 1)[2] > 150, "{side}: stored left {left:?} right {right:?}");
+    }
+}
