@@ -246,8 +246,11 @@ pub fn train_on<B: Backend>(backend: B, args: &TrainArgs) -> Result<()> {
     };
     let result = run_training(backend, &settings, ds, held_out.map(|h| h.files), resume);
     if result.is_err() && settings.out_is_new {
-        // Removes only an empty folder: one holding a saved epoch stays.
-        let _ = std::fs::remove_dir(&settings.out);
+        // Removes only empty folders: one holding a saved epoch stays, and so does runs/ with
+        // other runs in it (an empty runs/ inside a photo folder would read as a class).
+        if std::fs::remove_dir(&settings.out).is_ok() {
+            let _ = settings.out.parent().map(std::fs::remove_dir);
+        }
     }
     result
 }
@@ -439,13 +442,13 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
             if let Some(split) = crate::data::folder::split_folders(&images.dir)? {
                 crate::stderr_line!("Evaluating on {}", split.held_out.display());
                 "test"
+            } else if split == 1.0 {
+                let trained_here = ck.meta.data_source.as_ref().is_some_and(|t| Some(&t.folder) == images.dir.canonicalize().ok().as_ref());
+                let warning = if trained_here { " (the folder training used: its training images are among them)" } else { "" };
+                crate::stderr_line!("Evaluating on every image of {}{warning}", images.dir.display());
+                "all"
             } else {
                 match (same_split, ck.meta.data_source.as_ref()) {
-                    _ if split == 1.0 => {
-                        let trained_here = ck.meta.data_source.as_ref().is_some_and(|t| Some(&t.folder) == images.dir.canonicalize().ok().as_ref());
-                        let warning = if trained_here { " (the folder training used: its training images are among them)" } else { "" };
-                        crate::stderr_line!("Evaluating on every image of {}{warning}", images.dir.display())
-                    }
                     (Some(_), _) => {
                         crate::stderr_line!(
                             "Evaluating on the validation split training held out: {} of each class of {} (seed {seed})",
@@ -508,7 +511,8 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let test = net.backend.upload_image_set(&ds.test)?;
     let m = net.evaluate(&test, ds.test.len())?;
     // Metrics first: a report that cannot be written must not hide them.
-    let headline = format!("{} {split_name} images of {}: loss: {:.4} - accuracy: {:.4}", m.count, ds.name, m.loss, m.accuracy);
+    let which = if split_name == "all" { String::new() } else { format!("{split_name} ") };
+    let headline = format!("{} {which}images of {}: loss: {:.4} - accuracy: {:.4}", m.count, ds.name, m.loss, m.accuracy);
     if args.json {
         crate::stderr_line!("{headline}");
     } else {

@@ -1,7 +1,7 @@
 //! The `gpu-cnn` command line: parses flags with clap and calls into the library.
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gpu_cnn::augment::Augmentation;
 use gpu_cnn::backend::gpu::DeviceRequest;
 use gpu_cnn::class_weight::ClassWeight;
@@ -102,7 +102,7 @@ struct PredictCli {
     #[arg(required = true, value_name = "IMAGE_OR_DIR")]
     inputs: Vec<PathBuf>,
     /// Print `unknown` instead of a class when the top probability is below P (0 to 1).
-    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    #[arg(long, value_name = "P")]
     threshold: Option<f32>,
     /// Refuse images with more pixels than this (width x height) [default: 64000000].
     #[arg(long, value_name = "PIXELS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -354,7 +354,7 @@ struct TrainCli {
     batch_size: Option<usize>,
     /// The optimizer's learning rate [default: Keras's, 0.01 for sgd and 0.001 for the
     /// others, or the checkpoint's when resuming].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     learning_rate: Option<f32>,
     /// The optimizer, with Keras's defaults and formulas: adam, adamw (decoupled weight decay),
     /// sgd or rmsprop (rho 0.9, epsilon 1e-7) [default: adam, or the checkpoint's when resuming;
@@ -362,26 +362,26 @@ struct TrainCli {
     #[arg(long, value_name = "NAME", value_parser = OptimizerName::parse)]
     optimizer: Option<OptimizerName>,
     /// With --optimizer sgd: the momentum, 0 to 1 [default: 0, or the checkpoint's].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     momentum: Option<f32>,
     /// With --optimizer sgd: Nesterov momentum [default: off, or the checkpoint's].
     #[arg(long)]
     nesterov: bool,
     /// With --optimizer adamw: the decoupled weight decay, p -= lr * wd * p each step, on every
     /// weight and bias as Keras [default: 0.004, or the checkpoint's].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     weight_decay: Option<f32>,
     /// With --optimizer rmsprop: the discounting factor of the squared-gradient average
     /// [default: 0.9, or the checkpoint's].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     rho: Option<f32>,
     /// With --optimizer adam, adamw or rmsprop: epsilon [default: 1e-7, or the checkpoint's].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     epsilon: Option<f32>,
     /// Keras's CategoricalCrossentropy label_smoothing: train against onehot * (1 - F) + F /
     /// classes; the reported loss (training and validation) is the smoothed one, accuracy is
     /// unaffected [default: 0, or the checkpoint's when resuming].
-    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    #[arg(long, value_name = "F")]
     label_smoothing: Option<f32>,
     /// How the rate moves step by step after any warmup: constant; cosine (Keras's CosineDecay
     /// to 0 over the remaining steps); step (x0.1 every --lr-step-epochs); onecycle (PyTorch's
@@ -509,7 +509,10 @@ fn main() {
     }
     // A bad flag is bad input like any other: exit code 1 (clap's own is 2); --help and
     // --version still exit 0.
-    let cli = Cli::try_parse().unwrap_or_else(|e| {
+    // `--learning-rate -1`, `--epochs -1`: a value for the flag's own range check, not an unknown
+    // flag "-1" (no flag of ours is a bare number).
+    let command = Cli::command().allow_negative_numbers(true).mut_subcommands(|c| c.allow_negative_numbers(true));
+    let cli = command.try_get_matches().and_then(|m| Cli::from_arg_matches(&m)).unwrap_or_else(|e| {
         let _ = e.print();
         std::process::exit(if e.use_stderr() { 1 } else { 0 });
     });

@@ -95,6 +95,12 @@ pub fn review_on<B: Backend>(backend: B, args: &ReviewArgs) -> Result<String> {
     let mut folder = crate::data::folder::load_with_files(&images.dir, &folder_options(&images, seed, Some(&base))?)?;
     crate::commands::match_classes(&mut folder.dataset, &ck.meta.class_names, &args.checkpoint)?;
     let ds = &folder.dataset;
+    if args.split == Split::Train && images.val_split == Some(1.0) {
+        bail!(
+            "{}: training did not use this folder, so it has no training split; review scores every image in it (leave out --split train)",
+            images.dir.display()
+        );
+    }
     let (set, files, split) = match args.split {
         Split::Validation => (&ds.test, &folder.test_files, "validation"),
         Split::Train => (&ds.train, &folder.train_files, "training"),

@@ -197,6 +197,20 @@ fn train_and_test_sub_folders_are_used_as_given() {
     make_tree(&alone.join("train"), &["x", "y"], 5);
     let err = format!("{:#}", folder::load(&alone, &opts(0)).unwrap_err());
     assert!(err.contains("holds only a 'train' folder") && err.contains("test/ (or val/)"), "{err}");
+    // Split names that make no split were taken for classes: train/ beside Train/ or beside a
+    // class, val/ and test/ without train/.
+    for (name, folders, needle) in [
+        ("folder-train-twice", ["train", "Train"], "more than one folder of a split"),
+        ("folder-train-and-class", ["train", "photos"], "a train/ folder but no test/ or val/ beside it"),
+        ("folder-no-train", ["val", "test"], "but no train/ folder"),
+    ] {
+        let dir = temp_dir(name);
+        for f in folders {
+            make_tree(&dir.join(f), &["x", "y"], 2);
+        }
+        let err = format!("{:#}", folder::load(&dir, &opts(0)).unwrap_err());
+        assert!(err.contains(needle), "{name}: {err}");
+    }
 }
 
 #[test]
@@ -380,15 +394,30 @@ fn evaluate_scores_every_image_of_a_folder_training_never_saw() {
     let (ok, out, err) = evaluate(&shelf, &[]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["images"].as_u64(), Some(8), "{err}");
+    assert_eq!((v["images"].as_u64(), v["split"].as_str()), (Some(8), Some("all")), "{err}");
     assert!(err.contains("Evaluating on every image of") && err.contains(r#"has no folder for ["scarves"]"#), "{err}");
     assert!(!err.contains("may include training images") && !err.contains("prepared otherwise"), "{err}");
     // Another pipeline than training's scores what predict and serve will never see: a note.
     let (ok, _, err) = evaluate(&shelf, &["--background", "black"]);
     assert!(ok && err.contains("prepared otherwise than in training (") && err.contains("black"), "{err}");
-    // The same through review (labels are the checkpoint's: boots 0, hats 1).
-    let (ok, _, err) = run_cli_env(&["review", "--checkpoint", ck.to_str().unwrap(), "--data", shelf.to_str().unwrap(), "--device", "cpu"], &env);
+    // The same through review (labels are the checkpoint's: boots 0, hats 1); it has no
+    // training split to review.
+    let review = |data: &Path, extra: &[&str]| {
+        let mut args = vec!["review", "--checkpoint", ck.to_str().unwrap(), "--data", data.to_str().unwrap(), "--device", "cpu"];
+        args.extend_from_slice(extra);
+        run_cli_env(&args, &env)
+    };
+    let (ok, _, err) = review(&shelf, &[]);
     assert!(ok, "{err}");
+    let (ok, _, err) = review(&shelf, &["--split", "train"]);
+    assert!(!ok && err.contains("has no training split"), "{err}");
+    // A folder of one class's photos can be scored too (training needs two).
+    let hats = dir.join("only-hats");
+    make_tree(&hats, &["hats"], 3);
+    let (ok, out, err) = evaluate(&hats, &[]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["images"].as_u64(), Some(3), "{err}");
     // --val-split 1 scores every image of the training folder too, and says what that means;
     // training refuses it before decoding anything.
     let (ok, out, err) = evaluate(&photos, &["--val-split", "1"]);
@@ -435,9 +464,17 @@ fn what_a_folder_does_not_use_is_named() {
     std::fs::write(photos.join("boots").join("IMG_0002.heic"), b"heic").unwrap();
     write_image(&photos, 0, 99);
     std::os::unix::fs::symlink(photos.join("hats"), photos.join("boots").join("more")).unwrap();
+    std::os::unix::fs::symlink(photos.join("gone.png"), photos.join("hats").join("dangling.png")).unwrap();
+    // An `evaluate --out` report inside the folder is not a class (its pictures were trained as one).
+    let report = photos.join("my-eval");
+    make_tree(&report, &["pictures"], 1);
+    std::fs::write(report.join("report.html"), "<html>").unwrap();
+    std::fs::write(report.join("confusion.json"), "{}").unwrap();
     let (ok, err) = train_tiny_cli(&dir, &photos, &[]);
     assert!(ok, "{err}");
-    assert!(err.contains("not used in the class folders: 2 .heic, 2 .txt, 1 link to a folder (images are read from"), "{err}");
+    assert!(err.contains("3 classes") && err.matches("my-eval: it holds gpu-cnn runs or reports").count() == 1, "{err}");
+    assert!(err.contains("1 broken link"), "{err}");
+    assert!(err.contains("not used in the class folders: 2 .heic, 2 .txt, 1 broken link, 1 link to a folder (images are read from"), "{err}");
     assert!(err.contains("not used beside the class folders of") && err.contains("1 .jpg"), "{err}");
     assert!(err.contains(r#"["scarves"] have too few images for --val-split 0.2"#), "{err}");
 }

@@ -67,11 +67,7 @@ fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
             }
             continue;
         };
-        if !name.starts_with('.') && entry.path().is_dir() {
-            if holds_runs(&entry.path()) {
-                crate::stderr_line!("Skipping {}: it holds gpu-cnn run folders, not a class", entry.path().display());
-                continue;
-            }
+        if !name.starts_with('.') && entry.path().is_dir() && !holds_runs(&entry.path()) {
             out.push((name, entry.path()));
         }
     }
@@ -84,7 +80,7 @@ fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// not images of a class.
 fn holds_runs(dir: &Path) -> bool {
     use crate::run_dir::is_run_folder;
-    if is_run_folder(dir) {
+    if is_run_folder(dir) || is_report_folder(dir) {
         return true;
     }
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
@@ -119,6 +115,10 @@ fn split_name(name: &str) -> Option<Split> {
     }
 }
 
+fn folder_names(folders: &[(String, PathBuf)]) -> String {
+    folders.iter().map(|(n, _)| format!("{n}/")).collect::<Vec<_>>().join(", ")
+}
+
 /// `dir`'s split folders, when it has a training folder and a held-out one beside it (train/
 /// with test/, val/ or validation/, in any case; they were taken for two classes named
 /// "train" and "validation"). With both a validation and a test folder, training validates on
@@ -127,16 +127,35 @@ pub fn split_folders(dir: &Path) -> Result<Option<SplitFolders>> {
     let folders = sub_folders(dir)?;
     let named = |want: Split| -> Vec<&PathBuf> { folders.iter().filter(|(n, _)| split_name(n) == Some(want)).map(|(_, p)| p).collect() };
     let (train, val, test) = (named(Split::Train), named(Split::Validation), named(Split::Test));
-    if train.is_empty() || (val.is_empty() && test.is_empty()) {
+    let split_named = train.len() + val.len() + test.len();
+    if split_named == 0 {
         return Ok(None);
     }
     if train.len() > 1 || val.len() > 1 || test.len() > 1 {
         bail!("{}: holds more than one folder of a split (train, val, test; names compared in any case); keep one of each", dir.display());
     }
+    if train.is_empty() && split_named == folders.len() {
+        bail!("{}: holds split folders ({}) but no train/ folder beside them", dir.display(), folder_names(&folders));
+    }
+    if train.is_empty() {
+        // A class that happens to be called "test" among others.
+        return Ok(None);
+    }
+    if val.is_empty() && test.is_empty() {
+        if folders.len() == 1 {
+            return Ok(None); // list() says where the held-out images go
+        }
+        bail!(
+            "{}: holds a train/ folder but no test/ or val/ beside it ({}); put the held-out images in test/, or give --data {} to split train/ itself",
+            dir.display(),
+            folder_names(&folders),
+            train[0].display()
+        );
+    }
     let held_out = val.first().or(test.first()).map(|p| p.to_path_buf()).expect("one held-out folder");
     let mut notes = Vec::new();
     if let (Some(v), Some(t)) = (val.first(), test.first()) {
-        notes.push(format!("{} validates training; {} is not used (score it with evaluate --data {})", v.display(), t.display(), t.display()));
+        notes.push(format!("{} is the held-out folder; {} is not used (score it with evaluate --data {})", v.display(), t.display(), t.display()));
     }
     for (name, path) in &folders {
         if split_name(name).is_none() {
@@ -144,6 +163,24 @@ pub fn split_folders(dir: &Path) -> Result<Option<SplitFolders>> {
         }
     }
     Ok(Some(SplitFolders { train: train[0].to_path_buf(), held_out, notes }))
+}
+
+/// Whether `dir` holds an `evaluate --out` report (report.html and confusion.json): its
+/// pictures are not images of a class.
+fn is_report_folder(dir: &Path) -> bool {
+    dir.join("report.html").is_file() && dir.join("confusion.json").is_file()
+}
+
+/// The top-level folders skipped as gpu-cnn's own (runs, reports), for one note.
+fn skipped_own_folders(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut own: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir() && holds_runs(&e.path()))
+        .map(|e| e.path())
+        .collect();
+    own.sort();
+    own
 }
 
 /// How deep class folders are searched for images (a guard, not a layout anyone needs).
@@ -188,6 +225,8 @@ impl Unused {
     fn count(&mut self, path: &Path) {
         let kind = if path.is_dir() {
             "link to a folder".to_string()
+        } else if !path.exists() {
+            "broken link".to_string()
         } else {
             match path.extension() {
                 Some(e) => format!(".{}", e.to_string_lossy().to_lowercase()),
@@ -203,12 +242,15 @@ impl Unused {
     }
 }
 
-fn list(dir: &Path) -> Result<Listing> {
+fn list(dir: &Path, hold_out_all: bool) -> Result<Listing> {
     if !dir.is_dir() {
         let what = if dir.exists() { "not a folder" } else { "no such folder" };
         bail!("{}: {what} (--data takes a folder with one sub-folder of images per class)", dir.display());
     }
     let split = split_folders(dir)?;
+    for own in skipped_own_folders(dir) {
+        crate::stderr_line!("Skipping {}: it holds gpu-cnn runs or reports, not a class", own.display());
+    }
     for note in split.iter().flat_map(|s| &s.notes) {
         crate::stderr_line!("note: {note}");
     }
@@ -223,6 +265,8 @@ fn list(dir: &Path) -> Result<Listing> {
             classes[0].0,
             classes[0].1.display()
         ),
+        // Scoring a folder of one class's photos is fine; training on one class is not.
+        1 if hold_out_all && split.is_none() => {}
         1 => bail!("{}: only one class folder ({}); a classifier needs at least two", class_root.display(), classes[0].0),
         n if n > 256 => bail!("{}: {n} class folders; at most 256 are supported", class_root.display()),
         _ => {}
@@ -244,7 +288,7 @@ fn list(dir: &Path) -> Result<Listing> {
             missing.retain(|c| *c != name);
         }
         if !missing.is_empty() {
-            crate::stderr_line!("note: {} has no folder for {missing:?}; those classes are not validated", split.held_out.display());
+            crate::stderr_line!("note: {} has no folder for {missing:?}; those classes have no held-out images", split.held_out.display());
         }
     }
     // Files beside the class folders belong to no class.
@@ -450,7 +494,7 @@ pub fn load_with_files(dir: &Path, opts: &FolderOptions) -> Result<FolderData> {
     }
     // The times printed include listing and stat-ing the folder: what a start costs.
     let start = Instant::now();
-    let listing = list(dir)?;
+    let listing = list(dir, opts.val_split == 1.0)?;
     let image_len = p.image_len()?;
     let key = cache_key(dir, &listing, opts)?;
     let cache_path = opts.cache_dir.as_deref().map(|c| cache_file(c, dir, opts));
@@ -499,7 +543,7 @@ pub fn load_with_files(dir: &Path, opts: &FolderOptions) -> Result<FolderData> {
             crate::stderr_line!("  {reason}");
         }
         if decoded.bad.len() > LISTED {
-            crate::stderr_line!("  ... and {}", plural(decoded.bad.len() - LISTED, "more"));
+            crate::stderr_line!("  ... and {} more", decoded.bad.len() - LISTED);
         }
     }
     split(dir, listing, decoded, opts)

@@ -132,7 +132,7 @@ impl Backend for CpuBackend {
             simd::Simd::Avx2 => "AVX2 + FMA",
             simd::Simd::Portable => "portable lanes",
         };
-        format!("CPU backend, {} threads, {simd}", rayon::current_num_threads())
+        format!("CPU backend, {}, {simd}", crate::report::plural(rayon::current_num_threads(), "thread"))
     }
 
     fn tensor(&self, len: usize) -> Result<Vec<f32>> {
