@@ -212,7 +212,7 @@ pub fn predict_on(request: DeviceRequest, args: &PredictArgs, out: &mut dyn Writ
             for r in &results {
                 let line = format_row(r, classifier.class_names(), args);
                 if !line.is_empty() {
-                    writeln!(out, "{line}")?;
+                    writeln!(out, "{line}").context("cannot write the output")?;
                 }
                 match &r.probs {
                     Ok(_) => summary.predicted += 1,
@@ -224,7 +224,7 @@ pub fn predict_on(request: DeviceRequest, args: &PredictArgs, out: &mut dyn Writ
                     }
                 }
             }
-            out.flush()?;
+            out.flush().context("cannot write the output")?;
             Ok(())
         })?;
         bar.inc(chunk.len() as u64);

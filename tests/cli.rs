@@ -209,6 +209,16 @@ fn progress_that_cannot_be_written_never_stops_a_command() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("good.png") && !stdout.contains("bad.png"), "{stdout}");
+    // Its results to a full disk: exit 1 with the reason, as the other commands say it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-cnn"))
+        .args(["predict", "--device", "cpu", "--checkpoint"])
+        .arg(run.join("best.safetensors"))
+        .arg(&good)
+        .stdout(full())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("cannot write the output"), "{err}");
 }
 
 #[test]
