@@ -358,6 +358,20 @@ pub fn check_trained_folder(src: &checkpoint::DataSource, checkpoint: &Path) -> 
     Ok(())
 }
 
+/// Pipeline flags other than training's (`--background black`) score images that predict and
+/// serve, which prepare them as training did, never see: evaluate and review say so.
+pub fn note_other_pipeline(images: &ImageFolderArgs, trained: &Preprocessing) -> Result<()> {
+    let given = folder_preprocessing(images, Some(trained))?;
+    if (Preprocessing { max_pixels: trained.max_pixels, ..given }) != *trained {
+        crate::stderr_line!(
+            "note: the images are prepared otherwise than in training ({}; training: {}), so these results are not what predict and serve, which prepare them as training did, will give",
+            given.describe(),
+            trained.describe()
+        );
+    }
+    Ok(())
+}
+
 /// A folder scored by a checkpoint must have its classes: the same list, or (a test set
 /// without images of some classes) some of them, whose labels are then the checkpoint's.
 pub fn match_classes(ds: &mut Dataset, trained: &[String], checkpoint: &Path) -> Result<()> {
@@ -406,14 +420,7 @@ pub fn evaluate_on<B: Backend>(backend: B, args: &EvaluateArgs) -> Result<String
     let base = ck.preprocessing()?;
     let folder = evaluation_folder(args, &ck);
     if let Some((images, _)) = &folder {
-        let given = folder_preprocessing(images, Some(&base))?;
-        if (Preprocessing { max_pixels: base.max_pixels, ..given }) != base {
-            crate::stderr_line!(
-                "note: the images are prepared otherwise than in training ({}; training: {}), so this accuracy is not what predict and serve, which prepare them as training did, will give",
-                given.describe(),
-                base.describe()
-            );
-        }
+        note_other_pipeline(images, &base)?;
     }
     if let (None, None, None, Some(src)) = (&args.images, args.dataset, &args.data_dir, &ck.meta.data_source) {
         check_trained_folder(src, &args.checkpoint)?;

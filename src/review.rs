@@ -92,6 +92,7 @@ pub fn review_on<B: Backend>(backend: B, args: &ReviewArgs) -> Result<String> {
     let Some((images, seed)) = evaluation_folder(&as_evaluate, &ck) else {
         bail!("{}: was not trained on a folder of images; give one with --data DIR", args.checkpoint.display());
     };
+    crate::commands::note_other_pipeline(&images, &base)?;
     let mut folder = crate::data::folder::load_with_files(&images.dir, &folder_options(&images, seed, Some(&base))?)?;
     crate::commands::match_classes(&mut folder.dataset, &ck.meta.class_names, &args.checkpoint)?;
     let ds = &folder.dataset;

@@ -409,6 +409,8 @@ fn evaluate_scores_every_image_of_a_folder_training_never_saw() {
     };
     let (ok, _, err) = review(&shelf, &[]);
     assert!(ok, "{err}");
+    let (ok, _, err) = review(&shelf, &["--interpolation", "nearest"]);
+    assert!(ok && err.contains("prepared otherwise than in training ("), "{err}");
     let (ok, _, err) = review(&shelf, &["--split", "train"]);
     assert!(!ok && err.contains("has no training split"), "{err}");
     // A folder of one class's photos can be scored too (training needs two).
