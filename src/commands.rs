@@ -359,9 +359,15 @@ pub fn check_trained_folder(src: &checkpoint::DataSource, checkpoint: &Path) -> 
 }
 
 /// Pipeline flags other than training's (`--background black`) score images that predict and
-/// serve, which prepare them as training did, never see: evaluate and review say so.
+/// serve, which prepare them as training did, never see: evaluate and review say so (and
+/// refuse another input shape before decoding anything).
 pub fn note_other_pipeline(images: &ImageFolderArgs, trained: &Preprocessing) -> Result<()> {
     let given = folder_preprocessing(images, Some(trained))?;
+    // Another input shape cannot be scored at all: say so before the folder is decoded.
+    let (a, b) = (trained.input_shape(), given.input_shape());
+    if a != b {
+        bail!("the model takes {}x{}x{} images, but --image-size/--color-mode ask for {}x{}x{}", a.0, a.1, a.2, b.0, b.1, b.2);
+    }
     if (Preprocessing { max_pixels: trained.max_pixels, ..given }) != *trained {
         crate::stderr_line!(
             "note: the images are prepared otherwise than in training ({}; training: {}), so these results are not what predict and serve, which prepare them as training did, will give",

@@ -400,6 +400,9 @@ fn evaluate_scores_every_image_of_a_folder_training_never_saw() {
     // Another pipeline than training's scores what predict and serve will never see: a note.
     let (ok, _, err) = evaluate(&shelf, &["--background", "black"]);
     assert!(ok && err.contains("prepared otherwise than in training (") && err.contains("black"), "{err}");
+    // Another input shape cannot be scored: refused before the folder is decoded.
+    let (ok, _, err) = evaluate(&shelf, &["--color-mode", "grayscale"]);
+    assert!(!ok && err.contains("the model takes 8x8x3 images") && !err.contains("Decoded"), "{err}");
     // The same through review (labels are the checkpoint's: boots 0, hats 1); it has no
     // training split to review.
     let review = |data: &Path, extra: &[&str]| {
