@@ -299,7 +299,7 @@ struct ImagesCli {
     /// With --data and no train/ + test/ (or val/) sub-folders: the fraction of each class held
     /// out for validation (stratified, seeded by --seed) [default: the checkpoint's, else 0.2;
     /// evaluate and review of a folder training did not use: 1, every image].
-    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true, requires = "image_folder")]
+    #[arg(long, value_name = "FRACTION", requires = "image_folder")]
     val_split: Option<f32>,
     /// With --data: skip files that do not decode (each named in one warning) instead of stopping.
     #[arg(long, requires = "image_folder")]

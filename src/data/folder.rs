@@ -53,39 +53,70 @@ struct Listing {
     has_test_folder: bool,
 }
 
-/// Sub-folders of `dir`, sorted by name (hidden ones skipped).
-fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
+/// One listing of a folder: its class-like sub-folders, the ones skipped as gpu-cnn's own
+/// (runs, reports) and the files beside them, which belong to no class.
+struct Listed {
+    /// Sorted by name; hidden ones skipped.
+    folders: Vec<(String, PathBuf)>,
+    own: Vec<PathBuf>,
+    loose: Unused,
+}
+
+fn list_folder(dir: &Path) -> Result<Listed> {
+    let mut listed = Listed { folders: Vec::new(), own: Vec::new(), loose: Unused::default() };
     for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list the folder", dir.display()))? {
         let entry = entry?;
-        let raw = entry.file_name();
+        let (raw, path) = (entry.file_name(), entry.path());
+        let visible = !raw.to_string_lossy().starts_with('.');
+        if !path.is_dir() {
+            if visible {
+                listed.loose.count(&path);
+            }
+            continue;
+        }
         // A class name must survive the round trip through the checkpoint: two folders whose
         // non-UTF-8 names would print alike must not become one class.
         let Some(name) = raw.to_str().map(str::to_string) else {
-            if entry.path().is_dir() {
-                bail!("{}: the class folder name is not valid UTF-8; rename it", entry.path().display());
-            }
-            continue;
+            bail!("{}: the class folder name is not valid UTF-8; rename it", path.display());
         };
-        if !name.starts_with('.') && entry.path().is_dir() && !holds_runs(&entry.path()) {
-            out.push((name, entry.path()));
+        if !visible {
+            continue;
+        }
+        if holds_runs(&path) {
+            listed.own.push(path);
+        } else {
+            listed.folders.push((name, path));
         }
     }
-    out.sort();
-    Ok(out)
+    listed.folders.sort();
+    listed.own.sort();
+    Ok(listed)
 }
 
-/// Whether `dir` is a training run's folder (`gpu-cnn train --out`) or holds only such folders
-/// (`runs/`, the default --out, when training ran inside the data folder): its pictures are
-/// not images of a class.
+/// Sub-folders of `dir`, sorted by name (hidden ones and gpu-cnn's own skipped).
+fn sub_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    Ok(list_folder(dir)?.folders)
+}
+
+/// Whether `dir` is a training run's folder (`gpu-cnn train --out`), an `evaluate --out`
+/// report, or holds only run folders (`runs/`, the default --out, when training ran inside the
+/// data folder): its pictures are not images of a class. Reads `dir` only up to its first
+/// entry that is not a run folder (a class folder's first image).
 fn holds_runs(dir: &Path) -> bool {
     use crate::run_dir::is_run_folder;
     if is_run_folder(dir) || is_report_folder(dir) {
         return true;
     }
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    let visible: Vec<PathBuf> = entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).map(|e| e.path()).collect();
-    !visible.is_empty() && visible.iter().all(|p| p.is_dir() && is_run_folder(p))
+    let mut any = false;
+    for e in entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')) {
+        let p = e.path();
+        if !(p.is_dir() && is_run_folder(&p)) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// A folder split by hand: the training images' folder and the held-out one.
@@ -124,7 +155,11 @@ fn folder_names(folders: &[(String, PathBuf)]) -> String {
 /// "train" and "validation"). With both a validation and a test folder, training validates on
 /// the validation one and says so: the test images stay unseen for `evaluate --data DIR/test`.
 pub fn split_folders(dir: &Path) -> Result<Option<SplitFolders>> {
-    let folders = sub_folders(dir)?;
+    split_of(dir, &sub_folders(dir)?)
+}
+
+/// `split_folders` of a folder already listed.
+fn split_of(dir: &Path, folders: &[(String, PathBuf)]) -> Result<Option<SplitFolders>> {
     let named = |want: Split| -> Vec<&PathBuf> { folders.iter().filter(|(n, _)| split_name(n) == Some(want)).map(|(_, p)| p).collect() };
     let (train, val, test) = (named(Split::Train), named(Split::Validation), named(Split::Test));
     let split_named = train.len() + val.len() + test.len();
@@ -135,7 +170,7 @@ pub fn split_folders(dir: &Path) -> Result<Option<SplitFolders>> {
         bail!("{}: holds more than one folder of a split (train, val, test; names compared in any case); keep one of each", dir.display());
     }
     if train.is_empty() && split_named == folders.len() {
-        bail!("{}: holds split folders ({}) but no train/ folder beside them", dir.display(), folder_names(&folders));
+        bail!("{}: holds split folders ({}) but no train/ folder beside them", dir.display(), folder_names(folders));
     }
     if train.is_empty() {
         // A class that happens to be called "test" among others.
@@ -148,7 +183,7 @@ pub fn split_folders(dir: &Path) -> Result<Option<SplitFolders>> {
         bail!(
             "{}: holds a train/ folder but no test/ or val/ beside it ({}); put the held-out images in test/, or give --data {} to split train/ itself",
             dir.display(),
-            folder_names(&folders),
+            folder_names(folders),
             train[0].display()
         );
     }
@@ -157,7 +192,7 @@ pub fn split_folders(dir: &Path) -> Result<Option<SplitFolders>> {
     if let (Some(v), Some(t)) = (val.first(), test.first()) {
         notes.push(format!("{} is the held-out folder; {} is not used (score it with evaluate --data {})", v.display(), t.display(), t.display()));
     }
-    for (name, path) in &folders {
+    for (name, path) in folders {
         if split_name(name).is_none() {
             notes.push(format!("{} is not a split folder (train, val, test) and is not used", path.display()));
         }
@@ -169,18 +204,6 @@ pub fn split_folders(dir: &Path) -> Result<Option<SplitFolders>> {
 /// pictures are not images of a class.
 fn is_report_folder(dir: &Path) -> bool {
     dir.join("report.html").is_file() && dir.join("confusion.json").is_file()
-}
-
-/// The top-level folders skipped as gpu-cnn's own (runs, reports), for one note.
-fn skipped_own_folders(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut own: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir() && holds_runs(&e.path()))
-        .map(|e| e.path())
-        .collect();
-    own.sort();
-    own
 }
 
 /// How deep class folders are searched for images (a guard, not a layout anyone needs).
@@ -247,8 +270,9 @@ fn list(dir: &Path, hold_out_all: bool) -> Result<Listing> {
         let what = if dir.exists() { "not a folder" } else { "no such folder" };
         bail!("{}: {what} (--data takes a folder with one sub-folder of images per class)", dir.display());
     }
-    let split = split_folders(dir)?;
-    for own in skipped_own_folders(dir) {
+    let top = list_folder(dir)?;
+    let split = split_of(dir, &top.folders)?;
+    for own in &top.own {
         crate::stderr_line!("Skipping {}: it holds gpu-cnn runs or reports, not a class", own.display());
     }
     for note in split.iter().flat_map(|s| &s.notes) {
@@ -256,7 +280,11 @@ fn list(dir: &Path, hold_out_all: bool) -> Result<Listing> {
     }
     let has_test_folder = split.is_some();
     let class_root = split.as_ref().map_or(dir.to_path_buf(), |s| s.train.clone());
-    let classes = sub_folders(&class_root)?;
+    // Files beside the class folders belong to no class.
+    let Listed { folders: classes, loose, .. } = match &split {
+        Some(s) => list_folder(&s.train)?,
+        None => top,
+    };
     match classes.len() {
         0 => bail!("{}: no class sub-folders (put the images of each class in a sub-folder named after it)", class_root.display()),
         1 if split.is_none() && split_name(&classes[0].0).is_some() => bail!(
@@ -289,14 +317,6 @@ fn list(dir: &Path, hold_out_all: bool) -> Result<Listing> {
         }
         if !missing.is_empty() {
             crate::stderr_line!("note: {} has no folder for {missing:?}; those classes have no held-out images", split.held_out.display());
-        }
-    }
-    // Files beside the class folders belong to no class.
-    let mut loose = Unused::default();
-    for entry in std::fs::read_dir(&class_root).with_context(|| format!("{}: cannot list the folder", class_root.display()))?.flatten() {
-        let visible = !entry.file_name().to_string_lossy().starts_with('.');
-        if visible && !entry.file_type().is_ok_and(|t| t.is_dir()) && !entry.path().is_dir() {
-            loose.count(&entry.path());
         }
     }
     let reads = image_pipeline::IMAGE_EXTENSIONS.join(", ");
